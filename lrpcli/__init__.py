@@ -1,0 +1,54 @@
+"""lrpcli: Layer-wise Relevance Propagation for trained PyTorch models.
+
+    from lrpcli import explain
+    result = explain(model, x, composite="epsilon_plus_flat")
+    result.relevance   # shaped like x
+    result.outputs     # the model's logits
+    result.targets     # the explained class per sample
+
+Names are imported lazily so that ``lrp --help`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "explain": "lrpcli.engine",
+    "Explainer": "lrpcli.engine",
+    "Explanation": "lrpcli.engine",
+    "LayerRelevance": "lrpcli.engine",
+    "load_model": "lrpcli.models",
+    "capture": "lrpcli.graph",
+    "Graph": "lrpcli.graph",
+    "load_composite": "lrpcli.composite",
+    "Composite": "lrpcli.composite",
+    "LrpError": "lrpcli.errors",
+    "UsageError": "lrpcli.errors",
+    "ConfigError": "lrpcli.errors",
+    "ModelError": "lrpcli.errors",
+    "UnsupportedOpError": "lrpcli.errors",
+    "InputError": "lrpcli.errors",
+    "CheckFailed": "lrpcli.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .composite import Composite, load_composite
+    from .engine import Explainer, Explanation, LayerRelevance, explain
+    from .errors import CheckFailed, ConfigError, InputError, LrpError, ModelError, UnsupportedOpError, UsageError
+    from .graph import Graph, capture
+    from .models import load_model
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lrpcli' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

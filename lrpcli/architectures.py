@@ -1,0 +1,184 @@
+"""Small reference architectures shipped with lrpcli.
+
+Used by the sample models, the tests and the benchmarks, and loadable with
+``--arch lrpcli.architectures:MiniVGG``. Residual joins are written the way people
+write them (``out += identity`` / ``x + y``), not with special modules, because
+lrpcli's graph capture handles them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """A dense ReLU network (tabular data)."""
+
+    def __init__(self, in_features: int = 30, hidden: tuple[int, ...] = (64, 32), num_classes: int = 2, bias: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size, bias=bias), nn.ReLU()]
+            width = size
+        layers.append(nn.Linear(width, num_classes, bias=bias))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class MiniVGG(nn.Module):
+    """The CIFAR-10 network of seed 002 (32x32 colour input)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 32):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, w, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=0.35),
+            nn.Conv2d(w, 2 * w, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(2 * w, 4 * w, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=0.35),
+            nn.Conv2d(4 * w, 4 * w, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=2, stride=2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(8 * 8 * 4 * w, 256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=0.45),
+            nn.Linear(256, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG(nn.Module):
+    """VGG with optional batch-norm; ``cfg`` lists conv widths and "M" for max-pool.
+
+    ``VGG()`` is VGG16 (torchvision's layout: features, avgpool, classifier).
+    """
+
+    def __init__(
+        self,
+        cfg: tuple = _VGG16_CFG,
+        batch_norm: bool = False,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        hidden: int = 4096,
+        pool_size: int = 7,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in cfg:
+            if item == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                continue
+            layers.append(nn.Conv2d(channels, item, kernel_size=3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(item))
+            layers.append(nn.ReLU(inplace=True))
+            channels = item
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((pool_size, pool_size))
+        self.classifier = nn.Sequential(
+            nn.Linear(channels * pool_size * pool_size, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+def vgg16(num_classes: int = 1000) -> VGG:
+    return VGG(_VGG16_CFG, batch_norm=False, num_classes=num_classes)
+
+
+def vgg16_bn(num_classes: int = 1000) -> VGG:
+    return VGG(_VGG16_CFG, batch_norm=True, num_classes=num_classes)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block; the residual join is a plain ``out += identity``."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    """A ResNet with basic blocks (``ResNet()`` has ResNet-18's layout)."""
+
+    def __init__(
+        self,
+        layers: tuple[int, ...] = (2, 2, 2, 2),
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        stem_stride: int = 2,
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=stem_stride, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        stages = []
+        in_planes = widths[0]
+        for index, (count, planes) in enumerate(zip(layers, widths)):
+            blocks = []
+            for block_index in range(count):
+                stride = 2 if index > 0 and block_index == 0 else 1
+                blocks.append(BasicBlock(in_planes, planes, stride))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = (stages + [nn.Identity()] * 4)[:4]
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+def resnet18(num_classes: int = 1000) -> ResNet:
+    return ResNet((2, 2, 2, 2), num_classes=num_classes)

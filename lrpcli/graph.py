@@ -1,0 +1,547 @@
+"""Model -> operator graph: capture (export, TorchScript, .pt2) and the graph IR.
+
+Every model, however it arrives, becomes one :class:`Graph`: a topologically
+ordered list of :class:`Node` s, each an ATen op with its *kind* (see ``ops.py``),
+its constant arguments (weights inlined as tensors) and the module it came from.
+The engine runs this graph forward and walks it backward; canonizers rewrite it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+import torch
+import torch.fx
+
+from . import ops
+from .errors import ModelError, UnsupportedOpError
+
+
+class Ref(NamedTuple):
+    """A reference, inside a node's args, to another node's output."""
+
+    name: str
+
+
+def channel_affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Batch-norm in eval mode, as the affine map it is: ``x * weight + bias`` per channel (dim 1)."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    out = x * weight.reshape(shape)
+    return out if bias is None else out + bias.reshape(shape)
+
+
+@dataclass
+class Node:
+    """One op of the graph.
+
+    For weighted kinds (conv, linear, batchnorm) ``args[0]`` is the input, ``args[1]``
+    the weight and ``args[2]`` the bias (None when absent).
+    """
+
+    name: str
+    target: Callable
+    kind: str | None  # None: unsupported op
+    args: tuple
+    kwargs: dict
+    module: str = ""  # module path, e.g. "features.0"; "" for the top level
+    module_type: str = ""  # e.g. "Conv2d"
+    op: str = ""  # op name as captured, for messages
+    hint: str | None = None  # for unsupported nodes: what to do
+
+    @property
+    def refs(self) -> list[str]:
+        """Names of all nodes this one reads (activations and meta values)."""
+        found: list[str] = []
+        _walk(self.args, found)
+        _walk(self.kwargs, found)
+        return found
+
+    @property
+    def path(self) -> str:
+        """The layer path a composite's ``name`` glob matches: the module path or the node name."""
+        return self.module or self.name
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.args[1]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.args[2]
+
+    @property
+    def is_transposed_conv(self) -> bool:
+        name = self.op
+        if name.startswith("conv_transpose"):
+            return True
+        if name in ("convolution", "_convolution"):
+            return bool(self.args[6])
+        return False
+
+    def call(self, values: dict[str, Any]) -> Any:
+        """Run the op on recorded values."""
+        return self.target(*_resolve(self.args, values), **_resolve(self.kwargs, values))
+
+    def call_with(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Run a weighted op with a substituted input, weight and bias (the rules' modified forward)."""
+        args = (x, weight, bias) + tuple(self.args[3:])
+        return self.target(*args, **self.kwargs)
+
+    def describe(self) -> str:
+        where = f"{self.module} ({self.module_type})" if self.module else "top level"
+        return f"node '{self.name}' [{self.op}] in {where}"
+
+
+def _walk(obj: Any, found: list[str]) -> None:
+    if isinstance(obj, Ref):
+        found.append(obj.name)
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _walk(item, found)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _walk(item, found)
+
+
+def _resolve(obj: Any, values: dict[str, Any]) -> Any:
+    if isinstance(obj, Ref):
+        return values[obj.name]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_resolve(item, values) for item in obj)
+    if isinstance(obj, list):
+        return [_resolve(item, values) for item in obj]
+    if isinstance(obj, dict):
+        return {key: _resolve(item, values) for key, item in obj.items()}
+    return obj
+
+
+def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, Ref):
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(_map_tensors(item, fn) for item in obj)
+    if isinstance(obj, list):
+        return [_map_tensors(item, fn) for item in obj]
+    if isinstance(obj, dict):
+        return {key: _map_tensors(item, fn) for key, item in obj.items()}
+    return obj
+
+
+@dataclass
+class Graph:
+    """A captured model: the input, the ops in execution order, and the output."""
+
+    input: str
+    nodes: list[Node]
+    output: str
+    source: str  # "export", "torchscript" or "exported_program"
+    input_shape: tuple[int, ...]  # example input shape (batch dim included)
+    dynamic_batch: bool = True
+    notes: list[str] = field(default_factory=list)  # what canonizers did, for the user
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def consumers(self) -> dict[str, list[str]]:
+        users: dict[str, list[str]] = {self.input: []}
+        for node in self.nodes:
+            users.setdefault(node.name, [])
+            for ref in node.refs:
+                users.setdefault(ref, []).append(node.name)
+        return users
+
+    def replace(self, **changes) -> "Graph":
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Graph":
+        """A copy whose constants live on ``device`` with floating dtype ``dtype``."""
+
+        def convert(tensor: torch.Tensor) -> torch.Tensor:
+            if tensor.is_floating_point() and dtype is not None:
+                return tensor.to(device=device, dtype=dtype)
+            return tensor.to(device=device)
+
+        nodes = [
+            dataclasses.replace(node, args=_map_tensors(node.args, convert), kwargs=_map_tensors(node.kwargs, convert))
+            for node in self.nodes
+        ]
+        return self.replace(nodes=nodes)
+
+    def unsupported(self) -> list[Node]:
+        return [node for node in self.nodes if node.kind is None]
+
+    def check_supported(self) -> None:
+        """Raise UnsupportedOpError for the first op no rule covers."""
+        for node in self.unsupported():
+            raise UnsupportedOpError(node.op, node.name, node.module, node.module_type, hint=node.hint)
+
+    def run(self, x: torch.Tensor) -> dict[str, Any]:
+        """Run the graph forward, keeping every node's output (names -> values)."""
+        values: dict[str, Any] = {self.input: x}
+        for node in self.nodes:
+            values[node.name] = node.call(values)
+        return values
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)[self.output]
+
+
+# --------------------------------------------------------------------------- capture
+
+
+def capture(model: Any, example: torch.Tensor) -> Graph:
+    """Capture ``model`` (nn.Module, ScriptModule or ExportedProgram) as a Graph.
+
+    ``example`` is one input batch; its shape fixes everything but the batch size.
+    """
+    if isinstance(model, torch.export.ExportedProgram):
+        return from_graph_module(model.module(), "exported_program")
+    if isinstance(model, torch.jit.ScriptModule):
+        return from_graph_module(torchscript_to_exported(model, example).module(), "torchscript")
+    if isinstance(model, torch.nn.Module):
+        return from_graph_module(export_module(model, example).module(), "export")
+    raise ModelError(
+        f"cannot explain an object of type {type(model).__name__}",
+        hint="pass an nn.Module, a ScriptModule, an ExportedProgram or a path to a saved model",
+    )
+
+
+def _example_batch(example: torch.Tensor) -> torch.Tensor:
+    """A batch of two samples: export treats a batch of 1 as a constant size."""
+    example = example.detach()
+    if example.ndim == 0:
+        raise ModelError("the example input is a scalar; give a batch with a leading batch dimension")
+    if example.shape[0] >= 2:
+        return example[:2]
+    return example.expand(2, *example.shape[1:]).clone()
+
+
+def export_module(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """torch.export an eager module in eval mode with a dynamic batch dimension."""
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(
+                model, (_example_batch(example),), dynamic_shapes=({0: torch.export.Dim.AUTO},)
+            )
+    except Exception as exc:  # torch raises many kinds here; all mean "cannot capture"
+        raise ModelError(
+            f"torch.export could not capture {type(model).__name__}: {_first_line(exc)}",
+            hint="the model's forward must be traceable by torch.export for an input shaped "
+            f"{tuple(example.shape)}; check the input shape, or save the model with torch.jit.script",
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
+def torchscript_to_exported(scripted: torch.jit.ScriptModule, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """Convert a TorchScript module to an ExportedProgram.
+
+    Wraps torch's private ``TS2EPConverter`` (checked on torch 2.13: traced and scripted
+    models convert, parameter names kept); if torch moves it, this is the one place to fix.
+    """
+    try:
+        from torch._export.converter import TS2EPConverter
+    except ImportError as exc:  # pragma: no cover - depends on the torch version
+        raise ModelError(
+            f"this torch ({torch.__version__}) has no TorchScript converter",
+            hint="save the model with torch.export.save (.pt2) or as a state dict with its architecture",
+        ) from exc
+    scripted.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return TS2EPConverter(scripted, (_example_batch(example),)).convert()
+    except Exception as exc:
+        raise ModelError(
+            f"could not convert the TorchScript model to a graph: {_first_line(exc)}",
+            hint="check the input shape; or save the model with torch.export.save (.pt2)",
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# --------------------------------------------------------------------------- fx -> Graph
+
+
+_MODULE_TYPE_BY_OP = {
+    "conv1d": "Conv1d",
+    "conv2d": "Conv2d",
+    "conv3d": "Conv3d",
+    "conv_transpose1d": "ConvTranspose1d",
+    "conv_transpose2d": "ConvTranspose2d",
+    "conv_transpose3d": "ConvTranspose3d",
+    "linear": "Linear",
+    "addmm": "Linear",
+    "mm": "Linear",
+    "matmul": "Linear",
+}
+
+
+def _module_of(fx_node: torch.fx.Node) -> tuple[str, str]:
+    stack = fx_node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, type_name = list(stack.values())[-1]
+    type_name = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    if "<locals>" in type_name or path.startswith("_empty"):  # TorchScript converter's wrapper
+        return "", ""
+    return path, type_name.rsplit(".", 1)[-1]
+
+
+class _Builder:
+    """Turns an fx GraphModule (from ExportedProgram.module()) into a Graph."""
+
+    def __init__(self, gm: torch.fx.GraphModule, source: str):
+        self.gm = gm
+        self.source = source
+        self.consts: dict[str, Any] = {}  # fx name -> tensor or python value
+        self.const_origin: dict[str, str] = {}  # fx name -> parameter path ("features.0.weight")
+        self.alias: dict[str, str] = {}  # fx name -> node name whose value it is
+        self.nodes: list[Node] = []
+        self.live: set[str] = set()  # names whose value depends on the input
+
+    def build(self) -> Graph:
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise ModelError(
+                f"the model takes {len(placeholders)} inputs; lrpcli explains models with exactly one input tensor",
+                hint="wrap the model in a module whose forward takes one tensor",
+            )
+        inp = placeholders[0]
+        self.live.add(inp.name)
+        val = inp.meta.get("val")
+        shape = tuple(val.shape) if val is not None else ()
+        dynamic = bool(shape) and not isinstance(shape[0], int)
+        input_shape = tuple(int(s) if isinstance(s, int) else -1 for s in shape)
+        output_name = None
+        for fx_node in self.gm.graph.nodes:
+            if fx_node.op == "get_attr":
+                self.consts[fx_node.name] = _get_attr(self.gm, fx_node.target)
+                self.const_origin[fx_node.name] = str(fx_node.target)
+            elif fx_node.op == "call_function":
+                self._add(fx_node)
+            elif fx_node.op == "call_module":
+                continue  # export's _guards_fn: shape guards, no data
+            elif fx_node.op == "output":
+                outputs = fx_node.args[0]
+                if isinstance(outputs, (tuple, list)):
+                    if len(outputs) != 1:
+                        raise ModelError(
+                            f"the model returns {len(outputs)} outputs; lrpcli explains one output tensor",
+                            hint="wrap the model so that forward returns only the logits",
+                        )
+                    outputs = outputs[0]
+                if not isinstance(outputs, torch.fx.Node) or outputs.name not in self.live:
+                    raise ModelError("the model's output does not depend on its input")
+                output_name = self.alias.get(outputs.name, outputs.name)
+        assert output_name is not None
+        return Graph(
+            input=inp.name,
+            nodes=self.nodes,
+            output=output_name,
+            source=self.source,
+            input_shape=input_shape,
+            dynamic_batch=dynamic,
+        )
+
+    # -- helpers
+
+    def _arg(self, obj: Any) -> Any:
+        if isinstance(obj, torch.fx.Node):
+            name = self.alias.get(obj.name, obj.name)
+            if name in self.live:
+                return Ref(name)
+            if name in self.consts:
+                return self.consts[name]
+            raise ModelError(f"graph node '{obj.name}' is used before it is defined")
+        if isinstance(obj, tuple):
+            return tuple(self._arg(item) for item in obj)
+        if isinstance(obj, list):
+            return [self._arg(item) for item in obj]
+        if isinstance(obj, dict):
+            return {key: self._arg(item) for key, item in obj.items()}
+        return obj
+
+    def _origin_module(self, weight_arg: Any) -> str:
+        if isinstance(weight_arg, torch.fx.Node):
+            origin = self.const_origin.get(weight_arg.name, "")
+            if origin:
+                return origin.rsplit(".", 1)[0] if "." in origin else ""
+        return ""
+
+    def _add(self, fx_node: torch.fx.Node) -> None:
+        target = ops.out_of_place(fx_node.target)
+        args = self._arg(fx_node.args)
+        kwargs = self._arg(dict(fx_node.kwargs))
+        deps: list[str] = []
+        _walk(args, deps)
+        _walk(kwargs, deps)
+        if not deps:  # constant subgraph (e.g. a transposed weight): fold it now
+            self.consts[fx_node.name] = target(*args, **kwargs)
+            self.const_origin[fx_node.name] = self._const_origin_of(fx_node)
+            return
+        self.live.add(fx_node.name)
+        op_name = ops.op_name(fx_node.target)
+        kind = ops.kind_of(fx_node.target)
+        module, module_type = _module_of(fx_node)
+        node = Node(
+            name=fx_node.name,
+            target=target,
+            kind=kind,
+            args=tuple(args),
+            kwargs=kwargs,
+            module=module,
+            module_type=module_type,
+            op=op_name,
+        )
+        if kind in ("conv", "linear", "batchnorm"):
+            # the weight's parameter name says which layer owns it; TorchScript graphs have nothing else
+            weight_fx = fx_node.args[2] if op_name == "addmm" else fx_node.args[1] if len(fx_node.args) > 1 else None
+            origin = self._origin_module(weight_fx)
+            if origin and origin != node.module:
+                node.module, node.module_type = origin, ""
+            node = self._normalise_weighted(node, fx_node)
+        elif kind == "scale":
+            node = self._check_scale(node)
+        elif kind is None:
+            node.hint = _unsupported_hint(op_name)
+        if not node.module_type:
+            node.module_type = _guess_module_type(node)
+        if fx_node.target is operator.getitem:
+            source = fx_node.args[0]
+            source_name = self.alias.get(source.name, source.name)
+            src_node = self._find(source_name)
+            if src_node is not None and src_node.kind == "batchnorm":
+                self.alias[fx_node.name] = source_name  # getitem(batch_norm(...), 0) is the output itself
+                self.live.discard(fx_node.name)
+                return
+        self.nodes.append(node)
+
+    def _find(self, name: str) -> Node | None:
+        for node in reversed(self.nodes):
+            if node.name == name:
+                return node
+        return None
+
+    def _const_origin_of(self, fx_node: torch.fx.Node) -> str:
+        for arg in fx_node.all_input_nodes:
+            origin = self.const_origin.get(arg.name)
+            if origin:
+                return origin
+        return ""
+
+    def _normalise_weighted(self, node: Node, fx_node: torch.fx.Node) -> Node:
+        """Bring conv/linear/batch-norm into the (input, weight, bias, ...) form rules expect."""
+        args = list(node.args)
+        name = node.op
+        if node.kind == "linear":
+            if name == "linear":
+                x, weight, bias = (args + [None, None])[:3]
+            elif name == "addmm":
+                bias, x, weight_t = args[:3]
+                weight = weight_t.t() if isinstance(weight_t, torch.Tensor) else weight_t
+                if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+                    return self._unsupported(node, "addmm with alpha/beta is not supported")
+            else:  # mm, matmul: x @ W
+                x, weight_t = args[:2]
+                weight = weight_t.t() if isinstance(weight_t, torch.Tensor) and weight_t.ndim == 2 else None
+                bias = None
+            if not isinstance(x, Ref) or not isinstance(weight, torch.Tensor) or isinstance(bias, Ref):
+                return self._unsupported(
+                    node,
+                    f"'{name}' multiplies two activations (or a constant on the left); "
+                    "LRP rules need one activation times a constant weight matrix",
+                )
+            return dataclasses.replace(node, target=torch.ops.aten.linear.default, args=(x, weight, bias), kwargs={})
+        if node.kind == "conv":
+            while len(args) < 3:
+                args.append(None)
+            if not isinstance(args[0], Ref) or isinstance(args[1], Ref) or isinstance(args[2], Ref):
+                return self._unsupported(node, "convolution with a weight computed from the input")
+            return dataclasses.replace(node, args=tuple(args))
+        # batch-norm (eval): fold running statistics into one per-channel affine map
+        if name == "batch_norm":
+            x, weight, bias, mean, var, training, _momentum, eps = args[:8]
+        elif name == "_native_batch_norm_legit_no_training":
+            x, weight, bias, mean, var, _momentum, eps = args[:7]
+            training = False
+        else:  # native_batch_norm
+            x, weight, bias, mean, var, training, _momentum, eps = args[:8]
+        if training:
+            raise ModelError(
+                f"batch-norm at {node.describe()} runs in training mode",
+                hint="put the model in eval mode (model.eval()) before saving or explaining it",
+            )
+        if not all(isinstance(t, torch.Tensor) for t in (mean, var)) or not isinstance(x, Ref):
+            return self._unsupported(node, "batch-norm without running statistics")
+        scale = 1.0 / torch.sqrt(var + eps)
+        if weight is not None:
+            scale = weight * scale
+        shift = -mean * scale
+        if bias is not None:
+            shift = shift + bias
+        # the tuple-returning variants become a plain tensor; their getitem(…, 0) is aliased away
+        return dataclasses.replace(node, target=channel_affine, args=(x, scale, shift), kwargs={})
+
+    def _check_scale(self, node: Node) -> Node:
+        refs = [a for a in node.args if isinstance(a, Ref)]
+        if len(refs) > 1 or (len(refs) == 1 and not isinstance(node.args[0], Ref) and node.op == "div"):
+            return self._unsupported(
+                node,
+                f"'{node.op}' of two activations (e.g. gating or attention) has no LRP rule in lrpcli",
+            )
+        return node
+
+    @staticmethod
+    def _unsupported(node: Node, hint: str) -> Node:
+        return dataclasses.replace(node, kind=None, hint=hint)
+
+
+def _unsupported_hint(op_name: str) -> str:
+    return (
+        f"lrpcli has no LRP rule for '{op_name}'. Rewrite that part of the model with supported "
+        "ops (`lrp rules` lists them), or explain a sub-model that stops before it."
+    )
+
+
+def _guess_module_type(node: Node) -> str:
+    if node.op in _MODULE_TYPE_BY_OP:
+        return _MODULE_TYPE_BY_OP[node.op]
+    if node.kind == "conv":
+        weight = node.args[1]
+        dims = weight.ndim - 2 if isinstance(weight, torch.Tensor) else 2
+        return f"ConvTranspose{dims}d" if node.is_transposed_conv else f"Conv{dims}d"
+    if node.kind == "batchnorm":
+        return "BatchNorm"
+    return ""
+
+
+def _get_attr(gm: torch.nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, torch.nn.Parameter):
+        return obj.detach()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    return obj
+
+
+def from_graph_module(gm: torch.fx.GraphModule, source: str) -> Graph:
+    """Build a Graph from the fx GraphModule of an ExportedProgram (``ep.module()``)."""
+    return _Builder(gm, source).build()

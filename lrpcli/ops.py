@@ -1,0 +1,126 @@
+"""The one table that says what each ATen op is, for LRP.
+
+Graphs reach us from three routes (torch.export, TorchScript conversion, saved
+ExportedPrograms) and each spells ops a little differently (``conv2d`` vs
+``convolution``, ``relu_`` vs ``relu``). Every spelling is normalised here, so
+rules and the engine only ever see a *kind*:
+
+==============  ==========================================================
+kind            relevance
+==============  ==========================================================
+conv, linear    LRP rules (weighted linear layers)
+batchnorm       an affine per-channel layer (folded away by a canonizer, or a rule)
+add             add/sub of activations (residual joins): proportional split
+avgpool         avg / adaptive-avg pooling: proportional split
+reduce          mean / sum reductions: proportional split
+scale           mul / div by a constant: proportional split
+route           shape ops, cat, slicing, max-pool: relevance moves with the values
+elementwise     relu-like nonlinearities, dropout, identity: relevance passes unchanged
+softmax         only allowed last; a canonizer strips it
+meta            sizes and asserts: no relevance
+==============  ==========================================================
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+WEIGHTED_KINDS = ("conv", "linear")
+PROPORTIONAL_KINDS = ("add", "avgpool", "reduce", "scale")
+#: kinds a composite can assign a rule to (the others are fixed)
+RULE_KINDS = WEIGHTED_KINDS + ("batchnorm",) + PROPORTIONAL_KINDS
+
+_KIND_BY_NAME: dict[str, str] = {}
+
+
+def _add(kind: str, names: str) -> None:
+    for name in names.split():
+        _KIND_BY_NAME[name] = kind
+
+
+_add("conv", "conv1d conv2d conv3d convolution _convolution conv_transpose1d conv_transpose2d conv_transpose3d")
+_add("linear", "linear addmm mm matmul")
+_add("batchnorm", "batch_norm _native_batch_norm_legit_no_training native_batch_norm")
+_add("add", "add sub")
+_add(
+    "avgpool",
+    "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
+    "_adaptive_avg_pool2d _adaptive_avg_pool3d",
+)
+_add("reduce", "mean sum")
+_add("scale", "mul div neg")
+_add(
+    "route",
+    "view reshape _unsafe_view flatten unflatten permute transpose t squeeze unsqueeze contiguous "
+    "clone expand expand_as repeat cat concat concatenate stack split split_with_sizes chunk unbind "
+    "slice select narrow index_select max_pool1d max_pool2d max_pool3d max_pool1d_with_indices "
+    "max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d "
+    "adaptive_max_pool3d alias detach lift_fresh_copy _to_copy to type_as pad constant_pad_nd",
+)
+_add(
+    "elementwise",
+    "relu leaky_relu rrelu gelu silu sigmoid tanh hardtanh relu6 elu selu celu softplus mish "
+    "hardswish hardsigmoid dropout feature_dropout alpha_dropout feature_alpha_dropout identity "
+    "prelu",
+)
+_add("softmax", "softmax log_softmax _softmax _log_softmax")
+_add(
+    "meta",
+    "sym_size sym_numel sym_stride size numel dim _assert_scalar _assert_tensor_metadata "
+    "sym_constrain_range_for_size sym_constrain_range _assert_async",
+)
+
+#: ops whose relevance is routed without a rule: no dropout/identity semantics needed
+DROPOUT_OPS = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "identity"}
+
+
+def op_name(target) -> str:
+    """The op's base name: ``aten.relu_.default`` -> ``relu_``; python functions by __name__."""
+    if isinstance(target, torch._ops.OpOverload):
+        return target.overloadpacket.__name__
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target.__name__
+    return getattr(target, "__name__", str(target))
+
+
+def out_of_place(target):
+    """The out-of-place twin of an in-place ATen op (``relu_`` -> ``relu``), else ``target``.
+
+    The engine keeps every node's output for the backward walk, so an op must never
+    overwrite its input.
+    """
+    if not isinstance(target, torch._ops.OpOverload):
+        return target
+    name = op_name(target)
+    if not name.endswith("_") or name.endswith("__") or name.startswith("_"):
+        return target
+    packet = getattr(torch.ops.aten, name[:-1], None)
+    if packet is None:
+        return target
+    return getattr(packet, target._overloadname, target)
+
+
+def is_inplace(target) -> bool:
+    return out_of_place(target) is not target
+
+
+def kind_of(target) -> str | None:
+    """The kind of an op (see module docstring), or None if unsupported."""
+    if target is operator.getitem:
+        return "route"
+    if getattr(target, "__module__", None) in ("_operator", "operator") or op_name(target).startswith("sym_"):
+        return "meta"
+    if target in (torch.sym_int, torch.sym_float, torch.sym_max, torch.sym_min, torch.sym_not):
+        return "meta"
+    name = op_name(out_of_place(target))
+    return _KIND_BY_NAME.get(name)
+
+
+def supported_op_names() -> dict[str, list[str]]:
+    """Every op name the table knows, grouped by kind (for help texts and errors)."""
+    grouped: dict[str, list[str]] = {}
+    for name, kind in _KIND_BY_NAME.items():
+        grouped.setdefault(kind, []).append(name)
+    return {kind: sorted(names) for kind, names in sorted(grouped.items())}
