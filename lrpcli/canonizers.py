@@ -1,0 +1,134 @@
+"""Canonizers: graph passes that make a captured graph ready for LRP rules.
+
+Each takes a Graph and returns a new one (graphs are never changed in place), and
+adds a line to ``graph.notes`` when it changed something the user should know.
+
+- ``fold_batchnorm``: a batch-norm right after a conv/linear (and used only by it)
+  is folded into that layer's weight and bias; exact in eval mode, and what
+  zennit's MergeBatchNorm canonizers do.
+- ``drop_dropout``: dropout (identity in eval) and identity nodes are removed.
+- ``strip_softmax``: a trailing softmax/log-softmax is removed so the logits are
+  explained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+
+
+from . import ops
+from .graph import Graph, Node, Ref
+from .registry import Registry
+
+Canonizer = Callable[[Graph], Graph]
+
+CANONIZERS: Registry[Canonizer] = Registry("canonizer")
+
+#: run on every graph, whatever the composite lists
+ALWAYS = ("drop_dropout", "strip_softmax")
+
+
+def _rewire(nodes: list[Node], old: str, new: str) -> list[Node]:
+    """Make every node that reads ``old`` read ``new`` instead."""
+
+    def swap(obj):
+        if isinstance(obj, Ref):
+            return Ref(new) if obj.name == old else obj
+        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+            return tuple(swap(item) for item in obj)
+        if isinstance(obj, list):
+            return [swap(item) for item in obj]
+        if isinstance(obj, dict):
+            return {key: swap(item) for key, item in obj.items()}
+        return obj
+
+    return [dataclasses.replace(node, args=swap(node.args), kwargs=swap(node.kwargs)) for node in nodes]
+
+
+def _remove(graph: Graph, node: Node, replacement: str) -> Graph:
+    nodes = [n for n in graph.nodes if n.name != node.name]
+    nodes = _rewire(nodes, node.name, replacement)
+    output = replacement if graph.output == node.name else graph.output
+    return graph.replace(nodes=nodes, output=output)
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    users = graph.consumers()
+    by_name = {node.name: node for node in graph.nodes}
+    folded: list[str] = []
+    for bn in list(graph.nodes):
+        if bn.kind != "batchnorm" or not isinstance(bn.args[0], Ref):
+            continue
+        layer = by_name.get(bn.args[0].name)
+        if layer is None or layer.kind not in ("conv", "linear") or users.get(layer.name) != [bn.name]:
+            continue
+        if layer.kind == "conv" and layer.is_transposed_conv:
+            continue  # the channel axis of a transposed conv's weight is dim 1; left unfolded
+        scale, shift = bn.args[1], bn.args[2]
+        weight, bias = layer.weight, layer.bias
+        if layer.kind == "linear" and layer.weight.shape[0] != scale.numel():
+            continue  # batch-norm over another axis than the linear's features
+        new_weight = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+        new_bias = shift if bias is None else bias * scale + shift
+        new_layer = dataclasses.replace(layer, args=(layer.args[0], new_weight, new_bias) + tuple(layer.args[3:]))
+        graph = graph.replace(nodes=[new_layer if n.name == layer.name else n for n in graph.nodes])
+        graph = _remove(graph, bn, layer.name)
+        by_name = {node.name: node for node in graph.nodes}
+        users = graph.consumers()
+        folded.append(f"{bn.module or bn.name} -> {layer.module or layer.name}")
+    if folded:
+        graph = graph.replace(notes=graph.notes + [f"folded batch-norm into the preceding layer: {', '.join(folded)}"])
+    return graph
+
+
+def drop_dropout(graph: Graph) -> Graph:
+    for node in list(graph.nodes):
+        if node.kind == "elementwise" and ops.op_name(node.target) in ops.DROPOUT_OPS and isinstance(node.args[0], Ref):
+            graph = _remove(graph, node, node.args[0].name)
+    return graph
+
+
+def strip_softmax(graph: Graph) -> Graph:
+    stripped = []
+    while True:
+        last = next((n for n in graph.nodes if n.name == graph.output), None)
+        if last is None or last.kind != "softmax" or not isinstance(last.args[0], Ref):
+            break
+        stripped.append(last.op)
+        graph = _remove(graph, last, last.args[0].name)
+    if stripped:
+        graph = graph.replace(
+            notes=graph.notes + [f"the model ends in {stripped[0]}; explaining the logits before it"]
+        )
+    return graph
+
+
+CANONIZERS.register("fold_batchnorm", fold_batchnorm, aliases=("merge_batchnorm", "fold_bn"))
+CANONIZERS.register("drop_dropout", drop_dropout)
+CANONIZERS.register("strip_softmax", strip_softmax)
+
+
+def canonize(graph: Graph, names: list[str] | tuple[str, ...]) -> Graph:
+    """Run the always-on canonizers and then ``names`` (in order, each once)."""
+    done: list[str] = []
+    for name in list(ALWAYS) + list(names):
+        key = CANONIZERS.resolve(name)
+        if key in done:
+            continue
+        graph = CANONIZERS.get(key)(graph)
+        done.append(key)
+    return graph
+
+
+def prune_dead(graph: Graph) -> Graph:
+    """Drop nodes the output does not depend on (e.g. sizes computed for removed ops)."""
+    needed = {graph.output}
+    by_name = {node.name: node for node in graph.nodes}
+    for node in reversed(graph.nodes):
+        if node.name in needed:
+            needed.update(node.refs)
+    return graph.replace(nodes=[n for n in graph.nodes if n.name in needed and n.name in by_name])
+
+

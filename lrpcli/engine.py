@@ -1,0 +1,330 @@
+"""The LRP engine: run the graph forward once, then walk it backward applying rules.
+
+``explain(model, x, composite)`` is the whole public contract; :class:`Explainer`
+keeps the captured and prepared graph between batches (what the CLI uses).
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import ops
+from .canonizers import canonize, prune_dead
+from .composite import Assigned, Composite, load_composite
+from .errors import InputError, ModelError, UnsupportedOpError, UsageError
+from .graph import Graph, Node, capture
+from .models import load_model
+from .registry import suggest
+
+INITS = ("value", "one-hot")
+
+
+@dataclass
+class LayerRelevance:
+    """Relevance totals (per sample) at one node: what reached its output, what it handed down."""
+
+    node: str
+    module: str
+    module_type: str
+    kind: str
+    op: str
+    rule: str  # the rule's name; "route" for shape/pooling ops, "pass" for element-wise ones
+    relevance_out: torch.Tensor  # (batch,)
+    relevance_in: torch.Tensor  # (batch,)
+
+
+@dataclass
+class Explanation:
+    """What ``explain`` returns."""
+
+    relevance: torch.Tensor  # shaped like the input
+    outputs: torch.Tensor  # the model's outputs (logits)
+    targets: torch.Tensor  # (batch,) the explained output unit per sample
+    initial: torch.Tensor  # the relevance the walk started from, shaped like outputs
+    layers: dict[str, LayerRelevance] | None = None  # with layer_relevance=True, in graph order
+    notes: list[str] = field(default_factory=list)  # what canonizers did, e.g. a stripped softmax
+
+
+def explain(
+    model: Any,
+    x: torch.Tensor,
+    composite: Any = "epsilon_plus_flat",
+    target: Any = None,
+    *,
+    init: str = "value",
+    layer_relevance: bool = False,
+    params: dict[str, Any] | None = None,
+) -> Explanation:
+    """Explain ``model``'s output for the batch ``x`` with LRP.
+
+    ``model``: nn.Module, ScriptModule, ExportedProgram or a path to a saved model.
+    ``composite``: a built-in name, a YAML path, a dict of the YAML's shape or a Composite.
+    ``target``: None (the argmax), an int, or a tensor/list of ints (one per sample).
+    ``init``: "value" starts from the target logit's value, "one-hot" from 1 (zennit's seed).
+    ``params``: composite-wide parameter overrides (epsilon, gamma, low, high, stabilizer).
+    """
+    return Explainer(model, composite, params=params).explain(
+        x, target, init=init, layer_relevance=layer_relevance
+    )
+
+
+# A captured graph is reused while the model's parameters are the same tensors at the same version.
+_CAPTURED: "weakref.WeakKeyDictionary[Any, dict[Any, Graph]]" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model: Any) -> tuple:
+    if isinstance(model, torch.export.ExportedProgram):
+        tensors = list(model.state_dict.values()) + list(model.constants.values())
+    else:
+        tensors = list(model.state_dict(keep_vars=True).values())
+    return tuple((id(t), getattr(t, "_version", 0)) for t in tensors if isinstance(t, torch.Tensor))
+
+
+class Explainer:
+    """A model and a composite, ready to explain batch after batch.
+
+    The graph is captured on the first batch (per input shape) and prepared once per
+    device and dtype: canonizers run, rules are assigned.
+    """
+
+    def __init__(self, model: Any, composite: Any = "epsilon_plus_flat", *, params: dict[str, Any] | None = None):
+        self.model = load_model(model)
+        self.model_path = str(model) if isinstance(model, (str, Path)) else None
+        self.composite: Composite = load_composite(composite, **(params or {}))
+        self._prepared: dict[tuple, tuple[Graph, dict[str, Assigned]]] = {}
+
+    # -- graph preparation
+
+    def captured(self, x: torch.Tensor) -> Graph:
+        """The raw captured graph for inputs shaped like ``x``."""
+        key = tuple(x.shape[1:])
+        try:
+            cache = _CAPTURED.setdefault(self.model, {})
+        except TypeError:  # not weak-referenceable
+            cache = {}
+        fingerprint = _fingerprint(self.model)
+        for graph_key in (key, tuple(x.shape)):
+            hit = cache.get(graph_key)
+            if hit is not None and hit[0] == fingerprint:
+                return hit[1]
+        graph = capture(self.model, x.detach().to("cpu") if _on_cpu(self.model) else x.detach())
+        cache[key if graph.dynamic_batch else tuple(graph.input_shape)] = (fingerprint, graph)
+        return graph
+
+    def prepare(self, x: torch.Tensor) -> tuple[Graph, dict[str, Assigned]]:
+        """The canonized graph on x's device/dtype and the rule of every node."""
+        raw = self.captured(x)
+        if not raw.dynamic_batch and raw.input_shape and raw.input_shape[0] != x.shape[0]:
+            raise InputError(
+                f"this model was saved for batches of exactly {raw.input_shape[0]}, got {x.shape[0]}",
+                hint="export it with a dynamic batch dimension (dynamic_shapes={'x': {0: Dim.AUTO}}), "
+                f"or pass batches of {raw.input_shape[0]}",
+            )
+        key = (id(raw), x.device, x.dtype)
+        if key not in self._prepared:
+            graph = prune_dead(canonize(raw, self.composite.canonizers))
+            _check_supported(graph)
+            graph = graph.to(x.device, x.dtype)
+            self._prepared[key] = (graph, self.composite.assign(graph))
+        return self._prepared[key]
+
+    # -- the explanation
+
+    def explain(
+        self, x: torch.Tensor, target: Any = None, *, init: str = "value", layer_relevance: bool = False
+    ) -> Explanation:
+        x = _check_input(x)
+        if init not in INITS:
+            raise UsageError(f"unknown init '{init}' (known: {', '.join(INITS)})", hint=suggest(init, list(INITS)))
+        graph, assigned = self.prepare(x)
+        with torch.no_grad():
+            values = graph.run(x)
+            outputs = values[graph.output]
+            if not isinstance(outputs, torch.Tensor):
+                raise ModelError("the model's output is not a tensor")
+            targets = _targets(outputs, target)
+            initial = _initial_relevance(outputs, targets, init)
+            relevance, layers = propagate(graph, assigned, values, initial, layer_relevance)
+        return Explanation(
+            relevance=relevance if relevance is not None else torch.zeros_like(x),
+            outputs=outputs.detach(),
+            targets=targets,
+            initial=initial,
+            layers=layers,
+            notes=list(graph.notes),
+        )
+
+
+def _on_cpu(model: Any) -> bool:
+    try:
+        tensors = model.state_dict().values() if not isinstance(model, torch.export.ExportedProgram) else model.state_dict.values()
+        return all(t.device.type == "cpu" for t in tensors)
+    except Exception:
+        return True
+
+
+def _check_input(x: Any) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"the input must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"the input must be a floating-point tensor, got {x.dtype}", hint="convert it, e.g. x.float() / 255")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise InputError(f"the input must be a non-empty batch (first dimension), got shape {tuple(x.shape)}")
+    return x.detach()
+
+
+def _check_supported(graph: Graph) -> None:
+    for node in graph.nodes:
+        if node.kind == "softmax":
+            raise UnsupportedOpError(
+                node.op,
+                node.name,
+                node.module,
+                node.module_type,
+                hint="a softmax inside the model (not at its end) has no LRP rule; explain the logits "
+                "of a model that ends before it",
+            )
+    graph.check_supported()
+
+
+def _targets(outputs: torch.Tensor, target: Any) -> torch.Tensor:
+    if outputs.ndim == 1:
+        outputs = outputs[:, None]
+    if outputs.ndim != 2:
+        raise ModelError(
+            f"the model's output has shape {tuple(outputs.shape)}; lrpcli explains (batch, classes) outputs",
+            hint="wrap the model so that it returns one score per class (or one value for regression)",
+        )
+    batch, classes = outputs.shape
+    if target is None:
+        return outputs.argmax(dim=1)
+    targets = torch.as_tensor(target, device=outputs.device)
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        raise UsageError(f"targets must be integers, got {targets.dtype}")
+    targets = targets.long()
+    if targets.ndim == 0:
+        targets = targets.expand(batch)
+    if targets.shape != (batch,):
+        raise UsageError(f"got {targets.numel()} targets for a batch of {batch}; give one int or one per sample")
+    bad = (targets < 0) | (targets >= classes)
+    if bool(bad.any()):
+        raise UsageError(f"target {int(targets[bad][0])} is out of range: the model has {classes} outputs (0..{classes - 1})")
+    return targets.clone()
+
+
+def _initial_relevance(outputs: torch.Tensor, targets: torch.Tensor, init: str) -> torch.Tensor:
+    flat = outputs if outputs.ndim == 2 else outputs[:, None]
+    initial = torch.zeros_like(flat)
+    rows = torch.arange(flat.shape[0], device=flat.device)
+    initial[rows, targets] = flat[rows, targets] if init == "value" else 1.0
+    return initial.reshape(outputs.shape)
+
+
+# --------------------------------------------------------------------------- the backward walk
+
+
+def _activation_inputs(node: Node, values: dict[str, Any], meta: set[str]) -> list[str]:
+    seen: list[str] = []
+    for ref in node.refs:
+        if ref in meta or ref in seen:
+            continue
+        if isinstance(values.get(ref), (torch.Tensor, tuple, list)):
+            seen.append(ref)
+    return seen
+
+
+def _total(relevance: Any) -> torch.Tensor:
+    if isinstance(relevance, dict):
+        parts = [_total(r) for r in relevance.values()]
+        return sum(parts[1:], parts[0])
+    return relevance.reshape(relevance.shape[0], -1).sum(dim=1) if relevance.ndim > 0 else relevance.reshape(1)
+
+
+def _node_relevance(
+    node: Node, assigned: Assigned | None, values: dict[str, Any], inputs: list[str], relevance: Any
+) -> dict[str, Any]:
+    """Relevance of each activation input of ``node``, given the relevance of its output."""
+    kind = node.kind
+    output = values[node.name]
+    if kind in ("conv", "linear", "batchnorm"):
+        source = node.args[0].name
+        return {source: assigned.rule.weighted(node, values[source], output, relevance)}
+    if kind in ops.PROPORTIONAL_KINDS:
+        return assigned.rule.proportional(node, values, inputs, output, relevance)
+    if kind == "elementwise":
+        if len(inputs) == 1 and values[inputs[0]].shape == relevance.shape:
+            return {inputs[0]: relevance}
+        from .rules import vjp
+
+        return vjp(node, values, inputs, relevance)
+    if kind == "route":
+        if node.target is operator.getitem and isinstance(values[inputs[0]], (tuple, list)):
+            return {inputs[0]: {node.args[1]: relevance}}  # one part of a multi-output op
+        if isinstance(relevance, dict):  # the parts of this op's tuple output
+            relevance = [relevance.get(i, torch.zeros_like(out)) if isinstance(out, torch.Tensor) else None for i, out in enumerate(output)]
+        from .rules import vjp
+
+        return vjp(node, values, [name for name in inputs if isinstance(values[name], torch.Tensor)], relevance)
+    raise UnsupportedOpError(node.op, node.name, node.module, node.module_type, hint=node.hint)
+
+
+def _accumulate(store: dict[str, Any], name: str, relevance: Any) -> None:
+    current = store.get(name)
+    if current is None:
+        store[name] = relevance
+    elif isinstance(current, dict):
+        for index, part in relevance.items():
+            current[index] = current[index] + part if index in current else part
+    else:
+        store[name] = current + relevance
+
+
+def propagate(
+    graph: Graph,
+    assigned: dict[str, Assigned],
+    values: dict[str, Any],
+    initial: torch.Tensor,
+    record: bool = False,
+) -> tuple[torch.Tensor | None, dict[str, LayerRelevance] | None]:
+    """Walk ``graph`` backward from ``initial`` (relevance of the output), freeing values as it goes.
+
+    Returns the input's relevance and, with ``record``, the per-node totals in graph order.
+    """
+    meta = {node.name for node in graph.nodes if node.kind == "meta"}
+    relevance: dict[str, Any] = {graph.output: initial}
+    layers: dict[str, LayerRelevance] = {}
+    for node in reversed(graph.nodes):
+        incoming = relevance.pop(node.name, None)
+        if incoming is None or node.kind == "meta":
+            if node.kind != "meta":
+                values.pop(node.name, None)
+            continue
+        inputs = _activation_inputs(node, values, meta)
+        outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, incoming)
+        for name, part in outgoing.items():
+            _accumulate(relevance, name, part)
+        if record:
+            rule = assigned[node.name].rule.name if node.name in assigned else ("route" if node.kind == "route" else "pass")
+            total_out = _total(incoming)
+            total_in = sum((_total(p) for p in outgoing.values()), torch.zeros_like(total_out))
+            layers[node.name] = LayerRelevance(
+                node=node.name,
+                module=node.module,
+                module_type=node.module_type,
+                kind=node.kind or "",
+                op=node.op,
+                rule=rule,
+                relevance_out=total_out,
+                relevance_in=total_in,
+            )
+        values.pop(node.name, None)
+    result = relevance.get(graph.input)
+    if record:
+        layers = dict(reversed(list(layers.items())))
+    return result, (layers if record else None)
