@@ -395,7 +395,7 @@ def _parse_entry(raw: Any, index: int, source: str, inherited: bool) -> Entry:
         )
     entry = Entry(rule=rule, values=values, types=types, names=names, first=first, source=source, line=line, inherited=inherited)
     try:  # validate the rule's own values now, so errors point here and not at run time
-        cls(**{k: DEFAULT_PARAMS[k] for k in cls.inherits}, **values)
+        cls(**{**{k: DEFAULT_PARAMS[k] for k in cls.inherits}, **values})
     except ConfigError as exc:
         key_line = _line(raw, exc.key) if exc.key else line
         raise ConfigError(exc.message, source=source, line=key_line, key=exc.key, hint=exc.hint) from exc

@@ -176,10 +176,12 @@ class Rule:
         self.values.update(values)
         for key, spec in self.params.items():
             value = self.values[key]
-            if spec.minimum is not None and isinstance(value, (int, float)) and value < spec.minimum:
-                raise ConfigError(
-                    f"rule '{self.name}': {key} = {value} is below its minimum {spec.minimum}", key=key
-                )
+            if spec.minimum is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"rule '{self.name}': {key} must be a number, got {value!r}", key=key)
+            if value < spec.minimum:
+                raise ConfigError(f"rule '{self.name}': {key} must be >= {spec.minimum:g}, got {value!r}", key=key)
         self.validate()
 
     def validate(self) -> None:

@@ -705,8 +705,13 @@ def test_reference_identities():
     # gamma=0 is LRP-eps with the stabilizer
     np.testing.assert_allclose(ref_gamma(a, W, b, R, 0.0, 1e-6), ref_epsilon(a, W, b, R, 1e-6), rtol=1e-12)
     # z+ and alpha-beta conserve when the bias is zero (and the stabilizer tiny)
-    assert np.isclose(ref_zplus(a, W, W0, R, 0.0).sum(), R.sum(), rtol=1e-12)
-    assert np.isclose(ref_alpha_beta(a, W, W0, R, 2.0, 1.0, 0.0).sum(), R.sum(), rtol=1e-12)
+    assert np.isclose(ref_zplus(a, W, W0, R, 1e-15).sum(), R.sum(), rtol=1e-12)
+    # alpha-beta: a unit hands on alpha*R_k if it has positive contributions, minus beta*R_k if negative ones
+    zjk = contributions(a, W)
+    has_pos, has_neg = (zjk > 0).any(axis=0), (zjk < 0).any(axis=0)
+    assert not has_neg.all()  # this draw includes a unit with only positive contributions
+    want = ((2.0 * has_pos - 1.0 * has_neg) * R).sum()
+    assert np.isclose(ref_alpha_beta(a, W, W0, R, 2.0, 1.0, 1e-15).sum(), want, rtol=1e-12)
     # flat and w^2 ignore the input and conserve
     np.testing.assert_allclose(ref_flat(a, W, b, R, 0.0), np.full(6, R.sum() / 6), rtol=1e-12)
     assert np.isclose(ref_wsquare(-3 * a, W, W0, R, 0.0).sum(), R.sum(), rtol=1e-12)
