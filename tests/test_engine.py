@@ -1,0 +1,129 @@
+"""The public API: targets, initial relevance, outputs, per-layer totals, input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lrpcli import Explainer, InputError, UsageError, explain
+from lrpcli.architectures import MLP
+
+
+@pytest.fixture
+def mlp():
+    torch.manual_seed(0)
+    return MLP(6, (8,), 4).eval()
+
+
+def test_result_shapes_and_default_target_is_argmax(mlp):
+    x = torch.randn(5, 6)
+    result = explain(mlp, x)
+    assert result.relevance.shape == x.shape
+    torch.testing.assert_close(result.outputs, mlp(x))
+    assert result.targets.dtype == torch.long
+    assert torch.equal(result.targets, mlp(x).argmax(1))
+    assert not result.relevance.requires_grad
+
+
+@pytest.mark.parametrize("target", [2, torch.tensor(2), [2, 2, 2]])
+def test_target_as_int_tensor_or_list(mlp, target):
+    x = torch.randn(3, 6)
+    result = explain(mlp, x, "epsilon", target=target)
+    assert result.targets.tolist() == [2, 2, 2]
+    expected = torch.zeros(3, 4)
+    expected[:, 2] = mlp(x)[:, 2].detach()
+    torch.testing.assert_close(result.initial, expected)
+
+
+def test_per_sample_targets_explain_different_classes(mlp):
+    x = torch.randn(1, 6).repeat(4, 1)
+    result = explain(mlp, x, "epsilon", target=torch.arange(4))
+    sums = result.relevance.sum(1)
+    assert len({round(float(s), 6) for s in sums}) == 4
+
+
+def test_one_hot_init_is_the_value_init_divided_by_the_logit(mlp):
+    x = torch.randn(3, 6)
+    value = explain(mlp, x, "epsilon", target=1)
+    one_hot = explain(mlp, x, "epsilon", target=1, init="one-hot")
+    logit = value.outputs[:, 1:2]
+    torch.testing.assert_close(one_hot.relevance * logit, value.relevance, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_targets_and_init_are_usage_errors(mlp):
+    x = torch.randn(2, 6)
+    with pytest.raises(UsageError, match="out of range"):
+        explain(mlp, x, target=4)
+    with pytest.raises(UsageError, match="2 targets"):
+        explain(mlp, torch.randn(3, 6), target=[0, 1])
+    with pytest.raises(UsageError, match="integers"):
+        explain(mlp, x, target=0.5)
+    with pytest.raises(UsageError, match="one-hot"):
+        explain(mlp, x, init="onehot")
+
+
+def test_bad_inputs_are_input_errors(mlp):
+    with pytest.raises(InputError, match="floating-point"):
+        explain(mlp, torch.ones(2, 6, dtype=torch.uint8))
+    with pytest.raises(InputError, match="torch.Tensor"):
+        explain(mlp, [[0.0] * 6])
+
+
+def test_regression_outputs_explain_the_single_unit():
+    torch.manual_seed(0)
+    for head in (nn.Linear(8, 1), nn.Sequential(nn.Linear(8, 1), nn.Flatten(0))):
+        model = nn.Sequential(nn.Linear(5, 8, bias=False), nn.ReLU(), head).double().eval()
+        if isinstance(head, nn.Linear):
+            nn.init.zeros_(head.bias)
+        else:
+            nn.init.zeros_(head[0].bias)
+        x = torch.randn(4, 5, dtype=torch.float64)
+        result = explain(model, x, "lrp_0")
+        assert result.targets.tolist() == [0, 0, 0, 0]
+        torch.testing.assert_close(result.relevance.sum(1), model(x).reshape(-1), rtol=1e-10, atol=1e-12)
+
+
+def test_layer_relevance_records_every_layer_in_graph_order(mlp):
+    x = torch.randn(3, 6)
+    result = explain(mlp, x, "epsilon", layer_relevance=True)
+    modules = [layer.module for layer in result.layers.values()]
+    assert modules == ["layers.0", "layers.1", "layers.2"]
+    top = list(result.layers.values())[-1]
+    torch.testing.assert_close(top.relevance_out, result.initial.sum(1))
+    first = list(result.layers.values())[0]
+    torch.testing.assert_close(first.relevance_in, result.relevance.sum(1))
+    assert [layer.rule for layer in result.layers.values()] == ["epsilon", "pass", "epsilon"]
+
+
+def test_explainer_captures_once_and_handles_any_batch_size(mlp):
+    explainer = Explainer(mlp, "epsilon_plus")
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, 6)
+        a = explainer.explain(x).relevance
+        b = explain(mlp, x, "epsilon_plus").relevance
+        torch.testing.assert_close(a, b)
+    assert len(explainer._prepared) == 1
+
+
+def test_changed_weights_are_seen_by_the_next_explanation(mlp):
+    x = torch.randn(2, 6)
+    before = explain(mlp, x, "epsilon").relevance
+    with torch.no_grad():
+        mlp.layers[0].weight.mul_(-1)
+    after = explain(mlp, x, "epsilon").relevance
+    fresh = explain(MLP(6, (8,), 4).eval().load_state_dict(mlp.state_dict()) and mlp, x, "epsilon").relevance
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, fresh)
+
+
+def test_the_model_is_left_in_its_training_mode(mlp):
+    mlp.train()
+    explain(mlp, torch.randn(2, 6))
+    assert mlp.training
+
+
+def test_float64_inputs_compute_in_float64(mlp):
+    x = torch.randn(2, 6, dtype=torch.float64)
+    result = explain(mlp, x)
+    assert result.relevance.dtype == torch.float64 and result.outputs.dtype == torch.float64

@@ -1,0 +1,89 @@
+"""Registries: every registered name is tested the day it is added."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lrpcli import ConfigError, explain
+from lrpcli.canonizers import CANONIZERS
+from lrpcli.composite import builtin_names
+from lrpcli.registry import Registry
+from lrpcli.rules import RULES, make_rule
+
+
+@pytest.mark.parametrize("name", RULES.names())
+def test_every_rule_runs_on_conv_and_linear_layers_and_differs_from_another(name):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 2 * 4 * 4), nn.ReLU(), nn.Linear(32, 3)
+    ).eval()
+    x = torch.randn(2, 2, 4, 4)
+    spec = {"rules": [{"match": {"type": ["conv", "linear"], "name": ["0", "3"]}, "rule": name}, {"match": {"type": "linear"}, "rule": "epsilon"}]}
+    result = explain(model, x, spec)
+    assert result.relevance.shape == x.shape
+    assert torch.isfinite(result.relevance).all()
+    assert result.relevance.abs().sum() > 0
+    if name != "epsilon":
+        other = explain(model, x, {"rules": [{"match": {"type": ["conv", "linear"]}, "rule": "epsilon"}]})
+        if name not in ("z", "norm"):  # LRP-0 and norm are epsilon up to the stabiliser
+            assert not torch.allclose(result.relevance, other.relevance)
+
+
+@pytest.mark.parametrize("name", RULES.names())
+def test_every_rule_has_a_formula_and_documented_params(name):
+    cls = RULES.get(name)
+    assert cls.formula and cls.name == name
+    rule = make_rule(name)
+    assert set(rule.values) == set(cls.params)
+    assert all(spec.help for spec in cls.params.values())
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_every_builtin_composite_runs_and_conserves_roughly_on_a_bias_free_net(name):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3, bias=False)).eval()
+    x = torch.rand(2, 3, 4, 4)
+    result = explain(model, x, name, target=0)
+    logits = result.outputs[:, 0]
+    assert torch.isfinite(result.relevance).all()
+    if name in ("lrp_0", "epsilon"):
+        torch.testing.assert_close(result.relevance.sum((1, 2, 3)), logits, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", CANONIZERS.names())
+def test_every_canonizer_keeps_the_model_function(name, small_vgg_bn):
+    from lrpcli import capture
+
+    model = nn.Sequential(small_vgg_bn, nn.Softmax(dim=1)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    graph = capture(model, x)
+    changed = CANONIZERS.get(name)(graph)
+    expected = small_vgg_bn(x) if name == "strip_softmax" else model(x)
+    torch.testing.assert_close(changed(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("registry", [RULES, CANONIZERS])
+def test_listing_is_sorted(registry):
+    assert registry.names() == sorted(registry.names())
+
+
+def test_registering_a_name_twice_is_an_error():
+    registry: Registry[int] = Registry("thing")
+    registry.register("one", 1)
+    with pytest.raises(ValueError, match="twice"):
+        registry.register("one", 2)
+    with pytest.raises(ValueError, match="not canonical"):
+        registry.register("Two-Words", 2)
+
+
+def test_a_miss_suggests_the_nearest_names():
+    with pytest.raises(ConfigError) as info:
+        RULES.resolve("gamme")
+    assert "did you mean 'gamma'" in str(info.value)
+
+
+@pytest.mark.parametrize("spelling, name", [("alpha-beta", "alpha_beta"), ("Z-Plus", "zplus"), ("lrp-0", "z"), ("w-square", "wsquare")])
+def test_rule_spellings(spelling, name):
+    assert RULES.resolve(spelling) == name
