@@ -113,7 +113,12 @@ class Explainer:
             hit = cache.get(graph_key)
             if hit is not None and hit[0] == fingerprint:
                 return hit[1]
-        graph = capture(self.model, x.detach().to("cpu") if _on_cpu(self.model) else x.detach())
+        example = x.detach().to("cpu") if _on_cpu(self.model) else x.detach()
+        graph = capture(self.model, example)
+        if not graph.dynamic_batch and graph.input_shape[:1] != x.shape[:1] and not isinstance(
+            self.model, torch.export.ExportedProgram
+        ):
+            graph = capture(self.model, example, exact_batch=True)  # the model's code fixes the batch size
         cache[key if graph.dynamic_batch else tuple(graph.input_shape)] = (fingerprint, graph)
         return graph
 

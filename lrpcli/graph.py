@@ -198,17 +198,19 @@ class Graph:
 # --------------------------------------------------------------------------- capture
 
 
-def capture(model: Any, example: torch.Tensor) -> Graph:
+def capture(model: Any, example: torch.Tensor, exact_batch: bool = False) -> Graph:
     """Capture ``model`` (nn.Module, ScriptModule or ExportedProgram) as a Graph.
 
-    ``example`` is one input batch; its shape fixes everything but the batch size.
+    ``example`` is one input batch; its shape fixes everything but the batch size,
+    unless the model itself fixes the batch size (then ``exact_batch`` captures for
+    exactly ``example``'s batch).
     """
     if isinstance(model, torch.export.ExportedProgram):
         return from_graph_module(model.module(), "exported_program")
     if isinstance(model, torch.jit.ScriptModule):
-        return from_graph_module(torchscript_to_exported(model, example).module(), "torchscript")
+        return from_graph_module(torchscript_to_exported(model, example, exact_batch).module(), "torchscript")
     if isinstance(model, torch.nn.Module):
-        return from_graph_module(export_module(model, example).module(), "export")
+        return from_graph_module(export_module(model, example, exact_batch).module(), "export")
     raise ModelError(
         f"cannot explain an object of type {type(model).__name__}",
         hint="pass an nn.Module, a ScriptModule, an ExportedProgram or a path to a saved model",
@@ -225,16 +227,21 @@ def _example_batch(example: torch.Tensor) -> torch.Tensor:
     return example.expand(2, *example.shape[1:]).clone()
 
 
-def export_module(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+def export_module(model: torch.nn.Module, example: torch.Tensor, exact_batch: bool = False) -> torch.export.ExportedProgram:
     """torch.export an eager module in eval mode with a dynamic batch dimension."""
     was_training = model.training
     model.eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.export(
-                model, (_example_batch(example),), dynamic_shapes=({0: torch.export.Dim.AUTO},)
-            )
+            if not exact_batch:
+                try:
+                    return torch.export.export(
+                        model, (_example_batch(example),), dynamic_shapes=({0: torch.export.Dim.AUTO},)
+                    )
+                except Exception:  # e.g. code that bakes the batch size in: capture for exactly this batch
+                    pass
+            return torch.export.export(model, (example.detach(),))
     except Exception as exc:  # torch raises many kinds here; all mean "cannot capture"
         raise ModelError(
             f"torch.export could not capture {type(model).__name__}: {_first_line(exc)}",
@@ -245,7 +252,9 @@ def export_module(model: torch.nn.Module, example: torch.Tensor) -> torch.export
         model.train(was_training)
 
 
-def torchscript_to_exported(scripted: torch.jit.ScriptModule, example: torch.Tensor) -> torch.export.ExportedProgram:
+def torchscript_to_exported(
+    scripted: torch.jit.ScriptModule, example: torch.Tensor, exact_batch: bool = False
+) -> torch.export.ExportedProgram:
     """Convert a TorchScript module to an ExportedProgram.
 
     Wraps torch's private ``TS2EPConverter`` (checked on torch 2.13: traced and scripted
@@ -262,7 +271,12 @@ def torchscript_to_exported(scripted: torch.jit.ScriptModule, example: torch.Ten
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return TS2EPConverter(scripted, (_example_batch(example),)).convert()
+            if not exact_batch:
+                try:
+                    return TS2EPConverter(scripted, (_example_batch(example),)).convert()
+                except Exception:  # the batch size may be baked in: convert for exactly this batch
+                    pass
+            return TS2EPConverter(scripted, (example.detach(),)).convert()
     except Exception as exc:
         raise ModelError(
             f"could not convert the TorchScript model to a graph: {_first_line(exc)}",

@@ -194,3 +194,44 @@ def test_every_builtin_composite_runs_on_every_model_form(small_resnet):
     for name in builtin_names():
         result = explain(small_resnet, x, name)
         assert torch.isfinite(result.relevance).all(), name
+
+
+class _FixedBatch(nn.Module):
+    """Code that bakes the batch size in (x.view(3, -1)): captured per batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(x.view(3, -1))
+
+
+def test_models_that_fix_the_batch_size_are_captured_for_that_size():
+    model = _FixedBatch().eval()
+    x = torch.randn(3, 2, 4)
+    result = explain(model, x, "epsilon")
+    torch.testing.assert_close(result.outputs, model(x))
+    assert result.relevance.shape == x.shape
+
+
+def test_unfolded_batchnorm_gets_its_own_rule_and_conserves_under_lrp0():
+    model = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3, bias=False)).double().eval()
+    with torch.no_grad():
+        model[0].running_mean.zero_()  # shift 0: the affine map is a pure per-feature scale
+        model[0].bias.zero_()
+        model[0].weight.uniform_(0.5, 2.0)
+        model[0].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    spec = {"params": {"stabilizer": 0.0}, "rules": [{"match": {"type": "batchnorm"}, "rule": "z"}, {"match": {"type": "linear"}, "rule": "z"}]}
+    result = explain(model, x, spec)
+    logits = result.outputs.gather(1, result.targets[:, None]).squeeze(1)
+    torch.testing.assert_close(result.relevance.sum(1), logits, rtol=1e-10, atol=1e-12)
+    passed = explain(model, x, "lrp_0")  # built-ins: an unfolded batch-norm passes relevance on
+    torch.testing.assert_close(passed.relevance, result.relevance)  # a pure scale: z == pass
+    with torch.no_grad():
+        model[0].bias.fill_(0.5)  # now the shift absorbs part of the relevance under z, none under pass
+    shifted = explain(model, x, spec)
+    logits = shifted.outputs.gather(1, shifted.targets[:, None]).squeeze(1)
+    assert not torch.allclose(shifted.relevance.sum(1), logits, rtol=1e-3)
+    torch.testing.assert_close(explain(model, x, "lrp_0").relevance.sum(1), logits, rtol=1e-10, atol=1e-12)
