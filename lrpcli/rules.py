@@ -34,7 +34,8 @@ def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``z + epsilon * sign(z)`` with sign(0) = +1 (zennit's Stabilizer)."""
     if epsilon == 0:
         return z
-    return z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
+    sign = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    return z + epsilon * sign  # epsilon stays a Python float: no rounding to float32 in float64 runs
 
 
 def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:

@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 SETTINGS = settings(
     max_examples=25,
     deadline=None,
     derandomize=True,  # the same examples on every run: CI stays reproducible
+    # no shrinking: every example re-exports a model, and shrinking a failure would blow the
+    # time budget; the failing example is printed as drawn (architecture, input shape, seed)
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
@@ -193,6 +196,7 @@ def _check_lrp0(model, shape, seed, dtype, rtol, layers):
     reported = {layer.module for layer in res.layers.values()}
     missing = _weighted_paths(model) - reported
     assert not missing, f"weighted layers without per-layer relevance: {sorted(missing)}"
+    branches = [f"{path}." for path, m in model.named_modules() if isinstance(m, Residual)]
     for name, layer in res.layers.items():
         r_out = layer.relevance_out.double()
         r_in = layer.relevance_in.double()
@@ -201,9 +205,11 @@ def _check_lrp0(model, shape, seed, dtype, rtol, layers):
         assert (gap <= rtol).all(), (
             f"{name} ({layer.module}, {layer.kind}, rule {layer.rule}): in {r_in.tolist()} != out {r_out.tolist()}"
         )
-        # and nothing is lost between the logit and any layer
-        gap = (r_out - target).abs() / target.abs()
-        assert (gap <= rtol).all(), f"{name} ({layer.module}): receives {r_out.tolist()}, logit {target.tolist()}"
+        # and nothing is lost between the logit and any layer on the main path (a layer inside a
+        # residual branch receives only the branch's share)
+        if not any(layer.module.startswith(prefix) for prefix in branches):
+            gap = (r_out - target).abs() / target.abs()
+            assert (gap <= rtol).all(), f"{name} ({layer.module}): receives {r_out.tolist()}, logit {target.tolist()}"
 
 
 # --------------------------------------------------------------------------------------
@@ -211,19 +217,19 @@ def _check_lrp0(model, shape, seed, dtype, rtol, layers):
 # --------------------------------------------------------------------------------------
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=20)
 @given(mlp_nets())
 def test_lrp0_conserves_mlp(net):
     _check_lrp0(*net, dtype=torch.float64, rtol=1e-10, layers=True)
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=15)
 @given(conv_nets())
 def test_lrp0_conserves_convnet(net):
     _check_lrp0(*net, dtype=torch.float64, rtol=1e-10, layers=True)
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=20)
 @given(residual_mlps())
 def test_lrp0_conserves_residual(net):
     _check_lrp0(*net, dtype=torch.float64, rtol=1e-10, layers=True)
@@ -234,7 +240,7 @@ def test_lrp0_conserves_residual(net):
 # --------------------------------------------------------------------------------------
 
 
-@settings(SETTINGS, max_examples=20)
+@settings(SETTINGS, max_examples=15)
 @given(any_net)
 def test_lrp0_conserves_float32(net):
     model, shape, seed = net
@@ -257,7 +263,7 @@ def test_lrp0_conserves_float32(net):
 # --------------------------------------------------------------------------------------
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=20)
 @given(
     in_dim=st.integers(1, 8),
     classes=st.integers(1, 6),

@@ -33,6 +33,10 @@ import torch.nn as nn
 RTOL = 1e-10
 ATOL = 1e-12
 
+# Parameters of the layers that are *not* under test are dyadic (0.25, 0.125, ...): exact in
+# float32 and float64 alike, so an imprecise parameter in one rule fails that rule's tests only.
+# The tests of a rule itself also use non-dyadic values (0.1, 1e-2, 0.05, 0.3, 1e-3).
+
 
 # --------------------------------------------------------------------------------------
 # NumPy references: one function per rule, (a, W, b, R) -> R_in
@@ -382,12 +386,12 @@ def test_dense_rule_one_hot_init():
     W2, b2 = np_params(model[2])
     composite = {
         "rules": [
-            {"match": {"name": "0"}, "rule": "epsilon", "epsilon": 0.01},
+            {"match": {"name": "0"}, "rule": "epsilon", "epsilon": 0.125},
             {"match": {"name": "2"}, "rule": "z"},
         ]
     }
     stages = [
-        (W0, b0, lambda a, W, b, R: ref_epsilon(a, W, b, R, 0.01), relu),
+        (W0, b0, lambda a, W, b, R: ref_epsilon(a, W, b, R, 0.125), relu),
         (W2, b2, lambda a, W, b, R: ref_z(a, W, b, R), None),
     ]
     expected, logits, targets = ref_chain(stages, X_DENSE, init="one-hot")
@@ -408,10 +412,10 @@ def test_composite_wide_stabilizer_default():
             {"match": {"name": "0"}, "rule": "gamma", "gamma": 0.5},
             {"match": {"name": "2"}, "rule": "z"},
         ],
-        "params": {"stabilizer": 0.2},
+        "params": {"stabilizer": 0.25},
     }
     stages = [
-        (W0, b0, lambda a, W, b, R: ref_gamma(a, W, b, R, 0.5, 0.2), leaky),
+        (W0, b0, lambda a, W, b, R: ref_gamma(a, W, b, R, 0.5, 0.25), leaky),
         (W2, b2, lambda a, W, b, R: ref_z(a, W, b, R), None),
     ]
     expected, logits, targets = ref_chain(stages, X_DENSE)
@@ -468,15 +472,15 @@ def test_pass_rule_on_square_linear():
     W4, b4 = np_params(model[4])
     composite = {
         "rules": [
-            {"match": {"name": "0"}, "rule": "epsilon", "epsilon": 1e-3},
+            {"match": {"name": "0"}, "rule": "epsilon", "epsilon": 0.125},
             {"match": {"name": "2"}, "rule": "pass"},
-            {"match": {"name": "4"}, "rule": "epsilon", "epsilon": 0.1},
+            {"match": {"name": "4"}, "rule": "epsilon", "epsilon": 0.25},
         ]
     }
     stages = [
-        (W0, b0, lambda a, W, b, R: ref_epsilon(a, W, b, R, 1e-3), relu),
+        (W0, b0, lambda a, W, b, R: ref_epsilon(a, W, b, R, 0.125), relu),
         (W2, b2, ref_pass, relu),
-        (W4, b4, lambda a, W, b, R: ref_epsilon(a, W, b, R, 0.1), None),
+        (W4, b4, lambda a, W, b, R: ref_epsilon(a, W, b, R, 0.25), None),
     ]
     expected, logits, targets = ref_chain(stages, X_DENSE)
     res = run_explain(model, X_DENSE, composite)
@@ -636,12 +640,12 @@ def test_conv_rule(rule_id, spec, make_ref):
     composite = {
         "rules": [
             {"match": {"name": "0"}, **spec},
-            {"match": {"name": "3"}, "rule": "epsilon", "epsilon": 0.1},
+            {"match": {"name": "3"}, "rule": "epsilon", "epsilon": 0.25},
         ]
     }
     stages = [
         (M, b, make_ref(M, b, C), relu),
-        (W3, b3, lambda a, W, bb, R: ref_epsilon(a, W, bb, R, 0.1), None),
+        (W3, b3, lambda a, W, bb, R: ref_epsilon(a, W, bb, R, 0.25), None),
     ]
     expected, logits, targets = ref_chain(stages, x)
     res = run_explain(model, x, composite)
@@ -661,14 +665,14 @@ def test_norm_on_avgpool():
     x = conv_input()
     composite = {
         "rules": [
-            {"match": {"name": "0"}, "rule": "epsilon", "epsilon": 1e-6},
-            {"match": {"name": "2"}, "rule": "norm", "stabilizer": 1e-2},
+            {"match": {"name": "0"}, "rule": "epsilon", "epsilon": 0.125},
+            {"match": {"name": "2"}, "rule": "norm", "stabilizer": 0.0078125},
             {"match": {"name": "4"}, "rule": "z"},
         ]
     }
     stages = [
-        (Mc, bc, lambda a, W, b, R: ref_epsilon(a, W, b, R, 1e-6), relu),
-        (Mp, bp, lambda a, W, b, R: ref_norm(a, W, b, R, 1e-2), None),
+        (Mc, bc, lambda a, W, b, R: ref_epsilon(a, W, b, R, 0.125), relu),
+        (Mp, bp, lambda a, W, b, R: ref_norm(a, W, b, R, 0.0078125), None),
         (W4, b4, lambda a, W, b, R: ref_z(a, W, b, R), None),
     ]
     expected, logits, targets = ref_chain(stages, x)
@@ -717,3 +721,15 @@ def test_reference_identities():
     assert np.isclose(ref_wsquare(-3 * a, W, W0, R, 0.0).sum(), R.sum(), rtol=1e-12)
     # z^B with an unbounded-below box (low=high=0) reduces to LRP-0 without bias
     np.testing.assert_allclose(ref_zbox(a, W, b, R, 0.0, 0.0, 1e-9), ref_z(a, W, W0, R, 1e-9), rtol=1e-10)
+
+
+@pytest.mark.parametrize("rule", ["epsilon", "z", "norm"])
+def test_float64_parameters_are_not_rounded_to_float32(rule):
+    """Minimal: one weight, one input. R = a w * z / (z + 0.1) with z = a w = 1, so R = 1/1.1.
+    0.1 rounded to float32 (0.100000001490116...) would give a relative error of ~1.2e-9."""
+    model = nn.Sequential(nn.Linear(1, 1, bias=False)).double().eval()
+    set_params(model[0], [[1.0]])
+    key = "epsilon" if rule == "epsilon" else "stabilizer"
+    res = run_explain(model, np.ones((1, 1)), {"rules": [{"match": {"name": "0"}, "rule": rule, key: 0.1}]})
+    got = res.relevance.item()
+    assert abs(got - 1.0 / 1.1) <= 1e-15, f"{rule}: {got!r} != {1.0 / 1.1!r} (0.1 used as float32?)"
