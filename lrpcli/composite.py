@@ -195,12 +195,13 @@ class Composite:
     canonizers: tuple[str, ...] = DEFAULT_CANONIZERS
     description: str = ""
     source: str = "<dict>"
+    explicit: frozenset = frozenset()  # params some file or dict set (not defaults), e.g. to keep user's zbox bounds
 
     def with_params(self, **params: Any) -> "Composite":
         """A copy with some composite-wide params changed (validated)."""
         merged = dict(self.params)
         merged.update(_check_params(params, "<params>", None))
-        return dataclasses.replace(self, params=merged)
+        return dataclasses.replace(self, params=merged, explicit=self.explicit | set(params))
 
     def make_rule(self, entry: Entry) -> Rule:
         cls = RULES.get(entry.rule)
@@ -441,8 +442,10 @@ def _parse(raw: Any, source: str, base_dir: Path | None, seen: tuple[str, ...], 
         raise ConfigError("'rules' must be a list of entries", source=source, line=_line(raw, "rules"), key="rules")
     entries = [_parse_entry(item, i, source, inherited) for i, item in enumerate(rules_raw)]
     params = dict(base.params) if base else dict(DEFAULT_PARAMS)
+    explicit = set(base.explicit) if base else set()
     if "params" in raw:
         params.update(_check_params(raw["params"], source, raw))
+        explicit |= set(raw["params"])
     canonizers = base.canonizers if base else DEFAULT_CANONIZERS
     if "canonizers" in raw:
         value = raw["canonizers"] or []
@@ -465,6 +468,7 @@ def _parse(raw: Any, source: str, base_dir: Path | None, seen: tuple[str, ...], 
         canonizers=canonizers,
         description=str(raw.get("description", base.description if base else "")),
         source=source,
+        explicit=frozenset(explicit),
     )
 
 

@@ -139,6 +139,13 @@ class Explainer:
             self._prepared[key] = (graph, self.composite.assign(graph))
         return self._prepared[key]
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's outputs for ``x`` (through the prepared graph), e.g. to choose targets."""
+        x = _check_input(x)
+        graph, _ = self.prepare(x)
+        with torch.no_grad():
+            return graph(x)
+
     # -- the explanation
 
     def explain(

@@ -1,25 +1,50 @@
-"""Loading models from files: TorchScript, ExportedProgram (.pt2).
+"""Loading models: TorchScript, ExportedProgram (.pt2), state dicts with an architecture,
+safetensors, whole pickled modules (opt-in), and model spec files.
 
-State dicts with an architecture, safetensors and model spec files come with the
-image issue; this module is where they belong.
+A *model spec* is a small YAML file a team can hand over with the weights::
+
+    model: model.pt                      # relative to the spec file
+    arch: lrpcli.architectures:MiniVGG   # needed for state dicts
+    arch_kwargs: {num_classes: 4}
+    input: {mode: RGB, size: [32, 32], mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+    classes: classes.txt                 # or an inline list
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import yaml
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
+from .registry import suggest
+
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+SPEC_KEYS = ("model", "arch", "arch_kwargs", "input", "classes", "composite", "description")
+INPUT_KEYS = ("mode", "size", "resize", "crop", "mean", "std", "features", "drop", "id_col", "label_col")
 
 
-def load_model(model: Any) -> Any:
+def load_model(
+    model: Any,
+    *,
+    arch: str | Callable | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+) -> Any:
     """Return something ``graph.capture`` takes: an nn.Module, ScriptModule or ExportedProgram.
 
-    ``model`` may already be one of those, or a path to a ``.pt2`` ExportedProgram or a
-    TorchScript file (``torch.jit.save``).
+    ``model`` may already be one of those, or a path to: a ``.pt2`` ExportedProgram, a
+    TorchScript file, a state dict (``.pt``, ``.pth``, ``.safetensors``; needs ``arch``),
+    a model spec ``.yaml``, or — only with ``allow_pickle`` — a whole pickled module.
     """
     if isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
         return model
@@ -31,6 +56,14 @@ def load_model(model: Any) -> Any:
     path = Path(model)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
+    if path.suffix in (".yaml", ".yml"):
+        spec = load_spec(path)
+        return load_model(
+            spec.model,
+            arch=arch or spec.arch,
+            arch_kwargs=arch_kwargs if arch_kwargs is not None else spec.arch_kwargs,
+            allow_pickle=allow_pickle,
+        )
     if path.suffix == ".pt2":
         return _load_exported(path)
     if _is_torchscript(path):
@@ -40,11 +73,122 @@ def load_model(model: Any) -> Any:
             raise ModelError(f"{path}: not a loadable TorchScript file: {exc}") from exc
     if zipfile.is_zipfile(path) and _zip_has(path, "archive_format"):
         return _load_exported(path)
-    raise ModelError(
-        f"{path}: not a TorchScript file or an exported program (.pt2)",
-        hint="save with torch.jit.save(torch.jit.script(model), path) or torch.export.save(ep, 'model.pt2'); "
-        "state dicts need the model's architecture (--arch)",
-    )
+    if arch is not None:
+        return _build(arch, arch_kwargs or {}, load_state_dict(path), path)
+    return _load_pickled_or_explain(path, allow_pickle)
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors only: safetensors, or torch.load with weights_only=True (no code runs)."""
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:  # pragma: no cover - safetensors is a dependency
+            raise ModelError("reading .safetensors needs the safetensors package", hint="pip install safetensors") from exc
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise ModelError(f"{path}: not a readable safetensors file: {exc}") from exc
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(
+            f"{path}: not a state dict that loads safely: {_first_line(exc)}",
+            hint="if it is a whole pickled module and you trust it, pass --allow-pickle (it runs code)",
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]  # common checkpoint layout
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def resolve_arch(arch: str | Callable) -> Callable:
+    """``module.path:Callable`` or ``path/to/file.py:Callable`` -> the callable."""
+    if callable(arch):
+        return arch
+    if ":" not in str(arch):
+        raise ModelError(
+            f"--arch '{arch}' must look like MODULE:CALLABLE",
+            hint="e.g. torchvision.models:vgg16, mypkg.nets:MiniVGG or path/to/nets.py:MiniVGG",
+        )
+    where, _, name = str(arch).rpartition(":")
+    if where.endswith(".py") or "/" in where:
+        file = Path(where)
+        if not file.is_file():
+            raise ModelError(f"--arch: file not found: {file}")
+        module_name = f"_lrp_arch_{hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]}"
+        spec = importlib.util.spec_from_file_location(module_name, file)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ModelError(f"--arch: importing {file} failed: {_first_line(exc)}") from exc
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            hint = None
+            if where.split(".")[0] == "torchvision":
+                hint = "torchvision is an optional extra: pip install 'lrpcli[torchvision]'"
+            raise ModelError(f"--arch: cannot import module '{where}': {exc}", hint=hint) from exc
+    factory = getattr(module, name, None)
+    if factory is None or not callable(factory):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise ModelError(f"--arch: '{where}' has no callable '{name}'", hint=suggest(name, names))
+    return factory
+
+
+def _build(arch: str | Callable, kwargs: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
+    factory = resolve_arch(arch)
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise ModelError(f"--arch: calling {arch} with {kwargs} failed: {exc}", hint="check --arch-kwargs") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"--arch: {arch} returned a {type(model).__name__}, not an nn.Module")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"{path}: the weights do not fit {arch}: {_first_line(exc, 300)}",
+            hint="check --arch and --arch-kwargs (e.g. num_classes)",
+        ) from exc
+    return model.eval()
+
+
+def _load_pickled_or_explain(path: Path, allow_pickle: bool) -> torch.nn.Module:
+    if not allow_pickle:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:
+            state = None
+        if isinstance(state, dict):
+            raise ModelError(
+                f"{path} is a state dict: lrp needs the model's architecture to use it",
+                hint="pass --arch MODULE:CALLABLE (e.g. mypkg.nets:MiniVGG or nets.py:MiniVGG), "
+                "or a model spec .yaml that names it",
+            )
+        raise ModelError(
+            f"{path}: not a TorchScript file, an exported program (.pt2) or a state dict",
+            hint="if it is a whole pickled module and you trust its source, pass --allow-pickle "
+            "(unpickling runs code)",
+        )
+    try:
+        model = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: unpickling failed: {_first_line(exc)}") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"{path}: the pickle holds a {type(model).__name__}, not an nn.Module")
+    return model.eval()
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _zip_has(path: Path, name: str) -> bool:
@@ -69,3 +213,89 @@ def _load_exported(path: Path) -> torch.export.ExportedProgram:
         return torch.export.load(str(path))
     except Exception as exc:
         raise ModelError(f"{path}: not a loadable exported program: {exc}") from exc
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file, for run.json (which weights produced these heatmaps)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- model spec files
+
+
+@dataclass
+class ModelSpec:
+    """What a model spec file says (paths resolved against the file's folder)."""
+
+    model: Path
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    input: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] | None = None
+    composite: str | None = None
+    source: Path | None = None
+
+
+def is_spec(path: str | Path) -> bool:
+    return Path(path).suffix in (".yaml", ".yml")
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read model spec: {exc.strerror}", source=str(path)) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", source=str(path), line=mark.line + 1 if mark else None) from exc
+    if not isinstance(raw, dict) or "model" not in raw:
+        raise ConfigError("a model spec needs a 'model:' entry (the weights file)", source=str(path), key="model")
+    for key in raw:
+        if key not in SPEC_KEYS:
+            raise ConfigError(f"unknown key '{key}' in the model spec (allowed: {', '.join(SPEC_KEYS)})", source=str(path), key=str(key), hint=suggest(str(key), list(SPEC_KEYS)))
+    inputs = raw.get("input") or {}
+    if not isinstance(inputs, dict):
+        raise ConfigError("'input' must be a mapping", source=str(path), key="input")
+    for key in inputs:
+        if key not in INPUT_KEYS:
+            raise ConfigError(f"unknown key '{key}' under input (allowed: {', '.join(INPUT_KEYS)})", source=str(path), key=str(key), hint=suggest(str(key), list(INPUT_KEYS)))
+    arch_kwargs = raw.get("arch_kwargs") or {}
+    if not isinstance(arch_kwargs, dict):
+        raise ConfigError("'arch_kwargs' must be a mapping", source=str(path), key="arch_kwargs")
+    classes = raw.get("classes")
+    if isinstance(classes, str):
+        classes = load_class_names(path.parent / classes)
+    elif classes is not None and not (isinstance(classes, list) and all(isinstance(c, (str, int)) for c in classes)):
+        raise ConfigError("'classes' must be a list of names or a file with one name per line", source=str(path), key="classes")
+    model_path = Path(str(raw["model"]))
+    if not model_path.is_absolute():
+        model_path = path.parent / model_path
+    return ModelSpec(
+        model=model_path,
+        arch=raw.get("arch"),
+        arch_kwargs=dict(arch_kwargs),
+        input=dict(inputs),
+        classes=[str(c) for c in classes] if classes is not None else None,
+        composite=raw.get("composite"),
+        source=path,
+    )
+
+
+def load_class_names(path: str | Path) -> list[str]:
+    """One class name per line (blank lines ignored); a .json list works too."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read class names: {exc.strerror}", source=str(path)) from exc
+    if path.suffix == ".json":
+        names = json.loads(text)
+        if not isinstance(names, list):
+            raise ConfigError("a class-names .json file must hold a list", source=str(path))
+        return [str(n) for n in names]
+    return [line.strip() for line in text.splitlines() if line.strip()]

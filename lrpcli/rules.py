@@ -408,6 +408,8 @@ def _bound(value: Any, like: torch.Tensor) -> torch.Tensor:
         tensor = value.to(device=like.device, dtype=like.dtype)
     else:
         tensor = torch.as_tensor(value, device=like.device, dtype=like.dtype)
+    if tensor.numel() == 1:
+        tensor = tensor.reshape(())
     if tensor.ndim == 1 and like.ndim >= 2:
         if tensor.numel() != like.shape[1]:
             raise ConfigError(

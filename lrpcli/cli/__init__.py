@@ -1,22 +1,53 @@
 """The ``lrp`` command line. Only this package prints, exits or imports click/rich.
 
-Commands import torch lazily, so ``lrp --help`` stays fast.
+Commands import torch lazily, so ``lrp --help`` stays fast. One exception boundary
+(:class:`LrpGroup`) turns every ``LrpError`` into its message and exit code.
 """
 
 from __future__ import annotations
 
+import sys
+import traceback
+
 import click
 
 from .. import __version__
+from ..errors import LrpError
+from . import console as _console
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LrpGroup(click.Group):
+    """Maps LrpError kinds to exit codes (design.md section 5); tracebacks only with -v or LRP_DEBUG=1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LrpError as exc:
+            if _console.debug_enabled(ctx.params.get("verbose", 0)):
+                traceback.print_exc()
+            _console.error(exc.message, exc.hint)
+            sys.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            _console.error("interrupted; finished outputs are kept (rerun with --resume to continue)")
+            sys.exit(130)
+        except Exception as exc:  # an internal error: a short message, the traceback on request
+            if _console.debug_enabled(ctx.params.get("verbose", 0)):
+                traceback.print_exc()
+            _console.error(f"internal error: {type(exc).__name__}: {exc}", "rerun with -v (or LRP_DEBUG=1) for the traceback")
+            sys.exit(1)
+
+
+@click.group(cls=LrpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lrp")
-def main() -> None:
+@click.option("-v", "--verbose", count=True, help="Show tracebacks for errors.")
+def main(verbose: int) -> None:
     """Explain PyTorch models with Layer-wise Relevance Propagation.
 
     \b
     Examples:
+      lrp explain sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images -o out
       lrp rules                 list the LRP rules and their parameters
       lrp composites            list the built-in composites
     """
@@ -51,3 +82,8 @@ def composites() -> None:
     for name in builtin_names():
         composite = load_composite(name)
         click.echo(f"{name:<27} {composite.description}")
+
+
+from .explain import explain  # noqa: E402  (registered after the group exists)
+
+main.add_command(explain)

@@ -1,0 +1,27 @@
+"""The one stderr console: messages, warnings, tables and progress never touch stdout."""
+
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def debug_enabled(verbose: int = 0) -> bool:
+    return verbose > 0 or os.environ.get("LRP_DEBUG", "") not in ("", "0")
+
+
+def error(message: str, hint: str | None = None) -> None:
+    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    if hint:
+        console.print(f"[dim]hint:[/] {hint}", markup=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+
+
+def info(message: str) -> None:
+    console.print(message, markup=False, highlight=False)

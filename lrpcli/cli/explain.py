@@ -1,0 +1,143 @@
+"""``lrp explain``: heatmaps, relevance arrays and a summary for a folder of images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .console import console, info, warn
+from .options import MODEL_HELP, composite_options, floats, ints, model_options, parse_mapping, parse_params, preprocessing_options
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  lrp explain sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images -o out
+  lrp explain model.pt --arch mypkg.nets:MiniVGG --arch-kwargs '{num_classes: 4}' imgs/ --size 32 --mean 0.5 --std 0.25
+  lrp explain model.ts 'photos/**/*.jpg' -c epsilon_gamma_box --top-k 3 --overlay --cmap coldnhot
+"""
+)
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@model_options
+@composite_options
+@preprocessing_options
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="lrp-out", show_default=True, help="Output folder.")
+@click.option("-t", "--target", help="Which output to explain: pred (default), a class index, a class name, or all.")
+@click.option("-k", "--top-k", type=int, help="Explain the K highest-scoring classes of each input.")
+@click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
+@click.option("--cmap", default="bwr", show_default=True, help="Heatmap colour map: bwr, seismic, coldnhot, gray, coolwarm, ...")
+@click.option("--overlay", is_flag=True, help="Draw heatmaps over the (grey) input image.")
+@click.option("--no-heatmaps", is_flag=True, help="Write no PNG heatmaps.")
+@click.option("--no-arrays", is_flag=True, help="Write no .npy relevance arrays.")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes (default: by input count and CPUs).")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help="skip: carry on past bad inputs and exit 5 at the end; fail: stop at the first.")
+@click.option("--resume", is_flag=True, help="Skip inputs whose outputs already exist in OUT.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
+    """Explain MODEL's decisions on image INPUTS (files, folders, globs) with LRP.
+
+    Writes OUT/heatmaps/<input>.png, OUT/relevance/<input>.npy, OUT/summary.csv (one
+    row per input and target) and OUT/run.json.
+
+    """
+    from ..composite import load_composite
+    from ..data.images import Preprocessing, collect_images
+    from ..engine import Explainer
+    from ..errors import InputError, UsageError
+    from ..models import file_hash, is_spec, load_class_names, load_model, load_spec
+    from ..render import COLORMAPS
+    from ..runner import ImageRunOptions, TargetSpec, explain_images
+
+    if any(str(i).endswith(".csv") or str(i) == "-" for i in inputs):
+        raise UsageError("CSV inputs are not supported yet; give image files, folders or globs")
+    COLORMAPS.resolve(options["cmap"])
+    if options["top_k"] is not None and options["target"] is not None:
+        raise UsageError("--target and --top-k exclude each other")
+    spec = load_spec(model) if is_spec(model) else None
+
+    preprocessing_values = dict(spec.input) if spec else {}
+    for key, parse in (("size", ints), ("resize", ints), ("crop", ints), ("mean", floats), ("std", floats)):
+        value = parse(options[key], f"--{key}")
+        if value is not None:
+            preprocessing_values[key] = value
+    if options["mode"]:
+        preprocessing_values["mode"] = options["mode"]
+    preprocessing = Preprocessing.from_options(**{k: v for k, v in preprocessing_values.items() if k in ("mode", "size", "resize", "crop", "mean", "std")})
+
+    classes = spec.classes if spec else None
+    if options["classes_file"]:
+        classes = load_class_names(options["classes_file"])
+    targets = TargetSpec.parse(options["target"], options["top_k"], classes)
+
+    composite = load_composite(options["composite"] or (spec.composite if spec and spec.composite else "epsilon_plus_flat"))
+    params = parse_params(options["params"])
+    if "low" not in composite.explicit and "low" not in params and (preprocessing.mean or preprocessing.std):
+        params["low"], params["high"] = preprocessing.bounds()  # the z^B box of the normalised pixel range
+    if params:
+        composite = composite.with_params(**params)
+
+    loaded = load_model(
+        spec.model if spec else model,
+        arch=options["arch"] or (spec.arch if spec else None),
+        arch_kwargs=parse_mapping(options["arch_kwargs"], "--arch-kwargs") or (spec.arch_kwargs if spec else None),
+        allow_pickle=options["allow_pickle"],
+    )
+    explainer = Explainer(loaded, composite)
+    items = collect_images(inputs)
+    out = Path(options["out"])
+    run_options = ImageRunOptions(
+        out=out,
+        batch_size=options["batch_size"],
+        device=options["device"],
+        dtype=options["dtype"],
+        cmap=options["cmap"],
+        overlay=options["overlay"],
+        heatmaps=not options["no_heatmaps"],
+        arrays=not options["no_arrays"],
+        on_error=options["on_error"],
+        resume=options["resume"],
+        workers=options["workers"],
+        init=options["init"],
+    )
+    weights = spec.model if spec else Path(model)
+    run_info = {
+        "model": str(model),
+        "weights": str(weights),
+        "weights_sha256": file_hash(weights),
+        "arguments": {"inputs": list(inputs), **{k: v for k, v in options.items()}},
+    }
+    quiet = options["quiet"]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("explaining"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("explain", total=len(items))
+        report = explain_images(
+            explainer, items, preprocessing, run_options, targets, classes, run_info, progress=lambda n: bar.advance(task, n)
+        )
+    for note in report.notes:
+        warn(note)
+    if not quiet:
+        skipped = f", {report.skipped} already done" if report.skipped else ""
+        info(
+            f"explained {report.explained} of {report.total} input(s){skipped} in {report.seconds:.1f}s "
+            f"with {composite.name} -> {out}/ (heatmaps/, relevance/, summary.csv, run.json)"
+        )
+    if report.failures:
+        for failure in report.failures:
+            console.print(f"  [red]failed:[/] {failure.message}", markup=True, highlight=False)
+        raise InputError(f"{len(report.failures)} of {report.total} input(s) failed; the others were written to {out}/")

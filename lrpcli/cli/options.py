@@ -1,0 +1,101 @@
+"""Option bundles shared by commands (model loading, composite, preprocessing)."""
+
+from __future__ import annotations
+
+
+
+from typing import Any, Callable
+
+import click
+import yaml
+
+MODEL_HELP = (
+    "MODEL is a TorchScript file, an exported program (.pt2), a state dict (.pt, .pth, "
+    ".safetensors; with --arch) or a model spec .yaml that names all of that."
+)
+
+
+def _stack(decorators: list[Callable]) -> Callable:
+    def apply(function: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+def parse_mapping(value: str | None, option: str) -> dict[str, Any]:
+    """A JSON or YAML mapping given on the command line (e.g. --arch-kwargs '{num_classes: 4}')."""
+    if not value:
+        return {}
+    try:
+        data = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"not valid YAML/JSON: {exc}", param_hint=option) from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"must be a mapping like '{{\"num_classes\": 4}}', got {value!r}", param_hint=option)
+    return data
+
+
+def parse_params(values: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--param")
+        try:
+            params[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise click.BadParameter(f"bad value in {item!r}: {exc}", param_hint="--param") from exc
+    return params
+
+
+def floats(value: str | None, option: str) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.replace(",", " ").split()]
+    except ValueError as exc:
+        raise click.BadParameter(f"expected numbers like '0.485,0.456,0.406', got {value!r}", param_hint=option) from exc
+
+
+def ints(value: str | None, option: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        items = [int(v) for v in value.lower().replace("x", " ").replace(",", " ").split()]
+    except ValueError as exc:
+        raise click.BadParameter(f"expected one or two integers like '224' or '224,224', got {value!r}", param_hint=option) from exc
+    if not 1 <= len(items) <= 2:
+        raise click.BadParameter(f"expected one or two integers, got {value!r}", param_hint=option)
+    return items
+
+
+model_options = _stack(
+    [
+        click.option("--arch", metavar="MODULE:CALLABLE", help="Architecture for a state dict: torchvision.models:vgg16, mypkg.nets:MiniVGG or path/to/nets.py:MiniVGG."),
+        click.option("--arch-kwargs", metavar="MAPPING", help="Keyword arguments for --arch, as JSON/YAML: '{num_classes: 4}'."),
+        click.option("--allow-pickle", is_flag=True, help="Load a whole pickled module. Unpickling RUNS CODE from the file: only for files you trust."),
+    ]
+)
+
+composite_options = _stack(
+    [
+        click.option("-c", "--composite", metavar="NAME|FILE", help="Built-in composite (see `lrp composites`) or a YAML file. Default: the model spec's, else epsilon_plus_flat."),
+        click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a composite parameter (epsilon, gamma, stabilizer, low, high), e.g. -p epsilon=0.25 -p 'low=[-2,-2,-2]'."),
+    ]
+)
+
+preprocessing_options = _stack(
+    [
+        click.option("--size", metavar="H[,W]", help="Size the model takes; images are resized to it."),
+        click.option("--resize", metavar="H[,W]", help="Resize to this first (then --crop)."),
+        click.option("--crop", metavar="H[,W]", help="Centre-crop to this after --resize."),
+        click.option("--mean", metavar="M[,M,M]", help="Per-channel mean subtracted after scaling pixels to [0, 1]."),
+        click.option("--std", metavar="S[,S,S]", help="Per-channel std divided by after the mean."),
+        click.option("--mode", type=click.Choice(["rgb", "gray", "l"], case_sensitive=False), help="Colour mode the model takes (default: the spec's, else RGB)."),
+        click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="Class names, one per line (or a JSON list)."),
+    ]
+)
+
+

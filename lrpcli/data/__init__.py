@@ -1,0 +1,1 @@
+"""Input data: image folders (images.py) and CSV rows (tabular.py)."""

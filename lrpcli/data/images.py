@@ -1,0 +1,206 @@
+"""Image inputs: finding them (files, folders, globs), decoding and preprocessing.
+
+Preprocessing follows the usual torchvision recipe without needing torchvision:
+convert the mode (RGB or grayscale), resize, centre-crop, scale to [0, 1],
+normalise with mean/std. Errors name the file and say what to do.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InputError, UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+MODES = {"rgb": "RGB", "l": "L", "gray": "L", "grey": "L", "grayscale": "L"}
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    path: Path  # where it is
+    name: str  # its path relative to the inputs' common folder (summary.csv's "input")
+    output_name: str = ""  # ``name`` without its suffix (kept where two inputs would collide): how outputs are named
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[ImageInput]:
+    """Every image under ``inputs`` (files, folders searched recursively, or glob patterns), sorted, no duplicates."""
+    found: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(text):
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise InputError(f"no files match '{text}'")
+            found += matches
+        else:
+            raise InputError(f"input not found: {text}", hint="give image files, folders or glob patterns")
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    paths = list(unique.values())
+    if not paths:
+        raise InputError("no images found in the given inputs", hint=f"image files end in {', '.join(IMAGE_SUFFIXES)}")
+    root = _common_folder([p.resolve() for p in paths])
+    names = [p.resolve().relative_to(root).as_posix() for p in paths]
+    stems = [name.rsplit(".", 1)[0] if "." in Path(name).name else name for name in names]
+    clashes = {stem for stem in stems if stems.count(stem) > 1}
+    return [
+        ImageInput(path=p, name=name, output_name=name if stem in clashes else stem)
+        for p, name, stem in zip(paths, names, stems)
+    ]
+
+
+def _common_folder(paths: list[Path]) -> Path:
+    common = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    return common
+
+
+def _pair(value: Any, what: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    if len(items) == 1:
+        items = items * 2
+    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+        raise UsageError(f"{what} must be one or two positive integers (height, width), got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def _floats(value: Any, what: str) -> list[float] | None:
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        return [float(v) for v in items]
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{what} must be numbers, got {value!r}") from exc
+
+
+@dataclass
+class Preprocessing:
+    """How a file becomes the model's input tensor (C, H, W)."""
+
+    mode: str = "RGB"  # "RGB" or "L"
+    size: tuple[int, int] | None = None  # final (height, width); None: the image's own size
+    resize: tuple[int, int] | None = None  # resize to this first (height, width)
+    crop: tuple[int, int] | None = None  # then centre-crop to this
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "Preprocessing":
+        mode = options.get("mode") or "RGB"
+        key = str(mode).lower()
+        if key not in MODES:
+            raise UsageError(f"unknown image mode '{mode}' (use RGB or L for grayscale)")
+        mean, std = _floats(options.get("mean"), "mean"), _floats(options.get("std"), "std")
+        channels = 3 if MODES[key] == "RGB" else 1
+        for name, values in (("mean", mean), ("std", std)):
+            if values is not None and len(values) not in (1, channels):
+                raise UsageError(f"{name} has {len(values)} values for {channels}-channel ({MODES[key]}) images")
+        if std is not None and any(s <= 0 for s in std):
+            raise UsageError(f"std must be positive, got {std}")
+        return cls(
+            mode=MODES[key],
+            size=_pair(options.get("size"), "size"),
+            resize=_pair(options.get("resize"), "resize"),
+            crop=_pair(options.get("crop"), "crop"),
+            mean=mean,
+            std=std,
+        )
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.mode == "RGB" else 1
+
+    def bounds(self) -> tuple[list[float], list[float]]:
+        """The lowest and highest input values after normalisation, per channel (the z^B box)."""
+        mean = self.mean or [0.0]
+        std = self.std or [1.0]
+        n = max(len(mean), len(std))
+        mean = mean * n if len(mean) == 1 else mean
+        std = std * n if len(std) == 1 else std
+        return [(0.0 - m) / s for m, s in zip(mean, std)], [(1.0 - m) / s for m, s in zip(mean, std)]
+
+    def decode(self, path: Path) -> Image.Image:
+        """Open and convert an image; InputError naming the file if it is unreadable."""
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return image.convert(self.mode)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
+            raise InputError(f"{path}: cannot decode image ({reason})") from exc
+
+    def geometry(self, image: Image.Image, path: Path) -> Image.Image:
+        if self.resize is not None:
+            image = image.resize((self.resize[1], self.resize[0]), Image.BILINEAR)
+        if self.crop is not None:
+            height, width = self.crop
+            if image.height < height or image.width < width:
+                raise InputError(f"{path}: image is {image.height}x{image.width}, smaller than the crop {height}x{width}")
+            top, left = (image.height - height) // 2, (image.width - width) // 2
+            image = image.crop((left, top, left + width, top + height))
+        if self.size is not None and (image.height, image.width) != self.size:
+            if self.resize is None and self.crop is None:
+                image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
+            else:
+                raise InputError(
+                    f"{path}: after resize/crop the image is {image.height}x{image.width}, "
+                    f"but the model takes {self.size[0]}x{self.size[1]}"
+                )
+        return image
+
+    def pixels(self, path: Path) -> np.ndarray:
+        """The image after mode conversion and geometry, uint8 (H, W, C): what heatmap overlays show."""
+        array = np.array(self.geometry(self.decode(path), path), dtype=np.uint8)
+        return array[:, :, None] if array.ndim == 2 else array
+
+    def tensor(self, pixels: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255.0
+        if self.mean is not None:
+            x = x - torch.tensor(self.mean).reshape(-1, 1, 1)
+        if self.std is not None:
+            x = x / torch.tensor(self.std).reshape(-1, 1, 1)
+        return x
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "size": self.size, "resize": self.resize, "crop": self.crop, "mean": self.mean, "std": self.std}
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decodes and preprocesses in DataLoader workers; a bad file yields its error, not an exception."""
+
+    def __init__(self, items: list[ImageInput], preprocessing: Preprocessing):
+        self.items = items
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, np.ndarray | None, str | None]:
+        item = self.items[index]
+        try:
+            pixels = self.preprocessing.pixels(item.path)
+            return index, self.preprocessing.tensor(pixels), pixels, None
+        except InputError as exc:
+            return index, None, None, exc.message
+
+
+def collate(samples: list[tuple]) -> list[tuple]:
+    """Keep samples as a list: the runner stacks the good ones and reports the bad ones."""
+    return samples

@@ -1,0 +1,123 @@
+"""The output folder: layout, atomic writes, summary.csv and run.json.
+
+Layout (design.md section 5)::
+
+    OUT/heatmaps/<input path>.png
+    OUT/relevance/<input path>.npy
+    OUT/summary.csv     one row per input and target
+    OUT/run.json        model, resolved composite, versions, arguments
+
+Every file is written to a temporary name in the same folder and renamed, so an
+interrupted run leaves no half-written file; paths never escape OUT.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import InputError
+
+SUMMARY_COLUMNS = (
+    "input",
+    "prediction",
+    "prediction_label",
+    "probability",
+    "target",
+    "target_label",
+    "logit",
+    "relevance_sum",
+    "conservation_gap",
+    "heatmap",
+    "relevance",
+)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_atomic(path, buffer.getvalue())
+
+
+def inside(out: Path, relative: str) -> Path:
+    """``out / relative``, refusing anything that would land outside ``out``."""
+    root = out.resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise InputError(f"output path '{relative}' would escape the output folder {out}")
+    return target
+
+
+def safe_label(label: str) -> str:
+    """A class name usable in a file name."""
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(label))
+    return keep.strip(".") or "class"
+
+
+def write_summary(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _format(row.get(key)) for key in SUMMARY_COLUMNS})
+    write_atomic(path, buffer.getvalue().encode("utf-8"))
+
+
+def _format(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.9g}"
+    return "" if value is None else value
+
+
+def read_summary(path: Path) -> list[dict[str, str]]:
+    """Rows of a (possibly partial) summary; rows cut short by an interruption are dropped."""
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [row for row in rows if None not in row.values() and row.get("relevance") is not None]
+
+
+class SummaryLog:
+    """Appends summary rows as they are produced (flushed per batch), for --resume after a crash."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists()
+        self.handle = path.open("a", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        if fresh:
+            self.writer.writeheader()
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.writer.writerow({key: _format(row.get(key)) for key in SUMMARY_COLUMNS})
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))

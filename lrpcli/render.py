@@ -1,0 +1,96 @@
+"""Heatmaps: relevance -> colour image, overlays on the input, PNG files.
+
+Colour maps come from matplotlib (``bwr``, ``seismic``, ``gray``, ...) plus zennit's
+``coldnhot``, defined from its colour stops. Normalisation is symmetric by default:
+zero relevance is the colour map's centre, so red/blue mean for/against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .registry import Registry
+
+#: matplotlib's names, as users know them; plus zennit's coldnhot
+COLORMAPS: Registry[Any] = Registry("colormap")
+for _name in ("bwr", "seismic", "coolwarm", "gray", "hot", "viridis", "piyg", "rdbu_r"):
+    COLORMAPS.register(_name, _name)
+# zennit's 'coldnhot' ('0ff,00f,80:000,f00,ff0,fff'): cyan-blue-black below zero, black-red-yellow-white above
+COLORMAPS.register(
+    "coldnhot",
+    [(0.0, "#00ffff"), (0.25, "#0000ff"), (0.5, "#000000"), (2 / 3, "#ff0000"), (5 / 6, "#ffff00"), (1.0, "#ffffff")],
+)
+
+MIN_SIDE = 128  # small inputs (8x8 digits) are enlarged so a heatmap can be seen
+
+
+def colormap(name: str):
+    """A matplotlib Colormap by (any spelling of) its registered name."""
+    import matplotlib
+
+    key = COLORMAPS.resolve(name)
+    spec = COLORMAPS.get(key)
+    if isinstance(spec, list):
+        from matplotlib.colors import LinearSegmentedColormap
+
+        return LinearSegmentedColormap.from_list(key, spec)
+    return matplotlib.colormaps[{"piyg": "PiYG", "rdbu_r": "RdBu_r"}.get(spec, spec)]
+
+
+def relevance_map(relevance: np.ndarray) -> np.ndarray:
+    """(C, H, W) or (H, W) relevance -> (H, W): summed over channels."""
+    relevance = np.asarray(relevance, dtype=np.float64)
+    return relevance.sum(axis=0) if relevance.ndim == 3 else relevance
+
+
+def normalise(heat: np.ndarray, symmetric: bool = True) -> np.ndarray:
+    """To [0, 1]: symmetric puts 0 at 0.5 and the largest |relevance| at 0 or 1."""
+    if symmetric:
+        scale = float(np.abs(heat).max())
+        return np.full_like(heat, 0.5) if scale == 0 else 0.5 + 0.5 * heat / scale
+    low, high = float(heat.min()), float(heat.max())
+    return np.zeros_like(heat) if high == low else (heat - low) / (high - low)
+
+
+def heatmap_rgb(relevance: np.ndarray, cmap: str = "bwr", symmetric: bool = True) -> np.ndarray:
+    """Relevance -> uint8 RGB image (H, W, 3)."""
+    heat = relevance_map(relevance)
+    rgba = colormap(cmap)(normalise(heat, symmetric))
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+def overlay_rgb(relevance: np.ndarray, pixels: np.ndarray, cmap: str = "bwr", alpha: float = 0.7) -> np.ndarray:
+    """The heatmap over a grey version of the input, opaque where |relevance| is large."""
+    heat = relevance_map(relevance)
+    colours = heatmap_rgb(heat, cmap).astype(np.float64)
+    grey = pixels.astype(np.float64).mean(axis=2, keepdims=True).repeat(3, axis=2)
+    scale = float(np.abs(heat).max()) or 1.0
+    weight = (alpha * np.abs(heat) / scale)[..., None]
+    return ((1 - weight) * grey + weight * colours).round().astype(np.uint8)
+
+
+def enlarge(rgb: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Nearest-neighbour enlargement by an integer factor so the shorter side is at least ``min_side``."""
+    factor = max(1, -(-min_side // max(1, min(rgb.shape[:2]))))
+    return rgb if factor == 1 else rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_heatmap(path: Path, relevance: np.ndarray, pixels: np.ndarray | None = None, cmap: str = "bwr", overlay: bool = False) -> None:
+    """Write a heatmap (or an overlay on ``pixels``) as PNG, atomically."""
+    from .outputs import write_atomic
+
+    rgb = overlay_rgb(relevance, pixels, cmap) if overlay and pixels is not None else heatmap_rgb(relevance, cmap)
+    write_atomic(path, png_bytes(enlarge(rgb)))

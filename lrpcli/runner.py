@@ -1,0 +1,343 @@
+"""Batched LRP over many images: decode in DataLoader workers, explain on the device,
+write PNG/NPY files in a thread pool, log summary rows as batches finish.
+
+The CLI's ``lrp explain`` is a thin layer over :func:`explain_images`; progress is
+reported through a callback so the library itself never prints.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .data.images import ImageDataset, ImageInput, Preprocessing, collate
+from .engine import Explainer
+from .errors import InputError, UsageError
+from .outputs import SummaryLog, inside, read_summary, safe_label, save_array, write_json, write_summary
+from .registry import suggest
+from .render import save_heatmap
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PARTIAL = "summary.partial.csv"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Which output units to explain per input: the prediction, one unit, the top k, or all."""
+
+    mode: str = "pred"  # "pred", "index", "topk", "all"
+    index: int | None = None
+    k: int = 1
+
+    @classmethod
+    def parse(cls, target: str | int | None, top_k: int | None = None, classes: list[str] | None = None) -> "TargetSpec":
+        if top_k is not None:
+            if top_k < 1:
+                raise UsageError(f"--top-k must be at least 1, got {top_k}")
+            if target not in (None, "pred"):
+                raise UsageError("--top-k and --target exclude each other")
+            return cls("topk", k=top_k)
+        if target is None or str(target).lower() in ("pred", "prediction", "predicted"):
+            return cls("pred")
+        text = str(target)
+        if text.lower() == "all":
+            return cls("all")
+        if text.lstrip("-").isdigit():
+            return cls("index", index=int(text))
+        if classes and text in classes:
+            return cls("index", index=classes.index(text))
+        if classes:
+            raise UsageError(f"--target '{text}' is not a class name", hint=suggest(text, classes) or f"classes: {', '.join(classes[:20])}")
+        raise UsageError(f"--target '{text}' is not a class index, and no class names are known", hint="use an index, pred, all, or give --classes")
+
+    @property
+    def single(self) -> bool:
+        """One target per input (file names carry no class suffix)."""
+        return self.mode in ("pred", "index") or (self.mode == "topk" and self.k == 1)
+
+    def choose(self, outputs: torch.Tensor) -> list[list[int]]:
+        scores = outputs if outputs.ndim == 2 else outputs.reshape(outputs.shape[0], -1)
+        classes = scores.shape[1]
+        if self.mode == "pred":
+            return [[int(i)] for i in scores.argmax(1)]
+        if self.mode == "index":
+            if not 0 <= int(self.index) < classes:
+                raise UsageError(f"--target {self.index} is out of range: the model has {classes} outputs (0..{classes - 1})")
+            return [[int(self.index)] for _ in range(scores.shape[0])]
+        if self.mode == "all":
+            return [list(range(classes)) for _ in range(scores.shape[0])]
+        k = min(self.k, classes)
+        return [[int(i) for i in row] for row in scores.topk(k, dim=1).indices]
+
+
+@dataclass
+class ImageRunOptions:
+    out: Path
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: str = "float32"
+    cmap: str = "bwr"
+    overlay: bool = False
+    heatmaps: bool = True
+    arrays: bool = True
+    on_error: str = "skip"  # or "fail"
+    resume: bool = False
+    workers: int | None = None  # DataLoader workers; None: chosen from the CPU count
+    init: str = "value"
+
+
+@dataclass
+class Failure:
+    input: str
+    message: str
+
+
+@dataclass
+class RunReport:
+    out: Path
+    total: int
+    explained: int = 0
+    skipped: int = 0  # already done (--resume)
+    failures: list[Failure] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here", hint="use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"unknown device '{name}'", hint="use auto, cpu or cuda") from exc
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype '{name}' (known: {', '.join(DTYPES)})", hint=suggest(name, list(DTYPES)))
+    return DTYPES[name]
+
+
+def _workers(requested: int | None, count: int) -> int:
+    if requested is not None:
+        return max(0, requested)
+    if count < 8:
+        return 0  # starting worker processes costs more than decoding a handful of images
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def output_paths(name: str, label: str | None) -> tuple[str, str]:
+    """Relative heatmap and relevance paths for an input (and a target label when several)."""
+    suffix = "" if label is None else f".{safe_label(label)}"
+    return f"heatmaps/{name}{suffix}.png", f"relevance/{name}{suffix}.npy"
+
+
+def _done_inputs(out: Path) -> dict[str, list[dict[str, str]]]:
+    """Rows of inputs whose outputs all exist, from a previous (possibly interrupted) run."""
+    done: dict[str, list[dict[str, str]]] = {}
+    for row in read_summary(out / "summary.csv") + read_summary(out / PARTIAL):
+        files = [row.get("heatmap"), row.get("relevance")]
+        if all((out / f).is_file() for f in files if f):
+            rows = done.setdefault(row["input"], [])
+            if not any(r.get("target") == row.get("target") for r in rows):
+                rows.append(row)
+    return done
+
+
+def explain_images(
+    explainer: Explainer,
+    items: list[ImageInput],
+    preprocessing: Preprocessing,
+    options: ImageRunOptions,
+    targets: TargetSpec,
+    classes: list[str] | None = None,
+    run_info: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunReport:
+    """Explain every image in ``items`` and write heatmaps, relevance arrays, summary.csv and run.json."""
+    started = time.perf_counter()
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    device, dtype = resolve_device(options.device), resolve_dtype(options.dtype)
+    report = RunReport(out=out, total=len(items))
+
+    done = _done_inputs(out) if options.resume else {}
+    if not options.resume:
+        (out / PARTIAL).unlink(missing_ok=True)
+    todo = [item for item in items if item.name not in done]
+    report.skipped = len(items) - len(todo)
+    if progress and report.skipped:
+        progress(report.skipped)
+
+    log = SummaryLog(out / PARTIAL)
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(todo, preprocessing),
+        batch_size=options.batch_size,
+        num_workers=_workers(options.workers, len(todo)),
+        collate_fn=collate,
+    )
+    new_rows: dict[str, list[dict[str, Any]]] = {}
+    expected_shape: tuple[int, ...] | None = None
+    in_flight: list[tuple[list[Future], list[dict[str, Any]]]] = []
+
+    def settle(keep: int) -> None:
+        """Wait for all but the last ``keep`` batches' files; then log their rows (now safe to resume from)."""
+        while len(in_flight) > keep:
+            futures, rows = in_flight.pop(0)
+            for future in futures:
+                future.result()
+            log.add(rows)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        try:
+            for batch in loader:
+                good: list[tuple[ImageInput, torch.Tensor, np.ndarray]] = []
+                for index, tensor, pixels, error in batch:
+                    item = todo[index]
+                    if error is None and expected_shape is not None and tuple(tensor.shape) != expected_shape:
+                        error = (
+                            f"{item.path}: image is {tensor.shape[1]}x{tensor.shape[2]} with {tensor.shape[0]} channel(s), "
+                            f"but the first image was {expected_shape[1]}x{expected_shape[2]} with {expected_shape[0]}; "
+                            "pass --size H W to resize all images"
+                        )
+                    if error is not None:
+                        if options.on_error == "fail":
+                            raise InputError(error)
+                        report.failures.append(Failure(item.name, error))
+                        continue
+                    expected_shape = expected_shape or tuple(tensor.shape)
+                    good.append((item, tensor, pixels))
+                if good:
+                    futures, rows = _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report)
+                    in_flight.append((futures, rows))
+                    for row in rows:
+                        new_rows.setdefault(row["input"], []).append(row)
+                    settle(keep=1)
+                if progress:
+                    progress(len(batch))
+            settle(keep=0)
+        finally:
+            log.close()
+
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        rows += done.get(item.name, []) or new_rows.get(item.name, [])
+    report.rows = rows
+    write_summary(out / "summary.csv", rows)
+    (out / PARTIAL).unlink(missing_ok=True)
+    report.seconds = time.perf_counter() - started
+    write_json(out / "run.json", _run_json(explainer, preprocessing, options, targets, report, run_info or {}))
+    return report
+
+
+def _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report):
+    x = torch.stack([tensor for _, tensor, _ in good]).to(device=device, dtype=dtype)
+    if targets.mode in ("pred", "index"):
+        chosen = None
+        outputs = None
+    else:
+        outputs = explainer.forward(x)
+        chosen = targets.choose(outputs)
+    if chosen is None:
+        target_arg = None if targets.mode == "pred" else int(targets.index)
+        if target_arg is not None:
+            targets.choose(torch.zeros(1, _classes_of(explainer, x)))  # range check with a clear message
+        result = explainer.explain(x, target_arg, init=options.init)
+        pairs = [(i, int(t)) for i, t in enumerate(result.targets)]
+        results = [(pairs, result)]
+    else:
+        pairs_all = [(i, t) for i, row in enumerate(chosen) for t in row]
+        results = []
+        for start in range(0, len(pairs_all), options.batch_size):
+            pairs = pairs_all[start : start + options.batch_size]
+            rows_x = x[[i for i, _ in pairs]]
+            result = explainer.explain(rows_x, torch.tensor([t for _, t in pairs], device=device), init=options.init)
+            results.append((pairs, result))
+    for note in results[0][1].notes:
+        if note not in report.notes:
+            report.notes.append(note)
+    futures: list[Future] = []
+    rows: list[dict[str, Any]] = []
+    for pairs, result in results:
+        relevance = result.relevance.detach().float().cpu().numpy()
+        logits = result.outputs.detach().double().cpu()
+        logits = logits if logits.ndim == 2 else logits.reshape(logits.shape[0], -1)
+        probabilities = torch.softmax(logits, dim=1) if logits.shape[1] > 1 else None
+        initial = result.initial.detach().double().cpu().reshape(logits.shape[0], -1).sum(1)
+        for row_index, (sample, target) in enumerate(pairs):
+            item, _, pixels = good[sample]
+            prediction = int(logits[row_index].argmax())
+            label = None if targets.single else _label(target, classes)
+            heat_rel, array_rel = output_paths(item.output_name or item.name, label)
+            rel = relevance[row_index]
+            total = float(rel.sum(dtype=np.float64))
+            row = {
+                "input": item.name,
+                "prediction": prediction,
+                "prediction_label": _label(prediction, classes, blank=True),
+                "probability": float(probabilities[row_index, prediction]) if probabilities is not None else None,
+                "target": target,
+                "target_label": _label(target, classes, blank=True),
+                "logit": float(logits[row_index, target]),
+                "relevance_sum": total,
+                "conservation_gap": float(initial[row_index]) - total,
+                "heatmap": heat_rel if options.heatmaps else "",
+                "relevance": array_rel if options.arrays else "",
+            }
+            rows.append(row)
+            if options.arrays:
+                futures.append(pool.submit(save_array, inside(out, array_rel), rel))
+            if options.heatmaps:
+                futures.append(pool.submit(save_heatmap, inside(out, heat_rel), rel, pixels, options.cmap, options.overlay))
+    report.explained += len(good)
+    return futures, rows
+
+
+def _classes_of(explainer: Explainer, x: torch.Tensor) -> int:
+    outputs = explainer.forward(x[:1])
+    return outputs.reshape(1, -1).shape[1]
+
+
+def _label(index: int, classes: list[str] | None, blank: bool = False) -> str:
+    if classes and 0 <= index < len(classes):
+        return classes[index]
+    return "" if blank else str(index)
+
+
+def _run_json(explainer, preprocessing, options, targets, report, run_info) -> dict[str, Any]:
+    from . import __version__
+
+    return {
+        "lrpcli": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_info,
+        "composite": explainer.composite.to_dict(),
+        "preprocessing": preprocessing.to_dict(),
+        "targets": {"mode": targets.mode, "index": targets.index, "k": targets.k},
+        "init": options.init,
+        "device": str(resolve_device(options.device)),
+        "dtype": options.dtype,
+        "inputs": report.total,
+        "explained": report.explained,
+        "skipped_done": report.skipped,
+        "failures": [{"input": f.input, "message": f.message} for f in report.failures],
+        "notes": report.notes,
+        "seconds": round(report.seconds, 3),
+    }
