@@ -534,3 +534,42 @@ def load_composite(spec: Any, **params: Any) -> Composite:
     """
     composite = _load(spec, None, ())
     return composite.with_params(**params) if params else composite
+
+
+def json_schema() -> dict[str, Any]:
+    """A JSON Schema for composite files, built from the registries (so it never goes stale)."""
+    number = {"type": "number", "minimum": 0}
+    bound = {"oneOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}, "minItems": 1}]}
+    param_schema = {"epsilon": number, "gamma": number, "stabilizer": number, "low": bound, "high": bound}
+    one_or_many = lambda item: {"oneOf": [item, {"type": "array", "items": item, "minItems": 1}]}  # noqa: E731
+    match = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "type": one_or_many({"enum": list(LAYER_TYPES)}),
+            "name": one_or_many({"type": "string", "minLength": 1}),
+            "first": {"type": "boolean"},
+        },
+    }
+    entries = []
+    for name in RULES.names():
+        cls = RULES.get(name)
+        properties: dict[str, Any] = {"match": match, "rule": {"const": name}}
+        for key, spec in cls.params.items():
+            properties[key] = bound if key in ("low", "high") else ({"type": "number", "minimum": spec.minimum} if spec.minimum is not None else {"type": "number"})
+            properties[key]["description"] = spec.help
+        entries.append({"type": "object", "required": ["rule"], "additionalProperties": False, "properties": properties, "description": cls.formula})
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "lrpcli composite",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "extends": {"type": "string", "description": "a built-in composite or a YAML file"},
+            "canonizers": {"type": "array", "items": {"enum": CANONIZERS.names()}},
+            "params": {"type": "object", "additionalProperties": False, "properties": param_schema},
+            "rules": {"type": "array", "items": {"oneOf": entries}},
+        },
+    }

@@ -29,6 +29,11 @@ class LrpGroup(click.Group):
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:  # e.g. `lrp composites schema | head`: the reader left; not an error
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except KeyboardInterrupt:
             _console.error("interrupted; finished outputs are kept (rerun with --resume to continue)")
             sys.exit(130)
@@ -48,6 +53,7 @@ def main(verbose: int) -> None:
     \b
     Examples:
       lrp explain sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images -o out
+      lrp inspect sample_models/shapes_minivgg/model.yaml
       lrp rules                 list the LRP rules and their parameters
       lrp composites            list the built-in composites
     """
@@ -69,21 +75,63 @@ def rules() -> None:
         click.echo(f"{name:<11} {cls.formula}\n{'':<11} parameters: {params}")
 
 
-@main.command()
-def composites() -> None:
-    """List the built-in composites and what each does.
+@main.group(invoke_without_command=True)
+@click.pass_context
+def composites(ctx: click.Context) -> None:
+    """List the built-in composites, show one as YAML, or print the JSON Schema.
+
+    \b
+    Examples:
+      lrp composites
+      lrp composites show epsilon_gamma_box > my_composite.yaml
+      lrp composites schema > composite.schema.json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..composite import builtin_names
+    from ..inspect import composite_summary
+
+    for name in builtin_names():
+        summary = composite_summary(name)
+        click.echo(f"{name}: {summary['description']}")
+        for rule in summary["rules"]:
+            click.echo(f"    {rule}")
+        params = ", ".join(f"{k}={v}" for k, v in summary["params"].items())
+        click.echo(f"    params: {params}; canonizers: {', '.join(summary['canonizers']) or '-'}")
+
+
+@composites.command("show")
+@click.argument("name")
+def composites_show(name: str) -> None:
+    """Print a built-in composite's YAML, ready to copy and edit.
 
     \b
     Example:
-      lrp composites
+      lrp composites show epsilon-plus-flat
     """
-    from ..composite import builtin_names, load_composite
+    from ..composite import BUILTINS, load_composite
 
-    for name in builtin_names():
-        composite = load_composite(name)
-        click.echo(f"{name:<27} {composite.description}")
+    load_composite(name)  # resolves spellings, errors with suggestions
+    click.echo(BUILTINS.get(name).read_text(encoding="utf-8"), nl=False)
+
+
+@composites.command("schema")
+def composites_schema() -> None:
+    """Print the JSON Schema of composite files (for editors that check YAML as you type).
+
+    \b
+    Example:
+      lrp composites schema > composite.schema.json
+    """
+    import json
+
+    from ..composite import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
 
 
 from .explain import explain  # noqa: E402  (registered after the group exists)
+from .inspect import inspect  # noqa: E402
 
 main.add_command(explain)
+main.add_command(inspect)

@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 from .console import console, info, warn
-from .options import MODEL_HELP, composite_options, floats, ints, model_options, parse_mapping, parse_params, preprocessing_options
+from .options import (
+    build_composite,
+    composite_options,
+    model_options,
+    parse_mapping,
+    parse_params,
+    preprocessing_options,
+    spec_preprocessing,
+)
 
 
 @click.command(
@@ -46,8 +54,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     row per input and target) and OUT/run.json.
 
     """
-    from ..composite import load_composite
-    from ..data.images import Preprocessing, collect_images
+    from ..data.images import collect_images
     from ..engine import Explainer
     from ..errors import InputError, UsageError
     from ..models import file_hash, is_spec, load_class_names, load_model, load_spec
@@ -61,26 +68,14 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         raise UsageError("--target and --top-k exclude each other")
     spec = load_spec(model) if is_spec(model) else None
 
-    preprocessing_values = dict(spec.input) if spec else {}
-    for key, parse in (("size", ints), ("resize", ints), ("crop", ints), ("mean", floats), ("std", floats)):
-        value = parse(options[key], f"--{key}")
-        if value is not None:
-            preprocessing_values[key] = value
-    if options["mode"]:
-        preprocessing_values["mode"] = options["mode"]
-    preprocessing = Preprocessing.from_options(**{k: v for k, v in preprocessing_values.items() if k in ("mode", "size", "resize", "crop", "mean", "std")})
+    preprocessing = spec_preprocessing(spec, options)
 
     classes = spec.classes if spec else None
     if options["classes_file"]:
         classes = load_class_names(options["classes_file"])
     targets = TargetSpec.parse(options["target"], options["top_k"], classes)
 
-    composite = load_composite(options["composite"] or (spec.composite if spec and spec.composite else "epsilon_plus_flat"))
-    params = parse_params(options["params"])
-    if "low" not in composite.explicit and "low" not in params and (preprocessing.mean or preprocessing.std):
-        params["low"], params["high"] = preprocessing.bounds()  # the z^B box of the normalised pixel range
-    if params:
-        composite = composite.with_params(**params)
+    composite = build_composite(options["composite"], spec, parse_params(options["params"]), preprocessing)
 
     loaded = load_model(
         spec.model if spec else model,

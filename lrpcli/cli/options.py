@@ -99,3 +99,30 @@ preprocessing_options = _stack(
 )
 
 
+
+
+def build_composite(name: str | None, spec: Any, params: dict[str, Any], preprocessing: Any = None) -> Any:
+    """The composite a command runs with: -c, else the spec's, else epsilon_plus_flat; -p overrides;
+    z^B bounds from the preprocessing's mean/std unless the composite or -p set them."""
+    from ..composite import load_composite
+
+    composite = load_composite(name or (spec.composite if spec is not None and spec.composite else "epsilon_plus_flat"))
+    params = dict(params)
+    if preprocessing is not None and "low" not in composite.explicit and "low" not in params and (preprocessing.mean or preprocessing.std):
+        params["low"], params["high"] = preprocessing.bounds()
+    return composite.with_params(**params) if params else composite
+
+
+def spec_preprocessing(spec: Any, options: dict[str, Any] | None = None) -> Any:
+    """Preprocessing from the model spec's input section, overridden by command-line flags."""
+    from ..data.images import Preprocessing
+
+    values = dict(spec.input) if spec is not None else {}
+    options = options or {}
+    for key, parse in (("size", ints), ("resize", ints), ("crop", ints), ("mean", floats), ("std", floats)):
+        value = parse(options.get(key), f"--{key}")
+        if value is not None:
+            values[key] = value
+    if options.get("mode"):
+        values["mode"] = options["mode"]
+    return Preprocessing.from_options(**{k: v for k, v in values.items() if k in ("mode", "size", "resize", "crop", "mean", "std")})

@@ -1,0 +1,100 @@
+"""``lrp inspect``: which rule each layer gets, before any heavy run."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .console import console, warn
+from .options import build_composite, composite_options, ints, model_options, parse_mapping, parse_params, spec_preprocessing
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  lrp inspect sample_models/shapes_minivgg/model.yaml
+  lrp inspect model.pt --arch lrpcli.architectures:MiniVGG --input-shape 3,32,32 -c epsilon_gamma_box
+  lrp inspect sample_models/digits_cnn/model.yaml --json
+"""
+)
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@model_options
+@composite_options
+@click.option("--input-shape", metavar="C,H,W", help="One input's shape without the batch (default: from the model spec).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def inspect(model: str, composite: str | None, input_shape: str | None, as_json: bool, **options: Any) -> None:
+    """Show the captured graph of MODEL and the LRP rule each layer gets.
+
+    Lists every layer with its path, type, output shape, parameter count, rule and
+    the composite line that chose it; ops that only route relevance are folded into
+    the row before them. Warns about composite lines that match nothing, layers that
+    fall back to a default rule, and ops no rule covers.
+    """
+    import torch
+
+    from ..errors import UsageError
+    from ..inspect import inspect_model
+    from ..models import is_spec, load_model, load_spec
+
+    spec = load_spec(model) if is_spec(model) else None
+    shape = _shape(input_shape, spec)
+    loaded = load_model(
+        spec.model if spec else model,
+        arch=options["arch"] or (spec.arch if spec else None),
+        arch_kwargs=parse_mapping(options["arch_kwargs"], "--arch-kwargs") or (spec.arch_kwargs if spec else None),
+        allow_pickle=options["allow_pickle"],
+    )
+    if shape is None:
+        raise UsageError("the input shape is unknown", hint="pass --input-shape C,H,W (or F for tabular models), or use a model spec with input.size")
+    preprocessing = spec_preprocessing(spec) if spec is not None and shape is not None and len(shape) == 3 else None
+    comp = build_composite(composite, spec, parse_params(options["params"]), preprocessing)
+    report = inspect_model(loaded, torch.zeros(1, *shape), comp)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{model} with {report.composite} (input {tuple(report.input_shape)}, captured via {report.source})")
+    for column in ("layer", "type", "output", "params", "rule", "matched by", "then routed by"):
+        table.add_column(column, overflow="fold")
+    for layer in report.layers:
+        rule = layer.rule or "[red]none[/]"
+        if layer.rule_params:
+            rule += " (" + ", ".join(f"{k}={v}" for k, v in layer.rule_params.items()) + ")"
+        table.add_row(
+            layer.module,
+            layer.type,
+            "x".join(str(s) for s in layer.output_shape[1:]) or "-",
+            f"{layer.parameters:,}" if layer.parameters else "",
+            rule,
+            layer.matched_by.split(" {")[0].replace("<built-in ", "").replace(">", ".yaml"),
+            ", ".join(layer.routed_after),
+        )
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    for message in report.warnings:
+        warn(message)
+
+
+def _shape(text: str | None, spec: Any) -> tuple[int, ...] | None:
+    if text:
+        try:
+            return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+        except ValueError as exc:
+            raise click.BadParameter(f"expected integers like 3,32,32, got {text!r}", param_hint="--input-shape") from exc
+    if spec is None:
+        return None
+    size = spec.input.get("size")
+    if size:
+        size = ints(",".join(str(s) for s in (size if isinstance(size, list) else [size])), "size")
+        if len(size) == 1:
+            size = size * 2
+        channels = 1 if str(spec.input.get("mode", "RGB")).upper() in ("L", "GRAY", "GREY") else 3
+        return (channels, *size)
+    features = spec.input.get("features")
+    if isinstance(features, list):
+        return (len(features),)
+    return None
