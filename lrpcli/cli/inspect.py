@@ -57,7 +57,8 @@ def inspect(model: str, composite: str | None, input_shape: str | None, as_json:
     from rich.table import Table
 
     table = Table(title=f"{model} with {report.composite} (input {tuple(report.input_shape)}, captured via {report.source})")
-    for column in ("layer", "type", "output", "params", "rule", "matched by", "then routed by"):
+    table.add_column("layer", no_wrap=True)
+    for column in ("type", "output", "params", "rule", "matched by", "then routed by"):
         table.add_column(column, overflow="fold")
     for layer in report.layers:
         rule = layer.rule or "[red]none[/]"
@@ -72,7 +73,7 @@ def inspect(model: str, composite: str | None, input_shape: str | None, as_json:
             layer.matched_by.split(" {")[0].replace("<built-in ", "").replace(">", ".yaml"),
             ", ".join(layer.routed_after),
         )
-    console.print(table)
+    console.print(table, width=None if console.is_terminal else 160)  # logs and pipes get the full table
     for note in report.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     for message in report.warnings:
