@@ -21,6 +21,7 @@ from .errors import InputError, ModelError, UnsupportedOpError, UsageError
 from .graph import Graph, Node, capture
 from .models import load_model
 from .registry import suggest
+from .rules import Ledger
 
 INITS = ("value", "one-hot")
 
@@ -37,6 +38,21 @@ class LayerRelevance:
     rule: str  # the rule's name; "route" for shape/pooling ops, "pass" for element-wise ones
     relevance_out: torch.Tensor  # (batch,)
     relevance_in: torch.Tensor  # (batch,)
+    bias: torch.Tensor | None = None  # (batch,) what biases (and constants) absorbed
+    stabilizer: torch.Tensor | None = None  # (batch,) what epsilon / stabilisers absorbed
+
+    @property
+    def absorbed(self) -> torch.Tensor:
+        return self.relevance_out - self.relevance_in
+
+    @property
+    def other(self) -> torch.Tensor:
+        """Loss not explained by biases or stabilisers (e.g. relevance at z = 0, a non-conserving rule)."""
+        explained = torch.zeros_like(self.absorbed)
+        for part in (self.bias, self.stabilizer):
+            if part is not None:
+                explained = explained + part
+        return self.absorbed - explained
 
 
 @dataclass
@@ -114,6 +130,7 @@ class Explainer:
             if hit is not None and hit[0] == fingerprint:
                 return hit[1]
         example = x.detach().to("cpu") if _on_cpu(self.model) else x.detach()
+        example = example.to(_model_dtype(self.model) or example.dtype)  # capture in the weights' dtype
         graph = capture(self.model, example)
         if not graph.dynamic_batch and graph.input_shape[:1] != x.shape[:1] and not isinstance(
             self.model, torch.export.ExportedProgram
@@ -171,6 +188,20 @@ class Explainer:
             layers=layers,
             notes=list(graph.notes),
         )
+
+
+def _model_tensors(model: Any) -> list[torch.Tensor]:
+    if isinstance(model, torch.export.ExportedProgram):
+        return list(model.state_dict.values())
+    return list(model.state_dict().values())
+
+
+def _model_dtype(model: Any) -> torch.dtype | None:
+    """The floating dtype of the model's weights (None if it has none)."""
+    try:
+        return next((t.dtype for t in _model_tensors(model) if t.is_floating_point()), None)
+    except Exception:
+        return None
 
 
 def _on_cpu(model: Any) -> bool:
@@ -259,16 +290,16 @@ def _total(relevance: Any) -> torch.Tensor:
 
 
 def _node_relevance(
-    node: Node, assigned: Assigned | None, values: dict[str, Any], inputs: list[str], relevance: Any
+    node: Node, assigned: Assigned | None, values: dict[str, Any], inputs: list[str], relevance: Any, ledger: Ledger | None
 ) -> dict[str, Any]:
     """Relevance of each activation input of ``node``, given the relevance of its output."""
     kind = node.kind
     output = values[node.name]
     if kind in ("conv", "linear", "batchnorm"):
         source = node.args[0].name
-        return {source: assigned.rule.weighted(node, values[source], output, relevance)}
+        return {source: assigned.rule.weighted(node, values[source], output, relevance, ledger=ledger)}
     if kind in ops.PROPORTIONAL_KINDS:
-        return assigned.rule.proportional(node, values, inputs, output, relevance)
+        return assigned.rule.proportional(node, values, inputs, output, relevance, ledger=ledger)
     if kind == "elementwise":
         if len(inputs) == 1 and values[inputs[0]].shape == relevance.shape:
             return {inputs[0]: relevance}
@@ -318,7 +349,8 @@ def propagate(
                 values.pop(node.name, None)
             continue
         inputs = _activation_inputs(node, values, meta)
-        outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, incoming)
+        ledger = Ledger() if record else None
+        outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, incoming, ledger)
         for name, part in outgoing.items():
             _accumulate(relevance, name, part)
         if record:
@@ -334,6 +366,8 @@ def propagate(
                 rule=rule,
                 relevance_out=total_out,
                 relevance_in=total_in,
+                bias=ledger.bias,
+                stabilizer=ledger.stabilizer,
             )
         values.pop(node.name, None)
     result = relevance.get(graph.input)

@@ -148,6 +148,34 @@ def vjp(node: Node, values: dict[str, Any], inputs: list[str], grad_outputs: Any
     return {name: grad for name, grad in zip(leaves, grads) if grad is not None}
 
 
+class Ledger:
+    """Where the relevance a node did not hand down went, per sample: biases or stabilisers.
+
+    Rules fill it only when the engine records per-layer totals (the conservation
+    check); everything else a node lost is "other" (e.g. relevance at z = 0).
+    """
+
+    def __init__(self) -> None:
+        self.bias: torch.Tensor | None = None
+        self.stabilizer: torch.Tensor | None = None
+
+    @staticmethod
+    def _per_sample(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[0], -1).sum(dim=1)
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        current = getattr(self, name)
+        setattr(self, name, value if current is None else current + value)
+
+    def record(self, s: torch.Tensor, z_mod: torch.Tensor, bias: torch.Tensor | None, epsilon: float, weight: float = 1.0) -> None:
+        """For R = s * stabilise(z_mod): the share of R the (modified) bias and the stabiliser took."""
+        if epsilon:
+            self._add("stabilizer", weight * self._per_sample(s * (stabilise(z_mod, epsilon) - z_mod)))
+        if bias is not None:
+            shape = (1, -1) + (1,) * (s.ndim - 2)
+            self._add("bias", weight * self._per_sample(s * bias.reshape(shape)))
+
+
 # --------------------------------------------------------------------------- rules
 
 
@@ -192,12 +220,20 @@ class Rule:
         args = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
         return f"{self.name}({args})"
 
-    def weighted(self, node: Node, a: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    def weighted(
+        self, node: Node, a: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor, ledger: Ledger | None = None
+    ) -> torch.Tensor:
         """Relevance of the input ``a`` of a weighted node with output ``z``."""
         raise NotImplementedError
 
     def proportional(
-        self, node: Node, values: dict[str, Any], inputs: list[str], z: torch.Tensor, relevance: torch.Tensor
+        self,
+        node: Node,
+        values: dict[str, Any],
+        inputs: list[str],
+        z: torch.Tensor,
+        relevance: torch.Tensor,
+        ledger: Ledger | None = None,
     ) -> dict[str, torch.Tensor]:
         """Relevance of the inputs of a parameter-free linear node (add, avg-pool, sum, scale)."""
         raise NotImplementedError(f"rule '{self.name}' needs a layer with weights")
@@ -221,14 +257,21 @@ class Epsilon(Rule):
     def _epsilon(self) -> float:
         return float(self.values["epsilon"])
 
-    def weighted(self, node, a, z, relevance):
+    def weighted(self, node, a, z, relevance, ledger=None):
         s = divide(relevance, z, self._epsilon)
+        if ledger is not None:
+            ledger.record(s, z, node.bias, self._epsilon)
         return a * transpose(node, s, a, node.weight)
 
-    def proportional(self, node, values, inputs, z, relevance):
+    def proportional(self, node, values, inputs, z, relevance, ledger=None):
         s = divide(relevance, z, self._epsilon)
         grads = vjp(node, values, inputs, s)
-        return {name: values[name] * grad for name, grad in grads.items()}
+        result = {name: values[name] * grad for name, grad in grads.items()}
+        if ledger is not None:  # constants added by the op (x + c) act as a bias
+            ledger.record(s, z, None, self._epsilon)
+            handed = sum(Ledger._per_sample(r) for r in result.values())
+            ledger.bias = Ledger._per_sample(s * z) - handed
+        return result
 
 
 class Z(Epsilon):
@@ -258,11 +301,11 @@ class Pass(Rule):
     formula = "R_j = R_j   (relevance passes unchanged; input and output shapes must match)"
     weighted_only = False
 
-    def weighted(self, node, a, z, relevance):
+    def weighted(self, node, a, z, relevance, ledger=None):
         self._check(node, a, relevance)
         return relevance
 
-    def proportional(self, node, values, inputs, z, relevance):
+    def proportional(self, node, values, inputs, z, relevance, ledger=None):
         matching = [name for name in inputs if values[name].shape == relevance.shape]
         if not matching:
             self._check(node, values[inputs[0]], relevance)
@@ -283,7 +326,7 @@ class ZPlus(Rule):
     params = {"stabilizer": Param(1e-6, "added to the denominator", minimum=0.0)}
     inherits = ("stabilizer",)
 
-    def weighted(self, node, a, z, relevance):
+    def weighted(self, node, a, z, relevance, ledger=None):
         eps = float(self.values["stabilizer"])
         w_pos, w_neg = positive(node.weight), negative(node.weight)
         a_pos, a_neg = _split_sign(a)
@@ -291,6 +334,8 @@ class ZPlus(Rule):
         if a_neg is not None:
             z_pos = z_pos + forward(node, a_neg, w_neg, None)
         s = divide(relevance, z_pos, eps)
+        if ledger is not None:
+            ledger.record(s, z_pos, positive(node.bias), eps)
         result = a_pos * transpose(node, s, a, w_pos)
         if a_neg is not None:
             result = result + a_neg * transpose(node, s, a, w_neg)
@@ -316,25 +361,27 @@ class AlphaBeta(Rule):
                 hint=f"use beta = {alpha - 1:g} for alpha = {alpha:g}",
             )
 
-    def weighted(self, node, a, z, relevance):
+    def weighted(self, node, a, z, relevance, ledger=None):
         alpha, beta = float(self.values["alpha"]), float(self.values["beta"])
         eps = float(self.values["stabilizer"])
         w_pos, w_neg = positive(node.weight), negative(node.weight)
         a_pos, a_neg = _split_sign(a)
 
-        def part(w_for_pos, w_for_neg, bias):
+        def part(w_for_pos, w_for_neg, bias, weight):
             z_part = forward(node, a_pos, w_for_pos, bias)
             if a_neg is not None:
                 z_part = z_part + forward(node, a_neg, w_for_neg, None)
             s = divide(relevance, z_part, eps)
+            if ledger is not None:
+                ledger.record(s, z_part, bias, eps, weight)
             r = a_pos * transpose(node, s, a, w_for_pos)
             if a_neg is not None:
                 r = r + a_neg * transpose(node, s, a, w_for_neg)
             return r
 
-        result = alpha * part(w_pos, w_neg, positive(node.bias))
+        result = alpha * part(w_pos, w_neg, positive(node.bias), alpha)
         if beta != 0:
-            result = result - beta * part(w_neg, w_pos, negative(node.bias))
+            result = result - beta * part(w_neg, w_pos, negative(node.bias), -beta)
         return result
 
 
@@ -347,7 +394,7 @@ class Gamma(Rule):
     }
     inherits = ("gamma", "stabilizer")
 
-    def weighted(self, node, a, z, relevance):
+    def weighted(self, node, a, z, relevance, ledger=None):
         gamma, eps = float(self.values["gamma"]), float(self.values["stabilizer"])
         weight, bias = node.weight, node.bias
         w_up = weight + gamma * weight.clamp(min=0)  # favours positive weights
@@ -364,6 +411,9 @@ class Gamma(Rule):
             z_down = z_down + forward(node, a_neg, w_up, None)
         s_up = (z > 0).to(z.dtype) * divide(relevance, z_up, eps)
         s_down = (z < 0).to(z.dtype) * divide(relevance, z_down, eps)
+        if ledger is not None:
+            ledger.record(s_up, z_up, b_up, eps)
+            ledger.record(s_down, z_down, b_down, eps)
         result = a_pos * (transpose(node, s_up, a, w_up) + transpose(node, s_down, a, w_down))
         if a_neg is not None:
             result = result + a_neg * (transpose(node, s_up, a, w_down) + transpose(node, s_down, a, w_up))
@@ -382,12 +432,14 @@ class Flat(Rule):
     def _bias(self, node: Node) -> torch.Tensor | None:
         return None
 
-    def weighted(self, node, a, z, relevance):
+    def weighted(self, node, a, z, relevance, ledger=None):
         eps = float(self.values["stabilizer"])
         ones = torch.ones_like(a[:1]).expand_as(a)
         weight = self._weight(node)
         z_mod = forward(node, ones, weight, self._bias(node))
         s = divide(relevance, z_mod, eps)
+        if ledger is not None:
+            ledger.record(s, z_mod, self._bias(node), eps)
         return transpose(node, s, a, weight)
 
 
@@ -439,7 +491,7 @@ class ZBox(Rule):
             if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
                 raise ConfigError(f"rule 'zbox': {key} must be a number or a list of numbers, got {value!r}", key=key)
 
-    def weighted(self, node, a, z, relevance):
+    def weighted(self, node, a, z, relevance, ledger=None):
         eps = float(self.values["stabilizer"])
         low, high = _bound(self.values["low"], a), _bound(self.values["high"], a)
         weight, bias = node.weight, node.bias
@@ -448,6 +500,8 @@ class ZBox(Rule):
             node, high, w_neg, negative(bias)
         )
         s = divide(relevance, z_box, eps)
+        if ledger is not None:
+            ledger.record(s, z_box, None, eps)
         return a * transpose(node, s, a, weight) - low * transpose(node, s, a, w_pos) - high * transpose(
             node, s, a, w_neg
         )

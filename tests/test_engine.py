@@ -127,3 +127,30 @@ def test_float64_inputs_compute_in_float64(mlp):
     x = torch.randn(2, 6, dtype=torch.float64)
     result = explain(mlp, x)
     assert result.relevance.dtype == torch.float64 and result.outputs.dtype == torch.float64
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat", "lrp_0"])
+def test_per_layer_absorption_adds_up_to_the_total_gap_and_is_explained(composite, small_resnet):
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)  # float32 weights, float64 run
+    result = explain(small_resnet, x, composite, layer_relevance=True)
+    gap = result.initial.sum(1) - result.relevance.flatten(1).sum(1)
+    layers = result.layers.values()
+    torch.testing.assert_close(sum(layer.absorbed for layer in layers), gap, rtol=0, atol=1e-12)
+    explained = sum((layer.bias if layer.bias is not None else 0) + (layer.stabilizer if layer.stabilizer is not None else 0) for layer in layers)
+    torch.testing.assert_close(explained, gap, rtol=0, atol=1e-12)  # biases and stabilisers explain all of it
+    assert gap.abs().min() > 1e-3  # the net has biases: something was absorbed
+
+
+def test_relevance_lost_at_zero_denominators_is_reported_as_other():
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False)).double().eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -1.0], [1.0, 1.0]]))
+        model[1].weight.copy_(torch.tensor([[1.0, 1.0]]))
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)  # hidden unit 0 is exactly 0
+    # flat on top hands relevance to the zero unit too; LRP-0 below cannot divide it and loses it
+    spec = {"rules": [{"match": {"name": "1"}, "rule": "flat"}, {"match": {"name": "0"}, "rule": "z"}]}
+    result = explain(model, x, spec, init="one-hot", layer_relevance=True)
+    bottom, top = result.layers["linear"], result.layers["linear_1"]
+    assert float(top.absorbed) == pytest.approx(0.0, abs=1e-5)  # flat: only its tiny stabiliser
+    assert float(bottom.other) == pytest.approx(0.5)  # half the relevance sat on the zero unit
+    assert float(result.relevance.sum()) == pytest.approx(0.5, abs=1e-5)
