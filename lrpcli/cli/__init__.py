@@ -54,6 +54,7 @@ def main(verbose: int) -> None:
     Examples:
       lrp explain sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images -o out
       lrp inspect sample_models/shapes_minivgg/model.yaml
+      lrp check-conservation sample_models/digits_cnn/model.yaml --random 8 -c lrp_0
       lrp rules                 list the LRP rules and their parameters
       lrp composites            list the built-in composites
     """
@@ -131,7 +132,9 @@ def composites_schema() -> None:
 
 
 from .explain import explain  # noqa: E402  (registered after the group exists)
+from .check import check_conservation  # noqa: E402
 from .inspect import inspect  # noqa: E402
 
 main.add_command(explain)
+main.add_command(check_conservation)
 main.add_command(inspect)

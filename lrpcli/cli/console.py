@@ -7,6 +7,8 @@ import os
 from rich.console import Console
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 160  # logs and CI output get whole tables, not 80-column wraps
 
 
 def debug_enabled(verbose: int = 0) -> bool:

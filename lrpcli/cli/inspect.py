@@ -73,7 +73,7 @@ def inspect(model: str, composite: str | None, input_shape: str | None, as_json:
             layer.matched_by.split(" {")[0].replace("<built-in ", "").replace(">", ".yaml"),
             ", ".join(layer.routed_after),
         )
-    console.print(table, width=None if console.is_terminal else 160)  # logs and pipes get the full table
+    console.print(table)
     for note in report.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     for message in report.warnings:

@@ -1,0 +1,172 @@
+"""``lrp check-conservation``: a conservation gate for CI, layer by layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .console import console, info, warn
+from .options import build_composite, composite_options, model_options, parse_mapping, parse_params, preprocessing_options, spec_preprocessing
+
+
+@click.command(
+    "check-conservation",
+    epilog="""\b
+Examples:
+  lrp check-conservation sample_models/digits_cnn/model.yaml --random 8 -c lrp_0
+  lrp check-conservation sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images -c epsilon_plus_flat --junit conservation.xml
+  lrp check-conservation model.pt --arch nets.py:Net --input-shape 3,32,32 --random 16 --dtype float64 --tolerance 1e-10 --count all
+""",
+)
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1)
+@model_options
+@composite_options
+@preprocessing_options
+@click.option("--random", "random_count", type=click.IntRange(min=1), help="Check N random inputs of the model's input shape (when no INPUTS are given).")
+@click.option("--input-shape", metavar="C,H,W", help="Input shape for --random (default: from the model spec).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random.")
+@click.option("--tolerance", type=click.FloatRange(min=0), help="Allowed gap (default: 1e-5 in float32, 1e-10 in float64).")
+@click.option("--absolute", is_flag=True, help="Compare the absolute gap with the tolerance (default: relative to the logit).")
+@click.option("--count", type=click.Choice(["all", "unexplained"]), help="Count the whole gap, or only what biases and stabilisers do not explain (default: all for LRP-0, else unexplained).")
+@click.option("-t", "--target", help="Class index to explain (default: the prediction).")
+@click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Write the full report as JSON to stdout.")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML file (one test case per sample).")
+@click.option("-q", "--quiet", is_flag=True, help="Only the verdict line.")
+def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> None:
+    """Check that MODEL's LRP relevance is conserved from the output to INPUTS.
+
+    For each sample the input relevance total is compared with the target logit; the
+    per-layer table shows where relevance was absorbed (bias, stabiliser) or lost.
+    Exit code 0 when every sample is within tolerance, 6 when any is not.
+    """
+    import torch
+
+    from ..conservation import check_conservation as run_check
+    from ..conservation import junit_xml, merge
+    from ..engine import Explainer
+    from ..errors import CheckFailed, UsageError
+    from ..models import is_spec, load_model, load_spec
+    from ..outputs import write_atomic
+
+    spec = load_spec(model) if is_spec(model) else None
+    if inputs and options["random_count"]:
+        raise UsageError("give INPUTS or --random N, not both")
+    if not inputs and not options["random_count"]:
+        raise UsageError("nothing to check", hint="give image INPUTS, or --random N for random inputs of the model's input shape")
+    if any(str(i).endswith(".csv") or str(i) == "-" for i in inputs):
+        raise UsageError("CSV inputs are not supported yet; give images or --random N")
+    dtype = {"float32": torch.float32, "float64": torch.float64}[options["dtype"]]
+    preprocessing = spec_preprocessing(spec, options) if (spec is None or spec.input.get("size") or inputs) else None
+    composite = build_composite(options["composite"], spec, parse_params(options["params"]), preprocessing)
+    loaded = load_model(
+        spec.model if spec else model,
+        arch=options["arch"] or (spec.arch if spec else None),
+        arch_kwargs=parse_mapping(options["arch_kwargs"], "--arch-kwargs") or (spec.arch_kwargs if spec else None),
+        allow_pickle=options["allow_pickle"],
+    )
+    explainer = Explainer(loaded, composite)
+    target = int(options["target"]) if options["target"] is not None and str(options["target"]).lstrip("-").isdigit() else options["target"]
+    if isinstance(target, str):
+        classes = spec.classes if spec else None
+        if not classes or target not in classes:
+            raise UsageError(f"--target '{target}' is not a class index or a known class name")
+        target = classes.index(target)
+
+    batches: list[tuple[torch.Tensor, list[str]]] = []
+    if inputs:
+        from ..data.images import collect_images
+
+        items = collect_images(inputs)
+        for start in range(0, len(items), options["batch_size"]):
+            chunk = items[start : start + options["batch_size"]]
+            batches.append((torch.stack([preprocessing.tensor(preprocessing.pixels(item.path)) for item in chunk]), [item.name for item in chunk]))
+    else:
+        from .inspect import _shape
+
+        shape = _shape(options["input_shape"], spec)
+        if shape is None:
+            raise UsageError("the input shape is unknown", hint="pass --input-shape C,H,W (or F), or use a model spec with input.size")
+        generator = torch.Generator().manual_seed(options["seed"])
+        x = torch.randn(options["random_count"], *shape, generator=generator)
+        for start in range(0, x.shape[0], options["batch_size"]):
+            names = [f"random-{i}" for i in range(start, min(start + options["batch_size"], x.shape[0]))]
+            batches.append((x[start : start + options["batch_size"]], names))
+
+    reports = [
+        run_check(
+            explainer,
+            xb.to(dtype),
+            names,
+            target,
+            tolerance=options["tolerance"],
+            relative=not options["absolute"],
+            count=options["count"],
+            init=options["init"],
+        )
+        for xb, names in batches
+    ]
+    report = merge(reports)
+    if options["junit"]:
+        write_atomic(Path(options["junit"]), junit_xml(report).encode("utf-8"))
+    if options["as_json"]:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    if not options["quiet"]:
+        _print_tables(report)
+    kind = "relative" if report.relative else "absolute"
+    verdict = (
+        f"{len(report.samples) - len(report.failed)} of {len(report.samples)} sample(s) conserve relevance with "
+        f"{report.composite} ({kind} tolerance {report.tolerance:g}, counting {report.count} of the gap)"
+    )
+    if report.failed:
+        worst = max(report.failed, key=lambda s: s.error)
+        raise CheckFailed(verdict + f"; worst: {worst.sample} (gap {worst.error:.3g}, most lost at layer {worst.worst_layer})")
+    info(verdict)
+
+
+def _print_tables(report: Any) -> None:
+    from rich.table import Table
+
+    headline = Table(title=f"conservation: input relevance vs. logit ({report.composite})")
+    for column in ("sample", "target", "logit", "input relevance", "gap", "bias+stabiliser", "unexplained", "error", "ok"):
+        headline.add_column(column, justify="right" if column not in ("sample", "ok") else "left")
+    for sample in report.samples:
+        headline.add_row(
+            sample.sample,
+            str(sample.target),
+            f"{sample.logit:.6g}",
+            f"{sample.input_relevance:.6g}",
+            f"{sample.gap:.3g}",
+            f"{sample.explained:.3g}",
+            f"{sample.unexplained:.3g}",
+            f"{sample.error:.3g}",
+            "[green]yes[/]" if sample.passed else "[red]NO[/]",
+        )
+    console.print(headline)
+    focus = report.failed[0] if report.failed else max(report.samples, key=lambda s: s.error)
+    layers = Table(title=f"per layer, sample {focus.sample} (worst: {focus.worst_layer})")
+    for column in ("layer", "type", "rule", "relevance out", "relevance in", "absorbed", "bias", "stabiliser", "other"):
+        layers.add_column(column, justify="left" if column in ("layer", "type", "rule") else "right")
+    for check in reversed(focus.layers):  # output first, the way relevance flows
+        style = "bold red" if check.layer == focus.worst_layer and not focus.passed else None
+        layers.add_row(
+            check.layer,
+            check.type,
+            check.rule,
+            f"{check.relevance_out:.6g}",
+            f"{check.relevance_in:.6g}",
+            f"{check.absorbed:.3g}",
+            f"{check.bias:.3g}",
+            f"{check.stabilizer:.3g}",
+            f"{check.other:.3g}",
+            style=style,
+        )
+    console.print(layers)
+    if any(abs(c.other) > 0 for c in focus.layers) and report.count == "unexplained" and not focus.passed:
+        warn("'other' is relevance lost or created by a rule itself, not by a bias or stabiliser")
