@@ -25,6 +25,7 @@ Examples:
   lrp explain sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images -o out
   lrp explain model.pt --arch mypkg.nets:MiniVGG --arch-kwargs '{num_classes: 4}' imgs/ --size 32 --mean 0.5 --std 0.25
   lrp explain model.ts 'photos/**/*.jpg' -c epsilon_gamma_box --top-k 3 --overlay --cmap coldnhot
+  head -n 50 sample_models/breast_cancer_mlp/sample.csv | lrp explain sample_models/breast_cancer_mlp/model.yaml - --top-k 3
 """
 )
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
@@ -32,9 +33,14 @@ Examples:
 @model_options
 @composite_options
 @preprocessing_options
-@click.option("-o", "--out", type=click.Path(file_okay=False), default="lrp-out", show_default=True, help="Output folder.")
+@click.option("-o", "--out", type=click.Path(), help="Output folder for images (default: lrp-out); output file for CSV input (default: stdout).")
 @click.option("-t", "--target", help="Which output to explain: pred (default), a class index, a class name, or all.")
-@click.option("-k", "--top-k", type=int, help="Explain the K highest-scoring classes of each input.")
+@click.option("-k", "--top-k", type=int, help="Images: explain the K highest-scoring classes. CSV: add the K most positive and most negative features per row.")
+@click.option("--features", metavar="A,B,...", help="CSV: the feature columns, in the model's order (default: the spec's, else all others).")
+@click.option("--drop", metavar="A,B,...", help="CSV: columns that are not features.")
+@click.option("--id-col", metavar="NAME", help="CSV: a column that identifies rows (copied to the output).")
+@click.option("--label-col", metavar="NAME", help="CSV: a label column carried through to the output.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True, help="CSV input: the output format.")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
 @click.option("--cmap", default="bwr", show_default=True, help="Heatmap colour map: bwr, seismic, coldnhot, gray, coolwarm, ...")
 @click.option("--overlay", is_flag=True, help="Draw heatmaps over the (grey) input image.")
@@ -48,10 +54,13 @@ Examples:
 @click.option("--resume", is_flag=True, help="Skip inputs whose outputs already exist in OUT.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
-    """Explain MODEL's decisions on image INPUTS (files, folders, globs) with LRP.
+    """Explain MODEL's decisions on image INPUTS (files, folders, globs) or CSV rows with LRP.
 
-    Writes OUT/heatmaps/<input>.png, OUT/relevance/<input>.npy, OUT/summary.csv (one
-    row per input and target) and OUT/run.json.
+    Images: writes OUT/heatmaps/<input>.png, OUT/relevance/<input>.npy, OUT/summary.csv
+    (one row per input and target) and OUT/run.json.
+
+    CSV (a file, or - for stdin): one output row per input row and target, with the
+    relevance of each feature, to stdout or -o FILE, streamed batch by batch.
 
     """
     from ..data.images import collect_images
@@ -61,12 +70,18 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..render import COLORMAPS
     from ..runner import ImageRunOptions, TargetSpec, explain_images
 
-    if any(str(i).endswith(".csv") or str(i) == "-" for i in inputs):
-        raise UsageError("CSV inputs are not supported yet; give image files, folders or globs")
+    tabular = [i for i in inputs if str(i).lower().endswith(".csv") or str(i) == "-"]
+    if tabular and len(inputs) > 1:
+        raise UsageError("give one CSV file (or - for stdin), or image inputs, not several or both")
+    spec = load_spec(model) if is_spec(model) else None
+    if tabular:
+        from .tabular import explain_csv
+
+        explain_csv(model, spec, inputs[0], options)
+        return
     COLORMAPS.resolve(options["cmap"])
     if options["top_k"] is not None and options["target"] is not None:
         raise UsageError("--target and --top-k exclude each other")
-    spec = load_spec(model) if is_spec(model) else None
 
     preprocessing = spec_preprocessing(spec, options)
 
@@ -85,7 +100,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     )
     explainer = Explainer(loaded, composite)
     items = collect_images(inputs)
-    out = Path(options["out"])
+    out = Path(options["out"] or "lrp-out")
     run_options = ImageRunOptions(
         out=out,
         batch_size=options["batch_size"],

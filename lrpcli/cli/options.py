@@ -101,12 +101,12 @@ preprocessing_options = _stack(
 
 
 
-def build_composite(name: str | None, spec: Any, params: dict[str, Any], preprocessing: Any = None) -> Any:
+def build_composite(name: str | None, spec: Any, params: dict[str, Any], preprocessing: Any = None, default: str = "epsilon_plus_flat") -> Any:
     """The composite a command runs with: -c, else the spec's, else epsilon_plus_flat; -p overrides;
     z^B bounds from the preprocessing's mean/std unless the composite or -p set them."""
     from ..composite import load_composite
 
-    composite = load_composite(name or (spec.composite if spec is not None and spec.composite else "epsilon_plus_flat"))
+    composite = load_composite(name or (spec.composite if spec is not None and spec.composite else default))
     params = dict(params)
     if preprocessing is not None and "low" not in composite.explicit and "low" not in params and (preprocessing.mean or preprocessing.std):
         params["low"], params["high"] = preprocessing.bounds()

@@ -1,0 +1,89 @@
+"""``lrp explain`` on CSV rows: the shell-pipeline side of the explain command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from .console import console, info, warn
+from .options import build_composite, floats, parse_mapping, parse_params
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> None:
+    from ..engine import Explainer
+    from ..errors import InputError, UsageError
+    from ..models import load_class_names, load_model
+    from ..outputs import write_atomic
+    from ..runner import TargetSpec
+    from ..stream import explain_rows
+
+    spec_input = spec.input if spec else {}
+    for flag in ("size", "resize", "crop", "mode"):
+        if options.get(flag):
+            raise UsageError(f"--{flag} applies to images, not CSV rows")
+    classes = spec.classes if spec else None
+    if options["classes_file"]:
+        classes = load_class_names(options["classes_file"])
+    targets = TargetSpec.parse(options["target"], None, classes)
+    # tabular inputs have no pixel neighbourhood: flat on the first layer would say nothing
+    composite = build_composite(options["composite"], spec, parse_params(options["params"]), default="epsilon")
+    loaded = load_model(
+        spec.model if spec else model,
+        arch=options["arch"] or (spec.arch if spec else None),
+        arch_kwargs=parse_mapping(options["arch_kwargs"], "--arch-kwargs") or (spec.arch_kwargs if spec else None),
+        allow_pickle=options["allow_pickle"],
+    )
+    explainer = Explainer(loaded, composite)
+    mean = floats(options["mean"], "--mean") or spec_input.get("mean")
+    std = floats(options["std"], "--std") or spec_input.get("std")
+    kwargs = dict(
+        fmt=options["fmt"],
+        features=_names(options["features"]) or spec_input.get("features"),
+        drop=_names(options["drop"]) or spec_input.get("drop") or [],
+        id_col=options["id_col"] or spec_input.get("id_col"),
+        label_col=options["label_col"] or spec_input.get("label_col"),
+        mean=mean,
+        std=std,
+        targets=targets,
+        classes=classes,
+        top_k=options["top_k"],
+        batch_size=options["batch_size"] if options["batch_size"] != 16 else 1024,
+        on_error=options["on_error"],
+        device=options["device"],
+        dtype=options["dtype"],
+        init=options["init"],
+    )
+    if options["top_k"] is not None and options["top_k"] < 1:
+        raise UsageError(f"--top-k must be at least 1, got {options['top_k']}")
+    name = "<stdin>" if source == "-" else source
+    if source != "-" and not Path(source).is_file():
+        raise InputError(f"input not found: {source}")
+    handle = sys.stdin if source == "-" else open(source, newline="", encoding="utf-8")
+    try:
+        if options["out"]:
+            import io
+
+            buffer = io.StringIO()
+            report = explain_rows(explainer, handle, name, buffer, **kwargs)
+            write_atomic(Path(options["out"]), buffer.getvalue().encode("utf-8"))
+        else:
+            report = explain_rows(explainer, handle, name, sys.stdout, **kwargs)
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+    for note in report.notes:
+        warn(note)
+    if not options["quiet"]:
+        info(f"explained {report.rows_out} result row(s) from {report.rows_in - len(report.failures)} of {report.rows_in} input row(s) with {composite.name}")
+    if report.failures:
+        shown = report.failures[:20]
+        for failure in shown:
+            console.print(f"  [red]bad row:[/] {failure.message}", markup=True, highlight=False)
+        if len(report.failures) > len(shown):
+            console.print(f"  ... and {len(report.failures) - len(shown)} more", markup=False)
+        raise InputError(f"{len(report.failures)} of {report.rows_in} row(s) failed; the good rows were written")

@@ -1,0 +1,178 @@
+"""Tabular explanations for shell pipelines: CSV rows in, relevance rows out, in batches.
+
+Rows are read, explained and written batch by batch (output is flushed after each), so
+memory stays flat for millions of rows and output appears while input still arrives.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable
+
+import torch
+
+from .data.tabular import RowBatch, TabularColumns, open_rows, read_batches
+from .engine import Explainer
+from .errors import InputError
+from .runner import Failure, TargetSpec, resolve_device, resolve_dtype
+
+FORMATS = ("csv", "jsonl")
+FIXED = ("id", "label", "prediction", "prediction_label", "target", "target_label", "logit", "relevance_sum", "top_positive", "top_negative")
+
+
+@dataclass
+class RowReport:
+    rows_in: int = 0
+    rows_out: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def expected_features(model: Any) -> int | None:
+    """The input width of a dense model's first layer, if it has one (to check CSVs early)."""
+    try:
+        tensors = model.state_dict.values() if isinstance(model, torch.export.ExportedProgram) else model.state_dict().values()
+        first = next(iter(t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+    except Exception:
+        return None
+    return int(first.shape[1]) if first is not None and first.ndim == 2 else None
+
+
+class RowWriter:
+    """Writes result rows as CSV (with a header) or JSON lines; flushes per batch."""
+
+    def __init__(self, handle: IO[str], fmt: str, columns: TabularColumns, top_k: int | None, classes: list[str] | None):
+        self.handle = handle
+        self.fmt = fmt
+        prefix = "relevance_" if set(columns.features) & set(FIXED) else ""
+        self.relevance_names = [prefix + name for name in columns.features]
+        self.features = columns.features
+        fields = ["id"] + (["label"] if columns.label_col else []) + ["prediction"]
+        fields += ["prediction_label"] if classes else []
+        fields += ["target"] + (["target_label"] if classes else []) + ["logit"]
+        fields += self.relevance_names + ["relevance_sum"]
+        fields += ["top_positive", "top_negative"] if top_k else []
+        self.fields = fields
+        self.top_k = top_k
+        self.writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n") if fmt == "csv" else None
+        if self.writer is not None:
+            self.writer.writeheader()
+            handle.flush()
+
+    def top(self, relevance: list[float], positive: bool) -> list[tuple[str, float]]:
+        pairs = sorted(zip(self.features, relevance), key=lambda p: p[1], reverse=positive)
+        chosen = [(name, value) for name, value in pairs[: self.top_k] if (value > 0 if positive else value < 0)]
+        return chosen
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            relevance = row.pop("_relevance")
+            for name, value in zip(self.relevance_names, relevance):
+                row[name] = value
+            if self.top_k:
+                row["top_positive"] = self.top(relevance, True)
+                row["top_negative"] = self.top(relevance, False)
+            if self.writer is not None:
+                if self.top_k:
+                    for key in ("top_positive", "top_negative"):
+                        row[key] = ";".join(f"{name}={value:.6g}" for name, value in row[key])
+                self.writer.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items() if k in self.fields})
+            else:
+                self.handle.write(json.dumps({k: row[k] for k in self.fields if k in row}) + "\n")
+        self.handle.flush()
+
+
+def explain_rows(
+    explainer: Explainer,
+    source_handle: IO[str],
+    source: str,
+    output: IO[str],
+    *,
+    fmt: str = "csv",
+    features: list[str] | None = None,
+    drop: list[str] | None = None,
+    id_col: str | None = None,
+    label_col: str | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    targets: TargetSpec = TargetSpec(),
+    classes: list[str] | None = None,
+    top_k: int | None = None,
+    batch_size: int = 1024,
+    on_error: str = "skip",
+    device: str = "auto",
+    dtype: str = "float32",
+    init: str = "value",
+    progress: Callable[[int], None] | None = None,
+) -> RowReport:
+    """Explain every row of a CSV stream and write one result row per input row and target."""
+    header, reader = open_rows(source_handle, source)
+    columns = TabularColumns.resolve(
+        header, features=features, drop=drop or [], id_col=id_col, label_col=label_col, mean=mean, std=std, source=source
+    )
+    width = expected_features(explainer.model)
+    if width is not None and width != len(columns.features):
+        raise InputError(
+            f"{source}: {len(columns.features)} feature columns ({', '.join(columns.features[:8])}"
+            f"{', ...' if len(columns.features) > 8 else ''}) but the model takes {width}",
+            hint="choose the model's columns with --features, or leave out others with --drop / --id-col / --label-col",
+        )
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    writer = RowWriter(output, fmt, columns, top_k, classes)
+    report = RowReport()
+    for batch in read_batches(reader, header, columns, batch_size, source):
+        report.rows_in += len(batch.rows)
+        for row in batch.rows:
+            if row.error is not None:
+                if on_error == "fail":
+                    raise InputError(row.error)
+                report.failures.append(Failure(f"row {row.number}", row.error))
+        if batch.good:
+            rows = _explain(explainer, batch, columns, targets, classes, torch_device, torch_dtype, init, report)
+            writer.write(rows)
+            report.rows_out += len(rows)
+        if progress:
+            progress(len(batch.rows))
+    return report
+
+
+def _explain(explainer, batch: RowBatch, columns, targets, classes, device, dtype, init, report) -> list[dict[str, Any]]:
+    x = batch.tensor(columns).to(device=device, dtype=dtype)
+    good = batch.good
+    if targets.mode in ("pred", "index"):
+        result = explainer.explain(x, None if targets.mode == "pred" else int(targets.index), init=init)
+        pairs = [(i, int(t)) for i, t in enumerate(result.targets)]
+        results = [(pairs, result)]
+    else:
+        chosen = targets.choose(explainer.forward(x))
+        pairs = [(i, t) for i, row in enumerate(chosen) for t in row]
+        index = torch.tensor([i for i, _ in pairs], device=device)
+        result = explainer.explain(x[index], torch.tensor([t for _, t in pairs], device=device), init=init)
+        results = [(pairs, result)]
+    for note in result.notes:
+        if note not in report.notes:
+            report.notes.append(note)
+    rows: list[dict[str, Any]] = []
+    for pairs, result in results:
+        logits = result.outputs.detach().double().cpu()
+        logits = logits.reshape(logits.shape[0], -1)
+        relevance = result.relevance.detach().double().cpu()
+        single = logits.shape[1] == 1
+        for r, (i, target) in enumerate(pairs):
+            prediction: Any = float(logits[r, 0]) if single else int(logits[r].argmax())
+            row = {
+                "id": good[i].id,
+                "label": good[i].label,
+                "prediction": prediction,
+                "target": target,
+                "logit": float(logits[r, target]),
+                "relevance_sum": float(relevance[r].sum()),
+                "_relevance": [float(v) for v in relevance[r]],
+            }
+            if classes:
+                row["prediction_label"] = "" if single else (classes[prediction] if prediction < len(classes) else "")
+                row["target_label"] = classes[target] if target < len(classes) else ""
+            rows.append(row)
+    return rows
