@@ -56,7 +56,7 @@ class RowWriter:
         fields += ["top_positive", "top_negative"] if top_k else []
         self.fields = fields
         self.top_k = top_k
-        self.writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n") if fmt == "csv" else None
+        self.writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n", extrasaction="ignore") if fmt == "csv" else None
         if self.writer is not None:
             self.writer.writeheader()
             handle.flush()
@@ -78,7 +78,7 @@ class RowWriter:
                 if self.top_k:
                     for key in ("top_positive", "top_negative"):
                         row[key] = ";".join(f"{name}={value:.6g}" for name, value in row[key])
-                self.writer.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items() if k in self.fields})
+                self.writer.writerow({k: (format(v, ".9g") if type(v) is float else v) for k, v in row.items()})
             else:
                 self.handle.write(json.dumps({k: row[k] for k in self.fields if k in row}) + "\n")
         self.handle.flush()
@@ -156,20 +156,24 @@ def _explain(explainer, batch: RowBatch, columns, targets, classes, device, dtyp
             report.notes.append(note)
     rows: list[dict[str, Any]] = []
     for pairs, result in results:
-        logits = result.outputs.detach().double().cpu()
-        logits = logits.reshape(logits.shape[0], -1)
-        relevance = result.relevance.detach().double().cpu()
-        single = logits.shape[1] == 1
+        logits_t = result.outputs.detach().double().cpu()
+        logits_t = logits_t.reshape(logits_t.shape[0], -1)
+        relevance_t = result.relevance.detach().double().cpu()
+        single = logits_t.shape[1] == 1
+        # one conversion per batch: per-row tensor indexing costs more than the LRP itself here
+        logits, relevance = logits_t.tolist(), relevance_t.tolist()
+        sums = relevance_t.sum(1).tolist()
+        predictions = [row[0] for row in logits] if single else logits_t.argmax(1).tolist()
         for r, (i, target) in enumerate(pairs):
-            prediction: Any = float(logits[r, 0]) if single else int(logits[r].argmax())
+            prediction = predictions[r]
             row = {
                 "id": good[i].id,
                 "label": good[i].label,
                 "prediction": prediction,
                 "target": target,
-                "logit": float(logits[r, target]),
-                "relevance_sum": float(relevance[r].sum()),
-                "_relevance": [float(v) for v in relevance[r]],
+                "logit": logits[r][target],
+                "relevance_sum": sums[r],
+                "_relevance": relevance[r],
             }
             if classes:
                 row["prediction_label"] = "" if single else (classes[prediction] if prediction < len(classes) else "")

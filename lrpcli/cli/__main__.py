@@ -1,0 +1,5 @@
+"""``python -m lrpcli.cli`` runs the ``lrp`` command."""
+
+from . import main
+
+main(prog_name="lrp")

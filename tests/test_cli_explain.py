@@ -1,0 +1,907 @@
+"""`lrp explain` end to end: every model form, target mode, output and bad-input case.
+
+Models and images are built here (tiny MiniVGG on 32x32 RGB, a one-channel 8x8 net),
+expected values are computed independently (Pillow + numpy preprocessing, the original
+nn.Module's logits, hashlib), and each error case checks its exit code and message
+(design.md section 5). Runs are shared through a module-scoped cache to keep this fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli_support import (
+    ARCH,
+    ARCH_KWARGS,
+    CLASSES,
+    Gated,
+    Run,
+    block,
+    load_tensor,
+    logits_of,
+    lrp,
+    minivgg,
+    read_csv,
+    reference_relevance,
+    save_exported,
+    save_safetensors,
+    save_torchscript,
+    sha256,
+    softmax,
+    tiny_gray,
+    write_image,
+    write_spec,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ["a.png", "b.png", "sub/c.png"]  # the base image folder, as summary.csv names them
+STEMS = {"a.png": "a", "b.png": "b", "sub/c.png": "sub/c"}
+SUMMARY_REQUIRED = ("input", "prediction", "probability", "target", "logit", "relevance_sum", "conservation_gap")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+class World:
+    """Models in every form, images, and the expected values computed without the CLI."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.model = minivgg()
+        m = root / "models"
+        m.mkdir()
+        self.ts = save_torchscript(self.model, m / "model.ts")
+        self.pt2 = save_exported(self.model, m / "model.pt2", torch.rand(2, 3, 32, 32))
+        self.state_dict = m / "weights.pt"
+        torch.save(self.model.state_dict(), self.state_dict)
+        self.safetensors = save_safetensors(self.model, m / "weights.safetensors")
+        self.pickled = m / "whole.pth"
+        torch.save(self.model, self.pickled)
+        self.nets = m / "nets.py"
+        self.nets.write_text(
+            "from lrpcli.architectures import MiniVGG\n\n\ndef Net(**kwargs):\n    return MiniVGG(**kwargs)\n", encoding="utf-8"
+        )
+        self.classes_file = m / "classes.txt"
+        self.classes_file.write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
+        self.spec_ts = write_spec(m / "ts.yaml", model="model.ts", input={"mode": "RGB", "size": [32, 32]}, classes="classes.txt")
+        self.spec_sd = write_spec(
+            m / "sd.yaml",
+            model="weights.pt",
+            arch=ARCH,
+            arch_kwargs={"num_classes": 4, "width": 4},
+            input={"mode": "RGB", "size": [32, 32]},
+            classes=CLASSES,
+        )
+        self.imgs = root / "imgs"
+        for name, seed in zip(NAMES, (0, 2, 3)):
+            write_image(self.imgs / name, seed)
+        self.x = {name: load_tensor(self.imgs / name) for name in NAMES}
+        self.logits = {name: logits_of(self.model, x)[0] for name, x in self.x.items()}
+        self._refs: dict[tuple, np.ndarray] = {}
+        self._runs: dict[str, Run] = {}
+
+    def ref(self, name: str, target: int) -> np.ndarray:
+        key = (name, target)
+        if key not in self._refs:
+            self._refs[key] = reference_relevance(self.model, self.x[name], target)
+        return self._refs[key]
+
+    def run(self, key: str, *args) -> Run:
+        """``lrp explain ARGS -o root/out/KEY``, once per key for the whole module."""
+        if key not in self._runs:
+            self._runs[key] = lrp("explain", *args, out=self.root / "out" / key)
+        return self._runs[key]
+
+    def base(self) -> Run:
+        return self.run("base", self.ts, self.imgs)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    return World(tmp_path_factory.mktemp("cli"))
+
+
+def ok(run: Run) -> Run:
+    assert run.code == 0, run.describe()
+    assert run.stdout == "", f"stdout must stay empty (messages go to stderr), got {run.stdout!r}"
+    return run
+
+
+def failed(run: Run, code: int, *fragments: str) -> Run:
+    assert run.code == code, run.describe()
+    assert not isinstance(run.result.exception, Exception) or isinstance(run.result.exception, SystemExit), run.describe()
+    assert "Traceback" not in run.stderr, run.describe()
+    for fragment in fragments:
+        assert fragment in run.stderr, f"{fragment!r} not in the message:\n{run.describe()}"
+    assert run.stdout == "", run.stdout
+    return run
+
+
+def by_input(rows):
+    grouped: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        grouped.setdefault(row["input"], []).append(row)
+    return grouped
+
+
+def assert_relevance(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    scale = float(np.abs(expected).max())
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * scale, err_msg=what)
+
+
+# --------------------------------------------------------------------------- model forms
+
+
+FORMS = {
+    "torchscript": lambda w: [w.ts, w.imgs],
+    "exported_pt2": lambda w: [w.pt2, w.imgs],
+    "state_dict_arch": lambda w: [w.state_dict, "--arch", ARCH, "--arch-kwargs", ARCH_KWARGS, w.imgs],
+    "state_dict_arch_file": lambda w: [w.state_dict, "--arch", f"{w.nets}:Net", "--arch-kwargs", '{"num_classes": 4, "width": 4}', w.imgs],
+    "safetensors": lambda w: [w.safetensors, "--arch", ARCH, "--arch-kwargs", ARCH_KWARGS, w.imgs],
+    "spec_torchscript": lambda w: [w.spec_ts, w.imgs],
+    "spec_state_dict": lambda w: [w.spec_sd, w.imgs],
+    "pickled_module_allowed": lambda w: [w.pickled, "--allow-pickle", w.imgs],
+}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_every_model_form_gives_the_same_relevance(world, form):
+    run = ok(world.run("base" if form == "torchscript" else form, *FORMS[form](world)))
+    rows = run.rows()
+    assert [r["input"] for r in rows] == NAMES
+    for row in rows:
+        name = row["input"]
+        expected_target = int(np.argmax(world.logits[name]))
+        assert int(row["target"]) == expected_target
+        actual = run.array(f"relevance/{STEMS[name]}.npy")
+        assert_relevance(actual, world.ref(name, expected_target), f"{form}: {name}")
+        # and the same file as the TorchScript run writes
+        assert_relevance(actual, world.base().array(f"relevance/{STEMS[name]}.npy"), f"{form} vs torchscript: {name}")
+
+
+def test_pickled_module_is_refused_without_allow_pickle(world, tmp_path):
+    run = failed(lrp("explain", world.pickled, world.imgs, out=tmp_path / "out"), 4, "--allow-pickle", "whole.pth")
+    assert not (tmp_path / "out" / "heatmaps").exists()
+    assert "runs code" in run.stderr or "run code" in run.stderr
+
+
+def test_state_dict_without_arch_asks_for_arch(world, tmp_path):
+    failed(lrp("explain", world.state_dict, world.imgs, out=tmp_path / "out"), 4, "--arch", "state dict")
+
+
+def test_state_dict_with_wrong_arch_kwargs(world, tmp_path):
+    failed(
+        lrp("explain", world.state_dict, "--arch", ARCH, "--arch-kwargs", "{num_classes: 5, width: 4}", world.imgs, out=tmp_path / "o"),
+        4,
+        "weights.pt",
+        "do not fit",
+    )
+
+
+def test_arch_that_does_not_exist(world, tmp_path):
+    failed(lrp("explain", world.state_dict, "--arch", "lrpcli.architectures:MiniVG", world.imgs, out=tmp_path / "o"), 4, "--arch", "'MiniVG'")
+    failed(lrp("explain", world.state_dict, "--arch", "no_such_pkg.nets:Net", world.imgs, out=tmp_path / "o"), 4, "no_such_pkg")
+    failed(lrp("explain", world.state_dict, "--arch", "MiniVGG", world.imgs, out=tmp_path / "o"), 4, "MODULE:CALLABLE")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: registry.suggest() lower-cases the query but not the choices, so a mistyped "
+    "class name (--arch lrpcli.architectures:MiniVG) gets no 'did you mean MiniVGG' hint",
+)
+def test_arch_typo_suggests_the_callable(world, tmp_path):
+    failed(lrp("explain", world.state_dict, "--arch", "lrpcli.architectures:MiniVG", world.imgs, out=tmp_path / "o"), 4, "did you mean 'MiniVGG'")
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def test_default_target_is_the_prediction(world):
+    rows = ok(world.base()).rows()
+    assert len(rows) == len(NAMES)  # one row per input
+    for row in rows:
+        predicted = int(np.argmax(world.logits[row["input"]]))
+        assert int(row["prediction"]) == predicted
+        assert int(row["target"]) == predicted
+    assert len({r["target"] for r in rows}) > 1, "test images should not all get the same prediction"
+
+
+def test_target_index_on_cpu_in_several_batches(world):
+    run = ok(world.run("index", world.ts, world.imgs, "-t", "1", "--device", "cpu", "--batch-size", "2"))
+    rows = run.rows()
+    assert [r["input"] for r in rows] == NAMES
+    for row in rows:
+        name = row["input"]
+        assert int(row["target"]) == 1
+        assert float(row["logit"]) == pytest.approx(world.logits[name][1], rel=1e-4, abs=1e-5)
+        prediction = int(np.argmax(world.logits[name]))
+        assert int(row["prediction"]) == prediction  # the prediction (and its probability) stay the model's
+        assert float(row["probability"]) == pytest.approx(softmax(world.logits[name])[prediction], rel=1e-4)
+        assert_relevance(run.array(f"relevance/{STEMS[name]}.npy"), world.ref(name, 1), name)
+    assert run.run_json()["device"] == "cpu"
+    assert run.files() >= {f"heatmaps/{STEMS[n]}.png" for n in NAMES}  # one target: no class suffix
+
+
+def test_target_class_name_from_the_spec(world):
+    run = ok(world.run("spec_bird", world.spec_sd, world.imgs, "-t", "bird"))
+    for row in run.rows():
+        assert int(row["target"]) == 2 and row["target_label"] == "bird"
+        assert row["prediction_label"] == CLASSES[int(np.argmax(world.logits[row["input"]]))]
+        assert float(row["logit"]) == pytest.approx(world.logits[row["input"]][2], rel=1e-4, abs=1e-5)
+        assert_relevance(run.array(f"relevance/{STEMS[row['input']]}.npy"), world.ref(row["input"], 2), row["input"])
+
+
+def test_target_class_name_from_a_classes_file(world):
+    run = ok(world.run("fish", world.ts, world.imgs, "--classes", world.classes_file, "-t", "fish"))
+    for row in run.rows():
+        assert int(row["target"]) == 3 and row["target_label"] == "fish"
+        assert float(row["logit"]) == pytest.approx(world.logits[row["input"]][3], rel=1e-4, abs=1e-5)
+
+
+def test_target_all_explains_every_class(world):
+    run = ok(world.run("all", world.ts, world.imgs, "-t", "all"))
+    grouped = by_input(run.rows())
+    assert list(grouped) == NAMES
+    for name, rows in grouped.items():
+        assert sorted(int(r["target"]) for r in rows) == [0, 1, 2, 3]
+        for row in rows:
+            t = int(row["target"])
+            assert float(row["logit"]) == pytest.approx(world.logits[name][t], rel=1e-4, abs=1e-5)
+            assert row["heatmap"] == f"heatmaps/{STEMS[name]}.{t}.png"
+            assert row["relevance"] == f"relevance/{STEMS[name]}.{t}.npy"
+            assert_relevance(run.array(row["relevance"]), world.ref(name, t), f"{name} target {t}")
+    assert len([f for f in run.files() if f.startswith("heatmaps/")]) == 4 * len(NAMES)
+
+
+def test_top_k_two_with_class_names(world):
+    run = ok(world.run("topk", world.ts, world.imgs, "--top-k", "2", "--classes", world.classes_file))
+    grouped = by_input(run.rows())
+    assert list(grouped) == NAMES
+    for name, rows in grouped.items():
+        expected = list(np.argsort(-world.logits[name])[:2])
+        assert [int(r["target"]) for r in rows] == expected  # highest first
+        for row, t in zip(rows, expected):
+            assert row["target_label"] == CLASSES[t]
+            assert float(row["logit"]) == pytest.approx(world.logits[name][t], rel=1e-4, abs=1e-5)
+            assert int(row["prediction"]) == expected[0] and row["prediction_label"] == CLASSES[expected[0]]
+            assert float(row["probability"]) == pytest.approx(softmax(world.logits[name])[expected[0]], rel=1e-4)
+            assert row["heatmap"] == f"heatmaps/{STEMS[name]}.{CLASSES[t]}.png"
+            assert (run.out / row["heatmap"]).is_file() and (run.out / row["relevance"]).is_file()
+    assert not (run.out / "heatmaps" / "a.png").exists()
+
+
+def test_target_index_out_of_range_is_a_usage_error(world, tmp_path):
+    failed(lrp("explain", world.ts, world.imgs, "-t", "7", out=tmp_path / "o"), 2, "--target 7", "out of range", "0..3")
+
+
+def test_unknown_class_name_suggests_one(world, tmp_path):
+    failed(lrp("explain", world.ts, world.imgs, "--classes", world.classes_file, "-t", "dgo", out=tmp_path / "o"), 2, "dgo", "did you mean 'dog'")
+
+
+def test_class_name_without_class_names_is_a_usage_error(world, tmp_path):
+    failed(lrp("explain", world.ts, world.imgs, "-t", "dog", out=tmp_path / "o"), 2, "dog", "--classes")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [(["--top-k", "0"], "--top-k"), (["--size", "abc"], "--size"), (["--size", "0"], "size"), (["--batch-size", "0"], "--batch-size")],
+    ids=["top-k 0", "size abc", "size 0", "batch-size 0"],
+)
+def test_bad_option_values_are_usage_errors(world, tmp_path, args, fragment):
+    failed(lrp("explain", world.ts, world.imgs, *args, out=tmp_path / "o"), 2, fragment)
+
+
+def test_target_and_top_k_exclude_each_other(world, tmp_path):
+    failed(lrp("explain", world.ts, world.imgs, "-t", "1", "--top-k", "2", out=tmp_path / "o"), 2, "--target", "--top-k", "exclude")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_summary_csv_columns_and_values(world):
+    run = ok(world.base())
+    rows = run.rows()
+    header = (run.out / "summary.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert set(SUMMARY_REQUIRED) <= set(header), header
+    for row in rows:
+        name = row["input"]
+        logits = world.logits[name]
+        prediction = int(np.argmax(logits))
+        logit = float(row["logit"])
+        relevance_sum = float(row["relevance_sum"])
+        assert logit == pytest.approx(logits[prediction], rel=1e-4, abs=1e-5)
+        assert float(row["probability"]) == pytest.approx(softmax(logits)[prediction], rel=1e-4)
+        assert float(row["conservation_gap"]) == pytest.approx(logit - relevance_sum, rel=1e-5, abs=1e-6)  # --init value
+        # zero biases: LRP conserves, so the relevance adds up to the logit
+        assert relevance_sum == pytest.approx(logit, rel=1e-3, abs=1e-4)
+
+
+def test_relevance_arrays_sum_to_the_summary(world):
+    run = ok(world.base())
+    for row in run.rows():
+        assert row["relevance"] == f"relevance/{STEMS[row['input']]}.npy"
+        array = run.array(row["relevance"])
+        assert array.shape == (3, 32, 32)
+        assert np.issubdtype(array.dtype, np.floating)
+        assert float(array.sum(dtype=np.float64)) == pytest.approx(float(row["relevance_sum"]), rel=1e-6, abs=1e-7)
+
+
+def test_heatmaps_are_real_pngs_in_bwr(world):
+    run = ok(world.base())
+    for row in run.rows():
+        assert row["heatmap"] == f"heatmaps/{STEMS[row['input']]}.png"
+        png = run.png(row["heatmap"])
+        assert png.shape[0] >= 128 and png.shape[1] >= 128
+        assert png.reshape(-1, 3).std(axis=0).max() > 10, "heatmap is (nearly) constant"
+        heat = run.array(row["relevance"]).sum(axis=0)
+        i, j = np.unravel_index(np.abs(heat).argmax(), heat.shape)
+        colour = block(png, heat.shape, i, j)
+        # symmetric bwr: the strongest pixel is pure red (for) or pure blue (against)
+        assert tuple(colour) == ((255, 0, 0) if heat[i, j] > 0 else (0, 0, 255))
+        strong = np.abs(heat) > 0.05 * np.abs(heat).max()
+        for (i, j) in zip(*np.nonzero(strong)):
+            r, _, b = (int(v) for v in block(png, heat.shape, i, j))
+            assert (r > b) if heat[i, j] > 0 else (b > r)
+
+
+def test_run_json(world):
+    run = ok(world.base())
+    info = run.run_json()
+    import lrpcli
+
+    assert info["weights_sha256"] == sha256(world.ts)
+    assert info["lrpcli"] == lrpcli.__version__ and info["torch"] == torch.__version__
+    assert info["python"] == sys.version.split()[0]
+    assert info["composite"]["name"] == "epsilon_plus_flat"
+    assert info["composite"]["rules"] and "epsilon" in info["composite"]["params"]
+    arguments = info["arguments"]
+    assert arguments["inputs"] == [str(world.imgs)]
+    assert arguments["cmap"] == "bwr" and arguments["top_k"] is None
+    assert not list(run.out.rglob("*.tmp")), "temporary files left behind"
+    assert not (run.out / "summary.partial.csv").exists()
+
+
+def test_run_json_of_a_spec_hashes_the_weights(world):
+    info = ok(world.run("spec_state_dict", *FORMS["spec_state_dict"](world))).run_json()
+    assert info["weights_sha256"] == sha256(world.state_dict)
+    assert info["weights_sha256"] != sha256(world.spec_sd)
+
+
+def test_overlay_draws_on_the_input(world):
+    base, run = ok(world.base()), ok(world.run("overlay", world.ts, world.imgs, "--overlay"))
+    for name in NAMES:
+        overlay, plain = run.png(f"heatmaps/{STEMS[name]}.png"), base.png(f"heatmaps/{STEMS[name]}.png")
+        assert overlay.shape == plain.shape and not np.array_equal(overlay, plain)
+        heat = base.array(f"relevance/{STEMS[name]}.npy").sum(axis=0)
+        grey = np.asarray(world.x[name].numpy().mean(axis=0) * 255)
+        weak = np.abs(heat) < 0.02 * np.abs(heat).max()
+        assert weak.sum() > 10
+        for (i, j) in zip(*np.nonzero(weak)):
+            # where relevance is weak the input shows through (grey)
+            assert np.abs(block(overlay, heat.shape, i, j).astype(float) - grey[i, j]).max() <= 8
+
+
+def test_cmap_coldnhot(world):
+    run = ok(world.run("coldnhot", world.ts, world.imgs, "--cmap", "coldnhot"))
+    for name in NAMES:
+        png = run.png(f"heatmaps/{STEMS[name]}.png")
+        heat = run.array(f"relevance/{STEMS[name]}.npy").sum(axis=0)
+        scale = np.abs(heat).max()
+        i, j = np.unravel_index(np.abs(heat).argmax(), heat.shape)
+        # zennit's coldnhot: white at the positive end, cyan at the negative end, black at zero
+        assert tuple(block(png, heat.shape, i, j)) == ((255, 255, 255) if heat[i, j] > 0 else (0, 255, 255))
+        for (i, j) in zip(*np.nonzero(np.abs(heat) < 0.01 * scale)):
+            assert int(block(png, heat.shape, i, j).astype(int).sum()) < 40
+
+
+def test_cmap_gray(world):
+    run = ok(world.run("gray", world.ts, world.imgs, "--cmap", "gray"))
+    for name in NAMES:
+        png = run.png(f"heatmaps/{STEMS[name]}.png")
+        assert (png[..., 0] == png[..., 1]).all() and (png[..., 1] == png[..., 2]).all()
+        heat = run.array(f"relevance/{STEMS[name]}.npy").sum(axis=0)
+        expected = 255 * (0.5 + 0.5 * heat / np.abs(heat).max())  # symmetric: 0 is mid-grey
+        factor = png.shape[0] // heat.shape[0]
+        actual = png[factor // 2 :: factor, factor // 2 :: factor, 0].astype(float)
+        assert np.abs(actual - expected).max() <= 2
+
+
+def test_unknown_cmap_suggests_one(world, tmp_path):
+    failed(lrp("explain", world.ts, world.imgs, "--cmap", "colnhot", out=tmp_path / "o"), 3, "colnhot", "did you mean 'coldnhot'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_heatmaps(world):
+    run = ok(world.run("no_heatmaps", world.ts, world.imgs, "--no-heatmaps"))
+    files = run.files()
+    assert not [f for f in files if f.startswith("heatmaps/") or f.endswith(".png")]
+    assert {f"relevance/{STEMS[n]}.npy" for n in NAMES} <= files
+    assert all(r["heatmap"] == "" for r in run.rows())
+
+
+def test_no_arrays(world):
+    run = ok(world.run("no_arrays", world.ts, world.imgs, "--no-arrays"))
+    files = run.files()
+    assert not [f for f in files if f.endswith(".npy")]
+    assert {f"heatmaps/{STEMS[n]}.png" for n in NAMES} <= files
+    rows = run.rows()
+    assert all(r["relevance"] == "" for r in rows) and all(r["relevance_sum"] for r in rows)
+
+
+# --------------------------------------------------------------------------- input collection
+
+
+def test_folders_are_searched_recursively_and_names_nest(world):
+    run = ok(world.base())
+    assert [r["input"] for r in run.rows()] == NAMES
+    assert {"heatmaps/a.png", "heatmaps/b.png", "heatmaps/sub/c.png", "relevance/sub/c.npy"} <= run.files()
+
+
+def _glob_one_hot(world) -> Run:
+    return world.run("glob_one_hot", world.ts, f"{world.imgs}/**/*.png", "--init", "one-hot")
+
+
+def test_recursive_glob(world):
+    run = ok(_glob_one_hot(world))
+    assert [r["input"] for r in run.rows()] == NAMES
+    assert "heatmaps/sub/c.png" in run.files()
+
+
+def test_init_one_hot(world):
+    run = ok(_glob_one_hot(world))
+    for row in run.rows():
+        relevance_sum = float(row["relevance_sum"])
+        assert float(row["conservation_gap"]) == pytest.approx(1.0 - relevance_sum, rel=1e-5, abs=1e-6)
+        assert relevance_sum == pytest.approx(1.0, rel=1e-3)  # zero biases: the seed of 1 is conserved
+        name, target = row["input"], int(row["target"])
+        expected = world.ref(name, target) / world.logits[name][target]
+        assert_relevance(run.array(row["relevance"]), expected, name)
+
+
+def test_glob_plus_folder_quietly(world):
+    run = ok(world.run("glob_folder", world.ts, f"{world.imgs}/*.png", world.imgs / "sub", "--quiet"))
+    assert [r["input"] for r in run.rows()] == NAMES
+    assert run.stderr == ""
+
+
+def test_folder_without_images(world, tmp_path):
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here", encoding="utf-8")
+    failed(lrp("explain", world.ts, tmp_path / "empty", out=tmp_path / "o"), 5, "no images found")
+
+
+def test_image_formats_decoded_in_worker_processes(world):
+    folder = world.root / "formats"
+    source = write_image(folder / "src.png", 7)
+    with Image.open(source) as image:
+        rgb = image.convert("RGB")
+        for name in ("x.bmp", "x.tif", "x.webp", "x.jpeg"):
+            rgb.save(folder / name, **({"lossless": True} if name.endswith(".webp") else {}))
+        rgb.convert("P").save(folder / "palette.png")
+        rgba = rgb.copy()
+        rgba.putalpha(128)
+        rgba.save(folder / "alpha.png")
+    source.unlink()
+    run = ok(world.run("formats", world.ts, folder, "--workers", "1"))
+    rows = {r["input"]: r for r in run.rows()}
+    assert sorted(rows) == sorted(["x.bmp", "x.tif", "x.webp", "x.jpeg", "palette.png", "alpha.png"])
+    for name, row in rows.items():
+        logits = logits_of(world.model, load_tensor(folder / name))[0]
+        assert float(row["logit"]) == pytest.approx(logits.max(), rel=1e-4, abs=1e-5), name
+        assert (run.out / row["heatmap"]).is_file()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a 16-bit grayscale PNG (Pillow mode I;16) is converted by clipping to 255, "
+    "so the model silently sees a (nearly) white image",
+)
+def test_16_bit_grayscale_png_is_scaled_or_refused(world, tmp_path):
+    folder = tmp_path / "deep"
+    eight = write_image(folder / "eight.png", 8, mode="L")
+    with Image.open(eight) as image:
+        values = np.asarray(image, dtype=np.uint16)
+    Image.fromarray(values * 257).save(folder / "sixteen.png")  # the same picture at 16 bits
+    with Image.open(folder / "sixteen.png") as image:
+        assert image.mode.startswith("I")
+    run = lrp("explain", world.ts, folder, out=tmp_path / "o")
+    if run.code == 5:  # refusing it clearly is fine too
+        failed(run, 5, "sixteen.png")
+        return
+    rows = {r["input"]: r for r in ok(run).rows()}
+    assert float(rows["sixteen.png"]["logit"]) == pytest.approx(float(rows["eight.png"]["logit"]), rel=1e-3)
+
+
+def test_glob_without_matches(world, tmp_path):
+    failed(lrp("explain", world.ts, f"{world.imgs}/*.jpeg", out=tmp_path / "o"), 5, "no files match", "*.jpeg")
+
+
+def test_missing_input_path(world, tmp_path):
+    failed(lrp("explain", world.ts, world.imgs / "nope.png", out=tmp_path / "o"), 5, "input not found", "nope.png")
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(world) -> Path:
+    """A corrupt and a truncated file (sorted first), a.png and a.jpg (same stem) and a grayscale image."""
+    folder = world.root / "mixed"
+    folder.mkdir()
+    (folder / "0_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    whole = write_image(folder / "1_truncated.png", 9).read_bytes()
+    (folder / "1_truncated.png").write_bytes(whole[: len(whole) // 2])
+    write_image(folder / "a.png", 0)
+    write_image(folder / "a.jpg", 2)
+    write_image(folder / "gray.png", 3, mode="L")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mixed(world, mixed_folder) -> Run:
+    return world.run("mixed", world.ts, mixed_folder)
+
+
+def test_corrupt_image_is_skipped_and_exits_5(world, mixed):
+    failed(mixed, 5, "0_corrupt.png", "1_truncated.png", "cannot decode", "2 of 5 input(s) failed")
+    assert [r["input"] for r in mixed.rows()] == ["a.jpg", "a.png", "gray.png"]
+    assert [f["input"] for f in mixed.run_json()["failures"]] == ["0_corrupt.png", "1_truncated.png"]
+    assert not [f for f in mixed.files() if "corrupt" in f or "truncated" in f]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: with a.png, a.jpg and a.png.png, both a.png and a.png.png are written to heatmaps/a.png.png "
+    "(the suffix is kept for stem clashes only, and 'a.png.png' has the stem 'a.png')",
+)
+def test_a_kept_suffix_does_not_collide_with_another_stem(world, tmp_path):
+    folder = tmp_path / "clash"
+    for name, seed in (("a.png", 0), ("a.jpg", 2), ("a.png.png", 3)):
+        write_image(folder / name, seed)
+    run = ok(lrp("explain", world.ts, folder, out=tmp_path / "o"))
+    rows = run.rows()
+    assert len(rows) == 3
+    assert len({r["heatmap"] for r in rows}) == 3 and len({r["relevance"] for r in rows}) == 3
+
+
+def test_inputs_with_the_same_stem_do_not_collide(world, mixed):
+    rows = {r["input"]: r for r in mixed.rows()}
+    assert rows["a.png"]["heatmap"] != rows["a.jpg"]["heatmap"]
+    assert rows["a.png"]["relevance"] != rows["a.jpg"]["relevance"]
+    for name in ("a.png", "a.jpg"):
+        array = mixed.array(rows[name]["relevance"])
+        assert float(array.sum(dtype=np.float64)) == pytest.approx(float(rows[name]["relevance_sum"]), rel=1e-6)
+        x = load_tensor(world.root / "mixed" / name)
+        assert float(rows[name]["logit"]) == pytest.approx(logits_of(world.model, x)[0].max(), rel=1e-4, abs=1e-5)
+    assert not np.allclose(mixed.array(rows["a.png"]["relevance"]), mixed.array(rows["a.jpg"]["relevance"]))
+
+
+def test_grayscale_image_into_an_rgb_model(world, mixed):
+    row = {r["input"]: r for r in mixed.rows()}["gray.png"]
+    x = load_tensor(world.root / "mixed" / "gray.png", mode="RGB")
+    assert x.shape == (3, 32, 32) and torch.equal(x[0], x[1])
+    logits = logits_of(world.model, x)[0]
+    assert int(row["prediction"]) == int(np.argmax(logits))
+    assert float(row["logit"]) == pytest.approx(logits.max(), rel=1e-4, abs=1e-5)
+    assert mixed.array(row["relevance"]).shape == (3, 32, 32)
+
+
+def test_on_error_fail_stops_at_once(world, mixed_folder, tmp_path):
+    run = failed(lrp("explain", world.ts, mixed_folder, "--on-error", "fail", out=tmp_path / "o"), 5, "0_corrupt.png", "cannot decode")
+    out = tmp_path / "o"
+    assert not (out / "summary.csv").exists()
+    assert not list(out.rglob("*.png")) and not list(out.rglob("*.npy"))
+    assert "failed;" not in run.stderr  # not the end-of-run summary of a run that carried on
+
+
+@pytest.fixture(scope="module")
+def odd_folder(world) -> Path:
+    folder = world.root / "odd"
+    write_image(folder / "a.png", 0)
+    write_image(folder / "b.png", 2)
+    write_image(folder / "z_big.png", 4, size=(48, 40))
+    return folder
+
+
+def test_image_of_another_size_without_size(world, odd_folder):
+    run = failed(world.run("odd", world.ts, odd_folder), 5, "z_big.png", "--size")
+    assert [r["input"] for r in run.rows()] == ["a.png", "b.png"]
+    assert not [f for f in run.files() if "z_big" in f]
+
+
+def test_image_of_another_size_with_size_is_resized(world, odd_folder):
+    run = ok(world.run("odd_size", world.ts, odd_folder, "--size", "32"))
+    rows = {r["input"]: r for r in run.rows()}
+    assert list(rows) == ["a.png", "b.png", "z_big.png"]
+    assert run.array("relevance/z_big.npy").shape == (3, 32, 32)
+    x = load_tensor(odd_folder / "z_big.png", size=(32, 32))
+    assert float(rows["z_big.png"]["logit"]) == pytest.approx(logits_of(world.model, x)[0].max(), rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: when the first image (in sorted order) has the wrong size, the model is captured at that size "
+    "and the whole run fails with exit 4 and a torch shape error instead of reporting that image (exit 5)",
+)
+def test_first_image_of_another_size_is_reported_not_fatal(world, tmp_path):
+    folder = tmp_path / "odd_first"
+    write_image(folder / "a_big.png", 4, size=(48, 40))
+    write_image(folder / "b.png", 0)
+    write_image(folder / "c.png", 2)
+    run = failed(lrp("explain", world.ts, folder, out=tmp_path / "o"), 5, "a_big.png")
+    assert [r["input"] for r in run.rows()] == ["b.png", "c.png"]
+
+
+def test_grayscale_model(world, tmp_path):
+    model = tiny_gray()
+    path = save_torchscript(model, tmp_path / "gray.ts")
+    folder = tmp_path / "digits"
+    write_image(folder / "d1.png", 100, size=(8, 8), mode="L")
+    write_image(folder / "d2.png", 101, size=(16, 16), mode="RGB")  # colour and larger: converted and resized
+    run = ok(lrp("explain", path, folder, "--mode", "gray", "--size", "8", out=tmp_path / "o"))
+    rows = {r["input"]: r for r in run.rows()}
+    for name in ("d1.png", "d2.png"):
+        stem = name[:-4]
+        assert run.array(f"relevance/{stem}.npy").shape == (1, 8, 8)
+        png = run.png(f"heatmaps/{stem}.png")
+        assert png.shape[0] >= 128 and png.shape[1] >= 128  # small inputs are enlarged
+        logits = logits_of(model, load_tensor(folder / name, mode="L", size=(8, 8)))[0]
+        assert float(rows[name]["logit"]) == pytest.approx(logits.max(), rel=1e-4, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- --resume
+
+
+def _age(folder: Path, seconds: float = 1000.0) -> dict[str, int]:
+    """Set every file's mtime into the past; return them."""
+    past = time.time_ns() - int(seconds * 1e9)
+    stamps = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            os.utime(path, ns=(past, past))
+            stamps[path.relative_to(folder).as_posix()] = past
+    return stamps
+
+
+def test_resume_redoes_only_missing_outputs(world, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(ok(world.base()).out, out)
+    before = _age(out)
+    (out / "heatmaps" / "b.png").unlink()
+    run = ok(lrp("explain", world.ts, world.imgs, "--resume", out=out))
+    assert "2 already done" in run.stderr
+    assert (out / "heatmaps" / "b.png").is_file()
+    assert (out / "relevance" / "b.npy").stat().st_mtime_ns != before["relevance/b.npy"]
+    for name in ("a", "sub/c"):
+        for rel in (f"heatmaps/{name}.png", f"relevance/{name}.npy"):
+            assert (out / rel).stat().st_mtime_ns == before[rel], f"{rel} was rewritten"
+    rows = read_csv(out / "summary.csv")
+    assert [r["input"] for r in rows] == NAMES
+    assert run.run_json()["skipped_done"] == 2
+    assert_relevance(np.load(out / "relevance" / "b.npy"), world.ref("b.png", int(rows[1]["target"])), "b.png redone")
+
+
+def test_resume_finishes_an_interrupted_run(world, tmp_path):
+    out = tmp_path / "out"
+    base = ok(world.base())
+    shutil.copytree(base.out, out)
+    lines = (out / "summary.csv").read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], {line.split(",")[0]: line for line in lines[1:]}
+    # the interrupted run logged a.png (files written) and sub/c.png (heatmap not yet written),
+    # and was killed while writing b.png's row
+    (out / "summary.partial.csv").write_text(f"{header}\n{rows['a.png']}\n{rows['sub/c.png']}\nb.png,0,", encoding="utf-8")
+    for rel in ("summary.csv", "run.json", "heatmaps/b.png", "relevance/b.npy", "heatmaps/sub/c.png"):
+        (out / rel).unlink()
+    before = _age(out)
+    run = ok(lrp("explain", world.ts, world.imgs, "--resume", out=out))
+    assert (out / "heatmaps/a.png").stat().st_mtime_ns == before["heatmaps/a.png"]
+    assert (out / "relevance/a.npy").stat().st_mtime_ns == before["relevance/a.npy"]
+    assert {"heatmaps/b.png", "relevance/b.npy", "heatmaps/sub/c.png", "relevance/sub/c.npy"} <= run.files()
+    assert [r["input"] for r in read_csv(out / "summary.csv")] == NAMES
+    assert not (out / "summary.partial.csv").exists()
+    assert run.run_json()["skipped_done"] == 1
+
+
+# --------------------------------------------------------------------------- composites and models that fail
+
+
+def test_bad_composite_file_names_file_and_line(world, tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("name: mine\nrules:\n  - match: {type: conv}\n    rule: zplsu\n", encoding="utf-8")
+    failed(lrp("explain", world.ts, world.imgs, "-c", bad, out=tmp_path / "o"), 3, f"{bad}:4", "zplsu", "zplus")
+
+
+def test_composite_file_with_broken_yaml(world, tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: broken\nrules:\n  - match: {type: conv\n    rule: zplus\n", encoding="utf-8")
+    run = failed(lrp("explain", world.ts, world.imgs, "-c", bad, out=tmp_path / "o"), 3, str(bad))
+    assert any(f"{bad}:{n}" in run.stderr for n in (3, 4, 5)), run.stderr
+
+
+def test_unknown_composite_name(world, tmp_path):
+    failed(lrp("explain", world.ts, world.imgs, "-c", "epsilon_plus_flt", out=tmp_path / "o"), 3, "epsilon_plus_flt", "epsilon_plus_flat")
+
+
+def test_unknown_composite_parameter(world, tmp_path):
+    failed(lrp("explain", world.ts, world.imgs, "-p", "epsilno=0.5", out=tmp_path / "o"), 3, "epsilno", "epsilon")
+
+
+def test_file_that_is_not_a_model(world, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(256))
+    failed(lrp("explain", junk, world.imgs, out=tmp_path / "o"), 4, "junk.pt")
+
+
+def test_unsupported_op_names_the_op(world, tmp_path):
+    torch.manual_seed(0)
+    path = save_torchscript(Gated().eval(), tmp_path / "gated.ts")
+    failed(lrp("explain", path, world.imgs, out=tmp_path / "o"), 4, "unsupported op", "'exp'")
+
+
+# --------------------------------------------------------------------------- parameters, dtype, device
+
+
+def test_param_epsilon_changes_relevance(world):
+    run = ok(world.run("eps", world.ts, world.imgs, "-p", "epsilon=0.5"))
+    assert run.run_json()["composite"]["params"]["epsilon"] == 0.5
+    base = world.base()
+    for row in run.rows():
+        name, target = row["input"], int(row["target"])
+        actual = run.array(f"relevance/{STEMS[name]}.npy")
+        assert not np.allclose(actual, base.array(f"relevance/{STEMS[name]}.npy"), rtol=1e-3, atol=0)
+        expected = reference_relevance(world.model, world.x[name], target, epsilon=0.5)
+        assert_relevance(actual, expected, name)
+
+
+def test_zbox_bounds_follow_mean_and_std(world):
+    mean, std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.5]
+    run = ok(
+        world.run("zbox", world.ts, world.imgs, "-c", "epsilon_gamma_box", "--mean", "0.5,0.4,0.3", "--std", "0.25,0.2,0.5")
+    )
+    params = run.run_json()["composite"]["params"]
+    assert run.run_json()["composite"]["name"] == "epsilon_gamma_box"
+    assert params["low"] == pytest.approx([(0 - m) / s for m, s in zip(mean, std)])
+    assert params["high"] == pytest.approx([(1 - m) / s for m, s in zip(mean, std)])
+    for row in run.rows():  # and the inputs were normalised with them
+        x = load_tensor(world.imgs / row["input"], mean=mean, std=std)
+        assert float(row["logit"]) == pytest.approx(logits_of(world.model, x)[0][int(row["target"])], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("form", ["exported_pt2", "torchscript", "state_dict_arch"])
+def test_dtype_float64(world, form, tmp_path):
+    run = ok(lrp("explain", *FORMS[form](world), "--dtype", "float64", out=tmp_path / "o"))
+    assert run.run_json()["dtype"] == "float64"
+    for row in run.rows():
+        name = row["input"]
+        assert_relevance(run.array(f"relevance/{STEMS[name]}.npy"), world.ref(name, int(row["target"])), name)
+
+
+def test_device_cuda_without_cuda_is_a_usage_error(world, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    failed(lrp("explain", world.ts, world.imgs, "--device", "cuda", out=tmp_path / "o"), 2, "--device cuda", "CUDA")
+
+
+def test_normal_run_keeps_stdout_empty(world):
+    run = ok(world.base())
+    assert run.stdout == ""
+    assert "explained 3 of 3" in run.stderr
+
+
+# --------------------------------------------------------------------------- help
+
+
+def _commands() -> list[list[str]]:
+    """Every command path: [], ["explain"], ["composites"], ["composites", "show"], ..."""
+    import click
+
+    from lrpcli.cli import main
+
+    found: list[list[str]] = []
+
+    def walk(command: click.Command, path: list[str]) -> None:
+        found.append(path)
+        if isinstance(command, click.Group):
+            for name in sorted(command.commands):
+                walk(command.commands[name], path + [name])
+
+    walk(main, [])
+    return found
+
+
+@pytest.mark.parametrize("command", _commands(), ids=lambda c: " ".join(c) or "lrp")
+def test_help_exits_0_with_an_example(command):
+    run = lrp(*command, "--help")
+    assert run.code == 0, run.describe()
+    assert "Example" in run.stdout
+    assert "Usage: " in run.stdout
+
+
+def test_help_does_not_import_torch():
+    commands = _commands()
+    code = (
+        "import json, sys\n"
+        "from lrpcli.cli import main\n"
+        "for command in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        main(command + ['--help'], prog_name='lrp')\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code in (0, None), (command, exc.code)\n"
+        "heavy = [m for m in ('torch', 'numpy', 'PIL', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(commands)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_lrp_script_help():
+    script = Path(sys.executable).parent / "lrp"
+    if not script.exists():
+        pytest.skip("no lrp console script next to this python")
+    done = subprocess.run([str(script), "explain", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Examples:" in done.stdout and done.stderr == ""
+
+
+def _examples() -> list[str]:
+    from lrpcli.cli import main
+
+    text = main.commands["explain"].epilog or ""
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("lrp ")]
+
+
+@pytest.fixture(scope="module")
+def example_assets(tmp_path_factory) -> Path:
+    """What the help's examples name: model.pt + mypkg.nets:MiniVGG, imgs/, model.ts, photos/**/*.jpg."""
+    root = tmp_path_factory.mktemp("examples")
+    from lrpcli.architectures import MiniVGG
+
+    torch.manual_seed(5)
+    model = MiniVGG(num_classes=4).eval()
+    torch.save(model.state_dict(), root / "model.pt")
+    save_torchscript(model, root / "model.ts")
+    (root / "mypkg").mkdir()
+    (root / "mypkg" / "__init__.py").write_text("", encoding="utf-8")
+    (root / "mypkg" / "nets.py").write_text("from lrpcli.architectures import MiniVGG\n", encoding="utf-8")
+    write_image(root / "imgs" / "one.png", 10)
+    write_image(root / "imgs" / "two.png", 11)
+    from PIL import Image
+
+    for folder, seed in (("x", 12), ("y", 13)):
+        png = write_image(root / "photos" / folder / "p.png", seed)
+        Image.open(png).save(png.with_suffix(".jpg"), quality=95)
+        png.unlink()
+    return root
+
+
+@pytest.mark.parametrize("example", _examples())
+def test_help_examples_run(example, example_assets, tmp_path, monkeypatch):
+    args = shlex.split(example)[1:]
+    if any(a.startswith("sample_models/") for a in args):
+        if not all((REPO / a).exists() for a in args if a.startswith("sample_models/")):
+            pytest.skip("sample_models/ is not built")
+        args = [str(REPO / a) if a.startswith("sample_models/") else a for a in args]
+    work = tmp_path / "work"
+    shutil.copytree(example_assets, work)
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(work))
+    for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
+        monkeypatch.delitem(sys.modules, name)
+    run = lrp(*args)
+    out = work / (args[args.index("-o") + 1] if "-o" in args else "lrp-out")
+    assert run.code == 0, f"{example}\n{run.stderr}"
+    assert run.stdout == ""
+    rows = read_csv(out / "summary.csv")
+    assert rows and all((out / r["heatmap"]).is_file() for r in rows)
+    for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
+        del sys.modules[name]
