@@ -8,7 +8,9 @@ The engine runs this graph forward and walks it backward; canonizers rewrite it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import operator
 import warnings
 from dataclasses import dataclass, field
@@ -217,6 +219,20 @@ def capture(model: Any, example: torch.Tensor, exact_batch: bool = False) -> Gra
     )
 
 
+@contextlib.contextmanager
+def _quiet_torch():
+    """torch.export logs pages of internals when tracing fails; our error says what matters."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _example_batch(example: torch.Tensor) -> torch.Tensor:
     """A batch of two samples: export treats a batch of 1 as a constant size."""
     example = example.detach()
@@ -232,8 +248,7 @@ def export_module(model: torch.nn.Module, example: torch.Tensor, exact_batch: bo
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_torch():
             if not exact_batch:
                 try:
                     return torch.export.export(
@@ -269,8 +284,7 @@ def torchscript_to_exported(
         ) from exc
     scripted.eval()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_torch():
             if not exact_batch:
                 try:
                     return TS2EPConverter(scripted, (_example_batch(example),)).convert()

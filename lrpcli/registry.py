@@ -21,11 +21,14 @@ def canonical_name(name: str) -> str:
 
 
 def suggest(name: str, choices: list[str]) -> str | None:
-    """A 'did you mean ...?' hint for ``name`` among ``choices``, or None."""
-    close = difflib.get_close_matches(canonical_name(name), choices, n=3, cutoff=0.5)
+    """A 'did you mean ...?' hint for ``name`` among ``choices`` (compared case-insensitively), or None."""
+    by_key: dict[str, str] = {}
+    for choice in choices:
+        by_key.setdefault(canonical_name(choice), choice)
+    close = difflib.get_close_matches(canonical_name(name), list(by_key), n=3, cutoff=0.5)
     if not close:
         return None
-    return "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+    return "did you mean " + " or ".join(f"'{by_key[c]}'" for c in close) + "?"
 
 
 class Registry(Generic[T]):

@@ -22,7 +22,7 @@ import torch
 
 from .data.images import ImageDataset, ImageInput, Preprocessing, collate
 from .engine import Explainer
-from .errors import InputError, UsageError
+from .errors import ConfigError, InputError, ModelError, UnsupportedOpError, UsageError
 from .outputs import SummaryLog, inside, read_summary, safe_label, save_array, write_json, write_summary
 from .registry import suggest
 from .render import save_heatmap
@@ -191,7 +191,7 @@ def explain_images(
         collate_fn=collate,
     )
     new_rows: dict[str, list[dict[str, Any]]] = {}
-    expected_shape: tuple[int, ...] | None = None
+    shape_errors: dict[tuple[int, ...], str] = {}  # input shapes the model cannot take, with why
     in_flight: list[tuple[list[Future], list[dict[str, Any]]]] = []
 
     def settle(keep: int) -> None:
@@ -202,37 +202,51 @@ def explain_images(
                 future.result()
             log.add(rows)
 
+    def fail(item: ImageInput, message: str) -> None:
+        if options.on_error == "fail":
+            raise InputError(message)
+        report.failures.append(Failure(item.name, message))
+
     with ThreadPoolExecutor(max_workers=2) as pool:
         try:
             for batch in loader:
-                good: list[tuple[ImageInput, torch.Tensor, np.ndarray]] = []
+                groups: dict[tuple[int, ...], list[tuple[ImageInput, torch.Tensor, np.ndarray]]] = {}
                 for index, tensor, pixels, error in batch:
                     item = todo[index]
-                    if error is None and expected_shape is not None and tuple(tensor.shape) != expected_shape:
-                        error = (
-                            f"{item.path}: image is {tensor.shape[1]}x{tensor.shape[2]} with {tensor.shape[0]} channel(s), "
-                            f"but the first image was {expected_shape[1]}x{expected_shape[2]} with {expected_shape[0]}; "
-                            "pass --size H W to resize all images"
-                        )
                     if error is not None:
-                        if options.on_error == "fail":
-                            raise InputError(error)
-                        report.failures.append(Failure(item.name, error))
-                        continue
-                    expected_shape = expected_shape or tuple(tensor.shape)
-                    good.append((item, tensor, pixels))
-                if good:
-                    futures, rows = _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report)
-                    in_flight.append((futures, rows))
-                    for row in rows:
-                        new_rows.setdefault(row["input"], []).append(row)
-                    settle(keep=1)
+                        fail(item, error)
+                    else:
+                        groups.setdefault(tuple(tensor.shape), []).append((item, tensor, pixels))
+                for shape, good in groups.items():  # images of other sizes are tried as their own batch
+                    if shape not in shape_errors:
+                        try:
+                            futures, rows = _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report)
+                        except (ModelError, RuntimeError) as exc:
+                            if isinstance(exc, (UnsupportedOpError, ConfigError)):
+                                raise
+                            shape_errors[shape] = _first_line(exc)
+                        else:
+                            in_flight.append((futures, rows))
+                            for row in rows:
+                                new_rows.setdefault(row["input"], []).append(row)
+                            settle(keep=1)
+                            continue
+                    for item, _, _ in good:
+                        fail(
+                            item,
+                            f"{item.path}: the model does not take a {'x'.join(map(str, shape))} input "
+                            f"({shape_errors[shape]}); pass --size H W to resize images",
+                        )
                 if progress:
                     progress(len(batch))
             settle(keep=0)
         finally:
             log.close()
 
+    if report.failures and not report.explained and not done and shape_errors and len(shape_errors) == 1:
+        # nothing worked at all: the model, not an image, is the problem
+        (out / PARTIAL).unlink(missing_ok=True)
+        raise ModelError(f"the model failed on every input: {next(iter(shape_errors.values()))}", hint="check the model and the input size (--size)")
     rows: list[dict[str, Any]] = []
     for item in items:
         rows += done.get(item.name, []) or new_rows.get(item.name, [])
@@ -305,6 +319,12 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
                 futures.append(pool.submit(save_heatmap, inside(out, heat_rel), rel, pixels, options.cmap, options.overlay))
     report.explained += len(good)
     return futures, rows
+
+
+def _first_line(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _classes_of(explainer: Explainer, x: torch.Tensor) -> int:

@@ -95,6 +95,7 @@ def explain_rows(
     drop: list[str] | None = None,
     id_col: str | None = None,
     label_col: str | None = None,
+    optional_columns: tuple[str, ...] = (),
     mean: list[float] | None = None,
     std: list[float] | None = None,
     targets: TargetSpec = TargetSpec(),
@@ -110,7 +111,15 @@ def explain_rows(
     """Explain every row of a CSV stream and write one result row per input row and target."""
     header, reader = open_rows(source_handle, source)
     columns = TabularColumns.resolve(
-        header, features=features, drop=drop or [], id_col=id_col, label_col=label_col, mean=mean, std=std, source=source
+        header,
+        features=features,
+        drop=drop or [],
+        id_col=id_col,
+        label_col=label_col,
+        mean=mean,
+        std=std,
+        source=source,
+        optional=optional_columns,
     )
     width = expected_features(explainer.model)
     if width is not None and width != len(columns.features):

@@ -197,11 +197,6 @@ def test_arch_that_does_not_exist(world, tmp_path):
     failed(lrp("explain", world.state_dict, "--arch", "MiniVGG", world.imgs, out=tmp_path / "o"), 4, "MODULE:CALLABLE")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: registry.suggest() lower-cases the query but not the choices, so a mistyped "
-    "class name (--arch lrpcli.architectures:MiniVG) gets no 'did you mean MiniVGG' hint",
-)
 def test_arch_typo_suggests_the_callable(world, tmp_path):
     failed(lrp("explain", world.state_dict, "--arch", "lrpcli.architectures:MiniVG", world.imgs, out=tmp_path / "o"), 4, "did you mean 'MiniVGG'")
 
@@ -504,11 +499,6 @@ def test_image_formats_decoded_in_worker_processes(world):
         assert (run.out / row["heatmap"]).is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a 16-bit grayscale PNG (Pillow mode I;16) is converted by clipping to 255, "
-    "so the model silently sees a (nearly) white image",
-)
 def test_16_bit_grayscale_png_is_scaled_or_refused(world, tmp_path):
     folder = tmp_path / "deep"
     eight = write_image(folder / "eight.png", 8, mode="L")
@@ -559,11 +549,6 @@ def test_corrupt_image_is_skipped_and_exits_5(world, mixed):
     assert not [f for f in mixed.files() if "corrupt" in f or "truncated" in f]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with a.png, a.jpg and a.png.png, both a.png and a.png.png are written to heatmaps/a.png.png "
-    "(the suffix is kept for stem clashes only, and 'a.png.png' has the stem 'a.png')",
-)
 def test_a_kept_suffix_does_not_collide_with_another_stem(world, tmp_path):
     folder = tmp_path / "clash"
     for name, seed in (("a.png", 0), ("a.jpg", 2), ("a.png.png", 3)):
@@ -628,11 +613,6 @@ def test_image_of_another_size_with_size_is_resized(world, odd_folder):
     assert float(rows["z_big.png"]["logit"]) == pytest.approx(logits_of(world.model, x)[0].max(), rel=1e-3, abs=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when the first image (in sorted order) has the wrong size, the model is captured at that size "
-    "and the whole run fails with exit 4 and a torch shape error instead of reporting that image (exit 5)",
-)
 def test_first_image_of_another_size_is_reported_not_fatal(world, tmp_path):
     folder = tmp_path / "odd_first"
     write_image(folder / "a_big.png", 4, size=(48, 40))

@@ -47,6 +47,9 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
         drop=_names(options["drop"]) or spec_input.get("drop") or [],
         id_col=options["id_col"] or spec_input.get("id_col"),
         label_col=options["label_col"] or spec_input.get("label_col"),
+        optional_columns=tuple(
+            spec_input[key] for key in ("id_col", "label_col") if spec_input.get(key) and not options[key]
+        ),
         mean=mean,
         std=std,
         targets=targets,

@@ -55,12 +55,21 @@ def collect_images(inputs: Sequence[str | Path]) -> list[ImageInput]:
         raise InputError("no images found in the given inputs", hint=f"image files end in {', '.join(IMAGE_SUFFIXES)}")
     root = _common_folder([p.resolve() for p in paths])
     names = [p.resolve().relative_to(root).as_posix() for p in paths]
-    stems = [name.rsplit(".", 1)[0] if "." in Path(name).name else name for name in names]
-    clashes = {stem for stem in stems if stems.count(stem) > 1}
-    return [
-        ImageInput(path=p, name=name, output_name=name if stem in clashes else stem)
-        for p, name, stem in zip(paths, names, stems)
-    ]
+    return [ImageInput(path=p, name=name, output_name=out) for p, name, out in zip(paths, names, _output_names(names))]
+
+
+def _output_names(names: list[str]) -> list[str]:
+    """Names without their suffix, except where that would make two inputs share outputs."""
+    chosen = [name.rsplit(".", 1)[0] if "." in Path(name).name else name for name in names]
+    while True:
+        seen: dict[str, list[int]] = {}
+        for index, name in enumerate(chosen):
+            seen.setdefault(name, []).append(index)
+        clashes = [index for indices in seen.values() if len(indices) > 1 for index in indices]
+        if not clashes:
+            return chosen
+        for index in clashes:
+            chosen[index] = names[index]  # full names are unique: this ends
 
 
 def _common_folder(paths: list[Path]) -> Path:
@@ -141,7 +150,7 @@ class Preprocessing:
         try:
             with Image.open(path) as image:
                 image.load()
-                return image.convert(self.mode)
+                return _to_8bit(image, path).convert(self.mode)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
             raise InputError(f"{path}: cannot decode image ({reason})") from exc
@@ -180,6 +189,16 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "size": self.size, "resize": self.resize, "crop": self.crop, "mean": self.mean, "std": self.std}
+
+
+def _to_8bit(image: Image.Image, path: Path) -> Image.Image:
+    """16-bit grayscale scaled to 8 bits (Pillow's convert would clip it at 255)."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return image
+    array = np.array(image)
+    if image.mode == "F" or array.min() < 0 or array.max() > 65535:
+        raise InputError(f"{path}: {image.mode} images with values outside 0..65535 are not supported", hint="save it as 8- or 16-bit")
+    return Image.fromarray((array.astype(np.float64) / 257.0).round().astype(np.uint8), mode="L")
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -39,8 +39,12 @@ class TabularColumns:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         source: str = "<stdin>",
+        optional: Sequence[str] = (),
     ) -> "TabularColumns":
+        """``optional`` names id/label columns that may be absent (from a model spec, not a flag)."""
         header = [h.strip() for h in header]
+        id_col = None if id_col in optional and id_col not in header else id_col
+        label_col = None if label_col in optional and label_col not in header else label_col
         if len(set(header)) != len(header):
             duplicated = sorted({h for h in header if header.count(h) > 1})
             raise InputError(f"{source}: duplicate column name(s) in the header: {', '.join(duplicated)}")
