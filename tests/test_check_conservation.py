@@ -151,3 +151,25 @@ def test_cli_on_images(tmp_path):
     result = run(path, folder, "-c", "lrp_0", "--dtype", "float64", "--tolerance", 1e-10, "--json")
     assert result.exit_code == 0, result.output
     assert [s["sample"] for s in json.loads(result.stdout)["samples"]] == ["0.png", "1.png", "2.png"]
+
+
+SAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "sample_models"
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", "1e-6"), ("float64", "1e-10")])
+def test_bias_free_sample_model_passes_lrp0_on_its_csv(dtype, tolerance):
+    spec = SAMPLES / "breast_cancer_mlp" / "model.yaml"
+    result = run(spec, SAMPLES / "breast_cancer_mlp" / "sample.csv", "-c", "lrp_0", "--dtype", dtype, "--tolerance", tolerance, "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert len(data["samples"]) == 100 and data["samples"][0]["sample"].startswith("bc")
+    random = run(spec, "--random", 16, "-c", "lrp_0", "--dtype", dtype, "--tolerance", tolerance, "-q")
+    assert random.exit_code == 0, random.stderr
+
+
+def test_sample_model_with_biases_reports_bias_per_layer_adding_up_to_the_gap():
+    result = run(SAMPLES / "diabetes_mlp" / "model.yaml", SAMPLES / "diabetes_mlp" / "sample.csv", "-c", "lrp_0", "--dtype", "float64", "--json", "-q")
+    assert result.exit_code == 6
+    for sample in json.loads(result.stdout)["samples"]:
+        assert sum(layer["bias"] for layer in sample["layers"]) == pytest.approx(sample["gap"], rel=1e-9, abs=1e-9)
+        assert abs(sample["unexplained"]) < 1e-9 * max(1.0, abs(sample["logit"]))

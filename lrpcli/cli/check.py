@@ -60,10 +60,12 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
         raise UsageError("give INPUTS or --random N, not both")
     if not inputs and not options["random_count"]:
         raise UsageError("nothing to check", hint="give image INPUTS, or --random N for random inputs of the model's input shape")
-    if any(str(i).endswith(".csv") or str(i) == "-" for i in inputs):
-        raise UsageError("CSV inputs are not supported yet; give images or --random N")
+    tabular = [i for i in inputs if str(i).lower().endswith(".csv") or str(i) == "-"]
+    if tabular and len(inputs) > 1:
+        raise UsageError("give one CSV file (or - for stdin), or image inputs, not several or both")
     dtype = {"float32": torch.float32, "float64": torch.float64}[options["dtype"]]
-    preprocessing = spec_preprocessing(spec, options) if (spec is None or spec.input.get("size") or inputs) else None
+    images = bool(inputs) and not tabular
+    preprocessing = spec_preprocessing(spec, options) if (images or (spec is not None and spec.input.get("size"))) else None
     composite = build_composite(options["composite"], spec, parse_params(options["params"]), preprocessing)
     loaded = load_model(
         spec.model if spec else model,
@@ -80,7 +82,9 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
         target = classes.index(target)
 
     batches: list[tuple[torch.Tensor, list[str]]] = []
-    if inputs:
+    if tabular:
+        batches = _csv_batches(tabular[0], spec, options)
+    elif inputs:
         from ..data.images import collect_images
 
         items = collect_images(inputs)
@@ -170,3 +174,46 @@ def _print_tables(report: Any) -> None:
     console.print(layers)
     if any(abs(c.other) > 0 for c in focus.layers) and report.count == "unexplained" and not focus.passed:
         warn("'other' is relevance lost or created by a rule itself, not by a bias or stabiliser")
+
+
+def _csv_batches(source: str, spec: Any, options: dict[str, Any]) -> list:
+    """All good rows of a CSV as batches (bad rows are input errors: a gate must see every sample)."""
+    import sys
+
+    import torch
+
+    from ..data.tabular import TabularColumns, open_rows, read_batches
+    from ..errors import InputError
+    from .options import floats
+
+    spec_input = spec.input if spec else {}
+    name = "<stdin>" if source == "-" else source
+    if source != "-" and not Path(source).is_file():
+        raise InputError(f"input not found: {source}")
+    handle = sys.stdin if source == "-" else open(source, newline="", encoding="utf-8")
+    try:
+        header, reader = open_rows(handle, name)
+        id_col, label_col = spec_input.get("id_col"), spec_input.get("label_col")
+        columns = TabularColumns.resolve(
+            header,
+            features=spec_input.get("features"),
+            drop=spec_input.get("drop") or [],
+            id_col=id_col,
+            label_col=label_col,
+            mean=floats(options["mean"], "--mean") or spec_input.get("mean"),
+            std=floats(options["std"], "--std") or spec_input.get("std"),
+            source=name,
+            optional=tuple(c for c in (id_col, label_col) if c),
+        )
+        batches = []
+        for batch in read_batches(reader, header, columns, options["batch_size"], name):
+            bad = [row for row in batch.rows if row.error is not None]
+            if bad:
+                raise InputError(bad[0].error)
+            batches.append((batch.tensor(columns).float(), [row.id for row in batch.rows]))
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+    if not batches:
+        raise InputError(f"{name}: no rows to check")
+    return batches
