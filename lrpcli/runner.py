@@ -26,9 +26,9 @@ from .errors import ConfigError, InputError, ModelError, UnsupportedOpError, Usa
 from .outputs import SummaryLog, inside, read_summary, safe_label, save_array, write_json, write_summary
 from .registry import suggest
 from .render import save_heatmap
+from .shards import Manifest, Shard, fingerprint, suffix
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-PARTIAL = "summary.partial.csv"
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,9 @@ class ImageRunOptions:
     resume: bool = False
     workers: int | None = None  # DataLoader workers; None: chosen from the CPU count
     init: str = "value"
+    shard: Shard | None = None  # this process's part of the inputs
+    overwrite: bool = False  # replace another model's / composite's results in ``out``
+    model_sha256: str = ""  # recorded in the manifest, so a resume checks it is the same model
 
 
 @dataclass
@@ -146,10 +149,10 @@ def output_paths(name: str, label: str | None) -> tuple[str, str]:
     return f"heatmaps/{name}{suffix}.png", f"relevance/{name}{suffix}.npy"
 
 
-def _done_inputs(out: Path) -> dict[str, list[dict[str, str]]]:
+def _done_inputs(out: Path, sfx: str) -> dict[str, list[dict[str, str]]]:
     """Rows of inputs whose outputs all exist, from a previous (possibly interrupted) run."""
     done: dict[str, list[dict[str, str]]] = {}
-    for row in read_summary(out / "summary.csv") + read_summary(out / PARTIAL):
+    for row in read_summary(out / f"summary{sfx}.csv") + read_summary(out / f"summary{sfx}.partial.csv"):
         files = [row.get("heatmap"), row.get("relevance")]
         if all((out / f).is_file() for f in files if f):
             rows = done.setdefault(row["input"], [])
@@ -173,17 +176,29 @@ def explain_images(
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     device, dtype = resolve_device(options.device), resolve_dtype(options.dtype)
+    if options.shard is not None:
+        items = options.shard.select(items)
     report = RunReport(out=out, total=len(items))
+    sfx = suffix(options.shard)
+    partial = out / f"summary{sfx}.partial.csv"
+    manifest = Manifest(out, options.shard)
+    manifest.open(
+        options.model_sha256,
+        fingerprint(explainer.composite.to_dict()),
+        len(items),
+        resume=options.resume,
+        overwrite=options.overwrite,
+    )
 
-    done = _done_inputs(out) if options.resume else {}
+    done = _done_inputs(out, sfx) if options.resume else {}
     if not options.resume:
-        (out / PARTIAL).unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
     todo = [item for item in items if item.name not in done]
     report.skipped = len(items) - len(todo)
     if progress and report.skipped:
         progress(report.skipped)
 
-    log = SummaryLog(out / PARTIAL)
+    log = SummaryLog(partial)
     loader = torch.utils.data.DataLoader(
         ImageDataset(todo, preprocessing),
         batch_size=options.batch_size,
@@ -201,8 +216,10 @@ def explain_images(
             for future in futures:
                 future.result()
             log.add(rows)
+            manifest.record(dict.fromkeys(row["input"] for row in rows), "done")
 
     def fail(item: ImageInput, message: str) -> None:
+        manifest.record([item.name], "failed")
         if options.on_error == "fail":
             raise InputError(message)
         report.failures.append(Failure(item.name, message))
@@ -242,19 +259,20 @@ def explain_images(
             settle(keep=0)
         finally:
             log.close()
+            manifest.close()
 
     if report.failures and not report.explained and not done and shape_errors and len(shape_errors) == 1:
         # nothing worked at all: the model, not an image, is the problem
-        (out / PARTIAL).unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise ModelError(f"the model failed on every input: {next(iter(shape_errors.values()))}", hint="check the model and the input size (--size)")
     rows: list[dict[str, Any]] = []
     for item in items:
         rows += done.get(item.name, []) or new_rows.get(item.name, [])
     report.rows = rows
-    write_summary(out / "summary.csv", rows)
-    (out / PARTIAL).unlink(missing_ok=True)
+    write_summary(out / f"summary{sfx}.csv", rows)
+    partial.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - started
-    write_json(out / "run.json", _run_json(explainer, preprocessing, options, targets, report, run_info or {}))
+    write_json(out / f"run{sfx}.json", _run_json(explainer, preprocessing, options, targets, report, run_info or {}))
     return report
 
 
@@ -352,6 +370,7 @@ def _run_json(explainer, preprocessing, options, targets, report, run_info) -> d
         "preprocessing": preprocessing.to_dict(),
         "targets": {"mode": targets.mode, "index": targets.index, "k": targets.k},
         "init": options.init,
+        "shard": str(options.shard) if options.shard else None,
         "device": str(resolve_device(options.device)),
         "dtype": options.dtype,
         "inputs": report.total,

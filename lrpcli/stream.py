@@ -106,6 +106,7 @@ def explain_rows(
     device: str = "auto",
     dtype: str = "float32",
     init: str = "value",
+    shard: Any = None,
     progress: Callable[[int], None] | None = None,
 ) -> RowReport:
     """Explain every row of a CSV stream and write one result row per input row and target."""
@@ -132,6 +133,8 @@ def explain_rows(
     writer = RowWriter(output, fmt, columns, top_k, classes)
     report = RowReport()
     for batch in read_batches(reader, header, columns, batch_size, source):
+        if shard is not None:  # rows by their row number: every row in exactly one shard
+            batch.rows = [row for row in batch.rows if shard.owns(str(row.number))]
         report.rows_in += len(batch.rows)
         for row in batch.rows:
             if row.error is not None:

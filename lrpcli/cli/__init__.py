@@ -134,7 +134,9 @@ def composites_schema() -> None:
 from .explain import explain  # noqa: E402  (registered after the group exists)
 from .check import check_conservation  # noqa: E402
 from .inspect import inspect  # noqa: E402
+from .merge import merge  # noqa: E402
 
 main.add_command(explain)
 main.add_command(check_conservation)
 main.add_command(inspect)
+main.add_command(merge)

@@ -39,6 +39,8 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Write the full report as JSON to stdout.")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML file (one test case per sample).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line.")
+@click.option("--shard", metavar="K/N", help="Check only shard K of N of the inputs (for array jobs; join --json reports with `lrp merge`).")
+@click.option("--inputs-from", metavar="FILE|-", help="Read input paths from a file (one per line), or - for stdin.")
 def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     """Check that MODEL's LRP relevance is conserved from the output to INPUTS.
 
@@ -55,7 +57,12 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     from ..models import is_spec, load_model, load_spec
     from ..outputs import write_atomic
 
+    from ..shards import Shard, read_inputs_list
+
     spec = load_spec(model) if is_spec(model) else None
+    shard = Shard.parse(options["shard"])
+    if options["inputs_from"]:
+        inputs = tuple(inputs) + tuple(read_inputs_list(options["inputs_from"]))
     if inputs and options["random_count"]:
         raise UsageError("give INPUTS or --random N, not both")
     if not inputs and not options["random_count"]:
@@ -83,11 +90,14 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
 
     batches: list[tuple[torch.Tensor, list[str]]] = []
     if tabular:
-        batches = _csv_batches(tabular[0], spec, options)
+        batches = _csv_batches(tabular[0], spec, options, shard)
     elif inputs:
         from ..data.images import collect_images
 
         items = collect_images(inputs)
+        items = shard.select(items) if shard else items
+        if not items:
+            raise UsageError(f"shard {shard} holds none of the {len(collect_images(inputs))} inputs")
         for start in range(0, len(items), options["batch_size"]):
             chunk = items[start : start + options["batch_size"]]
             batches.append((torch.stack([preprocessing.tensor(preprocessing.pixels(item.path)) for item in chunk]), [item.name for item in chunk]))
@@ -99,9 +109,11 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
             raise UsageError("the input shape is unknown", hint="pass --input-shape C,H,W (or F), or use a model spec with input.size")
         generator = torch.Generator().manual_seed(options["seed"])
         x = torch.randn(options["random_count"], *shape, generator=generator)
+        names = [f"random-{i}" for i in range(x.shape[0])]
+        keep = [i for i, name in enumerate(names) if shard is None or shard.owns(name)]
+        x, names = x[keep], [names[i] for i in keep]
         for start in range(0, x.shape[0], options["batch_size"]):
-            names = [f"random-{i}" for i in range(start, min(start + options["batch_size"], x.shape[0]))]
-            batches.append((x[start : start + options["batch_size"]], names))
+            batches.append((x[start : start + options["batch_size"]], names[start : start + options["batch_size"]]))
 
     reports = [
         run_check(
@@ -176,7 +188,7 @@ def _print_tables(report: Any) -> None:
         warn("'other' is relevance lost or created by a rule itself, not by a bias or stabiliser")
 
 
-def _csv_batches(source: str, spec: Any, options: dict[str, Any]) -> list:
+def _csv_batches(source: str, spec: Any, options: dict[str, Any], shard: Any = None) -> list:
     """All good rows of a CSV as batches (bad rows are input errors: a gate must see every sample)."""
     import sys
 
@@ -207,6 +219,10 @@ def _csv_batches(source: str, spec: Any, options: dict[str, Any]) -> list:
         )
         batches = []
         for batch in read_batches(reader, header, columns, options["batch_size"], name):
+            if shard is not None:
+                batch.rows = [row for row in batch.rows if shard.owns(str(row.number))]
+                if not batch.rows:
+                    continue
             bad = [row for row in batch.rows if row.error is not None]
             if bad:
                 raise InputError(bad[0].error)

@@ -26,10 +26,11 @@ Examples:
   lrp explain model.pt --arch mypkg.nets:MiniVGG --arch-kwargs '{num_classes: 4}' imgs/ --size 32 --mean 0.5 --std 0.25
   lrp explain model.ts 'photos/**/*.jpg' -c epsilon_gamma_box --top-k 3 --overlay --cmap coldnhot
   head -n 50 sample_models/breast_cancer_mlp/sample.csv | lrp explain sample_models/breast_cancer_mlp/model.yaml - --top-k 3
+  lrp explain sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images -o out --shard 1/2
 """
 )
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1)
 @model_options
 @composite_options
 @preprocessing_options
@@ -52,6 +53,9 @@ Examples:
 @click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes (default: by input count and CPUs).")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help="skip: carry on past bad inputs and exit 5 at the end; fail: stop at the first.")
 @click.option("--resume", is_flag=True, help="Skip inputs whose outputs already exist in OUT.")
+@click.option("--overwrite", is_flag=True, help="Replace results of another model or composite in OUT (refused otherwise).")
+@click.option("--shard", metavar="K/N", help="Do only shard K of N (deterministic; for array jobs). Files get a .shard-K-of-N suffix; join them with `lrp merge`.")
+@click.option("--inputs-from", metavar="FILE|-", help="Read input paths from a file (one per line), or - for stdin.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     """Explain MODEL's decisions on image INPUTS (files, folders, globs) or CSV rows with LRP.
@@ -70,6 +74,13 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..render import COLORMAPS
     from ..runner import ImageRunOptions, TargetSpec, explain_images
 
+    from ..shards import Shard, read_inputs_list
+
+    shard = Shard.parse(options["shard"])
+    if options["inputs_from"]:
+        inputs = tuple(inputs) + tuple(read_inputs_list(options["inputs_from"]))
+    if not inputs:
+        raise UsageError("no INPUTS given", hint="give image files, folders, globs or one CSV file (or --inputs-from FILE)")
     tabular = [i for i in inputs if str(i).lower().endswith(".csv") or str(i) == "-"]
     if tabular and len(inputs) > 1:
         raise UsageError("give one CSV file (or - for stdin), or image inputs, not several or both")
@@ -114,12 +125,15 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         resume=options["resume"],
         workers=options["workers"],
         init=options["init"],
+        shard=shard,
+        overwrite=options["overwrite"],
     )
     weights = spec.model if spec else Path(model)
+    run_options.model_sha256 = file_hash(weights)
     run_info = {
         "model": str(model),
         "weights": str(weights),
-        "weights_sha256": file_hash(weights),
+        "weights_sha256": run_options.model_sha256,
         "arguments": {"inputs": list(inputs), **{k: v for k, v in options.items()}},
     }
     quiet = options["quiet"]
@@ -135,7 +149,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         disable=quiet or not console.is_terminal,
         transient=True,
     ) as bar:
-        task = bar.add_task("explain", total=len(items))
+        task = bar.add_task("explain", total=len(shard.select(items)) if shard else len(items))
         report = explain_images(
             explainer, items, preprocessing, run_options, targets, classes, run_info, progress=lambda n: bar.advance(task, n)
         )
@@ -143,6 +157,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         warn(note)
     if not quiet:
         skipped = f", {report.skipped} already done" if report.skipped else ""
+        skipped += f" (shard {shard})" if shard else ""
         info(
             f"explained {report.explained} of {report.total} input(s){skipped} in {report.seconds:.1f}s "
             f"with {composite.name} -> {out}/ (heatmaps/, relevance/, summary.csv, run.json)"

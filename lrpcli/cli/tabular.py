@@ -20,6 +20,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     from ..models import load_class_names, load_model
     from ..outputs import write_atomic
     from ..runner import TargetSpec
+    from ..shards import Shard
     from ..stream import explain_rows
 
     spec_input = spec.input if spec else {}
@@ -60,6 +61,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
         device=options["device"],
         dtype=options["dtype"],
         init=options["init"],
+        shard=Shard.parse(options["shard"]),
     )
     if options["top_k"] is not None and options["top_k"] < 1:
         raise UsageError(f"--top-k must be at least 1, got {options['top_k']}")

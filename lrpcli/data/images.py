@@ -55,7 +55,8 @@ def collect_images(inputs: Sequence[str | Path]) -> list[ImageInput]:
         raise InputError("no images found in the given inputs", hint=f"image files end in {', '.join(IMAGE_SUFFIXES)}")
     root = _common_folder([p.resolve() for p in paths])
     names = [p.resolve().relative_to(root).as_posix() for p in paths]
-    return [ImageInput(path=p, name=name, output_name=out) for p, name, out in zip(paths, names, _output_names(names))]
+    items = [ImageInput(path=p, name=name, output_name=out) for p, name, out in zip(paths, names, _output_names(names))]
+    return sorted(items, key=lambda item: item.name)  # one order whatever the listing or argument order
 
 
 def _output_names(names: list[str]) -> list[str]:

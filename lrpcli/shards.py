@@ -1,0 +1,258 @@
+"""Splitting work across processes and finding it again: shards, manifests, merging.
+
+- A shard ``K/N`` takes the inputs whose name hashes to K-1 modulo N: deterministic,
+  independent of listing order, and every input lands in exactly one shard.
+- Each run (or shard) appends to a manifest (``manifest[.shard-K-of-N].jsonl``): a header
+  with the model and composite hashes, then one line per finished or failed input. A
+  resumed run reads it; a run with another model or composite is refused.
+- ``merge`` joins the shards' summaries into one summary.csv (and their conservation
+  reports into one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence, TypeVar
+
+from .errors import InputError, UsageError
+from .outputs import read_summary, write_json, write_summary
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # 1-based
+    count: int
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Shard | None":
+        if text is None:
+            return None
+        try:
+            index, count = (int(part) for part in str(text).split("/"))
+        except ValueError:
+            raise UsageError(f"--shard must look like K/N (e.g. 3/10), got {text!r}") from None
+        if count < 1 or not 1 <= index <= count:
+            raise UsageError(f"--shard {text}: K must be between 1 and N")
+        return cls(index, count)
+
+    @property
+    def suffix(self) -> str:
+        return f".shard-{self.index}-of-{self.count}"
+
+    def owns(self, name: str) -> bool:
+        digest = hashlib.sha1(name.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index - 1
+
+    def select(self, items: Sequence[T], key=lambda item: item.name) -> list[T]:
+        return [item for item in items if self.owns(key(item))]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def suffix(shard: Shard | None) -> str:
+    return shard.suffix if shard else ""
+
+
+def read_inputs_list(source: str) -> list[str]:
+    """Input paths from a file (one per line; blank lines and # comments skipped), or - for stdin."""
+    import sys
+
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"--inputs-from: cannot read {source}: {exc.strerror}") from exc
+    lines = [line.strip() for line in text.splitlines()]
+    inputs = [line for line in lines if line and not line.startswith("#")]
+    if not inputs:
+        raise InputError(f"--inputs-from {source}: no inputs listed")
+    return inputs
+
+
+def fingerprint(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+class Manifest:
+    """An append-only record of a run: header, then one line per input finished or failed."""
+
+    def __init__(self, out: Path, shard: Shard | None):
+        self.path = out / f"manifest{suffix(shard)}.jsonl"
+        self.shard = shard
+        self.run = uuid.uuid4().hex[:12]
+        self.handle = None
+
+    def header(self) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        with self.path.open(encoding="utf-8") as handle:
+            first = handle.readline()
+        try:
+            data = json.loads(first)
+        except json.JSONDecodeError:
+            return None
+        return data if data.get("kind") == "header" else None
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        found = []
+        for line in self.path.read_text(encoding="utf-8").splitlines()[1:]:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if entry.get("kind") == "input":
+                found.append(entry)
+        return found
+
+    def open(self, model_sha256: str, composite_sha256: str, inputs: int, *, resume: bool, overwrite: bool) -> None:
+        """Start (or continue) the manifest; refuse another model's or composite's results."""
+        previous = self.header()
+        if previous and (previous.get("model_sha256"), previous.get("composite_sha256")) != (model_sha256, composite_sha256):
+            if not overwrite:
+                what = "model" if previous.get("model_sha256") != model_sha256 else "composite"
+                raise UsageError(
+                    f"{self.path.parent} holds results of another {what} ({self.path.name})",
+                    hint="use another output folder, or --overwrite to replace them",
+                )
+            previous = None
+        fresh = previous is None or not resume
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = self.path.open("w" if fresh else "a", encoding="utf-8")
+        if fresh:
+            self._write(
+                {
+                    "kind": "header",
+                    "model_sha256": model_sha256,
+                    "composite_sha256": composite_sha256,
+                    "shard": str(self.shard) if self.shard else None,
+                    "inputs": inputs,
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                }
+            )
+        self._write({"kind": "run", "run": self.run, "resume": resume})
+
+    def record(self, names: Iterable[str], status: str) -> None:
+        for name in names:
+            self._write({"kind": "input", "input": name, "status": status, "run": self.run}, flush=False)
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def _write(self, data: dict[str, Any], flush: bool = True) -> None:
+        self.handle.write(json.dumps(data) + "\n")
+        if flush:
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _summaries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("summary*.csv") if not p.name.endswith(".partial.csv"))
+
+
+def merge(sources: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Join the summaries (and conservation reports) of finished runs or shards into ``out``."""
+    if not sources:
+        raise UsageError("give the output folders of the runs to merge")
+    rows: list[dict[str, str]] = []
+    headers: list[tuple[Path, dict[str, Any]]] = []
+    shards: list[str] = []
+    reports: list[dict[str, Any]] = []
+    for folder in sources:
+        if not folder.is_dir():
+            raise InputError(f"not a folder: {folder}")
+        unfinished = [p.name for p in folder.glob("summary*.partial.csv")]
+        if unfinished:
+            raise InputError(f"{folder}: unfinished run ({', '.join(sorted(unfinished))})", hint="finish it with --resume first")
+        summaries = [p for p in _summaries(folder) if not (folder == out and p.name == "summary.csv" and len(_summaries(folder)) > 1)]
+        if not summaries:
+            raise InputError(f"{folder}: no summary.csv to merge")
+        for manifest in sorted(folder.glob("manifest*.jsonl")):
+            header = Manifest.__new__(Manifest)
+            header.path = manifest
+            data = header.header()
+            if data:
+                headers.append((manifest, data))
+                if data.get("shard"):
+                    shards.append(data["shard"])
+        for summary in summaries:
+            for row in read_summary(summary):
+                for key in ("heatmap", "relevance"):
+                    if row.get(key):
+                        row[key] = os.path.relpath(folder / row[key], out)
+                rows.append(row)
+        for report in sorted(folder.glob("conservation*.json")):
+            if folder == out and report.name == "conservation.json":
+                continue
+            reports.append(json.loads(report.read_text(encoding="utf-8")))
+    hashes = {(h.get("model_sha256"), h.get("composite_sha256")) for _, h in headers}
+    if len(hashes) > 1:
+        raise InputError("the runs used different models or composites: " + ", ".join(str(path) for path, _ in headers))
+    if shards:
+        counts = {int(s.split("/")[1]) for s in shards}
+        if len(counts) > 1:
+            raise InputError(f"shards of different splits: {', '.join(sorted(shards))}")
+        count = counts.pop()
+        missing = sorted(set(range(1, count + 1)) - {int(s.split("/")[0]) for s in shards})
+        duplicated = sorted({s for s in shards if shards.count(s) > 1})
+        if missing or duplicated:
+            raise InputError(
+                f"shards do not cover the inputs once: missing {', '.join(f'{m}/{count}' for m in missing) or 'none'}, "
+                f"twice {', '.join(duplicated) or 'none'}"
+            )
+    seen: set[tuple[str, str]] = set()
+    for row in rows:
+        key = (row["input"], row["target"])
+        if key in seen:
+            raise InputError(f"input {row['input']} (target {row['target']}) appears in more than one run")
+        seen.add(key)
+    rows.sort(key=lambda row: row["input"])  # stable: targets keep their order within an input
+    out.mkdir(parents=True, exist_ok=True)
+    write_summary(out / "summary.csv", rows)
+    conservation = _merge_reports(reports) if reports else _gap_report(rows)
+    write_json(out / "conservation.json", conservation)
+    info = {"sources": [str(s) for s in sources], "rows": len(rows), "shards": sorted(shards), "conservation": "conservation.json"}
+    write_json(out / "merge.json", info)
+    return {**info, "passed": conservation.get("passed")}
+
+
+def _merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    first = reports[0]
+    samples = [sample for report in reports for sample in report.get("samples", [])]
+    return {**{k: v for k, v in first.items() if k not in ("samples", "passed")}, "samples": samples, "passed": all(s.get("passed") for s in samples)}
+
+
+def _gap_report(rows: list[dict[str, str]]) -> dict[str, Any]:
+    """Conservation over the merged rows: the gaps summary.csv recorded, worst first."""
+    gaps = []
+    for row in rows:
+        try:
+            gap, logit = float(row["conservation_gap"]), float(row["logit"])
+        except (KeyError, ValueError):
+            continue
+        gaps.append({"input": row["input"], "target": row["target"], "gap": gap, "relative_gap": abs(gap) / max(abs(logit), 1e-30)})
+    gaps.sort(key=lambda g: -abs(g["gap"]))
+    return {
+        "rows": len(gaps),
+        "max_abs_gap": max((abs(g["gap"]) for g in gaps), default=0.0),
+        "mean_abs_gap": sum(abs(g["gap"]) for g in gaps) / len(gaps) if gaps else 0.0,
+        "worst": gaps[:20],
+        "passed": None,
+    }
+
+
