@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .console import console, info, warn
-from .options import build_composite, composite_options, model_options, parse_mapping, parse_params, preprocessing_options, spec_preprocessing
+from .options import build_composite, composite_options, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
 @click.command(
@@ -54,7 +54,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     from ..conservation import junit_xml, merge
     from ..engine import Explainer
     from ..errors import CheckFailed, UsageError
-    from ..models import is_spec, load_model, load_spec
+    from ..models import is_spec, load_spec
     from ..outputs import write_atomic
 
     from ..shards import Shard, read_inputs_list
@@ -74,12 +74,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     images = bool(inputs) and not tabular
     preprocessing = spec_preprocessing(spec, options) if (images or (spec is not None and spec.input.get("size"))) else None
     composite = build_composite(options["composite"], spec, parse_params(options["params"]), preprocessing)
-    loaded = load_model(
-        spec.model if spec else model,
-        arch=options["arch"] or (spec.arch if spec else None),
-        arch_kwargs=parse_mapping(options["arch_kwargs"], "--arch-kwargs") or (spec.arch_kwargs if spec else None),
-        allow_pickle=options["allow_pickle"],
-    )
+    loaded = load_model_option(model, spec, options)
     explainer = Explainer(loaded, composite)
     target = int(options["target"]) if options["target"] is not None and str(options["target"]).lstrip("-").isdigit() else options["target"]
     if isinstance(target, str):
@@ -192,7 +187,6 @@ def _csv_batches(source: str, spec: Any, options: dict[str, Any], shard: Any = N
     """All good rows of a CSV as batches (bad rows are input errors: a gate must see every sample)."""
     import sys
 
-    import torch
 
     from ..data.tabular import TabularColumns, open_rows, read_batches
     from ..errors import InputError

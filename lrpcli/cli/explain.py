@@ -11,8 +11,8 @@ from .console import console, info, warn
 from .options import (
     build_composite,
     composite_options,
+    load_model_option,
     model_options,
-    parse_mapping,
     parse_params,
     preprocessing_options,
     spec_preprocessing,
@@ -70,7 +70,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..data.images import collect_images
     from ..engine import Explainer
     from ..errors import InputError, UsageError
-    from ..models import file_hash, is_spec, load_class_names, load_model, load_spec
+    from ..models import file_hash, is_spec, load_class_names, load_spec
     from ..render import COLORMAPS
     from ..runner import ImageRunOptions, TargetSpec, explain_images
 
@@ -103,12 +103,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
 
     composite = build_composite(options["composite"], spec, parse_params(options["params"]), preprocessing)
 
-    loaded = load_model(
-        spec.model if spec else model,
-        arch=options["arch"] or (spec.arch if spec else None),
-        arch_kwargs=parse_mapping(options["arch_kwargs"], "--arch-kwargs") or (spec.arch_kwargs if spec else None),
-        allow_pickle=options["allow_pickle"],
-    )
+    loaded = load_model_option(model, spec, options)
     explainer = Explainer(loaded, composite)
     items = collect_images(inputs)
     out = Path(options["out"] or "lrp-out")

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, warn
-from .options import build_composite, composite_options, ints, model_options, parse_mapping, parse_params, spec_preprocessing
+from .options import build_composite, composite_options, ints, load_model_option, model_options, parse_params, spec_preprocessing
 
 
 @click.command(
@@ -36,16 +36,11 @@ def inspect(model: str, composite: str | None, input_shape: str | None, as_json:
 
     from ..errors import UsageError
     from ..inspect import inspect_model
-    from ..models import is_spec, load_model, load_spec
+    from ..models import is_spec, load_spec
 
     spec = load_spec(model) if is_spec(model) else None
     shape = _shape(input_shape, spec)
-    loaded = load_model(
-        spec.model if spec else model,
-        arch=options["arch"] or (spec.arch if spec else None),
-        arch_kwargs=parse_mapping(options["arch_kwargs"], "--arch-kwargs") or (spec.arch_kwargs if spec else None),
-        allow_pickle=options["allow_pickle"],
-    )
+    loaded = load_model_option(model, spec, options)
     if shape is None:
         raise UsageError("the input shape is unknown", hint="pass --input-shape C,H,W (or F for tabular models), or use a model spec with input.size")
     preprocessing = spec_preprocessing(spec) if spec is not None and shape is not None and len(shape) == 3 else None

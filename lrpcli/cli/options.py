@@ -126,3 +126,15 @@ def spec_preprocessing(spec: Any, options: dict[str, Any] | None = None) -> Any:
     if options.get("mode"):
         values["mode"] = options["mode"]
     return Preprocessing.from_options(**{k: v for k, v in values.items() if k in ("mode", "size", "resize", "crop", "mean", "std")})
+
+
+def load_model_option(model: str, spec: Any, options: dict[str, Any]) -> Any:
+    """The model a command works on: MODEL (or the spec's weights) with --arch/--arch-kwargs/--allow-pickle."""
+    from ..models import load_model
+
+    return load_model(
+        spec.model if spec is not None else model,
+        arch=options.get("arch") or (spec.arch if spec is not None else None),
+        arch_kwargs=parse_mapping(options.get("arch_kwargs"), "--arch-kwargs") or (spec.arch_kwargs if spec is not None else None),
+        allow_pickle=bool(options.get("allow_pickle")),
+    )

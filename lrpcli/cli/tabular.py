@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .console import console, info, warn
-from .options import build_composite, floats, parse_mapping, parse_params
+from .options import build_composite, floats, load_model_option, parse_params
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -17,7 +17,7 @@ def _names(value: str | None) -> list[str] | None:
 def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> None:
     from ..engine import Explainer
     from ..errors import InputError, UsageError
-    from ..models import load_class_names, load_model
+    from ..models import load_class_names
     from ..outputs import write_atomic
     from ..runner import TargetSpec
     from ..shards import Shard
@@ -33,12 +33,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     targets = TargetSpec.parse(options["target"], None, classes)
     # tabular inputs have no pixel neighbourhood: flat on the first layer would say nothing
     composite = build_composite(options["composite"], spec, parse_params(options["params"]), default="epsilon")
-    loaded = load_model(
-        spec.model if spec else model,
-        arch=options["arch"] or (spec.arch if spec else None),
-        arch_kwargs=parse_mapping(options["arch_kwargs"], "--arch-kwargs") or (spec.arch_kwargs if spec else None),
-        allow_pickle=options["allow_pickle"],
-    )
+    loaded = load_model_option(model, spec, options)
     explainer = Explainer(loaded, composite)
     mean = floats(options["mean"], "--mean") or spec_input.get("mean")
     std = floats(options["std"], "--std") or spec_input.get("std")
