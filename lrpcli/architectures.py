@@ -185,23 +185,28 @@ def resnet18(num_classes: int = 1000) -> ResNet:
 
 
 class DigitsCNN(nn.Module):
-    """A small CNN for scikit-learn's 8x8 digits (1x8x8 input); the sample digits model."""
+    """A small CNN for scikit-learn's 8x8 digits (1x8x8 input); the sample digits model.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, hidden: int = 64):
+    ``bias=False`` drops every bias, so LRP-0 relevance sums exactly to the logit.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, width: int = 16, hidden: int = 64, bias: bool = True
+    ):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, kernel_size=3, padding=1),
+            nn.Conv2d(in_channels, w, kernel_size=3, padding=1, bias=bias),
             nn.ReLU(inplace=True),
-            nn.Conv2d(w, 2 * w, kernel_size=3, padding=1),
+            nn.Conv2d(w, 2 * w, kernel_size=3, padding=1, bias=bias),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=2, stride=2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(2 * w * 4 * 4, hidden),
+            nn.Linear(2 * w * 4 * 4, hidden, bias=bias),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes),
+            nn.Linear(hidden, num_classes, bias=bias),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

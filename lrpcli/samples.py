@@ -104,3 +104,15 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     data = _load()
     images = (data.images / 16.0).astype(np.float32)
     return images, data.target.astype(np.int64)
+
+
+def digits_split(n: int, held_out: int = 360, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held_out) of the digits split the sample model was trained with.
+
+    Shared by the training script and the tests, so that "held-out" means the same
+    images in both.
+    """
+    if not 0 < held_out < n:
+        raise ValueError(f"held_out must be between 1 and n - 1, got {held_out} of {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    return order[held_out:], order[:held_out]

@@ -881,7 +881,9 @@ def test_help_examples_run(example, example_assets, tmp_path, monkeypatch):
     out = work / (args[args.index("-o") + 1] if "-o" in args else "lrp-out")
     assert run.code == 0, f"{example}\n{run.stderr}"
     assert run.stdout == ""
-    rows = read_csv(out / "summary.csv")
+    summaries = sorted(out.glob("summary*.csv"))  # summary.shard-K-of-N.csv with --shard
+    assert len(summaries) == 1
+    rows = read_csv(summaries[0])
     assert rows and all((out / r["heatmap"]).is_file() for r in rows)
     for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
         del sys.modules[name]

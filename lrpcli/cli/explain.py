@@ -153,9 +153,10 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     if not quiet:
         skipped = f", {report.skipped} already done" if report.skipped else ""
         skipped += f" (shard {shard})" if shard else ""
+        sfx = shard.suffix if shard else ""
         info(
             f"explained {report.explained} of {report.total} input(s){skipped} in {report.seconds:.1f}s "
-            f"with {composite.name} -> {out}/ (heatmaps/, relevance/, summary.csv, run.json)"
+            f"with {composite.name} -> {out}/ (heatmaps/, relevance/, summary{sfx}.csv, run{sfx}.json)"
         )
     if report.failures:
         for failure in report.failures:
