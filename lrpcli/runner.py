@@ -161,6 +161,25 @@ def _done_inputs(out: Path, sfx: str) -> dict[str, list[dict[str, str]]]:
     return done
 
 
+def _remove_stale_temporaries(out: Path, items: list[ImageInput], targets: TargetSpec) -> None:
+    """Temporary files a killed run left behind (outputs are renamed into place only when complete).
+
+    Only this run's own outputs are touched: other shards may be writing into the same folder.
+    """
+    stale = [p for folder in ("heatmaps", "relevance") if (out / folder).is_dir() for p in (out / folder).rglob(".*.tmp")]
+    if not stale:
+        return
+    mine = {item.output_name or item.name for item in items}
+    for path in stale:
+        folder = path.parent.relative_to(out).as_posix().split("/", 1)  # ["heatmaps", "sub/dir"]
+        target = path.name[1:].rsplit(".", 2)[0]  # ".name.png.RANDOM.tmp" -> "name.png"
+        stem = target.rsplit(".", 1)[0]  # drop .png / .npy
+        name = f"{folder[1]}/{stem}" if len(folder) > 1 else stem
+        owner = name if targets.single else name.rsplit(".", 1)[0]  # drop the class label suffix
+        if owner in mine:
+            path.unlink(missing_ok=True)
+
+
 def explain_images(
     explainer: Explainer,
     items: list[ImageInput],
@@ -190,6 +209,7 @@ def explain_images(
         overwrite=options.overwrite,
     )
 
+    _remove_stale_temporaries(out, items, targets)
     done = _done_inputs(out, sfx) if options.resume else {}
     if not options.resume:
         partial.unlink(missing_ok=True)

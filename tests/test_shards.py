@@ -198,3 +198,15 @@ def test_csv_shards_concatenate_to_the_whole(tmp_path):
     joined = sorted((r for p in parts for r in rows(p.stdout)), key=lambda r: r["id"])
     assert [r["id"] for r in joined] == sorted(r["id"] for r in rows(whole.stdout))
     assert all(len(rows(p.stdout)) < 60 for p in parts)
+
+
+def test_stale_temporaries_of_this_run_are_removed_and_others_kept(world, tmp_path):
+    out = tmp_path / "out"
+    (out / "heatmaps" / "sub").mkdir(parents=True)
+    mine = out / "heatmaps" / "sub" / ".img000.png.abc123.tmp"
+    theirs = out / "heatmaps" / ".someone_else.png.def456.tmp"
+    mine.write_bytes(b"half")
+    theirs.write_bytes(b"half")
+    result = CliRunner().invoke(main, ["explain", str(world / "m.ts"), str(world / "imgs"), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert not mine.exists() and theirs.exists()
