@@ -173,3 +173,12 @@ def test_sample_model_with_biases_reports_bias_per_layer_adding_up_to_the_gap():
     for sample in json.loads(result.stdout)["samples"]:
         assert sum(layer["bias"] for layer in sample["layers"]) == pytest.approx(sample["gap"], rel=1e-9, abs=1e-9)
         assert abs(sample["unexplained"]) < 1e-9 * max(1.0, abs(sample["logit"]))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", "1e-6"), ("float64", "1e-10")])
+def test_bias_free_digits_sample_passes_lrp0_on_its_images(dtype, tolerance):
+    spec = SAMPLES / "digits_cnn" / "model.yaml"
+    result = run(spec, SAMPLES / "digits_cnn" / "images", "-c", "lrp_0", "--dtype", dtype, "--tolerance", tolerance, "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    samples = json.loads(result.stdout)["samples"]
+    assert len(samples) >= 5 and all(s["passed"] for s in samples)

@@ -18,7 +18,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     from ..engine import Explainer
     from ..errors import InputError, UsageError
     from ..models import load_class_names
-    from ..outputs import write_atomic
+    from ..outputs import atomic_text
     from ..runner import TargetSpec
     from ..shards import Shard
     from ..stream import explain_rows
@@ -66,11 +66,8 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     handle = sys.stdin if source == "-" else open(source, newline="", encoding="utf-8")
     try:
         if options["out"]:
-            import io
-
-            buffer = io.StringIO()
-            report = explain_rows(explainer, handle, name, buffer, **kwargs)
-            write_atomic(Path(options["out"]), buffer.getvalue().encode("utf-8"))
+            with atomic_text(Path(options["out"])) as target:  # streamed to a temporary file, renamed at the end
+                report = explain_rows(explainer, handle, name, target, **kwargs)
         else:
             report = explain_rows(explainer, handle, name, sys.stdout, **kwargs)
     finally:
