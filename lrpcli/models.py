@@ -255,15 +255,11 @@ def load_spec(path: str | Path) -> ModelSpec:
         raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", source=str(path), line=mark.line + 1 if mark else None) from exc
     if not isinstance(raw, dict) or "model" not in raw:
         raise ConfigError("a model spec needs a 'model:' entry (the weights file)", source=str(path), key="model")
-    for key in raw:
-        if key not in SPEC_KEYS:
-            raise ConfigError(f"unknown key '{key}' in the model spec (allowed: {', '.join(SPEC_KEYS)})", source=str(path), key=str(key), hint=suggest(str(key), list(SPEC_KEYS)))
+    _reject_unknown(raw, SPEC_KEYS, "in the model spec", path)
     inputs = raw.get("input") or {}
     if not isinstance(inputs, dict):
         raise ConfigError("'input' must be a mapping", source=str(path), key="input")
-    for key in inputs:
-        if key not in INPUT_KEYS:
-            raise ConfigError(f"unknown key '{key}' under input (allowed: {', '.join(INPUT_KEYS)})", source=str(path), key=str(key), hint=suggest(str(key), list(INPUT_KEYS)))
+    _reject_unknown(inputs, INPUT_KEYS, "under input", path)
     arch_kwargs = raw.get("arch_kwargs") or {}
     if not isinstance(arch_kwargs, dict):
         raise ConfigError("'arch_kwargs' must be a mapping", source=str(path), key="arch_kwargs")
@@ -284,6 +280,17 @@ def load_spec(path: str | Path) -> ModelSpec:
         composite=raw.get("composite"),
         source=path,
     )
+
+
+def _reject_unknown(mapping: dict, allowed: tuple[str, ...], where: str, path: Path) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key '{key}' {where} (allowed: {', '.join(allowed)})",
+                source=str(path),
+                key=str(key),
+                hint=suggest(str(key), list(allowed)),
+            )
 
 
 def load_class_names(path: str | Path) -> list[str]:

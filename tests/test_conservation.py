@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import pytest
+
 import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, Phase, assume, given, settings
