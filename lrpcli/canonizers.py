@@ -19,7 +19,7 @@ from typing import Callable
 
 
 from . import ops
-from .graph import Graph, Node, Ref
+from .graph import Graph, Node, Ref, map_leaves
 from .registry import Registry
 
 Canonizer = Callable[[Graph], Graph]
@@ -33,18 +33,10 @@ ALWAYS = ("drop_dropout", "strip_softmax")
 def _rewire(nodes: list[Node], old: str, new: str) -> list[Node]:
     """Make every node that reads ``old`` read ``new`` instead."""
 
-    def swap(obj):
-        if isinstance(obj, Ref):
-            return Ref(new) if obj.name == old else obj
-        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(swap(item) for item in obj)
-        if isinstance(obj, list):
-            return [swap(item) for item in obj]
-        if isinstance(obj, dict):
-            return {key: swap(item) for key, item in obj.items()}
-        return obj
+    def swap(leaf):
+        return Ref(new) if isinstance(leaf, Ref) and leaf.name == old else leaf
 
-    return [dataclasses.replace(node, args=swap(node.args), kwargs=swap(node.kwargs)) for node in nodes]
+    return [dataclasses.replace(node, args=map_leaves(node.args, swap), kwargs=map_leaves(node.kwargs, swap)) for node in nodes]
 
 
 def _remove(graph: Graph, node: Node, replacement: str) -> Graph:

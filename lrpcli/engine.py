@@ -19,9 +19,9 @@ from .canonizers import canonize, prune_dead
 from .composite import Assigned, Composite, load_composite
 from .errors import InputError, ModelError, UnsupportedOpError, UsageError
 from .graph import Graph, Node, capture
-from .models import load_model
+from .models import load_model, model_tensors
 from .registry import suggest
-from .rules import Ledger
+from .rules import Ledger, vjp
 
 INITS = ("value", "one-hot")
 
@@ -95,11 +95,7 @@ _CAPTURED: "weakref.WeakKeyDictionary[Any, dict[Any, Graph]]" = weakref.WeakKeyD
 
 
 def _fingerprint(model: Any) -> tuple:
-    if isinstance(model, torch.export.ExportedProgram):
-        tensors = list(model.state_dict.values()) + list(model.constants.values())
-    else:
-        tensors = list(model.state_dict(keep_vars=True).values())
-    return tuple((id(t), getattr(t, "_version", 0)) for t in tensors if isinstance(t, torch.Tensor))
+    return tuple((id(t), getattr(t, "_version", 0)) for t in model_tensors(model))
 
 
 class Explainer:
@@ -190,26 +186,13 @@ class Explainer:
         )
 
 
-def _model_tensors(model: Any) -> list[torch.Tensor]:
-    if isinstance(model, torch.export.ExportedProgram):
-        return list(model.state_dict.values())
-    return list(model.state_dict().values())
-
-
 def _model_dtype(model: Any) -> torch.dtype | None:
     """The floating dtype of the model's weights (None if it has none)."""
-    try:
-        return next((t.dtype for t in _model_tensors(model) if t.is_floating_point()), None)
-    except Exception:
-        return None
+    return next((t.dtype for t in model_tensors(model) if t.is_floating_point()), None)
 
 
 def _on_cpu(model: Any) -> bool:
-    try:
-        tensors = model.state_dict().values() if not isinstance(model, torch.export.ExportedProgram) else model.state_dict.values()
-        return all(t.device.type == "cpu" for t in tensors)
-    except Exception:
-        return True
+    return all(t.device.type == "cpu" for t in model_tensors(model))
 
 
 def _check_input(x: Any) -> torch.Tensor:
@@ -303,16 +286,12 @@ def _node_relevance(
     if kind == "elementwise":
         if len(inputs) == 1 and values[inputs[0]].shape == relevance.shape:
             return {inputs[0]: relevance}
-        from .rules import vjp
-
         return vjp(node, values, inputs, relevance)
     if kind == "route":
         if node.target is operator.getitem and isinstance(values[inputs[0]], (tuple, list)):
             return {inputs[0]: {node.args[1]: relevance}}  # one part of a multi-output op
         if isinstance(relevance, dict):  # the parts of this op's tuple output
             relevance = [relevance.get(i, torch.zeros_like(out)) if isinstance(out, torch.Tensor) else None for i, out in enumerate(output)]
-        from .rules import vjp
-
         return vjp(node, values, [name for name in inputs if isinstance(values[name], torch.Tensor)], relevance)
     raise UnsupportedOpError(node.op, node.name, node.module, node.module_type, hint=node.hint)
 

@@ -109,30 +109,25 @@ def _walk(obj: Any, found: list[str]) -> None:
             _walk(item, found)
 
 
-def _resolve(obj: Any, values: dict[str, Any]) -> Any:
+def map_leaves(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    """Rebuild a node's (nested) args with ``fn`` applied to every leaf (Refs, tensors, numbers)."""
     if isinstance(obj, Ref):
-        return values[obj.name]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_resolve(item, values) for item in obj)
+        return fn(obj)
+    if isinstance(obj, tuple):
+        return tuple(map_leaves(item, fn) for item in obj)
     if isinstance(obj, list):
-        return [_resolve(item, values) for item in obj]
+        return [map_leaves(item, fn) for item in obj]
     if isinstance(obj, dict):
-        return {key: _resolve(item, values) for key, item in obj.items()}
-    return obj
+        return {key: map_leaves(item, fn) for key, item in obj.items()}
+    return fn(obj)
+
+
+def _resolve(obj: Any, values: dict[str, Any]) -> Any:
+    return map_leaves(obj, lambda leaf: values[leaf.name] if isinstance(leaf, Ref) else leaf)
 
 
 def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, Ref):
-        return obj
-    if isinstance(obj, tuple):
-        return tuple(_map_tensors(item, fn) for item in obj)
-    if isinstance(obj, list):
-        return [_map_tensors(item, fn) for item in obj]
-    if isinstance(obj, dict):
-        return {key: _map_tensors(item, fn) for key, item in obj.items()}
-    return obj
+    return map_leaves(obj, lambda leaf: fn(leaf) if isinstance(leaf, torch.Tensor) else leaf)
 
 
 @dataclass

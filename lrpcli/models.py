@@ -215,6 +215,13 @@ def _load_exported(path: Path) -> torch.export.ExportedProgram:
         raise ModelError(f"{path}: not a loadable exported program: {exc}") from exc
 
 
+def model_tensors(model: Any) -> list[torch.Tensor]:
+    """A loaded model's parameters and buffers, whatever its form."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return [t for t in list(model.state_dict.values()) + list(model.constants.values()) if isinstance(t, torch.Tensor)]
+    return [t for t in model.state_dict(keep_vars=True).values() if isinstance(t, torch.Tensor)]
+
+
 def file_hash(path: str | Path) -> str:
     """sha256 of a file, for run.json (which weights produced these heatmaps)."""
     digest = hashlib.sha256()

@@ -252,10 +252,12 @@ class Epsilon(Rule):
     params = {"epsilon": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0)}
     inherits = ("epsilon",)
     weighted_only = False
+    #: which parameter is added to the denominator (z and norm call it "stabilizer")
+    denominator_param: ClassVar[str] = "epsilon"
 
     @property
     def _epsilon(self) -> float:
-        return float(self.values["epsilon"])
+        return float(self.values[self.denominator_param])
 
     def weighted(self, node, a, z, relevance, ledger=None):
         s = divide(relevance, z, self._epsilon)
@@ -279,10 +281,7 @@ class Z(Epsilon):
     formula = "R_j = a_j * sum_k w_jk R_k / z_k   (LRP-0; R/0 := 0)"
     params = {"stabilizer": Param(0.0, "added to the denominator with the sign of z", minimum=0.0)}
     inherits = ()
-
-    @property
-    def _epsilon(self) -> float:
-        return float(self.values["stabilizer"])
+    denominator_param = "stabilizer"
 
 
 class Norm(Epsilon):
@@ -290,10 +289,7 @@ class Norm(Epsilon):
     formula = "R_j = a_j * sum_k dz_k/da_j R_k / (z_k + stab*sign(z_k))   (proportional split, pooling and sums)"
     params = {"stabilizer": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0)}
     inherits = ("stabilizer",)
-
-    @property
-    def _epsilon(self) -> float:
-        return float(self.values["stabilizer"])
+    denominator_param = "stabilizer"
 
 
 class Pass(Rule):

@@ -306,9 +306,10 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
         chosen = targets.choose(outputs)
     if chosen is None:
         target_arg = None if targets.mode == "pred" else int(targets.index)
-        if target_arg is not None:
-            targets.choose(torch.zeros(1, _classes_of(explainer, x)))  # range check with a clear message
-        result = explainer.explain(x, target_arg, init=options.init)
+        try:
+            result = explainer.explain(x, target_arg, init=options.init)
+        except UsageError as exc:  # e.g. an index past the model's outputs: name the option
+            raise UsageError(f"--target {target_arg}: {exc.message}", hint=exc.hint) from exc
         pairs = [(i, int(t)) for i, t in enumerate(result.targets)]
         results = [(pairs, result)]
     else:
@@ -363,11 +364,6 @@ def _first_line(exc: BaseException) -> str:
     message = getattr(exc, "message", None) or str(exc)
     lines = [line for line in message.strip().splitlines() if line.strip()]
     return lines[0][:300] if lines else type(exc).__name__
-
-
-def _classes_of(explainer: Explainer, x: torch.Tensor) -> int:
-    outputs = explainer.forward(x[:1])
-    return outputs.reshape(1, -1).shape[1]
 
 
 def _label(index: int, classes: list[str] | None, blank: bool = False) -> str:

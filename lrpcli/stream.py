@@ -16,6 +16,7 @@ import torch
 from .data.tabular import RowBatch, TabularColumns, open_rows, read_batches
 from .engine import Explainer
 from .errors import InputError
+from .models import model_tensors
 from .runner import Failure, TargetSpec, resolve_device, resolve_dtype
 
 FORMATS = ("csv", "jsonl")
@@ -32,11 +33,7 @@ class RowReport:
 
 def expected_features(model: Any) -> int | None:
     """The input width of a dense model's first layer, if it has one (to check CSVs early)."""
-    try:
-        tensors = model.state_dict.values() if isinstance(model, torch.export.ExportedProgram) else model.state_dict().values()
-        first = next(iter(t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
-    except Exception:
-        return None
+    first = next((t for t in model_tensors(model) if t.is_floating_point()), None)
     return int(first.shape[1]) if first is not None and first.ndim == 2 else None
 
 

@@ -110,9 +110,12 @@ def test_changed_weights_are_seen_by_the_next_explanation(mlp):
     x = torch.randn(2, 6)
     before = explain(mlp, x, "epsilon").relevance
     with torch.no_grad():
-        mlp.layers[0].weight.mul_(-1)
+        mlp.layers[0].weight.mul_(-1)  # in place: the captured graph shares this storage
+        mlp.layers[2].weight = nn.Parameter(-mlp.layers[2].weight)  # a new tensor: the cache must notice
     after = explain(mlp, x, "epsilon").relevance
-    fresh = explain(MLP(6, (8,), 4).eval().load_state_dict(mlp.state_dict()) and mlp, x, "epsilon").relevance
+    twin = MLP(6, (8,), 4).eval()  # a new object: captured afresh, no cache involved
+    twin.load_state_dict(mlp.state_dict())
+    fresh = explain(twin, x, "epsilon").relevance
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, fresh)
 

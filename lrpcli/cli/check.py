@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .console import console, info, warn
-from .options import build_composite, composite_options, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .options import build_composite, composite_options, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
 @click.command(
@@ -97,9 +97,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
             chunk = items[start : start + options["batch_size"]]
             batches.append((torch.stack([preprocessing.tensor(preprocessing.pixels(item.path)) for item in chunk]), [item.name for item in chunk]))
     else:
-        from .inspect import _shape
-
-        shape = _shape(options["input_shape"], spec)
+        shape = input_shape_option(options["input_shape"], spec)
         if shape is None:
             raise UsageError("the input shape is unknown", hint="pass --input-shape C,H,W (or F), or use a model spec with input.size")
         generator = torch.Generator().manual_seed(options["seed"])

@@ -47,7 +47,7 @@ Examples:
 @click.option("--overlay", is_flag=True, help="Draw heatmaps over the (grey) input image.")
 @click.option("--no-heatmaps", is_flag=True, help="Write no PNG heatmaps.")
 @click.option("--no-arrays", is_flag=True, help="Write no .npy relevance arrays.")
-@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), help="Inputs per batch (default: 16 images, 1024 CSV rows).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes (default: by input count and CPUs).")
@@ -109,7 +109,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     out = Path(options["out"] or "lrp-out")
     run_options = ImageRunOptions(
         out=out,
-        batch_size=options["batch_size"],
+        batch_size=options["batch_size"] or 16,
         device=options["device"],
         dtype=options["dtype"],
         cmap=options["cmap"],

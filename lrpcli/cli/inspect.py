@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, warn
-from .options import build_composite, composite_options, ints, load_model_option, model_options, parse_params, spec_preprocessing
+from .options import build_composite, composite_options, input_shape_option, load_model_option, model_options, parse_params, spec_preprocessing
 
 
 @click.command(
@@ -39,7 +39,7 @@ def inspect(model: str, composite: str | None, input_shape: str | None, as_json:
     from ..models import is_spec, load_spec
 
     spec = load_spec(model) if is_spec(model) else None
-    shape = _shape(input_shape, spec)
+    shape = input_shape_option(input_shape, spec)
     loaded = load_model_option(model, spec, options)
     if shape is None:
         raise UsageError("the input shape is unknown", hint="pass --input-shape C,H,W (or F for tabular models), or use a model spec with input.size")
@@ -73,24 +73,3 @@ def inspect(model: str, composite: str | None, input_shape: str | None, as_json:
         console.print(f"note: {note}", markup=False, highlight=False)
     for message in report.warnings:
         warn(message)
-
-
-def _shape(text: str | None, spec: Any) -> tuple[int, ...] | None:
-    if text:
-        try:
-            return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-        except ValueError as exc:
-            raise click.BadParameter(f"expected integers like 3,32,32, got {text!r}", param_hint="--input-shape") from exc
-    if spec is None:
-        return None
-    size = spec.input.get("size")
-    if size:
-        size = ints(",".join(str(s) for s in (size if isinstance(size, list) else [size])), "size")
-        if len(size) == 1:
-            size = size * 2
-        channels = 1 if str(spec.input.get("mode", "RGB")).upper() in ("L", "GRAY", "GREY") else 3
-        return (channels, *size)
-    features = spec.input.get("features")
-    if isinstance(features, list):
-        return (len(features),)
-    return None

@@ -138,3 +138,25 @@ def load_model_option(model: str, spec: Any, options: dict[str, Any]) -> Any:
         arch_kwargs=parse_mapping(options.get("arch_kwargs"), "--arch-kwargs") or (spec.arch_kwargs if spec is not None else None),
         allow_pickle=bool(options.get("allow_pickle")),
     )
+
+
+def input_shape_option(text: str | None, spec: Any) -> tuple[int, ...] | None:
+    """One input's shape (no batch dim) from --input-shape, else from the spec's input size/mode or features."""
+    if text:
+        try:
+            return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+        except ValueError as exc:
+            raise click.BadParameter(f"expected integers like 3,32,32, got {text!r}", param_hint="--input-shape") from exc
+    if spec is None:
+        return None
+    size = spec.input.get("size")
+    if size:
+        size = ints(",".join(str(s) for s in (size if isinstance(size, list) else [size])), "size")
+        if len(size) == 1:
+            size = size * 2
+        channels = 1 if str(spec.input.get("mode", "RGB")).upper() in ("L", "GRAY", "GREY") else 3
+        return (channels, *size)
+    features = spec.input.get("features")
+    if isinstance(features, list):
+        return (len(features),)
+    return None

@@ -51,7 +51,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
         targets=targets,
         classes=classes,
         top_k=options["top_k"],
-        batch_size=options["batch_size"] if options["batch_size"] != 16 else 1024,
+        batch_size=options["batch_size"] or 1024,
         on_error=options["on_error"],
         device=options["device"],
         dtype=options["dtype"],
