@@ -14,9 +14,10 @@ adds a line to ``graph.notes`` when it changed something the user should know.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Callable
 
-
+import torch
 
 from . import ops
 from .graph import Graph, Node, Ref, map_leaves
@@ -112,6 +113,29 @@ def canonize(graph: Graph, names: list[str] | tuple[str, ...]) -> Graph:
         graph = CANONIZERS.get(key)(graph)
         done.append(key)
     return graph
+
+
+def keep_pool_indices(graph: Graph) -> Graph:
+    """Rewrite ``max_poolNd`` as ``max_poolNd_with_indices`` and a ``[0]``, so the forward pass keeps
+    the winners' indices and the backward walk can route relevance to them without recomputing the pool.
+
+    Internal (not a user-facing canonizer): the result computes exactly what the model computes.
+    """
+    taken = {node.name for node in graph.nodes} | {graph.input}
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        name = ops.op_name(node.target)
+        with_indices = getattr(torch.ops.aten, f"{name}_with_indices", None) if name in ("max_pool2d", "max_pool3d") else None
+        if with_indices is None or node.kwargs or not isinstance(node.args[0], Ref):
+            nodes.append(node)
+            continue
+        pooled_name = f"{node.name}_with_indices"
+        while pooled_name in taken:
+            pooled_name += "_"
+        taken.add(pooled_name)
+        pooled = dataclasses.replace(node, name=pooled_name, target=with_indices.default, op=f"{name}_with_indices")
+        nodes += [pooled, dataclasses.replace(node, target=operator.getitem, args=(Ref(pooled_name), 0), kwargs={})]
+    return graph.replace(nodes=nodes)
 
 
 def prune_dead(graph: Graph) -> Graph:

@@ -6,6 +6,7 @@ keeps the captured and prepared graph between batches (what the CLI uses).
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import weakref
 from dataclasses import dataclass, field
@@ -15,13 +16,14 @@ from typing import Any
 import torch
 
 from . import ops
-from .canonizers import canonize, prune_dead
+from .canonizers import canonize, keep_pool_indices, prune_dead
 from .composite import Assigned, Composite, load_composite
 from .errors import InputError, ModelError, UnsupportedOpError, UsageError
 from .graph import Graph, Node, capture
 from .models import load_model, model_tensors
 from .registry import suggest
-from .rules import Ledger, vjp
+from .rules import Ledger
+from .transposes import vjp
 
 INITS = ("value", "one-hot")
 
@@ -109,7 +111,7 @@ class Explainer:
         self.model = load_model(model)
         self.model_path = str(model) if isinstance(model, (str, Path)) else None
         self.composite: Composite = load_composite(composite, **(params or {}))
-        self._prepared: dict[tuple, tuple[Graph, dict[str, Assigned]]] = {}
+        self._prepared: dict[tuple, tuple[Graph, Graph, dict[str, Assigned]]] = {}
 
     # -- graph preparation
 
@@ -145,19 +147,21 @@ class Explainer:
                 f"or pass batches of {raw.input_shape[0]}",
             )
         key = (id(raw), x.device, x.dtype)
-        if key not in self._prepared:
+        hit = self._prepared.get(key)
+        if hit is None or hit[0] is not raw:  # (an id can be reused once a recaptured graph replaced its raw graph)
             graph = prune_dead(canonize(raw, self.composite.canonizers))
             _check_supported(graph)
-            graph = graph.to(x.device, x.dtype)
-            self._prepared[key] = (graph, self.composite.assign(graph))
-        return self._prepared[key]
+            graph = keep_pool_indices(graph).to(x.device, x.dtype)
+            hit = self._prepared[key] = (raw, graph, self.composite.assign(graph))
+        return hit[1], hit[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's outputs for ``x`` (through the prepared graph), e.g. to choose targets."""
         x = _check_input(x)
         graph, _ = self.prepare(x)
-        with torch.no_grad():
-            return graph(x)
+        with torch.inference_mode():
+            outputs = graph(x)
+        return _usable(outputs)
 
     # -- the explanation
 
@@ -168,22 +172,35 @@ class Explainer:
         if init not in INITS:
             raise UsageError(f"unknown init '{init}' (known: {', '.join(INITS)})", hint=suggest(init, list(INITS)))
         graph, assigned = self.prepare(x)
-        with torch.no_grad():
-            values = graph.run(x)
+        with torch.inference_mode():
+            values = record(graph, x)
             outputs = values[graph.output]
             if not isinstance(outputs, torch.Tensor):
                 raise ModelError("the model's output is not a tensor")
             targets = _targets(outputs, target)
             initial = _initial_relevance(outputs, targets, init)
             relevance, layers = propagate(graph, assigned, values, initial, layer_relevance)
+        if layers is not None:
+            layers = {name: _usable(layer) for name, layer in layers.items()}
         return Explanation(
-            relevance=relevance if relevance is not None else torch.zeros_like(x),
-            outputs=outputs.detach(),
-            targets=targets,
-            initial=initial,
+            relevance=_usable(relevance) if relevance is not None else torch.zeros_like(x),
+            outputs=_usable(outputs),
+            targets=_usable(targets),
+            initial=_usable(initial),
             layers=layers,
             notes=list(graph.notes),
         )
+
+
+def _usable(value: Any) -> Any:
+    """A normal copy of a tensor made in inference mode (so callers may use it with autograd), field by field."""
+    if isinstance(value, torch.Tensor):
+        return value.clone() if value.is_inference() else value
+    if isinstance(value, LayerRelevance):
+        return dataclasses.replace(
+            value, **{f.name: _usable(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "node"}
+        )
+    return value
 
 
 def _model_dtype(model: Any) -> torch.dtype | None:
@@ -252,6 +269,82 @@ def _initial_relevance(outputs: torch.Tensor, targets: torch.Tensor, init: str) 
     return initial.reshape(outputs.shape)
 
 
+# --------------------------------------------------------------------------- the forward pass
+
+#: element-wise ops cheap and deterministic enough to recompute in the backward walk instead of keeping
+RECOMPUTABLE = {
+    "relu", "leaky_relu", "relu6", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "elu", "selu", "celu",
+    "softplus", "mish", "hardswish", "hardsigmoid", "prelu",
+}
+
+
+class Recorded(dict):
+    """Node outputs of the forward pass, by name, for the backward walk.
+
+    Outputs of element-wise activations (ReLU, ...) are dropped as soon as the forward
+    pass is done with them and recomputed from their input when a rule asks for them:
+    the pre-activation is kept anyway (rules divide by it), so this keeps what is held
+    close to what autograd saves for a plain gradient.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recomputable: dict[str, Node] = {}
+
+    def __missing__(self, name: str) -> Any:
+        node = self.recomputable.get(name)
+        if node is None:
+            raise KeyError(name)
+        value = self[name] = node.call(self)
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def pop(self, name: str, *default: Any) -> Any:
+        self.recomputable.pop(name, None)
+        return super().pop(name, *default)
+
+
+def _recomputable(graph: Graph) -> dict[str, int]:
+    """Element-wise nodes whose outputs can be dropped, mapped to the index of their last reader."""
+    last_reader: dict[str, int] = {}
+    for index, node in enumerate(graph.nodes):
+        for ref in node.refs:
+            last_reader[ref] = index
+    return {
+        node.name: last_reader[node.name]
+        for node in graph.nodes
+        if node.kind == "elementwise"
+        and ops.op_name(ops.out_of_place(node.target)) in RECOMPUTABLE
+        and node.name != graph.output
+        and node.name in last_reader
+        and len(node.refs) == 1
+    }
+
+
+def record(graph: Graph, x: torch.Tensor) -> Recorded:
+    """Run ``graph`` forward on ``x``, keeping what the backward walk needs."""
+    droppable = _recomputable(graph)
+    drop_after: dict[int, list[str]] = {}
+    for name, index in droppable.items():
+        drop_after.setdefault(index, []).append(name)
+    by_name = {node.name: node for node in graph.nodes}
+    values = Recorded()
+    values[graph.input] = x
+    for index, node in enumerate(graph.nodes):
+        values[node.name] = node.call(values)
+        for name in drop_after.get(index, ()):
+            source = by_name[name].refs[0]
+            if source in values and source not in values.recomputable:
+                del values[name]
+                values.recomputable[name] = by_name[name]
+    return values
+
+
 # --------------------------------------------------------------------------- the backward walk
 
 
@@ -290,8 +383,8 @@ def _node_relevance(
     if kind == "route":
         if node.target is operator.getitem and isinstance(values[inputs[0]], (tuple, list)):
             return {inputs[0]: {node.args[1]: relevance}}  # one part of a multi-output op
-        if isinstance(relevance, dict):  # the parts of this op's tuple output
-            relevance = [relevance.get(i, torch.zeros_like(out)) if isinstance(out, torch.Tensor) else None for i, out in enumerate(output)]
+        if isinstance(relevance, dict):  # the parts of this op's tuple output (None: no relevance reached it)
+            relevance = [relevance.get(i) for i in range(len(output))]
         return vjp(node, values, [name for name in inputs if isinstance(values[name], torch.Tensor)], relevance)
     raise UnsupportedOpError(node.op, node.name, node.module, node.module_type, hint=node.hint)
 

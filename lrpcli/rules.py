@@ -16,15 +16,16 @@ proportional rule (``norm``), i.e. the same with ``rho(W) = W``.
 
 from __future__ import annotations
 
-from collections import ChainMap
+import weakref
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from .errors import ConfigError
-from .graph import Node, channel_affine
+from .graph import Node
 from .registry import Registry
+from .transposes import transpose, vjp
 
 
 # --------------------------------------------------------------------------- numeric helpers
@@ -34,8 +35,9 @@ def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``z + epsilon * sign(z)`` with sign(0) = +1 (zennit's Stabilizer)."""
     if epsilon == 0:
         return z
-    sign = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-    return z + epsilon * sign  # epsilon stays a Python float: no rounding to float32 in float64 runs
+    step = torch.tensor(epsilon, dtype=z.dtype, device=z.device)  # in z's dtype: no rounding to float32 in float64 runs
+    # copysign is one fast kernel (torch.where is several times slower on CPU); z + 0.0 turns -0.0 into +0.0
+    return torch.copysign(step, z + 0.0).add_(z)
 
 
 def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -55,97 +57,41 @@ def negative(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.clamp(max=0)
 
 
-def _ntuple(value: Any, n: int) -> list[int]:
-    if isinstance(value, (list, tuple)):
-        return list(value) if len(value) == n else list(value) * n
-    return [value] * n
-
-
-def _conv_spec(node: Node) -> tuple | None:
-    """Normalised (stride, padding, dilation, transposed, output_padding, groups) of a conv node, or None."""
-    dims = node.weight.ndim - 2
-    name = node.op
-    args = list(node.args) + [None] * 8
-    kw = node.kwargs
-    if name in ("conv1d", "conv2d", "conv3d"):
-        stride, padding, dilation, groups = (
-            kw.get("stride", args[3] if args[3] is not None else 1),
-            kw.get("padding", args[4] if args[4] is not None else 0),
-            kw.get("dilation", args[5] if args[5] is not None else 1),
-            kw.get("groups", args[6] if args[6] is not None else 1),
-        )
-        transposed, output_padding = False, 0
-    elif name in ("convolution", "_convolution"):
-        stride, padding, dilation, transposed, output_padding, groups = args[3:9]
-    elif name.startswith("conv_transpose"):
-        stride, padding, output_padding, groups, dilation = (
-            args[3] if args[3] is not None else 1,
-            args[4] if args[4] is not None else 0,
-            args[5] if args[5] is not None else 0,
-            args[6] if args[6] is not None else 1,
-            args[7] if args[7] is not None else 1,
-        )
-        transposed = True
-    else:
-        return None
-    if isinstance(padding, str):
-        return None
-    return (
-        _ntuple(stride, dims),
-        _ntuple(padding, dims),
-        _ntuple(dilation, dims),
-        bool(transposed),
-        _ntuple(output_padding, dims),
-        int(groups),
-    )
-
-
 def forward(node: Node, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The node's op with substituted input, weight and bias."""
     return node.call_with(a, weight, bias)
 
 
-def transpose(node: Node, s: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``weight^T s``: the op's transpose (vector-Jacobian product w.r.t. the input), shaped like ``a``."""
-    if node.target is torch.ops.aten.linear.default:
-        return s @ weight
-    if node.target is channel_affine:
-        return s * weight.reshape((1, -1) + (1,) * (s.ndim - 2))
-    spec = _conv_spec(node) if node.kind == "conv" else None
-    if spec is not None:
-        stride, padding, dilation, transposed, output_padding, groups = spec
-        return torch.ops.aten.convolution_backward(
-            s, a, weight, None, stride, padding, dilation, transposed, output_padding, groups, [True, False, False]
-        )[0]
-    with torch.enable_grad():
-        leaf = a.detach().requires_grad_()
-        (grad,) = torch.autograd.grad(forward(node, leaf, weight, None), leaf, s)
-    return grad
+class Derived:
+    """Tensors a rule derives from a node's parameters (W+, W + gamma W+, a flat rule's denominator),
+    computed once per model instead of once per batch.
 
-
-def vjp(node: Node, values: dict[str, Any], inputs: list[str], grad_outputs: Any) -> dict[str, torch.Tensor]:
-    """Vector-Jacobian product of a parameter-free node w.r.t. its activation inputs.
-
-    Moves relevance "with the values" for shape ops, cat, slicing and max-pool (the
-    gradient routes to the winners), and gives the transpose for proportional rules.
+    Keyed weakly by the node's weight tensor, so entries go when the prepared graph
+    goes, and checked against the weight's and bias' versions, so in-place changes
+    to the weights are seen.
     """
-    with torch.enable_grad():
-        leaves = {name: values[name].detach().requires_grad_() for name in inputs}
-        output = node.call(ChainMap(leaves, values))
-        outputs = list(output) if isinstance(output, (tuple, list)) else [output]
-        if not isinstance(grad_outputs, (tuple, list)):
-            grad_outputs = [grad_outputs]
-        pairs = [
-            (out, grad)
-            for out, grad in zip(outputs, grad_outputs)
-            if isinstance(out, torch.Tensor) and grad is not None and out.requires_grad
-        ]
-        if not pairs:
-            return {}
-        grads = torch.autograd.grad(
-            [out for out, _ in pairs], list(leaves.values()), [grad for _, grad in pairs], allow_unused=True
-        )
-    return {name: grad for name, grad in zip(leaves, grads) if grad is not None}
+
+    def __init__(self) -> None:
+        self._store: dict[int, tuple[weakref.ref, dict]] = {}  # id(weight) -> (weak ref to it, entries)
+
+    def _entries(self, weight: torch.Tensor) -> dict:
+        key = id(weight)
+        held = self._store.get(key)
+        if held is None or held[0]() is not weight:
+            held = self._store[key] = (weakref.ref(weight, lambda _, key=key: self._store.pop(key, None)), {})
+        return held[1]
+
+    def get(self, node: Node, key: Any, make: Callable[[], Any]) -> Any:
+        bias = node.bias
+        version = (node.weight._version, None if bias is None else (id(bias), bias._version))
+        entries = self._entries(node.weight)
+        hit = entries.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        with torch.inference_mode(False), torch.no_grad():  # usable by autograd fallbacks too
+            value = make()
+        entries[key] = (version, value)
+        return value
 
 
 class Ledger:
@@ -212,6 +158,11 @@ class Rule:
             if value < spec.minimum:
                 raise ConfigError(f"rule '{self.name}': {key} must be >= {spec.minimum:g}, got {value!r}", key=key)
         self.validate()
+        self.derived = Derived()
+
+    def modified(self, node: Node, key: str) -> torch.Tensor | None:
+        """A modified parameter of ``node`` (see :data:`MODIFIERS`), computed once per model."""
+        return self.derived.get(node, key, lambda: MODIFIERS[key](node))
 
     def validate(self) -> None:
         """Cross-parameter checks; raise ConfigError."""
@@ -240,10 +191,20 @@ class Rule:
 
 
 def _split_sign(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Positive and negative parts of ``a``; the negative part is None when ``a`` >= 0 (e.g. after ReLU)."""
+    """Positive and negative parts of ``a``; the negative part is None when ``a`` >= 0 (e.g. after ReLU),
+    which saves the rules their negative-input forward and transpose."""
     if bool((a >= 0).all()):
         return a, None
     return a.clamp(min=0), a.clamp(max=0)
+
+
+#: parameter modifications rules use, by key (``Rule.modified`` caches them per model)
+MODIFIERS: dict[str, Callable[[Node], torch.Tensor | None]] = {
+    "w+": lambda node: positive(node.weight),
+    "w-": lambda node: negative(node.weight),
+    "b+": lambda node: positive(node.bias),
+    "b-": lambda node: negative(node.bias),
+}
 
 
 class Epsilon(Rule):
@@ -324,17 +285,18 @@ class ZPlus(Rule):
 
     def weighted(self, node, a, z, relevance, ledger=None):
         eps = float(self.values["stabilizer"])
-        w_pos, w_neg = positive(node.weight), negative(node.weight)
+        w_pos, b_pos = self.modified(node, "w+"), self.modified(node, "b+")
         a_pos, a_neg = _split_sign(a)
-        z_pos = forward(node, a_pos, w_pos, positive(node.bias))
+        z_pos = forward(node, a_pos, w_pos, b_pos)
         if a_neg is not None:
-            z_pos = z_pos + forward(node, a_neg, w_neg, None)
+            z_pos = z_pos + forward(node, a_neg, self.modified(node, "w-"), None)
         s = divide(relevance, z_pos, eps)
         if ledger is not None:
-            ledger.record(s, z_pos, positive(node.bias), eps)
+            ledger.record(s, z_pos, b_pos, eps)
+        del z_pos
         result = a_pos * transpose(node, s, a, w_pos)
         if a_neg is not None:
-            result = result + a_neg * transpose(node, s, a, w_neg)
+            result = result + a_neg * transpose(node, s, a, self.modified(node, "w-"))
         return result
 
 
@@ -360,24 +322,26 @@ class AlphaBeta(Rule):
     def weighted(self, node, a, z, relevance, ledger=None):
         alpha, beta = float(self.values["alpha"]), float(self.values["beta"])
         eps = float(self.values["stabilizer"])
-        w_pos, w_neg = positive(node.weight), negative(node.weight)
         a_pos, a_neg = _split_sign(a)
 
         def part(w_for_pos, w_for_neg, bias, weight):
-            z_part = forward(node, a_pos, w_for_pos, bias)
+            """This sign's share: ``weight * (a+ W_for_pos^T s + a- W_for_neg^T s)`` with s = R / z_sign."""
+            z_part = forward(node, a_pos, self.modified(node, w_for_pos), bias)
             if a_neg is not None:
-                z_part = z_part + forward(node, a_neg, w_for_neg, None)
+                z_part = z_part + forward(node, a_neg, self.modified(node, w_for_neg), None)
             s = divide(relevance, z_part, eps)
             if ledger is not None:
                 ledger.record(s, z_part, bias, eps, weight)
-            r = a_pos * transpose(node, s, a, w_for_pos)
+            del z_part
+            s = s * weight
+            r = a_pos * transpose(node, s, a, self.modified(node, w_for_pos))
             if a_neg is not None:
-                r = r + a_neg * transpose(node, s, a, w_for_neg)
+                r = r + a_neg * transpose(node, s, a, self.modified(node, w_for_neg))
             return r
 
-        result = alpha * part(w_pos, w_neg, positive(node.bias), alpha)
+        result = part("w+", "w-", self.modified(node, "b+"), alpha)
         if beta != 0:
-            result = result - beta * part(w_neg, w_pos, negative(node.bias), -beta)
+            result = result + part("w-", "w+", self.modified(node, "b-"), -beta)
         return result
 
 
@@ -390,29 +354,51 @@ class Gamma(Rule):
     }
     inherits = ("gamma", "stabilizer")
 
+    def _up_down(self, node: Node, key: str) -> torch.Tensor | None:
+        """W + gamma W+ ("w_up", favours positive weights), W + gamma W- ("w_down"), and the biases alike."""
+        gamma = float(self.values["gamma"])
+
+        def make():
+            param = node.weight if key.startswith("w") else node.bias
+            if param is None:
+                return None
+            return param + gamma * (param.clamp(min=0) if key.endswith("up") else param.clamp(max=0))
+
+        return self.derived.get(node, key, make)
+
     def weighted(self, node, a, z, relevance, ledger=None):
         gamma, eps = float(self.values["gamma"]), float(self.values["stabilizer"])
-        weight, bias = node.weight, node.bias
-        w_up = weight + gamma * weight.clamp(min=0)  # favours positive weights
-        w_down = weight + gamma * weight.clamp(max=0)  # favours negative weights
-        b_up = None if bias is None else bias + gamma * bias.clamp(min=0)
-        b_down = None if bias is None else bias + gamma * bias.clamp(max=0)
         a_pos, a_neg = _split_sign(a)
-
-        # where z > 0: positive contributions a+ w_up and a- w_down; where z < 0: the negative ones
-        z_up = forward(node, a_pos, w_up, b_up)
-        z_down = forward(node, a_pos, w_down, b_down)
-        if a_neg is not None:
-            z_up = z_up + forward(node, a_neg, w_down, None)
-            z_down = z_down + forward(node, a_neg, w_up, None)
-        s_up = (z > 0).to(z.dtype) * divide(relevance, z_up, eps)
-        s_down = (z < 0).to(z.dtype) * divide(relevance, z_down, eps)
+        b_up, b_down = self._up_down(node, "b_up"), self._up_down(node, "b_down")
+        # where z > 0 the positive contributions count (a+ with w_up, a- with w_down); where z < 0 the negative ones
+        if a_neg is None:
+            # one modified forward gives both denominators: with a >= 0, W a + b = (W+ a + b+) + (W- a + b-), so
+            # z_up = z + gamma z+ and z_down = z + gamma (z - z+), where z+ = W+ a + b+
+            z_plus = forward(node, a, self.modified(node, "w+"), self.modified(node, "b+"))
+            z_up = z + gamma * z_plus
+        else:
+            z_up = forward(node, a_pos, self._up_down(node, "w_up"), b_up) + forward(node, a_neg, self._up_down(node, "w_down"), None)
+        up = z > 0
+        s_up = up.to(z.dtype) * divide(relevance, z_up, eps)
         if ledger is not None:
             ledger.record(s_up, z_up, b_up, eps)
-            ledger.record(s_down, z_down, b_down, eps)
-        result = a_pos * (transpose(node, s_up, a, w_up) + transpose(node, s_down, a, w_down))
+        del z_up
+        result = a_pos * transpose(node, s_up, a, self._up_down(node, "w_up"))
         if a_neg is not None:
-            result = result + a_neg * (transpose(node, s_up, a, w_down) + transpose(node, s_down, a, w_up))
+            result = result + a_neg * transpose(node, s_up, a, self._up_down(node, "w_down"))
+        down = z < 0
+        if not bool((down & (relevance != 0)).any()):
+            return result  # e.g. below a ReLU whose upper layer's rule multiplies by the activation: nothing to do
+        if a_neg is None:
+            z_down = z + gamma * (z - z_plus)
+        else:
+            z_down = forward(node, a_pos, self._up_down(node, "w_down"), b_down) + forward(node, a_neg, self._up_down(node, "w_up"), None)
+        s_down = down.to(z.dtype) * divide(relevance, z_down, eps)
+        if ledger is not None:
+            ledger.record(s_down, z_down, b_down, eps)
+        result = result + a_pos * transpose(node, s_down, a, self._up_down(node, "w_down"))
+        if a_neg is not None:
+            result = result + a_neg * transpose(node, s_down, a, self._up_down(node, "w_up"))
         return result
 
 
@@ -423,19 +409,20 @@ class Flat(Rule):
     inherits = ("stabilizer",)
 
     def _weight(self, node: Node) -> torch.Tensor:
-        return torch.ones_like(node.weight)
+        return self.derived.get(node, "ones", lambda: torch.ones_like(node.weight))
 
     def _bias(self, node: Node) -> torch.Tensor | None:
         return None
 
     def weighted(self, node, a, z, relevance, ledger=None):
         eps = float(self.values["stabilizer"])
-        ones = torch.ones_like(a[:1]).expand_as(a)
-        weight = self._weight(node)
-        z_mod = forward(node, ones, weight, self._bias(node))
+        weight, bias = self._weight(node), self._bias(node)
+        # the denominator is the same for every sample: computed once per input shape, for a batch of one
+        key = ("z", tuple(a.shape[1:]), a.dtype, a.device)
+        z_mod = self.derived.get(node, key, lambda: forward(node, torch.ones_like(a[:1]), weight, bias))
         s = divide(relevance, z_mod, eps)
         if ledger is not None:
-            ledger.record(s, z_mod, self._bias(node), eps)
+            ledger.record(s, z_mod.expand_as(s), bias, eps)
         return transpose(node, s, a, weight)
 
 
@@ -444,10 +431,10 @@ class WSquare(Flat):
     formula = "R_j = sum_k w_jk^2 R_k / sum_j w_jk^2   (inputs set to 1; zennit squares the bias too)"
 
     def _weight(self, node):
-        return node.weight**2
+        return self.derived.get(node, "w^2", lambda: node.weight**2)
 
     def _bias(self, node):
-        return None if node.bias is None else node.bias**2
+        return self.derived.get(node, "b^2", lambda: None if node.bias is None else node.bias**2)
 
 
 def _bound(value: Any, like: torch.Tensor) -> torch.Tensor:
@@ -489,16 +476,20 @@ class ZBox(Rule):
 
     def weighted(self, node, a, z, relevance, ledger=None):
         eps = float(self.values["stabilizer"])
-        low, high = _bound(self.values["low"], a), _bound(self.values["high"], a)
-        weight, bias = node.weight, node.bias
-        w_pos, w_neg = positive(weight), negative(weight)
-        z_box = forward(node, a, weight, bias) - forward(node, low, w_pos, positive(bias)) - forward(
-            node, high, w_neg, negative(bias)
-        )
+        w_pos, w_neg = self.modified(node, "w+"), self.modified(node, "w-")
+
+        def bounds_term():
+            """l W+ + h W- (with b+ and b-): the same for every sample, so computed once per input shape."""
+            low, high = _bound(self.values["low"], a[:1]), _bound(self.values["high"], a[:1])
+            return forward(node, low, w_pos, self.modified(node, "b+")) + forward(node, high, w_neg, self.modified(node, "b-"))
+
+        z_box = z - self.derived.get(node, ("bounds", tuple(a.shape[1:]), a.dtype, a.device), bounds_term)
         s = divide(relevance, z_box, eps)
         if ledger is not None:
             ledger.record(s, z_box, None, eps)
-        return a * transpose(node, s, a, weight) - low * transpose(node, s, a, w_pos) - high * transpose(
+        del z_box
+        low, high = _bound(self.values["low"], a), _bound(self.values["high"], a)
+        return a * transpose(node, s, a, node.weight) - low * transpose(node, s, a, w_pos) - high * transpose(
             node, s, a, w_neg
         )
 

@@ -1,0 +1,191 @@
+"""Transposed passes: how relevance (or any gradient-like signal) flows back through an op.
+
+Every LRP step ends in ``W^T s`` for its op. Doing that with autograd would build a
+graph per step (and recompute the op), so the common ops get their transpose
+directly: ``s @ W`` for linear layers, ``convolution_backward`` for convolutions, a
+reshape for shape ops, ``max_poolNd_with_indices_backward`` with the indices the
+forward pass kept, ``_adaptive_avg_poolNd_backward`` for pools. Anything else falls
+back to autograd on a copy of the recorded values (the engine records them in
+inference mode, which autograd cannot use as they are).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import ChainMap
+from typing import Any, Callable
+
+import torch
+
+from .graph import Node, Ref, channel_affine
+from .ops import op_name
+
+aten = torch.ops.aten
+
+
+def _ntuple(value: Any, n: int) -> list[int]:
+    if isinstance(value, (list, tuple)):
+        return list(value) if len(value) == n else list(value) * n
+    return [value] * n
+
+
+def conv_spec(node: Node) -> tuple | None:
+    """Normalised (stride, padding, dilation, transposed, output_padding, groups) of a conv node, or None."""
+    dims = node.weight.ndim - 2
+    name = node.op
+    args = list(node.args) + [None] * 8
+    kw = node.kwargs
+    if name in ("conv1d", "conv2d", "conv3d"):
+        stride, padding, dilation, groups = (
+            kw.get("stride", args[3] if args[3] is not None else 1),
+            kw.get("padding", args[4] if args[4] is not None else 0),
+            kw.get("dilation", args[5] if args[5] is not None else 1),
+            kw.get("groups", args[6] if args[6] is not None else 1),
+        )
+        transposed, output_padding = False, 0
+    elif name in ("convolution", "_convolution"):
+        stride, padding, dilation, transposed, output_padding, groups = args[3:9]
+    elif name.startswith("conv_transpose"):
+        stride, padding, output_padding, groups, dilation = (
+            args[3] if args[3] is not None else 1,
+            args[4] if args[4] is not None else 0,
+            args[5] if args[5] is not None else 0,
+            args[6] if args[6] is not None else 1,
+            args[7] if args[7] is not None else 1,
+        )
+        transposed = True
+    else:
+        return None
+    if isinstance(padding, str):
+        return None
+    return (
+        _ntuple(stride, dims),
+        _ntuple(padding, dims),
+        _ntuple(dilation, dims),
+        bool(transposed),
+        _ntuple(output_padding, dims),
+        int(groups),
+    )
+
+
+def _autograd_copy(value: Any) -> Any:
+    """A normal (non-inference) copy of a recorded value, so autograd may save it."""
+    if isinstance(value, torch.Tensor) and value.is_inference():
+        return value.clone()
+    return value
+
+
+def transpose(node: Node, s: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``weight^T s`` for a weighted node (conv, linear, channel affine), shaped like its input ``a``."""
+    if node.target is aten.linear.default:
+        return s @ weight
+    if node.target is channel_affine:
+        return s * weight.reshape((1, -1) + (1,) * (s.ndim - 2))
+    spec = conv_spec(node) if node.kind == "conv" else None
+    if spec is not None:
+        stride, padding, dilation, transposed, output_padding, groups = spec
+        return aten.convolution_backward(
+            s, a, weight, None, stride, padding, dilation, transposed, output_padding, groups, [True, False, False]
+        )[0]
+    with torch.inference_mode(False), torch.enable_grad():
+        leaf = _autograd_copy(a).detach().requires_grad_()
+        (grad,) = torch.autograd.grad(node.call_with(leaf, _autograd_copy(weight), None), leaf, _autograd_copy(s))
+    return grad
+
+
+# --------------------------------------------------------------------------- parameter-free ops
+
+#: op name -> direct vector-Jacobian product (node, values, inputs, grad) -> {input: grad}, or None to fall back
+_DIRECT: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {}
+
+
+def _direct(*names: str):
+    def register(function):
+        for name in names:
+            _DIRECT[name] = function
+        return function
+
+    return register
+
+
+@_direct("view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze", "contiguous", "clone",
+         "alias", "detach", "lift_fresh_copy", "_to_copy", "to", "type_as")
+def _reshape_back(node, values, inputs, grad):
+    source = values[inputs[0]]
+    if len(inputs) != 1 or grad.numel() != source.numel():
+        return None
+    return {inputs[0]: grad.reshape(source.shape).to(source.dtype)}
+
+
+@_direct("max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices")
+def _max_pool_back(node, values, inputs, grad):
+    if not isinstance(grad, (list, tuple)) or len(inputs) != 1 or node.kwargs or grad[0] is None:
+        return None
+    dims = int(node.op[len("max_pool")])
+    backward = getattr(aten, f"max_pool{dims}d_with_indices_backward", None)
+    if backward is None:
+        return None
+    x = values[inputs[0]]
+    indices = values[node.name][1]
+    args = list(node.args[1:]) + [None] * 5
+    kernel = _ntuple(args[0], dims)
+    stride = _ntuple(args[1] if args[1] not in (None, []) else kernel, dims)
+    padding = _ntuple(args[2] if args[2] is not None else 0, dims)
+    dilation = _ntuple(args[3] if args[3] is not None else 1, dims)
+    ceil_mode = bool(args[4]) if args[4] is not None else False
+    return {inputs[0]: backward(grad[0], x, kernel, stride, padding, dilation, ceil_mode, indices)}
+
+
+@_direct("adaptive_avg_pool2d", "_adaptive_avg_pool2d", "adaptive_avg_pool3d", "_adaptive_avg_pool3d")
+def _adaptive_avg_pool_back(node, values, inputs, grad):
+    if len(inputs) != 1:
+        return None
+    x = values[inputs[0]]
+    backward = aten._adaptive_avg_pool3d_backward if node.op.endswith("3d") else aten._adaptive_avg_pool2d_backward
+    return {inputs[0]: backward(grad.contiguous(), x)}
+
+
+@_direct("add", "sub")
+def _add_back(node, values, inputs, grad):
+    """``x + y`` / ``x - y`` of two same-shaped activations (a residual join)."""
+    if node.kwargs or len(node.args) != 2 or len(inputs) != 2 or node.args[0] == node.args[1]:
+        return None
+    first, second = (arg.name if isinstance(arg, Ref) else None for arg in node.args)
+    if [first, second] != inputs or values[first].shape != grad.shape or values[second].shape != grad.shape:
+        return None
+    return {first: grad, second: -grad if node.op == "sub" else grad}
+
+
+def vjp(node: Node, values: dict[str, Any], inputs: list[str], grad_outputs: Any) -> dict[str, torch.Tensor]:
+    """Vector-Jacobian product of a parameter-free node w.r.t. its activation inputs.
+
+    Moves relevance "with the values" for shape ops, cat, slicing and max-pool (the
+    gradient routes to the winners), and gives the transpose for proportional rules.
+    """
+    direct = _DIRECT.get(op_name(node.target))
+    if direct is not None and node.target is not operator.getitem:
+        result = direct(node, values, inputs, grad_outputs)
+        if result is not None:
+            return result
+    return _autograd_vjp(node, values, inputs, grad_outputs)
+
+
+def _autograd_vjp(node: Node, values: dict[str, Any], inputs: list[str], grad_outputs: Any) -> dict[str, torch.Tensor]:
+    with torch.inference_mode(False), torch.enable_grad():
+        leaves = {name: _autograd_copy(values[name]).detach().requires_grad_() for name in inputs}
+        others = {ref: _autograd_copy(values[ref]) for ref in node.refs if ref not in leaves and ref in values}
+        output = node.call(ChainMap(leaves, others))
+        outputs = list(output) if isinstance(output, (tuple, list)) else [output]
+        if not isinstance(grad_outputs, (tuple, list)):
+            grad_outputs = [grad_outputs]
+        pairs = [
+            (out, _autograd_copy(grad))
+            for out, grad in zip(outputs, grad_outputs)
+            if isinstance(out, torch.Tensor) and grad is not None and out.requires_grad
+        ]
+        if not pairs:
+            return {}
+        grads = torch.autograd.grad(
+            [out for out, _ in pairs], list(leaves.values()), [grad for _, grad in pairs], allow_unused=True
+        )
+    return {name: grad for name, grad in zip(leaves, grads) if grad is not None}
