@@ -290,6 +290,24 @@ class Recorded(dict):
     def __init__(self) -> None:
         super().__init__()
         self.recomputable: dict[str, Node] = {}
+        self._dropped: dict[str, tuple[torch.Size, torch.dtype, torch.device]] = {}
+
+    def drop(self, name: str, node: Node) -> None:
+        value = super().pop(name)
+        self._dropped[name] = (value.shape, value.dtype, value.device)
+        self.recomputable[name] = node
+
+    def known(self, name: str) -> bool:
+        """Recorded, or dropped and recomputable."""
+        return name in self.recomputable or dict.__contains__(self, name)
+
+    def stand_in(self, name: str) -> Any:
+        """The value, or for a dropped one that is not back yet a zero-memory tensor of its shape and dtype
+        (for transposes that only read the input's shape, e.g. a max-pool's)."""
+        if dict.__contains__(self, name) or name not in self._dropped:
+            return self[name]
+        shape, dtype, device = self._dropped[name]
+        return torch.zeros((), dtype=dtype, device=device).expand(shape)
 
     def __missing__(self, name: str) -> Any:
         node = self.recomputable.get(name)
@@ -339,21 +357,20 @@ def record(graph: Graph, x: torch.Tensor) -> Recorded:
         values[node.name] = node.call(values)
         for name in drop_after.get(index, ()):
             source = by_name[name].refs[0]
-            if source in values and source not in values.recomputable:
-                del values[name]
-                values.recomputable[name] = by_name[name]
+            if source in values and source not in values.recomputable and isinstance(values[name], torch.Tensor):
+                values.drop(name, by_name[name])
     return values
 
 
 # --------------------------------------------------------------------------- the backward walk
 
 
-def _activation_inputs(node: Node, values: dict[str, Any], meta: set[str]) -> list[str]:
+def _activation_inputs(node: Node, values: Recorded, meta: set[str]) -> list[str]:
     seen: list[str] = []
     for ref in node.refs:
         if ref in meta or ref in seen:
             continue
-        if isinstance(values.get(ref), (torch.Tensor, tuple, list)):
+        if ref in values.recomputable or isinstance(values.get(ref), (torch.Tensor, tuple, list)):
             seen.append(ref)
     return seen
 
@@ -366,26 +383,28 @@ def _total(relevance: Any) -> torch.Tensor:
 
 
 def _node_relevance(
-    node: Node, assigned: Assigned | None, values: dict[str, Any], inputs: list[str], relevance: Any, ledger: Ledger | None
+    node: Node, assigned: Assigned | None, values: Recorded, inputs: list[str], pending: dict[str, Any], ledger: Ledger | None
 ) -> dict[str, Any]:
-    """Relevance of each activation input of ``node``, given the relevance of its output."""
+    """Relevance of each activation input of ``node``, taking the relevance of its output from ``pending``."""
     kind = node.kind
-    output = values[node.name]
     if kind in ("conv", "linear", "batchnorm"):
+        # popped inline, so that the rule holds the only references to the output and its relevance and can
+        # free them as soon as it has divided one by the other (a layer's worth of memory at the peak)
         source = node.args[0].name
-        return {source: assigned.rule.weighted(node, values[source], output, relevance, ledger=ledger)}
+        return {source: assigned.rule.weighted(node, values[source], values.pop(node.name), pending.pop(node.name), ledger=ledger)}
+    relevance = pending.pop(node.name)
     if kind in ops.PROPORTIONAL_KINDS:
-        return assigned.rule.proportional(node, values, inputs, output, relevance, ledger=ledger)
+        return assigned.rule.proportional(node, values, inputs, values[node.name], relevance, ledger=ledger)
     if kind == "elementwise":
-        if len(inputs) == 1 and values[inputs[0]].shape == relevance.shape:
+        if len(inputs) == 1 and values.stand_in(inputs[0]).shape == relevance.shape:
             return {inputs[0]: relevance}
         return vjp(node, values, inputs, relevance)
     if kind == "route":
         if node.target is operator.getitem and isinstance(values[inputs[0]], (tuple, list)):
             return {inputs[0]: {node.args[1]: relevance}}  # one part of a multi-output op
         if isinstance(relevance, dict):  # the parts of this op's tuple output (None: no relevance reached it)
-            relevance = [relevance.get(i) for i in range(len(output))]
-        return vjp(node, values, [name for name in inputs if isinstance(values[name], torch.Tensor)], relevance)
+            relevance = [relevance.get(i) for i in range(len(values[node.name]))]
+        return vjp(node, values, [name for name in inputs if isinstance(values.stand_in(name), torch.Tensor)], relevance)
     raise UnsupportedOpError(node.op, node.name, node.module, node.module_type, hint=node.hint)
 
 
@@ -415,20 +434,20 @@ def propagate(
     relevance: dict[str, Any] = {graph.output: initial}
     layers: dict[str, LayerRelevance] = {}
     for node in reversed(graph.nodes):
-        incoming = relevance.pop(node.name, None)
-        if incoming is None or node.kind == "meta":
+        if relevance.get(node.name) is None or node.kind == "meta":
+            relevance.pop(node.name, None)
             if node.kind != "meta":
                 values.pop(node.name, None)
             continue
         inputs = _activation_inputs(node, values, meta)
         ledger = Ledger() if record else None
-        outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, incoming, ledger)
-        for name, part in outgoing.items():
-            _accumulate(relevance, name, part)
+        total_out = _total(relevance[node.name]) if record else None
+        outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, relevance, ledger)
+        total_in = sum((_total(p) for p in outgoing.values()), torch.zeros_like(total_out)) if record else None
+        for name in list(outgoing):  # popped, so that the next step's rule holds the only reference
+            _accumulate(relevance, name, outgoing.pop(name))
         if record:
             rule = assigned[node.name].rule.name if node.name in assigned else ("route" if node.kind == "route" else "pass")
-            total_out = _total(incoming)
-            total_in = sum((_total(p) for p in outgoing.values()), torch.zeros_like(total_out))
             layers[node.name] = LayerRelevance(
                 node=node.name,
                 module=node.module,

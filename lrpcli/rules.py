@@ -32,21 +32,24 @@ from .transposes import transpose, vjp
 
 
 def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``z + epsilon * sign(z)`` with sign(0) = +1 (zennit's Stabilizer)."""
+    """``z + epsilon * sign(z)`` with sign(0) = +1 (zennit's Stabilizer), as a new tensor."""
     if epsilon == 0:
         return z
     step = torch.tensor(epsilon, dtype=z.dtype, device=z.device)  # in z's dtype: no rounding to float32 in float64 runs
-    # copysign is one fast kernel (torch.where is several times slower on CPU); z + 0.0 turns -0.0 into +0.0
-    return torch.copysign(step, z + 0.0).add_(z)
+    out = z + 0.0  # turns -0.0 into +0.0, so both zeros get +epsilon
+    torch.copysign(step, out, out=out)  # one fast kernel (torch.where is several times slower on CPU)
+    return out.add_(z)
 
 
 def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``R / stabilise(z)``; where the denominator is exactly 0 the result is 0 (only possible for epsilon 0)."""
-    denominator = stabilise(z, epsilon)
     if epsilon != 0:
+        denominator = stabilise(z, epsilon)
+        if denominator.shape == relevance.shape and denominator.dtype == relevance.dtype:
+            return torch.div(relevance, denominator, out=denominator)  # reuses the buffer: one tensor less at the peak
         return relevance / denominator
-    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
-    return torch.where(denominator == 0, torch.zeros_like(relevance), relevance / safe)
+    safe = torch.where(z == 0, torch.ones_like(z), z)
+    return torch.where(z == 0, torch.zeros_like(relevance), relevance / safe)
 
 
 def positive(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -224,7 +227,8 @@ class Epsilon(Rule):
         s = divide(relevance, z, self._epsilon)
         if ledger is not None:
             ledger.record(s, z, node.bias, self._epsilon)
-        return a * transpose(node, s, a, node.weight)
+        del relevance, z  # the walk handed over the only references: free them before the transpose
+        return transpose(node, s, a, node.weight).mul_(a)
 
     def proportional(self, node, values, inputs, z, relevance, ledger=None):
         s = divide(relevance, z, self._epsilon)
@@ -284,6 +288,7 @@ class ZPlus(Rule):
     inherits = ("stabilizer",)
 
     def weighted(self, node, a, z, relevance, ledger=None):
+        del z  # not needed: free it (the walk handed over the only reference)
         eps = float(self.values["stabilizer"])
         w_pos, b_pos = self.modified(node, "w+"), self.modified(node, "b+")
         a_pos, a_neg = _split_sign(a)
@@ -293,10 +298,10 @@ class ZPlus(Rule):
         s = divide(relevance, z_pos, eps)
         if ledger is not None:
             ledger.record(s, z_pos, b_pos, eps)
-        del z_pos
-        result = a_pos * transpose(node, s, a, w_pos)
+        del z_pos, relevance
+        result = transpose(node, s, a, w_pos).mul_(a_pos)
         if a_neg is not None:
-            result = result + a_neg * transpose(node, s, a, self.modified(node, "w-"))
+            result.add_(transpose(node, s, a, self.modified(node, "w-")).mul_(a_neg))
         return result
 
 
@@ -320,6 +325,7 @@ class AlphaBeta(Rule):
             )
 
     def weighted(self, node, a, z, relevance, ledger=None):
+        del z  # not needed: free it (the walk handed over the only reference)
         alpha, beta = float(self.values["alpha"]), float(self.values["beta"])
         eps = float(self.values["stabilizer"])
         a_pos, a_neg = _split_sign(a)
@@ -333,15 +339,15 @@ class AlphaBeta(Rule):
             if ledger is not None:
                 ledger.record(s, z_part, bias, eps, weight)
             del z_part
-            s = s * weight
-            r = a_pos * transpose(node, s, a, self.modified(node, w_for_pos))
+            s.mul_(weight)
+            r = transpose(node, s, a, self.modified(node, w_for_pos)).mul_(a_pos)
             if a_neg is not None:
-                r = r + a_neg * transpose(node, s, a, self.modified(node, w_for_neg))
+                r.add_(transpose(node, s, a, self.modified(node, w_for_neg)).mul_(a_neg))
             return r
 
         result = part("w+", "w-", self.modified(node, "b+"), alpha)
         if beta != 0:
-            result = result + part("w-", "w+", self.modified(node, "b-"), -beta)
+            result.add_(part("w-", "w+", self.modified(node, "b-"), -beta))
         return result
 
 
@@ -370,35 +376,44 @@ class Gamma(Rule):
         gamma, eps = float(self.values["gamma"]), float(self.values["stabilizer"])
         a_pos, a_neg = _split_sign(a)
         b_up, b_down = self._up_down(node, "b_up"), self._up_down(node, "b_down")
-        # where z > 0 the positive contributions count (a+ with w_up, a- with w_down); where z < 0 the negative ones
+        # where z > 0 the positive contributions count (a+ with w_up, a- with w_down); where z < 0 the negative ones.
+        # Below a ReLU whose upper layer's rule multiplies by the activation, no relevance sits where z < 0.
+        up, down = z > 0, z < 0
+        needs_down = bool((down & (relevance != 0)).any())
         if a_neg is None:
             # one modified forward gives both denominators: with a >= 0, W a + b = (W+ a + b+) + (W- a + b-), so
             # z_up = z + gamma z+ and z_down = z + gamma (z - z+), where z+ = W+ a + b+
             z_plus = forward(node, a, self.modified(node, "w+"), self.modified(node, "b+"))
-            z_up = z + gamma * z_plus
+            z_down = torch.sub(z, z_plus).mul_(gamma).add_(z) if needs_down else None
+            z_up = z_plus.mul_(gamma).add_(z)
+            del z_plus
         else:
-            z_up = forward(node, a_pos, self._up_down(node, "w_up"), b_up) + forward(node, a_neg, self._up_down(node, "w_down"), None)
-        up = z > 0
-        s_up = up.to(z.dtype) * divide(relevance, z_up, eps)
+            w_up, w_down = self._up_down(node, "w_up"), self._up_down(node, "w_down")
+            z_up = forward(node, a_pos, w_up, b_up) + forward(node, a_neg, w_down, None)
+            z_down = forward(node, a_pos, w_down, b_down) + forward(node, a_neg, w_up, None) if needs_down else None
+        del z  # the walk handed over the only reference: free what is no longer needed, step by step
+        s_up = divide(relevance, z_up, eps).mul_(up)
         if ledger is not None:
             ledger.record(s_up, z_up, b_up, eps)
-        del z_up
-        result = a_pos * transpose(node, s_up, a, self._up_down(node, "w_up"))
+        del z_up, up
+        s_down = None
+        if z_down is not None:
+            s_down = divide(relevance, z_down, eps).mul_(down)
+            if ledger is not None:
+                ledger.record(s_down, z_down, b_down, eps)
+            del z_down
+        del relevance, down
+        result = self._transposed(node, a, a_pos, a_neg, s_up, "w_up", "w_down")
+        del s_up
+        if s_down is not None:
+            result.add_(self._transposed(node, a, a_pos, a_neg, s_down, "w_down", "w_up"))
+        return result
+
+    def _transposed(self, node, a, a_pos, a_neg, s, for_pos, for_neg):
+        """``a+ * W_for_pos^T s + a- * W_for_neg^T s``."""
+        result = transpose(node, s, a, self._up_down(node, for_pos)).mul_(a_pos)
         if a_neg is not None:
-            result = result + a_neg * transpose(node, s_up, a, self._up_down(node, "w_down"))
-        down = z < 0
-        if not bool((down & (relevance != 0)).any()):
-            return result  # e.g. below a ReLU whose upper layer's rule multiplies by the activation: nothing to do
-        if a_neg is None:
-            z_down = z + gamma * (z - z_plus)
-        else:
-            z_down = forward(node, a_pos, self._up_down(node, "w_down"), b_down) + forward(node, a_neg, self._up_down(node, "w_up"), None)
-        s_down = down.to(z.dtype) * divide(relevance, z_down, eps)
-        if ledger is not None:
-            ledger.record(s_down, z_down, b_down, eps)
-        result = result + a_pos * transpose(node, s_down, a, self._up_down(node, "w_down"))
-        if a_neg is not None:
-            result = result + a_neg * transpose(node, s_down, a, self._up_down(node, "w_up"))
+            result.add_(transpose(node, s, a, self._up_down(node, for_neg)).mul_(a_neg))
         return result
 
 
@@ -415,6 +430,7 @@ class Flat(Rule):
         return None
 
     def weighted(self, node, a, z, relevance, ledger=None):
+        del z  # not needed: free it (the walk handed over the only reference)
         eps = float(self.values["stabilizer"])
         weight, bias = self._weight(node), self._bias(node)
         # the denominator is the same for every sample: computed once per input shape, for a batch of one
@@ -487,7 +503,7 @@ class ZBox(Rule):
         s = divide(relevance, z_box, eps)
         if ledger is not None:
             ledger.record(s, z_box, None, eps)
-        del z_box
+        del z_box, z, relevance
         low, high = _bound(self.values["low"], a), _bound(self.values["high"], a)
         return a * transpose(node, s, a, node.weight) - low * transpose(node, s, a, w_pos) - high * transpose(
             node, s, a, w_neg

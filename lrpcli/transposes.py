@@ -95,6 +95,13 @@ def transpose(node: Node, s: torch.Tensor, a: torch.Tensor, weight: torch.Tensor
 
 # --------------------------------------------------------------------------- parameter-free ops
 
+
+def _shaped(values: Any, name: str) -> torch.Tensor:
+    """A tensor with the shape and dtype of ``values[name]``, without recomputing a dropped activation."""
+    stand_in = getattr(values, "stand_in", None)
+    return stand_in(name) if stand_in is not None else values[name]
+
+
 #: op name -> direct vector-Jacobian product (node, values, inputs, grad) -> {input: grad}, or None to fall back
 _DIRECT: dict[str, Callable[..., dict[str, torch.Tensor] | None]] = {}
 
@@ -111,7 +118,7 @@ def _direct(*names: str):
 @_direct("view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze", "contiguous", "clone",
          "alias", "detach", "lift_fresh_copy", "_to_copy", "to", "type_as")
 def _reshape_back(node, values, inputs, grad):
-    source = values[inputs[0]]
+    source = _shaped(values, inputs[0])
     if len(inputs) != 1 or grad.numel() != source.numel():
         return None
     return {inputs[0]: grad.reshape(source.shape).to(source.dtype)}
@@ -125,7 +132,7 @@ def _max_pool_back(node, values, inputs, grad):
     backward = getattr(aten, f"max_pool{dims}d_with_indices_backward", None)
     if backward is None:
         return None
-    x = values[inputs[0]]
+    x = _shaped(values, inputs[0])
     indices = values[node.name][1]
     args = list(node.args[1:]) + [None] * 5
     kernel = _ntuple(args[0], dims)
@@ -140,7 +147,7 @@ def _max_pool_back(node, values, inputs, grad):
 def _adaptive_avg_pool_back(node, values, inputs, grad):
     if len(inputs) != 1:
         return None
-    x = values[inputs[0]]
+    x = _shaped(values, inputs[0])
     backward = aten._adaptive_avg_pool3d_backward if node.op.endswith("3d") else aten._adaptive_avg_pool2d_backward
     return {inputs[0]: backward(grad.contiguous(), x)}
 
@@ -151,7 +158,7 @@ def _add_back(node, values, inputs, grad):
     if node.kwargs or len(node.args) != 2 or len(inputs) != 2 or node.args[0] == node.args[1]:
         return None
     first, second = (arg.name if isinstance(arg, Ref) else None for arg in node.args)
-    if [first, second] != inputs or values[first].shape != grad.shape or values[second].shape != grad.shape:
+    if [first, second] != inputs or _shaped(values, first).shape != grad.shape or _shaped(values, second).shape != grad.shape:
         return None
     return {first: grad, second: -grad if node.op == "sub" else grad}
 
