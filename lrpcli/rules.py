@@ -325,10 +325,12 @@ class AlphaBeta(Rule):
             )
 
     def weighted(self, node, a, z, relevance, ledger=None):
-        del z  # not needed: free it (the walk handed over the only reference)
         alpha, beta = float(self.values["alpha"]), float(self.values["beta"])
         eps = float(self.values["stabilizer"])
         a_pos, a_neg = _split_sign(a)
+        if a_neg is None:
+            return self._non_negative(node, a, z, relevance, alpha, beta, eps, ledger)
+        del z  # not needed: free it (the walk handed over the only reference)
 
         def part(w_for_pos, w_for_neg, bias, weight):
             """This sign's share: ``weight * (a+ W_for_pos^T s + a- W_for_neg^T s)`` with s = R / z_sign."""
@@ -349,6 +351,27 @@ class AlphaBeta(Rule):
         if beta != 0:
             result.add_(part("w-", "w+", self.modified(node, "b-"), -beta))
         return result
+
+    def _non_negative(self, node, a, z, relevance, alpha, beta, eps, ledger):
+        """For inputs a >= 0 (after ReLU): one modified forward, since W a + b = (W+ a + b+) + (W- a + b-)
+        gives z- = z - z+ (as precise as computing it: the float32 error stays at the level of the direct form)."""
+        w_pos, b_pos = self.modified(node, "w+"), self.modified(node, "b+")
+        z_pos = forward(node, a, w_pos, b_pos)
+        z_neg = torch.sub(z, z_pos) if beta != 0 else None
+        del z  # the walk handed over the only reference
+        s_pos = divide(relevance, z_pos, eps)
+        if ledger is not None:
+            ledger.record(s_pos, z_pos, b_pos, eps, alpha)
+        del z_pos
+        result = transpose(node, s_pos.mul_(alpha), a, w_pos)
+        del s_pos
+        if z_neg is not None:
+            s_neg = divide(relevance, z_neg, eps)
+            if ledger is not None:
+                ledger.record(s_neg, z_neg, self.modified(node, "b-"), eps, -beta)
+            del z_neg, relevance
+            result.add_(transpose(node, s_neg.mul_(-beta), a, self.modified(node, "w-")))
+        return result.mul_(a)
 
 
 class Gamma(Rule):
