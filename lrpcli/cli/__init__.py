@@ -140,3 +140,9 @@ main.add_command(explain)
 main.add_command(check_conservation)
 main.add_command(inspect)
 main.add_command(merge)
+from .compare import compare  # noqa: E402
+
+main.add_command(compare)
+from .evaluate import evaluate  # noqa: E402
+
+main.add_command(evaluate)

@@ -1,0 +1,407 @@
+"""``lrp evaluate``: how faithful are the explanations? Perturbation curves, AOPC, localisation, sanity."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .console import console, info, warn
+from .options import build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+
+DEFAULT_OUT = "lrp-eval"
+IMAGE_BATCH, CSV_BATCH = 16, 256
+DEFAULT_SANITY_LAYERS = 3
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  lrp evaluate sample_models/digits_cnn/model.yaml sample_models/digits_cnn/images -c epsilon_plus_flat -c epsilon -o eval-digits
+  lrp evaluate sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images --masks sample_models/shapes_minivgg/masks --patch 4 --replace mean --steps 8 --sanity
+  lrp evaluate sample_models/breast_cancer_mlp/model.yaml sample_models/breast_cancer_mlp/sample.csv -c epsilon --replace mean --json - > eval.json
+  lrp evaluate model.ts photos/ -c epsilon_gamma_box -c epsilon_plus_flat --replace blur --patch 8 --save-arrays quantus/ -b 32
+
+\b
+Outputs (in OUT, default lrp-eval/): evaluation.png (MoRF curves solid, LeRF dashed),
+evaluation.json (curves, AOPC, gap, confidence, localisation, sanity; per input too) and
+evaluation.csv (one row per method, order and step); --json/--csv/--plot FILE (or -)
+write them elsewhere. --save-arrays DIR writes x_batch.npy (N,C,H,W float32),
+y_batch.npy (N, int64: the explained class), a_batch_<method>.npy (N,C,H,W float32) and,
+with --masks, s_batch.npy (N,1,H,W uint8): the arrays Quantus's metrics take.
+"""
+)
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1)
+@model_options
+@click.option("-c", "--composite", "composites", multiple=True, metavar="NAME|FILE", help="Composite to evaluate; repeat for several. Default: the model spec's, else epsilon_plus_flat (epsilon for CSV).")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of every composite (epsilon, gamma, stabilizer, low, high).")
+@click.option("--baseline", "baselines", multiple=True, metavar="NAME", help="gradient-x-input, random, or none; repeat for several (default: both).")
+@preprocessing_options
+@click.option("--steps", type=int, default=10, show_default=True, help="Curve steps L: the removed share grows in L equal steps to --max-fraction.")
+@click.option("--max-fraction", type=float, default=1.0, show_default=True, help="Share of pixels/patches/features removed at the last step.")
+@click.option("--patch", type=int, default=1, show_default=True, help="Images: remove PxP patches (ranked by summed relevance) instead of single pixels.")
+@click.option("--replace", default="zero", show_default=True, help="Removed values become: zero (0 after normalisation), mean (image's channel mean / feature mean), blur (blurred image), uniform (noise in the input's range).")
+@click.option("--blur-sigma", type=float, help="Gaussian sigma in pixels for --replace blur (default: max(1, min(H, W) / 16)).")
+@click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True, help="Which target score the plot and the table's AOPC show (JSON/CSV hold both).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the random baseline, uniform noise and tie breaking.")
+@click.option("--masks", "masks_dir", metavar="DIR", help="Images: ground-truth masks (PNG, same file name, >127 = object) for relevance mass accuracy.")
+@click.option("--sanity", is_flag=True, help="Model randomisation check: re-explain with the top layers' weights randomised (cascading) and report the rank correlation.")
+@click.option("--sanity-layers", type=int, help=f"Randomise the top 1..N conv/linear layers (implies --sanity; default {DEFAULT_SANITY_LAYERS}).")
+@click.option("--sanity-threshold", type=float, default=0.9, show_default=True, help="Flag a method whose heatmaps keep a Spearman correlation (signed or of absolute values) at or above this at some level.")
+@click.option("--save-arrays", metavar="DIR", help="Write x_batch.npy, y_batch.npy, a_batch_<method>.npy (Quantus layout) to DIR.")
+@click.option("-o", "--out", metavar="DIR", help=f"Output folder for evaluation.png/.json/.csv (default: {DEFAULT_OUT}).")
+@click.option("--json", "json_path", metavar="FILE|-", help="Write the JSON here instead of OUT/evaluation.json (- for stdout).")
+@click.option("--csv", "csv_path", metavar="FILE|-", help="Write the CSV here instead of OUT/evaluation.csv (- for stdout).")
+@click.option("--plot", "plot_path", metavar="FILE", help="Write the PNG chart here instead of OUT/evaluation.png.")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), help=f"Inputs per batch (default: {IMAGE_BATCH} images, {CSV_BATCH} CSV rows).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
+def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
+    """Evaluate MODEL's LRP explanations on image INPUTS (files, folders, globs) or CSV rows.
+
+    For each composite (-c, repeatable) and baseline (gradient x input, random), the
+    pixels, PxP patches or features are removed in order of relevance, most relevant
+    first (MoRF) and least relevant first (LeRF), and the logit of the class predicted on
+    the clean input is recorded: the perturbation curve. AOPC = mean over the L+1 steps of
+    (f(x) - f(x_k)), averaged over inputs; higher is better. gap = AOPC_MoRF - AOPC_LeRF
+    (the area between the curves); higher is better. Also reported: the target
+    probability, seed 003's confidence (p_max - p_2nd) / p_max along the curves,
+    relevance mass accuracy inside --masks, and with --sanity the Spearman rank
+    correlation between original heatmaps and heatmaps of a model with its top layers
+    randomised.
+    """
+    from ..errors import UsageError
+    from ..evaluate import BASELINES, Evaluator, Settings, feature_stats, resolve_baseline
+    from ..models import is_spec, load_spec
+    from ..runner import resolve_device
+
+    if not inputs:
+        raise UsageError("no INPUTS given", hint="give image files, folders, globs or one CSV file (or - for stdin)")
+    tabular = [i for i in inputs if str(i).lower().endswith(".csv") or str(i) == "-"]
+    if tabular and len(inputs) > 1:
+        raise UsageError("give one CSV file (or - for stdin), or image inputs, not several or both")
+    if options["json_path"] == "-" and options["csv_path"] == "-":
+        raise UsageError("--json - and --csv - would both write to stdout; send one of them to a file")
+    if tabular:
+        for flag in ("size", "resize", "crop", "mode", "masks_dir"):
+            if options.get(flag):
+                name = "--masks" if flag == "masks_dir" else f"--{flag}"
+                raise UsageError(f"{name} applies to images, not CSV rows")
+    sanity_layers = options["sanity_layers"]
+    if sanity_layers is not None and sanity_layers < 1:
+        raise UsageError(f"--sanity-layers must be at least 1, got {sanity_layers}")
+    if options["sanity"] or sanity_layers is not None:
+        sanity_layers = sanity_layers or DEFAULT_SANITY_LAYERS
+    settings = Settings(
+        steps=options["steps"],
+        max_fraction=options["max_fraction"],
+        patch=options["patch"],
+        replace=options["replace"],
+        blur_sigma=options["blur_sigma"],
+        seed=options["seed"],
+        sanity_layers=sanity_layers or 0,
+        sanity_threshold=options["sanity_threshold"],
+    ).check(tabular=bool(tabular))
+    baselines = _baselines(options["baselines"], resolve_baseline, BASELINES)
+
+    spec = load_spec(model) if is_spec(model) else None
+    preprocessing = None if tabular else spec_preprocessing(spec, options)
+    params = parse_params(options["params"])
+    default = "epsilon" if tabular else "epsilon_plus_flat"
+    methods: dict[str, Any] = {}
+    for name in options["composites"] or (None,):
+        composite = build_composite(name, spec, params, preprocessing, default=default)
+        key = composite.name
+        if key in methods:
+            if name is not None and str(name) not in methods:
+                key = str(name)
+            else:
+                raise UsageError(f"composite '{key}' is given twice")
+        methods[key] = composite
+    device = resolve_device(options["device"])
+    loaded = load_model_option(model, spec, options)
+
+    batch_size = options["batch_size"] or (CSV_BATCH if tabular else IMAGE_BATCH)
+    if tabular:
+        batches = _csv_inputs(tabular[0], spec, options, batch_size, loaded)
+        total = sum(len(ids) for _, ids in batches)
+        import torch
+
+        reference = feature_stats(torch.cat([x for x, _ in batches]))
+    else:
+        from ..data.images import collect_images
+
+        items = collect_images(inputs)
+        mask_paths = _mask_paths(items, options["masks_dir"]) if options["masks_dir"] else None
+        total = len(items)
+        reference = None
+
+    evaluator = Evaluator(
+        loaded,
+        methods,
+        baselines,
+        settings,
+        tabular=bool(tabular),
+        reference=reference,
+        keep_relevance=bool(options["save_arrays"]),
+        device=device,
+    )
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    import time
+
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("evaluating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=options["quiet"] or not console.is_terminal,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("evaluate", total=total)
+        if tabular:
+            for x, ids in batches:
+                evaluator.add(x, ids)
+                bar.advance(task, len(ids))
+        else:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                x, masks = _image_batch(chunk, preprocessing, mask_paths[start : start + batch_size] if mask_paths else None)
+                evaluator.add(x, [item.name for item in chunk], masks)
+                bar.advance(task, len(chunk))
+    result = evaluator.result()
+    seconds = time.perf_counter() - started
+
+    out = Path(options["out"] or DEFAULT_OUT)
+    classes = spec.classes if spec else None
+    if options["classes_file"]:
+        from ..models import load_class_names
+
+        classes = load_class_names(options["classes_file"])
+    written = _write_outputs(result, out, model, inputs, {**options, "_classes": classes}, seconds)
+    if options["save_arrays"]:
+        written.append(_save_arrays(result, Path(options["save_arrays"])))
+    for note in result.notes:
+        warn(note)
+    if not options["quiet"]:
+        _print_table(result, options["score"])
+    for name in result.methods:
+        summary = result.summary(name)
+        if summary.get("sanity_flagged"):
+            warn(
+                f"{name}: its heatmaps barely change when the model's top layers are randomised "
+                f"(Spearman >= {settings.sanity_threshold:g}): the explanation does not depend on the model"
+            )
+    if not options["quiet"]:
+        info(f"evaluated {len(result.names)} input(s) with {len(result.methods)} method(s) in {seconds:.1f}s -> {', '.join(written)}")
+
+
+def _baselines(given: tuple[str, ...], resolve: Any, registry: Any) -> list[str]:
+    from ..errors import UsageError
+
+    if not given:
+        return registry.names()  # gradient_x_input, random
+    names = [part.strip() for item in given for part in str(item).split(",") if part.strip()]
+    if any(name.lower() == "none" for name in names):
+        if len(names) > 1:
+            raise UsageError("--baseline none excludes other baselines")
+        return []
+    resolved: list[str] = []
+    for name in names:
+        key = resolve(name)
+        if key not in resolved:
+            resolved.append(key)
+    return resolved
+
+
+def _mask_paths(items: list[Any], folder: str) -> list[Path]:
+    """The mask of each image: FOLDER/<image's relative path>, or the same with a .png suffix."""
+    from ..errors import InputError
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"--masks: folder not found: {folder}")
+    found: list[Path] = []
+    missing: list[str] = []
+    for item in items:
+        candidates = [root / item.name, (root / item.name).with_suffix(".png")]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            missing.append(item.name)
+        else:
+            found.append(path)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f", ... ({len(missing) - 8} more)" if len(missing) > 8 else "")
+        raise InputError(
+            f"--masks {folder}: no mask for {len(missing)} of {len(items)} image(s): {shown}",
+            hint="a mask is a PNG with the image's file name (and sub-folder), 255 on the object, 0 elsewhere",
+        )
+    return found
+
+
+def _image_batch(chunk: list[Any], preprocessing: Any, mask_paths: list[Path] | None) -> tuple[Any, Any]:
+    import numpy as np
+    import torch
+
+    from ..data.images import Preprocessing
+    from ..errors import InputError
+
+    tensors = [preprocessing.tensor(preprocessing.pixels(item.path)) for item in chunk]
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise InputError(
+            f"images differ in size ({', '.join('x'.join(map(str, s)) for s in sorted(shapes))})",
+            hint="pass --size H W so that every image is resized to the model's input",
+        )
+    x = torch.stack(tensors)
+    if mask_paths is None:
+        return x, None
+    geometry = Preprocessing(mode="L", size=preprocessing.size, resize=preprocessing.resize, crop=preprocessing.crop)
+    masks = []
+    for item, path in zip(chunk, mask_paths):
+        mask = geometry.pixels(path)[:, :, 0] > 127
+        if mask.shape != tuple(x.shape[2:]):
+            raise InputError(f"{path}: the mask is {mask.shape[0]}x{mask.shape[1]}, its image {item.name} is {x.shape[2]}x{x.shape[3]}")
+        masks.append(mask)
+    return x, torch.from_numpy(np.stack(masks))
+
+
+def _csv_inputs(source: str, spec: Any, options: dict[str, Any], batch_size: int, model: Any) -> list:
+    from ..errors import InputError
+    from ..stream import expected_features
+    from .check import _csv_batches
+
+    batches = _csv_batches(source, spec, {"mean": options["mean"], "std": options["std"], "batch_size": batch_size})
+    width = expected_features(model)
+    features = batches[0][0].shape[1]
+    if width is not None and width != features:
+        raise InputError(
+            f"{source}: {features} feature columns but the model takes {width}",
+            hint="use a model spec whose input.features names the model's columns",
+        )
+    return batches
+
+
+def _write_outputs(result: Any, out: Path, model: str, inputs: tuple[str, ...], options: dict[str, Any], seconds: float) -> list[str]:
+    import platform
+    from datetime import datetime, timezone
+
+    import torch
+
+    from .. import __version__
+    from ..evaluate import CSV_COLUMNS
+    from ..outputs import atomic_text, write_json
+    from ..plots import perturbation_plot
+
+    written: list[str] = []
+    plot = Path(options["plot_path"]) if options["plot_path"] else out / "evaluation.png"
+    title = f"Perturbation curves: {Path(model).parent.name or Path(model).stem}/{Path(model).name}, {len(result.names)} inputs"
+    perturbation_plot(result, plot, score=options["score"] if result.classes > 1 else "logit", title=title)
+    written.append(str(plot))
+
+    data = {
+        "lrpcli": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "model": str(model),
+        "arguments": {"inputs": list(inputs), **{k: v for k, v in options.items() if not k.startswith("_")}},
+        **result.to_dict(),
+    }
+    classes = options.get("_classes")
+    if classes:
+        data["target_labels"] = [classes[t] if 0 <= t < len(classes) else str(t) for t in data["targets"]]
+    if options["json_path"] == "-":
+        click.echo(json.dumps(data, indent=2, default=str))
+        written.append("stdout (JSON)")
+    else:
+        path = Path(options["json_path"]) if options["json_path"] else out / "evaluation.json"
+        write_json(path, data)
+        written.append(str(path))
+
+    import csv
+
+    def write_rows(handle: Any) -> None:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        for row in result.rows():
+            writer.writerow({k: ("" if v is None else format(v, ".9g") if isinstance(v, float) else v) for k, v in row.items()})
+
+    if options["csv_path"] == "-":
+        write_rows(sys.stdout)
+        written.append("stdout (CSV)")
+    else:
+        path = Path(options["csv_path"]) if options["csv_path"] else out / "evaluation.csv"
+        with atomic_text(path) as handle:
+            write_rows(handle)
+        written.append(str(path))
+    return written
+
+
+def _save_arrays(result: Any, folder: Path) -> str:
+    """Quantus's layout: x_batch (N, C, H, W) float32, y_batch (N,) int64, a_batch_<method> like x, s_batch (N, 1, H, W)."""
+    import numpy as np
+
+    from ..outputs import safe_label, save_array
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_array(folder / "x_batch.npy", result.inputs.astype(np.float32))
+    save_array(folder / "y_batch.npy", result.targets.astype(np.int64))
+    for name, entry in result.methods.items():
+        save_array(folder / f"a_batch_{safe_label(name)}.npy", entry["relevance"].astype(np.float32))
+    if result.masks is not None:
+        save_array(folder / "s_batch.npy", result.masks[:, None].astype(np.uint8))
+    return f"{folder}/ (x_batch.npy, y_batch.npy, a_batch_*.npy{', s_batch.npy' if result.masks is not None else ''})"
+
+
+def _print_table(result: Any, score: str) -> None:
+    from rich.table import Table
+
+    def number(value: Any, digits: str = ".3f") -> str:
+        return "-" if value is None else format(value, digits)
+
+    settings = result.settings
+    unit = "features" if result.tabular else ("pixels" if settings.patch == 1 else f"{settings.patch}x{settings.patch} patches")
+    table = Table(
+        title=f"perturbation: {unit} removed in {settings.steps} steps up to {settings.max_fraction:.0%}, replaced by '{settings.replace}' "
+        f"({len(result.names)} inputs; higher AOPC and gap are better)"
+    )
+    probabilities = result.classes > 1
+    columns = ["method", "kind", "AOPC logit", "gap logit"]
+    if probabilities:
+        columns += ["AOPC prob", "gap prob", "confidence"]
+    masks = result.mask_area is not None
+    if masks:
+        columns.append("mass in mask")
+    sanity = any(entry["sanity"] for entry in result.methods.values())
+    if sanity:
+        columns += ["Spearman (top 1..N randomised)", "flag"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("method", "kind", "flag") else "right")
+    key = "aopc_morf" if score == "logit" or not probabilities else "aopc_probability_morf"
+    order = sorted(result.methods, key=lambda name: -(result.summary(name)[key] or float("-inf")))
+    for name in order:
+        s = result.summary(name)
+        row = [name, s["kind"], number(s["aopc_morf"]), number(s["gap"])]
+        if probabilities:
+            row += [number(s["aopc_probability_morf"]), number(s["gap_probability"]), number(s["confidence_morf_mean"])]
+        if masks:
+            row.append(number(s["relevance_mass_accuracy"]))
+        if sanity:
+            levels = s.get("sanity_spearman")
+            row.append(" ".join(number(v, ".2f") for v in levels) if levels else "-")
+            row.append("[red]model-independent[/]" if s.get("sanity_flagged") else ("ok" if levels else "-"))
+        table.add_row(*row)
+    console.print(table)
+    if masks:
+        info(f"mask area: {float(result.mask_area.mean()):.1%} of the image on average (what a random attribution puts inside)")
