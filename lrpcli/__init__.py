@@ -22,6 +22,7 @@ _EXPORTS = {
     "Explanation": "lrpcli.engine",
     "LayerRelevance": "lrpcli.engine",
     "load_model": "lrpcli.models",
+    "evaluate": "lrpcli.evaluate",
     "capture": "lrpcli.graph",
     "Graph": "lrpcli.graph",
     "load_composite": "lrpcli.composite",
@@ -40,6 +41,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:  # pragma: no cover
     from .composite import Composite, load_composite
     from .engine import Explainer, Explanation, LayerRelevance, explain
+    from .evaluate import evaluate
     from .errors import CheckFailed, ConfigError, InputError, LrpError, ModelError, UnsupportedOpError, UsageError
     from .graph import Graph, capture
     from .models import load_model

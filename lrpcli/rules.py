@@ -196,7 +196,7 @@ class Rule:
 def _split_sign(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Positive and negative parts of ``a``; the negative part is None when ``a`` >= 0 (e.g. after ReLU),
     which saves the rules their negative-input forward and transpose."""
-    if bool((a >= 0).all()):
+    if bool(a.min() >= 0):  # one pass (a >= 0).all() would take two
         return a, None
     return a.clamp(min=0), a.clamp(max=0)
 
@@ -400,9 +400,11 @@ class Gamma(Rule):
         a_pos, a_neg = _split_sign(a)
         b_up, b_down = self._up_down(node, "b_up"), self._up_down(node, "b_down")
         # where z > 0 the positive contributions count (a+ with w_up, a- with w_down); where z < 0 the negative ones.
-        # Below a ReLU whose upper layer's rule multiplies by the activation, no relevance sits where z < 0.
-        up, down = z > 0, z < 0
-        needs_down = bool((down & (relevance != 0)).any())
+        # Usually no relevance sits outside z > 0 (below a ReLU whose upper layer's rule multiplies by the
+        # activation): then neither the z < 0 share nor masks are needed, since s is 0 wherever R is.
+        masked = bool(((z <= 0) & (relevance != 0)).any())
+        up, down = (z > 0, z < 0) if masked else (None, None)
+        needs_down = masked and bool((down & (relevance != 0)).any())
         if a_neg is None:
             # one modified forward gives both denominators: with a >= 0, W a + b = (W+ a + b+) + (W- a + b-), so
             # z_up = z + gamma z+ and z_down = z + gamma (z - z+), where z+ = W+ a + b+
@@ -415,13 +417,15 @@ class Gamma(Rule):
             z_up = forward(node, a_pos, w_up, b_up) + forward(node, a_neg, w_down, None)
             z_down = forward(node, a_pos, w_down, b_down) + forward(node, a_neg, w_up, None) if needs_down else None
         del z  # the walk handed over the only reference: free what is no longer needed, step by step
-        s_up = divide(relevance, z_up, eps).mul_(up)
+        s_up = divide(relevance, z_up, eps)
+        if up is not None:
+            s_up.masked_fill_(~up, 0.0)
         if ledger is not None:
             ledger.record(s_up, z_up, b_up, eps)
         del z_up, up
         s_down = None
         if z_down is not None:
-            s_down = divide(relevance, z_down, eps).mul_(down)
+            s_down = divide(relevance, z_down, eps).masked_fill_(~down, 0.0)
             if ledger is not None:
                 ledger.record(s_down, z_down, b_down, eps)
             del z_down
