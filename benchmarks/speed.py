@@ -8,7 +8,7 @@ and the `lrp explain` pipeline against the engine alone.
 Needs zennit 0.5.1 and captum 0.9.0 for their columns (``pip install --no-deps zennit==0.5.1
 captum==0.9.0 && pip install tqdm``); without them those columns say "n/a".
 
-Method: every configuration (model, batch) times all methods round-robin in one process:
+Method: every configuration (model, batch) times all methods round-robin in one process of its own:
 one warm-up call each (lrpcli captures its graph there), then ``--reps`` rounds, and the
 median per method. The plain gradient is ``d logit[target] / d x * x`` with the model's
 parameters frozen (no weight gradients), the cheapest "explanation" there is. Peak
@@ -201,6 +201,23 @@ def time_config(config: Config, log: Callable[[str], None]) -> dict[str, float |
             methods[name]()
             samples[name].append(time.perf_counter() - start)
     return {name: (statistics.median(samples[name]) if name in samples else None) for name in methods}
+
+
+def timing_probe(config_name: str, reps: int) -> None:
+    """Child process: time one configuration and print the medians as JSON (a fresh process per
+    configuration, so models, twins and hooks of one configuration cannot pile up in memory)."""
+    model_name, batch = config_name.rsplit(" b", 1)
+    times = time_config(Config(model_name, int(batch), reps), lambda message: print(message, file=sys.stderr, flush=True))
+    print(json.dumps(times))
+
+
+def time_in_child(config: Config) -> dict[str, float | None]:
+    result = subprocess.run(
+        [sys.executable, __file__, "--timing-probe", config.name, str(config.reps)], stdout=subprocess.PIPE, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"timing {config.name} failed with exit code {result.returncode}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def memory_probe(config_name: str, method: str) -> None:
@@ -400,9 +417,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="images for the pipeline benchmark")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
     parser.add_argument("--memory-probe", nargs=2, metavar=("CONFIG", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--timing-probe", nargs=2, metavar=("CONFIG", "REPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
         memory_probe(*args.memory_probe)
+        return
+    if args.timing_probe:
+        timing_probe(args.timing_probe[0], int(args.timing_probe[1]))
         return
 
     def log(message: str) -> None:
@@ -412,7 +433,7 @@ def main() -> None:
     times: dict[str, dict] = {}
     for config in chosen:
         log(f"timing {config.name} ({config.reps} rounds)")
-        times[config.name] = time_config(config, log)
+        times[config.name] = time_in_child(config)
         for name, value in times[config.name].items():
             log(f"  {name:<36} {_fmt(value)}")
     memory: dict[tuple[str, str], float | None] = {}
