@@ -289,31 +289,24 @@ class Recorded(dict):
 
     def __init__(self) -> None:
         super().__init__()
-        self.recomputable: dict[str, Node] = {}
-        self._dropped: dict[str, tuple[torch.Size, torch.dtype, torch.device]] = {}
+        #: dropped outputs: the node that recomputes each, and a zero-memory stand-in of its shape and dtype
+        self.recomputable: dict[str, tuple[Node, torch.Tensor]] = {}
 
     def drop(self, name: str, node: Node) -> None:
         value = super().pop(name)
-        self._dropped[name] = (value.shape, value.dtype, value.device)
-        self.recomputable[name] = node
-
-    def known(self, name: str) -> bool:
-        """Recorded, or dropped and recomputable."""
-        return name in self.recomputable or dict.__contains__(self, name)
+        self.recomputable[name] = (node, torch.zeros((), dtype=value.dtype, device=value.device).expand(value.shape))
 
     def stand_in(self, name: str) -> Any:
-        """The value, or for a dropped one that is not back yet a zero-memory tensor of its shape and dtype
+        """The value, or for a dropped one that is not back yet its zero-memory stand-in
         (for transposes that only read the input's shape, e.g. a max-pool's)."""
-        if dict.__contains__(self, name) or name not in self._dropped:
+        if dict.__contains__(self, name) or name not in self.recomputable:
             return self[name]
-        shape, dtype, device = self._dropped[name]
-        return torch.zeros((), dtype=dtype, device=device).expand(shape)
+        return self.recomputable[name][1]
 
     def __missing__(self, name: str) -> Any:
-        node = self.recomputable.get(name)
-        if node is None:
+        if name not in self.recomputable:
             raise KeyError(name)
-        value = self[name] = node.call(self)
+        value = self[name] = self.recomputable[name][0].call(self)
         return value
 
     def get(self, name: str, default: Any = None) -> Any:

@@ -123,6 +123,22 @@ def test_cached_modified_weights_follow_in_place_changes(composite):
     assert not torch.allclose(before, after)
 
 
+def test_derived_parameters_are_recomputed_after_an_in_place_change():
+    """The cache itself (not only the engine's recapture) notices in-place changes to a weight or bias."""
+    from lrpcli.rules import Derived
+
+    weight, bias = torch.tensor([[1.0, -2.0]]), torch.tensor([-1.0])
+    node = Node(name="n", target=aten.linear.default, kind="linear", args=(Ref("x"), weight, bias), kwargs={}, op="linear")
+    derived = Derived()
+    positive = lambda: (node.weight.clamp(min=0), node.bias.clamp(min=0))  # noqa: E731
+    first = derived.get(node, "w+", positive)
+    assert derived.get(node, "w+", positive) is first  # cached
+    weight.mul_(-1.0)
+    torch.testing.assert_close(derived.get(node, "w+", positive)[0], torch.tensor([[0.0, 2.0]]))
+    bias.mul_(-1.0)
+    torch.testing.assert_close(derived.get(node, "w+", positive)[1], torch.tensor([1.0]))
+
+
 def test_results_are_usable_with_autograd():
     model = _minivgg().float()
     x = torch.randn(2, 3, 32, 32)

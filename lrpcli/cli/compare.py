@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .console import console, info, warn
+from .console import console, info, progress, warn
 from .options import build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
@@ -126,19 +126,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         batch_size=options["batch_size"], device=options["device"], dtype=options["dtype"], init=options["init"], on_error=options["on_error"]
     )
     quiet = options["quiet"]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn(f"comparing {len(composites)} composites"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("compare", total=len(items))
+    with progress(f"comparing {len(composites)} composites", len(items), quiet) as advance:
         report = compare_images(
             explainers,
             labels,
@@ -153,7 +141,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
             overlay=options["overlay"],
             shared_scale=options["shared_scale"],
             footer="; ".join(footer_parts),
-            progress=lambda n: bar.advance(task, n),
+            progress=advance,
         )
     for note in report.notes:
         warn(note)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .console import console, info, warn
+from .console import console, info, progress, warn
 from .options import build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 DEFAULT_OUT = "lrp-eval"
@@ -151,32 +151,20 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         device=device,
     )
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     import time
 
     started = time.perf_counter()
-    with Progress(
-        TextColumn("evaluating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=options["quiet"] or not console.is_terminal,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("evaluate", total=total)
+    with progress("evaluating", total, options["quiet"]) as advance:
         if tabular:
             for x, ids in batches:
                 evaluator.add(x, ids)
-                bar.advance(task, len(ids))
+                advance(len(ids))
         else:
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
                 x, masks = _image_batch(chunk, preprocessing, mask_paths[start : start + batch_size] if mask_paths else None)
                 evaluator.add(x, [item.name for item in chunk], masks)
-                bar.advance(task, len(chunk))
+                advance(len(chunk))
     result = evaluator.result()
     seconds = time.perf_counter() - started
 

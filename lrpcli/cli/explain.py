@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .console import console, info, warn
+from .console import console, info, progress, warn
 from .options import (
     build_composite,
     composite_options,
@@ -132,22 +132,8 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         "arguments": {"inputs": list(inputs), **{k: v for k, v in options.items()}},
     }
     quiet = options["quiet"]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("explaining"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("explain", total=len(shard.select(items)) if shard else len(items))
-        report = explain_images(
-            explainer, items, preprocessing, run_options, targets, classes, run_info, progress=lambda n: bar.advance(task, n)
-        )
+    with progress("explaining", len(shard.select(items)) if shard else len(items), quiet) as advance:
+        report = explain_images(explainer, items, preprocessing, run_options, targets, classes, run_info, progress=advance)
     for note in report.notes:
         warn(note)
     if not quiet:
