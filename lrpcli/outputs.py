@@ -77,7 +77,7 @@ def save_array(path: Path, array: np.ndarray) -> None:
 def inside(out: Path, relative: str) -> Path:
     """``out / relative``, refusing anything that would land outside ``out`` (an absolute path, or ``..``
     above it). Checked on the names alone: resolving every output path through the file system cost
-    ~0.6 ms per image in a profile of ``lrp explain``."""
+    ~1.3 ms per image (16 lstat calls) in a profile of ``lrp explain``."""
     normal = os.path.normpath(relative)
     if os.path.isabs(normal) or normal == os.pardir or normal.startswith(os.pardir + os.sep) or normal == os.curdir:
         raise InputError(f"output path '{relative}' would escape the output folder {out}")
