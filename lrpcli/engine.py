@@ -375,16 +375,31 @@ def _total(relevance: Any) -> torch.Tensor:
     return relevance.reshape(relevance.shape[0], -1).sum(dim=1) if relevance.ndim > 0 else relevance.reshape(1)
 
 
+def _same_storage(a: Any, b: Any) -> bool:
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 def _node_relevance(
-    node: Node, assigned: Assigned | None, values: Recorded, inputs: list[str], pending: dict[str, Any], ledger: Ledger | None
+    node: Node,
+    assigned: Assigned | None,
+    values: Recorded,
+    inputs: list[str],
+    pending: dict[str, Any],
+    ledger: Ledger | None,
+    returned: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Relevance of each activation input of ``node``, taking the relevance of its output from ``pending``."""
     kind = node.kind
     if kind in ("conv", "linear", "batchnorm"):
         # popped inline, so that the rule holds the only references to the output and its relevance and can
         # free them as soon as it has divided one by the other (a layer's worth of memory at the peak)
+        # The rule may also overwrite the output (alpha-beta turns it into z-): nothing else reads it by now (its
+        # readers come later in the graph and were walked first), except the outputs handed back to the caller.
         source = node.args[0].name
-        return {source: assigned.rule.weighted(node, values[source], values.pop(node.name), pending.pop(node.name), ledger=ledger)}
+        z = values.pop(node.name)
+        if returned is not None and _same_storage(z, returned):
+            z = z.clone()
+        return {source: assigned.rule.weighted(node, values[source], z, pending.pop(node.name), ledger=ledger)}
     relevance = pending.pop(node.name)
     if kind in ops.PROPORTIONAL_KINDS:
         return assigned.rule.proportional(node, values, inputs, values[node.name], relevance, ledger=ledger)
@@ -426,6 +441,7 @@ def propagate(
     meta = {node.name for node in graph.nodes if node.kind == "meta"}
     relevance: dict[str, Any] = {graph.output: initial}
     layers: dict[str, LayerRelevance] = {}
+    returned = values.get(graph.output)  # the caller's outputs: rules get a copy if a layer's output is (a view of) them
     for node in reversed(graph.nodes):
         if relevance.get(node.name) is None or node.kind == "meta":
             relevance.pop(node.name, None)
@@ -435,7 +451,7 @@ def propagate(
         inputs = _activation_inputs(node, values, meta)
         ledger = Ledger() if record else None
         total_out = _total(relevance[node.name]) if record else None
-        outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, relevance, ledger)
+        outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, relevance, ledger, returned)
         total_in = sum((_total(p) for p in outgoing.values()), torch.zeros_like(total_out)) if record else None
         for name in list(outgoing):  # popped, so that the next step's rule holds the only reference
             _accumulate(relevance, name, outgoing.pop(name))

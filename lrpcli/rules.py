@@ -41,11 +41,29 @@ def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     return out.add_(z)
 
 
-def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``R / stabilise(z)``; where the denominator is exactly 0 the result is 0 (only possible for epsilon 0)."""
+_SLICE = 1 << 18  # elements per slice of stabilise_'s sign temporary (1 MiB in float32)
+
+
+def stabilise_(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """:func:`stabilise`, written into ``z`` (bit for bit the same numbers). For a ``z`` its owner no longer
+    needs: the sign temporary is made a slice at a time, so it never costs a whole layer's worth of memory."""
+    if epsilon == 0:
+        return z
+    step = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
+    z.add_(0.0)  # -0.0 -> +0.0, so both zeros get +epsilon
+    for part in z.view(-1).split(_SLICE) if z.is_contiguous() else (z,):
+        part.add_(torch.copysign(step, part))
+    return z
+
+
+def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, reuse: bool = False) -> torch.Tensor:
+    """``R / stabilise(z)``; where the denominator is exactly 0 the result is 0 (only possible for epsilon 0).
+
+    ``reuse``: ``z`` is the caller's own and not needed afterwards, so the result is written into it."""
     if epsilon != 0:
-        denominator = stabilise(z, epsilon)
-        if denominator.shape == relevance.shape and denominator.dtype == relevance.dtype:
+        same = z.shape == relevance.shape and z.dtype == relevance.dtype
+        denominator = stabilise_(z, epsilon) if reuse and same else stabilise(z, epsilon)
+        if same:
             return torch.div(relevance, denominator, out=denominator)  # reuses the buffer: one tensor less at the peak
         return relevance / denominator
     safe = torch.where(z == 0, torch.ones_like(z), z)
@@ -177,7 +195,9 @@ class Rule:
     def weighted(
         self, node: Node, a: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor, ledger: Ledger | None = None
     ) -> torch.Tensor:
-        """Relevance of the input ``a`` of a weighted node with output ``z``."""
+        """Relevance of the input ``a`` of a weighted node with output ``z``.
+
+        The walk hands over the only references to ``z`` and ``relevance``: a rule may free or overwrite them."""
         raise NotImplementedError
 
     def proportional(
@@ -224,7 +244,7 @@ class Epsilon(Rule):
         return float(self.values[self.denominator_param])
 
     def weighted(self, node, a, z, relevance, ledger=None):
-        s = divide(relevance, z, self._epsilon)
+        s = divide(relevance, z, self._epsilon, reuse=ledger is None)
         if ledger is not None:
             ledger.record(s, z, node.bias, self._epsilon)
         del relevance, z  # the walk handed over the only references: free them before the transpose
@@ -295,7 +315,7 @@ class ZPlus(Rule):
         z_pos = forward(node, a_pos, w_pos, b_pos)
         if a_neg is not None:
             z_pos = z_pos + forward(node, a_neg, self.modified(node, "w-"), None)
-        s = divide(relevance, z_pos, eps)
+        s = divide(relevance, z_pos, eps, reuse=ledger is None)
         if ledger is not None:
             ledger.record(s, z_pos, b_pos, eps)
         del z_pos, relevance
@@ -328,50 +348,53 @@ class AlphaBeta(Rule):
         alpha, beta = float(self.values["alpha"]), float(self.values["beta"])
         eps = float(self.values["stabilizer"])
         a_pos, a_neg = _split_sign(a)
-        if a_neg is None:
-            return self._non_negative(node, a, z, relevance, alpha, beta, eps, ledger)
-        del z  # not needed: free it (the walk handed over the only reference)
+        if a_neg is not None:
+            del z  # not needed: free it (the walk handed over the only reference)
+            return self._signed_inputs(node, a, a_pos, a_neg, relevance, alpha, beta, eps, ledger)
+        # Inputs a >= 0 (after ReLU): one modified forward, since W a + b = (W+ a + b+) + (W- a + b-) gives
+        # z- = z - z+ (as precise as computing it: the float32 error stays at the level of the direct form).
+        # Both quotients are made (in place) before the transposes, so that the relevance is freed first; all of
+        # this stays in this frame, as a helper's caller would hold z and the relevance until it returned.
+        reuse = ledger is None
+        w_pos, b_pos = self.modified(node, "w+"), self.modified(node, "b+")
+        z_pos = forward(node, a, w_pos, b_pos)
+        z_neg = z.sub_(z_pos) if beta != 0 else None  # in place: the walk hands over the only reference to z
+        del z
+        s_pos = divide(relevance, z_pos, eps, reuse=reuse)
+        if ledger is not None:
+            ledger.record(s_pos, z_pos, b_pos, eps, alpha)
+        del z_pos
+        s_neg = None
+        if z_neg is not None:
+            s_neg = divide(relevance, z_neg, eps, reuse=reuse)
+            if ledger is not None:
+                ledger.record(s_neg, z_neg, self.modified(node, "b-"), eps, -beta)
+            del z_neg
+        del relevance
+        result = transpose(node, s_pos.mul_(alpha), a, w_pos)
+        del s_pos
+        if s_neg is not None:
+            result.add_(transpose(node, s_neg.mul_(-beta), a, self.modified(node, "w-")))
+        return result.mul_(a)
+
+    def _signed_inputs(self, node, a, a_pos, a_neg, relevance, alpha, beta, eps, ledger):
+        """Inputs of both signs: each share's denominator needs its own pair of modified forwards."""
 
         def part(w_for_pos, w_for_neg, bias, weight):
             """This sign's share: ``weight * (a+ W_for_pos^T s + a- W_for_neg^T s)`` with s = R / z_sign."""
-            z_part = forward(node, a_pos, self.modified(node, w_for_pos), bias)
-            if a_neg is not None:
-                z_part = z_part + forward(node, a_neg, self.modified(node, w_for_neg), None)
-            s = divide(relevance, z_part, eps)
+            z_part = forward(node, a_pos, self.modified(node, w_for_pos), bias) + forward(node, a_neg, self.modified(node, w_for_neg), None)
+            s = divide(relevance, z_part, eps, reuse=ledger is None)
             if ledger is not None:
                 ledger.record(s, z_part, bias, eps, weight)
             del z_part
             s.mul_(weight)
             r = transpose(node, s, a, self.modified(node, w_for_pos)).mul_(a_pos)
-            if a_neg is not None:
-                r.add_(transpose(node, s, a, self.modified(node, w_for_neg)).mul_(a_neg))
-            return r
+            return r.add_(transpose(node, s, a, self.modified(node, w_for_neg)).mul_(a_neg))
 
         result = part("w+", "w-", self.modified(node, "b+"), alpha)
         if beta != 0:
             result.add_(part("w-", "w+", self.modified(node, "b-"), -beta))
         return result
-
-    def _non_negative(self, node, a, z, relevance, alpha, beta, eps, ledger):
-        """For inputs a >= 0 (after ReLU): one modified forward, since W a + b = (W+ a + b+) + (W- a + b-)
-        gives z- = z - z+ (as precise as computing it: the float32 error stays at the level of the direct form)."""
-        w_pos, b_pos = self.modified(node, "w+"), self.modified(node, "b+")
-        z_pos = forward(node, a, w_pos, b_pos)
-        z_neg = torch.sub(z, z_pos) if beta != 0 else None
-        del z  # the walk handed over the only reference
-        s_pos = divide(relevance, z_pos, eps)
-        if ledger is not None:
-            ledger.record(s_pos, z_pos, b_pos, eps, alpha)
-        del z_pos
-        result = transpose(node, s_pos.mul_(alpha), a, w_pos)
-        del s_pos
-        if z_neg is not None:
-            s_neg = divide(relevance, z_neg, eps)
-            if ledger is not None:
-                ledger.record(s_neg, z_neg, self.modified(node, "b-"), eps, -beta)
-            del z_neg, relevance
-            result.add_(transpose(node, s_neg.mul_(-beta), a, self.modified(node, "w-")))
-        return result.mul_(a)
 
 
 class Gamma(Rule):
@@ -417,7 +440,7 @@ class Gamma(Rule):
             z_up = forward(node, a_pos, w_up, b_up) + forward(node, a_neg, w_down, None)
             z_down = forward(node, a_pos, w_down, b_down) + forward(node, a_neg, w_up, None) if needs_down else None
         del z  # the walk handed over the only reference: free what is no longer needed, step by step
-        s_up = divide(relevance, z_up, eps)
+        s_up = divide(relevance, z_up, eps, reuse=ledger is None)
         if up is not None:
             s_up.masked_fill_(~up, 0.0)
         if ledger is not None:
@@ -425,7 +448,7 @@ class Gamma(Rule):
         del z_up, up
         s_down = None
         if z_down is not None:
-            s_down = divide(relevance, z_down, eps).masked_fill_(~down, 0.0)
+            s_down = divide(relevance, z_down, eps, reuse=ledger is None).masked_fill_(~down, 0.0)
             if ledger is not None:
                 ledger.record(s_down, z_down, b_down, eps)
             del z_down
@@ -466,6 +489,7 @@ class Flat(Rule):
         s = divide(relevance, z_mod, eps)
         if ledger is not None:
             ledger.record(s, z_mod.expand_as(s), bias, eps)
+        del relevance  # the walk handed over the only reference
         return transpose(node, s, a, weight)
 
 
@@ -526,8 +550,8 @@ class ZBox(Rule):
             low, high = _bound(self.values["low"], a[:1]), _bound(self.values["high"], a[:1])
             return forward(node, low, w_pos, self.modified(node, "b+")) + forward(node, high, w_neg, self.modified(node, "b-"))
 
-        z_box = z - self.derived.get(node, ("bounds", tuple(a.shape[1:]), a.dtype, a.device), bounds_term)
-        s = divide(relevance, z_box, eps)
+        z_box = z.sub_(self.derived.get(node, ("bounds", tuple(a.shape[1:]), a.dtype, a.device), bounds_term))  # z is ours
+        s = divide(relevance, z_box, eps, reuse=ledger is None)
         if ledger is not None:
             ledger.record(s, z_box, None, eps)
         del z_box, z, relevance

@@ -164,3 +164,43 @@ def test_resnet_adds_use_the_direct_transpose(monkeypatch):
 
     monkeypatch.setattr(transposes, "_autograd_vjp", refuse)
     torch.testing.assert_close(explain(model, x, "epsilon_plus_flat").relevance, expected, rtol=0, atol=0)
+
+
+class _ViewHead(nn.Module):
+    """A ReLU net whose output is the last layer's output itself, or a view of it."""
+
+    def __init__(self, view: bool):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+        self.view = view
+
+    def forward(self, x):
+        out = self.body(x)
+        return out.view(-1, 2, 2).flatten(1) if self.view else out
+
+
+@pytest.mark.parametrize("view", [False, True])
+def test_rules_that_overwrite_a_layer_output_leave_the_returned_outputs_alone(view):
+    """alpha-beta writes z- into the layer's recorded output; the last layer's output is what the caller gets."""
+    torch.manual_seed(0)
+    model = _ViewHead(view).eval().double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    composite = {"rules": [{"match": {"type": "linear"}, "rule": "alpha_beta", "alpha": 2.0, "beta": 1.0}]}
+    result = explain(model, x, composite)
+    torch.testing.assert_close(result.outputs, model(x), rtol=0, atol=0)
+    torch.testing.assert_close(result.initial.sum(1), model(x).gather(1, result.targets[:, None]).squeeze(1))
+
+
+@pytest.mark.parametrize("slice_size", [7, 1 << 22])
+def test_in_place_stabiliser_equals_the_plain_one(monkeypatch, slice_size):
+    from lrpcli import rules
+
+    monkeypatch.setattr(rules, "_SLICE", slice_size)  # 7: several slices, the last one short
+    z = torch.randn(3, 4, 5, dtype=torch.float64)
+    z[0, 0, :3] = torch.tensor([0.0, -0.0, -1e-7])
+    expected = rules.stabilise(z, 1e-6)
+    for tensor in (z.clone(), z.clone().transpose(1, 2)):  # contiguous (sliced) and not
+        result = rules.stabilise_(tensor, 1e-6)
+        assert result is tensor
+        torch.testing.assert_close(result, expected if result.shape == expected.shape else expected.transpose(1, 2), rtol=0, atol=0)
+    assert rules.stabilise_(z.clone(), 1e-6)[0, 0, 1] == 1e-6  # sign(-0.0) counts as +
