@@ -48,12 +48,14 @@ def relevance_map(relevance: np.ndarray) -> np.ndarray:
 
 
 def normalise(heat: np.ndarray, symmetric: bool = True) -> np.ndarray:
-    """To [0, 1]: symmetric puts 0 at 0.5 and the largest |relevance| at 0 or 1."""
+    """To [0, 1]: symmetric puts 0 at 0.5 and the largest |relevance| at 0 or 1. NaN stays NaN (the colour
+    map's "bad" colour) without spoiling the scale of the other pixels."""
+    finite = heat[np.isfinite(heat)]
     if symmetric:
-        scale = float(np.abs(heat).max())
-        return np.full_like(heat, 0.5) if scale == 0 else 0.5 + 0.5 * heat / scale
-    low, high = float(heat.min()), float(heat.max())
-    return np.zeros_like(heat) if high == low else (heat - low) / (high - low)
+        scale = float(np.abs(finite).max()) if finite.size else 0.0
+        return np.where(np.isnan(heat), np.nan, 0.5) if scale == 0 else 0.5 + 0.5 * heat / scale
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    return np.where(np.isnan(heat), np.nan, 0.0) if high == low else (heat - low) / (high - low)
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,11 +70,14 @@ def _palette(name: str) -> np.ndarray:
 
 
 def colour_indices(unit: np.ndarray, entries: int) -> np.ndarray:
-    """Values in [0, 1] -> rows of a colour table of ``entries`` colours, as matplotlib indexes
-    its own (x * N, truncated; 1.0 is the last colour); NaN -> row ``entries`` (the bad colour)."""
-    scaled = np.nan_to_num(unit * entries, nan=entries + 1.0)
-    scaled[scaled == entries] = entries - 1
-    return np.clip(scaled, 0, entries).astype(np.intp)
+    """Values in [0, 1] -> rows of a colour table of ``entries`` colours, as matplotlib indexes its own
+    (x * N, truncated; 1.0 and above the last colour, below 0 the first); NaN -> row ``entries`` (bad)."""
+    scaled = unit * entries
+    bad = np.isnan(scaled)
+    indices = np.clip(np.nan_to_num(scaled, nan=0.0), 0, entries - 1).astype(np.intp)
+    if bad.any():
+        indices[bad] = entries
+    return indices
 
 
 def heatmap_indices(relevance: np.ndarray, cmap: str = "bwr", symmetric: bool = True) -> tuple[np.ndarray, np.ndarray]:
