@@ -136,11 +136,46 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def _workers(requested: int | None, count: int) -> int:
+    """DataLoader worker processes: none where there are no cores to spare.
+
+    On 2 cores torch's two threads keep both busy, and a decoding process next to them slowed ``lrp explain``
+    more (1.55x the engine's time) than decoding in the main thread did (1.37x): see benchmarks/speed.py."""
     if requested is not None:
         return max(0, requested)
-    if count < 8:
+    cores = os.cpu_count() or 1
+    if count < 8 or cores <= 2:
         return 0  # starting worker processes costs more than decoding a handful of images
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    return max(1, min(4, cores - 1))
+
+
+def _writers(device: torch.device) -> int:
+    """Threads that encode and write PNG/NPY files; 0: written in the main thread, between batches.
+
+    On a CPU with 2 cores torch's two threads keep both busy, and a writer thread next to them slowed every
+    batch (measured: the engine's calls took 20-30 % longer inside ``lrp explain``) by more than writing
+    in between costs."""
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and cores <= 2:
+        return 0
+    return 2
+
+
+class _Inline:
+    """A stand-in for the writer pool that runs each task at once (see ``_writers``)."""
+
+    def __enter__(self) -> "_Inline":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def submit(self, task: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(task(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed over like a pool's future would
+            future.set_exception(exc)
+        return future
 
 
 def output_paths(name: str, label: str | None) -> tuple[str, str]:
@@ -244,7 +279,8 @@ def explain_images(
             raise InputError(message)
         report.failures.append(Failure(item.name, message))
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    writers = _writers(device)
+    with ThreadPoolExecutor(max_workers=writers) if writers else _Inline() as pool:
         try:
             for batch in loader:
                 groups: dict[tuple[int, ...], list[tuple[ImageInput, torch.Tensor, np.ndarray]]] = {}
@@ -352,12 +388,20 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
                 "relevance": array_rel if options.arrays else "",
             }
             rows.append(row)
-            if options.arrays:
-                futures.append(pool.submit(save_array, inside(out, array_rel), rel))
-            if options.heatmaps:
-                futures.append(pool.submit(save_heatmap, inside(out, heat_rel), rel, pixels, options.cmap, options.overlay))
+            if options.arrays or options.heatmaps:
+                array_path = inside(out, array_rel) if options.arrays else None
+                heatmap_path = inside(out, heat_rel) if options.heatmaps else None
+                futures.append(pool.submit(_save_outputs, rel, pixels, array_path, heatmap_path, options))
     report.explained += len(good)
     return futures, rows
+
+
+def _save_outputs(relevance: np.ndarray, pixels: np.ndarray, array_path: Path | None, heatmap_path: Path | None, options: ImageRunOptions) -> None:
+    """One input's files (run in the writer pool)."""
+    if array_path is not None:
+        save_array(array_path, relevance)
+    if heatmap_path is not None:
+        save_heatmap(heatmap_path, relevance, pixels, options.cmap, options.overlay)
 
 
 def _first_line(exc: BaseException) -> str:
