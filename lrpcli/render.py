@@ -119,7 +119,7 @@ def png_bytes(image: np.ndarray, palette: np.ndarray | None = None, compress_lev
     if palette is None:
         picture = Image.fromarray(image)
     else:
-        picture = Image.fromarray(image.astype(np.uint8), mode="L").convert("P")
+        picture = Image.fromarray(image.astype(np.uint8)).convert("P")  # 2-D uint8: mode L
         picture.putpalette(palette.tobytes())
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", compress_level=compress_level)
