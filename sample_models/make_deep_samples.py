@@ -26,9 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 from lrpcli.architectures import VGG  # noqa: E402
 from lrpcli.samples import SHAPE_CLASSES, make_shapes  # noqa: E402
-from make_samples import SHAPES_MEAN, SHAPES_STD, accuracy, clear_pngs, dropout_off, normalise, save_model, train  # noqa: E402
+from make_samples import SHAPES_MEAN, SHAPES_STD, accuracy, dropout_off, normalise, save_model, save_shape_samples, train  # noqa: E402
 
 SIZE = 64
 # Seeds: training 200, 201, ... (one per epoch), held-out accuracy 11, sample images 12.
@@ -103,14 +101,7 @@ def make_vgg_model(out: Path, epochs: int = EPOCHS, per_epoch: int = PER_EPOCH, 
     for spec in ("model.yaml", "model_state_dict.yaml"):  # spec_text names make_samples.py
         path = folder / spec
         path.write_text(path.read_text().replace("make_samples.py", "make_deep_samples.py"))
-    images, labels, masks = make_shapes(64, size=SIZE, seed=SAMPLE_SEED)
-    clear_pngs(folder / "images")
-    clear_pngs(folder / "masks")
-    for cls, label in enumerate(SHAPE_CLASSES):  # two of each class
-        for index in np.flatnonzero(labels == cls)[:2]:
-            filename = f"{label}_{index:02d}.png"
-            Image.fromarray(images[index]).save(folder / "images" / filename)
-            Image.fromarray(masks[index].astype(np.uint8) * 255).save(folder / "masks" / filename)
+    save_shape_samples(folder, size=SIZE, seed=SAMPLE_SEED)
     print(f"  wrote {folder} in {time.perf_counter() - started:.1f} s", flush=True)
     return acc
 

@@ -253,6 +253,18 @@ def make_digits(out: Path) -> float:
     return acc
 
 
+def save_shape_samples(folder: Path, size: int, seed: int) -> None:
+    """Two sample images of each shape class in ``folder/images`` and their masks in ``folder/masks``."""
+    images, labels, masks = make_shapes(64, size=size, seed=seed)
+    clear_pngs(folder / "images")
+    clear_pngs(folder / "masks")
+    for cls, name in enumerate(SHAPE_CLASSES):
+        for index in np.flatnonzero(labels == cls)[:2]:
+            filename = f"{name}_{index:02d}.png"
+            Image.fromarray(images[index]).save(folder / "images" / filename)
+            Image.fromarray(masks[index].astype(np.uint8) * 255).save(folder / "masks" / filename)
+
+
 def make_shapes_model(out: Path) -> float:
     started = time.perf_counter()
     print(f"shapes_minivgg: MiniVGG(width={SHAPES_WIDTH}) on generated 32x32 shapes", flush=True)
@@ -281,14 +293,7 @@ def make_shapes_model(out: Path) -> float:
         mean=SHAPES_MEAN, std=SHAPES_STD, arch="lrpcli.architectures:MiniVGG",
         arch_kwargs=arch_kwargs, example=x_test[:16],
     )
-    images, labels, masks = make_shapes(64, seed=SHAPES_SAMPLE_SEED)
-    clear_pngs(folder / "images")
-    clear_pngs(folder / "masks")
-    for cls, name in enumerate(SHAPE_CLASSES):  # two of each class
-        for index in np.flatnonzero(labels == cls)[:2]:
-            filename = f"{name}_{index:02d}.png"
-            Image.fromarray(images[index]).save(folder / "images" / filename)
-            Image.fromarray(masks[index].astype(np.uint8) * 255).save(folder / "masks" / filename)
+    save_shape_samples(folder, size=32, seed=SHAPES_SAMPLE_SEED)
     print(f"  wrote {folder} in {time.perf_counter() - started:.1f} s", flush=True)
     return acc
 
