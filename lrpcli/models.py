@@ -27,6 +27,7 @@ import yaml
 
 from .errors import ConfigError, ModelError
 from .registry import suggest
+from .safety import check_trusted_callable, load_exported, spec_arch
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 SPEC_KEYS = ("model", "arch", "arch_kwargs", "input", "classes", "composite", "description")
@@ -39,12 +40,15 @@ def load_model(
     arch: str | Callable | None = None,
     arch_kwargs: dict[str, Any] | None = None,
     allow_pickle: bool = False,
+    allow_code: bool = False,
 ) -> Any:
     """Return something ``graph.capture`` takes: an nn.Module, ScriptModule or ExportedProgram.
 
     ``model`` may already be one of those, or a path to: a ``.pt2`` ExportedProgram, a
     TorchScript file, a state dict (``.pt``, ``.pth``, ``.safetensors``; needs ``arch``),
     a model spec ``.yaml``, or — only with ``allow_pickle`` — a whole pickled module.
+    ``arch`` is the caller's own choice and may name any callable; a spec's ``arch`` is
+    limited to model libraries unless ``allow_code`` (see ``safety.py``).
     """
     if isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
         return model
@@ -57,25 +61,51 @@ def load_model(
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     if path.suffix in (".yaml", ".yml"):
-        spec = load_spec(path)
-        return load_model(
-            spec.model,
-            arch=arch or spec.arch,
-            arch_kwargs=arch_kwargs if arch_kwargs is not None else spec.arch_kwargs,
-            allow_pickle=allow_pickle,
-        )
-    if path.suffix == ".pt2":
-        return _load_exported(path)
+        return load_spec_model(load_spec(path), arch=arch, arch_kwargs=arch_kwargs, allow_pickle=allow_pickle, allow_code=allow_code)
     if _is_torchscript(path):
         try:
             return torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise ModelError(f"{path}: not a loadable TorchScript file: {exc}") from exc
-    if zipfile.is_zipfile(path) and _zip_has(path, "archive_format"):
-        return _load_exported(path)
+    exported = path.suffix == ".pt2" or _zip_has(path, "archive_format")
     if arch is not None:
+        if exported:  # never handed to torch.export.load on the strength of a state-dict reading
+            raise ModelError(
+                f"{path} is an exported program (.pt2), not a state dict: it carries its own graph",
+                hint="drop --arch (and the spec's arch) to load it as an exported program",
+            )
         return _build(arch, arch_kwargs or {}, load_state_dict(path), path)
+    if exported:
+        return load_exported(path, allow_pickle)
     return _load_pickled_or_explain(path, allow_pickle)
+
+
+def load_spec_model(
+    spec: "ModelSpec",
+    *,
+    arch: str | Callable | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+    allow_code: bool = False,
+) -> Any:
+    """The model a spec names; ``arch``/``arch_kwargs`` given here override the spec's.
+
+    The spec's own ``arch`` is data from whoever wrote the spec, so it may only construct a
+    model class or builder of a trusted model library unless ``allow_code``.
+    """
+    if arch is None and spec.arch:
+        arch = spec_arch(spec.arch, spec.source, allow_code)
+        if not allow_code:
+            factory = resolve_arch(arch)
+            check_trusted_callable(arch, factory)
+            arch = factory
+    return load_model(
+        spec.model,
+        arch=arch,
+        arch_kwargs=arch_kwargs if arch_kwargs is not None else spec.arch_kwargs,
+        allow_pickle=allow_pickle,
+        allow_code=allow_code,
+    )
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -143,20 +173,31 @@ def resolve_arch(arch: str | Callable) -> Callable:
 
 def _build(arch: str | Callable, kwargs: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
     factory = resolve_arch(arch)
+    label = arch if isinstance(arch, str) else f"{getattr(arch, '__module__', '?')}:{getattr(arch, '__qualname__', arch)}"
     try:
         model = factory(**kwargs)
-    except TypeError as exc:
-        raise ModelError(f"--arch: calling {arch} with {kwargs} failed: {exc}", hint="check --arch-kwargs") from exc
+    except Exception as exc:  # the architecture's own code: a TypeError for bad kwargs, anything else from inside
+        raise ModelError(f"--arch: calling {label} with {kwargs} failed: {type(exc).__name__}: {_first_line(exc)}", hint="check --arch-kwargs") from exc
     if not isinstance(model, torch.nn.Module):
-        raise ModelError(f"--arch: {arch} returned a {type(model).__name__}, not an nn.Module")
+        raise ModelError(f"--arch: {label} returned a {type(model).__name__}, not an nn.Module")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelError(
-            f"{path}: the weights do not fit {arch}: {_first_line(exc, 300)}",
+            f"{path}: the weights do not fit {label}: {_state_dict_mismatch(exc)}",
             hint="check --arch and --arch-kwargs (e.g. num_classes)",
         ) from exc
     return model.eval()
+
+
+def _state_dict_mismatch(exc: RuntimeError, limit: int = 6) -> str:
+    """torch's load_state_dict message without its header line: the missing, unexpected and
+    mis-shaped keys, at most ``limit`` lines of them."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()[1:] if line.strip()]
+    if not lines:
+        return _first_line(exc, 300)
+    shown = "; ".join(line if len(line) <= 300 else line[:300] + "..." for line in lines[:limit])
+    return shown + (f"; ... ({len(lines) - limit} more)" if len(lines) > limit else "")
 
 
 def _load_pickled_or_explain(path: Path, allow_pickle: bool) -> torch.nn.Module:
@@ -195,7 +236,7 @@ def _zip_has(path: Path, name: str) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return any(entry.endswith(name) for entry in archive.namelist())
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, OSError):
         return False
 
 
@@ -206,13 +247,6 @@ def _is_torchscript(path: Path) -> bool:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
     return any("/code/" in name for name in names) and any(name.endswith("constants.pkl") for name in names)
-
-
-def _load_exported(path: Path) -> torch.export.ExportedProgram:
-    try:
-        return torch.export.load(str(path))
-    except Exception as exc:
-        raise ModelError(f"{path}: not a loadable exported program: {exc}") from exc
 
 
 def model_tensors(model: Any) -> list[torch.Tensor]:

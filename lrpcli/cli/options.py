@@ -75,7 +75,8 @@ model_options = _stack(
     [
         click.option("--arch", metavar="MODULE:CALLABLE", help="Architecture for a state dict: torchvision.models:vgg16, mypkg.nets:MiniVGG or path/to/nets.py:MiniVGG."),
         click.option("--arch-kwargs", metavar="MAPPING", help="Keyword arguments for --arch, as JSON/YAML: '{num_classes: 4}'."),
-        click.option("--allow-pickle", is_flag=True, help="Load a whole pickled module. Unpickling RUNS CODE from the file: only for files you trust."),
+        click.option("--allow-pickle", is_flag=True, help="Load a whole pickled module, or a .pt2 that asks for pickled payloads. Unpickling RUNS CODE from the file: only for files you trust."),
+        click.option("--allow-code", is_flag=True, help="Let a model spec's arch import a Python file or any module (it RUNS that code); without it a spec may name lrpcli.architectures and torchvision.models only."),
     ]
 )
 
@@ -129,15 +130,16 @@ def spec_preprocessing(spec: Any, options: dict[str, Any] | None = None) -> Any:
 
 
 def load_model_option(model: str, spec: Any, options: dict[str, Any]) -> Any:
-    """The model a command works on: MODEL (or the spec's weights) with --arch/--arch-kwargs/--allow-pickle."""
-    from ..models import load_model
+    """The model a command works on: MODEL (or the spec's weights) with --arch/--arch-kwargs/--allow-pickle/--allow-code."""
+    from ..models import load_model, load_spec_model
 
-    return load_model(
-        spec.model if spec is not None else model,
-        arch=options.get("arch") or (spec.arch if spec is not None else None),
-        arch_kwargs=parse_mapping(options.get("arch_kwargs"), "--arch-kwargs") or (spec.arch_kwargs if spec is not None else None),
+    arguments = dict(
+        arch=options.get("arch"),
+        arch_kwargs=parse_mapping(options.get("arch_kwargs"), "--arch-kwargs") or None,
         allow_pickle=bool(options.get("allow_pickle")),
+        allow_code=bool(options.get("allow_code")),
     )
+    return load_spec_model(spec, **arguments) if spec is not None else load_model(model, **arguments)
 
 
 def input_shape_option(text: str | None, spec: Any) -> tuple[int, ...] | None:
