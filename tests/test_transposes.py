@@ -193,7 +193,7 @@ def test_rules_that_overwrite_a_layer_output_leave_the_returned_outputs_alone(vi
 
 @pytest.mark.parametrize("slice_size", [7, 1 << 22])
 def test_in_place_stabiliser_equals_the_plain_one(monkeypatch, slice_size):
-    from lrpcli import rules
+    from lrpcli.rules import base as rules
 
     monkeypatch.setattr(rules, "_SLICE", slice_size)  # 7: several slices, the last one short
     z = torch.randn(3, 4, 5, dtype=torch.float64)

@@ -1,0 +1,34 @@
+"""LRP rules, one module per family, gathered in one registry.
+
+- ``base``: numeric helpers, the Rule base class, cached modified parameters, the ledger
+- ``epsilon``: epsilon, z (LRP-0), norm, pass: any linear node
+- ``weighted``: z+, alpha-beta, gamma, flat, w², z^B: layers with weights
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..registry import Registry
+from .base import Derived, Ledger, Param, Rule, divide, stabilise, stabilise_
+from .epsilon import Epsilon, Norm, Pass, Z
+from .weighted import AlphaBeta, Flat, Gamma, WSquare, ZBox, ZPlus
+
+__all__ = ["RULES", "Derived", "Ledger", "Param", "Rule", "divide", "make_rule", "stabilise", "stabilise_"]
+
+RULES: Registry[type[Rule]] = Registry("rule")
+RULES.register("z", Z, aliases=("lrp_0", "lrp0", "zero"))
+RULES.register("epsilon", Epsilon, aliases=("eps",))
+RULES.register("gamma", Gamma)
+RULES.register("alpha_beta", AlphaBeta, aliases=("alphabeta",))
+RULES.register("zplus", ZPlus, aliases=("z_plus", "z+"))
+RULES.register("flat", Flat)
+RULES.register("wsquare", WSquare, aliases=("w_square", "w2"))
+RULES.register("zbox", ZBox, aliases=("z_box", "zb", "box"))
+RULES.register("pass", Pass, aliases=("passthrough",))
+RULES.register("norm", Norm)
+
+
+def make_rule(name: str, **values: Any) -> Rule:
+    """Instantiate a rule by (any accepted spelling of) its name."""
+    return RULES.get(name)(**values)

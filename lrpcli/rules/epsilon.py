@@ -1,0 +1,83 @@
+"""Rules for any linear node: epsilon, LRP-0 (z), norm (the proportional split) and pass.
+
+They serve weighted layers (conv, linear, batch-norm) and parameter-free linear ops
+(adds, pooling, sums, scaling) alike: ``R_in = a * J^T (R / stabilise(z))``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..errors import ConfigError
+from ..transposes import transpose, vjp
+from .base import Ledger, Param, Rule, divide
+
+class Epsilon(Rule):
+    name = "epsilon"
+    formula = "R_j = a_j * sum_k w_jk R_k / (z_k + eps*sign(z_k))"
+    params = {"epsilon": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0)}
+    inherits = ("epsilon",)
+    weighted_only = False
+    #: which parameter is added to the denominator (z and norm call it "stabilizer")
+    denominator_param: ClassVar[str] = "epsilon"
+
+    @property
+    def _epsilon(self) -> float:
+        return float(self.values[self.denominator_param])
+
+    def weighted(self, node, a, z, relevance, ledger=None):
+        s = divide(relevance, z, self._epsilon, reuse=ledger is None)
+        if ledger is not None:
+            ledger.record(s, z, node.bias, self._epsilon)
+        del relevance, z  # the walk handed over the only references: free them before the transpose
+        return transpose(node, s, a, node.weight).mul_(a)
+
+    def proportional(self, node, values, inputs, z, relevance, ledger=None):
+        s = divide(relevance, z, self._epsilon)
+        grads = vjp(node, values, inputs, s)
+        result = {name: values[name] * grad for name, grad in grads.items()}
+        if ledger is not None:  # constants added by the op (x + c) act as a bias
+            ledger.record(s, z, None, self._epsilon)
+            handed = sum(Ledger._per_sample(r) for r in result.values())
+            ledger.bias = Ledger._per_sample(s * z) - handed
+        return result
+
+
+class Z(Epsilon):
+    name = "z"
+    formula = "R_j = a_j * sum_k w_jk R_k / z_k   (LRP-0; R/0 := 0)"
+    params = {"stabilizer": Param(0.0, "added to the denominator with the sign of z", minimum=0.0)}
+    inherits = ()
+    denominator_param = "stabilizer"
+
+
+class Norm(Epsilon):
+    name = "norm"
+    formula = "R_j = a_j * sum_k dz_k/da_j R_k / (z_k + stab*sign(z_k))   (proportional split, pooling and sums)"
+    params = {"stabilizer": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0)}
+    inherits = ("stabilizer",)
+    denominator_param = "stabilizer"
+
+
+class Pass(Rule):
+    name = "pass"
+    formula = "R_j = R_j   (relevance passes unchanged; input and output shapes must match)"
+    weighted_only = False
+
+    def weighted(self, node, a, z, relevance, ledger=None):
+        self._check(node, a, relevance)
+        return relevance
+
+    def proportional(self, node, values, inputs, z, relevance, ledger=None):
+        matching = [name for name in inputs if values[name].shape == relevance.shape]
+        if not matching:
+            self._check(node, values[inputs[0]], relevance)
+        return {matching[0]: relevance}
+
+    def _check(self, node, a, relevance):
+        if a.shape != relevance.shape:
+            raise ConfigError(
+                f"rule 'pass' at {node.describe()}: input shape {tuple(a.shape)} differs from output shape "
+                f"{tuple(relevance.shape)}, so relevance cannot pass unchanged",
+                hint="use 'epsilon' or 'norm' for this layer",
+            )
