@@ -9,6 +9,8 @@ adds a line to ``graph.notes`` when it changed something the user should know.
 - ``drop_dropout``: dropout (identity in eval) and identity nodes are removed.
 - ``strip_softmax``: a trailing softmax/log-softmax is removed so the logits are
   explained.
+- ``decompose_attention`` and ``classify_products`` (in ``transformer_passes.py``):
+  attention as products and a softmax; normalisers held constant, gates marked.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import torch
 from . import ops
 from .graph import Graph, Node, Ref, map_leaves
 from .registry import Registry
+from .transformer_passes import classify_products, collapse_elementwise, decompose_attention
 
 Canonizer = Callable[[Graph], Graph]
 
 CANONIZERS: Registry[Canonizer] = Registry("canonizer")
 
 #: run on every graph, whatever the composite lists
-ALWAYS = ("drop_dropout", "strip_softmax")
+ALWAYS = ("drop_dropout", "strip_softmax", "decompose_attention", "collapse_elementwise", "classify_products")
 
 
 def _rewire(nodes: list[Node], old: str, new: str) -> list[Node]:
@@ -37,7 +40,15 @@ def _rewire(nodes: list[Node], old: str, new: str) -> list[Node]:
     def swap(leaf):
         return Ref(new) if isinstance(leaf, Ref) and leaf.name == old else leaf
 
-    return [dataclasses.replace(node, args=map_leaves(node.args, swap), kwargs=map_leaves(node.kwargs, swap)) for node in nodes]
+    def rename(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(new if name == old else name for name in names)
+
+    return [
+        dataclasses.replace(
+            node, args=map_leaves(node.args, swap), kwargs=map_leaves(node.kwargs, swap), held=rename(node.held), gates=rename(node.gates)
+        )
+        for node in nodes
+    ]
 
 
 def _remove(graph: Graph, node: Node, replacement: str) -> Graph:
@@ -101,6 +112,9 @@ def strip_softmax(graph: Graph) -> Graph:
 CANONIZERS.register("fold_batchnorm", fold_batchnorm, aliases=("merge_batchnorm", "fold_bn"))
 CANONIZERS.register("drop_dropout", drop_dropout)
 CANONIZERS.register("strip_softmax", strip_softmax)
+CANONIZERS.register("decompose_attention", decompose_attention)
+CANONIZERS.register("collapse_elementwise", collapse_elementwise)
+CANONIZERS.register("classify_products", classify_products)
 
 
 def canonize(graph: Graph, names: list[str] | tuple[str, ...]) -> Graph:

@@ -45,8 +45,21 @@ DEFAULT_PARAMS: dict[str, Any] = {"epsilon": 1e-6, "gamma": 0.25, "stabilizer": 
 DEFAULT_CANONIZERS = ("fold_batchnorm",)
 
 #: layer types a ``match: {type: ...}`` may name, and the node kinds/conditions they stand for
-LAYER_TYPES = ("add", "avgpool", "batchnorm", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "linear", "reduce", "scale")
+LAYER_TYPES = (
+    "add", "avgpool", "batchnorm", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "gate", "layernorm",
+    "linear", "product", "reduce", "scale", "softmax",
+)
+#: a product whose gate factor one of these made (squeeze-and-excitation, LSTM gates) is also of type `gate`
+GATE_OPS = ("sigmoid", "hardsigmoid")
 _TYPE_ALIASES = {
+    "layer_norm": "layernorm",
+    "groupnorm": "layernorm",
+    "group_norm": "layernorm",
+    "rmsnorm": "layernorm",
+    "rms_norm": "layernorm",
+    "matmul": "product",
+    "bmm": "product",
+    "se": "gate",
     "dense": "linear",
     "batchnorm1d": "batchnorm",
     "batchnorm2d": "batchnorm",
@@ -164,6 +177,11 @@ class Entry:
         return True
 
 
+def _kind_of_type(layer_type: str) -> str:
+    """The node kind a match type names (conv1d and conv_transpose are convs, gates are products)."""
+    return "conv" if layer_type.startswith("conv") else "product" if layer_type == "gate" else layer_type
+
+
 def _type_matches(layer_type: str, node: Node) -> bool:
     if layer_type == "conv":
         return node.kind == "conv"
@@ -171,6 +189,8 @@ def _type_matches(layer_type: str, node: Node) -> bool:
         return node.kind == "conv" and node.is_transposed_conv
     if layer_type in ("conv1d", "conv2d", "conv3d"):
         return node.kind == "conv" and not node.is_transposed_conv and node.weight.ndim - 2 == int(layer_type[4])
+    if layer_type == "gate":
+        return node.kind == "product" and node.gate_op in GATE_OPS
     return node.kind == layer_type
 
 
@@ -217,6 +237,12 @@ class Composite:
             return RULES.get("epsilon")(epsilon=self.params["epsilon"])
         if node.kind == "batchnorm":
             return RULES.get("pass")()
+        if node.kind == "layernorm":
+            return RULES.get("epsilon")(epsilon=self.params["epsilon"])
+        if node.kind == "product":  # a gate's signal takes all (SE nets); factors that cannot be told apart split evenly
+            return RULES.get("signal")(epsilon=self.params["epsilon"])
+        if node.kind == "softmax":
+            return RULES.get("taylor")()
         return RULES.get("norm")(stabilizer=self.params["stabilizer"])
 
     def assign(self, graph: Graph) -> dict[str, Assigned]:
@@ -232,7 +258,7 @@ class Composite:
             for index, entry in enumerate(self.entries):
                 if not entry.matches(node, node.name in first):
                     continue
-                if RULES.get(entry.rule).weighted_only and node.kind in ops.PROPORTIONAL_KINDS:
+                if node.kind not in RULES.get(entry.rule).kinds:
                     continue  # e.g. a name glob over a block: gamma applies to its convs, not its add
                 chosen = (index, entry)
                 break
@@ -386,13 +412,14 @@ def _parse_entry(raw: Any, index: int, source: str, inherited: bool) -> Entry:
             if not isinstance(value, bool):
                 raise ConfigError(f"match 'first' must be true or false, got {value!r}", source=source, line=key_line, key="first")
             first = value
-    if types and cls.weighted_only and all(t in ops.PROPORTIONAL_KINDS for t in types):
+    if types and not any(_kind_of_type(t) in cls.kinds for t in types):
+        servers = [name for name in RULES.names() if any(_kind_of_type(t) in RULES.get(name).kinds for t in types)]
         raise ConfigError(
-            f"rules[{index}]: rule '{rule}' needs weights, but type {list(types)} has none",
+            f"rules[{index}]: rule '{rule}' does not apply to type {list(types)} (it serves {', '.join(cls.kinds)})",
             source=source,
             line=_line(raw, "rule"),
             key="rule",
-            hint="use 'norm', 'epsilon', 'z' or 'pass' for add/avgpool/reduce/scale",
+            hint=f"rules for {'/'.join(types)}: {', '.join(servers)}",
         )
     entry = Entry(rule=rule, values=values, types=types, names=names, first=first, source=source, line=line, inherited=inherited)
     try:  # validate the rule's own values now, so errors point here and not at run time

@@ -42,6 +42,7 @@ class LayerRelevance:
     relevance_in: torch.Tensor  # (batch,)
     bias: torch.Tensor | None = None  # (batch,) what biases (and constants) absorbed
     stabilizer: torch.Tensor | None = None  # (batch,) what epsilon / stabilisers absorbed
+    rule_share: torch.Tensor | None = None  # (batch,) what a non-conservative rule took (softmax's Taylor rule)
 
     @property
     def absorbed(self) -> torch.Tensor:
@@ -49,9 +50,9 @@ class LayerRelevance:
 
     @property
     def other(self) -> torch.Tensor:
-        """Loss not explained by biases or stabilisers (e.g. relevance at z = 0, a non-conserving rule)."""
+        """Loss not explained by biases, stabilisers or the rule itself (e.g. relevance at z = 0)."""
         explained = torch.zeros_like(self.absorbed)
-        for part in (self.bias, self.stabilizer):
+        for part in (self.bias, self.stabilizer, self.rule_share):
             if part is not None:
                 explained = explained + part
         return self.absorbed - explained
@@ -128,7 +129,8 @@ class Explainer:
             if hit is not None and hit[0] == fingerprint:
                 return hit[1]
         example = x.detach().to("cpu") if _on_cpu(self.model) else x.detach()
-        example = example.to(_model_dtype(self.model) or example.dtype)  # capture in the weights' dtype
+        if example.is_floating_point():  # capture in the weights' dtype (token ids stay integers)
+            example = example.to(_model_dtype(self.model) or example.dtype)
         graph = capture(self.model, example)
         if not graph.dynamic_batch and graph.input_shape[:1] != x.shape[:1] and not isinstance(
             self.model, torch.export.ExportedProgram
@@ -151,7 +153,8 @@ class Explainer:
         if hit is None or hit[0] is not raw:  # (an id can be reused once a recaptured graph replaced its raw graph)
             graph = prune_dead(canonize(raw, self.composite.canonizers))
             _check_supported(graph)
-            graph = keep_pool_indices(graph).to(x.device, x.dtype)
+            dtype = x.dtype if x.is_floating_point() else _model_dtype(self.model)  # constants follow float inputs
+            graph = keep_pool_indices(graph).to(x.device, dtype)
             hit = self._prepared[key] = (raw, graph, self.composite.assign(graph))
         return hit[1], hit[2]
 
@@ -182,8 +185,10 @@ class Explainer:
             relevance, layers = propagate(graph, assigned, values, initial, layer_relevance)
         if layers is not None:
             layers = {name: _usable(layer) for name, layer in layers.items()}
+        if relevance is None:
+            relevance = torch.zeros(x.shape, dtype=outputs.dtype, device=x.device)
         return Explanation(
-            relevance=_usable(relevance) if relevance is not None else torch.zeros_like(x),
+            relevance=_usable(relevance),
             outputs=_usable(outputs),
             targets=_usable(targets),
             initial=_usable(initial),
@@ -215,24 +220,16 @@ def _on_cpu(model: Any) -> bool:
 def _check_input(x: Any) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise InputError(f"the input must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise InputError(f"the input must be a floating-point tensor, got {x.dtype}", hint="convert it, e.g. x.float() / 255")
+    if not x.is_floating_point() and x.dtype not in (torch.int64, torch.int32):
+        raise InputError(
+            f"the input must be a floating-point tensor (or int64 token ids), got {x.dtype}", hint="convert it, e.g. x.float() / 255"
+        )
     if x.ndim < 1 or x.shape[0] == 0:
         raise InputError(f"the input must be a non-empty batch (first dimension), got shape {tuple(x.shape)}")
     return x.detach()
 
 
 def _check_supported(graph: Graph) -> None:
-    for node in graph.nodes:
-        if node.kind == "softmax":
-            raise UnsupportedOpError(
-                node.op,
-                node.name,
-                node.module,
-                node.module_type,
-                hint="a softmax inside the model (not at its end) has no LRP rule; explain the logits "
-                "of a model that ends before it",
-            )
     graph.check_supported()
 
 
@@ -361,18 +358,21 @@ def record(graph: Graph, x: torch.Tensor) -> Recorded:
 def _activation_inputs(node: Node, values: Recorded, meta: set[str]) -> list[str]:
     seen: list[str] = []
     for ref in node.refs:
-        if ref in meta or ref in seen:
+        if ref in meta or ref in seen or ref in node.held:
             continue
         if ref in values.recomputable or isinstance(values.get(ref), (torch.Tensor, tuple, list)):
             seen.append(ref)
     return seen
 
 
-def _total(relevance: Any) -> torch.Tensor:
+def _total(relevance: Any, batch: int, batch_dim: int = 0) -> torch.Tensor:
+    """Per-sample totals of a node's relevance, whichever dim holds the samples (a merged batch*heads dim too)."""
     if isinstance(relevance, dict):
-        parts = [_total(r) for r in relevance.values()]
+        parts = [_total(r, batch, batch_dim) for r in relevance.values()]
         return sum(parts[1:], parts[0])
-    return relevance.reshape(relevance.shape[0], -1).sum(dim=1) if relevance.ndim > 0 else relevance.reshape(1)
+    if relevance.ndim == 0:
+        return relevance.reshape(1)
+    return relevance.movedim(min(batch_dim, relevance.ndim - 1), 0).reshape(batch, -1).sum(dim=1)
 
 
 def _same_storage(a: Any, b: Any) -> bool:
@@ -403,6 +403,10 @@ def _node_relevance(
     relevance = pending.pop(node.name)
     if kind in ops.PROPORTIONAL_KINDS:
         return assigned.rule.proportional(node, values, inputs, values[node.name], relevance, ledger=ledger)
+    if kind in ops.TRANSFORMER_KINDS:
+        return assigned.rule.propagate(node, values, inputs, values[node.name], relevance, ledger=ledger)
+    if kind == "embedding":  # the input ids: a token's relevance is its embedding's, summed over the hidden dim
+        return {inputs[0]: relevance.sum(dim=-1)}
     if kind == "elementwise":
         if len(inputs) == 1 and values.stand_in(inputs[0]).shape == relevance.shape:
             return {inputs[0]: relevance}
@@ -442,6 +446,8 @@ def propagate(
     relevance: dict[str, Any] = {graph.output: initial}
     layers: dict[str, LayerRelevance] = {}
     returned = values.get(graph.output)  # the caller's outputs: rules get a copy if a layer's output is (a view of) them
+    batch = initial.shape[0]
+    batch_dims = {node.name: node.batch_dim for node in graph.nodes} if record else {}
     for node in reversed(graph.nodes):
         if relevance.get(node.name) is None or node.kind == "meta":
             relevance.pop(node.name, None)
@@ -450,12 +456,19 @@ def propagate(
             continue
         inputs = _activation_inputs(node, values, meta)
         ledger = Ledger() if record else None
-        total_out = _total(relevance[node.name]) if record else None
+        # per-sample totals need each tensor's sample dim; where attention code has mixed the samples into
+        # another dim (seq*batch), the node is left out of the per-layer record (such nodes only move values)
+        countable = record and node.batch_dim is not None and all(batch_dims.get(name, 0) is not None for name in inputs)
+        total_out = _total(relevance[node.name], batch, node.batch_dim) if countable else None
         outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, relevance, ledger, returned)
-        total_in = sum((_total(p) for p in outgoing.values()), torch.zeros_like(total_out)) if record else None
+        total_in = (
+            sum((_total(p, batch, batch_dims.get(name, 0)) for name, p in outgoing.items()), torch.zeros_like(total_out))
+            if countable
+            else None
+        )
         for name in list(outgoing):  # popped, so that the next step's rule holds the only reference
             _accumulate(relevance, name, outgoing.pop(name))
-        if record:
+        if record and total_out is not None:
             rule = assigned[node.name].rule.name if node.name in assigned else ("route" if node.kind == "route" else "pass")
             layers[node.name] = LayerRelevance(
                 node=node.name,
@@ -468,6 +481,7 @@ def propagate(
                 relevance_in=total_in,
                 bias=ledger.bias,
                 stabilizer=ledger.stabilizer,
+                rule_share=ledger.rule,
             )
         values.pop(node.name, None)
     result = relevance.get(graph.input)

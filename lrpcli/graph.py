@@ -53,6 +53,10 @@ class Node:
     module_type: str = ""  # e.g. "Conv2d"
     op: str = ""  # op name as captured, for messages
     hint: str | None = None  # for unsupported nodes: what to do
+    held: tuple[str, ...] = ()  # inputs held constant whatever the rule (a normaliser computed from statistics)
+    gates: tuple[str, ...] = ()  # inputs of a product that gate the other (sigmoid, softmax): rules may hold them
+    gate_op: str = ""  # the op that made the gate ("sigmoid", "softmax", ...): a composite's type `gate` is sigmoid-like
+    batch_dim: int | None = 0  # the output's dim that holds the samples (attention code moves it); None: mixed in
 
     @property
     def refs(self) -> list[str]:
@@ -173,8 +177,19 @@ class Graph:
         ]
         return self.replace(nodes=nodes)
 
+    def relevant(self) -> set[str]:
+        """Names of the nodes relevance can reach from the output (held inputs and meta values excluded)."""
+        by_name = {node.name: node for node in self.nodes}
+        reached = {self.output}
+        for node in reversed(self.nodes):
+            if node.name in reached and node.kind != "meta":
+                reached.update(ref for ref in node.refs if ref not in node.held and ref in by_name)
+        return reached
+
     def unsupported(self) -> list[Node]:
-        return [node for node in self.nodes if node.kind is None]
+        """Nodes no rule covers, where relevance can reach them (a normaliser's sqrt cannot)."""
+        relevant = self.relevant()
+        return [node for node in self.nodes if node.kind is None and node.name in relevant]
 
     def check_supported(self) -> None:
         """Raise UnsupportedOpError for the first op no rule covers."""
@@ -337,6 +352,8 @@ class _Builder:
         self.alias: dict[str, str] = {}  # fx name -> node name whose value it is
         self.nodes: list[Node] = []
         self.live: set[str] = set()  # names whose value depends on the input
+        self.integral: dict[str, bool] = {}  # live names whose values are integers or booleans (ids, masks, indices)
+        self.batch_dims: dict[str, int | None] = {}  # fx name -> the dim of its output that holds the samples
 
     def build(self) -> Graph:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
@@ -347,9 +364,12 @@ class _Builder:
             )
         inp = placeholders[0]
         self.live.add(inp.name)
+        self._note_dtype(inp)
         val = inp.meta.get("val")
         shape = tuple(val.shape) if val is not None else ()
         dynamic = bool(shape) and not isinstance(shape[0], int)
+        self.batch_symbol = shape[0].node.expr if dynamic and isinstance(shape[0], torch.SymInt) else None
+        self.batch_dims[inp.name] = 0
         input_shape = tuple(int(s) if isinstance(s, int) else -1 for s in shape)
         output_name = None
         for fx_node in self.gm.graph.nodes:
@@ -419,10 +439,12 @@ class _Builder:
             self.const_origin[fx_node.name] = self._const_origin_of(fx_node)
             return
         self.live.add(fx_node.name)
+        self._note_dtype(fx_node)
         op_name = ops.op_name(fx_node.target)
         kind = ops.kind_of(fx_node.target)
         module, module_type = _module_of(fx_node)
         node = Node(
+            batch_dim=self._batch_dim(fx_node),
             name=fx_node.name,
             target=target,
             kind=kind,
@@ -441,19 +463,53 @@ class _Builder:
             node = self._normalise_weighted(node, fx_node)
         elif kind == "scale":
             node = self._check_scale(node)
+        elif kind == "layernorm":
+            node = self._normalise_norm(node)
+        elif kind == "embedding":
+            node = self._check_embedding(node)
         elif kind is None:
             node.hint = _unsupported_hint(op_name)
         if not node.module_type:
             node.module_type = _guess_module_type(node)
+        if node.kind != "embedding" and not self.integral.get(node.name):
+            # masks and indices (int/bool) read by a float op carry no relevance: held, whatever the rule
+            # (int ops on the ids themselves, such as a view before the embedding, pass relevance on)
+            integral = tuple(dict.fromkeys(ref for ref in node.refs if self.integral.get(ref)))
+            if integral:
+                node = dataclasses.replace(node, held=tuple(dict.fromkeys(node.held + integral)))
         if fx_node.target is operator.getitem:
             source = fx_node.args[0]
             source_name = self.alias.get(source.name, source.name)
             src_node = self._find(source_name)
-            if src_node is not None and src_node.kind == "batchnorm":
+            if src_node is not None and src_node.kind in ("batchnorm", "layernorm") and fx_node.args[1] == 0:
                 self.alias[fx_node.name] = source_name  # getitem(batch_norm(...), 0) is the output itself
                 self.live.discard(fx_node.name)
                 return
         self.nodes.append(node)
+
+    def _note_dtype(self, fx_node: torch.fx.Node) -> None:
+        val = fx_node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            self.integral[fx_node.name] = not (val.is_floating_point() or val.is_complex())
+
+    def _batch_dim(self, fx_node: torch.fx.Node) -> int | None:
+        """The dim of the node's output that holds the samples, for per-sample totals: the dim whose size is
+        the input's symbolic batch size. A dim merged from the batch and another one (batch * heads) counts
+        only where the samples are its outer part (the node's input had them first); else None (unknown)."""
+        val = fx_node.meta.get("val")
+        if self.batch_symbol is None or not isinstance(val, torch.Tensor):
+            return 0
+        for index, size in enumerate(val.shape):
+            if not isinstance(size, torch.SymInt) or self.batch_symbol not in size.node.expr.free_symbols:
+                continue
+            if size.node.expr == self.batch_symbol:
+                self.batch_dims[fx_node.name] = index
+                return index
+            first = next((a for a in fx_node.all_input_nodes if a.name in self.batch_dims), None)
+            outer = index == 0 and first is not None and self.batch_dims[first.name] == 0
+            self.batch_dims[fx_node.name] = 0 if outer else None
+            return 0 if outer else None
+        return 0
 
     def _find(self, name: str) -> Node | None:
         for node in reversed(self.nodes):
@@ -482,6 +538,8 @@ class _Builder:
                     return self._unsupported(node, "addmm with alpha/beta is not supported")
             else:  # mm, matmul: x @ W
                 x, weight_t = args[:2]
+                if isinstance(x, Ref) and isinstance(weight_t, Ref):
+                    return dataclasses.replace(node, kind="product")  # two activations (attention's Q K^T, A V)
                 weight = weight_t.t() if isinstance(weight_t, torch.Tensor) and weight_t.ndim == 2 else None
                 bias = None
             if not isinstance(x, Ref) or not isinstance(weight, torch.Tensor) or isinstance(bias, Ref):
@@ -523,11 +581,28 @@ class _Builder:
 
     def _check_scale(self, node: Node) -> Node:
         refs = [a for a in node.args if isinstance(a, Ref)]
+        if len(refs) > 1 and node.op in ("mul", "div"):
+            return dataclasses.replace(node, kind="product")  # the canonizers decide: gate, normaliser or product
         if len(refs) > 1 or (len(refs) == 1 and not isinstance(node.args[0], Ref) and node.op == "div"):
-            return self._unsupported(
-                node,
-                f"'{node.op}' of two activations (e.g. gating or attention) has no LRP rule in lrpcli",
-            )
+            return self._unsupported(node, f"'{node.op}' with the activation as divisor has no LRP rule in lrpcli")
+        return node
+
+    def _normalise_norm(self, node: Node) -> Node:
+        """Every layer/group/RMS norm spelling as one ``norms.normalize(x, weight, bias, ...)`` node."""
+        from . import norms
+
+        form = norms.from_op(node.op, node.args, node.kwargs)
+        if form is None:
+            return self._unsupported(node, f"'{node.op}' is a normalisation lrpcli does not know")
+        args, kwargs = form
+        if not isinstance(args[0], Ref) or any(isinstance(a, Ref) for a in args[1:]):
+            return self._unsupported(node, f"'{node.op}' with a weight computed from the input")
+        return dataclasses.replace(node, target=norms.normalize, args=args, kwargs=kwargs)
+
+    def _check_embedding(self, node: Node) -> Node:
+        weight, ids = node.args[:2]
+        if isinstance(weight, Ref) or not isinstance(ids, Ref):
+            return self._unsupported(node, "an embedding whose table is computed from the input")
         return node
 
     @staticmethod
@@ -543,7 +618,7 @@ def _unsupported_hint(op_name: str) -> str:
 
 
 def _guess_module_type(node: Node) -> str:
-    if node.op in _MODULE_TYPE_BY_OP:
+    if node.op in _MODULE_TYPE_BY_OP and node.kind in ("conv", "linear"):
         return _MODULE_TYPE_BY_OP[node.op]
     if node.kind == "conv":
         weight = node.args[1]

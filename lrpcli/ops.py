@@ -16,9 +16,17 @@ reduce          mean / sum reductions: proportional split
 scale           mul / div by a constant: proportional split
 route           shape ops, cat, slicing, max-pool: relevance moves with the values
 elementwise     relu-like nonlinearities, dropout, identity: relevance passes unchanged
-softmax         only allowed last; a canonizer strips it
+layernorm       layer / group / RMS norm: rules see it with 1/sigma held constant
+product         products of two activations (mul, matmul, bmm, einsum): uniform or gated split
+softmax         softmax inside the model (a trailing one is stripped): AttnLRP's Taylor rule or constant
+attention       scaled_dot_product_attention: a canonizer decomposes it into products and a softmax
+embedding       a lookup of the input ids: the walk ends there, relevance summed over the hidden dim
 meta            sizes and asserts: no relevance
 ==============  ==========================================================
+
+Ops that only compute a normaliser (var, sqrt, rsqrt, ...) are held constant by the
+rules that read them and need no kind of their own; ``graph.check_supported`` only
+asks for a kind where relevance can arrive.
 """
 
 from __future__ import annotations
@@ -29,8 +37,10 @@ import torch
 
 WEIGHTED_KINDS = ("conv", "linear")
 PROPORTIONAL_KINDS = ("add", "avgpool", "reduce", "scale")
+#: kinds with rules beyond the linear ones (AttnLRP / CP-LRP)
+TRANSFORMER_KINDS = ("layernorm", "product", "softmax")
 #: kinds a composite can assign a rule to (the others are fixed)
-RULE_KINDS = WEIGHTED_KINDS + ("batchnorm",) + PROPORTIONAL_KINDS
+RULE_KINDS = WEIGHTED_KINDS + ("batchnorm",) + PROPORTIONAL_KINDS + TRANSFORMER_KINDS
 
 _KIND_BY_NAME: dict[str, str] = {}
 
@@ -57,7 +67,8 @@ _add(
     "clone expand expand_as repeat cat concat concatenate stack split split_with_sizes chunk unbind "
     "slice select narrow index_select max_pool1d max_pool2d max_pool3d max_pool1d_with_indices "
     "max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d "
-    "adaptive_max_pool3d alias detach lift_fresh_copy _to_copy to type_as pad constant_pad_nd",
+    "adaptive_max_pool3d alias detach lift_fresh_copy _to_copy to type_as pad constant_pad_nd "
+    "index masked_fill where roll",
 )
 _add(
     "elementwise",
@@ -66,6 +77,10 @@ _add(
     "prelu",
 )
 _add("softmax", "softmax log_softmax _softmax _log_softmax")
+_add("layernorm", "layer_norm native_layer_norm group_norm native_group_norm rms_norm _fused_rms_norm")
+_add("product", "bmm baddbmm einsum")
+_add("attention", "scaled_dot_product_attention")
+_add("embedding", "embedding")
 _add(
     "meta",
     "sym_size sym_numel sym_stride size numel dim _assert_scalar _assert_tensor_metadata "

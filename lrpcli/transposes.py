@@ -121,7 +121,8 @@ def _reshape_back(node, values, inputs, grad):
     source = _shaped(values, inputs[0])
     if len(inputs) != 1 or grad.numel() != source.numel():
         return None
-    return {inputs[0]: grad.reshape(source.shape).to(source.dtype)}
+    dtype = source.dtype if source.is_floating_point() else grad.dtype  # the relevance of token ids stays float
+    return {inputs[0]: grad.reshape(source.shape).to(dtype)}
 
 
 @_direct("max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices")
@@ -180,7 +181,13 @@ def vjp(node: Node, values: dict[str, Any], inputs: list[str], grad_outputs: Any
 def _autograd_vjp(node: Node, values: dict[str, Any], inputs: list[str], grad_outputs: Any) -> dict[str, torch.Tensor]:
     with torch.inference_mode(False), torch.enable_grad():
         leaves = {name: _autograd_copy(values[name]).detach().requires_grad_() for name in inputs}
-        others = {ref: _autograd_copy(values[ref]) for ref in node.refs if ref not in leaves and ref in values}
+        others = {}
+        for ref in node.refs:  # values[ref], not `ref in values`: a dropped activation is recomputed on access
+            if ref not in leaves and ref not in others:
+                try:
+                    others[ref] = _autograd_copy(values[ref])
+                except KeyError:
+                    pass
         output = node.call(ChainMap(leaves, others))
         outputs = list(output) if isinstance(output, (tuple, list)) else [output]
         if not isinstance(grad_outputs, (tuple, list)):

@@ -76,7 +76,7 @@ class Gated(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
-        h = h * torch.exp(h)
+        h = torch.exp(h)  # (h * exp(h) would now be an activation of h alone: relevance passes through it)
         return self.fc(h.mean(dim=(2, 3)))
 
 

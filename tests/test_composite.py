@@ -21,6 +21,8 @@ BUILTINS = [
     "epsilon_gamma_box",
     "epsilon_alpha2_beta1",
     "epsilon_alpha2_beta1_flat",
+    "attnlrp",
+    "cp_lrp",
 ]
 
 
@@ -170,7 +172,8 @@ def test_unmatched_weighted_layers_fall_back_to_epsilon_and_say_so(mini_vgg):
         ("rules:\n  - match: {type: conv}\n    rule: alpha_beta\n    alpha: 2\n    beta: 2\n", 5, "beta", "alpha - beta must be 1"),
         ("rulez:\n  - match: {type: conv}\n    rule: epsilon\n", 1, "rulez", "did you mean 'rules'"),
         ("params: {epsillon: 0.1}\nrules: []\n", 1, "epsillon", "did you mean 'epsilon'"),
-        ("rules:\n  - match: {type: add}\n    rule: gamma\n", 3, "rule", "needs weights"),
+        ("rules:\n  - match: {type: add}\n    rule: gamma\n", 3, "rule", "does not apply to type"),
+            ("rules:\n  - match: {type: softmax}\n    rule: uniform\n", 3, "rule", "rules for softmax: constant, taylor"),
         ("canonizers: [fold_batchnrom]\nrules: []\n", 1, "canonizers", "fold_batchnorm"),
         ("extends: epsilon_plus_flatt\n", 1, "extends", "epsilon_plus_flat"),
         ("rules:\n  - match: {type: conv}\n    rule: zbox\n    low: [0, x]\n", 4, "low", "number"),

@@ -143,7 +143,7 @@ class _Gated(nn.Module):
 
     def forward(self, x):
         h = self.inner(x)
-        return self.out(h * torch.exp(h))
+        return self.out(torch.exp(h))
 
 
 def test_unsupported_op_names_op_node_and_module():
@@ -157,7 +157,10 @@ def test_unsupported_op_names_op_node_and_module():
     assert error.exit_code == 4
 
 
-def test_softmax_inside_the_model_is_an_error():
+def test_softmax_inside_the_model_gets_the_taylor_rule():
+    """No longer an error: AttnLRP's Prop. 3.1 (checked against the modified-gradient oracle)."""
+    from gradient_oracle import modified_gradient_relevance
+
     class Inner(nn.Module):
         def __init__(self):
             super().__init__()
@@ -167,8 +170,9 @@ def test_softmax_inside_the_model_is_an_error():
         def forward(self, x):
             return self.l2(torch.softmax(self.l1(x), dim=1))
 
-    with pytest.raises(UnsupportedOpError, match="softmax"):
-        explain(Inner().eval(), torch.randn(2, 4), "epsilon")
+    model, x = Inner().double().eval(), torch.randn(2, 4, dtype=torch.float64)
+    result = explain(model, x, "epsilon", target=1, params={"epsilon": 0.0, "stabilizer": 0.0})
+    torch.testing.assert_close(result.relevance, modified_gradient_relevance(model, x, 1, "attnlrp"))
 
 
 def test_models_with_two_inputs_are_refused_clearly():

@@ -13,7 +13,45 @@ from lrpcli.registry import Registry
 from lrpcli.rules import RULES, make_rule
 
 
-@pytest.mark.parametrize("name", RULES.names())
+class Mixed(nn.Module):
+    """Conv, LayerNorm, attention (Q K^T, softmax, A V), a sigmoid gate and a linear head in one small net."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.qkv = nn.Linear(8, 24)
+        self.gate = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        tokens = torch.relu(self.conv(x)).reshape(x.shape[0], 4, 8)
+        q, k, v = self.qkv(self.norm(tokens)).chunk(3, dim=-1)
+        attended = torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v
+        gated = attended * torch.sigmoid(self.gate(attended))
+        return self.head(gated.mean(1))
+
+
+#: for each transformer kind, two rules whose results must differ
+ALTERNATIVES = {"layernorm": ("epsilon", "pass"), "product": ("uniform", "signal"), "softmax": ("taylor", "constant")}
+
+
+@pytest.mark.parametrize("name", [n for n in RULES.names() if "conv" not in RULES.get(n).kinds])
+def test_every_transformer_rule_runs_on_its_kind_and_differs_from_another(name):
+    torch.manual_seed(0)
+    model, x = Mixed().eval(), torch.randn(2, 2, 4, 4)
+    kind = RULES.get(name).kinds[0]
+    uniform = {"match": {"type": "product"}, "rule": "uniform"}  # so that relevance reaches the softmax
+    result = explain(model, x, {"rules": [{"match": {"type": kind}, "rule": name}, uniform]})
+    assert result.relevance.shape == x.shape
+    assert torch.isfinite(result.relevance).all()
+    assert result.relevance.abs().sum() > 0
+    other = next(rule for rule in ALTERNATIVES[kind] if rule != name)
+    alternative = explain(model, x, {"rules": [{"match": {"type": kind}, "rule": other}, uniform]})
+    assert not torch.allclose(result.relevance, alternative.relevance)
+
+
+@pytest.mark.parametrize("name", [n for n in RULES.names() if "conv" in RULES.get(n).kinds])
 def test_every_rule_runs_on_conv_and_linear_layers_and_differs_from_another(name):
     torch.manual_seed(0)
     model = nn.Sequential(

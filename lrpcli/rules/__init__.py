@@ -3,6 +3,8 @@
 - ``base``: numeric helpers, the Rule base class, cached modified parameters, the ledger
 - ``epsilon``: epsilon, z (LRP-0), norm, pass: any linear node
 - ``weighted``: z+, alpha-beta, gamma, flat, w², z^B: layers with weights
+- ``transformer``: uniform and signal (products), taylor and constant (softmax), and the
+  LayerNorm form of the epsilon rules (AttnLRP, CP-LRP)
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from ..registry import Registry
 from .base import Derived, Ledger, Param, Rule, divide, stabilise, stabilise_
 from .epsilon import Epsilon, Norm, Pass, Z
+from .transformer import Constant, Signal, Taylor, Uniform
 from .weighted import AlphaBeta, Flat, Gamma, WSquare, ZBox, ZPlus
 
 __all__ = ["RULES", "Derived", "Ledger", "Param", "Rule", "divide", "make_rule", "stabilise", "stabilise_"]
@@ -27,6 +30,10 @@ RULES.register("wsquare", WSquare, aliases=("w_square", "w2"))
 RULES.register("zbox", ZBox, aliases=("z_box", "zb", "box"))
 RULES.register("pass", Pass, aliases=("passthrough",))
 RULES.register("norm", Norm)
+RULES.register("uniform", Uniform, aliases=("uniform_epsilon", "attnlrp_product"))
+RULES.register("signal", Signal, aliases=("gate", "signal_only", "signal_take_all"))
+RULES.register("taylor", Taylor, aliases=("softmax_taylor",))
+RULES.register("constant", Constant, aliases=("detach", "hold"))
 
 
 def make_rule(name: str, **values: Any) -> Rule:

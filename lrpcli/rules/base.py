@@ -125,6 +125,7 @@ class Ledger:
     def __init__(self) -> None:
         self.bias: torch.Tensor | None = None
         self.stabilizer: torch.Tensor | None = None
+        self.rule: torch.Tensor | None = None  # what a non-conservative rule itself took (softmax's Taylor rule)
 
     @staticmethod
     def _per_sample(t: torch.Tensor) -> torch.Tensor:
@@ -161,8 +162,8 @@ class Rule:
     params: ClassVar[dict[str, Param]] = {}
     #: composite-level params this rule takes as defaults (zennit's constructor arguments)
     inherits: ClassVar[tuple[str, ...]] = ()
-    #: whether the rule needs weights (conv/linear/batchnorm) to mean anything
-    weighted_only: ClassVar[bool] = True
+    #: the node kinds the rule can serve (a composite entry skips other kinds it matches)
+    kinds: ClassVar[tuple[str, ...]] = ("conv", "linear", "batchnorm")
 
     def __init__(self, **values: Any):
         unknown = set(values) - set(self.params)
@@ -211,6 +212,18 @@ class Rule:
     ) -> dict[str, torch.Tensor]:
         """Relevance of the inputs of a parameter-free linear node (add, avg-pool, sum, scale)."""
         raise NotImplementedError(f"rule '{self.name}' needs a layer with weights")
+
+    def propagate(
+        self,
+        node: Node,
+        values: dict[str, Any],
+        inputs: list[str],
+        z: torch.Tensor,
+        relevance: torch.Tensor,
+        ledger: Ledger | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Relevance of the inputs of a normalisation, product or softmax node (``kinds`` says which)."""
+        raise NotImplementedError(f"rule '{self.name}' does not serve {node.kind} nodes")
 
 
 def _split_sign(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -11,13 +11,14 @@ from typing import ClassVar
 from ..errors import ConfigError
 from ..transposes import transpose, vjp
 from .base import Ledger, Param, Rule, divide
+from .transformer import layernorm_relevance
 
 class Epsilon(Rule):
     name = "epsilon"
     formula = "R_j = a_j * sum_k w_jk R_k / (z_k + eps*sign(z_k))"
     params = {"epsilon": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0)}
     inherits = ("epsilon",)
-    weighted_only = False
+    kinds = ("conv", "linear", "batchnorm", "add", "avgpool", "reduce", "scale", "layernorm")
     #: which parameter is added to the denominator (z and norm call it "stabilizer")
     denominator_param: ClassVar[str] = "epsilon"
 
@@ -31,6 +32,10 @@ class Epsilon(Rule):
             ledger.record(s, z, node.bias, self._epsilon)
         del relevance, z  # the walk handed over the only references: free them before the transpose
         return transpose(node, s, a, node.weight).mul_(a)
+
+    def propagate(self, node, values, inputs, z, relevance, ledger=None):
+        """A layer/group/RMS norm, linear once 1/sigma is held constant (AttnLRP Prop. 3.4, CP-LRP)."""
+        return layernorm_relevance(self, node, values, inputs, z, relevance, ledger, self._epsilon)
 
     def proportional(self, node, values, inputs, z, relevance, ledger=None):
         s = divide(relevance, z, self._epsilon)
@@ -62,11 +67,15 @@ class Norm(Epsilon):
 class Pass(Rule):
     name = "pass"
     formula = "R_j = R_j   (relevance passes unchanged; input and output shapes must match)"
-    weighted_only = False
+    kinds = Epsilon.kinds
 
     def weighted(self, node, a, z, relevance, ledger=None):
         self._check(node, a, relevance)
         return relevance
+
+    def propagate(self, node, values, inputs, z, relevance, ledger=None):
+        self._check(node, values[inputs[0]], relevance)
+        return {inputs[0]: relevance}
 
     def proportional(self, node, values, inputs, z, relevance, ledger=None):
         matching = [name for name in inputs if values[name].shape == relevance.shape]
