@@ -3,8 +3,9 @@ where does it leak?
 
 For every sample, the relevance total at each layer boundary is compared with the
 target's logit (the initial relevance). What a layer did not hand down is split into
-what its bias took, what its stabiliser (epsilon) took, and the rest ("other": e.g.
-relevance at z = 0, or a rule that does not conserve).
+what its bias took, what its stabiliser (epsilon) took, what a non-conservative rule
+took by design (``rule_share``: AttnLRP's softmax rule and its Taylor bias term), and
+the rest ("other": e.g. relevance at z = 0).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class LayerCheck:
     bias: float
     stabilizer: float
     other: float
+    rule_share: float = 0.0  # what a non-conservative rule took by design (softmax's Taylor rule)
 
 
 @dataclass
@@ -43,7 +45,7 @@ class SampleCheck:
     logit: float  # the initial relevance total (the target logit with init="value")
     input_relevance: float
     gap: float  # logit - input relevance
-    explained: float  # what biases and stabilisers took, over all layers
+    explained: float  # what biases, stabilisers and non-conservative rules took, over all layers
     unexplained: float  # gap - explained
     counted: float  # the part of the gap the tolerance applies to
     error: float  # |counted| (absolute) or |counted| / scale (relative)
@@ -129,11 +131,12 @@ def check_conservation(
                 bias=_float(layer.bias, i),
                 stabilizer=_float(layer.stabilizer, i),
                 other=_float(layer.other, i),
+                rule_share=_float(layer.rule_share, i),
             )
             for layer in layers
         ]
         gap = float(initial[i] - reached[i])
-        explained = sum(check.bias + check.stabilizer for check in layer_checks)
+        explained = sum(check.bias + check.stabilizer + check.rule_share for check in layer_checks)
         unexplained = gap - explained
         counted = gap if count == "all" else unexplained
         scale = max(abs(float(initial[i])), float(magnitude[i]), 1e-30)
@@ -204,7 +207,7 @@ def junit_xml(report: ConservationReport, suite: str = "lrp check-conservation")
             )
             failure.text = "\n".join(
                 f"{c.layer} [{c.type}, {c.rule}]: in {c.relevance_in:.6g} out {c.relevance_out:.6g} "
-                f"bias {c.bias:.3g} stabilizer {c.stabilizer:.3g} other {c.other:.3g}"
+                f"bias {c.bias:.3g} stabilizer {c.stabilizer:.3g} rule {c.rule_share:.3g} other {c.other:.3g}"
                 for c in sample.layers
             )
     ET.indent(root)

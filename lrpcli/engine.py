@@ -455,7 +455,7 @@ def propagate(
                 values.pop(node.name, None)
             continue
         inputs = _activation_inputs(node, values, meta)
-        ledger = Ledger() if record else None
+        ledger = Ledger(batch, node.batch_dim or 0) if record else None
         # per-sample totals need each tensor's sample dim; where attention code has mixed the samples into
         # another dim (seq*batch), the node is left out of the per-layer record (such nodes only move values)
         countable = record and node.batch_dim is not None and all(batch_dims.get(name, 0) is not None for name in inputs)

@@ -354,6 +354,7 @@ class _Builder:
         self.live: set[str] = set()  # names whose value depends on the input
         self.integral: dict[str, bool] = {}  # live names whose values are integers or booleans (ids, masks, indices)
         self.batch_dims: dict[str, int | None] = {}  # fx name -> the dim of its output that holds the samples
+        self.meta: set[str] = set()  # live names that only carry sizes (sym_size and arithmetic on it)
 
     def build(self) -> Graph:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
@@ -442,6 +443,10 @@ class _Builder:
         self._note_dtype(fx_node)
         op_name = ops.op_name(fx_node.target)
         kind = ops.kind_of(fx_node.target)
+        if all(dep in self.meta for dep in deps):  # arithmetic on sizes only (a traced 1/sqrt(head_dim)): no data
+            kind = "meta"
+        if kind == "meta":
+            self.meta.add(fx_node.name)
         module, module_type = _module_of(fx_node)
         node = Node(
             batch_dim=self._batch_dim(fx_node),
@@ -580,7 +585,7 @@ class _Builder:
         return dataclasses.replace(node, target=channel_affine, args=(x, scale, shift), kwargs={})
 
     def _check_scale(self, node: Node) -> Node:
-        refs = [a for a in node.args if isinstance(a, Ref)]
+        refs = [a for a in node.args if isinstance(a, Ref) and a.name not in self.meta]
         if len(refs) > 1 and node.op in ("mul", "div"):
             return dataclasses.replace(node, kind="product")  # the canonizers decide: gate, normaliser or product
         if len(refs) > 1 or (len(refs) == 1 and not isinstance(node.args[0], Ref) and node.op == "div"):

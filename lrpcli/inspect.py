@@ -64,12 +64,8 @@ def inspect_model(model: Any, example: torch.Tensor, composite: Any = "epsilon_p
     raw = explainer.captured(example)
     graph = prune_dead(canonize(raw, comp.canonizers))
     warnings: list[str] = []
-    for node in graph.nodes:
-        if node.kind is None or node.kind == "softmax":
-            warnings.append(
-                f"no rule for op '{node.op}' at {node.describe()}: a run would stop here"
-                + (f" ({node.hint})" if node.hint else "")
-            )
+    for node in graph.unsupported():
+        warnings.append(f"no rule for op '{node.op}' at {node.describe()}: a run would stop here" + (f" ({node.hint})" if node.hint else ""))
     try:
         assigned = comp.assign(graph)
     except LrpError as exc:
@@ -82,7 +78,10 @@ def inspect_model(model: Any, example: torch.Tensor, composite: Any = "epsilon_p
         shapes = {name: list(value.shape) for name, value in values.items() if isinstance(value, torch.Tensor)}
 
     layers: list[LayerInfo] = []
+    relevant = graph.relevant()  # nodes no relevance reaches (a mask built from the ids, a normaliser) are not layers
     for node in graph.nodes:
+        if node.name not in relevant:
+            continue
         if node.kind in ("route", "elementwise", "meta"):
             if node.kind != "meta" and layers:
                 layers[-1].routed_after.append(node.op)

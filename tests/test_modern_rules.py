@@ -253,3 +253,53 @@ def test_scale_default_of_attention_is_one_over_sqrt_head_dim():
 
     q, k = torch.randn(2, 3, 4, dtype=D64), torch.randn(2, 5, 4, dtype=D64)
     torch.testing.assert_close(attention_scores(q, k), q @ k.transpose(1, 2) / math.sqrt(4))
+
+
+# --------------------------------------------------------------------------- saved forms and the CLI
+
+
+def _saved_block(tmp_path):
+    torch.manual_seed(0)
+    model = models.Block("mha").eval()
+    path = tmp_path / "block.ts"
+    torch.jit.save(torch.jit.trace(model, torch.randn(2, 5, 8)), str(path))
+    return model, path
+
+
+def test_traced_attention_equals_the_eager_module(tmp_path):
+    """A traced MultiheadAttention computes its scale from the input's sizes: that arithmetic is no data."""
+    model, path = _saved_block(tmp_path)
+    x = torch.randn(3, 5, 8)
+    for composite in ("attnlrp", "cp_lrp"):
+        eager = explain(model, x, composite, target=TARGET).relevance
+        traced = explain(str(path), x, composite, target=TARGET).relevance
+        torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-6)
+
+
+def test_inspect_lists_the_new_kinds_and_no_false_warnings(tmp_path):
+    from lrpcli.inspect import inspect_model
+
+    model, _ = _saved_block(tmp_path)
+    report = inspect_model(model, torch.zeros(1, 5, 8), "attnlrp")
+    rules = {layer.kind: layer.rule for layer in report.layers}
+    assert rules["layernorm"] == "epsilon" and rules["product"] == "uniform" and rules["softmax"] == "taylor"
+    assert not [w for w in report.warnings if "a run would stop here" in w], report.warnings
+    assert any("attention decomposed" in note for note in report.notes)
+
+
+def test_check_conservation_names_what_the_softmax_rule_took(tmp_path):
+    from cli_support import lrp
+
+    _, path = _saved_block(tmp_path)
+    run = lrp("check-conservation", path, "--input-shape", "5,8", "--random", "3", "-c", "attnlrp", "--json")
+    assert run.code == 0, run.describe()
+    import json
+
+    report = json.loads(run.stdout)
+    for sample in report["samples"]:
+        softmax = [layer for layer in sample["layers"] if layer["type"] == "softmax" or layer["rule"] == "taylor"]
+        assert len(softmax) == 1 and abs(softmax[0]["rule_share"]) > 0
+        assert abs(softmax[0]["rule_share"] - softmax[0]["absorbed"]) < 1e-6
+        assert sample["passed"]
+    table = lrp("check-conservation", path, "--input-shape", "5,8", "--random", "2", "-c", "attnlrp")
+    assert table.code == 0 and "rule took" in table.stderr, table.describe()

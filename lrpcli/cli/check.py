@@ -143,7 +143,7 @@ def _print_tables(report: Any) -> None:
     from rich.table import Table
 
     headline = Table(title=f"conservation: input relevance vs. logit ({report.composite})")
-    for column in ("sample", "target", "logit", "input relevance", "gap", "bias+stabiliser", "unexplained", "error", "ok"):
+    for column in ("sample", "target", "logit", "input relevance", "gap", "explained", "unexplained", "error", "ok"):
         headline.add_column(column, justify="right" if column not in ("sample", "ok") else "left")
     for sample in report.samples:
         headline.add_row(
@@ -160,7 +160,9 @@ def _print_tables(report: Any) -> None:
     console.print(headline)
     focus = report.failed[0] if report.failed else max(report.samples, key=lambda s: s.error)
     layers = Table(title=f"per layer, sample {focus.sample} (worst: {focus.worst_layer})")
-    for column in ("layer", "type", "rule", "relevance out", "relevance in", "absorbed", "bias", "stabiliser", "other"):
+    show_rule_share = any(c.rule_share for c in focus.layers)  # only where a non-conservative rule ran (softmax)
+    columns = ("layer", "type", "rule", "relevance out", "relevance in", "absorbed", "bias", "stabiliser")
+    for column in columns + (("rule took",) if show_rule_share else ()) + ("other",):
         layers.add_column(column, justify="left" if column in ("layer", "type", "rule") else "right")
     for check in reversed(focus.layers):  # output first, the way relevance flows
         style = "bold red" if check.layer == focus.worst_layer and not focus.passed else None
@@ -173,6 +175,7 @@ def _print_tables(report: Any) -> None:
             f"{check.absorbed:.3g}",
             f"{check.bias:.3g}",
             f"{check.stabilizer:.3g}",
+            *((f"{check.rule_share:.3g}",) if show_rule_share else ()),
             f"{check.other:.3g}",
             style=style,
         )

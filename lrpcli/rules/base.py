@@ -122,14 +122,18 @@ class Ledger:
     check); everything else a node lost is "other" (e.g. relevance at z = 0).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int | None = None, batch_dim: int = 0) -> None:
         self.bias: torch.Tensor | None = None
         self.stabilizer: torch.Tensor | None = None
         self.rule: torch.Tensor | None = None  # what a non-conservative rule itself took (softmax's Taylor rule)
+        self.batch = batch  # samples per batch, and the dim of the node's output that holds them
+        self.batch_dim = batch_dim
 
-    @staticmethod
-    def _per_sample(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(t.shape[0], -1).sum(dim=1)
+    def per_sample(self, t: torch.Tensor) -> torch.Tensor:
+        """Totals per sample of a tensor shaped like the node's output (samples at ``batch_dim``)."""
+        if self.batch is None:
+            return t.reshape(t.shape[0], -1).sum(dim=1)
+        return t.movedim(min(self.batch_dim, t.ndim - 1), 0).reshape(self.batch, -1).sum(dim=1)
 
     def _add(self, name: str, value: torch.Tensor) -> None:
         current = getattr(self, name)
@@ -138,10 +142,10 @@ class Ledger:
     def record(self, s: torch.Tensor, z_mod: torch.Tensor, bias: torch.Tensor | None, epsilon: float, weight: float = 1.0) -> None:
         """For R = s * stabilise(z_mod): the share of R the (modified) bias and the stabiliser took."""
         if epsilon:
-            self._add("stabilizer", weight * self._per_sample(s * (stabilise(z_mod, epsilon) - z_mod)))
+            self._add("stabilizer", weight * self.per_sample(s * (stabilise(z_mod, epsilon) - z_mod)))
         if bias is not None:
             shape = (1, -1) + (1,) * (s.ndim - 2)
-            self._add("bias", weight * self._per_sample(s * bias.reshape(shape)))
+            self._add("bias", weight * self.per_sample(s * bias.reshape(shape)))
 
 
 # --------------------------------------------------------------------------- rules

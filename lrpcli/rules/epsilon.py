@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from ..errors import ConfigError
 from ..transposes import transpose, vjp
-from .base import Ledger, Param, Rule, divide
+from .base import Param, Rule, divide
 from .transformer import layernorm_relevance
 
 class Epsilon(Rule):
@@ -43,8 +43,8 @@ class Epsilon(Rule):
         result = {name: values[name] * grad for name, grad in grads.items()}
         if ledger is not None:  # constants added by the op (x + c) act as a bias
             ledger.record(s, z, None, self._epsilon)
-            handed = sum(Ledger._per_sample(r) for r in result.values())
-            ledger.bias = Ledger._per_sample(s * z) - handed
+            handed = sum(ledger.per_sample(r) for r in result.values())
+            ledger.bias = ledger.per_sample(s * z) - handed
         return result
 
 

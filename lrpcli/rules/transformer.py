@@ -78,7 +78,7 @@ class Taylor(Rule):
         finite = torch.where(torch.isneginf(x), torch.zeros_like(x), x)  # masked positions: 0 * ... = 0, not NaN
         result = finite * (relevance - z * relevance.sum(dim=dim, keepdim=True))
         if ledger is not None:
-            ledger.rule = Ledger._per_sample(relevance) - Ledger._per_sample(result)
+            ledger.rule = ledger.per_sample(relevance) - ledger.per_sample(result)
         return {inputs[0]: result.to(x.dtype) if result.dtype != x.dtype else result}
 
 
@@ -89,7 +89,7 @@ class Constant(Rule):
 
     def propagate(self, node, values, inputs, z, relevance, ledger=None):
         if ledger is not None:
-            ledger.rule = Ledger._per_sample(relevance)
+            ledger.rule = ledger.per_sample(relevance)
         return {}
 
 
@@ -104,5 +104,5 @@ def layernorm_relevance(rule: Any, node, values, inputs, z, relevance, ledger: L
         ledger.record(s, z, None, epsilon)
         if bias is not None:
             shape = (1, -1) + (1,) * (s.ndim - 2) if node.kwargs["variant"] == "group" else bias.shape
-            ledger.bias = Ledger._per_sample(s * bias.reshape(shape))
+            ledger.bias = ledger.per_sample(s * bias.reshape(shape))
     return {inputs[0]: x * norms.transpose(x, s, weight, **node.kwargs)}
