@@ -155,13 +155,108 @@ def _adaptive_avg_pool_back(node, values, inputs, grad):
 
 @_direct("add", "sub")
 def _add_back(node, values, inputs, grad):
-    """``x + y`` / ``x - y`` of two same-shaped activations (a residual join)."""
-    if node.kwargs or len(node.args) != 2 or len(inputs) != 2 or node.args[0] == node.args[1]:
+    """``x + y`` / ``x - y``: a residual join, or an activation plus a (broadcast) constant."""
+    if node.kwargs or len(node.args) != 2 or node.args[0] == node.args[1]:
         return None
-    first, second = (arg.name if isinstance(arg, Ref) else None for arg in node.args)
-    if [first, second] != inputs or _shaped(values, first).shape != grad.shape or _shaped(values, second).shape != grad.shape:
+    result = {}
+    for position, arg in enumerate(node.args):
+        if isinstance(arg, Ref) and arg.name in inputs:
+            shape = _shaped(values, arg.name).shape
+            part = grad if shape == grad.shape else grad.sum_to_size(shape)
+            result[arg.name] = -part if node.op == "sub" and position == 1 else part
+    return result if len(result) == len(inputs) else None
+
+
+def _operand(values: Any, arg: Any) -> Any:
+    return values[arg.name] if isinstance(arg, Ref) else arg
+
+
+@_direct("mul")
+def _mul_back(node, values, inputs, grad):
+    """``a * b`` (either may be a constant or broadcast): each factor's gradient is the other times grad."""
+    if node.kwargs or len(node.args) != 2 or node.args[0] == node.args[1]:
         return None
-    return {first: grad, second: -grad if node.op == "sub" else grad}
+    result = {}
+    for position, arg in enumerate(node.args):
+        if isinstance(arg, Ref) and arg.name in inputs:
+            other = _operand(values, node.args[1 - position])
+            part = grad * other
+            shape = _shaped(values, arg.name).shape
+            result[arg.name] = part if part.shape == shape else part.sum_to_size(shape)
+    return result if len(result) == len(inputs) else None
+
+
+def _matmul_grads(a, b, grad, scale: float = 1.0, want: tuple[bool, bool] = (True, True)) -> tuple:
+    """``(d/dA, d/dB)`` of ``scale * A @ B`` for matrices or batches of them (broadcast batch dims summed);
+    None for a factor not in ``want`` (CP-LRP asks only for the values' share)."""
+    grad_a = torch.matmul(grad, b.transpose(-2, -1)).sum_to_size(a.shape) if want[0] else None
+    grad_b = torch.matmul(a.transpose(-2, -1), grad).sum_to_size(b.shape) if want[1] else None
+    if scale != 1.0:
+        grad_a = None if grad_a is None else grad_a.mul_(scale)
+        grad_b = None if grad_b is None else grad_b.mul_(scale)
+    return grad_a, grad_b
+
+
+def _wanted(args, inputs) -> tuple[bool, bool]:
+    return tuple(isinstance(arg, Ref) and arg.name in inputs for arg in args[:2])
+
+
+@_direct("matmul", "bmm", "mm")
+def _matmul_back(node, values, inputs, grad):
+    """``A @ B`` of two activations (attention's scores, weights times values)."""
+    if node.kwargs or len(node.args) != 2 or node.args[0] == node.args[1]:
+        return None
+    a, b = (_operand(values, arg) for arg in node.args)
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.ndim < 2 or b.ndim < 2:
+        return None
+    return _pick(node.args, inputs, _matmul_grads(a, b, grad, want=_wanted(node.args, inputs)))
+
+
+@_direct("attention_scores")
+def _attention_scores_back(node, values, inputs, grad):
+    """``scale * q @ k^T`` (see transformer_passes.attention_scores)."""
+    q_arg, k_arg, scale = node.args
+    q, k = _operand(values, q_arg), _operand(values, k_arg)
+    if q_arg == k_arg or q.ndim < 2:
+        return None
+    factor = scale if scale is not None else q.shape[-1] ** -0.5
+    grad_q, grad_kt = _matmul_grads(q, k.transpose(-2, -1), grad, factor, want=_wanted((q_arg, k_arg), inputs))
+    return _pick((q_arg, k_arg), inputs, (grad_q, None if grad_kt is None else grad_kt.transpose(-2, -1)))
+
+
+@_direct("apply_mask")
+def _apply_mask_back(node, values, inputs, grad):
+    """Attention scores through their mask: filled positions get nothing, an added mask passes grad."""
+    scores, mask = node.args
+    if not isinstance(scores, Ref) or inputs != [scores.name]:
+        return None
+    mask = _operand(values, mask)
+    return {scores.name: grad.masked_fill(mask.logical_not(), 0.0) if mask.dtype == torch.bool else grad}
+
+
+@_direct("mean", "sum")
+def _reduce_back(node, values, inputs, grad):
+    """``mean``/``sum`` over some dims: the gradient spread back evenly over what was reduced."""
+    if len(inputs) != 1 or node.kwargs or not isinstance(node.args[0], Ref) or len(node.args) < 2:
+        return None
+    x = _shaped(values, inputs[0])
+    dims, keepdim = node.args[1], bool(node.args[2]) if len(node.args) > 2 else False
+    if not isinstance(dims, (list, tuple)) or not dims or len(node.args) > 3:
+        return None
+    dims = sorted(d % x.ndim for d in dims)
+    if not keepdim:
+        for d in dims:
+            grad = grad.unsqueeze(d)
+    count = 1
+    for d in dims:
+        count *= x.shape[d]
+    part = grad.expand(x.shape)
+    return {inputs[0]: part / count if node.op == "mean" else part}
+
+
+def _pick(args, inputs, grads) -> dict[str, torch.Tensor] | None:
+    result = {arg.name: g for arg, g in zip(args, grads) if isinstance(arg, Ref) and arg.name in inputs and g is not None}
+    return result if len(result) == len(inputs) else None
 
 
 def vjp(node: Node, values: dict[str, Any], inputs: list[str], grad_outputs: Any) -> dict[str, torch.Tensor]:

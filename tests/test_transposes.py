@@ -37,6 +37,9 @@ def _node(target, *args, op: str, name: str = "n") -> Node:
         (aten.flatten.using_ints, "flatten", (1,)),
         (aten.view.default, "view", ([4, -1],)),
         (aten.adaptive_avg_pool2d.default, "adaptive_avg_pool2d", ([3, 3],)),
+        (aten.mean.dim, "mean", ([1], True)),
+        (aten.mean.dim, "mean", ([-1, -2],)),
+        (aten.sum.dim_IntList, "sum", ([0, 2], False)),
     ],
 )
 def test_direct_transposes_equal_autograd(target, op, extra):
@@ -64,6 +67,54 @@ def test_residual_add_transpose_equals_autograd(op):
     expected = _autograd_vjp(node, values, ["x", "y"], grad)
     for name in ("x", "y"):
         torch.testing.assert_close(direct[name], expected[name], rtol=0, atol=0)
+
+
+def _two_factor_cases():
+    from lrpcli.transformer_passes import apply_mask, attention_scores
+
+    r = torch.Generator().manual_seed(1)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=r, dtype=torch.float64)
+
+    return [
+        ("mul, same shapes", aten.mul.Tensor, (t(2, 3, 4), t(2, 3, 4)), ()),
+        ("mul, broadcast gate", aten.mul.Tensor, (t(2, 3, 4, 4), t(2, 3, 1, 1)), ()),
+        ("mul, constant factor", aten.mul.Tensor, (t(2, 3),), (t(1, 3),)),
+        ("add, broadcast constant", aten.add.Tensor, (t(2, 5, 3),), (t(5, 3),)),
+        ("sub, constant first", aten.sub.Tensor, (t(4, 2),), (t(2),)),
+        ("matmul, batched", aten.matmul.default, (t(2, 3, 5, 4), t(2, 3, 4, 6)), ()),
+        ("matmul, broadcast batch", aten.matmul.default, (t(2, 3, 5, 4), t(3, 4, 6)), ()),
+        ("bmm", aten.bmm.default, (t(6, 5, 4), t(6, 4, 2)), ()),
+        ("attention scores", attention_scores, (t(2, 2, 5, 4), t(2, 2, 7, 4)), (None,)),
+        ("attention scores, scale", attention_scores, (t(2, 5, 4), t(2, 7, 4)), (0.3,)),
+        ("boolean mask", apply_mask, (t(2, 5, 5),), (torch.rand(5, 5, generator=r) > 0.5,)),
+        ("additive mask", apply_mask, (t(2, 5, 5),), (t(5, 5),)),
+    ]
+
+
+@pytest.mark.parametrize("case", _two_factor_cases(), ids=lambda case: case[0])
+@pytest.mark.parametrize("wanted", ["all", "first", "last"])
+def test_product_and_constant_transposes_equal_autograd(case, wanted):
+    from lrpcli.ops import op_name
+
+    label, target, activations, constants = case
+    names = [f"a{i}" for i in range(len(activations))]
+    if label == "sub, constant first":  # the activation second: c - x
+        args = (constants[0], Ref(names[0]))
+    else:
+        args = tuple(Ref(n) for n in names) + tuple(constants)
+    node = Node(name="n", target=target, kind="product", args=args, kwargs={}, op=op_name(target))
+    values = dict(zip(names, activations))
+    values["n"] = node.call(values)
+    inputs = {"all": names, "first": names[:1], "last": names[-1:]}[wanted]
+    grad = torch.randn(values["n"].shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert op_name(target) in _DIRECT
+    direct = _DIRECT[op_name(target)](node, values, inputs, grad)
+    assert direct is not None and set(direct) == set(inputs), "the direct transpose declined or left out an input"
+    expected = _autograd_vjp(node, values, inputs, grad)
+    for name in inputs:
+        torch.testing.assert_close(direct[name], expected[name], rtol=1e-12, atol=1e-12)
 
 
 def test_unusual_arguments_fall_back_to_autograd():
