@@ -19,7 +19,7 @@ from . import ops
 from .canonizers import canonize, keep_pool_indices, prune_dead
 from .composite import Assigned, Composite, load_composite
 from .errors import InputError, ModelError, UnsupportedOpError, UsageError
-from .graph import Graph, Node, capture
+from .graph import Graph, Node, Ref, capture, map_leaves
 from .models import load_model, model_tensors
 from .registry import suggest
 from .rules import Ledger
@@ -420,6 +420,19 @@ def _node_relevance(
     raise UnsupportedOpError(node.op, node.name, node.module, node.module_type, hint=node.hint)
 
 
+def _reads_constants(node: Node, meta: set[str]) -> bool:
+    """Whether a route node moves constant values too (a concatenated class token, a padded border)."""
+    found: list[bool] = []
+
+    def visit(leaf: Any) -> Any:
+        if (isinstance(leaf, torch.Tensor) and leaf.numel() > 0) or (isinstance(leaf, Ref) and leaf.name in meta):
+            found.append(True)
+        return leaf
+
+    map_leaves(node.args, visit)
+    return bool(found)
+
+
 def _accumulate(store: dict[str, Any], name: str, relevance: Any) -> None:
     current = store.get(name)
     if current is None:
@@ -455,7 +468,7 @@ def propagate(
                 values.pop(node.name, None)
             continue
         inputs = _activation_inputs(node, values, meta)
-        ledger = Ledger(batch, node.batch_dim or 0) if record else None
+        ledger = Ledger(batch, node.batch_dim or 0, features_last=node.kind == "linear") if record else None
         # per-sample totals need each tensor's sample dim; where attention code has mixed the samples into
         # another dim (seq*batch), the node is left out of the per-layer record (such nodes only move values)
         countable = record and node.batch_dim is not None and all(batch_dims.get(name, 0) is not None for name in inputs)
@@ -468,6 +481,8 @@ def propagate(
         )
         for name in list(outgoing):  # popped, so that the next step's rule holds the only reference
             _accumulate(relevance, name, outgoing.pop(name))
+        if countable and node.kind == "route" and _reads_constants(node, meta):
+            ledger.bias = total_out - total_in  # e.g. a ViT's class token, concatenated: a constant's share
         if record and total_out is not None:
             rule = assigned[node.name].rule.name if node.name in assigned else ("route" if node.kind == "route" else "pass")
             layers[node.name] = LayerRelevance(

@@ -261,12 +261,12 @@ def export_module(model: torch.nn.Module, example: torch.Tensor, exact_batch: bo
         with _quiet_torch():
             if not exact_batch:
                 try:
-                    return torch.export.export(
-                        model, (_example_batch(example),), dynamic_shapes=({0: torch.export.Dim.AUTO},)
+                    return _without_vmap(
+                        torch.export.export(model, (_example_batch(example),), dynamic_shapes=({0: torch.export.Dim.AUTO},))
                     )
                 except Exception:  # e.g. code that bakes the batch size in: capture for exactly this batch
                     pass
-            return torch.export.export(model, (example.detach(),))
+            return _without_vmap(torch.export.export(model, (example.detach(),)))
     except Exception as exc:  # torch raises many kinds here; all mean "cannot capture"
         raise ModelError(
             f"torch.export could not capture {type(model).__name__}: {_first_line(exc)}",
@@ -275,6 +275,16 @@ def export_module(model: torch.nn.Module, example: torch.Tensor, exact_batch: bo
         ) from exc
     finally:
         model.train(was_training)
+
+
+def _without_vmap(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Code that uses torch.vmap (Hugging Face transformers 4.5x builds attention masks so) exports as
+    functorch nesting ops, which only run in order as one region; lowering to ATen inlines them."""
+    functorch = any(
+        node.op == "call_function" and str(getattr(node.target, "__module__", "")).startswith("torch._functorch")
+        for node in program.graph.nodes
+    )
+    return program.run_decompositions({}) if functorch else program
 
 
 def torchscript_to_exported(
@@ -430,6 +440,10 @@ class _Builder:
 
     def _add(self, fx_node: torch.fx.Node) -> None:
         target = ops.out_of_place(fx_node.target)
+        if target is torch.ops.aten.view.default:
+            # reshape is view where a view is possible; the engine's decompositions (attention) may hand a view
+            # a tensor laid out differently from the fused op the model was traced with
+            target = torch.ops.aten.reshape.default
         args = self._arg(fx_node.args)
         kwargs = self._arg(dict(fx_node.kwargs))
         deps: list[str] = []

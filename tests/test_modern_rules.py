@@ -19,6 +19,7 @@ from torch import nn
 import test_gradient_oracle as models
 from gradient_oracle import embedding_relevance, modified_gradient_relevance
 from lrpcli import capture, explain, load_composite
+from lrpcli.architectures import ViT
 from lrpcli.canonizers import canonize
 
 D64 = torch.float64
@@ -110,6 +111,7 @@ CASES = {
     "silu written as x*sigmoid(x)": lambda: (models.GeluNet(models.HandSiLU()), torch.randn(3, 4, dtype=D64)),
     "swiglu": lambda: (SwiGLU(), torch.randn(3, 6, dtype=D64)),
     "bag of embeddings (token ids)": lambda: (models.BagOfEmbeddings(), torch.tensor([[3, 1, 4, 1, 5, 0], [2, 7, 1, 8, 0, 0]])),
+    "vit (lrpcli.architectures)": lambda: (ViT(image_size=8, patch_size=4, dim=8, depth=2, heads=2), torch.randn(2, 3, 8, 8, dtype=D64)),
 }
 
 
@@ -136,6 +138,20 @@ def test_bias_free_models_conserve_under_cp_lrp_at_every_node(case):
     torch.testing.assert_close(result.relevance.sum(tuple(range(1, x.ndim))), logit, rtol=1e-10, atol=1e-12)
     for layer in result.layers.values():
         torch.testing.assert_close(layer.relevance_in, layer.relevance_out, rtol=1e-9, atol=1e-12, msg=f"{layer.node} ({layer.op}, {layer.rule})")
+
+
+def test_cp_lrp_ledger_accounts_for_every_bias_and_the_class_token():
+    """Linear biases over tokens x features, the position embedding and the concatenated class token are
+    constants: under CP-LRP what they take is the ledger's bias, and nothing is left unexplained."""
+    torch.manual_seed(0)
+    model = _with_biases(ViT(image_size=8, patch_size=4, dim=8, depth=2, heads=2).double()).eval()
+    x = torch.randn(3, 3, 8, 8, dtype=D64)
+    result = explain(model, x, "cp_lrp", target=TARGET, params=EXACT, layer_relevance=True)
+    biases = sum(layer.bias for layer in result.layers.values() if layer.bias is not None)
+    assert biases.abs().min() > 1e-3
+    torch.testing.assert_close(result.relevance.sum((1, 2, 3)) + biases, result.outputs[:, TARGET], rtol=1e-9, atol=1e-12)
+    for layer in result.layers.values():
+        assert layer.other.abs().max() < 1e-9, (layer.node, layer.op)
 
 
 def test_attnlrp_softmax_leak_is_named_in_the_ledger():

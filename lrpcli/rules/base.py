@@ -122,12 +122,13 @@ class Ledger:
     check); everything else a node lost is "other" (e.g. relevance at z = 0).
     """
 
-    def __init__(self, batch: int | None = None, batch_dim: int = 0) -> None:
+    def __init__(self, batch: int | None = None, batch_dim: int = 0, features_last: bool = False) -> None:
         self.bias: torch.Tensor | None = None
         self.stabilizer: torch.Tensor | None = None
         self.rule: torch.Tensor | None = None  # what a non-conservative rule itself took (softmax's Taylor rule)
         self.batch = batch  # samples per batch, and the dim of the node's output that holds them
         self.batch_dim = batch_dim
+        self.features_last = features_last  # the node is a linear layer: its bias broadcasts along the last dim
 
     def per_sample(self, t: torch.Tensor) -> torch.Tensor:
         """Totals per sample of a tensor shaped like the node's output (samples at ``batch_dim``)."""
@@ -143,8 +144,8 @@ class Ledger:
         """For R = s * stabilise(z_mod): the share of R the (modified) bias and the stabiliser took."""
         if epsilon:
             self._add("stabilizer", weight * self.per_sample(s * (stabilise(z_mod, epsilon) - z_mod)))
-        if bias is not None:
-            shape = (1, -1) + (1,) * (s.ndim - 2)
+        if bias is not None:  # a linear layer's bias runs along the last dim (tokens x features), a conv's along dim 1
+            shape = (-1,) if self.features_last else (1, -1) + (1,) * (s.ndim - 2)
             self._add("bias", weight * self.per_sample(s * bias.reshape(shape)))
 
 
