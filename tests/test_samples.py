@@ -19,7 +19,7 @@ from PIL import Image
 from lrpcli.samples import SHAPE_CLASSES, digits_split, load_digits, make_shapes
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
-MODELS = ("digits_cnn", "shapes_minivgg")
+MODELS = ("digits_cnn", "shapes_minivgg", "digits_vit")
 # Seeds the shapes model never saw: it trained on 100..104, was evaluated on 1, samples use 2.
 FRESH_SEED = 2024
 
@@ -182,12 +182,13 @@ def test_shapes_model_classifies_fresh_shapes():
 
 
 @needs_samples
-def test_digits_model_classifies_the_held_out_split():
-    held = np.load(SAMPLES / "digits_cnn" / "heldout.npz")
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_vit"])
+def test_digits_model_classifies_the_held_out_split(name):
+    held = np.load(SAMPLES / "digits_cnn" / "heldout.npz")  # the ViT was trained on the same split
     assert held["images"].shape == (360, 8, 8) and held["images"].dtype == np.uint8
     np.testing.assert_array_equal(held["indices"], digits_split(1797)[1])
     with torch.no_grad():
-        predictions = scripted("digits_cnn")(normalise(held["images"], read_spec("digits_cnn"))).argmax(1)
+        predictions = scripted(name)(normalise(held["images"], read_spec(name))).argmax(1)
     accuracy = (predictions.numpy() == held["labels"]).mean()
     assert accuracy > 0.9, f"held-out accuracy {accuracy:.3f}"
 

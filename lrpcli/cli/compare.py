@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .console import console, info, progress, warn
+from .console import console, info, note, progress
 from .options import build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
@@ -143,8 +143,8 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
             footer="; ".join(footer_parts),
             progress=advance,
         )
-    for note in report.notes:
-        warn(note)
+    for line in report.notes:
+        note(line)
     if not quiet:
         where = str(sheet) if sheet is not None else f"{out}/ ({len(report.written)} figure(s))"
         info(f"compared {report.explained} of {report.total} input(s) under {', '.join(labels)} in {report.seconds:.1f}s -> {where}")

@@ -7,6 +7,7 @@ import os
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -25,6 +26,11 @@ def error(message: str, hint: str | None = None) -> None:
 
 def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+
+
+def note(message: str) -> None:
+    """What lrp did to the model that a user should know (a folded batch-norm, a decomposed attention)."""
+    console.print(f"[dim]note:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def info(message: str) -> None:

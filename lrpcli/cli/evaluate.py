@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .console import console, info, progress, warn
+from .console import console, info, note, progress, warn
 from .options import build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 DEFAULT_OUT = "lrp-eval"
@@ -177,8 +177,8 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     written = _write_outputs(result, out, model, inputs, {**options, "_classes": classes}, seconds)
     if options["save_arrays"]:
         written.append(_save_arrays(result, Path(options["save_arrays"])))
-    for note in result.notes:
-        warn(note)
+    for line in result.notes:
+        note(line)
     if not options["quiet"]:
         _print_table(result, options["score"])
     for name in result.methods:
