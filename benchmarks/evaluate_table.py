@@ -34,19 +34,22 @@ from lrpcli.models import load_model, load_spec  # noqa: E402
 from lrpcli.samples import make_shapes  # noqa: E402
 
 COMPOSITES = ("epsilon", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat")
+#: the transformer composites for the ViT (epsilon beside them: LRP-epsilon through attention with the CNN defaults)
+COMPOSITES_BY_MODEL = {"digits_vit": ("attnlrp", "cp_lrp", "epsilon")}
 SETTINGS = {
     "digits_cnn": [dict(patch=1, replace="zero"), dict(patch=1, replace="blur"), dict(patch=2, replace="mean")],
     "shapes_minivgg": [dict(patch=1, replace="zero"), dict(patch=4, replace="mean"), dict(patch=4, replace="blur"), dict(patch=4, replace="uniform")],
     # pixels + blur is the setting tests/test_evaluate_ordering.py holds; the others show where the ordering does not
     "shapes_vgg": [dict(patch=1, replace="zero"), dict(patch=1, replace="blur"), dict(patch=4, replace="blur"), dict(patch=8, replace="mean"), dict(patch=8, replace="uniform")],
+    "digits_vit": [dict(patch=1, replace="zero"), dict(patch=1, replace="blur"), dict(patch=2, replace="mean")],
 }
 
 
 def sample(name: str, count: int) -> tuple[torch.Tensor, torch.Tensor | None, Preprocessing, object]:
     spec = load_spec(ROOT / "sample_models" / name / "model.yaml")
     preprocessing = Preprocessing.from_options(**{k: v for k, v in spec.input.items() if k in ("mode", "size", "mean", "std")})
-    if name == "digits_cnn":
-        held = np.load(ROOT / "sample_models" / name / "heldout.npz")
+    if name.startswith("digits"):
+        held = np.load(ROOT / "sample_models" / "digits_cnn" / "heldout.npz")  # digits_vit: the same split
         pixels, masks = held["images"][:count, :, :, None], None
     else:
         images, _, shape_masks = make_shapes(count, size=spec.input["size"][0], seed=2024)
@@ -58,7 +61,8 @@ def sample(name: str, count: int) -> tuple[torch.Tensor, torch.Tensor | None, Pr
 def run(name: str, count: int, steps: int, batch: int) -> list[dict]:
     x, masks, preprocessing, model = sample(name, count)
     low, high = preprocessing.bounds()
-    composites = {c: load_composite(c).with_params(low=low, high=high) if c == "epsilon_gamma_box" else c for c in COMPOSITES}
+    chosen = COMPOSITES_BY_MODEL.get(name, COMPOSITES)
+    composites = {c: load_composite(c).with_params(low=low, high=high) if c == "epsilon_gamma_box" else c for c in chosen}
     rows = []
     for options in SETTINGS[name]:
         settings = Settings(steps=steps, **options)
@@ -128,7 +132,7 @@ def main() -> None:
     started = time.perf_counter()
     rows = []
     for name in args.models:
-        rows += run(name, args.digits if name == "digits_cnn" else args.shapes, args.steps, args.batch)
+        rows += run(name, args.digits if name.startswith("digits") else args.shapes, args.steps, args.batch)
     total = time.perf_counter() - started
     allocator = "jemalloc (LD_PRELOAD)" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc (default)"
     header = [
