@@ -220,7 +220,9 @@ def capture(model: Any, example: torch.Tensor, exact_batch: bool = False) -> Gra
     if isinstance(model, torch.export.ExportedProgram):
         return from_graph_module(model.module(), "exported_program")
     if isinstance(model, torch.jit.ScriptModule):
-        return from_graph_module(torchscript_to_exported(model, example, exact_batch).module(), "torchscript")
+        program, note = torchscript_conversion(model, example, exact_batch)
+        graph = from_graph_module(program.module(), "torchscript")
+        return graph.replace(notes=graph.notes + [note]) if note else graph
     if isinstance(model, torch.nn.Module):
         return from_graph_module(export_module(model, example, exact_batch).module(), "export")
     raise ModelError(
@@ -290,10 +292,25 @@ def _without_vmap(program: torch.export.ExportedProgram) -> torch.export.Exporte
 def torchscript_to_exported(
     scripted: torch.jit.ScriptModule, example: torch.Tensor, exact_batch: bool = False
 ) -> torch.export.ExportedProgram:
-    """Convert a TorchScript module to an ExportedProgram.
+    """Convert a TorchScript module to an ExportedProgram (see :func:`torchscript_conversion`)."""
+    return torchscript_conversion(scripted, example, exact_batch)[0]
+
+
+#: TorchScript conversions, most general first: every dim dynamic (torch's default), only the batch dim,
+#: nothing (exactly the example's shape). Shape arithmetic such as Swin's window padding defeats the first.
+_CONVERSIONS = ("dynamic", "batch", "static")
+
+
+def torchscript_conversion(
+    scripted: torch.jit.ScriptModule, example: torch.Tensor, exact_batch: bool = False
+) -> tuple[torch.export.ExportedProgram, str | None]:
+    """Convert a TorchScript module to an ExportedProgram, and say how if not in the general way.
 
     Wraps torch's private ``TS2EPConverter`` (checked on torch 2.13: traced and scripted
     models convert, parameter names kept); if torch moves it, this is the one place to fix.
+    Where the conversion with dynamic shapes fails (data-dependent guards on the model's
+    shape arithmetic), it is retried with only the batch dim dynamic, then for exactly the
+    example's shape; the note says which.
     """
     try:
         from torch._export.converter import TS2EPConverter
@@ -303,19 +320,52 @@ def torchscript_to_exported(
             hint="save the model with torch.export.save (.pt2) or as a state dict with its architecture",
         ) from exc
     scripted.eval()
+    first_error: Exception | None = None
+    for mode in _CONVERSIONS[2:] if exact_batch else _CONVERSIONS:
+        sample = example.detach() if mode == "static" else _example_batch(example)
+        try:
+            with _quiet_torch(), _dynamic_dims(mode):
+                program = TS2EPConverter(scripted, (sample,)).convert()
+        except Exception as exc:  # torch raises many kinds here; all mean "cannot convert this way"
+            first_error = first_error or exc
+            continue
+        note = {
+            "dynamic": None,
+            "batch": "the TorchScript model was converted with only its batch size free (its shape arithmetic fixes the rest)",
+            "static": f"the TorchScript model was converted for exactly inputs shaped {tuple(example.shape)} "
+            "(its shape arithmetic defeats a dynamic conversion); save it with torch.export for other batch sizes",
+        }[mode]
+        return program, (None if exact_batch else note)
+    raise ModelError(
+        f"could not convert the TorchScript model to a graph: {_first_line(first_error)}",
+        hint="check the input shape; or save the model with torch.export.save (.pt2)",
+    ) from first_error
+
+
+@contextlib.contextmanager
+def _dynamic_dims(mode: str):
+    """Make TS2EPConverter's retrace treat every dim as dynamic (its default), only the batch dim, or none.
+
+    The converter passes ``Dim.AUTO`` for every dim to ``torch.export._trace._export``; this swaps that
+    argument for one call (the converter has no option for it)."""
+    if mode == "dynamic":
+        yield
+        return
+    import torch.export._trace as trace
+
+    real = trace._export
+
+    def export(*args, **kwargs):
+        if "dynamic_shapes" in kwargs:
+            kwargs["dynamic_shapes"] = ({0: torch.export.Dim.AUTO},) if mode == "batch" else None
+            kwargs["prefer_deferred_runtime_asserts_over_guards"] = True  # sizes computed with .item(): checked when run
+        return real(*args, **kwargs)
+
+    trace._export = export
     try:
-        with _quiet_torch():
-            if not exact_batch:
-                try:
-                    return TS2EPConverter(scripted, (_example_batch(example),)).convert()
-                except Exception:  # the batch size may be baked in: convert for exactly this batch
-                    pass
-            return TS2EPConverter(scripted, (example.detach(),)).convert()
-    except Exception as exc:
-        raise ModelError(
-            f"could not convert the TorchScript model to a graph: {_first_line(exc)}",
-            hint="check the input shape; or save the model with torch.export.save (.pt2)",
-        ) from exc
+        yield
+    finally:
+        trace._export = real
 
 
 def _first_line(exc: BaseException) -> str:

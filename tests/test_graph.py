@@ -239,3 +239,37 @@ def test_unfolded_batchnorm_gets_its_own_rule_and_conserves_under_lrp0():
     logits = shifted.outputs.gather(1, shifted.targets[:, None]).squeeze(1)
     assert not torch.allclose(shifted.relevance.sum(1), logits, rtol=1e-3)
     torch.testing.assert_close(explain(model, x, "lrp_0").relevance.sum(1), logits, rtol=1e-10, atol=1e-12)
+
+
+def test_torchscript_conversion_falls_back_to_fewer_dynamic_dims_and_says_so(monkeypatch):
+    """Where the all-dynamic conversion fails (shape arithmetic such as Swin's window padding), lrp retries
+    with only the batch dim free, then with the exact shape; the graph's notes say which."""
+    import torch._export.converter as converter
+
+    from lrpcli.graph import torchscript_conversion
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).eval()
+    scripted = torch.jit.trace(model, torch.randn(2, 3, 6, 6))
+    x = torch.randn(3, 3, 6, 6)
+    real = converter.TS2EPConverter.convert
+    refused: list[str] = []
+
+    def convert(self):
+        import torch.export._trace as trace
+
+        mode = "static" if self.sample_args[0].shape[0] == 3 else "dynamic" if trace._export.__name__ == "_export" else "batch"
+        if mode in refuse:
+            refused.append(mode)
+            raise RuntimeError(f"refused the {mode} conversion")
+        return real(self)
+
+    monkeypatch.setattr(converter.TS2EPConverter, "convert", convert)
+    for refuse, note, dynamic in ((set(), None, True), ({"dynamic"}, "only its batch size free", True), ({"dynamic", "batch"}, "exactly inputs shaped (3, 3, 6, 6)", False)):
+        refused.clear()
+        program, said = torchscript_conversion(scripted, x)
+        assert refused == sorted(refuse, key=["dynamic", "batch"].index)
+        assert (said is None) if note is None else note in said
+        graph = capture(program, x)
+        assert graph.dynamic_batch == dynamic
+        torch.testing.assert_close(graph(x), model(x))
