@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 from lrpcli.architectures import VGG  # noqa: E402
 from lrpcli.samples import SHAPE_CLASSES, make_shapes  # noqa: E402
-from make_samples import SHAPES_MEAN, SHAPES_STD, accuracy, dropout_off, normalise, save_model, save_shape_samples, train  # noqa: E402
+from make_samples import SHAPES_MEAN, SHAPES_STD, accuracy, dropout_off, normalise, retitle_specs, save_model, save_shape_samples, train  # noqa: E402
 
 SIZE = 64
 # Seeds: training 200, 201, ... (one per epoch), held-out accuracy 11, sample images 12.
@@ -98,9 +98,7 @@ def make_vgg_model(out: Path, epochs: int = EPOCHS, per_epoch: int = PER_EPOCH, 
         model, folder, classes=list(SHAPE_CLASSES), mode="RGB", size=SIZE, mean=SHAPES_MEAN, std=SHAPES_STD,
         arch="lrpcli.architectures:VGG", arch_kwargs=arch_kwargs, example=x_test[:16],
     )
-    for spec in ("model.yaml", "model_state_dict.yaml"):  # spec_text names make_samples.py
-        path = folder / spec
-        path.write_text(path.read_text().replace("make_samples.py", "make_deep_samples.py"))
+    retitle_specs(folder, "make_deep_samples.py")
     save_shape_samples(folder, size=SIZE, seed=SAMPLE_SEED)
     print(f"  wrote {folder} in {time.perf_counter() - started:.1f} s", flush=True)
     return acc

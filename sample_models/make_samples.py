@@ -240,17 +240,29 @@ def make_digits(out: Path) -> float:
     )
     # The held-out split, so tests can measure accuracy without scikit-learn (23 KB).
     np.savez_compressed(folder / "heldout.npz", images=pixels[held_out], labels=labels[held_out], indices=held_out)
+    save_digit_samples(folder, pixels, labels, held_out)
+    print(f"  wrote {folder} in {time.perf_counter() - started:.1f} s", flush=True)
+    return acc
+
+
+def save_digit_samples(folder: Path, pixels: np.ndarray, labels: np.ndarray, held_out: np.ndarray) -> None:
+    """Six different digits from the held-out split as PNGs in ``folder/images``."""
     clear_pngs(folder / "images")
     shown: set[int] = set()
-    for index in held_out:  # six different digits from the held-out split
+    for index in held_out:
         if labels[index] in shown:
             continue
         shown.add(int(labels[index]))
         Image.fromarray(pixels[index]).save(folder / "images" / f"digit_{labels[index]}_idx{index}.png")
         if len(shown) == 6:
             break
-    print(f"  wrote {folder} in {time.perf_counter() - started:.1f} s", flush=True)
-    return acc
+
+
+def retitle_specs(folder: Path, script: str, extra: str = "") -> None:
+    """Name ``script`` (not this file) as the generator in a folder's two specs, and append ``extra`` lines."""
+    for spec in ("model.yaml", "model_state_dict.yaml"):
+        path = folder / spec
+        path.write_text(path.read_text().replace("make_samples.py", script) + extra)
 
 
 def save_shape_samples(folder: Path, size: int, seed: int) -> None:

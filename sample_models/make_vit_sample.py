@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
@@ -30,7 +29,7 @@ sys.path.insert(0, str(HERE))
 
 from lrpcli.architectures import ViT  # noqa: E402
 from lrpcli.samples import digits_split, load_digits  # noqa: E402
-from make_samples import DIGITS_MEAN, DIGITS_STD, accuracy, clear_pngs, normalise, save_model, train  # noqa: E402
+from make_samples import DIGITS_MEAN, DIGITS_STD, accuracy, normalise, retitle_specs, save_digit_samples, save_model, train  # noqa: E402
 
 EPOCHS, BATCH, LR = 40, 32, 2e-3
 ARCH_KWARGS = {"num_classes": 10, "image_size": 8, "patch_size": 2, "in_channels": 1, "dim": 32, "depth": 2, "heads": 2}
@@ -55,19 +54,8 @@ def make_vit_model(out: Path, epochs: int = EPOCHS, name: str = "digits_vit") ->
         model, folder, classes=[str(d) for d in range(10)], mode="L", size=8, mean=DIGITS_MEAN, std=DIGITS_STD,
         arch="lrpcli.architectures:ViT", arch_kwargs=ARCH_KWARGS, example=x[held_out[:16]],
     )
-    for spec in ("model.yaml", "model_state_dict.yaml"):  # spec_text names make_samples.py
-        path = folder / spec
-        text = path.read_text().replace("make_samples.py", "make_vit_sample.py")
-        path.write_text(text + "composite: attnlrp        # the default composite for this model (AttnLRP)\n")
-    clear_pngs(folder / "images")
-    shown: set[int] = set()
-    for index in held_out:  # six different digits from the held-out split, as digits_cnn shows
-        if labels[index] in shown:
-            continue
-        shown.add(int(labels[index]))
-        Image.fromarray(pixels[index]).save(folder / "images" / f"digit_{labels[index]}_idx{index}.png")
-        if len(shown) == 6:
-            break
+    retitle_specs(folder, "make_vit_sample.py", "composite: attnlrp        # the default composite for this model (AttnLRP)\n")
+    save_digit_samples(folder, pixels, labels, held_out)  # the same six images digits_cnn shows
     print(f"  wrote {folder} in {time.perf_counter() - started:.1f} s", flush=True)
     return acc
 
