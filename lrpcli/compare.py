@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import ConfigError, InputError, ModelError, UnsupportedOpError, UsageError
+from .limits import BoundedLoader
 
 #: composites shown when none are given: plain LRP-0 (noisy, the baseline), the model's
 #: default (what ``lrp explain`` would draw) and the gamma composite -- seed 000's 0 / epsilon / gamma
@@ -58,7 +59,7 @@ class CompositeChoice:
             if not eq or not key.strip():
                 raise UsageError(f"-c {text}: expected NAME:KEY=VALUE[,KEY=VALUE], got {item!r}", hint="e.g. -c epsilon:epsilon=0.25")
             try:
-                params[key.strip()] = yaml.safe_load(raw)
+                params[key.strip()] = yaml.load(raw, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader, bounded
             except yaml.YAMLError as exc:
                 raise UsageError(f"-c {text}: bad value in {item!r}: {exc}") from exc
         return cls(name.strip(), params)

@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 import yaml
 
 from . import ops
 from .canonizers import CANONIZERS
 from .errors import ConfigError
 from .graph import Graph, Node
+from .limits import BoundedLoader, load_yaml, read_text
 from .registry import Registry, canonical_name, suggest
 from .rules import RULES, Rule
 
@@ -90,8 +93,8 @@ class _Mapping(dict):
         self.lines: dict[Any, int] = {}
 
 
-class _LineLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that records line numbers and rejects duplicate keys."""
+class _LineLoader(BoundedLoader):
+    """yaml.SafeLoader (bounded: limits.py) that records line numbers and rejects duplicate keys."""
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
@@ -112,22 +115,7 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read composite file: {exc.strerror}", source=str(path)) from exc
-    loader = _LineLoader(text)
-    loader.source = str(path)  # type: ignore[attr-defined]
-    try:
-        return loader.get_single_data()
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            f"invalid YAML: {problem}", source=str(path), line=mark.line + 1 if mark else None
-        ) from exc
-    finally:
-        loader.dispose()
+    return load_yaml(read_text(path, "composite file"), str(path), _LineLoader)
 
 
 def _line(mapping: Any, key: Any = None) -> int | None:
@@ -339,6 +327,8 @@ def _unknown_key(key: Any, allowed: tuple[str, ...], where: str, source: str, li
 def _number(value: Any, key: str, source: str, line: int | None, minimum: float | None = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"'{key}' must be a number, got {value!r}", source=source, line=line, key=key)
+    if not math.isfinite(value):  # YAML's .nan/.inf: NaN slips past every comparison and blanks the heatmaps
+        raise ConfigError(f"'{key}' must be a finite number, got {value!r}", source=source, line=line, key=key)
     if minimum is not None and value < minimum:
         raise ConfigError(f"'{key}' must be >= {minimum:g}, got {value!r}", source=source, line=line, key=key)
     return float(value)
@@ -355,6 +345,8 @@ def _check_params(params: Any, source: str, mapping: Any) -> dict[str, Any]:
         if key in ("low", "high"):
             items = value if isinstance(value, list) else [value]
             if hasattr(value, "shape"):  # a tensor from Python code
+                if not bool(torch.isfinite(torch.as_tensor(value)).all()):
+                    raise ConfigError(f"'{key}' must hold finite numbers", source=source, line=line, key=key)
                 checked[key] = value
                 continue
             for item in items:
@@ -393,6 +385,9 @@ def _parse_entry(raw: Any, index: int, source: str, inherited: bool) -> Entry:
         if key not in cls.params:
             allowed = ENTRY_KEYS + tuple(cls.params)
             raise _unknown_key(key, allowed, f"rules[{index}] (rule '{rule}')", source, _line(raw, key))
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"rules[{index}]: '{key}' must be a finite number, got {item!r}", source=source, line=_line(raw, key), key=str(key))
         values[key] = value
     match = raw.get("match", {})
     if match is None:

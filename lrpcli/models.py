@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
 from .errors import ConfigError, ModelError
+from .limits import MAX_CLASSES_BYTES, check_pixels, load_yaml, read_text
 from .registry import suggest
 from .safety import check_trusted_callable, load_exported, spec_arch
 
@@ -287,13 +288,7 @@ def is_spec(path: str | Path) -> bool:
 
 def load_spec(path: str | Path) -> ModelSpec:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read model spec: {exc.strerror}", source=str(path)) from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", source=str(path), line=mark.line + 1 if mark else None) from exc
+    raw = load_yaml(read_text(path, "model spec"), str(path))
     if not isinstance(raw, dict) or "model" not in raw:
         raise ConfigError("a model spec needs a 'model:' entry (the weights file)", source=str(path), key="model")
     _reject_unknown(raw, SPEC_KEYS, "in the model spec", path)
@@ -301,12 +296,16 @@ def load_spec(path: str | Path) -> ModelSpec:
     if not isinstance(inputs, dict):
         raise ConfigError("'input' must be a mapping", source=str(path), key="input")
     _reject_unknown(inputs, INPUT_KEYS, "under input", path)
+    _check_input(inputs, path)
     arch_kwargs = raw.get("arch_kwargs") or {}
     if not isinstance(arch_kwargs, dict):
         raise ConfigError("'arch_kwargs' must be a mapping", source=str(path), key="arch_kwargs")
     classes = raw.get("classes")
     if isinstance(classes, str):
-        classes = load_class_names(path.parent / classes)
+        try:
+            classes = load_class_names(path.parent / classes)
+        except ConfigError as exc:
+            raise ConfigError(f"classes: {exc.message}", source=str(path), key="classes", hint=exc.hint) from exc
     elif classes is not None and not (isinstance(classes, list) and all(isinstance(c, (str, int)) for c in classes)):
         raise ConfigError("'classes' must be a list of names or a file with one name per line", source=str(path), key="classes")
     model_path = Path(str(raw["model"]))
@@ -334,15 +333,39 @@ def _reject_unknown(mapping: dict, allowed: tuple[str, ...], where: str, path: P
             )
 
 
+def _check_input(inputs: dict, path: Path) -> None:
+    """The spec's image sizes and normalisation, checked here so a bad value names the spec (exit 3):
+    sizes positive and within Pillow's pixel limit, mean/std finite, std positive."""
+    for key in ("size", "resize", "crop"):
+        value = inputs.get(key)
+        if value is None:
+            continue
+        items = list(value) if isinstance(value, list) else [value, value]
+        items = items * 2 if len(items) == 1 else items
+        if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+            raise ConfigError(f"input.{key} must be one or two positive integers (height, width), got {value!r}", source=str(path), key=key)
+        check_pixels((items[0], items[1]), f"input.{key}", source=str(path), key=key)
+    for key in ("mean", "std"):
+        value = inputs.get(key)
+        if value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+                raise ConfigError(f"input.{key} must be finite numbers, got {value!r}", source=str(path), key=key)
+            if key == "std" and item <= 0:
+                raise ConfigError(f"input.std must be positive, got {value!r}", source=str(path), key=key)
+
+
 def load_class_names(path: str | Path) -> list[str]:
-    """One class name per line (blank lines ignored); a .json list works too."""
+    """One class name per line (blank lines ignored); a .json list works too. Only a regular file of
+    bounded size is read (``classes: /dev/zero`` would read forever)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read class names: {exc.strerror}", source=str(path)) from exc
+    text = read_text(path, "class-names file", MAX_CLASSES_BYTES)
     if path.suffix == ".json":
-        names = json.loads(text)
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"invalid JSON: {exc.msg}", source=str(path), line=exc.lineno) from exc
         if not isinstance(names, list):
             raise ConfigError("a class-names .json file must hold a list", source=str(path))
         return [str(n) for n in names]

@@ -25,8 +25,8 @@ from .engine import Explainer
 from .errors import ConfigError, InputError, ModelError, UnsupportedOpError, UsageError
 from .outputs import SummaryLog, inside, read_summary, safe_label, save_array, write_json, write_summary
 from .registry import suggest
-from .render import save_heatmap
-from .shards import Manifest, Shard, fingerprint, suffix
+from .render import COLORMAPS, save_heatmap
+from .shards import Manifest, Shard, fingerprint, output_lock, suffix
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -184,6 +184,7 @@ def output_paths(name: str, label: str | None) -> tuple[str, str]:
     return f"heatmaps/{name}{suffix}.png", f"relevance/{name}{suffix}.npy"
 
 
+
 def _done_inputs(out: Path, sfx: str) -> dict[str, list[dict[str, str]]]:
     """Rows of inputs whose outputs all exist, from a previous (possibly interrupted) run."""
     done: dict[str, list[dict[str, str]]] = {}
@@ -225,7 +226,32 @@ def explain_images(
     run_info: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RunReport:
-    """Explain every image in ``items`` and write heatmaps, relevance arrays, summary.csv and run.json."""
+    """Explain every image in ``items`` and write heatmaps, relevance arrays, summary.csv and run.json.
+
+    The output folder (this shard's part of it) is locked for the whole run: a second run into it at
+    once is refused (UsageError) rather than left to truncate the manifest."""
+    with output_lock(options.out, options.shard):
+        return _explain_images(explainer, items, preprocessing, options, targets, classes, run_info, progress)
+
+
+def result_settings(preprocessing: Preprocessing, options: ImageRunOptions, targets: TargetSpec, classes: list[str] | None) -> dict[str, Any]:
+    """The options that change what a run writes, keyed by their flag: the manifest keeps them and a
+    --resume must repeat them (the model and composite are checked by their hashes)."""
+    return {
+        "--target": None if targets.mode == "topk" else targets.index if targets.mode == "index" else targets.mode,
+        "--top-k": targets.k if targets.mode == "topk" else None,
+        "--init": options.init,
+        "--dtype": options.dtype,
+        **{f"--{key}": value for key, value in preprocessing.to_dict().items()},
+        "--cmap": COLORMAPS.resolve(options.cmap) if options.heatmaps else None,
+        "--overlay": options.overlay if options.heatmaps else None,
+        "--no-heatmaps": not options.heatmaps,
+        "--no-arrays": not options.arrays,
+        "--classes": fingerprint(classes)[:16] if classes else None,
+    }
+
+
+def _explain_images(explainer, items, preprocessing, options, targets, classes, run_info, progress) -> RunReport:
     started = time.perf_counter()
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
@@ -242,6 +268,7 @@ def explain_images(
         len(items),
         resume=options.resume,
         overwrite=options.overwrite,
+        settings=result_settings(preprocessing, options, targets, classes),
     )
 
     _remove_stale_temporaries(out, items, targets)
@@ -293,12 +320,14 @@ def explain_images(
                 for shape, good in groups.items():  # images of other sizes are tried as their own batch
                     if shape not in shape_errors:
                         try:
-                            futures, rows = _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report)
+                            futures, rows, non_finite = _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report)
                         except (ModelError, RuntimeError) as exc:
                             if isinstance(exc, (UnsupportedOpError, ConfigError)):
                                 raise
                             shape_errors[shape] = _first_line(exc)
                         else:
+                            for item, message in non_finite:
+                                fail(item, message)
                             in_flight.append((futures, rows))
                             for row in rows:
                                 new_rows.setdefault(row["input"], []).append(row)
@@ -328,7 +357,9 @@ def explain_images(
     write_summary(out / f"summary{sfx}.csv", rows)
     partial.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - started
-    write_json(out / f"run{sfx}.json", _run_json(explainer, preprocessing, options, targets, report, run_info or {}))
+    info = _run_json(explainer, preprocessing, options, targets, report, run_info or {})
+    info["runs"] = manifest.runs()  # a resumed folder holds the results of all of them (same settings)
+    write_json(out / f"run{sfx}.json", info)
     return report
 
 
@@ -359,6 +390,7 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
     for note in results[0][1].notes:
         if note not in report.notes:
             report.notes.append(note)
+    bad = _non_finite(results, [item for item, _, _ in good])
     futures: list[Future] = []
     rows: list[dict[str, Any]] = []
     for pairs, result in results:
@@ -368,6 +400,8 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
         probabilities = torch.softmax(logits, dim=1) if logits.shape[1] > 1 else None
         initial = result.initial.detach().double().cpu().reshape(logits.shape[0], -1).sum(1)
         for row_index, (sample, target) in enumerate(pairs):
+            if sample in bad:
+                continue
             item, _, pixels = good[sample]
             prediction = int(logits[row_index].argmax())
             label = None if targets.single else _label(target, classes)
@@ -392,8 +426,39 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
                 array_path = inside(out, array_rel) if options.arrays else None
                 heatmap_path = inside(out, heat_rel) if options.heatmaps else None
                 futures.append(pool.submit(_save_outputs, rel, pixels, array_path, heatmap_path, options))
-    report.explained += len(good)
-    return futures, rows
+    report.explained += len(good) - len(bad)
+    return futures, rows, [(good[sample][0], message) for sample, message in bad.items()]
+
+
+def _non_finite(results, items: list[ImageInput]) -> dict[int, str]:
+    """Why each sample whose logits or relevance hold NaN/inf fails (it would give a blank heatmap and
+    NaN sums that look like results); keyed by the sample's place in the batch."""
+    bad: dict[int, str] = {}
+    for pairs, result in results:
+        for (sample, _), why in zip(pairs, non_finite_reasons(result, [target for _, target in pairs])):
+            if why and sample not in bad:
+                bad[sample] = f"{items[sample].path}: {why}"
+    return bad
+
+
+def non_finite_reasons(result, targets: list[int]) -> list[str]:
+    """Per row of an explain result: '' when its logits and relevance are finite, else why not and what to do."""
+    rows = result.outputs.shape[0]
+    logits = torch.isfinite(result.outputs.detach().reshape(rows, -1)).all(1).tolist()
+    counts = (~torch.isfinite(result.relevance.detach().reshape(rows, -1))).sum(1).tolist()
+    size = result.relevance[0].numel() if rows else 0
+    reasons = []
+    for finite, count, target in zip(logits, counts, targets):
+        if not finite:
+            reasons.append("the model's outputs are NaN or infinite for this input; check the model's weights and the input scaling (mean/std)")
+        elif count:
+            reasons.append(
+                f"relevance for target {target} has {count} NaN/inf value(s) of {size}; "
+                "a larger epsilon or stabilizer (-p epsilon=..., -p stabilizer=...) may avoid it"
+            )
+        else:
+            reasons.append("")
+    return reasons
 
 
 def _save_outputs(relevance: np.ndarray, pixels: np.ndarray, array_path: Path | None, heatmap_path: Path | None, options: ImageRunOptions) -> None:

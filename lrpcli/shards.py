@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 from .errors import InputError, UsageError
 from .outputs import read_summary, write_json, write_summary
@@ -67,7 +68,7 @@ def read_inputs_list(source: str) -> list[str]:
     import sys
 
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise InputError(f"--inputs-from: cannot read {source}: {exc.strerror}") from exc
     lines = [line.strip() for line in text.splitlines()]
@@ -114,9 +115,28 @@ class Manifest:
                 found.append(entry)
         return found
 
-    def open(self, model_sha256: str, composite_sha256: str, inputs: int, *, resume: bool, overwrite: bool) -> None:
-        """Start (or continue) the manifest; refuse another model's or composite's results."""
+    def open(
+        self,
+        model_sha256: str,
+        composite_sha256: str,
+        inputs: int,
+        *,
+        resume: bool,
+        overwrite: bool,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        """Start (or continue) the manifest; refuse another model's or composite's results, and a resume
+        with other ``settings`` (the options that change results, keyed by their flag)."""
         previous = self.header()
+        settings = json.loads(json.dumps(settings or {}, default=str))  # as the header will hold them
+        if previous and resume and not overwrite and "settings" in previous:
+            differ = [key for key in sorted(set(settings) | set(previous["settings"])) if settings.get(key) != previous["settings"].get(key)]
+            if differ:
+                said = "; ".join(f"{key} {_shown(previous['settings'].get(key))} before, {_shown(settings.get(key))} now" for key in differ)
+                raise UsageError(
+                    f"--resume: {self.path.parent} holds results made with other options ({said})",
+                    hint="resume with the options of the first run, or run without --resume to start over (or use another output folder)",
+                )
         if previous and (previous.get("model_sha256"), previous.get("composite_sha256")) != (model_sha256, composite_sha256):
             if not overwrite:
                 what = "model" if previous.get("model_sha256") != model_sha256 else "composite"
@@ -134,12 +154,25 @@ class Manifest:
                     "kind": "header",
                     "model_sha256": model_sha256,
                     "composite_sha256": composite_sha256,
+                    "settings": settings,
                     "shard": str(self.shard) if self.shard else None,
                     "inputs": inputs,
                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 }
             )
-        self._write({"kind": "run", "run": self.run, "resume": resume})
+        self._write({"kind": "run", "run": self.run, "resume": resume, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The runs that wrote into this manifest, oldest first (run.json lists them after a resume)."""
+        found = []
+        for line in self.path.read_text(encoding="utf-8").splitlines() if self.path.is_file() else []:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if entry.get("kind") == "run":
+                found.append({k: v for k, v in entry.items() if k != "kind"})
+        return found
 
     def record(self, names: Iterable[str], status: str) -> None:
         for name in names:
@@ -156,6 +189,43 @@ class Manifest:
         if self.handle is not None:
             self.handle.close()
             self.handle = None
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, shard: Shard | None) -> Iterator[None]:
+    """Hold ``OUT/.lock[.shard-K-of-N]`` for a whole run: a second run into the same folder (and shard)
+    at once would truncate the manifest and lose rows, so it is refused, naming the other run's pid.
+
+    ``flock`` locks go with the process: a killed run leaves the file but not the lock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent runs are not detected there
+        yield
+        return
+    path = out / f".lock{suffix(shard)}"
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "unknown"
+            raise UsageError(
+                f"{out} is in use by another lrp run (pid {pid}{', shard ' + str(shard) if shard else ''})",
+                hint="wait for it to finish, or write to another output folder (shards of one job may share a folder: --shard K/N)",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 # --------------------------------------------------------------------------- merging

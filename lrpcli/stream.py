@@ -17,7 +17,7 @@ from .data.tabular import RowBatch, TabularColumns, open_rows, read_batches
 from .engine import Explainer
 from .errors import InputError
 from .models import model_tensors
-from .runner import Failure, TargetSpec, resolve_device, resolve_dtype
+from .runner import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 
 FORMATS = ("csv", "jsonl")
 FIXED = ("id", "label", "prediction", "prediction_label", "target", "target_label", "logit", "relevance_sum", "top_positive", "top_negative")
@@ -138,8 +138,11 @@ def explain_rows(
                 if on_error == "fail":
                     raise InputError(row.error)
                 report.failures.append(Failure(f"row {row.number}", row.error))
+        failed = len(report.failures)
         if batch.good:
-            rows = _explain(explainer, batch, columns, targets, classes, torch_device, torch_dtype, init, report)
+            rows = _explain(explainer, batch, columns, targets, classes, torch_device, torch_dtype, init, report, source)
+            if on_error == "fail" and len(report.failures) > failed:
+                raise InputError(report.failures[-1].message)
             writer.write(rows)
             report.rows_out += len(rows)
         if progress:
@@ -147,7 +150,7 @@ def explain_rows(
     return report
 
 
-def _explain(explainer, batch: RowBatch, columns, targets, classes, device, dtype, init, report) -> list[dict[str, Any]]:
+def _explain(explainer, batch: RowBatch, columns, targets, classes, device, dtype, init, report, source) -> list[dict[str, Any]]:
     x = batch.tensor(columns).to(device=device, dtype=dtype)
     good = batch.good
     if targets.mode in ("pred", "index"):
@@ -165,6 +168,11 @@ def _explain(explainer, batch: RowBatch, columns, targets, classes, device, dtyp
             report.notes.append(note)
     rows: list[dict[str, Any]] = []
     for pairs, result in results:
+        bad: dict[int, str] = {}  # rows with NaN/inf logits or relevance fail, named, instead of writing NaN
+        for (i, _), why in zip(pairs, non_finite_reasons(result, [target for _, target in pairs])):
+            if why and i not in bad:
+                bad[i] = why
+                report.failures.append(Failure(f"row {good[i].number}", f"{source}: row {good[i].number}: {why}"))
         logits_t = result.outputs.detach().double().cpu()
         logits_t = logits_t.reshape(logits_t.shape[0], -1)
         relevance_t = result.relevance.detach().double().cpu()
@@ -174,6 +182,8 @@ def _explain(explainer, batch: RowBatch, columns, targets, classes, device, dtyp
         sums = relevance_t.sum(1).tolist()
         predictions = [row[0] for row in logits] if single else logits_t.argmax(1).tolist()
         for r, (i, target) in enumerate(pairs):
+            if i in bad:
+                continue
             prediction = predictions[r]
             row = {
                 "id": good[i].id,

@@ -9,6 +9,8 @@ from typing import Any, Callable
 import click
 import yaml
 
+from ..limits import BoundedLoader
+
 MODEL_HELP = (
     "MODEL is a TorchScript file, an exported program (.pt2), a state dict (.pt, .pth, "
     ".safetensors; with --arch) or a model spec .yaml that names all of that."
@@ -29,7 +31,7 @@ def parse_mapping(value: str | None, option: str) -> dict[str, Any]:
     if not value:
         return {}
     try:
-        data = yaml.safe_load(value)
+        data = yaml.load(value, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader, bounded (limits.py)
     except yaml.YAMLError as exc:
         raise click.BadParameter(f"not valid YAML/JSON: {exc}", param_hint=option) from exc
     if not isinstance(data, dict):
@@ -44,7 +46,7 @@ def parse_params(values: tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--param")
         try:
-            params[key.strip()] = yaml.safe_load(raw)
+            params[key.strip()] = yaml.load(raw, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader, bounded
         except yaml.YAMLError as exc:
             raise click.BadParameter(f"bad value in {item!r}: {exc}", param_hint="--param") from exc
     return params

@@ -8,7 +8,9 @@ normalise with mean/std. Errors name the file and say what to do.
 from __future__ import annotations
 
 import glob
+import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError, UsageError
+from ..limits import check_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 MODES = {"rgb": "RGB", "l": "L", "gray": "L", "grey": "L", "grayscale": "L"}
@@ -54,9 +57,17 @@ def collect_images(inputs: Sequence[str | Path]) -> list[ImageInput]:
     if not paths:
         raise InputError("no images found in the given inputs", hint=f"image files end in {', '.join(IMAGE_SUFFIXES)}")
     root = _common_folder([p.resolve() for p in paths])
-    names = [p.resolve().relative_to(root).as_posix() for p in paths]
+    names = [printable(p.resolve().relative_to(root).as_posix()) for p in paths]
     items = [ImageInput(path=p, name=name, output_name=out) for p, name, out in zip(paths, names, _output_names(names))]
     return sorted(items, key=lambda item: item.name)  # one order whatever the listing or argument order
+
+
+def printable(name: str) -> str:
+    """A file name as valid UTF-8 text: bytes that are not UTF-8 (``bad\\xff.png`` on Linux) written as ``\\xff``.
+
+    Names go into summary.csv, the manifest and the output file names; a raw undecodable byte
+    (Python's surrogate escape) cannot be encoded into any of them and stopped the whole run."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _output_names(names: list[str]) -> list[str]:
@@ -86,6 +97,7 @@ def _pair(value: Any, what: str) -> tuple[int, int] | None:
         items = items * 2
     if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
         raise UsageError(f"{what} must be one or two positive integers (height, width), got {value!r}")
+    check_pixels((int(items[0]), int(items[1])), f"--{what}", UsageError)
     return int(items[0]), int(items[1])
 
 
@@ -94,9 +106,12 @@ def _floats(value: Any, what: str) -> list[float] | None:
         return None
     items = value if isinstance(value, (list, tuple)) else [value]
     try:
-        return [float(v) for v in items]
+        numbers = [float(v) for v in items]
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{what} must be numbers, got {value!r}") from exc
+    if not all(math.isfinite(v) for v in numbers):
+        raise UsageError(f"{what} must be finite numbers, got {value!r}")
+    return numbers
 
 
 @dataclass
@@ -147,11 +162,21 @@ class Preprocessing:
         return [(0.0 - m) / s for m, s in zip(mean, std)], [(1.0 - m) / s for m, s in zip(mean, std)]
 
     def decode(self, path: Path) -> Image.Image:
-        """Open and convert an image; InputError naming the file if it is unreadable."""
+        """Open and convert an image; InputError naming the file if it is unreadable.
+
+        An image with more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS`` is refused before it is
+        decoded (a 90 KB PNG can hold 20000x20000 pixels): Pillow's warning for it is made an error."""
         try:
-            with Image.open(path) as image:
-                image.load()
-                return _to_8bit(image, path).convert(self.mode)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    image.load()
+                    return _to_8bit(image, path).convert(self.mode)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InputError(
+                f"{path}: refused as a possible decompression bomb ({exc})",
+                hint="shrink the image first, or raise PIL.Image.MAX_IMAGE_PIXELS from Python if it is genuine",
+            ) from exc
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
             raise InputError(f"{path}: cannot decode image ({reason})") from exc

@@ -1,0 +1,124 @@
+"""Bounds on what a config may ask for, so a small hostile file is refused at once (exit 3).
+
+A model spec or composite is data someone handed over. Without bounds a 700-byte YAML alias bomb
+expands to gigabytes, ``classes: /dev/zero`` reads forever and ``size: 100000`` asks for a 10^10-pixel
+image. Everything here raises :class:`ConfigError` naming the file and the limit.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+MAX_CONFIG_BYTES = 1 << 20  # a composite or model spec (an inline ImageNet class list is ~30 kB)
+MAX_CLASSES_BYTES = 8 << 20  # a class-names file (21k ImageNet names are ~0.5 MB)
+MAX_YAML_ALIASES = 100  # `*name` references in one document
+MAX_YAML_NODES = 100_000  # scalars, lists and mappings, counted with every alias expanded
+
+
+def read_text(path: str | Path, what: str, limit: int = MAX_CONFIG_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes.
+
+    Devices, FIFOs and folders are refused before they are opened for reading (``/dev/zero``
+    never ends); the size is checked on what is read too, for files that grow meanwhile."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what} is not a regular file", source=str(path), hint="give the path of a text file")
+        if info.st_size > limit:
+            raise ConfigError(f"{what} is {info.st_size:,} bytes, more than the limit of {limit:,}", source=str(path))
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror}", source=str(path)) from exc
+    if len(data) > limit:
+        raise ConfigError(f"{what} is more than the limit of {limit:,} bytes", source=str(path))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{what} is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r})", source=str(path), line=line, hint="save it as UTF-8") from exc
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses documents with too many aliases or too many nodes once aliases are
+    expanded, after composing the node graph and before any Python object is built."""
+
+    source: str | None = None
+    aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"more than {MAX_YAML_ALIASES} YAML aliases (*name)", source=self.source, line=mark.line + 1, hint="write the values out")
+        return super().compose_node(parent, index)
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set(), self.source)
+        return self.construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int], source: str | None) -> int:
+    """Nodes under ``node`` with every alias expanded (each shared node counted once per use, computed once)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise ConfigError("a YAML alias refers to the collection that contains it", source=source, line=node.start_mark.line + 1)
+    open_.add(key)
+    children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    size = 1
+    for child in children:
+        size += _expanded_size(child, sizes, open_, source)
+        if size > MAX_YAML_NODES:
+            raise ConfigError(
+                f"the YAML document expands to more than {MAX_YAML_NODES:,} values (aliases expanded)",
+                source=source,
+                line=node.start_mark.line + 1,
+                hint="a config this large is almost certainly an alias bomb; write the values out",
+            )
+    open_.discard(key)
+    sizes[key] = size
+    return size
+
+
+def load_yaml(text: str, source: str | None, loader: type[BoundedLoader] = BoundedLoader) -> Any:
+    """Parse one YAML document within the bounds; ConfigError (with the line) for bad YAML."""
+    reader = loader(text)
+    reader.source = source
+    try:
+        return reader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML: {problem}", source=source, line=mark.line + 1 if mark else None) from exc
+    except RecursionError as exc:
+        raise ConfigError("the YAML document is nested too deeply", source=source) from exc
+    finally:
+        reader.dispose()
+
+
+def check_pixels(size: tuple[int, int], what: str, error: type = ConfigError, **where: Any) -> None:
+    """Refuse an image size with more pixels than Pillow opens without calling it a decompression bomb
+    (``PIL.Image.MAX_IMAGE_PIXELS``, read when called so a program may raise it)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and size[0] * size[1] > limit:
+        raise error(
+            f"{what} {size[0]}x{size[1]} is {size[0] * size[1]:,} pixels, more than the limit of {limit:,}",
+            hint="models take images of at most a few thousand pixels a side",
+            **where,
+        )
