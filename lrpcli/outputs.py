@@ -20,8 +20,9 @@ import json
 import os
 import tempfile
 import threading
+from collections import Counter
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -97,6 +98,20 @@ def safe_label(label: str) -> str:
     """A class name usable in a file name."""
     keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(label))
     return keep.strip(".") or "class"
+
+
+def file_labels(classes: Sequence[str]) -> list[str]:
+    """One file-name label per class, no two alike even ignoring case (macOS): names that sanitise
+    alike (``cat/dog``, ``cat?dog``, ``cat_dog``; ImageNet's two ``crane``s) get their class index
+    appended (``crane-134``, ``crane-517``), where they would have shared one heatmap file."""
+    labels = [safe_label(name) for name in classes]
+    while True:
+        counts = Counter(label.lower() for label in labels)
+        clashes = [index for index, label in enumerate(labels) if counts[label.lower()] > 1]
+        if not clashes:
+            return labels
+        for index in clashes:
+            labels[index] = f"{labels[index]}-{index}"
 
 
 def write_summary(path: Path, rows: Iterable[dict[str, Any]]) -> None:

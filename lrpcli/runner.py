@@ -7,6 +7,7 @@ reported through a callback so the library itself never prints.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -23,7 +24,7 @@ import torch
 from .data.images import ImageDataset, ImageInput, Preprocessing, collate
 from .engine import Explainer
 from .errors import ConfigError, InputError, ModelError, UnsupportedOpError, UsageError
-from .outputs import SummaryLog, inside, read_summary, safe_label, save_array, write_json, write_summary
+from .outputs import SummaryLog, file_labels, inside, read_summary, safe_label, save_array, write_json, write_summary
 from .registry import suggest
 from .render import COLORMAPS, save_heatmap
 from .shards import Manifest, Shard, fingerprint, output_lock, suffix
@@ -179,10 +180,20 @@ class _Inline:
 
 
 def output_paths(name: str, label: str | None) -> tuple[str, str]:
-    """Relative heatmap and relevance paths for an input (and a target label when several)."""
+    """Relative heatmap and relevance paths for an input (and a target's file label when several)."""
     suffix = "" if label is None else f".{safe_label(label)}"
     return f"heatmaps/{name}{suffix}.png", f"relevance/{name}{suffix}.npy"
 
+
+@functools.lru_cache(maxsize=4)
+def _file_labels(classes: tuple[str, ...]) -> list[str]:
+    return file_labels(classes)
+
+
+def _file_label(index: int, classes: list[str] | None) -> str:
+    """The class's name in file names, unique per class (see outputs.file_labels), else its index."""
+    labels = _file_labels(tuple(classes)) if classes else []
+    return labels[index] if 0 <= index < len(labels) else str(index)
 
 
 def _done_inputs(out: Path, sfx: str) -> dict[str, list[dict[str, str]]]:
@@ -404,7 +415,7 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
                 continue
             item, _, pixels = good[sample]
             prediction = int(logits[row_index].argmax())
-            label = None if targets.single else _label(target, classes)
+            label = None if targets.single else _file_label(target, classes)
             heat_rel, array_rel = output_paths(item.output_name or item.name, label)
             rel = relevance[row_index]
             total = float(rel.sum(dtype=np.float64))

@@ -300,3 +300,71 @@ def test_command_line_sizes_and_class_files_are_bounded_too(world, tmp_path):
     refused(lrp("explain", world / "m.ts", world / "imgs", "--classes", "/dev/zero", "-q", out=tmp_path / "b"), 3, "/dev/zero", "not a regular file")
     refused(lrp("explain", world / "m.ts", world / "imgs", "-p", f"low={alias_bomb()}", "-q", out=tmp_path / "c"), 3, "expands to more than")
 
+
+# --------------------------------------------------------------------------- 9: CSV bytes that are not UTF-8
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mlp") / "mlp.ts"
+    return save_torchscript(MLP(3, (4,), 2).eval(), path)
+
+
+LATIN1 = b"a,b,c,name\n1,2,3,x\n4,5\xb5,6,y\n7,8,9,caf\xe9\n10,11,12,z\n"
+
+
+def test_a_latin1_byte_in_a_csv_fails_its_row_named_and_keeps_the_others(mlp, tmp_path):
+    source = tmp_path / "rows.csv"
+    source.write_bytes(LATIN1)
+    written = tmp_path / "out.csv"
+    run = lrp("explain", mlp, source, "--id-col", "name", "-o", written, "-q")
+    refused(run, 5, "rows.csv: row 3, column 'b': '5\\xb5' is not UTF-8", "rows.csv: row 4, column 'name': 'caf\\xe9' is not UTF-8", "2 of 4 row(s) failed")
+    assert [row["id"] for row in read_csv(written)] == ["x", "z"]  # the rows before and after the bad ones
+
+
+def test_a_latin1_byte_in_an_unused_csv_column_harms_nothing(mlp, tmp_path):
+    from click.testing import CliRunner
+
+    from lrpcli.cli import main
+
+    run = CliRunner().invoke(main, ["explain", str(mlp), "-", "--features", "a,c,b", "--drop", "name", "-q"], input=LATIN1.replace(b"5\xb5", b"5"))
+    assert run.exit_code == 0, run.stderr
+    assert len(run.stdout.splitlines()) == 5
+
+
+# --------------------------------------------------------------------------- 10: class names that sanitise alike
+
+
+def test_class_names_that_sanitise_alike_get_their_own_files(world, tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat/dog\ncat_dog\nCat?dog\ncrane\n", encoding="utf-8")
+    run = lrp("explain", world / "m.ts", world / "imgs" / "a.png", "--classes", classes, "--target", "all", "-q", out=tmp_path / "out")
+    assert run.code == 0, run.describe()
+    rows = run.rows()
+    assert [row["heatmap"] for row in rows] == [f"heatmaps/a.{label}.png" for label in ("cat_dog-0", "cat_dog-1", "Cat_dog-2", "crane")]
+    assert [row["target_label"] for row in rows] == ["cat/dog", "cat_dog", "Cat?dog", "crane"]
+    for row in rows:  # each row's files hold its own target's relevance, not another's written over it
+        assert float(run.array(row["relevance"]).sum()) == pytest.approx(float(row["relevance_sum"]), rel=1e-5, abs=1e-6)
+
+
+def test_file_labels_are_unique_and_keep_unique_names():
+    from lrpcli.outputs import file_labels
+
+    assert file_labels(["tench", "crane", "goldfish", "crane"]) == ["tench", "crane-1", "goldfish", "crane-3"]
+    labels = file_labels(["a b", "a_b", "a_b-1", "A?b"])
+    assert len({label.lower() for label in labels}) == 4
+
+
+# --------------------------------------------------------------------------- 11: OUT inside an input folder
+
+
+@pytest.mark.parametrize("inside", ["imgs/lrp-out", "imgs"])
+def test_an_output_folder_inside_the_inputs_is_not_collected_by_later_runs(world, tmp_path, inside):
+    for name, seed in (("a.png", 0), ("sub/b.png", 1)):
+        write_image(tmp_path / "imgs" / name, seed)
+    out = tmp_path / inside
+    for _ in range(2):
+        run = lrp("explain", world / "m.ts", tmp_path / "imgs", "-q", out=out)
+        assert run.code == 0, run.describe()
+        assert [row["input"] for row in run.rows()] == ["a.png", "sub/b.png"]

@@ -189,7 +189,7 @@ def _csv_batches(source: str, spec: Any, options: dict[str, Any], shard: Any = N
     import sys
 
 
-    from ..data.tabular import TabularColumns, open_rows, read_batches
+    from ..data.tabular import TabularColumns, open_csv, open_rows, read_batches
     from ..errors import InputError
     from .options import floats
 
@@ -197,8 +197,7 @@ def _csv_batches(source: str, spec: Any, options: dict[str, Any], shard: Any = N
     name = "<stdin>" if source == "-" else source
     if source != "-" and not Path(source).is_file():
         raise InputError(f"input not found: {source}")
-    handle = sys.stdin if source == "-" else open(source, newline="", encoding="utf-8")
-    try:
+    with open_csv(source) as handle:
         header, reader = open_rows(handle, name)
         id_col, label_col = spec_input.get("id_col"), spec_input.get("label_col")
         columns = TabularColumns.resolve(
@@ -222,9 +221,6 @@ def _csv_batches(source: str, spec: Any, options: dict[str, Any], shard: Any = N
             if bad:
                 raise InputError(bad[0].error)
             batches.append((batch.tensor(columns).float(), [row.id for row in batch.rows]))
-    finally:
-        if handle is not sys.stdin:
-            handle.close()
     if not batches:
         raise InputError(f"{name}: no rows to check")
     return batches

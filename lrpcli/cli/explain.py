@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .console import console, info, progress, warn
+from .console import console, info, note, progress
 from .options import (
     build_composite,
     composite_options,
@@ -105,8 +105,8 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
 
     loaded = load_model_option(model, spec, options)
     explainer = Explainer(loaded, composite)
-    items = collect_images(inputs)
     out = Path(options["out"] or "lrp-out")
+    items = collect_images(inputs, exclude=[out / "heatmaps"])  # an OUT inside an input folder: not its own input
     run_options = ImageRunOptions(
         out=out,
         batch_size=options["batch_size"] or 16,
@@ -134,8 +134,8 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     quiet = options["quiet"]
     with progress("explaining", len(shard.select(items)) if shard else len(items), quiet) as advance:
         report = explain_images(explainer, items, preprocessing, run_options, targets, classes, run_info, progress=advance)
-    for note in report.notes:
-        warn(note)
+    for line in report.notes:
+        note(line)
     if not quiet:
         skipped = f", {report.skipped} already done" if report.skipped else ""
         skipped += f" (shard {shard})" if shard else ""

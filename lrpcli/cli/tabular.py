@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .console import console, info, warn
+from .console import console, info, note
 from .options import build_composite, floats, load_model_option, parse_params
 
 
@@ -15,6 +15,7 @@ def _names(value: str | None) -> list[str] | None:
 
 
 def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> None:
+    from ..data.tabular import open_csv
     from ..engine import Explainer
     from ..errors import InputError, UsageError
     from ..models import load_class_names
@@ -63,18 +64,14 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     name = "<stdin>" if source == "-" else source
     if source != "-" and not Path(source).is_file():
         raise InputError(f"input not found: {source}")
-    handle = sys.stdin if source == "-" else open(source, newline="", encoding="utf-8")
-    try:
+    with open_csv(source) as handle:
         if options["out"]:
             with atomic_text(Path(options["out"])) as target:  # streamed to a temporary file, renamed at the end
                 report = explain_rows(explainer, handle, name, target, **kwargs)
         else:
             report = explain_rows(explainer, handle, name, sys.stdout, **kwargs)
-    finally:
-        if handle is not sys.stdin:
-            handle.close()
-    for note in report.notes:
-        warn(note)
+    for line in report.notes:
+        note(line)
     if not options["quiet"]:
         info(f"explained {report.rows_out} result row(s) from {report.rows_in - len(report.failures)} of {report.rows_in} input row(s) with {composite.name}")
     if report.failures:

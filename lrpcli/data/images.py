@@ -33,14 +33,24 @@ class ImageInput:
     output_name: str = ""  # ``name`` without its suffix (kept where two inputs would collide): how outputs are named
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[ImageInput]:
-    """Every image under ``inputs`` (files, folders searched recursively, or glob patterns), sorted, no duplicates."""
+def collect_images(inputs: Sequence[str | Path], exclude: Sequence[Path] = ()) -> list[ImageInput]:
+    """Every image under ``inputs`` (files, folders searched recursively, or glob patterns), sorted, no duplicates.
+
+    Folders searched skip the ``exclude`` folders in them: a run's own heatmaps, written inside an
+    input folder, would otherwise be collected as inputs by every later run."""
     found: list[Path] = []
+    skipped = [folder.resolve() for folder in exclude]
     for item in inputs:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            base = path.resolve()
+            inner = [folder.relative_to(base).parts for folder in skipped if folder != base and folder.is_relative_to(base)]
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(p.relative_to(path).parts[: len(parts)] == parts for parts in inner)
+            )
         elif path.is_file():
             found.append(path)
         elif glob.has_magic(text):

@@ -7,8 +7,11 @@ as a spreadsheet shows it) and column name.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import IO, Iterator, Sequence
 
@@ -100,6 +103,37 @@ class RowBatch:
         return x
 
 
+@contextlib.contextmanager
+def open_csv(source: str) -> Iterator[IO[str]]:
+    """A CSV file (or ``-``: stdin) as text whose bytes that are not UTF-8 stay in the cells as
+    surrogate escapes: :func:`read_batches` then reports the row and column they are in and
+    carries on, where strict decoding ended the whole run at the first such byte."""
+    if source == "-":
+        handle = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape", newline="")
+        try:
+            yield handle
+        finally:
+            handle.detach()  # stdin stays open
+    else:
+        try:
+            handle = open(source, newline="", encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            raise InputError(f"cannot read {source}: {exc.strerror}") from exc
+        with handle:
+            yield handle
+
+
+def _not_utf8(cells: list[str], positions: Sequence[int]) -> tuple[int, str] | None:
+    """The first of the cells at ``positions`` that held bytes that are not UTF-8: its position, and its
+    text with those bytes as escapes (cells the run does not use may hold anything)."""
+    for position in positions:
+        try:
+            cells[position].encode("utf-8")
+        except UnicodeEncodeError:
+            return position, cells[position].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
+
+
 def open_rows(handle: IO[str], source: str) -> tuple[list[str], Iterator[list[str]]]:
     reader = csv.reader(handle)
     try:
@@ -108,6 +142,9 @@ def open_rows(handle: IO[str], source: str) -> tuple[list[str], Iterator[list[st
         raise InputError(f"{source}: empty input, expected a header row") from None
     except csv.Error as exc:
         raise InputError(f"{source}: row 1: {exc}") from exc
+    bad = _not_utf8(header, range(len(header)))
+    if bad:
+        raise InputError(f"{source}: row 1 (the header): '{bad[1]}' is not UTF-8 text", hint="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
     return header, reader
 
 
@@ -117,6 +154,7 @@ def read_batches(
     """Parse rows in batches; a bad row becomes a Row with an error, never an exception."""
     index = {name: header.index(name) for name in header}
     feature_index = [index[name] for name in columns.features]
+    used = feature_index + [index[name] for name in (columns.id_col, columns.label_col) if name]
     batch = RowBatch()
     number = 1
     while True:
@@ -131,6 +169,11 @@ def read_batches(
         number += 1
         if not cells or all(not c.strip() for c in cells):
             continue  # blank line
+        bad = _not_utf8(cells, [i for i in used if i < len(cells)])
+        if bad:
+            error = f"{source}: row {number}, column '{header[bad[0]]}': '{bad[1]}' is not UTF-8 text (save the file as UTF-8)"
+            batch.rows.append(Row(number, str(number - 1), None, None, error))
+            continue
         row_id = cells[index[columns.id_col]] if columns.id_col and len(cells) > index[columns.id_col] else str(number - 1)
         label = cells[index[columns.label_col]] if columns.label_col and len(cells) > index[columns.label_col] else None
         if len(cells) != len(header):
