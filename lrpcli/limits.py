@@ -8,6 +8,7 @@ image. Everything here raises :class:`ConfigError` naming the file and the limit
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,12 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int], sour
     open_.discard(key)
     sizes[key] = size
     return size
+
+
+# YAML 1.1 (PyYAML) reads 1e-6 as a string: it wants a dot (1.0e-6). Configs and -p values mean the number.
+BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def load_yaml(text: str, source: str | None, loader: type[BoundedLoader] = BoundedLoader) -> Any:

@@ -104,6 +104,16 @@ def test_non_finite_parameters_are_config_errors(world, tmp_path, case):
     assert not (tmp_path / "out").exists()
 
 
+def test_exponent_floats_without_a_dot_are_numbers(world, tmp_path):
+    """Item 13: YAML 1.1 reads 1e-6 as a string; in -p values and composite files it means the number."""
+    (tmp_path / "c.yaml").write_text("extends: epsilon\nparams: {epsilon: 1e-3}\n", encoding="utf-8")
+    for extra in (["-p", "epsilon=1e-3"], ["-c", tmp_path / "c.yaml"]):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        run = lrp("explain", world / "m.ts", world / "imgs", "-c", "epsilon", *extra, "-q", out=out)
+        assert run.code == 0, run.describe()
+        assert run.run_json()["composite"]["params"]["epsilon"] == 1e-3
+
+
 # --------------------------------------------------------------------------- 4: decompression bombs
 
 
