@@ -317,21 +317,27 @@ class Recorded(dict):
         return super().pop(name, *default)
 
 
+#: the parts of a decomposed attention (transformer_passes): the T x T scores, masked scores and weights are
+#: recomputed from q and k when the walk reaches them, as flash attention's backward does, instead of kept
+ATTENTION_PARTS = {"attention_scores", "apply_mask", "causal_fill", "attention_weights"}
+
+
 def _recomputable(graph: Graph) -> dict[str, int]:
-    """Element-wise nodes whose outputs can be dropped, mapped to the index of their last reader."""
+    """Nodes whose outputs can be dropped after the forward pass, mapped to the index of their last reader:
+    element-wise activations of one input, and the attention parts between q, k and the weights."""
     last_reader: dict[str, int] = {}
     for index, node in enumerate(graph.nodes):
         for ref in node.refs:
             last_reader[ref] = index
-    return {
-        node.name: last_reader[node.name]
-        for node in graph.nodes
-        if node.kind == "elementwise"
-        and ops.op_name(ops.out_of_place(node.target)) in RECOMPUTABLE
-        and node.name != graph.output
-        and node.name in last_reader
-        and len(node.refs) == 1
-    }
+    droppable = {}
+    for node in graph.nodes:
+        if node.name == graph.output or node.name not in last_reader:
+            continue
+        name = ops.op_name(ops.out_of_place(node.target))
+        activation = node.kind == "elementwise" and name in RECOMPUTABLE and len(node.refs) == 1
+        if activation or name in ATTENTION_PARTS:
+            droppable[node.name] = last_reader[node.name]
+    return droppable
 
 
 def record(graph: Graph, x: torch.Tensor) -> Recorded:
@@ -346,9 +352,13 @@ def record(graph: Graph, x: torch.Tensor) -> Recorded:
     for index, node in enumerate(graph.nodes):
         values[node.name] = node.call(values)
         for name in drop_after.get(index, ()):
-            source = by_name[name].refs[0]
-            if source in values and source not in values.recomputable and isinstance(values[name], torch.Tensor):
-                values.drop(name, by_name[name])
+            dropped = by_name[name]
+            if ops.op_name(dropped.target) in ATTENTION_PARTS:  # a chain of attention parts may all go
+                recomputable = all(dict.__contains__(values, s) or s in values.recomputable for s in dropped.refs)
+            else:  # an activation: only if its input is kept (no chains of recomputation)
+                recomputable = all(dict.__contains__(values, s) and s not in values.recomputable for s in dropped.refs)
+            if recomputable and isinstance(values[name], torch.Tensor):
+                values.drop(name, dropped)
     return values
 
 

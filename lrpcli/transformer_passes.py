@@ -265,6 +265,11 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, scale: float | None = Non
     return torch.matmul(q, k.transpose(-2, -1)) * factor
 
 
+def attention_weights(scores: torch.Tensor) -> torch.Tensor:
+    """The softmax over the keys (its own function, so the engine knows it for a part of an attention)."""
+    return torch.softmax(scores, dim=-1)
+
+
 def causal_fill(scores: torch.Tensor) -> torch.Tensor:
     """Scores above the diagonal set to -inf (is_causal=True): those keys get no attention and no relevance."""
     rows, cols = scores.shape[-2:]
@@ -328,7 +333,7 @@ def _decompose(node: Node, taken: set[str]) -> list[Node]:
     if mask is not None:  # a mask computed in the model (from the input) is held: it is never explained
         held = (mask.name,) if isinstance(mask, Ref) else ()
         chain.append(part("mask", apply_mask, (Ref(chain[-1].name), mask), "add", "attn_mask", held=held))
-    weights = part("weights", torch.ops.aten.softmax.int, (Ref(chain[-1].name), -1), "softmax", "softmax")
+    weights = part("weights", attention_weights, (Ref(chain[-1].name),), "softmax", "softmax")
     chain.append(weights)
     out = dataclasses.replace(
         node,
