@@ -319,3 +319,21 @@ def test_check_conservation_names_what_the_softmax_rule_took(tmp_path):
         assert sample["passed"]
     table = lrp("check-conservation", path, "--input-shape", "5,8", "--random", "2", "-c", "attnlrp")
     assert table.code == 0 and "rule took" in table.stderr, table.describe()
+
+
+def test_attention_weights_are_not_kept_through_the_forward_pass():
+    """The T x T parts of an attention are recomputed in the walk (what keeps attnlrp's memory within 1.5x the
+    gradient's, benchmarks/transformers_results.md), and the relevance is what it is with them kept."""
+    from lrpcli import Explainer
+    from lrpcli.engine import ATTENTION_PARTS, record
+    from lrpcli.ops import op_name
+
+    torch.manual_seed(0)
+    model, x = models.Block("sdpa").double().eval(), torch.randn(2, 5, 8, dtype=D64)
+    explainer = Explainer(model, "attnlrp", params=EXACT)
+    graph, _ = explainer.prepare(x)
+    parts = [node.name for node in graph.nodes if op_name(node.target) in ATTENTION_PARTS]
+    assert len(parts) == 3  # scores, causal mask, weights
+    values = record(graph, x)
+    assert all(not dict.__contains__(values, name) and name in values.recomputable for name in parts)
+    torch.testing.assert_close(explainer.explain(x, TARGET).relevance, modified_gradient_relevance(model, x, TARGET, "attnlrp"), rtol=1e-6, atol=1e-9)
