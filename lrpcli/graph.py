@@ -376,6 +376,9 @@ def _first_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- fx -> Graph
 
 
+#: ops after which token ids are still the input's ids (an embedding of them ends the walk)
+_ID_VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unsqueeze", "squeeze", "expand", "contiguous", "clone", "_to_copy", "to", "alias", "detach"}
+
 _MODULE_TYPE_BY_OP = {
     "conv1d": "Conv1d",
     "conv2d": "Conv2d",
@@ -415,6 +418,7 @@ class _Builder:
         self.integral: dict[str, bool] = {}  # live names whose values are integers or booleans (ids, masks, indices)
         self.batch_dims: dict[str, int | None] = {}  # fx name -> the dim of its output that holds the samples
         self.meta: set[str] = set()  # live names that only carry sizes (sym_size and arithmetic on it)
+        self.id_views: set[str] = set()  # the input and its views (reshape, casts): an embedding of these is the input
 
     def build(self) -> Graph:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
@@ -426,6 +430,7 @@ class _Builder:
         inp = placeholders[0]
         self.live.add(inp.name)
         self._note_dtype(inp)
+        self.id_views.add(inp.name)
         val = inp.meta.get("val")
         shape = tuple(val.shape) if val is not None else ()
         dynamic = bool(shape) and not isinstance(shape[0], int)
@@ -507,8 +512,8 @@ class _Builder:
         self._note_dtype(fx_node)
         op_name = ops.op_name(fx_node.target)
         kind = ops.kind_of(fx_node.target)
-        if all(dep in self.meta for dep in deps):  # arithmetic on sizes only (a traced 1/sqrt(head_dim)): no data
-            kind = "meta"
+        if all(dep in self.meta for dep in deps) or op_name in ops.FACTORY_OPS:
+            kind = "meta"  # arithmetic on sizes only (a traced 1/sqrt(head_dim)), or x.new_zeros(...): no data
         if kind == "meta":
             self.meta.add(fx_node.name)
         module, module_type = _module_of(fx_node)
@@ -523,6 +528,8 @@ class _Builder:
             module_type=module_type,
             op=op_name,
         )
+        if kind == "route" and op_name in _ID_VIEWS and deps and deps[0] in self.id_views:
+            self.id_views.add(fx_node.name)
         if kind in ("conv", "linear", "batchnorm"):
             # the weight's parameter name says which layer owns it; TorchScript graphs have nothing else
             weight_fx = fx_node.args[2] if op_name == "addmm" else fx_node.args[1] if len(fx_node.args) > 1 else None
@@ -672,6 +679,11 @@ class _Builder:
         weight, ids = node.args[:2]
         if isinstance(weight, Ref) or not isinstance(ids, Ref):
             return self._unsupported(node, "an embedding whose table is computed from the input")
+        if ids.name not in self.id_views:
+            # indices computed from the ids (RoBERTa's position ids count the non-padding tokens): a lookup of
+            # positions, a constant for relevance like a bias, whatever its indices are
+            self.meta.add(node.name)
+            return dataclasses.replace(node, kind="meta")
         return node
 
     @staticmethod

@@ -68,8 +68,10 @@ _add(
     "slice select narrow index_select max_pool1d max_pool2d max_pool3d max_pool1d_with_indices "
     "max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d "
     "adaptive_max_pool3d alias detach lift_fresh_copy _to_copy to type_as pad constant_pad_nd "
-    "index masked_fill where roll",
+    "index masked_fill where roll swapaxes swapdims movedim reshape_as view_as flip",
 )
+#: ops whose value depends only on another tensor's shape, dtype and device, not its values: constants
+FACTORY_OPS = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like", "empty_like"}
 _add(
     "elementwise",
     "relu leaky_relu rrelu gelu silu sigmoid tanh hardtanh relu6 elu selu celu softplus mish "
@@ -79,7 +81,7 @@ _add(
 _add("softmax", "softmax log_softmax _softmax _log_softmax")
 _add("layernorm", "layer_norm native_layer_norm group_norm native_group_norm rms_norm _fused_rms_norm")
 _add("product", "bmm baddbmm einsum")
-_add("attention", "scaled_dot_product_attention")
+_add("attention", "scaled_dot_product_attention _native_multi_head_attention")
 _add("embedding", "embedding")
 _add(
     "meta",

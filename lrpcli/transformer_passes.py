@@ -31,6 +31,8 @@ _NORMALISER_STEPS = {
     "type_as", "expand", "expand_as", "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "detach", "alias",
     "contiguous", "clone", "lift_fresh_copy",
 }
+#: ops whose second tensor argument only gives a shape or dtype
+_SHAPED_LIKE = {"expand_as", "type_as", "reshape_as", "view_as"}
 #: ops that compute a spread statistic of a tensor directly
 _SPREAD_OPS = {"var", "std", "var_mean", "std_mean", "linalg_vector_norm", "norm", "frobenius_norm"}
 #: reductions that make a spread statistic when they reduce a square (or absolute value)
@@ -63,6 +65,8 @@ def is_normaliser(name: str, by_name: dict[str, Node], depth: int = 0) -> bool:
     refs = _ref_args(node)
     if op in _REDUCTIONS and len(refs) == 1:
         return _is_square(refs[0], by_name)
+    if op in _SHAPED_LIKE and refs:  # F.normalize: norm.clamp_min(eps).expand_as(x): x only lends its shape
+        return is_normaliser(refs[0], by_name, depth + 1)
     if op in _NORMALISER_STEPS and len(set(refs)) == 1:
         return is_normaliser(refs[0], by_name, depth + 1)
     return False
@@ -296,9 +300,9 @@ def decompose_attention(graph: Graph) -> Graph:
         if node.kind != "attention":
             nodes.append(node)
             continue
-        parts = _decompose(node, taken)
+        parts = _decompose_mha(node, taken) if node.op == "_native_multi_head_attention" else _decompose(node, taken)
         nodes.extend(parts)
-        if parts[-1].kind == "product":
+        if parts[-1].kind is not None:
             done.append(node.module or node.name)
     if done:
         graph = graph.replace(notes=graph.notes + [f"attention decomposed into scores, softmax and values: {', '.join(done)}"])
@@ -346,3 +350,55 @@ def _decompose(node: Node, taken: set[str]) -> list[Node]:
         gate_op="softmax",
     )
     return chain + [out]
+
+
+# --------------------------------------------------------------------------- the fused multi-head attention
+
+
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(batch, tokens, heads * d) -> (batch, heads, tokens, d)."""
+    return t.unflatten(-1, (heads, t.shape[-1] // heads)).transpose(1, 2)
+
+
+def merge_heads(t: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, tokens, d) -> (batch, tokens, heads * d)."""
+    return t.transpose(1, 2).flatten(-2)
+
+
+def first_of_pair(t: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """The (output, weights) pair the fused op returns, without the weights (need_weights=False)."""
+    return t, None
+
+
+_MHA_PARAMS = ("query", "key", "value", "embed_dim", "num_head", "qkv_weight", "qkv_bias", "proj_weight", "proj_bias", "mask", "need_weights")
+
+
+def _decompose_mha(node: Node, taken: set[str]) -> list[Node]:
+    """``_native_multi_head_attention`` (nn.MultiheadAttention's fast path in TorchScript) as its projections,
+    the attention parts of :func:`_decompose` and the output projection; batch-first inputs."""
+    given = dict(zip(_MHA_PARAMS, node.args))
+    given.update(node.kwargs)
+    q, k, v = given["query"], given["key"], given["value"]
+    embed, heads = int(given["embed_dim"]), int(given["num_head"])
+    weight, bias = given["qkv_weight"], given["qkv_bias"]
+    if given.get("mask") is not None or given.get("need_weights", True) or not isinstance(weight, torch.Tensor):
+        return [dataclasses.replace(node, kind=None, hint="the fused multi-head attention with a mask or need_weights=True is not supported yet")]
+
+    def part(suffix, target, args, kind, op, **extra) -> Node:
+        return dataclasses.replace(node, name=_fresh(node.name, suffix, taken), target=target, args=args, kwargs={}, kind=kind, op=op, **extra)
+
+    chain: list[Node] = []
+    heads_of = {}
+    for index, (label, source) in enumerate((("q", q), ("k", k), ("v", v))):
+        rows = slice(index * embed, (index + 1) * embed)
+        projection = part(f"{label}_proj", torch.ops.aten.linear.default, (source, weight[rows], None if bias is None else bias[rows]), "linear", "linear", module_type="Linear")
+        split = part(f"{label}_heads", split_heads, (Ref(projection.name), heads), "route", "split_heads")
+        chain += [projection, split]
+        heads_of[label] = Ref(split.name)
+    sdpa = part("sdpa", torch.ops.aten.scaled_dot_product_attention.default, (heads_of["q"], heads_of["k"], heads_of["v"]), "attention", "scaled_dot_product_attention")
+    attended = _decompose(sdpa, taken)
+    merged = part("merge", merge_heads, (Ref(attended[-1].name),), "route", "merge_heads")
+    out = part("out_proj", torch.ops.aten.linear.default, (Ref(merged.name), given["proj_weight"], given["proj_bias"]), "linear", "linear", module_type="Linear")
+    pair = dataclasses.replace(node, target=first_of_pair, args=(Ref(out.name),), kwargs={}, kind="route", op="first_of_pair")
+    return chain + attended + [merged, out, pair]
+

@@ -93,6 +93,33 @@ class MaskedAttention(nn.Module):
         return self.head(F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask).mean(1))
 
 
+class CosineAttention(nn.Module):
+    """Swin V2's cosine attention and Swin's helpers: roll, F.normalize'd q and k, swapaxes, x.new_zeros, reshape_as."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.qkv, self.head = nn.Linear(d, 3 * d), nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = torch.roll(x, 1, dims=1)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        attention = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).swapaxes(-2, -1) * 4.0
+        attention = attention + x.new_zeros(attention.shape[-2:])
+        return self.head((attention.softmax(-1) @ v).reshape_as(x).mean(1))
+
+
+class CountedPositions(nn.Module):
+    """RoBERTa's position ids: counted from the non-padding ids, so the lookup of positions reads the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.pos, self.head = nn.Embedding(10, 4, padding_idx=0), nn.Embedding(8, 4), nn.Linear(4, 3)
+
+    def forward(self, ids):
+        mask = ids.ne(0).int()
+        return self.head((self.emb(ids) + self.pos(torch.cumsum(mask, dim=1) * mask)).mean(1))
+
+
 CASES = {
     "block eager attention": lambda: (models.Block("eager"), torch.randn(2, 5, 8, dtype=D64)),
     "block sdpa causal": lambda: (models.Block("sdpa"), torch.randn(2, 5, 8, dtype=D64)),
@@ -111,6 +138,8 @@ CASES = {
     "silu written as x*sigmoid(x)": lambda: (models.GeluNet(models.HandSiLU()), torch.randn(3, 4, dtype=D64)),
     "swiglu": lambda: (SwiGLU(), torch.randn(3, 6, dtype=D64)),
     "bag of embeddings (token ids)": lambda: (models.BagOfEmbeddings(), torch.tensor([[3, 1, 4, 1, 5, 0], [2, 7, 1, 8, 0, 0]])),
+    "cosine attention (swin v2)": lambda: (CosineAttention(), torch.randn(2, 5, 8, dtype=D64)),
+    "position ids counted from the ids (roberta)": lambda: (CountedPositions(), torch.tensor([[3, 1, 4, 1, 5, 0], [2, 7, 1, 8, 0, 0]])),
     "vit (lrpcli.architectures)": lambda: (ViT(image_size=8, patch_size=4, dim=8, depth=2, heads=2), torch.randn(2, 3, 8, 8, dtype=D64)),
 }
 
@@ -337,3 +366,30 @@ def test_attention_weights_are_not_kept_through_the_forward_pass():
     values = record(graph, x)
     assert all(not dict.__contains__(values, name) and name in values.recomputable for name in parts)
     torch.testing.assert_close(explainer.explain(x, TARGET).relevance, modified_gradient_relevance(model, x, TARGET, "attnlrp"), rtol=1e-6, atol=1e-9)
+
+
+def test_fused_multi_head_attention_of_a_traced_module_equals_the_oracle():
+    """nn.MultiheadAttention traced without grad (torchvision's ViT saved with torch.jit.trace) runs the fused
+    _native_multi_head_attention op, which lrp decomposes into its projections and attention parts."""
+    torch.manual_seed(0)
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention, self.head = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.attention(x, x, x, need_weights=False)[0].mean(1))
+
+    model = Head().eval().requires_grad_(False)
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x, check_trace=False)
+    assert "_native_multi_head_attention" in str(traced.inlined_graph)
+    twin = Head().double().eval()
+    twin.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    for composite, mode in MODES:
+        ours = explain(traced, x, composite, target=TARGET, params=EXACT).relevance.double()
+        expected = modified_gradient_relevance(twin, x.double(), TARGET, mode)
+        assert (ours - expected).abs().max() <= 1e-5 * expected.abs().max(), composite
+
