@@ -79,6 +79,7 @@ def explain(
     init: str = "value",
     layer_relevance: bool = False,
     params: dict[str, Any] | None = None,
+    inputs: dict[str, torch.Tensor] | None = None,
 ) -> Explanation:
     """Explain ``model``'s output for the batch ``x`` with LRP.
 
@@ -87,9 +88,11 @@ def explain(
     ``target``: None (the argmax), an int, or a tensor/list of ints (one per sample).
     ``init``: "value" starts from the target logit's value, "one-hot" from 1 (zennit's seed).
     ``params``: composite-wide parameter overrides (epsilon, gamma, low, high, stabilizer).
+    ``inputs``: further keyword inputs of the model (an ``attention_mask``), one row per sample: held
+    constant, never explained (nn.Modules and exported programs).
     """
     return Explainer(model, composite, params=params).explain(
-        x, target, init=init, layer_relevance=layer_relevance
+        x, target, init=init, layer_relevance=layer_relevance, inputs=inputs
     )
 
 
@@ -116,9 +119,9 @@ class Explainer:
 
     # -- graph preparation
 
-    def captured(self, x: torch.Tensor) -> Graph:
-        """The raw captured graph for inputs shaped like ``x``."""
-        key = tuple(x.shape[1:])
+    def captured(self, x: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> Graph:
+        """The raw captured graph for inputs shaped like ``x`` (and the extra ``inputs``)."""
+        key = tuple(x.shape[1:]) + tuple((name, tuple(t.shape[1:]), t.dtype) for name, t in sorted((inputs or {}).items()))
         try:
             cache = _CAPTURED.setdefault(self.model, {})
         except TypeError:  # not weak-referenceable
@@ -131,17 +134,18 @@ class Explainer:
         example = x.detach().to("cpu") if _on_cpu(self.model) else x.detach()
         if example.is_floating_point():  # capture in the weights' dtype (token ids stay integers)
             example = example.to(_model_dtype(self.model) or example.dtype)
-        graph = capture(self.model, example)
+        extras = {name: t.detach().to(example.device) for name, t in (inputs or {}).items()} or None
+        graph = capture(self.model, example, extras=extras)
         if not graph.dynamic_batch and graph.input_shape[:1] != x.shape[:1] and not isinstance(
             self.model, torch.export.ExportedProgram
         ):
-            graph = capture(self.model, example, exact_batch=True)  # the model's code fixes the batch size
+            graph = capture(self.model, example, exact_batch=True, extras=extras)  # the model's code fixes the batch size
         cache[key if graph.dynamic_batch else tuple(graph.input_shape)] = (fingerprint, graph)
         return graph
 
-    def prepare(self, x: torch.Tensor) -> tuple[Graph, dict[str, Assigned]]:
+    def prepare(self, x: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> tuple[Graph, dict[str, Assigned]]:
         """The canonized graph on x's device/dtype and the rule of every node."""
-        raw = self.captured(x)
+        raw = self.captured(x, inputs)
         if not raw.dynamic_batch and raw.input_shape and raw.input_shape[0] != x.shape[0]:
             raise InputError(
                 f"this model was saved for batches of exactly {raw.input_shape[0]}, got {x.shape[0]}",
@@ -158,25 +162,31 @@ class Explainer:
             hit = self._prepared[key] = (raw, graph, self.composite.assign(graph))
         return hit[1], hit[2]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The model's outputs for ``x`` (through the prepared graph), e.g. to choose targets."""
         x = _check_input(x)
-        graph, _ = self.prepare(x)
+        graph, _ = self.prepare(x, inputs)
         with torch.inference_mode():
-            outputs = graph(x)
+            outputs = graph(x, inputs)
         return _usable(outputs)
 
     # -- the explanation
 
     def explain(
-        self, x: torch.Tensor, target: Any = None, *, init: str = "value", layer_relevance: bool = False
+        self,
+        x: torch.Tensor,
+        target: Any = None,
+        *,
+        init: str = "value",
+        layer_relevance: bool = False,
+        inputs: dict[str, torch.Tensor] | None = None,
     ) -> Explanation:
         x = _check_input(x)
         if init not in INITS:
             raise UsageError(f"unknown init '{init}' (known: {', '.join(INITS)})", hint=suggest(init, list(INITS)))
-        graph, assigned = self.prepare(x)
+        graph, assigned = self.prepare(x, inputs)
         with torch.inference_mode():
-            values = record(graph, x)
+            values = record(graph, x, inputs)
             outputs = values[graph.output]
             if not isinstance(outputs, torch.Tensor):
                 raise ModelError("the model's output is not a tensor")
@@ -340,7 +350,7 @@ def _recomputable(graph: Graph) -> dict[str, int]:
     return droppable
 
 
-def record(graph: Graph, x: torch.Tensor) -> Recorded:
+def record(graph: Graph, x: torch.Tensor, extras: dict[str, torch.Tensor] | None = None) -> Recorded:
     """Run ``graph`` forward on ``x``, keeping what the backward walk needs."""
     droppable = _recomputable(graph)
     drop_after: dict[int, list[str]] = {}
@@ -348,7 +358,7 @@ def record(graph: Graph, x: torch.Tensor) -> Recorded:
         drop_after.setdefault(index, []).append(name)
     by_name = {node.name: node for node in graph.nodes}
     values = Recorded()
-    values[graph.input] = x
+    values.update(graph.inputs(x, extras))
     for index, node in enumerate(graph.nodes):
         values[node.name] = node.call(values)
         for name in drop_after.get(index, ()):

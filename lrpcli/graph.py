@@ -145,6 +145,7 @@ class Graph:
     input_shape: tuple[int, ...]  # example input shape (batch dim included)
     dynamic_batch: bool = True
     notes: list[str] = field(default_factory=list)  # what canonizers did, for the user
+    extra_inputs: tuple[str, ...] = ()  # further inputs (an attention mask): given per batch, never explained
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -196,21 +197,37 @@ class Graph:
         for node in self.unsupported():
             raise UnsupportedOpError(node.op, node.name, node.module, node.module_type, hint=node.hint)
 
-    def run(self, x: torch.Tensor) -> dict[str, Any]:
+    def run(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run the graph forward, keeping every node's output (names -> values)."""
-        values: dict[str, Any] = {self.input: x}
+        values: dict[str, Any] = self.inputs(x, extras)
         for node in self.nodes:
             values[node.name] = node.call(values)
         return values
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x)[self.output]
+    def inputs(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The input and the extra inputs, by graph name (extras are matched by name, else in order)."""
+        extras = dict(extras or {})
+        if len(extras) != len(self.extra_inputs):
+            from .errors import InputError
+
+            raise InputError(
+                f"the model takes the extra input(s) {', '.join(self.extra_inputs) or '(none)'}; got {', '.join(extras) or 'none'}",
+                hint="pass them as inputs={name: tensor}, one row per sample",
+            )
+        values: dict[str, Any] = {self.input: x}
+        given = list(extras.values())
+        for index, name in enumerate(self.extra_inputs):
+            values[name] = extras[name] if name in extras else given[index]
+        return values
+
+    def __call__(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> torch.Tensor:
+        return self.run(x, extras)[self.output]
 
 
 # --------------------------------------------------------------------------- capture
 
 
-def capture(model: Any, example: torch.Tensor, exact_batch: bool = False) -> Graph:
+def capture(model: Any, example: torch.Tensor, exact_batch: bool = False, extras: dict[str, torch.Tensor] | None = None) -> Graph:
     """Capture ``model`` (nn.Module, ScriptModule or ExportedProgram) as a Graph.
 
     ``example`` is one input batch; its shape fixes everything but the batch size,
@@ -218,13 +235,18 @@ def capture(model: Any, example: torch.Tensor, exact_batch: bool = False) -> Gra
     exactly ``example``'s batch).
     """
     if isinstance(model, torch.export.ExportedProgram):
-        return from_graph_module(model.module(), "exported_program")
+        return from_graph_module(model.module(), "exported_program", extras=bool(extras))
+    if extras and isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(
+            "extra inputs are supported for nn.Modules and exported programs, not yet for TorchScript files",
+            hint="save the model with torch.export.save (.pt2), or wrap it so that forward takes one tensor",
+        )
     if isinstance(model, torch.jit.ScriptModule):
         program, note = torchscript_conversion(model, example, exact_batch)
         graph = from_graph_module(program.module(), "torchscript")
         return graph.replace(notes=graph.notes + [note]) if note else graph
     if isinstance(model, torch.nn.Module):
-        return from_graph_module(export_module(model, example, exact_batch).module(), "export")
+        return from_graph_module(export_module(model, example, exact_batch, extras).module(), "export", extras=bool(extras))
     raise ModelError(
         f"cannot explain an object of type {type(model).__name__}",
         hint="pass an nn.Module, a ScriptModule, an ExportedProgram or a path to a saved model",
@@ -255,28 +277,45 @@ def _example_batch(example: torch.Tensor) -> torch.Tensor:
     return example.expand(2, *example.shape[1:]).clone()
 
 
-def export_module(model: torch.nn.Module, example: torch.Tensor, exact_batch: bool = False) -> torch.export.ExportedProgram:
-    """torch.export an eager module in eval mode with a dynamic batch dimension."""
+def export_module(
+    model: torch.nn.Module, example: torch.Tensor, exact_batch: bool = False, extras: dict[str, torch.Tensor] | None = None
+) -> torch.export.ExportedProgram:
+    """torch.export an eager module in eval mode with a dynamic batch dimension; ``extras`` are further
+    keyword inputs (an attention mask), batch first like the example."""
     was_training = model.training
     model.eval()
+    extras = dict(extras or {})
     try:
         with _quiet_torch():
             if not exact_batch:
                 try:
-                    return _without_vmap(
-                        torch.export.export(model, (_example_batch(example),), dynamic_shapes=({0: torch.export.Dim.AUTO},))
-                    )
+                    batch = {name: _example_batch(value) for name, value in extras.items()}
+                    dims = ({0: torch.export.Dim.AUTO},) + tuple({0: torch.export.Dim.AUTO} for _ in batch)
+                    if batch:
+                        dims = _named_dims(model, dims, list(batch))
+                    return _without_vmap(torch.export.export(model, (_example_batch(example),), kwargs=batch or None, dynamic_shapes=dims))
                 except Exception:  # e.g. code that bakes the batch size in: capture for exactly this batch
                     pass
-            return _without_vmap(torch.export.export(model, (example.detach(),)))
+            fixed = {name: value.detach() for name, value in extras.items()}
+            return _without_vmap(torch.export.export(model, (example.detach(),), kwargs=fixed or None))
     except Exception as exc:  # torch raises many kinds here; all mean "cannot capture"
-        raise ModelError(
-            f"torch.export could not capture {type(model).__name__}: {_first_line(exc)}",
-            hint="the model's forward must be traceable by torch.export for an input shaped "
-            f"{tuple(example.shape)}; check the input shape, or save the model with torch.jit.script",
-        ) from exc
+        hint = (
+            "the model's forward must be traceable by torch.export for an input shaped "
+            f"{tuple(example.shape)}; check the input shape, or save the model with torch.jit.script"
+        )
+        if isinstance(exc, TypeError) and "argument" in str(exc):
+            hint = "give the model's other inputs (e.g. an attention mask) with inputs={name: tensor}, or wrap it so that forward takes one tensor"
+        raise ModelError(f"torch.export could not capture {type(model).__name__}: {_first_line(exc)}", hint=hint) from exc
     finally:
         model.train(was_training)
+
+
+def _named_dims(model: torch.nn.Module, dims: tuple, extras: list[str]) -> dict[str, Any]:
+    """torch.export wants dynamic shapes by parameter name once keyword inputs are given."""
+    import inspect
+
+    first = next(iter(inspect.signature(model.forward).parameters))
+    return {first: dims[0], **{name: spec for name, spec in zip(extras, dims[1:])}}
 
 
 def _without_vmap(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
@@ -419,9 +458,17 @@ class _Builder:
         self.batch_dims: dict[str, int | None] = {}  # fx name -> the dim of its output that holds the samples
         self.meta: set[str] = set()  # live names that only carry sizes (sym_size and arithmetic on it)
         self.id_views: set[str] = set()  # the input and its views (reshape, casts): an embedding of these is the input
+        self.extra_inputs: tuple[str, ...] = ()
 
-    def build(self) -> Graph:
+    def build(self, extras: bool = False) -> Graph:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        if extras and placeholders:  # the first input is explained; the others carry no relevance
+            for extra in placeholders[1:]:
+                self.live.add(extra.name)
+                self.meta.add(extra.name)
+                self._note_dtype(extra)
+            self.extra_inputs = tuple(p.name for p in placeholders[1:])
+            placeholders = placeholders[:1]
         if len(placeholders) != 1:
             raise ModelError(
                 f"the model takes {len(placeholders)} inputs; lrpcli explains models with exactly one input tensor",
@@ -466,6 +513,7 @@ class _Builder:
             source=self.source,
             input_shape=input_shape,
             dynamic_batch=dynamic,
+            extra_inputs=self.extra_inputs,
         )
 
     # -- helpers
@@ -721,6 +769,7 @@ def _get_attr(gm: torch.nn.Module, target: str) -> Any:
     return obj
 
 
-def from_graph_module(gm: torch.fx.GraphModule, source: str) -> Graph:
-    """Build a Graph from the fx GraphModule of an ExportedProgram (``ep.module()``)."""
-    return _Builder(gm, source).build()
+def from_graph_module(gm: torch.fx.GraphModule, source: str, extras: bool = False) -> Graph:
+    """Build a Graph from the fx GraphModule of an ExportedProgram (``ep.module()``); with ``extras``, inputs
+    after the first are extra inputs that are never explained."""
+    return _Builder(gm, source).build(extras)

@@ -393,3 +393,40 @@ def test_fused_multi_head_attention_of_a_traced_module_equals_the_oracle():
         expected = modified_gradient_relevance(twin, x.double(), TARGET, mode)
         assert (ours - expected).abs().max() <= 1e-5 * expected.abs().max(), composite
 
+
+
+def test_an_attention_mask_is_an_extra_input_held_constant():
+    """forward(input_ids, attention_mask): the mask is given per batch (inputs=...), never explained; padded
+    tokens get no relevance, and the result equals the oracle's with the same mask."""
+    transformers = pytest.importorskip("transformers")
+    from lrpcli.errors import InputError
+
+    class WithMask(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=16, num_labels=3)
+    model = WithMask(_with_biases(transformers.BertForSequenceClassification(config).double())).eval()
+    ids = torch.randint(1, 50, (3, 6))
+    ids[1, 4:], ids[2, 3:] = 0, 0
+    mask = (ids != 0).long()
+    for composite, mode in MODES:
+        ours = explain(model, ids, composite, target=TARGET, params=EXACT, inputs={"attention_mask": mask}).relevance
+        expected = embedding_relevance(model, ids, TARGET, mode, attention_mask=mask)
+        assert (ours - expected).abs().max() <= 1e-6 * expected.abs().max()
+        assert (ours[mask == 0] == 0).all()
+    from lrpcli import Explainer, LrpError
+
+    explainer = Explainer(model, "attnlrp")
+    explainer.explain(ids, inputs={"attention_mask": mask})
+    with pytest.raises(LrpError, match="attention_mask") as caught:
+        explainer.explain(ids)  # without its mask the model cannot even be captured
+    assert "inputs=" in (caught.value.hint or "")
+    graph, _ = explainer.prepare(ids, {"attention_mask": mask})
+    with pytest.raises(InputError, match="attention_mask"):
+        graph.inputs(ids, {})
