@@ -47,10 +47,6 @@ def _op(node: Node) -> str:
     return ops.op_name(ops.out_of_place(node.target))
 
 
-def _ref_args(node: Node) -> list[str]:
-    return [ref for ref in node.refs]
-
-
 def is_normaliser(name: str, by_name: dict[str, Node], depth: int = 0) -> bool:
     """Whether ``name`` is a spread statistic of some tensor (var, std, a norm, mean of squares),
     possibly with eps added, square-rooted, inverted or broadcast."""
@@ -62,7 +58,7 @@ def is_normaliser(name: str, by_name: dict[str, Node], depth: int = 0) -> bool:
         return is_normaliser(node.args[0].name, by_name, depth + 1) if isinstance(node.args[0], Ref) else False
     if op in _SPREAD_OPS:
         return True
-    refs = _ref_args(node)
+    refs = node.refs
     if op in _REDUCTIONS and len(refs) == 1:
         return _is_square(refs[0], by_name)
     if op in _SHAPED_LIKE and refs:  # F.normalize: norm.clamp_min(eps).expand_as(x): x only lends its shape
@@ -76,7 +72,7 @@ def _is_square(name: str, by_name: dict[str, Node]) -> bool:
     node = by_name.get(name)
     if node is None:
         return False
-    op, refs = _op(node), _ref_args(node)
+    op, refs = _op(node), node.refs
     if op == "pow":
         return len(node.args) > 1 and node.args[1] == 2
     if op == "mul":
@@ -93,7 +89,7 @@ def gate_op(name: str, by_name: dict[str, Node]) -> str:
         op = _op(node)
         if any(op in names for names in _GATES):
             return op
-        refs = _ref_args(node)
+        refs = node.refs
         if op not in _GATE_STEPS or len(refs) != 1:
             return ""
         node = by_name.get(refs[0])
