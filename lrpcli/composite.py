@@ -216,6 +216,7 @@ class Composite:
         values = {key: self.params[key] for key in cls.inherits if key in self.params}
         values.update(entry.values)
         try:
+            _check_bounds(values)
             return cls(**values)
         except ConfigError as exc:
             raise ConfigError(exc.message, source=entry.source, line=entry.line, key=exc.key, hint=exc.hint) from exc
@@ -355,6 +356,29 @@ def _check_params(params: Any, source: str, mapping: Any) -> dict[str, Any]:
         else:
             checked[key] = _number(value, key, source, line)
     return checked
+
+
+def _check_bounds(values: dict[str, Any]) -> None:
+    """z^B's input box must not be upside down: ``low`` above ``high`` (anywhere, per channel) would
+    swap the roles of positive and negative weights without a word."""
+    if "low" not in values or "high" not in values:
+        return
+    try:
+        low = torch.as_tensor(values["low"], dtype=torch.float64)
+        high = torch.as_tensor(values["high"], dtype=torch.float64)
+        upside_down = bool((low > high).any())
+    except (TypeError, ValueError, RuntimeError):  # not numbers, or lists that do not broadcast
+        return  # the rule's own validation names what is wrong
+    if upside_down:
+        raise ConfigError(
+            f"the input bounds are upside down: low {_shown_bound(values['low'])} is above high {_shown_bound(values['high'])}",
+            key="low",
+            hint="low is the smallest input value the model sees, high the largest (after normalisation)",
+        )
+
+
+def _shown_bound(value: Any) -> str:
+    return str(value.tolist() if hasattr(value, "tolist") else value)
 
 
 def _as_tuple(value: Any, key: str, source: str, line: int | None) -> tuple[str, ...]:

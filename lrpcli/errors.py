@@ -25,6 +25,12 @@ class UsageError(LrpError):
     exit_code = 2
 
 
+class OutputError(UsageError):
+    """The output cannot be written where -o says: a read-only or full disk, no permission, a file where
+    a folder must be (or the reverse), a symbolic link that leads out of the output folder. Exit 2: the
+    user must point -o elsewhere or make room."""
+
+
 class ConfigError(LrpError):
     """A composite file or dict is invalid: YAML, unknown key/rule/composite, bad value.
 

@@ -155,8 +155,8 @@ def resolve_arch(arch: str | Callable) -> Callable:
         sys.modules[module_name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
-            raise ModelError(f"--arch: importing {file} failed: {_first_line(exc)}") from exc
+        except (Exception, SystemExit) as exc:
+            raise ModelError(f"--arch: importing {file} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
     else:
         try:
             module = importlib.import_module(where)
@@ -165,6 +165,8 @@ def resolve_arch(arch: str | Callable) -> Callable:
             if where.split(".")[0] == "torchvision":
                 hint = "torchvision is an optional extra: pip install 'lrpcli[torchvision]'"
             raise ModelError(f"--arch: cannot import module '{where}': {exc}", hint=hint) from exc
+        except (Exception, SystemExit) as exc:  # the module's own code raised (or exited) while importing
+            raise ModelError(f"--arch: importing module '{where}' failed: {type(exc).__name__}: {_first_line(exc)}") from exc
     factory = getattr(module, name, None)
     if factory is None or not callable(factory):
         names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
@@ -233,20 +235,34 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _zip_has(path: Path, name: str) -> bool:
+def _zip_names(path: Path) -> list[str] | None:
+    """The entry names of a zip archive (TorchScript, .pt2 and torch.save files are zips), None for a
+    file that is not one. A file that starts like a zip but whose directory is damaged (truncated, bad
+    bytes in a name) is a ModelError naming it, not an internal error from zipfile."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror}") from exc
+    if not zipfile.is_zipfile(path) and magic != b"PK\x03\x04":
+        return None
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(entry.endswith(name) for entry in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+            return archive.namelist()
+    except Exception as exc:  # BadZipFile, UnicodeDecodeError on a damaged name, EOFError, ...
+        raise ModelError(
+            f"{path}: a damaged zip archive ({type(exc).__name__}: {_first_line(exc)})",
+            hint="the file is truncated or corrupted: copy or download it again",
+        ) from exc
+
+
+def _zip_has(path: Path, name: str) -> bool:
+    return any(entry.endswith(name) for entry in _zip_names(path) or [])
 
 
 def _is_torchscript(path: Path) -> bool:
     """TorchScript archives hold a ``code/`` folder and ``constants.pkl``; state dicts do not."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+    names = _zip_names(path) or []
     return any("/code/" in name for name in names) and any(name.endswith("constants.pkl") for name in names)
 
 

@@ -23,8 +23,19 @@ import torch
 
 from .data.images import ImageDataset, ImageInput, Preprocessing, collate
 from .engine import Explainer
-from .errors import ConfigError, InputError, ModelError, UnsupportedOpError, UsageError
-from .outputs import SummaryLog, file_labels, inside, read_summary, safe_label, save_array, write_json, write_summary
+from .errors import ConfigError, InputError, LrpError, ModelError, OutputError, UnsupportedOpError, UsageError
+from .outputs import (
+    SummaryLog,
+    file_labels,
+    inside,
+    output_errors,
+    read_summary,
+    refuse_links_out,
+    safe_label,
+    save_array,
+    write_json,
+    write_summary,
+)
 from .registry import suggest
 from .render import COLORMAPS, save_heatmap
 from .shards import Manifest, Shard, fingerprint, output_lock, suffix
@@ -241,8 +252,32 @@ def explain_images(
 
     The output folder (this shard's part of it) is locked for the whole run: a second run into it at
     once is refused (UsageError) rather than left to truncate the manifest."""
-    with output_lock(options.out, options.shard):
-        return _explain_images(explainer, items, preprocessing, options, targets, classes, run_info, progress)
+    out = options.out
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"-o {out} is a file: image results go to a folder", hint=f"give a folder, e.g. -o {out.with_suffix('')}-lrp (it is made if missing)")
+    made = not out.exists()
+    sfx = suffix(options.shard)
+    with output_errors(out):
+        refuse_links_out(out, [f".lock{sfx}", f"manifest{sfx}.jsonl", f"summary{sfx}.partial.csv", "heatmaps", "relevance"])
+        try:
+            with output_lock(out, options.shard):
+                return _explain_images(explainer, items, preprocessing, options, targets, classes, run_info, progress)
+        except LrpError as exc:
+            if made and not isinstance(exc, InputError):  # a model or config error before anything was written
+                _remove_if_only(out, {f".lock{sfx}"})
+            raise
+
+
+def _remove_if_only(out: Path, names: set[str]) -> None:
+    """Remove ``out`` (made by this run) if it holds nothing but ``names``."""
+    try:
+        entries = list(out.iterdir())
+        if all(entry.name in names and entry.is_file() for entry in entries):
+            for entry in entries:
+                entry.unlink()
+            out.rmdir()
+    except OSError:
+        pass
 
 
 def result_settings(preprocessing: Preprocessing, options: ImageRunOptions, targets: TargetSpec, classes: list[str] | None) -> dict[str, Any]:
@@ -273,6 +308,7 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
     sfx = suffix(options.shard)
     partial = out / f"summary{sfx}.partial.csv"
     manifest = Manifest(out, options.shard)
+    fresh = not manifest.path.exists()
     manifest.open(
         options.model_sha256,
         fingerprint(explainer.composite.to_dict()),
@@ -292,6 +328,16 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
         progress(report.skipped)
 
     log = SummaryLog(partial)
+
+    def forget() -> None:
+        """A model or config error before any input was explained: no manifest and no header-only partial
+        summary are left to suggest a run to resume (a folder that held results before keeps them)."""
+        if fresh and not report.explained and not done:
+            log.close()
+            manifest.close()
+            partial.unlink(missing_ok=True)
+            manifest.path.unlink(missing_ok=True)
+
     loader = torch.utils.data.DataLoader(
         ImageDataset(todo, preprocessing),
         batch_size=options.batch_size,
@@ -353,6 +399,9 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
                 if progress:
                     progress(len(batch))
             settle(keep=0)
+        except (ModelError, ConfigError):
+            forget()
+            raise
         finally:
             log.close()
             manifest.close()
@@ -360,6 +409,7 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
     if report.failures and not report.explained and not done and shape_errors and len(shape_errors) == 1:
         # nothing worked at all: the model, not an image, is the problem
         partial.unlink(missing_ok=True)
+        forget()
         raise ModelError(f"the model failed on every input: {next(iter(shape_errors.values()))}", hint="check the model and the input size (--size)")
     rows: list[dict[str, Any]] = []
     for item in items:
@@ -405,7 +455,8 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
     futures: list[Future] = []
     rows: list[dict[str, Any]] = []
     for pairs, result in results:
-        relevance = result.relevance.detach().float().cpu().numpy()
+        # saved as computed in float64 (--dtype float64); half precision is widened to float32 (numpy has no bfloat16)
+        relevance = result.relevance.detach().to(torch.float64 if dtype == torch.float64 else torch.float32).cpu().numpy()
         logits = result.outputs.detach().double().cpu()
         logits = logits if logits.ndim == 2 else logits.reshape(logits.shape[0], -1)
         probabilities = torch.softmax(logits, dim=1) if logits.shape[1] > 1 else None

@@ -16,12 +16,62 @@ from ..errors import LrpError
 from . import console as _console
 
 
+class _ClosedStream:
+    """Stands in for a standard stream that was closed before lrp started (``>&-``, ``<&-``: Python
+    then has ``sys.stdout`` None): using it is a named user error, not an AttributeError."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def __init__(self, error: LrpError):
+        self.error = error
+
+    @property
+    def buffer(self):
+        raise self.error
+
+    def write(self, *_):
+        raise self.error
+
+    writelines = read = readline = readlines = __iter__ = write
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        import io
+
+        raise io.UnsupportedOperation("the stream is closed")
+
+    def flush(self) -> None:
+        pass
+
+
+def _guard_closed_streams() -> None:
+    from ..errors import InputError, OutputError
+
+    if sys.stdout is None:
+        sys.stdout = _ClosedStream(OutputError("stdout is closed: results have nowhere to go", hint="give -o FILE, or run with stdout open (> FILE)"))
+    if sys.stdin is None:
+        sys.stdin = _ClosedStream(InputError("stdin is closed: there are no rows to read from -", hint="give a CSV file, or pipe rows in (< FILE)"))
+
+
+def _write_failed(exc: OSError) -> bool:
+    from ..outputs import WRITE_ERRNOS
+
+    return exc.errno in WRITE_ERRNOS
+
+
 class LrpGroup(click.Group):
     """Maps LrpError kinds to exit codes (design.md section 5); tracebacks only with -v or LRP_DEBUG=1."""
 
     def invoke(self, ctx: click.Context):
+        _guard_closed_streams()
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            if not isinstance(sys.stdout, _ClosedStream):
+                sys.stdout.flush()  # a full disk behind `> FILE` fails here, named, not at interpreter exit
+            return result
         except LrpError as exc:
             if _console.debug_enabled(ctx.params.get("verbose", 0)):
                 traceback.print_exc()
@@ -34,14 +84,38 @@ class LrpGroup(click.Group):
 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
+        except OSError as exc:
+            if not _write_failed(exc):
+                return self._internal(ctx, exc)
+            # the library names its own files (OutputError); what reaches here unnamed is stdout
+            where = exc.filename if exc.filename is not None else "stdout"
+            if _console.debug_enabled(ctx.params.get("verbose", 0)):
+                traceback.print_exc()
+            _console.error(f"cannot write {where}: {exc.strerror}", "make room on that disk, or send the results elsewhere (-o FILE)")
+            _quiet_stdout()
+            sys.exit(2)
         except KeyboardInterrupt:
             _console.error("interrupted; finished outputs are kept (rerun with --resume to continue)")
             sys.exit(130)
         except Exception as exc:  # an internal error: a short message, the traceback on request
-            if _console.debug_enabled(ctx.params.get("verbose", 0)):
-                traceback.print_exc()
-            _console.error(f"internal error: {type(exc).__name__}: {exc}", "rerun with -v (or LRP_DEBUG=1) for the traceback")
-            sys.exit(1)
+            self._internal(ctx, exc)
+
+    @staticmethod
+    def _internal(ctx: click.Context, exc: BaseException) -> None:
+        if _console.debug_enabled(ctx.params.get("verbose", 0)):
+            traceback.print_exc()
+        _console.error(f"internal error: {type(exc).__name__}: {exc}", "rerun with -v (or LRP_DEBUG=1) for the traceback")
+        sys.exit(1)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush of what could not be written stays quiet."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 @click.group(cls=LrpGroup, context_settings={"help_option_names": ["-h", "--help"]})

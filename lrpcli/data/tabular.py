@@ -145,13 +145,14 @@ def open_rows(handle: IO[str], source: str) -> tuple[list[str], Iterator[list[st
     bad = _not_utf8(header, range(len(header)))
     if bad:
         raise InputError(f"{source}: row 1 (the header): '{bad[1]}' is not UTF-8 text", hint="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
-    return header, reader
+    return [name.strip() for name in header], reader  # `a, b, c` names columns a, b and c
 
 
 def read_batches(
     reader: Iterator[list[str]], header: list[str], columns: TabularColumns, batch_size: int, source: str
 ) -> Iterator[RowBatch]:
     """Parse rows in batches; a bad row becomes a Row with an error, never an exception."""
+    header = [name.strip() for name in header]  # as TabularColumns.resolve matched them
     index = {name: header.index(name) for name in header}
     feature_index = [index[name] for name in columns.features]
     used = feature_index + [index[name] for name in (columns.id_col, columns.label_col) if name]
