@@ -305,3 +305,165 @@ def test_float64_relevance_is_saved_as_float64(world, tmp_path):
     assert relevance.dtype == np.float64
     assert float(relevance.sum()) == float(run.rows()[0]["relevance_sum"]) or np.isclose(relevance.sum(), float(run.rows()[0]["relevance_sum"]), rtol=1e-12)
     assert lrp("explain", world / "m.ts", world / "imgs", "-q", out=tmp_path / "f32").array("relevance/a.npy").dtype == np.float32
+
+
+# --------------------------------------------------------------------------- fuzz: the config and CSV parsers
+
+from datetime import timedelta  # noqa: E402
+
+import click  # noqa: E402
+import yaml  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from lrpcli.errors import LrpError  # noqa: E402
+
+WORDS = ["name", "rules", "params", "extends", "canonizers", "match", "rule", "type", "first", "epsilon", "gamma", "low",
+         "high", "stabilizer", "zbox", "zplus", "flat", "conv", "linear", "model", "arch", "arch_kwargs", "input", "classes",
+         "composite", "size", "resize", "crop", "mean", "std", "mode", "features", "drop", "id_col", "label_col", "RGB", "L",
+         "epsilon_plus", "lrp_0", "m.ts", "x"]
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(WORDS), st.text(max_size=8),
+)
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(WORDS) | st.text(max_size=4), inner, max_size=4), max_leaves=12)
+MAPPINGS = st.dictionaries(st.sampled_from(WORDS), VALUES, max_size=6)
+YAML_TEXT = st.lists(st.sampled_from(list("abz:-[]{},&*!|>#'\"\n \t.0123456789e+\xe9") + WORDS + ["\n  - ", ": ", "*a", "&a "]), max_size=60).map("".join)
+NUMBER = st.floats(-1e3, 1e3).map(lambda v: f"{v:.4g}")
+CELLS = NUMBER | NUMBER | NUMBER | st.sampled_from(["1", "2.5", "-3", "1e3", "", " ", "nan", "inf", "x", "caf\xe9", "5\udcb5", '"1,2"', '"'])
+CSV_ROWS = st.tuples(
+    st.permutations(["a", "b", "c"]).map(list) | st.permutations(["a", "b", "c", "id"]).map(list)
+    | st.lists(st.sampled_from(["a", "b", "c", "d", " a", "b ", "id", ""]), min_size=1, max_size=5),
+    st.lists(st.lists(CELLS, min_size=3, max_size=3) | st.lists(CELLS, min_size=4, max_size=4) | st.lists(CELLS, max_size=5), max_size=6),
+    st.sampled_from([",", ", "]),
+    st.sampled_from(["\n", "\r\n"]),
+).map(lambda p: p[3].join([p[2].join(p[0])] + [",".join(row) for row in p[1]]) + p[3])
+CSV_NUMERIC = st.lists(
+    st.lists(NUMBER | st.floats(allow_nan=True, allow_infinity=True).map(repr) | CELLS, min_size=3, max_size=3).map(",".join), min_size=1, max_size=8
+).map(lambda rows: "a, b,c\n" + "\n".join(rows) + "\n")
+CSV_RAW = st.lists(st.sampled_from(list("abcd,\"\n\r  0123456789.-+eE_\xe9\udcff") + ["nan", "inf", "a,b,c\n", "1,2,3\n", " a", "\n"]), max_size=80).map("".join)
+CSV_TEXT = CSV_ROWS | CSV_RAW
+
+
+def only_user_errors(call: Callable[[], object]) -> None:
+    """``call`` returns, or raises a user error: an LrpError of a kind other than internal, or click's."""
+    try:
+        call()
+    except LrpError as exc:
+        assert exc.exit_code != 1, f"internal LrpError: {exc!r}"
+    except click.ClickException:
+        pass
+
+
+def _fuzz(strategy, check: Callable, examples: int) -> None:
+    @settings(max_examples=examples, deadline=timedelta(seconds=2), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], database=None)
+    @given(strategy)
+    def run(value) -> None:
+        check(value)
+
+    run()
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fuzz")
+    save_torchscript(minivgg(), folder / "m.ts")
+    return folder
+
+
+def _composite_check(folder: Path):
+    from lrpcli.composite import load_composite
+
+    def load(text: str) -> None:
+        path = folder / "c.yaml"
+        path.write_text(text, encoding="utf-8", errors="surrogateescape")
+        composite = load_composite(path)
+        for entry in composite.entries:
+            composite.make_rule(entry)
+
+    def check(value) -> None:
+        text = value if isinstance(value, str) else yaml.safe_dump(value, allow_unicode=True)
+        only_user_errors(lambda: load(text))
+
+    return check
+
+
+def _spec_check(folder: Path):
+    from lrpcli.models import load_spec
+
+    def check(value) -> None:
+        if isinstance(value, dict):
+            value = {"model": "m.ts", **value}
+        text = value if isinstance(value, str) else yaml.safe_dump(value, allow_unicode=True)
+        (folder / "spec.yaml").write_text(text, encoding="utf-8", errors="surrogateescape")
+        only_user_errors(lambda: load_spec(folder / "spec.yaml"))
+
+    return check
+
+
+def _params_check(values: list[str]) -> None:
+    from lrpcli.cli.options import parse_params
+    from lrpcli.composite import load_composite
+
+    only_user_errors(lambda: load_composite("epsilon_gamma_box", **parse_params(tuple(values))))
+
+
+CSV_OPTIONS = st.fixed_dictionaries(
+    {
+        "features": st.none() | st.permutations(["a", "b", "c"]).map(list) | st.lists(st.sampled_from(["a", "b", "c", "d", " a", ""]), max_size=4),
+        "drop": st.just([]) | st.lists(st.sampled_from(["a", "d", "x"]), max_size=2),
+        "id_col": st.none() | st.just("id") | st.sampled_from(["a", "d", "id"]),
+        "mean": st.none() | st.lists(st.floats(-5, 5), min_size=3, max_size=3),
+        "std": st.none() | st.lists(st.floats(-1, 5), min_size=3, max_size=3),
+        "batch_size": st.integers(1, 4),
+        "top_k": st.none() | st.integers(1, 3),
+        "on_error": st.sampled_from(["skip", "fail"]),
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def mlp_explainer():
+    from lrpcli import load_composite
+    from lrpcli.engine import Explainer
+
+    torch.manual_seed(0)
+    return Explainer(MLP(3, (4,), 2).eval(), load_composite("epsilon"))
+
+
+def _csv_check(explainer):
+    import io
+
+    from lrpcli.stream import explain_rows
+
+    def check(case) -> None:
+        text, options = case
+        only_user_errors(lambda: explain_rows(explainer, io.StringIO(text, newline=""), "<fuzz>", io.StringIO(), device="cpu", **options))
+
+    return check
+
+
+FUZZ = {
+    "composite-mappings": (lambda s, e: (st.fixed_dictionaries({"rules": st.lists(MAPPINGS, max_size=3)}, optional={"params": MAPPINGS, "extends": VALUES}) | MAPPINGS, _composite_check(s))),
+    "composite-text": (lambda s, e: (YAML_TEXT, _composite_check(s))),
+    "spec-mappings": (lambda s, e: (st.fixed_dictionaries({}, optional={"input": MAPPINGS, "classes": VALUES, "arch_kwargs": VALUES, "composite": VALUES}) | MAPPINGS, _spec_check(s))),
+    "spec-text": (lambda s, e: (YAML_TEXT, _spec_check(s))),
+    "params": (lambda s, e: (st.lists(st.tuples(st.sampled_from(["low", "high", "epsilon", "gamma", "stabilizer", "x", ""]), YAML_TEXT).map(lambda kv: f"{kv[0]}={kv[1]}"), max_size=3), _params_check)),
+    "csv": (lambda s, e: (st.tuples(CSV_TEXT, CSV_OPTIONS), _csv_check(e))),
+    # the right columns and mostly numbers, so rows reach the model (NaN, inf, huge values, odd cells among them)
+    "csv-rows": (lambda s, e: (st.tuples(CSV_NUMERIC, CSV_OPTIONS.map(lambda o: {**o, "features": None, "drop": [], "id_col": None})), _csv_check(e))),
+}
+
+
+@pytest.mark.parametrize("parser", list(FUZZ))
+def test_fuzzed_configs_and_csv_rows_give_user_errors_only(parser, scratch, mlp_explainer):
+    """A few seconds in the default suite; the slow variant below runs ~50 times as many examples."""
+    strategy, check = FUZZ[parser](scratch, mlp_explainer)
+    _fuzz(strategy, check, examples=60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parser", list(FUZZ))
+def test_fuzzed_configs_and_csv_rows_give_user_errors_only_long(parser, scratch, mlp_explainer):
+    strategy, check = FUZZ[parser](scratch, mlp_explainer)
+    _fuzz(strategy, check, examples=3000)
