@@ -231,3 +231,12 @@ def block(png: np.ndarray, relevance_shape: tuple[int, int], i: int, j: int) -> 
     factor = png.shape[0] // relevance_shape[0]
     assert png.shape[1] // relevance_shape[1] == factor
     return png[i * factor + factor // 2, j * factor + factor // 2]
+
+
+def refused(run: Run, code: int, *fragments: str) -> None:
+    """The run failed the way a user error should: exit ``code``, no traceback, and each fragment said on stderr."""
+    assert run.code == code, run.describe()
+    assert "Traceback" not in run.stderr and "internal error" not in run.stderr, run.describe()
+    for fragment in fragments:
+        assert fragment in run.stderr, f"{fragment!r} not in:\n{run.describe()}"
+

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli_support import lrp, minivgg, read_csv, save_safetensors, save_torchscript, tiny_gray, write_image
+from cli_support import lrp, minivgg, read_csv, refused, save_safetensors, save_torchscript, tiny_gray, write_image
 from lrpcli.architectures import MLP
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,13 +36,6 @@ def world(tmp_path_factory) -> Path:
     save_torchscript(MLP(3, (4,), 2).eval(), root / "mlp.ts")
     (root / "rows.csv").write_text("a,b,c\n1,2,3\n4,5,6\n", encoding="utf-8")
     return root
-
-
-def refused(run, code: int, *fragments: str) -> None:
-    assert run.code == code, run.describe()
-    assert "Traceback" not in run.stderr and "internal error" not in run.stderr, run.describe()
-    for fragment in fragments:
-        assert fragment in run.stderr, f"{fragment!r} not in:\n{run.describe()}"
 
 
 # --------------------------------------------------------------------------- 12: the exit codes, one table

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_support import lrp, minivgg, read_csv, save_torchscript, tiny_gray, write_image
+from cli_support import lrp, minivgg, read_csv, refused, save_torchscript, tiny_gray, write_image
 from lrpcli.architectures import MLP
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,13 +34,6 @@ def world(tmp_path_factory) -> Path:
     for name, seed in (("a.png", 0), ("b.png", 1)):
         write_image(root / "imgs" / name, seed)
     return root
-
-
-def refused(run, code: int, *fragments: str) -> None:
-    assert run.code == code, run.describe()
-    assert "Traceback" not in run.stderr and "internal error" not in run.stderr, run.describe()
-    for fragment in fragments:
-        assert fragment in run.stderr, f"{fragment!r} not in:\n{run.describe()}"
 
 
 # --------------------------------------------------------------------------- 3: NaN and inf

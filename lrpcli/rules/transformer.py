@@ -48,12 +48,9 @@ class Uniform(Rule):
         return _split(self, node, values, inputs, z, relevance, ledger)
 
 
-class Signal(Rule):
+class Signal(Uniform):
     name = "signal"
     formula = "R_x = x * dz/dx^T R / (z + eps*sign(z)), gate held constant   (the gated signal takes all; CP-LRP, SE nets)"
-    params = {"epsilon": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0)}
-    inherits = ("epsilon",)
-    kinds = ("product",)
 
     def propagate(self, node, values, inputs, z, relevance, ledger=None):
         signals = [name for name in inputs if name not in node.gates]
