@@ -728,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="models run at once (each in its own process)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per model before its child is killed")
     parser.add_argument("--out", type=Path, default=OUT, help=f"the markdown report (default {OUT.relative_to(ROOT)})")
-    parser.add_argument("--json", type=Path, help="also write every record as JSON lines")
+    parser.add_argument("--json", type=Path, help="also write every record as JSON lines (JSON.partial while the run goes on)")
     parser.add_argument("--list", action="store_true", help="print the model keys and exit")
     parser.add_argument("--render", type=Path, metavar="JSONL", help="only write --out again from a --json file of an earlier run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -762,9 +762,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {}
 
+    partial = args.json.with_name(args.json.name + ".partial") if args.json else None
+    if partial:  # each model's records as they come, so that a killed run can still be rendered (--render)
+        partial.write_text(json.dumps({"meta": run_meta(args, forms, 0.0)}) + "\n")
+
     def one(entry: Entry) -> None:
         records = run_model(entry, forms, args.threads, args.timeout)
         results[entry.key] = records
+        if partial:
+            with partial.open("a") as stream:
+                stream.write("".join(json.dumps(r) + "\n" for r in records))
         summary = " ".join(f"{r['form']}={r['outcome'] if r['outcome'] == 'ok' else r['stage']}" for r in records)
         print(f"[{len(results)}/{len(entries)}] {entry.key}: {summary} ({records[0]['wall_s']:.0f} s, {records[0]['model_cpu_s']:.0f} s CPU)", file=sys.stderr, flush=True)
 
@@ -782,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(markdown(records, meta))
     if args.json:
         args.json.write_text(json.dumps({"meta": meta}) + "\n" + "".join(json.dumps(r) + "\n" for r in records))
+        partial.unlink()
     print(f"wrote {args.out} ({wall_s / 60:.1f} min)", file=sys.stderr)
     return 0
 
