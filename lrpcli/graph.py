@@ -560,8 +560,9 @@ class _Builder:
         self._note_dtype(fx_node)
         op_name = ops.op_name(fx_node.target)
         kind = ops.kind_of(fx_node.target)
-        if all(dep in self.meta for dep in deps) or op_name in ops.FACTORY_OPS:
-            kind = "meta"  # arithmetic on sizes only (a traced 1/sqrt(head_dim)), or x.new_zeros(...): no data
+        if all(dep in self.meta for dep in deps):
+            kind = "meta"  # arithmetic on sizes only (a traced 1/sqrt(head_dim)): no data
+        # (x.new_zeros(...) stays unsupported: Swin fills it in place, which the captured graph would lose)
         if kind == "meta":
             self.meta.add(fx_node.name)
         module, module_type = _module_of(fx_node)

@@ -94,7 +94,7 @@ class MaskedAttention(nn.Module):
 
 
 class CosineAttention(nn.Module):
-    """Swin V2's cosine attention and Swin's helpers: roll, F.normalize'd q and k, swapaxes, x.new_zeros, reshape_as."""
+    """Swin V2's cosine attention and Swin's helpers: roll, F.normalize'd q and k, swapaxes, reshape_as."""
 
     def __init__(self, d: int = 8):
         super().__init__()
@@ -104,7 +104,6 @@ class CosineAttention(nn.Module):
         x = torch.roll(x, 1, dims=1)
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         attention = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).swapaxes(-2, -1) * 4.0
-        attention = attention + x.new_zeros(attention.shape[-2:])
         return self.head((attention.softmax(-1) @ v).reshape_as(x).mean(1))
 
 
