@@ -116,6 +116,8 @@ class Explainer:
         self.model_path = str(model) if isinstance(model, (str, Path)) else None
         self.composite: Composite = load_composite(composite, **(params or {}))
         self._prepared: dict[tuple, tuple[Graph, Graph, dict[str, Assigned]]] = {}
+        #: the float dtype to compute in when the input is integral (token ids); None: the weights' dtype
+        self.float_dtype: torch.dtype | None = None
 
     # -- graph preparation
 
@@ -152,12 +154,13 @@ class Explainer:
                 hint="export it with a dynamic batch dimension (dynamic_shapes={'x': {0: Dim.AUTO}}), "
                 f"or pass batches of {raw.input_shape[0]}",
             )
-        key = (id(raw), x.device, x.dtype)
+        key = (id(raw), x.device, x.dtype, self.float_dtype)
         hit = self._prepared.get(key)
         if hit is None or hit[0] is not raw:  # (an id can be reused once a recaptured graph replaced its raw graph)
             graph = prune_dead(canonize(raw, self.composite.canonizers))
             _check_supported(graph)
-            dtype = x.dtype if x.is_floating_point() else _model_dtype(self.model)  # constants follow float inputs
+            # constants follow float inputs; with token ids, the weights' dtype unless float_dtype says otherwise
+            dtype = x.dtype if x.is_floating_point() else (self.float_dtype or _model_dtype(self.model))
             graph = keep_pool_indices(graph).to(x.device, dtype)
             hit = self._prepared[key] = (raw, graph, self.composite.assign(graph))
         return hit[1], hit[2]
@@ -499,8 +502,11 @@ def propagate(
             if countable
             else None
         )
+        absorbed = not outgoing
         for name in list(outgoing):  # popped, so that the next step's rule holds the only reference
             _accumulate(relevance, name, outgoing.pop(name))
+        if countable and node.held and absorbed and ledger.bias is None:
+            ledger.bias = total_out - total_in  # every live input held (a recurrent gate times a bias): absorbed
         if countable and node.kind == "route" and _reads_constants(node, meta):
             ledger.bias = total_out - total_in  # e.g. a ViT's class token, concatenated: a constant's share
         if record and total_out is not None:

@@ -325,7 +325,19 @@ def _without_vmap(program: torch.export.ExportedProgram) -> torch.export.Exporte
         node.op == "call_function" and str(getattr(node.target, "__module__", "")).startswith("torch._functorch")
         for node in program.graph.nodes
     )
+    recurrent = {node.target for node in program.graph.nodes if node.op == "call_function" and node.target in _RECURRENT}
+    if recurrent:  # nn.LSTM / nn.GRU run as one fused op: written out as their cells (linear, sigmoid gates, tanh)
+        from torch._decomp import decomposition_table
+
+        return program.run_decompositions({op: decomposition_table[op] for op in recurrent})
     return program.run_decompositions({}) if functorch else program
+
+
+_RECURRENT = tuple(
+    getattr(getattr(torch.ops.aten, name), overload)
+    for name in ("lstm", "gru", "rnn_tanh", "rnn_relu")
+    for overload in ("input", "data")
+)
 
 
 def torchscript_to_exported(
@@ -459,6 +471,7 @@ class _Builder:
         self.meta: set[str] = set()  # live names that only carry sizes (sym_size and arithmetic on it)
         self.id_views: set[str] = set()  # the input and its views (reshape, casts): an embedding of these is the input
         self.extra_inputs: tuple[str, ...] = ()
+        self.fresh_storages: set[int] = set()  # storages of constants the model made itself (x.new_zeros(...))
 
     def build(self, extras: bool = False) -> Graph:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
@@ -552,8 +565,10 @@ class _Builder:
         deps: list[str] = []
         _walk(args, deps)
         _walk(kwargs, deps)
+        if deps and self._fresh_constant(fx_node, args, deps):
+            return
         if not deps:  # constant subgraph (e.g. a transposed weight): fold it now
-            self.consts[fx_node.name] = target(*args, **kwargs)
+            self.consts[fx_node.name] = self._fold(fx_node, target, args, kwargs)
             self.const_origin[fx_node.name] = self._const_origin_of(fx_node)
             return
         self.live.add(fx_node.name)
@@ -562,7 +577,8 @@ class _Builder:
         kind = ops.kind_of(fx_node.target)
         if all(dep in self.meta for dep in deps):
             kind = "meta"  # arithmetic on sizes only (a traced 1/sqrt(head_dim)): no data
-        # (x.new_zeros(...) stays unsupported: Swin fills it in place, which the captured graph would lose)
+        elif kind != "embedding" and self._reads_only_ids(fx_node, deps):
+            kind = "meta"  # a mask or count made from the token ids ((ids != pad).float().sum(1)): no relevance
         if kind == "meta":
             self.meta.add(fx_node.name)
         module, module_type = _module_of(fx_node)
@@ -611,6 +627,47 @@ class _Builder:
                 self.live.discard(fx_node.name)
                 return
         self.nodes.append(node)
+
+    def _reads_only_ids(self, fx_node: torch.fx.Node, deps: list[str]) -> bool:
+        """Does this op compute from integer values only (ids, masks, indices; meta values aside)? Then its
+        result is no activation either, whatever its dtype. Views and casts of the ids stay live: they lead to
+        the embedding, where the ids' relevance is collected."""
+        if ops.op_name(fx_node.target) in _ID_VIEWS and deps and deps[0] in self.id_views:
+            return False
+        return all(dep in self.meta or self.integral.get(dep, False) for dep in deps)
+
+    def _fresh_constant(self, fx_node: torch.fx.Node, args: tuple, deps: list[str]) -> bool:
+        """``x.new_zeros(size)`` with a fixed size: a new constant that reads only x's dtype, not its data.
+
+        Swin builds its shift mask this way and fills it in place; the fills are folded onto it (see _fold).
+        A size that follows the batch (or any other live value) keeps the op live.
+        """
+        op = ops.op_name(fx_node.target)
+        if not (op.startswith("new_") and op in ops.FACTORY_OPS) or deps != [args[0].name]:
+            return False
+        template = fx_node.args[0].meta.get("val")
+        if template is None:
+            return False
+        value = fx_node.target(torch.empty((), dtype=template.dtype), *args[1:], **self._arg(dict(fx_node.kwargs)))
+        self.consts[fx_node.name] = value
+        self.fresh_storages.add(value.untyped_storage().data_ptr())
+        return True
+
+    def _fold(self, fx_node: torch.fx.Node, target: Any, args: tuple, kwargs: dict) -> Any:
+        """The value of an op on constants only.
+
+        An in-place op on (a view of) a constant made by the model itself (``mask[h0:h1, w0:w1] = count``)
+        is applied in place, as in the model, so the fills reach the tensor later nodes read. A parameter or
+        buffer of the model is never written: there the op runs out of place.
+        """
+        first = args[0] if args else None
+        if (
+            ops.is_inplace(fx_node.target)
+            and isinstance(first, torch.Tensor)
+            and first.untyped_storage().data_ptr() in self.fresh_storages
+        ):
+            return fx_node.target(*args, **kwargs)
+        return target(*args, **kwargs)  # views (slice, view) of a fresh constant share its storage
 
     def _note_dtype(self, fx_node: torch.fx.Node) -> None:
         val = fx_node.meta.get("val")

@@ -113,11 +113,27 @@ def classify_products(graph: Graph) -> Graph:
                 held_any.append(node.module or node.name)
         if node.kind == "product" and not node.gates:
             node = _mark_gates(node, by_name)
+        elif node.kind == "scale" and node.module_type in RECURRENT_MODULES:
+            node = _hold_recurrent_gate(node, by_name)
         nodes.append(node)
     graph = graph.replace(nodes=nodes)
     if held_any:
         graph = graph.replace(notes=graph.notes + [f"normalisers held constant (as in LayerNorm): {', '.join(sorted(set(held_any)))}"])
     return graph
+
+
+#: modules whose fused op lrp writes out as cells (graph._RECURRENT); their gates never take relevance
+RECURRENT_MODULES = ("LSTM", "GRU", "RNN")
+
+
+def _hold_recurrent_gate(node: Node, by_name: dict[str, Node]) -> Node:
+    """A recurrent cell's gate times a constant (GRU's reset gate times the bias at the first step, where
+    the previous state is zero): the gate is held, as everywhere in the cell (Arras et al. 2017), so this
+    term takes its share the way a bias does."""
+    live = [ref for ref in dict.fromkeys(node.refs) if ref not in by_name or by_name[ref].kind != "meta"]
+    if _op(node) == "mul" and len(live) == 1 and gate_level(live[0], by_name) == 0:
+        return dataclasses.replace(node, held=tuple(dict.fromkeys(node.held + (live[0],))))
+    return node
 
 
 def _classify_elementwise_product(node: Node, by_name: dict[str, Node]) -> Node:

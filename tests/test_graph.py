@@ -273,3 +273,36 @@ def test_torchscript_conversion_falls_back_to_fewer_dynamic_dims_and_says_so(mon
         graph = capture(program, x)
         assert graph.dynamic_batch == dynamic
         torch.testing.assert_close(graph(x), model(x))
+
+
+class _ShiftMask(nn.Module):
+    """torchvision Swin's shifted-window mask: x.new_zeros, filled in place through slices, then compared."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        mask = x.new_zeros((4, 4))
+        count = 0
+        for h in ((0, 2), (2, 4)):
+            for w in ((0, 1), (1, 4)):
+                mask[h[0] : h[1], w[0] : w[1]] = count
+                count += 1
+        mask = mask.view(16)[:4]
+        mask = mask.unsqueeze(1) - mask.unsqueeze(0)
+        mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+        return (self.lin(x) + mask).softmax(-1).sum(1) @ self.lin.weight
+
+
+def test_a_mask_the_model_builds_and_fills_in_place_is_folded_with_its_fills():
+    torch.manual_seed(0)
+    model = _ShiftMask().double().eval()
+    weight = model.lin.weight.detach().clone()
+    x = torch.randn(3, 4, 4, dtype=torch.float64)
+    graph = capture(model, x)
+    torch.testing.assert_close(graph(x), model(x), rtol=0, atol=1e-12)  # without the fills: -100 is missing
+    assert all(node.op != "new_zeros" for node in graph.nodes)
+    torch.testing.assert_close(model.lin.weight, weight, rtol=0, atol=0)  # folding wrote into nothing of the model's
+    result = explain(model, x, "attnlrp", target=0)
+    assert torch.isfinite(result.relevance).all()

@@ -48,13 +48,7 @@ MODELS = {
 }
 FORMS = ("eager", "torchscript", "pt2")
 #: known failures, each with what stops it (benchmarks/zoo_results.md lists them all)
-_SWIN_MASK = (
-    "lrpcli gap: the shifted-window mask is x.new_zeros(...) filled in place through slices (fill_); the captured"
-    " graph loses the fills, so its logits differ from the module's (2.7% of max |logit| at 64x64)"
-)
 KNOWN = {
-    ("swin_t", "eager"): _SWIN_MASK,
-    ("swin_t", "pt2"): _SWIN_MASK,
     ("swin_t", "torchscript"): "a torch limitation: TS2EPConverter raises GuardOnDataDependentSymNode on the window padding",
 }
 
