@@ -1,82 +1,24 @@
-"""Evaluating explanations: pixel flipping / region perturbation, localisation, sanity checks.
+"""The driver of ``lrp evaluate``: settings, per-method accumulation, results, and the Python API.
 
-Small pure functions on tensors, and one driver (:class:`Evaluator`) that the CLI's
-``lrp evaluate`` feeds batch by batch. Nothing here prints; errors are ``LrpError`` kinds.
-
-Definitions (N inputs, L steps, k = 0..L; see ``docs`` in each function):
-
-- **Units** are what is removed together: a pixel (all its channels), a ``patch x patch``
-  region (its relevance is the sum over its pixels and channels), or a CSV feature.
-- **Perturbation curve** (Samek et al. 2017): remove the units in order of relevance,
-  most relevant first (MoRF) or least relevant first (LeRF), ``n_k = round(k / L *
-  max_fraction * U)`` of the U units at step k, replacing them with a reference value;
-  record the target's logit f(x^(k)). The target is the prediction on the clean input.
-- **AOPC** (area over the MoRF perturbation curve): ``1/(L+1) * sum_k (f(x^(0)) - f(x^(k)))``,
-  averaged over inputs. Higher is better for MoRF: the score falls fast when the
-  features the explanation calls relevant are removed.
-- **MoRF/LeRF gap**: ``AOPC_morf - AOPC_lerf``, which equals the (discrete) area between the
-  LeRF and MoRF curves, ``1/(L+1) * sum_k (f_lerf(x^(k)) - f_morf(x^(k)))``. Higher is better:
-  it rewards explanations that also know which features do *not* matter, and cancels the
-  part of the drop that any removal causes (the perturbation leaving the data's manifold).
-- **Confidence** (seed 003): ``(p_max - p_second) / p_max`` of the softmax probabilities of
-  the perturbed input, over all classes.
-- **Relevance mass accuracy** (Arras et al. 2022): the share of the positive relevance
-  (summed over channels, then clamped at 0) that lies inside the ground-truth mask.
-- **Sanity check** (Adebayo et al. 2018, cascading model randomisation): the weights of the
-  top 1, 2, ... weighted layers (conv/linear, output side first) are replaced by random
-  ones; the Spearman rank correlation between the original and the randomised heatmaps
-  (summed over channels; also of their absolute values) measures how much the explanation
-  depends on those weights. A method is *flagged* ("does not depend on the model") when at
-  some level either correlation is still at or above the threshold (default 0.9). The
-  target stays the class predicted by the original model.
+:class:`Evaluator` takes batches, computes each method's relevance and perturbation curves
+(with the pieces from :mod:`.order`, :mod:`.replace`, :mod:`.metrics`, :mod:`.baselines`
+and :mod:`.sanity`) and hands an :class:`Evaluation` back; :func:`evaluate` runs it on a tensor.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .errors import ConfigError, InputError, ModelError, UsageError
-from .registry import Registry, suggest
-
-ORDERS = ("morf", "lerf")
-REPLACEMENTS = ("zero", "mean", "blur", "uniform")
-IMAGE_ONLY_REPLACEMENTS = ("blur",)
-
-#: explanation methods that are not LRP composites, to compare against
-BASELINES: Registry[str] = Registry("baseline")
-BASELINES.register(
-    "gradient_x_input",
-    "the gradient of the target logit times the input (autograd on the captured graph)",
-    aliases=("gradient_input", "input_x_gradient", "gxi", "grad_x_input"),
-)
-BASELINES.register("random", "seeded uniform random relevance in [0, 1)")
-
-
-# --------------------------------------------------------------------------- names and settings
-
-
-def resolve_baseline(name: str) -> str:
-    """The canonical baseline name; UsageError with a suggestion on a miss."""
-    try:
-        return BASELINES.resolve(name)
-    except ConfigError as exc:
-        raise UsageError(f"unknown baseline '{name}' (known: {', '.join(BASELINES.names())})", hint=exc.hint) from None
-
-
-def resolve_replacement(name: str, tabular: bool = False) -> str:
-    key = str(name).strip().lower()
-    if key not in REPLACEMENTS:
-        raise UsageError(f"unknown replacement '{name}' (known: {', '.join(REPLACEMENTS)})", hint=suggest(key, list(REPLACEMENTS)))
-    if tabular and key in IMAGE_ONLY_REPLACEMENTS:
-        raise UsageError(f"replacement '{key}' needs images; CSV rows have no neighbourhood", hint="use zero, mean or uniform for CSV input")
-    return key
+from ..errors import InputError, UsageError
+from .baselines import gradient_x_input, random_relevance, resolve_baseline
+from .metrics import aopc, confidence, heatmap, relevance_mass_accuracy, spearman
+from .order import ORDERS, perturbation_order, removal_counts, removal_mask, tie_breaker, unit_map, unit_relevance
+from .replace import feature_stats, perturb, replacement, resolve_replacement
+from .sanity import cascade, weighted_layers
 
 
 @dataclass
@@ -113,326 +55,6 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-# --------------------------------------------------------------------------- units and ordering
-
-
-def unit_map(shape: Sequence[int], patch: int = 1) -> tuple[torch.Tensor, int]:
-    """Which unit each position of one input belongs to, and how many units there are.
-
-    ``shape`` is one input's shape without the batch dimension: ``(C, H, W)`` images give an
-    ``(H, W)`` map of patch indices (row-major over a grid of ``ceil(H/p) x ceil(W/p)``
-    patches; edge patches may be smaller), ``(F,)`` features give ``arange(F)``.
-    """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == 1:
-        if patch != 1:
-            raise UsageError("--patch applies to images, not feature vectors")
-        return torch.arange(shape[0]), shape[0]
-    if len(shape) != 3:
-        raise InputError(f"lrp evaluate takes images (C, H, W) or feature vectors (F,), got an input of shape {shape}")
-    _, height, width = shape
-    if patch > min(height, width):
-        raise UsageError(f"--patch {patch} is larger than the {height}x{width} input")
-    columns = -(-width // patch)
-    rows = torch.arange(height) // patch
-    cols = torch.arange(width) // patch
-    return rows[:, None] * columns + cols[None, :], int(-(-height // patch) * columns)
-
-
-def unit_relevance(relevance: torch.Tensor, units: torch.Tensor, count: int) -> torch.Tensor:
-    """(N, ...) relevance -> (N, U): summed over channels and over each unit's positions."""
-    relevance = relevance.detach().double()
-    flat = relevance.sum(dim=1) if relevance.ndim == 4 else relevance  # images: over channels
-    flat = flat.reshape(flat.shape[0], -1)
-    index = units.reshape(1, -1).expand(flat.shape[0], -1).to(flat.device)
-    return torch.zeros(flat.shape[0], count, dtype=flat.dtype, device=flat.device).scatter_add_(1, index, flat)
-
-
-def tie_breaker(n: int, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(N, U): one random permutation of the units per input, used to break ties in :func:`perturbation_order`."""
-    return torch.stack([torch.randperm(count, generator=generator) for _ in range(n)]) if n else torch.zeros(0, count, dtype=torch.long)
-
-
-def perturbation_order(
-    scores: torch.Tensor,
-    order: str = "morf",
-    generator: torch.Generator | None = None,
-    *,
-    shuffle: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(N, U) unit relevance -> (N, U) unit indices in removal order.
-
-    MoRF: most relevant first; LeRF: least relevant first. Units of equal relevance (e.g. zero
-    relevance on a blank border) are taken in the order of ``shuffle`` (a :func:`tie_breaker`
-    permutation; drawn from ``generator`` when not given), so they are not removed top-left
-    first. Without either, ties keep index order.
-    """
-    if order not in ORDERS:
-        raise UsageError(f"unknown order '{order}' (known: {', '.join(ORDERS)})")
-    n, count = scores.shape
-    if shuffle is None:
-        shuffle = tie_breaker(n, count, generator) if generator is not None else torch.arange(count).expand(n, count)
-    shuffle = shuffle.to(scores.device)
-    ranked = torch.argsort(scores.gather(1, shuffle), dim=1, descending=(order == "morf"), stable=True)
-    return shuffle.gather(1, ranked)
-
-
-def removal_counts(count: int, steps: int, max_fraction: float = 1.0) -> list[int]:
-    """Units removed at steps k = 0..L: ``round(k / L * max_fraction * count)`` (halves round up)."""
-    return [int(math.floor(k / steps * max_fraction * count + 0.5)) for k in range(steps + 1)]
-
-
-def removal_mask(order: torch.Tensor, units: torch.Tensor, removed: int) -> torch.Tensor:
-    """(N, U) removal order -> bool mask of removed positions, (N, H, W) or (N, F): the first ``removed`` units."""
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    position_rank = rank[:, units.reshape(-1).to(order.device)].reshape(order.shape[0], *units.shape)
-    return position_rank < removed
-
-
-# --------------------------------------------------------------------------- replacement values
-
-
-def feature_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-feature mean, minimum and maximum over the rows of an (N, F) table (the CSV reference)."""
-    x = x.detach()
-    return {"mean": x.mean(dim=0), "low": x.amin(dim=0), "high": x.amax(dim=0)}
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur (N, C, H, W) images channel by channel with a Gaussian of ``sigma`` pixels (edges replicated)."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).to(x.dtype).to(x.device)
-    channels = x.shape[1]
-    out = torch.nn.functional.pad(x, (radius, radius, radius, radius), mode="replicate")
-    out = torch.nn.functional.conv2d(out, kernel.reshape(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return torch.nn.functional.conv2d(out, kernel.reshape(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-
-
-def replacement(
-    x: torch.Tensor,
-    kind: str,
-    *,
-    generator: torch.Generator | None = None,
-    blur_sigma: float | None = None,
-    reference: dict[str, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The values removed units are replaced with, shaped like ``x``.
-
-    - ``zero``: 0 in the model's input space (for standardised inputs: the normalisation's mean).
-    - ``mean``: images: each image's per-channel mean; tables: the per-feature mean over the
-      rows (``reference["mean"]``, else over this batch).
-    - ``blur``: images only: the Gaussian-blurred image (``blur_sigma``, default max(1, min(H, W)/16)).
-    - ``uniform``: uniform noise in the input's value range: images: each image's per-channel
-      minimum..maximum; tables: each feature's minimum..maximum over the rows.
-    """
-    x = x.detach()
-    image = x.ndim == 4
-    if kind == "zero":
-        return torch.zeros_like(x)
-    if kind == "mean":
-        if image:
-            return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
-        mean = reference["mean"] if reference else x.mean(dim=0)
-        return mean.to(x).expand_as(x).clone()
-    if kind == "blur":
-        if not image:
-            raise UsageError("replacement 'blur' needs images")
-        sigma = blur_sigma if blur_sigma is not None else max(1.0, min(x.shape[2], x.shape[3]) / 16)
-        return gaussian_blur(x, float(sigma))
-    if kind == "uniform":
-        noise = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
-        if image:
-            low, high = x.amin(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
-        else:
-            stats = reference or feature_stats(x)
-            low, high = stats["low"].to(x), stats["high"].to(x)
-        return low + noise * (high - low)
-    raise UsageError(f"unknown replacement '{kind}' (known: {', '.join(REPLACEMENTS)})", hint=suggest(kind, list(REPLACEMENTS)))
-
-
-def perturb(x: torch.Tensor, fill: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``x`` with the masked positions (all channels of a masked pixel) taken from ``fill``."""
-    if x.ndim == 4:
-        mask = mask[:, None]
-    return torch.where(mask.to(x.device), fill, x)
-
-
-# --------------------------------------------------------------------------- scores
-
-
-def confidence(probabilities: torch.Tensor) -> torch.Tensor:
-    """Seed 003's confidence per row: (max - second max) / max of the class probabilities."""
-    if probabilities.shape[-1] < 2:
-        raise UsageError("confidence needs at least two classes")
-    top = probabilities.topk(2, dim=-1).values
-    return (top[..., 0] - top[..., 1]) / top[..., 0]
-
-
-def aopc(curve: torch.Tensor) -> torch.Tensor:
-    """(N, L+1) target scores along a perturbation curve -> (N,) ``1/(L+1) sum_k (f(x^0) - f(x^k))``."""
-    curve = torch.as_tensor(curve, dtype=torch.float64)
-    return (curve[:, :1] - curve).mean(dim=1)
-
-
-def ranks(values: torch.Tensor) -> torch.Tensor:
-    """Average ranks (1-based; ties share the mean of their positions) along the last dimension of (N, D)."""
-    values = values.detach().double()
-    n, d = values.shape
-    order = values.argsort(dim=1, stable=True)
-    ordered = values.gather(1, order)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    group = starts.long().cumsum(dim=1) - 1
-    position = torch.arange(1, d + 1, dtype=torch.float64, device=values.device).expand(n, d)
-    totals = torch.zeros(n, d, dtype=torch.float64, device=values.device).scatter_add_(1, group, position)
-    sizes = torch.zeros(n, d, dtype=torch.float64, device=values.device).scatter_add_(1, group, torch.ones_like(position))
-    average = totals.gather(1, group) / sizes.gather(1, group)
-    return torch.empty_like(average).scatter_(1, order, average)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation per row of two (N, ...) tensors (flattened); NaN where one row is constant."""
-    a = a.detach().reshape(a.shape[0], -1)
-    b = b.detach().reshape(b.shape[0], -1).to(a.device)
-    ra, rb = ranks(a), ranks(b)
-    ra = ra - ra.mean(dim=1, keepdim=True)
-    rb = rb - rb.mean(dim=1, keepdim=True)
-    denominator = (ra.square().sum(dim=1) * rb.square().sum(dim=1)).sqrt()
-    result = (ra * rb).sum(dim=1) / denominator
-    return torch.where(denominator > 0, result, torch.full_like(result, float("nan")))
-
-
-def heatmap(relevance: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, H, W) summed over channels; (N, F) unchanged: what a heatmap shows."""
-    relevance = relevance.detach().double()
-    return relevance.sum(dim=1) if relevance.ndim == 4 else relevance
-
-
-def relevance_mass_accuracy(relevance: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(N,) share of positive relevance inside the mask (channels summed first, then clamped at 0).
-
-    0 where an input has no positive relevance at all. A random attribution scores about the
-    mask's area fraction.
-    """
-    positive = heatmap(relevance).clamp(min=0)
-    masks = masks.to(positive.device).reshape(positive.shape).to(positive.dtype)
-    total = positive.reshape(positive.shape[0], -1).sum(dim=1)
-    inside = (positive * masks).reshape(positive.shape[0], -1).sum(dim=1)
-    return torch.where(total > 0, inside / total.clamp(min=1e-300), torch.zeros_like(total))
-
-
-# --------------------------------------------------------------------------- baselines
-
-
-def gradient_x_input(explainer: Any, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Gradient of the target logit times the input, by autograd through the captured graph.
-
-    The graph is the one LRP walks (trailing softmax stripped, batch-norm folded), but no LRP
-    rule is involved: this is the plain derivative of the model's function.
-    """
-    graph, _ = explainer.prepare(x)
-    with torch.enable_grad():
-        leaf = x.detach().clone().requires_grad_(True)
-        outputs = graph(leaf)
-        outputs = outputs.reshape(outputs.shape[0], -1)
-        selected = outputs.gather(1, targets.reshape(-1, 1).to(outputs.device)).sum()
-        (gradient,) = torch.autograd.grad(selected, leaf)
-    return (gradient * x).detach()
-
-
-def random_relevance(shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform random relevance in [0, 1) (seeded): the chance level of every metric."""
-    return torch.rand(tuple(shape), generator=generator, dtype=torch.float64)
-
-
-# --------------------------------------------------------------------------- model randomisation
-
-
-@dataclass
-class Layer:
-    """A weighted layer found in the captured graph, and the model's tensors that hold its parameters."""
-
-    name: str  # the layer path, e.g. "classifier.4"
-    weight_key: str
-    bias_key: str | None
-
-
-def _tensors(model: Any) -> dict[str, torch.Tensor]:
-    if isinstance(model, torch.export.ExportedProgram):
-        return dict(model.state_dict)
-    return dict(model.state_dict(keep_vars=True))
-
-
-def _find_key(tensors: dict[str, torch.Tensor], value: torch.Tensor | None, preferred: str) -> str | None:
-    if value is None or not isinstance(value, torch.Tensor):
-        return None
-
-    def same(t: torch.Tensor) -> bool:
-        return tuple(t.shape) == tuple(value.shape) and torch.equal(t.detach().to(value.device, value.dtype), value.detach())
-
-    if preferred in tensors and same(tensors[preferred]):
-        return preferred
-    matches = [key for key, t in tensors.items() if same(t)]
-    return matches[0] if len(matches) == 1 else None
-
-
-def weighted_layers(explainer: Any, x: torch.Tensor) -> list[Layer]:
-    """The conv/linear layers of the model in forward order, mapped to the model's parameter names."""
-    graph = explainer.captured(x)
-    tensors = _tensors(explainer.model)
-    found: list[Layer] = []
-    for node in graph.nodes:
-        if node.kind not in ("conv", "linear"):
-            continue
-        name = node.module or node.name
-        weight_key = _find_key(tensors, node.weight, f"{node.module}.weight")
-        if weight_key is None:
-            raise ModelError(
-                f"cannot randomise layer '{name}': its weight is not a parameter of the model",
-                hint="the sanity check randomises the model's own parameters; run without --sanity for this model",
-            )
-        bias = node.bias if isinstance(node.bias, torch.Tensor) else None
-        found.append(Layer(name, weight_key, _find_key(tensors, bias, f"{node.module}.bias")))
-    if not found:
-        raise ModelError("the model has no conv or linear layer to randomise")
-    return found
-
-
-def randomised_copy(model: Any, layers: Sequence[Layer], seed: int = 0) -> Any:
-    """A deep copy of ``model`` whose ``layers`` have random weights (and biases).
-
-    Each weight becomes N(0, std(original weight)) noise (so activations keep their scale;
-    Adebayo et al. re-initialise similarly), each bias N(0, std(original bias)). A layer's
-    noise depends only on ``seed`` and its parameter name, so a cascade randomises the
-    shared layers identically at every level.
-    """
-    clone = copy.deepcopy(model)
-    tensors = _tensors(clone)
-    with torch.no_grad():
-        for layer in layers:
-            generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + zlib.crc32(layer.weight_key.encode()))
-            for key in (layer.weight_key, layer.bias_key):
-                if key is None:
-                    continue
-                tensor = tensors[key]
-                scale = float(tensor.detach().double().std()) if tensor.numel() > 1 else float(tensor.detach().abs().max())
-                noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float64) * (scale or 1.0)
-                tensor.copy_(noise.to(tensor.dtype))
-    return clone
-
-
-def cascade(model: Any, layers: Sequence[Layer], depth: int, seed: int = 0) -> list[tuple[list[str], Any]]:
-    """Models with the top 1, 2, ..., ``depth`` layers randomised (output side first)."""
-    top = list(reversed(layers))[: max(1, min(depth, len(layers)))]
-    return [([layer.name for layer in top[: level + 1]], randomised_copy(model, top[: level + 1], seed)) for level in range(len(top))]
-
-
-# --------------------------------------------------------------------------- the driver
 
 
 @dataclass
@@ -480,7 +102,7 @@ class Evaluator:
         keep_relevance: bool = False,
         device: torch.device | str = "cpu",
     ):
-        from .engine import Explainer
+        from ..engine import Explainer
 
         self.settings = (settings or Settings()).check(tabular)
         self.tabular = tabular
@@ -600,7 +222,7 @@ class Evaluator:
     # -- sanity check
 
     def _build_sanity(self, x: torch.Tensor) -> None:
-        from .engine import Explainer
+        from ..engine import Explainer
 
         layers = weighted_layers(self.scorer, x)
         self.sanity_layers_total = len(layers)
@@ -821,7 +443,7 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Evaluate composites and baselines on the inputs ``x`` (a tensor; the Python API of ``lrp evaluate``)."""
-    from .composite import load_composite
+    from ..composite import load_composite
 
     if isinstance(composites, dict):
         methods = dict(composites)
