@@ -32,7 +32,11 @@ from .safety import check_trusted_callable, load_exported, spec_arch
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 SPEC_KEYS = ("model", "arch", "arch_kwargs", "input", "classes", "composite", "description")
-INPUT_KEYS = ("mode", "size", "resize", "crop", "mean", "std", "features", "drop", "id_col", "label_col")
+INPUT_KEYS = (
+    "kind", "mode", "size", "resize", "crop", "mean", "std", "features", "drop", "id_col", "label_col",
+    "tokenizer", "max_length", "text_col", "mask",
+)
+INPUT_KINDS = ("image", "tabular", "text")
 
 
 def load_model(
@@ -313,6 +317,7 @@ def load_spec(path: str | Path) -> ModelSpec:
         raise ConfigError("'input' must be a mapping", source=str(path), key="input")
     _reject_unknown(inputs, INPUT_KEYS, "under input", path)
     _check_input(inputs, path)
+    _check_text_input(inputs, path)
     arch_kwargs = raw.get("arch_kwargs") or {}
     if not isinstance(arch_kwargs, dict):
         raise ConfigError("'arch_kwargs' must be a mapping", source=str(path), key="arch_kwargs")
@@ -370,6 +375,27 @@ def _check_input(inputs: dict, path: Path) -> None:
                 raise ConfigError(f"input.{key} must be finite numbers, got {value!r}", source=str(path), key=key)
             if key == "std" and item <= 0:
                 raise ConfigError(f"input.std must be positive, got {value!r}", source=str(path), key=key)
+
+
+def _check_text_input(inputs: dict, path: Path) -> None:
+    """A text spec's kind, tokenizer (resolved against the spec's folder) and max_length."""
+    kind = inputs.get("kind")
+    if kind is not None and kind not in INPUT_KINDS:
+        raise ConfigError(f"input.kind must be one of {', '.join(INPUT_KINDS)}, got {kind!r}", source=str(path), key="kind", hint=suggest(str(kind), list(INPUT_KINDS)))
+    if inputs.get("tokenizer") is not None:
+        if not isinstance(inputs["tokenizer"], str):
+            raise ConfigError("input.tokenizer must be the path of a tokenizer.json", source=str(path), key="tokenizer")
+        tokenizer = Path(inputs["tokenizer"])
+        inputs["tokenizer"] = str(tokenizer if tokenizer.is_absolute() else path.parent / tokenizer)
+        inputs.setdefault("kind", "text")
+    if inputs.get("kind") == "text" and not inputs.get("tokenizer"):
+        raise ConfigError("a text model's spec needs input.tokenizer (a tokenizer.json)", source=str(path), key="tokenizer")
+    length = inputs.get("max_length")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+        raise ConfigError(f"input.max_length must be a positive integer, got {length!r}", source=str(path), key="max_length")
+    for key in ("text_col", "mask"):
+        if inputs.get(key) is not None and not isinstance(inputs[key], str):
+            raise ConfigError(f"input.{key} must be a name, got {inputs[key]!r}", source=str(path), key=key)
 
 
 def load_class_names(path: str | Path) -> list[str]:

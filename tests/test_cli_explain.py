@@ -861,6 +861,11 @@ def example_assets(tmp_path_factory) -> Path:
         png = write_image(root / "photos" / folder / "p.png", seed)
         Image.open(png).save(png.with_suffix(".jpg"), quality=95)
         png.unlink()
+    from test_cli_text import Bag, _export, _tokenizer  # the text examples: my_model.pt2, tokenizer.json, reviews.csv
+
+    _export(Bag().eval(), root / "my_model.pt2")
+    _tokenizer(root / "tokenizer.json")
+    (root / "reviews.csv").write_text("id,review\na,the film was good\nb,bad plot\n", encoding="utf-8")
     return root
 
 
@@ -878,8 +883,14 @@ def test_help_examples_run(example, example_assets, tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
         monkeypatch.delitem(sys.modules, name)
     run = lrp(*args)
-    out = work / (args[args.index("-o") + 1] if "-o" in args else "lrp-out")
     assert run.code == 0, f"{example}\n{run.stderr}"
+    if "--tokenizer" in args or any("text_sentiment" in a for a in args):  # texts: JSON lines, a page
+        written = (work / args[args.index("-o") + 1]).read_text() if "-o" in args else run.stdout
+        assert written and all(json.loads(line)["tokens"] for line in written.splitlines())
+        if "--html" in args:
+            assert (work / args[args.index("--html") + 1]).read_text().count('class="text"') == len(written.splitlines())
+        return
+    out = work / (args[args.index("-o") + 1] if "-o" in args else "lrp-out")
     assert run.stdout == ""
     summaries = sorted(out.glob("summary*.csv"))  # summary.shard-K-of-N.csv with --shard
     assert len(summaries) == 1

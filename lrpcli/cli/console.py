@@ -38,8 +38,9 @@ def info(message: str) -> None:
 
 
 @contextlib.contextmanager
-def progress(label: str, total: int, quiet: bool = False) -> Iterator[Callable[[int], None]]:
-    """A transient progress bar on stderr (off with -q or when stderr is no terminal); yields advance(n)."""
+def progress(label: str, total: int | None, quiet: bool = False) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar on stderr (off with -q or when stderr is no terminal); yields advance(n).
+    ``total`` None: a stream of unknown length (counts, no bar to fill)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(

@@ -27,6 +27,9 @@ Examples:
   lrp explain model.ts 'photos/**/*.jpg' -c epsilon_gamma_box --top-k 3 --overlay --cmap coldnhot
   head -n 50 sample_models/breast_cancer_mlp/sample.csv | lrp explain sample_models/breast_cancer_mlp/model.yaml - --top-k 3
   lrp explain sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images -o out --shard 1/2
+  lrp explain sample_models/text_sentiment/lstm.yaml sample_models/text_sentiment/texts.txt --top-k 3 -o words.jsonl
+  echo "a wonderful, warm film" | lrp explain sample_models/text_sentiment/bag.yaml - --format pretty
+  lrp explain my_model.pt2 reviews.csv --tokenizer tokenizer.json --text-col review --id-col id --html page.html
 """
 )
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
@@ -41,7 +44,11 @@ Examples:
 @click.option("--drop", metavar="A,B,...", help="CSV: columns that are not features.")
 @click.option("--id-col", metavar="NAME", help="CSV: a column that identifies rows (copied to the output).")
 @click.option("--label-col", metavar="NAME", help="CSV: a label column carried through to the output.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True, help="CSV input: the output format.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "pretty"]), help="CSV rows: csv (default) or jsonl. Texts: jsonl (default; one line per text and target), csv (one row per token), or pretty (coloured words; the default on a terminal).")
+@click.option("--tokenizer", type=click.Path(dir_okay=False), help="Texts: a Hugging Face tokenizer.json (default: the spec's input.tokenizer).")
+@click.option("--text-col", metavar="NAME", help="Texts in a CSV or JSONL file: the column / key holding the text.")
+@click.option("--max-length", type=click.IntRange(min=1), help="Texts: cut texts to this many tokens (default: the spec's, else 256); cut texts are reported.")
+@click.option("--html", type=click.Path(dir_okay=False), help="Texts: also write one HTML page with every text's words shaded by relevance.")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
 @click.option("--cmap", default="bwr", show_default=True, help="Heatmap colour map: bwr, seismic, coldnhot, gray, coolwarm, ...")
 @click.option("--overlay", is_flag=True, help="Draw heatmaps over the (grey) input image.")
@@ -58,13 +65,18 @@ Examples:
 @click.option("--inputs-from", metavar="FILE|-", help="Read input paths from a file (one per line), or - for stdin.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
-    """Explain MODEL's decisions on image INPUTS (files, folders, globs) or CSV rows with LRP.
+    """Explain MODEL's decisions on image INPUTS (files, folders, globs), CSV rows or texts with LRP.
 
     Images: writes OUT/heatmaps/<input>.png, OUT/relevance/<input>.npy, OUT/summary.csv
     (one row per input and target) and OUT/run.json.
 
     CSV (a file, or - for stdin): one output row per input row and target, with the
     relevance of each feature, to stdout or -o FILE, streamed batch by batch.
+
+    Texts (a text model's spec, or --tokenizer; a .txt file with one text per line, - for
+    stdin, or a CSV/JSONL file with --text-col): one JSON line per text and target with the
+    relevance of every token and word, to stdout or -o FILE; --top-k K adds the K words most
+    for and against; --html FILE writes a page of shaded texts.
 
     """
     from ..data.images import collect_images
@@ -81,11 +93,24 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         inputs = tuple(inputs) + tuple(read_inputs_list(options["inputs_from"]))
     if not inputs:
         raise UsageError("no INPUTS given", hint="give image files, folders, globs or one CSV file (or --inputs-from FILE)")
+    spec = load_spec(model) if is_spec(model) else None
+    from .text import explain_text, is_text_run
+
+    text_suffixes = (".txt", ".jsonl", ".ndjson")
+    if is_text_run(spec, options) or any(str(i).lower().endswith(text_suffixes) for i in inputs):
+        if len(inputs) != 1:
+            raise UsageError("give one file of texts (or - for stdin)")
+        explain_text(model, spec, inputs[0], options)
+        return
     tabular = [i for i in inputs if str(i).lower().endswith(".csv") or str(i) == "-"]
     if tabular and len(inputs) > 1:
         raise UsageError("give one CSV file (or - for stdin), or image inputs, not several or both")
-    spec = load_spec(model) if is_spec(model) else None
+    for flag in ("tokenizer", "text_col", "max_length", "html"):
+        if options.get(flag):
+            raise UsageError(f"--{flag.replace('_', '-')} applies to texts", hint="a text model's spec says input: {kind: text}; or give --tokenizer")
     if tabular:
+        if options["fmt"] == "pretty":
+            raise UsageError("--format pretty applies to texts; CSV rows are written as csv or jsonl")
         from .tabular import explain_csv
 
         explain_csv(model, spec, inputs[0], options)

@@ -39,7 +39,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     mean = floats(options["mean"], "--mean") or spec_input.get("mean")
     std = floats(options["std"], "--std") or spec_input.get("std")
     kwargs = dict(
-        fmt=options["fmt"],
+        fmt=options["fmt"] or "csv",
         features=_names(options["features"]) or spec_input.get("features"),
         drop=_names(options["drop"]) or spec_input.get("drop") or [],
         id_col=options["id_col"] or spec_input.get("id_col"),

@@ -1,0 +1,125 @@
+"""``lrp explain`` on texts: token and word relevance, streamed as JSONL or CSV, shown coloured, or a page."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from .console import console, info, note, progress
+from .options import build_composite, load_model_option, parse_params
+
+
+def is_text_run(spec: Any, options: dict[str, Any]) -> bool:
+    """Texts when the spec says so, or a tokenizer or text column is given."""
+    kind = (spec.input.get("kind") if spec else None) or ""
+    return kind == "text" or bool(options.get("tokenizer") or options.get("text_col"))
+
+
+def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) -> None:
+    from ..data.tabular import open_csv
+    from ..data.text import TextTokenizer, read_texts, text_format
+    from ..engine import Explainer
+    from ..errors import InputError, UsageError
+    from ..models import load_class_names
+    from ..outputs import atomic_text
+    from ..runner import TargetSpec
+    from ..shards import Shard
+    from ..text_output import HtmlWriter, TextWriter, terminal_text
+    from ..texts import explain_texts
+
+    spec_input = spec.input if spec else {}
+    for flag in ("size", "resize", "crop", "mode", "mean", "std", "features", "drop"):
+        if options.get(flag):
+            raise UsageError(f"--{flag} applies to images or CSV rows, not texts")
+    tokenizer_path = options["tokenizer"] or spec_input.get("tokenizer")
+    if not tokenizer_path:
+        raise UsageError("texts need a tokenizer", hint="give a Hugging Face tokenizer.json with --tokenizer, or name it in the model spec (input: {kind: text, tokenizer: ...})")
+    tokenizer = TextTokenizer(tokenizer_path, options["max_length"] or spec_input.get("max_length") or 256)
+    classes = spec.classes if spec else None
+    if options["classes_file"]:
+        classes = load_class_names(options["classes_file"])
+    if options["top_k"] is not None and options["top_k"] < 1:
+        raise UsageError(f"--top-k must be at least 1, got {options['top_k']}")
+    targets = TargetSpec.parse(options["target"], None, classes)  # (--top-k picks words here, not classes)
+    composite = build_composite(options["composite"], spec, parse_params(options["params"]), default="epsilon")
+    explainer = Explainer(load_model_option(model, spec, options), composite)
+    text_col = options["text_col"] or spec_input.get("text_col")
+    name = "<stdin>" if source == "-" else source
+    fmt = text_format(source, text_col)
+    if source != "-" and not Path(source).is_file():
+        raise InputError(f"input not found: {source}")
+    out_format = options["fmt"] or ("pretty" if not options["out"] and sys.stdout.isatty() else "jsonl")
+    if out_format == "pretty" and options["out"]:
+        raise UsageError("--format pretty draws on the terminal; with -o FILE choose jsonl or csv")
+    kwargs = dict(
+        targets=targets,
+        classes=classes,
+        top_k=options["top_k"],
+        batch_size=options["batch_size"] or 32,
+        on_error=options["on_error"],
+        device=options["device"],
+        dtype=options["dtype"],
+        init=options["init"],
+        mask=spec_input.get("mask"),
+        shard=Shard.parse(options["shard"]),
+    )
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(open_csv(source))
+        records = read_texts(
+            handle,
+            name,
+            fmt,
+            text_col=text_col,
+            id_col=options["id_col"] or spec_input.get("id_col"),
+            label_col=options["label_col"] or spec_input.get("label_col"),
+        )
+        writers: list[Any] = []
+        if out_format == "pretty":
+            writers.append(_Terminal(terminal_text))
+        else:
+            target = stack.enter_context(atomic_text(Path(options["out"]))) if options["out"] else sys.stdout
+            writers.append(TextWriter(target, out_format))
+        if options["html"]:
+            page = stack.enter_context(atomic_text(Path(options["html"])))
+            html = HtmlWriter(page, f"lrp explain: {Path(str(model)).name}", f"{name}, composite {composite.name}")
+            writers.append(html)
+        with progress("explaining texts", None, options["quiet"]) as advance:
+            report = explain_texts(explainer, records, tokenizer, writers, progress=advance, **kwargs)
+        if options["html"]:
+            html.close()
+    for line in report.notes:
+        note(line)
+    if report.truncated:
+        note(f"{report.truncated} text(s) were cut to {tokenizer.max_length} tokens (max_length); their rows say truncated: true")
+    if not options["quiet"]:
+        where = f" -> {options['out']}" if options["out"] else ""
+        where += f", page {options['html']}" if options["html"] else ""
+        info(f"explained {report.texts_in - len(report.failures)} of {report.texts_in} text(s) ({report.rows_out} result row(s)) with {composite.name}{where}")
+    if report.failures:
+        for failure in report.failures[:20]:
+            console.print(f"  bad text: {failure.message}", markup=False, highlight=False)
+        if len(report.failures) > 20:
+            console.print(f"  ... and {len(report.failures) - 20} more", markup=False)
+        raise InputError(f"{len(report.failures)} of {report.texts_in} text(s) failed; the others were written")
+
+
+class _Terminal:
+    """Each text with its words coloured, on stdout (a terminal)."""
+
+    def __init__(self, render):
+        from rich.console import Console
+
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.render = render
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.console.print(self.render(row))
+            if row.get("top_positive") is not None:
+                self.console.print(
+                    "  for: " + ", ".join(f"{w['word']} ({w['relevance']:.3g})" for w in row["top_positive"])
+                    + "\n  against: " + ", ".join(f"{w['word']} ({w['relevance']:.3g})" for w in row["top_negative"]),
+                    markup=False,
+                )

@@ -1,0 +1,201 @@
+"""Texts in, token ids out: reading text files and tokenizing them with a Hugging Face tokenizer.
+
+Texts come from a ``.txt`` file (one text per line), stdin (``-``, the same), or a CSV or
+JSONL file with a text column; an id and a label column are carried through as for tabular
+runs. Tokenizers are ``tokenizers`` JSON files (fast, offline, no Python code in them).
+Texts are read lazily, so a file of any length streams through in batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
+
+import torch
+
+from ..errors import ConfigError, InputError
+from ..limits import MAX_CONFIG_BYTES
+
+TEXT_FORMATS = ("lines", "csv", "jsonl")
+#: token names a tokenizer without a padding setting usually pads with, in order of preference
+PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<PAD>", "[pad]")
+
+
+@dataclass
+class TextRecord:
+    """One input text: its line or row number (1-based), id, text and optional label; or why it is unusable."""
+
+    number: int
+    id: str
+    text: str
+    label: str | None = None
+    error: str | None = None
+
+
+def text_format(source: str, text_col: str | None) -> str:
+    """lines for .txt and stdin, csv / jsonl by suffix; a text column is needed for (and only for) those."""
+    suffix = Path(source).suffix.lower() if source != "-" else ""
+    fmt = "csv" if suffix in (".csv", ".tsv") else "jsonl" if suffix in (".jsonl", ".ndjson") else "lines"
+    if fmt != "lines" and not text_col:
+        raise InputError(
+            f"{source}: a {fmt.upper()} file of texts needs the name of its text column",
+            hint="give it with --text-col NAME (and --id-col / --label-col for the others)",
+        )
+    if fmt == "lines" and text_col:
+        raise InputError(f"{source}: --text-col applies to CSV and JSONL files; a .txt file holds one text per line")
+    return fmt
+
+
+def read_texts(
+    handle: IO[str],
+    source: str,
+    fmt: str,
+    text_col: str | None = None,
+    id_col: str | None = None,
+    label_col: str | None = None,
+) -> Iterator[TextRecord]:
+    """The texts of ``handle``, one record per line or row (blank lines of a .txt file are skipped).
+
+    A row without its text (or with a malformed JSON line) becomes a record with ``error`` set,
+    so that the run can name it and go on.
+    """
+    if fmt == "lines":
+        for number, line in enumerate(handle, 1):
+            text = line.rstrip("\r\n")
+            if text.strip():
+                yield _checked(TextRecord(number, str(number), text), source, "line")
+        return
+    if fmt == "csv":
+        reader = csv.DictReader(handle, delimiter="\t" if source.lower().endswith(".tsv") else ",")
+        header = reader.fieldnames or []
+        for column, option in ((text_col, "--text-col"), (id_col, "--id-col"), (label_col, "--label-col")):
+            if column and column not in header:
+                raise InputError(f"{source}: no column '{column}' (columns: {', '.join(header[:12])})", hint=f"check {option}")
+        for number, row in enumerate(reader, 2):  # line 1 is the header
+            yield _checked(_record(number, row, source, text_col, id_col, label_col, "row"), source, "row")
+        return
+    for number, line in enumerate(handle, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield TextRecord(number, str(number), "", error=f"{source}: line {number}: not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict):
+            yield TextRecord(number, str(number), "", error=f"{source}: line {number}: expected a JSON object")
+            continue
+        yield _checked(_record(number, row, source, text_col, id_col, label_col, "line"), source, "line")
+
+
+def _checked(record: TextRecord, source: str, unit: str) -> TextRecord:
+    """Bytes that are not UTF-8 (read as surrogate escapes) make the text unusable: named, not guessed at."""
+    if record.error is None:
+        try:
+            record.text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            record.error = f"{source}: {unit} {record.number}: bytes that are not UTF-8 at character {exc.start + 1}"
+    return record
+
+
+def _record(number: int, row: dict, source: str, text_col, id_col, label_col, unit: str) -> TextRecord:
+    text = row.get(text_col)
+    ident = row.get(id_col) if id_col else None
+    label = row.get(label_col) if label_col else None
+    record = TextRecord(number, str(ident) if ident not in (None, "") else str(number), "", None if label is None else str(label))
+    if not isinstance(text, str) or not text.strip():
+        record.error = f"{source}: {unit} {number}: no text in column '{text_col}'"
+    else:
+        record.text = text
+    return record
+
+
+@dataclass
+class Encoded:
+    """A tokenized text: ids and, per token, its string, its character span and its word (None: special)."""
+
+    ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    words: list[int | None]
+    special: list[bool]
+    truncated: bool
+
+
+class TextTokenizer:
+    """A ``tokenizers`` JSON file, with truncation to ``max_length`` tokens and the pad id the batches use."""
+
+    def __init__(self, path: str | Path, max_length: int = 256):
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"tokenizer not found: {path}", hint="give a Hugging Face tokenizer.json with --tokenizer")
+        if path.stat().st_size > 64 * MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a tokenizer file")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+            raise ConfigError(f"{path}: not a tokenizers JSON file ({str(exc).splitlines()[0][:200]})") from exc
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise ConfigError(f"max_length must be a positive integer, got {max_length!r}")
+        padding = tokenizer.padding
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length)  # keeps the special tokens a post-processor adds ([CLS] ... [SEP])
+        self.tokenizer = tokenizer
+        self.path = path
+        self.max_length = max_length
+        self.pad_id, self.pad_token = self._pad(padding)
+
+    def _pad(self, padding: dict | None) -> tuple[int, str]:
+        if padding:
+            return int(padding["pad_id"]), str(padding["pad_token"])
+        for token in PAD_TOKENS:
+            index = self.tokenizer.token_to_id(token)
+            if index is not None:
+                return index, token
+        raise ConfigError(
+            f"{self.path}: the tokenizer names no padding token (no padding setting, none of {', '.join(PAD_TOKENS)})",
+            hint="add a pad token to the tokenizer (tokenizer.enable_padding(pad_id=..., pad_token=...)) and save it again",
+        )
+
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        encodings = self.tokenizer.encode_batch(texts)
+        result = []
+        for encoding in encodings:
+            result.append(
+                Encoded(
+                    ids=list(encoding.ids),
+                    tokens=list(encoding.tokens),
+                    offsets=[tuple(o) for o in encoding.offsets],
+                    words=list(encoding.word_ids),
+                    special=[bool(s) for s in encoding.special_tokens_mask],
+                    truncated=bool(encoding.overflowing),
+                )
+            )
+        return result
+
+
+def batch_length(longest: int, max_length: int, fixed: int | None = None) -> int:
+    """The padded length of a batch: the model's fixed length if it has one, else the longest text rounded
+    up to a power of two (at least 8, at most ``max_length``), so that a run meets a handful of shapes."""
+    if fixed:
+        return fixed
+    length = 8
+    while length < longest:
+        length *= 2
+    return max(longest, min(length, max_length))
+
+
+def pad_batch(encoded: list[Encoded], pad_id: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (batch, length), right-padded with ``pad_id``, and the attention mask (1 = a real token)."""
+    ids = torch.full((len(encoded), length), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(encoded), length), dtype=torch.int64)
+    for row, item in enumerate(encoded):
+        n = min(len(item.ids), length)
+        ids[row, :n] = torch.tensor(item.ids[:n], dtype=torch.int64)
+        mask[row, :n] = 1
+    return ids, mask
