@@ -105,14 +105,19 @@ def check_conservation(
     relative: bool = True,
     count: str | None = None,
     init: str = "value",
+    inputs: dict[str, torch.Tensor] | None = None,
 ) -> ConservationReport:
-    """Explain ``x`` and check, per sample, the input relevance total against the logit."""
-    result = explainer.explain(x, target, init=init, layer_relevance=True)
-    _, assigned = explainer.prepare(x)
+    """Explain ``x`` and check, per sample, the input relevance total against the logit.
+
+    ``x`` may be token ids (int64): the per-token relevances are summed; ``inputs`` are the
+    model's further inputs (an attention mask)."""
+    result = explainer.explain(x, target, init=init, layer_relevance=True, inputs=inputs)
+    _, assigned = explainer.prepare(x, inputs)
     rules = sorted({a.rule.name for a in assigned.values()})
     stabilizers_zero = all(float(a.rule.values.get("stabilizer", 0.0) or 0.0) == 0.0 for a in assigned.values())
     count = count or default_count(rules, stabilizers_zero)
-    tolerance = default_tolerance(x.dtype) if tolerance is None else tolerance
+    dtype = result.outputs.dtype  # (x holds token ids for a text model)
+    tolerance = default_tolerance(dtype) if tolerance is None else tolerance
     layers = [layer for layer in result.layers.values()]
     initial = result.initial.reshape(x.shape[0], -1).sum(1).double()
     reached = result.relevance.reshape(x.shape[0], -1).sum(1).double()
@@ -164,7 +169,7 @@ def check_conservation(
         tolerance=tolerance,
         relative=relative,
         count=count,
-        dtype=str(x.dtype).replace("torch.", ""),
+        dtype=str(dtype).replace("torch.", ""),
         samples=samples,
     )
 

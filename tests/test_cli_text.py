@@ -259,3 +259,27 @@ def test_pretty_format_prints_the_texts(text_setup):
     assert result.exit_code == 0, result.output
     assert "an unhappy plot, bad film" in result.stdout
     assert "for: " in result.stdout and "against: " in result.stdout
+
+
+class BiasedBag(Bag):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(6, 3, bias=True)
+        with torch.no_grad():
+            self.head.bias.fill_(0.5)
+
+
+def test_check_conservation_on_texts_passes_bias_free_and_names_a_bias(text_setup, tmp_path):
+    folder, model, spec, texts = text_setup
+    ok = CliRunner().invoke(main, ["check-conservation", str(spec), str(texts), "--dtype", "float64", "-c", "lrp_0", "--json"])
+    assert ok.exit_code == 0, ok.output
+    report = json.loads(ok.stdout[: ok.stdout.rindex("}") + 1])
+    assert len(report["samples"]) == 3
+    for sample in report["samples"]:
+        assert abs(sample["logit"] - sample["input_relevance"]) <= 1e-10 * max(1.0, abs(sample["logit"]))
+    _export(BiasedBag().eval(), tmp_path / "biased.pt2")
+    args = ["check-conservation", str(tmp_path / "biased.pt2"), str(texts), "--tokenizer", str(folder / "tokenizer.json")]
+    gate = CliRunner().invoke(main, args + ["--dtype", "float64", "-c", "lrp_0", "--count", "all"])
+    assert gate.exit_code == 6 and "head" in gate.output  # the bias took the gap, at the head
+    explained = CliRunner().invoke(main, args + ["--dtype", "float64", "-c", "lrp_0", "--count", "unexplained"])
+    assert explained.exit_code == 0, explained.output  # ... and the ledger says so: nothing unexplained

@@ -19,6 +19,7 @@ Examples:
   lrp check-conservation sample_models/digits_cnn/model.yaml --random 8 -c lrp_0
   lrp check-conservation sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images -c epsilon_plus_flat --junit conservation.xml
   lrp check-conservation model.pt --arch nets.py:Net --input-shape 3,32,32 --random 16 --dtype float64 --tolerance 1e-10 --count all
+  lrp check-conservation sample_models/text_sentiment/bag.yaml sample_models/text_sentiment/texts.txt --dtype float64
 """,
 )
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
@@ -41,8 +42,13 @@ Examples:
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line.")
 @click.option("--shard", metavar="K/N", help="Check only shard K of N of the inputs (for array jobs; join --json reports with `lrp merge`).")
 @click.option("--inputs-from", metavar="FILE|-", help="Read input paths from a file (one per line), or - for stdin.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False), help="Texts: a Hugging Face tokenizer.json (default: the spec's input.tokenizer).")
+@click.option("--text-col", metavar="NAME", help="Texts in a CSV or JSONL file: the column / key holding the text.")
+@click.option("--id-col", metavar="NAME", help="Texts in a CSV or JSONL file: a column that names each text in the report.")
+@click.option("--max-length", type=click.IntRange(min=1), help="Texts: cut texts to this many tokens (default: the spec's, else 256).")
 def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> None:
-    """Check that MODEL's LRP relevance is conserved from the output to INPUTS.
+    """Check that MODEL's LRP relevance is conserved from the output to INPUTS (images, a CSV
+    file, or a file of texts for a text model: each text's token relevances are summed).
 
     For each sample the input relevance total is compared with the target logit; the
     per-layer table shows where relevance was absorbed (bias, stabiliser) or lost.
@@ -73,7 +79,12 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     dtype = {"float32": torch.float32, "float64": torch.float64}[options["dtype"]]
     images = bool(inputs) and not tabular
     preprocessing = spec_preprocessing(spec, options) if (images or (spec is not None and spec.input.get("size"))) else None
-    composite = build_composite(options["composite"], spec, parse_params(options["params"]), preprocessing)
+    from .text import is_text_run
+
+    texts = bool(inputs) and (is_text_run(spec, options) or str(inputs[0]).lower().endswith((".txt", ".jsonl", ".ndjson")))
+    if texts:
+        preprocessing = None
+    composite = build_composite(options["composite"], spec, parse_params(options["params"]), preprocessing, default="epsilon" if texts else "epsilon_plus_flat")
     loaded = load_model_option(model, spec, options)
     explainer = Explainer(loaded, composite)
     target = int(options["target"]) if options["target"] is not None and str(options["target"]).lstrip("-").isdigit() else options["target"]
@@ -84,7 +95,13 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
         target = classes.index(target)
 
     batches: list[tuple[torch.Tensor, list[str]]] = []
-    if tabular:
+    extras: list[dict | None] = []
+    if texts:
+        if len(inputs) != 1:
+            raise UsageError("give one file of texts (or - for stdin)")
+        explainer.float_dtype = dtype
+        batches, extras = _text_batches(explainer, inputs[0], spec, options, shard)
+    elif tabular:
         batches = _csv_batches(tabular[0], spec, options, shard)
     elif inputs:
         from ..data.images import collect_images
@@ -111,15 +128,16 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     reports = [
         run_check(
             explainer,
-            xb.to(dtype),
+            xb if texts else xb.to(dtype),
             names,
             target,
             tolerance=options["tolerance"],
             relative=not options["absolute"],
             count=options["count"],
             init=options["init"],
+            inputs=extras[index] if texts else None,
         )
-        for xb, names in batches
+        for index, (xb, names) in enumerate(batches)
     ]
     report = merge(reports)
     if options["junit"]:
@@ -182,6 +200,45 @@ def _print_tables(report: Any) -> None:
     console.print(layers)
     if any(abs(c.other) > 0 for c in focus.layers) and report.count == "unexplained" and not focus.passed:
         warn("'other' is relevance lost or created by a rule itself, not by a bias or stabiliser")
+
+
+def _text_batches(explainer: Any, source: str, spec: Any, options: dict[str, Any], shard: Any = None) -> tuple[list, list]:
+    """Token-id batches (and attention masks, where the model takes one) of every text; a bad text stops the gate."""
+    from ..data.tabular import open_csv
+    from ..data.text import TextTokenizer, batch_length, pad_batch, read_texts, text_format
+    from ..errors import InputError, UsageError
+    from ..texts import batches as in_batches
+    from ..texts import fixed_length, mask_input
+
+    spec_input = spec.input if spec else {}
+    tokenizer_path = options.get("tokenizer") or spec_input.get("tokenizer")
+    if not tokenizer_path:
+        raise UsageError("texts need a tokenizer", hint="give --tokenizer tokenizer.json, or a model spec with input.tokenizer")
+    tokenizer = TextTokenizer(tokenizer_path, options.get("max_length") or spec_input.get("max_length") or 256)
+    text_col = options.get("text_col") or spec_input.get("text_col")
+    name = "<stdin>" if source == "-" else source
+    fmt = text_format(source, text_col)
+    if source != "-" and not Path(source).is_file():
+        raise InputError(f"input not found: {source}")
+    mask_name = mask_input(explainer.model, spec_input.get("mask"))
+    fixed = fixed_length(explainer.model)
+    batches, extras = [], []
+    with open_csv(source) as handle:
+        records = read_texts(handle, name, fmt, text_col=text_col, id_col=options.get("id_col") or spec_input.get("id_col"))
+        for chunk in in_batches(records, options["batch_size"]):
+            chunk = [record for record in chunk if shard is None or shard.owns(str(record.number))]
+            if not chunk:
+                continue
+            bad = [record for record in chunk if record.error]
+            if bad:
+                raise InputError(bad[0].error)
+            encoded = tokenizer.encode([record.text for record in chunk])
+            ids, mask = pad_batch(encoded, tokenizer.pad_id, batch_length(max(len(e.ids) for e in encoded), tokenizer.max_length, fixed))
+            batches.append((ids, [record.id for record in chunk]))
+            extras.append({mask_name: mask} if mask_name else None)
+    if not batches:
+        raise InputError(f"{name}: no texts to check")
+    return batches, extras
 
 
 def _csv_batches(source: str, spec: Any, options: dict[str, Any], shard: Any = None) -> list:
