@@ -57,7 +57,7 @@ def perturbation_plot(evaluation: Any, path: Path, *, score: str = "logit", titl
     handles += [Line2D([], [], color="grey", linestyle="-"), Line2D([], [], color="grey", linestyle="--")]
     labels += ["MoRF: most relevant removed first", "LeRF: least relevant removed first"]
     settings = evaluation.settings
-    unit = "features" if evaluation.tabular else ("pixels" if settings.patch == 1 else f"{settings.patch}x{settings.patch} patches")
+    unit = evaluation.unit_label
     axes.set_xlabel(f"{unit} removed (%), replaced by '{settings.replace}'")
     axes.set_ylabel(SCORES[score])
     axes.set_title(title or f"Perturbation curves ({len(evaluation.names)} inputs, {settings.steps} steps)")

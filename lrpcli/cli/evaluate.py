@@ -24,6 +24,7 @@ Examples:
   lrp evaluate sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images --masks sample_models/shapes_minivgg/masks --patch 4 --replace mean --steps 8 --sanity
   lrp evaluate sample_models/breast_cancer_mlp/model.yaml sample_models/breast_cancer_mlp/sample.csv -c epsilon --replace mean --json - > eval.json
   lrp evaluate model.ts photos/ -c epsilon_gamma_box -c epsilon_plus_flat --replace blur --patch 8 --save-arrays quantus/ -b 32
+  lrp evaluate sample_models/text_sentiment/lstm.yaml sample_models/text_sentiment/heldout.jsonl --text-col text --planted-col planted -c epsilon --replace unk
 
 \b
 Outputs (in OUT, default lrp-eval/): evaluation.png (MoRF curves solid, LeRF dashed),
@@ -59,9 +60,14 @@ with --masks, s_batch.npy (N,1,H,W uint8): the arrays Quantus's metrics take.
 @click.option("--plot", "plot_path", metavar="FILE", help="Write the PNG chart here instead of OUT/evaluation.png.")
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), help=f"Inputs per batch (default: {IMAGE_BATCH} images, {CSV_BATCH} CSV rows).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False), help="Texts: a Hugging Face tokenizer.json (default: the spec's input.tokenizer).")
+@click.option("--text-col", metavar="NAME", help="Texts in a CSV or JSONL file: the column / key holding the text.")
+@click.option("--id-col", metavar="NAME", help="Texts in a CSV or JSONL file: a column that names each text.")
+@click.option("--planted-col", metavar="NAME", help="Texts: a column listing words known to decide the label (JSON list or a;b;c): the share of positive relevance on them is reported.")
+@click.option("--max-length", type=click.IntRange(min=1), help="Texts: cut texts to this many tokens (default: the spec's, else 256).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
-    """Evaluate MODEL's LRP explanations on image INPUTS (files, folders, globs) or CSV rows.
+    """Evaluate MODEL's LRP explanations on image INPUTS (files, folders, globs), CSV rows or texts.
 
     For each composite (-c, repeatable) and baseline (gradient x input, random), the
     pixels, PxP patches or features are removed in order of relevance, most relevant
@@ -75,12 +81,22 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     randomised.
     """
     from ..errors import UsageError
-    from ..evaluate import BASELINES, Evaluator, Settings, feature_stats, resolve_baseline
+    from ..evaluate import BASELINES, Evaluator, feature_stats, resolve_baseline
     from ..models import is_spec, load_spec
     from ..runner import resolve_device
 
     if not inputs:
         raise UsageError("no INPUTS given", hint="give image files, folders, globs or one CSV file (or - for stdin)")
+    spec = load_spec(model) if is_spec(model) else None
+    from .text import is_text_run
+
+    if is_text_run(spec, options) or str(inputs[0]).lower().endswith((".txt", ".jsonl", ".ndjson")):
+        if len(inputs) != 1:
+            raise UsageError("give one file of texts (or - for stdin)")
+        return _evaluate_texts(model, spec, inputs, options)
+    for flag in ("tokenizer", "text_col", "id_col", "planted_col", "max_length"):
+        if options.get(flag):
+            raise UsageError(f"--{flag.replace('_', '-')} applies to texts", hint="a text model's spec says input: {kind: text}; or give --tokenizer")
     tabular = [i for i in inputs if str(i).lower().endswith(".csv") or str(i) == "-"]
     if tabular and len(inputs) > 1:
         raise UsageError("give one CSV file (or - for stdin), or image inputs, not several or both")
@@ -91,24 +107,9 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
             if options.get(flag):
                 name = "--masks" if flag == "masks_dir" else f"--{flag}"
                 raise UsageError(f"{name} applies to images, not CSV rows")
-    sanity_layers = options["sanity_layers"]
-    if sanity_layers is not None and sanity_layers < 1:
-        raise UsageError(f"--sanity-layers must be at least 1, got {sanity_layers}")
-    if options["sanity"] or sanity_layers is not None:
-        sanity_layers = sanity_layers or DEFAULT_SANITY_LAYERS
-    settings = Settings(
-        steps=options["steps"],
-        max_fraction=options["max_fraction"],
-        patch=options["patch"],
-        replace=options["replace"],
-        blur_sigma=options["blur_sigma"],
-        seed=options["seed"],
-        sanity_layers=sanity_layers or 0,
-        sanity_threshold=options["sanity_threshold"],
-    ).check(tabular=bool(tabular))
+    settings = _settings(options, tabular=bool(tabular))
     baselines = _baselines(options["baselines"], resolve_baseline, BASELINES)
 
-    spec = load_spec(model) if is_spec(model) else None
     preprocessing = None if tabular else spec_preprocessing(spec, options)
     params = parse_params(options["params"])
     default = "epsilon" if tabular else "epsilon_plus_flat"
@@ -190,6 +191,84 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
             )
     if not options["quiet"]:
         info(f"evaluated {len(result.names)} input(s) with {len(result.methods)} method(s) in {seconds:.1f}s -> {', '.join(written)}")
+
+
+def _settings(options: dict[str, Any], text: bool = False, tabular: bool = False) -> Any:
+    from ..errors import UsageError
+    from ..evaluate import Settings
+
+    sanity_layers = options["sanity_layers"]
+    if sanity_layers is not None and sanity_layers < 1:
+        raise UsageError(f"--sanity-layers must be at least 1, got {sanity_layers}")
+    if options["sanity"] or sanity_layers is not None:
+        sanity_layers = sanity_layers or DEFAULT_SANITY_LAYERS
+    return Settings(
+        steps=options["steps"],
+        max_fraction=options["max_fraction"],
+        patch=options["patch"],
+        replace=options["replace"],
+        blur_sigma=options["blur_sigma"],
+        seed=options["seed"],
+        sanity_layers=sanity_layers or 0,
+        sanity_threshold=options["sanity_threshold"],
+    ).check(tabular=tabular, text=text)
+
+
+def _evaluate_texts(model: str, spec: Any, inputs: tuple[str, ...], options: dict[str, Any]) -> None:
+    """Token deletion on a file of texts (see lrpcli/evaluate/tokens.py)."""
+    import time
+
+    from ..errors import UsageError
+    from ..evaluate import BASELINES, TokenEvaluator, resolve_baseline
+    from ..runner import resolve_device
+    from ..texts import mask_input
+    from .evaluate_text import open_texts, text_batches
+
+    for flag in ("size", "resize", "crop", "mode", "mean", "std", "masks_dir", "save_arrays", "blur_sigma"):
+        if options.get(flag):
+            name = {"masks_dir": "--masks", "save_arrays": "--save-arrays"}.get(flag, f"--{flag.replace('_', '-')}")
+            raise UsageError(f"{name} applies to images or CSV rows, not texts")
+    if options["json_path"] == "-" and options["csv_path"] == "-":
+        raise UsageError("--json - and --csv - would both write to stdout; send one of them to a file")
+    settings = _settings(options, text=True)
+    baselines = _baselines(options["baselines"], resolve_baseline, BASELINES)
+    tokenizer = open_texts(inputs[0], spec, options)
+    params = parse_params(options["params"])
+    methods: dict[str, Any] = {}
+    for name in options["composites"] or (None,):
+        composite = build_composite(name, spec, params, default="epsilon")
+        if composite.name in methods:
+            raise UsageError(f"composite '{composite.name}' is given twice")
+        methods[composite.name] = composite
+    loaded = load_model_option(model, spec, options)
+    evaluator = TokenEvaluator(
+        loaded,
+        methods,
+        baselines,
+        settings,
+        pad_id=tokenizer.pad_id,
+        unk_id=tokenizer.unk_id,
+        mask_name=mask_input(loaded, spec.input.get("mask") if spec else None),
+        device=resolve_device(options["device"]),
+    )
+    started = time.perf_counter()
+    with progress("evaluating texts", None, options["quiet"]) as advance:
+        for ids, attention, units, names, planted in text_batches(inputs[0], spec, options, tokenizer, evaluator.scorer.model, options["batch_size"] or 32):
+            evaluator.add(ids, attention, units, names, planted)
+            advance(len(names))
+    result = evaluator.result()
+    seconds = time.perf_counter() - started
+    classes = spec.classes if spec else None
+    if options["classes_file"]:
+        from ..models import load_class_names
+
+        classes = load_class_names(options["classes_file"])
+    written = _write_outputs(result, Path(options["out"] or DEFAULT_OUT), model, inputs, {**options, "_classes": classes}, seconds)
+    for line in result.notes:
+        note(line)
+    if not options["quiet"]:
+        _print_table(result, options["score"])
+        info(f"evaluated {len(result.names)} text(s) with {len(result.methods)} method(s) in {seconds:.1f}s -> {', '.join(written)}")
 
 
 def _baselines(given: tuple[str, ...], resolve: Any, registry: Any) -> list[str]:
@@ -359,7 +438,7 @@ def _print_table(result: Any, score: str) -> None:
         return "-" if value is None else format(value, digits)
 
     settings = result.settings
-    unit = "features" if result.tabular else ("pixels" if settings.patch == 1 else f"{settings.patch}x{settings.patch} patches")
+    unit = result.unit_label
     table = Table(
         title=f"perturbation: {unit} removed in {settings.steps} steps up to {settings.max_fraction:.0%}, replaced by '{settings.replace}' "
         f"({len(result.names)} inputs; higher AOPC and gap are better)"
@@ -370,7 +449,7 @@ def _print_table(result: Any, score: str) -> None:
         columns += ["AOPC prob", "gap prob", "confidence"]
     masks = result.mask_area is not None
     if masks:
-        columns.append("mass in mask")
+        columns.append("mass on planted" if result.input_kind == "text" else "mass in mask")
     sanity = any(entry["sanity"] for entry in result.methods.values())
     if sanity:
         columns += ["Spearman (top 1..N randomised)", "flag"]
@@ -391,5 +470,7 @@ def _print_table(result: Any, score: str) -> None:
             row.append("[red]model-independent[/]" if s.get("sanity_flagged") else ("ok" if levels else "-"))
         table.add_row(*row)
     console.print(table)
-    if masks:
+    if masks and result.input_kind == "text":
+        info(f"planted words: {float(result.mask_area.mean()):.1%} of the tokens on average (what a random attribution puts on them)")
+    elif masks:
         info(f"mask area: {float(result.mask_area.mean()):.1%} of the image on average (what a random attribution puts inside)")

@@ -33,6 +33,7 @@ class TextRecord:
     text: str
     label: str | None = None
     error: str | None = None
+    row: dict | None = None  # the whole CSV row or JSON object, for columns beyond these (planted words)
 
 
 def text_format(source: str, text_col: str | None) -> str:
@@ -105,7 +106,7 @@ def _record(number: int, row: dict, source: str, text_col, id_col, label_col, un
     text = row.get(text_col)
     ident = row.get(id_col) if id_col else None
     label = row.get(label_col) if label_col else None
-    record = TextRecord(number, str(ident) if ident not in (None, "") else str(number), "", None if label is None else str(label))
+    record = TextRecord(number, str(ident) if ident not in (None, "") else str(number), "", None if label is None else str(label), row=row)
     if not isinstance(text, str) or not text.strip():
         record.error = f"{source}: {unit} {number}: no text in column '{text_col}'"
     else:
@@ -161,6 +162,12 @@ class TextTokenizer:
             f"{self.path}: the tokenizer names no padding token (no padding setting, none of {', '.join(PAD_TOKENS)})",
             hint="add a pad token to the tokenizer (tokenizer.enable_padding(pad_id=..., pad_token=...)) and save it again",
         )
+
+    @property
+    def unk_id(self) -> int | None:
+        """The id of the unknown token, where the tokenizer's model has one."""
+        token = getattr(self.tokenizer.model, "unk_token", None)
+        return self.tokenizer.token_to_id(token) if token else None
 
     def encode(self, texts: list[str]) -> list[Encoded]:
         encodings = self.tokenizer.encode_batch(texts)

@@ -32,7 +32,8 @@ Definitions (N inputs, L steps, k = 0..L; see ``docs`` in each function):
 
 Layout: :mod:`.order` (units and removal order), :mod:`.replace` (replacement values),
 :mod:`.metrics` (scores), :mod:`.baselines` (non-LRP methods), :mod:`.sanity` (model
-randomisation) and :mod:`.evaluator` (the driver and the Python API). Everything public is
+randomisation), :mod:`.evaluator` (the driver and the Python API) and :mod:`.tokens` (token
+deletion for text models, reported by the same Evaluation). Everything public is
 re-exported here, so ``from lrpcli.evaluate import X`` works for all of them.
 """
 
@@ -42,10 +43,13 @@ from .baselines import BASELINES, gradient_x_input, random_relevance, resolve_ba
 from .evaluator import CSV_COLUMNS, Evaluation, Evaluator, Method, Settings, evaluate
 from .metrics import aopc, confidence, heatmap, ranks, relevance_mass_accuracy, spearman
 from .order import ORDERS, perturbation_order, removal_counts, removal_mask, tie_breaker, unit_map, unit_relevance
-from .replace import IMAGE_ONLY_REPLACEMENTS, REPLACEMENTS, feature_stats, gaussian_blur, perturb, replacement, resolve_replacement
+from .replace import IMAGE_ONLY_REPLACEMENTS, REPLACEMENTS, TOKEN_REPLACEMENTS, feature_stats, gaussian_blur, perturb, replacement, resolve_replacement
 from .sanity import Layer, cascade, randomised_copy, weighted_layers
+from .tokens import TokenEvaluator
 
 __all__ = [
+    "TOKEN_REPLACEMENTS",
+    "TokenEvaluator",
     "BASELINES",
     "CSV_COLUMNS",
     "IMAGE_ONLY_REPLACEMENTS",

@@ -17,7 +17,7 @@ from ..errors import InputError, UsageError
 from .baselines import gradient_x_input, random_relevance, resolve_baseline
 from .metrics import aopc, confidence, heatmap, relevance_mass_accuracy, spearman
 from .order import ORDERS, perturbation_order, removal_counts, removal_mask, tie_breaker, unit_map, unit_relevance
-from .replace import feature_stats, perturb, replacement, resolve_replacement
+from .replace import feature_stats, perturb, replacement, resolve_replacement, resolve_token_replacement
 from .sanity import cascade, weighted_layers
 
 
@@ -35,7 +35,7 @@ class Settings:
     sanity_threshold: float = 0.9  # flag a method whose rank correlation is at or above this at some level
     init: str = "value"
 
-    def check(self, tabular: bool = False) -> "Settings":
+    def check(self, tabular: bool = False, text: bool = False) -> "Settings":
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
             raise UsageError(f"--steps must be an integer of at least 1, got {self.steps!r}")
         if not (0.0 < float(self.max_fraction) <= 1.0):
@@ -44,7 +44,11 @@ class Settings:
             raise UsageError(f"--patch must be a positive integer, got {self.patch!r}")
         if tabular and self.patch != 1:
             raise UsageError("--patch applies to images; CSV rows are perturbed feature by feature")
-        self.replace = resolve_replacement(self.replace, tabular)
+        if text and self.patch != 1:
+            raise UsageError("--patch applies to images; texts are perturbed token by token")
+        if text and self.sanity_layers:
+            raise UsageError("--sanity is not available for texts yet")
+        self.replace = resolve_token_replacement(self.replace) if text else resolve_replacement(self.replace, tabular)
         if self.blur_sigma is not None and not self.blur_sigma > 0:
             raise UsageError(f"--blur-sigma must be positive, got {self.blur_sigma!r}")
         if self.sanity_layers < 0:
@@ -269,6 +273,11 @@ class Evaluation:
         self.fractions = [c / evaluator.unit_count for c in self.counts]
         self.classes = evaluator.classes
         self.tabular = evaluator.tabular
+        self.input_kind = getattr(evaluator, "input_kind", "csv" if evaluator.tabular else "image")
+        #: what one unit is, for tables and plots ("features", "pixels", "4x4 patches", "tokens")
+        self.unit_label = getattr(evaluator, "unit_label", None) or (
+            "features" if evaluator.tabular else "pixels" if settings.patch == 1 else f"{settings.patch}x{settings.patch} patches"
+        )
         self.notes = list(evaluator.notes)
         self.mask_area = _cat(evaluator.mask_area) if evaluator.mask_area else None
         self.masks = np.concatenate(evaluator.masks) if evaluator.masks else None
@@ -367,10 +376,10 @@ class Evaluation:
             methods[name] = data
         result: dict[str, Any] = {
             "inputs": len(self.names),
-            "input_kind": "csv" if self.tabular else "image",
-            "units": self.unit_count,
+            "input_kind": self.input_kind,
+            "units": self.unit_count if self.input_kind != "text" else "the tokens of each text (special tokens and padding excluded)",
             "steps": self.settings.steps,
-            "removed": self.counts,
+            "removed": self.counts if self.input_kind != "text" else "each text's share of its tokens: see fractions",
             "fractions": self.fractions,
             "score": "logit of the target (the prediction on the clean input)",
             "settings": self.settings.to_dict(),

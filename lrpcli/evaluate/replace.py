@@ -28,6 +28,20 @@ def resolve_replacement(name: str, tabular: bool = False) -> str:
     return key
 
 
+#: texts: a zero token embedding, or the pad or unknown token in the removed token's place
+TOKEN_REPLACEMENTS = ("zero", "pad", "unk")
+
+
+def resolve_token_replacement(name: str) -> str:
+    key = str(name).strip().lower()
+    if key not in TOKEN_REPLACEMENTS:
+        raise UsageError(
+            f"replacement '{name}' does not apply to texts (known: zero, a zero token embedding; pad or unk, that token)",
+            hint=suggest(key, list(TOKEN_REPLACEMENTS)),
+        )
+    return key
+
+
 def feature_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-feature mean, minimum and maximum over the rows of an (N, F) table (the CSV reference)."""
     x = x.detach()
