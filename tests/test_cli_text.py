@@ -283,3 +283,42 @@ def test_check_conservation_on_texts_passes_bias_free_and_names_a_bias(text_setu
     assert gate.exit_code == 6 and "head" in gate.output  # the bias took the gap, at the head
     explained = CliRunner().invoke(main, args + ["--dtype", "float64", "-c", "lrp_0", "--count", "unexplained"])
     assert explained.exit_code == 0, explained.output  # ... and the ledger says so: nothing unexplained
+
+
+def _bert_pt2(path: Path) -> Path:
+    """A small random Hugging Face BERT classifier, exported taking (input_ids, attention_mask)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=64, num_labels=3,
+    )
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(config).eval()
+
+    class Logits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    ids = torch.tensor([[2, 4, 5, 3], [2, 6, 7, 3]])
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("length", max=64)}
+    torch.export.save(torch.export.export(Logits().eval(), (ids, torch.ones_like(ids)), dynamic_shapes=(dims, dims)), str(path))
+    return path
+
+
+def test_a_hugging_face_bert_gives_each_text_the_same_relevance_alone_as_in_a_padded_batch(text_setup, tmp_path):
+    """With the attention mask fed, padding changes nothing: batched (padded) and one-by-one results agree."""
+    folder, model, spec, texts = text_setup
+    bert = _bert_pt2(tmp_path / "bert.pt2")
+    args = [bert, texts, "--tokenizer", folder / "tokenizer.json", "-c", "attnlrp", "--dtype", "float64", "-t", "1"]
+    batched = run(*args)
+    alone = run(*args, "-b", "1")
+    assert batched.exit_code == 0 and alone.exit_code == 0, batched.output + alone.output
+    assert "'attention_mask' input" in batched.stderr
+    for one, other in zip(lines(batched.stdout), lines(alone.stdout)):
+        assert one["logit"] == pytest.approx(other["logit"], rel=1e-9)
+        assert [t["relevance"] for t in one["tokens"]] == pytest.approx([t["relevance"] for t in other["tokens"]], rel=1e-6, abs=1e-12)
+        assert any(abs(t["relevance"]) > 0 for t in one["tokens"] if not t.get("special"))
