@@ -68,6 +68,9 @@ class Explanation:
     initial: torch.Tensor  # the relevance the walk started from, shaped like outputs
     layers: dict[str, LayerRelevance] | None = None  # with layer_relevance=True, in graph order
     notes: list[str] = field(default_factory=list)  # what canonizers did, e.g. a stripped softmax
+    #: with embedding_relevance=True, for token ids: the relevance of the token embeddings (batch, tokens,
+    #: hidden) before it is summed over the hidden dim into ``relevance``
+    embedding: torch.Tensor | None = None
 
 
 def explain(
@@ -80,6 +83,7 @@ def explain(
     layer_relevance: bool = False,
     params: dict[str, Any] | None = None,
     inputs: dict[str, torch.Tensor] | None = None,
+    embedding_relevance: bool = False,
 ) -> Explanation:
     """Explain ``model``'s output for the batch ``x`` with LRP.
 
@@ -90,9 +94,11 @@ def explain(
     ``params``: composite-wide parameter overrides (epsilon, gamma, low, high, stabilizer).
     ``inputs``: further keyword inputs of the model (an ``attention_mask``), one row per sample: held
     constant, never explained (nn.Modules and exported programs).
+    ``embedding_relevance``: for token ids, also return the token embeddings' relevance (batch, tokens,
+    hidden) as ``Explanation.embedding``.
     """
     return Explainer(model, composite, params=params).explain(
-        x, target, init=init, layer_relevance=layer_relevance, inputs=inputs
+        x, target, init=init, layer_relevance=layer_relevance, inputs=inputs, embedding_relevance=embedding_relevance
     )
 
 
@@ -183,6 +189,7 @@ class Explainer:
         init: str = "value",
         layer_relevance: bool = False,
         inputs: dict[str, torch.Tensor] | None = None,
+        embedding_relevance: bool = False,
     ) -> Explanation:
         x = _check_input(x)
         if init not in INITS:
@@ -195,7 +202,8 @@ class Explainer:
                 raise ModelError("the model's output is not a tensor")
             targets = _targets(outputs, target)
             initial = _initial_relevance(outputs, targets, init)
-            relevance, layers = propagate(graph, assigned, values, initial, layer_relevance)
+            kept: dict[str, torch.Tensor] | None = {} if embedding_relevance else None
+            relevance, layers = propagate(graph, assigned, values, initial, layer_relevance, kept)
         if layers is not None:
             layers = {name: _usable(layer) for name, layer in layers.items()}
         if relevance is None:
@@ -207,6 +215,7 @@ class Explainer:
             initial=_usable(initial),
             layers=layers,
             notes=list(graph.notes),
+            embedding=_usable(kept.get("embedding")) if kept else None,
         )
 
 
@@ -473,10 +482,12 @@ def propagate(
     values: dict[str, Any],
     initial: torch.Tensor,
     record: bool = False,
+    kept: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, dict[str, LayerRelevance] | None]:
     """Walk ``graph`` backward from ``initial`` (relevance of the output), freeing values as it goes.
 
-    Returns the input's relevance and, with ``record``, the per-node totals in graph order.
+    Returns the input's relevance and, with ``record``, the per-node totals in graph order. ``kept``
+    receives the relevance of the token embeddings (its "embedding" key) where the ids are looked up.
     """
     meta = {node.name for node in graph.nodes if node.kind == "meta"}
     relevance: dict[str, Any] = {graph.output: initial}
@@ -496,6 +507,9 @@ def propagate(
         # another dim (seq*batch), the node is left out of the per-layer record (such nodes only move values)
         countable = record and node.batch_dim is not None and all(batch_dims.get(name, 0) is not None for name in inputs)
         total_out = _total(relevance[node.name], batch, node.batch_dim) if countable else None
+        if kept is not None and node.kind == "embedding":
+            previous = kept.get("embedding")
+            kept["embedding"] = relevance[node.name] if previous is None else previous + relevance[node.name]
         outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, relevance, ledger, returned)
         total_in = (
             sum((_total(p, batch, batch_dims.get(name, 0)) for name, p in outgoing.items()), torch.zeros_like(total_out))

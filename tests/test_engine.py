@@ -157,3 +157,25 @@ def test_relevance_lost_at_zero_denominators_is_reported_as_other():
     assert float(top.absorbed) == pytest.approx(0.0, abs=1e-5)  # flat: only its tiny stabiliser
     assert float(bottom.other) == pytest.approx(0.5)  # half the relevance sat on the zero unit
     assert float(result.relevance.sum()) == pytest.approx(0.5, abs=1e-5)
+
+
+def test_the_token_embeddings_relevance_is_returned_on_request():
+    """A bag of embeddings with a bias-free linear head: each hidden unit's relevance is E[id, h] * W[target, h]."""
+    torch.manual_seed(0)
+    embedding, head = torch.nn.Embedding(12, 5), torch.nn.Linear(5, 3, bias=False)
+
+    class Bag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding, self.head = embedding, head
+
+        def forward(self, ids):
+            return self.head(self.embedding(ids).sum(1))
+
+    model = Bag().double().eval()
+    ids = torch.tensor([[1, 4, 4, 7], [2, 3, 0, 11]])
+    result = explain(model, ids, "lrp_0", target=2, embedding_relevance=True)
+    expected = embedding.weight.detach()[ids] * head.weight.detach()[2]
+    torch.testing.assert_close(result.embedding, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(result.relevance, expected.sum(-1), rtol=1e-12, atol=1e-12)
+    assert explain(model, ids, "lrp_0", target=2).embedding is None
