@@ -155,8 +155,10 @@ _PAGE_TAIL = "</body></html>\n"
 
 
 def _colour(value: float) -> str:
+    """The background of a word with relative relevance ``value`` (-1..1), with a text colour that stays readable."""
     alpha = min(1.0, abs(value))
-    return f"rgba(255,0,0,{alpha:.3f})" if value > 0 else f"rgba(0,0,255,{alpha:.3f})"
+    background = f"rgba(255,0,0,{alpha:.3f})" if value > 0 else f"rgba(0,0,255,{alpha:.3f})"
+    return background + ("; color: #fff" if alpha > 0.55 else "")
 
 
 class HtmlWriter:

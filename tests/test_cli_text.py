@@ -209,7 +209,7 @@ def test_html_page_shades_every_word_and_escapes_the_text(text_setup, tmp_path):
     assert "<b>" not in html and "&lt;" in html and "&gt;" in html  # text is shown, never interpreted
     assert html.count('class="text"') == 3
     rows = lines((tmp_path / "rows.jsonl").read_text())
-    shaded = re.findall(r'<span class="w" style="background: rgba\((\d+),0,(\d+),([\d.]+)\)" title="([^"]+)">', html)
+    shaded = re.findall(r'<span class="w" style="background: rgba\((\d+),0,(\d+),([\d.]+)\)(?:; color: #fff)?" title="([^"]+)">', html)
     assert len(shaded) == sum(len(row["words"]) for row in rows)
     signs = [1 if red == "255" else -1 for red, blue, alpha, title in shaded]
     assert signs == [1 if w["relevance"] > 0 else -1 for row in rows for w in row["words"]]
