@@ -8,6 +8,8 @@ lrpcli's graph capture handles them.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -214,7 +216,11 @@ class DigitsCNN(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """A pre-norm transformer encoder block: multi-head self-attention and a GELU MLP, each residual."""
+    """A pre-norm transformer encoder block: multi-head self-attention and a GELU MLP, each residual.
+
+    ``mask`` (optional, boolean, broadcastable to (batch, heads, queries, keys)) is the attention
+    mask of ``scaled_dot_product_attention``: False hides a key (the text models pass the padding).
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int = 2):
         super().__init__()
@@ -226,11 +232,11 @@ class TransformerBlock(nn.Module):
         self.fc1 = nn.Linear(dim, mlp_ratio * dim)
         self.fc2 = nn.Linear(mlp_ratio * dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, t, d = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (indexing, not unpacking: TorchScript scripts it)
-        attended = nn.functional.scaled_dot_product_attention(q, k, v)
+        attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.proj(attended.transpose(1, 2).reshape(b, t, d))
         return x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
 
@@ -265,3 +271,105 @@ class ViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x[:, 0]))
+
+
+# --------------------------------------------------------------------------- text classifiers
+# They take int64 token ids (batch, length), right-padded with ``pad_id``, and nothing else: the
+# padding mask is computed from the ids inside forward, so a saved model needs no second input and
+# lrp holds the mask constant (it is never explained). The sample text models (text_sentiment/).
+
+
+def _real_tokens(ids: torch.Tensor, pad_id: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padding mask as (batch, length, 1) floats (1 = a real token) and the count of real tokens
+    per text (batch, 1), at least 1 so that an all-padding row divides by 1, not 0."""
+    mask = (ids != pad_id).unsqueeze(-1).to(dtype)
+    return mask, mask.sum(1).clamp(min=1.0)
+
+
+class TextBag(nn.Module):
+    """Bag of embeddings: the mean of the real tokens' embeddings, then a linear layer.
+
+    The simplest text model: each token's relevance is its own embedding's share of the logit, and
+    with ``bias=False`` LRP-0 / epsilon relevance sums exactly to the logit (the mean's divisor is
+    computed from the ids, a constant).
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 32, num_classes: int = 2, pad_id: int = 0, bias: bool = True):
+        super().__init__()
+        self.pad_id = pad_id
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.head = nn.Linear(dim, num_classes, bias=bias)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        e = self.embed(ids)
+        mask, count = _real_tokens(ids, self.pad_id, e.dtype)
+        return self.head((e * mask).sum(1) / count)
+
+
+class TextLSTM(nn.Module):
+    """Embedding, an LSTM (bidirectional by default), the mean of its outputs over the real tokens,
+    a linear layer. For the recurrent rule (Arras et al. 2017).
+
+    Texts are right-padded, so the backward direction reads the padding before the text. The
+    padding embeds to zeros and the LSTM has no bias, so from a zero state a padded step leaves the
+    state exactly zero (gates 1/2, candidate tanh(0) = 0): the outputs and the relevance of a text
+    do not depend on how much padding its batch adds. (An LSTM with biases would drift through the
+    padding and answer differently in a longer batch.) Padded steps are left out of the mean.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int = 32,
+        hidden: int = 32,
+        num_classes: int = 2,
+        pad_id: int = 0,
+        bidirectional: bool = True,
+    ):
+        super().__init__()
+        self.pad_id = pad_id
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.rnn = nn.LSTM(dim, hidden, bias=False, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1), num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        e = self.embed(ids)
+        out, _ = self.rnn(e)
+        mask, count = _real_tokens(ids, self.pad_id, out.dtype)
+        return self.head((out * mask).sum(1) / count)
+
+
+class TextTransformer(nn.Module):
+    """A small transformer encoder for text: token plus learned position embeddings, pre-norm
+    ``TransformerBlock``s whose attention hides the padded keys (a boolean mask from the ids, so a
+    padded key's score is -inf and its weight exactly 0; every text has a real token, so no row is
+    all -inf and nothing is NaN), the mean over the real tokens, LayerNorm and a linear head.
+    For AttnLRP / CP-LRP on text. Takes any length up to ``max_length``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int = 32,
+        heads: int = 2,
+        layers: int = 2,
+        max_length: int = 64,
+        num_classes: int = 2,
+        pad_id: int = 0,
+        mlp_ratio: int = 2,
+    ):
+        super().__init__()
+        self.pad_id = pad_id
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.pos = nn.Parameter(torch.randn(1, max_length, dim) * 0.02)
+        self.blocks = nn.ModuleList([TransformerBlock(dim, heads, mlp_ratio) for _ in range(layers)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids) + self.pos[:, : ids.shape[1]]
+        keys = (ids != self.pad_id)[:, None, None, :]  # (batch, 1, 1, keys): False hides a padded key
+        for block in self.blocks:
+            x = block(x, keys)
+        mask, count = _real_tokens(ids, self.pad_id, x.dtype)
+        return self.head(self.norm((x * mask).sum(1) / count))

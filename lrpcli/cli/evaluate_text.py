@@ -8,7 +8,8 @@ from typing import Any, Iterator
 
 
 def planted_words(value: Any) -> set[str]:
-    """A planted-words cell: a JSON list (or a JSON list in a CSV cell), or words separated by ';'; case is ignored."""
+    """A planted-words cell: a JSON list of words or of {"word": ...} objects (also inside a CSV cell), or words
+    separated by ';'; case is ignored."""
     if value is None or value == "":
         return set()
     if isinstance(value, str):
@@ -21,7 +22,8 @@ def planted_words(value: Any) -> set[str]:
         value = list(value)
     if not isinstance(value, list):
         value = [value]
-    return {str(word).strip().lower() for word in value if str(word).strip()}
+    words = [item.get("word", "") if isinstance(item, dict) else item for item in value]  # [{"word": ..., "start": ...}]
+    return {str(word).strip().lower() for word in words if str(word).strip()}
 
 
 def open_texts(source: str, spec: Any, options: dict[str, Any]) -> Any:
