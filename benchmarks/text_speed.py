@@ -2,6 +2,7 @@
 
     python benchmarks/text_speed.py                 # writes benchmarks/text_results.md
     python benchmarks/text_speed.py --lines 2000    # a smoke run (and 10x that)
+    python benchmarks/text_speed.py --models bag:10000,lstm:500,transformer:500
 
 Each run is the real command line, `lrp explain SPEC TEXTS -o OUT.jsonl -q`, in a fresh process,
 on a file of held-out sample texts repeated to N lines. Peak memory is the child's maximum
@@ -62,7 +63,7 @@ def child(spec: str, lines: int, batch: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=10_000, help="the smaller run's lines (the larger has 10x)")
-    parser.add_argument("--models", default="bag", help="comma-separated sample specs of sample_models/text_sentiment (bag,lstm,transformer)")
+    parser.add_argument("--models", default="bag", help="comma-separated sample specs of sample_models/text_sentiment (bag,lstm,transformer), each optionally with its own line count: bag:10000,lstm:500")
     parser.add_argument("-b", "--batch-size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -71,11 +72,15 @@ def main() -> None:
         child(args.child[0], int(args.child[1]), int(args.child[2]))
         return
     rows = []
-    for model in args.models.split(","):
+    for item in args.models.split(","):
+        model, _, count = item.partition(":")
         spec = SAMPLES / f"{model}.yaml"
-        for lines in (args.lines, 10 * args.lines):
+        base = int(count) if count else args.lines
+        for lines in (base, 10 * base):
             # each size in a process of its own, so that RUSAGE_CHILDREN's maximum is this run's
-            done = subprocess.run([sys.executable, __file__, "--child", str(spec), str(lines), str(args.batch_size)], check=True, capture_output=True, text=True)
+            done = subprocess.run([sys.executable, __file__, "--child", str(spec), str(lines), str(args.batch_size)], capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{model}, {lines} lines: the run failed:\n{done.stderr[-2000:]}")
             record = json.loads(done.stdout.strip().splitlines()[-1])
             record["model"] = model
             rows.append(record)
