@@ -14,7 +14,7 @@ add             add/sub of activations (residual joins): proportional split
 avgpool         avg / adaptive-avg pooling: proportional split
 reduce          mean / sum reductions: proportional split
 scale           mul / div by a constant: proportional split
-route           shape ops, cat, slicing, max-pool: relevance moves with the values
+route           shape ops, cat, slicing, max-pool, max/amax: relevance moves with the values
 elementwise     relu-like nonlinearities, dropout, identity: relevance passes unchanged
 layernorm       layer / group / RMS norm: rules see it with 1/sigma held constant
 product         products of two activations (mul, matmul, bmm, einsum): uniform or gated split
@@ -68,7 +68,8 @@ _add(
     "slice select narrow index_select max_pool1d max_pool2d max_pool3d max_pool1d_with_indices "
     "max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d "
     "adaptive_max_pool3d alias detach lift_fresh_copy _to_copy to type_as pad constant_pad_nd "
-    "index masked_fill where roll swapaxes swapdims movedim reshape_as view_as flip",
+    "index masked_fill where roll swapaxes swapdims movedim reshape_as view_as flip "
+    "amax amin max min",  # max over time (text CNNs): like max-pooling, the winners take the relevance
 )
 #: ops whose value depends only on another tensor's shape, dtype and device, not its values: constants
 FACTORY_OPS = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like", "empty_like"}

@@ -144,3 +144,15 @@ def test_bias_free_bag_conserves_relevance(composite, params):
             count = (ids != 0).sum(1, keepdim=True).double()
             expected = model.embed(ids) @ model.head.weight[target] / count
         torch.testing.assert_close(result.relevance, expected, atol=1e-9, rtol=1e-6)
+
+
+def test_the_shipped_bag_without_its_bias_conserves_on_the_held_out_texts(held_out):
+    """The trained sample bag, its head's bias set to zero, in float64: each text's token relevances add up to its logit."""
+    model = load_spec_model(load_spec(FOLDER / "bag.yaml")).double().eval()
+    with torch.no_grad():
+        model.head.bias.zero_()
+    ids = _pad(held_out["ids"], held_out["length"])
+    result = explain(model, ids, "lrp_0")
+    logits = result.outputs.gather(1, result.targets[:, None]).squeeze(1)
+    assert (result.relevance.sum(1) - logits).abs().max().item() < 1e-6
+    assert logits.abs().min().item() > 1e-3
