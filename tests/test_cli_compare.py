@@ -196,7 +196,7 @@ def test_unknown_composite_suggests_the_name(tmp_path):
         (["-t", "all"], 2, "one target per input"),
         (["-t", "9"], 2, "out of range"),
         (["-t", "hexagon"], 2, "not a class name"),
-        (["--cmap", "rainbowz"], 3, "unknown colormap"),
+        (["--cmap", "rainbowz"], 2, "unknown colormap"),
     ],
 )
 def test_bad_options(tmp_path, args, code, message):

@@ -415,7 +415,7 @@ def test_cmap_gray(world):
 
 
 def test_unknown_cmap_suggests_one(world, tmp_path):
-    failed(lrp("explain", world.ts, world.imgs, "--cmap", "colnhot", out=tmp_path / "o"), 3, "colnhot", "did you mean 'coldnhot'")
+    failed(lrp("explain", world.ts, world.imgs, "--cmap", "colnhot", out=tmp_path / "o"), 2, "colnhot", "did you mean 'coldnhot'")
     assert not (tmp_path / "o").exists()
 
 
@@ -898,3 +898,15 @@ def test_help_examples_run(example, example_assets, tmp_path, monkeypatch):
     assert rows and all((out / r["heatmap"]).is_file() for r in rows)
     for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
         del sys.modules[name]
+
+
+def test_messages_are_printed_as_text_not_markup(world, tmp_path):
+    """A file named photo[final].png is named so, not as photo.png (rich markup would eat [final])."""
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "bad[final].png").write_text("not an image")
+    run = lrp("explain", world.ts, images, out=tmp_path / "o")
+    assert run.code == 5
+    assert "bad[final].png" in run.stderr
+    missing = lrp("explain", world.ts, tmp_path / "nope[x].png", out=tmp_path / "o2")
+    assert "nope[x].png" in missing.stderr

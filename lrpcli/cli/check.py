@@ -158,6 +158,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
 
 
 def _print_tables(report: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     headline = Table(title=f"conservation: input relevance vs. logit ({report.composite})")
@@ -165,7 +166,7 @@ def _print_tables(report: Any) -> None:
         headline.add_column(column, justify="right" if column not in ("sample", "ok") else "left")
     for sample in report.samples:
         headline.add_row(
-            sample.sample,
+            escape(sample.sample),
             str(sample.target),
             f"{sample.logit:.6g}",
             f"{sample.input_relevance:.6g}",
@@ -185,8 +186,8 @@ def _print_tables(report: Any) -> None:
     for check in reversed(focus.layers):  # output first, the way relevance flows
         style = "bold red" if check.layer == focus.worst_layer and not focus.passed else None
         layers.add_row(
-            check.layer,
-            check.type,
+            escape(check.layer),
+            escape(check.type),
             check.rule,
             f"{check.relevance_out:.6g}",
             f"{check.relevance_in:.6g}",

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from .console import console, info, note, progress
-from .options import build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .console import console, info, note, progress, failed
+from .options import check_cmap, build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
 @click.command(
@@ -62,7 +62,6 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..engine import Explainer
     from ..errors import ConfigError, InputError, UsageError
     from ..models import is_spec, load_class_names, load_spec
-    from ..render import COLORMAPS
     from ..runner import TargetSpec
 
     if not inputs:
@@ -70,7 +69,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     tabular = [i for i in inputs if str(i).lower().endswith(".csv") or str(i) == "-"]
     if tabular:
         raise UsageError(f"lrp compare takes images, not CSV rows ({tabular[0]})", hint="use lrp explain for tabular data")
-    COLORMAPS.resolve(options["cmap"])
+    check_cmap(options["cmap"])
     out_text = options["out"] or "lrp-compare"
     sheet: Path | None = None
     if out_text.lower().endswith(".png"):
@@ -150,6 +149,6 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         info(f"compared {report.explained} of {report.total} input(s) under {', '.join(labels)} in {report.seconds:.1f}s -> {where}")
     if report.failures:
         for failure in report.failures:
-            console.print(f"  [red]failed:[/] {failure.message}", markup=True, highlight=False)
+            failed("failed", failure.message)
         written = "; the others were written" if report.written else ""
         raise InputError(f"{len(report.failures)} of {report.total} input(s) failed{written}")

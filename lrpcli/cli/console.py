@@ -1,4 +1,8 @@
-"""The one stderr console: messages, warnings, tables and progress never touch stdout."""
+"""The one stderr console: messages, warnings, tables and progress never touch stdout.
+
+Messages are printed as text: anything that comes from a user (a file name like
+``photo[final].png``, a hint like ``pip install 'lrpcli[torchvision]'``) is escaped, never
+read as rich markup."""
 
 from __future__ import annotations
 
@@ -19,13 +23,18 @@ def debug_enabled(verbose: int = 0) -> bool:
 
 
 def error(message: str, hint: str | None = None) -> None:
-    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     if hint:
-        console.print(f"[dim]hint:[/] {hint}", markup=True, highlight=False)
+        console.print(f"[dim]hint:[/] {escape(hint)}", markup=True, highlight=False)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    console.print(f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False)
+
+
+def failed(label: str, message: str) -> None:
+    """One failed input under a run's summary (``label`` coloured, the message printed as it is)."""
+    console.print(f"  [red]{label}:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def note(message: str) -> None:

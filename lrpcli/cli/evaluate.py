@@ -432,6 +432,7 @@ def _save_arrays(result: Any, folder: Path) -> str:
 
 
 def _print_table(result: Any, score: str) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     def number(value: Any, digits: str = ".3f") -> str:
@@ -459,7 +460,7 @@ def _print_table(result: Any, score: str) -> None:
     order = sorted(result.methods, key=lambda name: -(result.summary(name)[key] or float("-inf")))
     for name in order:
         s = result.summary(name)
-        row = [name, s["kind"], number(s["aopc_morf"]), number(s["gap"])]
+        row = [escape(name), s["kind"], number(s["aopc_morf"]), number(s["gap"])]
         if probabilities:
             row += [number(s["aopc_probability_morf"]), number(s["gap_probability"]), number(s["confidence_morf_mean"])]
         if masks:

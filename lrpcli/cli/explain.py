@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from .console import console, info, note, progress
+from .console import console, info, note, progress, failed
 from .options import (
+    check_cmap,
     build_composite,
     composite_options,
     load_model_option,
@@ -83,7 +84,6 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..engine import Explainer
     from ..errors import InputError, UsageError
     from ..models import file_hash, is_spec, load_class_names, load_spec
-    from ..render import COLORMAPS
     from ..runner import ImageRunOptions, TargetSpec, explain_images
 
     from ..shards import Shard, read_inputs_list
@@ -115,7 +115,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
 
         explain_csv(model, spec, inputs[0], options)
         return
-    COLORMAPS.resolve(options["cmap"])
+    check_cmap(options["cmap"])
     if options["top_k"] is not None and options["target"] is not None:
         raise UsageError("--target and --top-k exclude each other")
 
@@ -171,5 +171,5 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         )
     if report.failures:
         for failure in report.failures:
-            console.print(f"  [red]failed:[/] {failure.message}", markup=True, highlight=False)
+            failed("failed", failure.message)
         raise InputError(f"{len(report.failures)} of {report.total} input(s) failed; the others were written to {out}/")

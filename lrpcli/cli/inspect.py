@@ -55,13 +55,15 @@ def inspect(model: str, composite: str | None, input_shape: str | None, as_json:
     table.add_column("layer", no_wrap=True)
     for column in ("type", "output", "params", "rule", "matched by", "then routed by"):
         table.add_column(column, overflow="fold")
+    from rich.markup import escape
+
     for layer in report.layers:
         rule = layer.rule or "[red]none[/]"
         if layer.rule_params:
             rule += " (" + ", ".join(f"{k}={v}" for k, v in layer.rule_params.items()) + ")"
         table.add_row(
-            layer.module,
-            layer.type,
+            escape(layer.module),
+            escape(layer.type),
             "x".join(str(s) for s in layer.output_shape[1:]) or "-",
             f"{layer.parameters:,}" if layer.parameters else "",
             rule,

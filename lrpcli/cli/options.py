@@ -104,6 +104,17 @@ preprocessing_options = _stack(
 
 
 
+def check_cmap(name: str) -> str:
+    """--cmap is an option value: an unknown one is a usage error (exit 2), with the known names."""
+    from ..errors import ConfigError, UsageError
+    from ..render import COLORMAPS
+
+    try:
+        return COLORMAPS.resolve(name)
+    except ConfigError as exc:
+        raise UsageError(f"--cmap: {exc.message}", hint=exc.hint) from None
+
+
 def build_composite(name: str | None, spec: Any, params: dict[str, Any], preprocessing: Any = None, default: str = "epsilon_plus_flat") -> Any:
     """The composite a command runs with: -c, else the spec's, else epsilon_plus_flat; -p overrides;
     z^B bounds from the preprocessing's mean/std unless the composite or -p set them."""

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .console import console, info, note
+from .console import console, info, note, failed
 from .options import build_composite, floats, load_model_option, parse_params
 
 
@@ -77,7 +77,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     if report.failures:
         shown = report.failures[:20]
         for failure in shown:
-            console.print(f"  [red]bad row:[/] {failure.message}", markup=True, highlight=False)
+            failed("bad row", failure.message)
         if len(report.failures) > len(shown):
             console.print(f"  ... and {len(report.failures) - len(shown)} more", markup=False)
         raise InputError(f"{len(report.failures)} of {report.rows_in} row(s) failed; the good rows were written")
