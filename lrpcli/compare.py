@@ -193,7 +193,7 @@ def explain_rows(
                 fail(
                     item.name,
                     f"{item.path}: the model does not take a {'x'.join(map(str, shape))} input "
-                    f"({shape_errors[shape]}); pass --size H W to resize images",
+                    f"({shape_errors[shape]}); pass --size H,W to resize images",
                 )
         if progress:
             progress(len(chunk))

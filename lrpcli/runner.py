@@ -394,7 +394,7 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
                         fail(
                             item,
                             f"{item.path}: the model does not take a {'x'.join(map(str, shape))} input "
-                            f"({shape_errors[shape]}); pass --size H W to resize images",
+                            f"({shape_errors[shape]}); pass --size H,W to resize images",
                         )
                 if progress:
                     progress(len(batch))

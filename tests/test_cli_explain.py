@@ -910,3 +910,27 @@ def test_messages_are_printed_as_text_not_markup(world, tmp_path):
     assert "bad[final].png" in run.stderr
     missing = lrp("explain", world.ts, tmp_path / "nope[x].png", out=tmp_path / "o2")
     assert "nope[x].png" in missing.stderr
+
+
+def test_a_one_channel_model_of_ones_own_works_on_the_first_try(tmp_path):
+    """Issue #16: a 1-channel CNN, TorchScript and .pt2, no spec, grayscale PNGs: every command runs as given."""
+    from cli_support import save_exported, save_torchscript, tiny_gray
+
+    model = tiny_gray()
+    images = tmp_path / "imgs"
+    for i in range(3):
+        write_image(images / f"g{i}.png", 40 + i, size=(8, 8), mode="L")
+    files = [save_torchscript(model, tmp_path / "my.ts"), save_exported(model, tmp_path / "my.pt2", torch.zeros(2, 1, 8, 8))]
+    for path in files:
+        run = lrp("explain", path, images, out=tmp_path / f"out-{path.suffix}")
+        assert run.code == 0, run.stderr
+        assert "no --mean/--std" in run.stderr  # the missing normalisation is said, not silent
+        rows = read_csv(tmp_path / f"out-{path.suffix}" / "summary.csv")
+        assert len(rows) == 3
+        x = torch.stack([torch.from_numpy(np.asarray(Image.open(images / f"g{i}.png"), dtype=np.float32) / 255.0)[None] for i in range(3)])
+        assert [int(r["prediction"]) for r in rows] == model(x).argmax(1).tolist()
+        assert lrp("check-conservation", path, images, "-c", "lrp_0", "-q").code == 0
+        assert lrp("compare", path, images / "g0.png", "-c", "epsilon", "-q", out=tmp_path / f"cmp-{path.suffix}").code == 0
+        assert lrp("evaluate", path, images, "--steps", "2", "-q", "--baseline", "none", out=tmp_path / f"ev-{path.suffix}").code == 0
+    contradiction = lrp("explain", files[0], images, "--mode", "rgb", out=tmp_path / "bad")
+    assert contradiction.code == 2 and "--mode l" in contradiction.stderr

@@ -182,7 +182,6 @@ RESUMED_WITH = {
     "--init": ["--init", "one-hot"],
     "--size": ["--size", "32,32"],
     "--crop": ["--resize", "40", "--crop", "32"],
-    "--mode": ["--mode", "L"],
     "--mean": ["--mean", "0.5"],
     "--cmap": ["--cmap", "gray"],
     "--overlay": ["--overlay"],
@@ -198,6 +197,14 @@ def test_resume_with_another_result_option_is_refused_naming_it(world, finished,
     run = lrp("explain", world / "m.ts", world / "imgs", "-q", "--resume", *RESUMED_WITH[option], out=finished)
     refused(run, 2, "--resume", str(finished), option, "other options")
     assert (finished / "manifest.jsonl").read_bytes() == before  # nothing mixed in, nothing truncated
+
+
+def test_resume_with_a_mode_the_model_cannot_take_names_the_mode(world, finished):
+    """(--mode L on this RGB model is refused before --resume is looked at: the model's first layer reads 3 channels.)"""
+    before = (finished / "manifest.jsonl").read_bytes()
+    run = lrp("explain", world / "m.ts", world / "imgs", "-q", "--resume", "--mode", "L", out=finished)
+    refused(run, 2, "3 channel", "--mode rgb")
+    assert (finished / "manifest.jsonl").read_bytes() == before
 
 
 def test_resume_with_the_same_options_goes_on_and_run_json_lists_the_runs(world, finished):

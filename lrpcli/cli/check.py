@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .console import console, info, warn
-from .options import build_composite, composite_options, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .options import build_composite, composite_options, fit_preprocessing, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
 @click.command(
@@ -86,6 +86,10 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
         preprocessing = None
     composite = build_composite(options["composite"], spec, parse_params(options["params"]), preprocessing, default="epsilon" if texts else "epsilon_plus_flat")
     loaded = load_model_option(model, spec, options)
+    if images and preprocessing is not None:
+        preprocessing, cautions = fit_preprocessing(preprocessing, spec, options, loaded)
+        for caution in cautions if not options["quiet"] else ():
+            warn(caution)
     explainer = Explainer(loaded, composite)
     target = int(options["target"]) if options["target"] is not None and str(options["target"]).lstrip("-").isdigit() else options["target"]
     if isinstance(target, str):

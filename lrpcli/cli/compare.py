@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from .console import console, info, note, progress, failed
-from .options import check_cmap, build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .console import console, failed, info, note, progress, warn
+from .options import check_cmap, fit_preprocessing, build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
 @click.command(
@@ -116,6 +116,9 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     if sheet is not None and len(items) > MAX_SHEET_ROWS:
         raise UsageError(f"a sheet holds at most {MAX_SHEET_ROWS} inputs, got {len(items)}", hint="write one figure per input (no --sheet), or pass fewer inputs")
     loaded = load_model_option(model, spec, options)
+    preprocessing, cautions = fit_preprocessing(preprocessing, spec, options, loaded)
+    for caution in cautions if not options.get("quiet") else ():
+        warn(caution)
     explainers = [Explainer(loaded, composite) for composite in composites]  # one model: the graph is captured once
 
     footer_parts = [f"model: {model}"]

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .console import console, info, note, progress, warn
-from .options import build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .options import build_composite, fit_preprocessing, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 DEFAULT_OUT = "lrp-eval"
 IMAGE_BATCH, CSV_BATCH = 16, 256
@@ -125,6 +125,10 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         methods[key] = composite
     device = resolve_device(options["device"])
     loaded = load_model_option(model, spec, options)
+    if preprocessing is not None:
+        preprocessing, cautions = fit_preprocessing(preprocessing, spec, options, loaded)
+        for caution in cautions if not options["quiet"] else ():
+            warn(caution)
 
     batch_size = options["batch_size"] or (CSV_BATCH if tabular else IMAGE_BATCH)
     if tabular:
@@ -326,7 +330,7 @@ def _image_batch(chunk: list[Any], preprocessing: Any, mask_paths: list[Path] | 
     if len(shapes) > 1:
         raise InputError(
             f"images differ in size ({', '.join('x'.join(map(str, s)) for s in sorted(shapes))})",
-            hint="pass --size H W so that every image is resized to the model's input",
+            hint="pass --size H,W so that every image is resized to the model's input",
         )
     x = torch.stack(tensors)
     if mask_paths is None:

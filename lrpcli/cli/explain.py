@@ -7,9 +7,10 @@ from typing import Any
 
 import click
 
-from .console import console, info, note, progress, failed
+from .console import console, failed, info, note, progress, warn
 from .options import (
     check_cmap,
+    fit_preprocessing,
     build_composite,
     composite_options,
     load_model_option,
@@ -129,6 +130,9 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     composite = build_composite(options["composite"], spec, parse_params(options["params"]), preprocessing)
 
     loaded = load_model_option(model, spec, options)
+    preprocessing, cautions = fit_preprocessing(preprocessing, spec, options, loaded)
+    for caution in cautions if not options["quiet"] else ():
+        warn(caution)
     explainer = Explainer(loaded, composite)
     out = Path(options["out"] or "lrp-out")
     items = collect_images(inputs, exclude=[out / "heatmaps"])  # an OUT inside an input folder: not its own input

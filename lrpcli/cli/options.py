@@ -142,6 +142,35 @@ def spec_preprocessing(spec: Any, options: dict[str, Any] | None = None) -> Any:
     return Preprocessing.from_options(**{k: v for k, v in values.items() if k in ("mode", "size", "resize", "crop", "mean", "std")})
 
 
+def fit_preprocessing(preprocessing: Any, spec: Any, options: dict[str, Any], model: Any) -> tuple[Any, list[str]]:
+    """The preprocessing fitted to what the model takes: grayscale for a model whose first layer reads one
+    channel (unless a mode was given), a clear error for a mode that contradicts it, and a warning when no
+    normalisation is given at all. Returns the preprocessing and the warnings to print."""
+    import dataclasses
+
+    from ..errors import UsageError
+    from ..models import input_channels
+
+    warnings: list[str] = []
+    channels = input_channels(model)
+    given = options.get("mode") or (spec.input.get("mode") if spec is not None else None)
+    if channels in (1, 3) and channels != preprocessing.channels:
+        if given:
+            fix = "--mode l" if channels == 1 else "--mode rgb"
+            raise UsageError(
+                f"the model's first layer takes {channels} channel(s), but images are read as {preprocessing.mode} ({preprocessing.channels})",
+                hint=f"use {fix}" + (" (and fix input.mode in the model spec)" if spec is not None and spec.input.get("mode") else ""),
+            )
+        preprocessing = dataclasses.replace(preprocessing, mode="L" if channels == 1 else "RGB")
+    if preprocessing.mean is None and preprocessing.std is None:
+        example = "--mean 0.5 --std 0.5" if preprocessing.channels == 1 else "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225"
+        warnings.append(
+            "no --mean/--std (nor input.mean/std in a spec): pixels go in scaled to [0, 1] as they are; a model trained on "
+            f"normalised inputs needs them, e.g. {example} (give --mean 0 --std 1 to say none is needed)"
+        )
+    return preprocessing, warnings
+
+
 def load_model_option(model: str, spec: Any, options: dict[str, Any]) -> Any:
     """The model a command works on: MODEL (or the spec's weights) with --arch/--arch-kwargs/--allow-pickle/--allow-code."""
     from ..models import load_model, load_spec_model

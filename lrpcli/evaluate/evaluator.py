@@ -164,7 +164,7 @@ class Evaluator:
             self.units, self.unit_count = units, count
             self.counts = removal_counts(count, self.settings.steps, self.settings.max_fraction)
         elif not torch.equal(units, self.units):
-            raise InputError(f"inputs differ in shape ({tuple(x.shape[1:])} vs. the first batch's)", hint="pass --size H W to resize images")
+            raise InputError(f"inputs differ in shape ({tuple(x.shape[1:])} vs. the first batch's)", hint="pass --size H,W to resize images")
         clean = self.forward(x)
         self.classes = clean.shape[1]
         targets = clean.argmax(dim=1)
