@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from lrpcli.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [[], ["explain"], ["inspect"], ["check-conservation"], ["composites"], ["composites", "show"], ["composites", "schema"], ["rules"], ["compare"], ["evaluate"]]
+COMMANDS = [[], ["explain"], ["inspect"], ["check-conservation"], ["composites"], ["composites", "show"], ["composites", "schema"], ["rules"], ["compare"], ["evaluate"], ["init"]]
 LRP = f"{shlex.quote(sys.executable)} -m lrpcli.cli.__main__"
 
 
@@ -39,7 +39,7 @@ def runnable(example: str) -> bool:
     for token in shlex.split(example.replace("|", " ").replace(">", " ")):
         looks_like_path = "/" in token or re.search(r"\.(ya?ml|ts|pt2?|pth|csv|py|png|jpe?g)$", token)
         if looks_like_path and not token.startswith("-") and "*" not in token and not (ROOT / token).exists():
-            if not token.endswith((".xml", ".json")) and token not in ("composite.schema.json", "my_composite.yaml"):
+            if not token.endswith((".xml", ".json")) and token not in ("composite.schema.json", "my_composite.yaml", "my_model.yaml"):
                 return False
     return True
 

@@ -220,3 +220,6 @@ main.add_command(compare)
 from .evaluate import evaluate  # noqa: E402
 
 main.add_command(evaluate)
+from .init import init  # noqa: E402
+
+main.add_command(init)
