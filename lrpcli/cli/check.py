@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .console import console, info, warn
-from .options import build_composite, composite_options, fit_preprocessing, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .console import console, failed, info, warn
+from .options import build_composite, composite_options, device_option, fit_preprocessing, json_option, on_error_option, target_option, write_json, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
 @click.command(
@@ -33,11 +32,13 @@ Examples:
 @click.option("--tolerance", type=click.FloatRange(min=0), help="Allowed gap (default: 1e-5 in float32, 1e-10 in float64).")
 @click.option("--absolute", is_flag=True, help="Compare the absolute gap with the tolerance (default: relative to the logit).")
 @click.option("--count", type=click.Choice(["all", "unexplained"]), help="Count the whole gap, or only what biases and stabilisers do not explain (default: all for LRP-0, else unexplained).")
-@click.option("-t", "--target", help="Class index to explain (default: the prediction).")
+@target_option("pred (default), a class index or a class name")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Write the full report as JSON to stdout.")
+@device_option
+@on_error_option
+@json_option("the full report")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML file (one test case per sample).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line.")
 @click.option("--shard", metavar="K/N", help="Check only shard K of N of the inputs (for array jobs; join --json reports with `lrp merge`).")
@@ -59,7 +60,8 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     from ..conservation import check_conservation as run_check
     from ..conservation import junit_xml, merge
     from ..engine import Explainer
-    from ..errors import CheckFailed, UsageError
+    from ..errors import CheckFailed, InputError, UsageError
+    from ..runner import resolve_device
     from ..models import is_spec, load_spec
     from ..outputs import write_atomic
 
@@ -92,6 +94,8 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
             warn(caution)
     explainer = Explainer(loaded, composite)
     target = int(options["target"]) if options["target"] is not None and str(options["target"]).lstrip("-").isdigit() else options["target"]
+    if isinstance(target, str) and target.lower() in ("pred", "prediction", "predicted"):
+        target = None  # the prediction, as everywhere
     if isinstance(target, str):
         classes = spec.classes if spec else None
         if not classes or target not in classes:
@@ -100,6 +104,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
 
     batches: list[tuple[torch.Tensor, list[str]]] = []
     extras: list[dict | None] = []
+    skipped: list[str] = []  # unreadable inputs (--on-error skip): the others are checked, the run exits 5
     if texts:
         if len(inputs) != 1:
             raise UsageError("give one file of texts (or - for stdin)")
@@ -114,9 +119,18 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
         items = shard.select(items) if shard else items
         if not items:
             raise UsageError(f"shard {shard} holds none of the {len(collect_images(inputs))} inputs")
-        for start in range(0, len(items), options["batch_size"]):
-            chunk = items[start : start + options["batch_size"]]
-            batches.append((torch.stack([preprocessing.tensor(preprocessing.pixels(item.path)) for item in chunk]), [item.name for item in chunk]))
+
+        readable = []
+        for item in items:
+            try:
+                readable.append((item.name, preprocessing.tensor(preprocessing.pixels(item.path))))
+            except InputError as exc:
+                if options["on_error"] == "fail":
+                    raise
+                skipped.append(exc.message)
+        for start in range(0, len(readable), options["batch_size"]):
+            chunk = readable[start : start + options["batch_size"]]
+            batches.append((torch.stack([tensor for _, tensor in chunk]), [name for name, _ in chunk]))
     else:
         shape = input_shape_option(options["input_shape"], spec)
         if shape is None:
@@ -129,25 +143,28 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
         for start in range(0, x.shape[0], options["batch_size"]):
             batches.append((x[start : start + options["batch_size"]], names[start : start + options["batch_size"]]))
 
+    if not batches:
+        raise InputError(f"none of the {len(skipped)} input(s) could be read: {skipped[0] if skipped else ''}")
+    device = resolve_device(options["device"])
     reports = [
         run_check(
             explainer,
-            xb if texts else xb.to(dtype),
+            (xb if texts else xb.to(dtype)).to(device),
             names,
             target,
             tolerance=options["tolerance"],
             relative=not options["absolute"],
             count=options["count"],
             init=options["init"],
-            inputs=extras[index] if texts else None,
+            inputs={k: v.to(device) for k, v in extras[index].items()} if texts and extras[index] else None,
         )
         for index, (xb, names) in enumerate(batches)
     ]
     report = merge(reports)
     if options["junit"]:
         write_atomic(Path(options["junit"]), junit_xml(report).encode("utf-8"))
-    if options["as_json"]:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+    if options["json_path"]:
+        write_json(options["json_path"], report.to_dict())
     if not options["quiet"]:
         _print_tables(report)
     kind = "relative" if report.relative else "absolute"
@@ -155,10 +172,14 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
         f"{len(report.samples) - len(report.failed)} of {len(report.samples)} sample(s) conserve relevance with "
         f"{report.composite} ({kind} tolerance {report.tolerance:g}, counting {report.count} of the gap)"
     )
+    for message in skipped:
+        failed("skipped", message)
     if report.failed:
         worst = max(report.failed, key=lambda s: s.error)
         raise CheckFailed(verdict + f"; worst: {worst.sample} (gap {worst.error:.3g}, most lost at layer {worst.worst_layer})")
     info(verdict)
+    if skipped:
+        raise InputError(f"{len(skipped)} input(s) could not be read and were not checked; the others conserve")
 
 
 def _print_tables(report: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, note, progress, warn
-from .options import check_cmap, fit_preprocessing, build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .options import check_cmap, device_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
 @click.command(
@@ -37,15 +37,15 @@ Examples:
 @preprocessing_options
 @click.option("-o", "--out", type=click.Path(), help="Output folder (default: lrp-compare), or a .png file: then one sheet for all inputs (as --sheet).")
 @click.option("--sheet", is_flag=True, help="One sheet for all inputs (a row per input, a column per composite): OUT/sheet.png, or the -o .png file.")
-@click.option("-t", "--target", help="Which output to explain: pred (default), a class index or a class name. All composites explain the same one.")
+@target_option("pred (default), a class index or a class name; all composites explain the same one")
 @click.option("--shared-scale", is_flag=True, help="Scale each row's heatmaps by the row's largest |relevance| (compare magnitudes across composites) instead of each panel's own.")
 @click.option("--cmap", default="bwr", show_default=True, help="Heatmap colour map: bwr, seismic, coldnhot, gray, coolwarm, ...")
 @click.option("--overlay", is_flag=True, help="Draw heatmaps over the (grey) input image.")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Inputs per batch.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@device_option
 @click.option("--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]), default="float32", show_default=True)
-@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help="skip: carry on past unreadable inputs and exit 5 at the end; fail: stop at the first.")
+@on_error_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     """Compare composites on image INPUTS (files, folders, globs): the input, then its heatmap

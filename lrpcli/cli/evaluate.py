@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from .console import console, info, note, progress, warn
-from .options import build_composite, fit_preprocessing, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .console import console, failed, info, note, progress, warn
+from .options import build_composite, device_option, fit_preprocessing, json_option, on_error_option, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 DEFAULT_OUT = "lrp-eval"
 IMAGE_BATCH, CSV_BATCH = 16, 256
@@ -24,7 +24,7 @@ Examples:
   lrp evaluate sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images --masks sample_models/shapes_minivgg/masks --patch 4 --replace mean --steps 8 --sanity
   lrp evaluate sample_models/breast_cancer_mlp/model.yaml sample_models/breast_cancer_mlp/sample.csv -c epsilon --replace mean --json - > eval.json
   lrp evaluate model.ts photos/ -c epsilon_gamma_box -c epsilon_plus_flat --replace blur --patch 8 --save-arrays quantus/ -b 32
-  lrp evaluate sample_models/text_sentiment/lstm.yaml sample_models/text_sentiment/heldout.jsonl --text-col text --planted-col planted -c epsilon --replace unk
+  lrp evaluate sample_models/text_sentiment/lstm.yaml sample_models/text_sentiment/planted.jsonl --text-col text --planted-col planted -c epsilon --replace unk
 
 \b
 Outputs (in OUT, default lrp-eval/): evaluation.png (MoRF curves solid, LeRF dashed),
@@ -55,11 +55,12 @@ with --masks, s_batch.npy (N,1,H,W uint8): the arrays Quantus's metrics take.
 @click.option("--sanity-threshold", type=float, default=0.9, show_default=True, help="Flag a method whose heatmaps keep a Spearman correlation (signed or of absolute values) at or above this at some level.")
 @click.option("--save-arrays", metavar="DIR", help="Write x_batch.npy, y_batch.npy, a_batch_<method>.npy (Quantus layout) to DIR.")
 @click.option("-o", "--out", metavar="DIR", help=f"Output folder for evaluation.png/.json/.csv (default: {DEFAULT_OUT}).")
-@click.option("--json", "json_path", metavar="FILE|-", help="Write the JSON here instead of OUT/evaluation.json (- for stdout).")
+@json_option("the results (instead of OUT/evaluation.json)")
 @click.option("--csv", "csv_path", metavar="FILE|-", help="Write the CSV here instead of OUT/evaluation.csv (- for stdout).")
 @click.option("--plot", "plot_path", metavar="FILE", help="Write the PNG chart here instead of OUT/evaluation.png.")
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), help=f"Inputs per batch (default: {IMAGE_BATCH} images, {CSV_BATCH} CSV rows).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@device_option
+@on_error_option
 @click.option("--tokenizer", type=click.Path(dir_okay=False), help="Texts: a Hugging Face tokenizer.json (default: the spec's input.tokenizer).")
 @click.option("--text-col", metavar="NAME", help="Texts in a CSV or JSONL file: the column / key holding the text.")
 @click.option("--id-col", metavar="NAME", help="Texts in a CSV or JSONL file: a column that names each text.")
@@ -158,6 +159,7 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
 
     import time
 
+    skipped: list[str] = []  # unreadable images (--on-error skip): the others are evaluated, the run exits 5
     started = time.perf_counter()
     with progress("evaluating", total, options["quiet"]) as advance:
         if tabular:
@@ -167,9 +169,13 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         else:
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
-                x, masks = _image_batch(chunk, preprocessing, mask_paths[start : start + batch_size] if mask_paths else None)
-                evaluator.add(x, [item.name for item in chunk], masks)
-                advance(len(chunk))
+                chunk_masks = mask_paths[start : start + batch_size] if mask_paths else None
+                if options["on_error"] == "skip":
+                    chunk, chunk_masks = _readable(chunk, chunk_masks, preprocessing, skipped)
+                if chunk:
+                    x, masks = _image_batch(chunk, preprocessing, chunk_masks)
+                    evaluator.add(x, [item.name for item in chunk], masks)
+                advance(len(items[start : start + batch_size]))
     result = evaluator.result()
     seconds = time.perf_counter() - started
 
@@ -195,6 +201,12 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
             )
     if not options["quiet"]:
         info(f"evaluated {len(result.names)} input(s) with {len(result.methods)} method(s) in {seconds:.1f}s -> {', '.join(written)}")
+    if skipped:
+        from ..errors import InputError
+
+        for message in skipped:
+            failed("skipped", message)
+        raise InputError(f"{len(skipped)} input(s) could not be read and were left out; the others were evaluated")
 
 
 def _settings(options: dict[str, Any], text: bool = False, tabular: bool = False) -> Any:
@@ -316,6 +328,23 @@ def _mask_paths(items: list[Any], folder: str) -> list[Path]:
             hint="a mask is a PNG with the image's file name (and sub-folder), 255 on the object, 0 elsewhere",
         )
     return found
+
+
+def _readable(chunk: list[Any], mask_paths: list[Path] | None, preprocessing: Any, skipped: list[str]) -> tuple[list[Any], list[Path] | None]:
+    """The images of ``chunk`` that can be read (with their masks); the others' messages go to ``skipped``."""
+    from ..errors import InputError
+
+    good, masks = [], []
+    for index, item in enumerate(chunk):
+        try:
+            preprocessing.pixels(item.path)
+        except InputError as exc:
+            skipped.append(exc.message)
+            continue
+        good.append(item)
+        if mask_paths:
+            masks.append(mask_paths[index])
+    return good, (masks if mask_paths else None)
 
 
 def _image_batch(chunk: list[Any], preprocessing: Any, mask_paths: list[Path] | None) -> tuple[Any, Any]:

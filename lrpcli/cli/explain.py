@@ -10,6 +10,9 @@ import click
 from .console import console, failed, info, note, progress, warn
 from .options import (
     check_cmap,
+    device_option,
+    on_error_option,
+    target_option,
     fit_preprocessing,
     build_composite,
     composite_options,
@@ -40,7 +43,7 @@ Examples:
 @composite_options
 @preprocessing_options
 @click.option("-o", "--out", type=click.Path(), help="Output folder for images (default: lrp-out); output file for CSV input (default: stdout).")
-@click.option("-t", "--target", help="Which output to explain: pred (default), a class index, a class name, or all.")
+@target_option()
 @click.option("-k", "--top-k", type=int, help="Images: explain the K highest-scoring classes. CSV: add the K most positive and most negative features per row.")
 @click.option("--features", metavar="A,B,...", help="CSV: the feature columns, in the model's order (default: the spec's, else all others).")
 @click.option("--drop", metavar="A,B,...", help="CSV: columns that are not features.")
@@ -57,10 +60,10 @@ Examples:
 @click.option("--no-heatmaps", is_flag=True, help="Write no PNG heatmaps.")
 @click.option("--no-arrays", is_flag=True, help="Write no .npy relevance arrays.")
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), help="Inputs per batch (default: 16 images, 1024 CSV rows).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@device_option
 @click.option("--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes (default: by input count and CPUs).")
-@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help="skip: carry on past bad inputs and exit 5 at the end; fail: stop at the first.")
+@on_error_option
 @click.option("--resume", is_flag=True, help="Skip inputs whose outputs already exist in OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace results of another model or composite in OUT (refused otherwise).")
 @click.option("--shard", metavar="K/N", help="Do only shard K of N (deterministic; for array jobs). Files get a .shard-K-of-N suffix; join them with `lrp merge`.")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
 from .console import console, warn
-from .options import build_composite, composite_options, input_shape_option, load_model_option, model_options, parse_params, spec_preprocessing
+from .options import build_composite, composite_options, input_shape_option, json_option, load_model_option, model_options, parse_params, spec_preprocessing, write_json
 
 
 @click.command(
@@ -23,8 +22,8 @@ Examples:
 @model_options
 @composite_options
 @click.option("--input-shape", metavar="C,H,W", help="One input's shape without the batch (default: from the model spec).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def inspect(model: str, composite: str | None, input_shape: str | None, as_json: bool, **options: Any) -> None:
+@json_option("the report")
+def inspect(model: str, composite: str | None, input_shape: str | None, json_path: str | None, **options: Any) -> None:
     """Show the captured graph of MODEL and the LRP rule each layer gets.
 
     Lists every layer with its path, type, output shape, parameter count, rule and
@@ -46,9 +45,10 @@ def inspect(model: str, composite: str | None, input_shape: str | None, as_json:
     preprocessing = spec_preprocessing(spec) if spec is not None and shape is not None and len(shape) == 3 else None
     comp = build_composite(composite, spec, parse_params(options["params"]), preprocessing)
     report = inspect_model(loaded, torch.zeros(1, *shape), comp)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-        return
+    if json_path:
+        write_json(json_path, report.to_dict())
+        if json_path == "-":
+            return
     from rich.table import Table
 
     table = Table(title=f"{model} with {report.composite} (input {tuple(report.input_shape)}, captured via {report.source})")

@@ -82,9 +82,43 @@ model_options = _stack(
     ]
 )
 
+# --------------------------------------------------------------------------- one option language
+# Options that several commands take are defined once, here, so that they mean the same everywhere
+# (tests/test_option_language.py holds every command to this table).
+
+def json_option(what: str):
+    """``--json [FILE|-]``: the report as JSON, to FILE or (bare ``--json``, or ``-``) to stdout."""
+    return click.option("--json", "json_path", is_flag=False, flag_value="-", metavar="[FILE|-]", help=f"Write {what} as JSON to FILE, or to stdout (bare --json or -).")
+
+
+on_error_option = click.option(
+    "--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
+    help="skip: carry on past bad inputs and exit 5 at the end; fail: stop at the first.",
+)
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+
+
+def target_option(choices: str = "pred (default), a class index, a class name, or all"):
+    return click.option("-t", "--target", help=f"Which output to explain: {choices}.")
+
+
+def write_json(path: str, data: Any) -> None:
+    """A --json report: to stdout for ``-``, else to the file (written atomically)."""
+    import json
+    from pathlib import Path
+
+    text = json.dumps(data, indent=2, default=str)
+    if path == "-":
+        click.echo(text)
+        return
+    from ..outputs import write_atomic
+
+    write_atomic(Path(path), (text + "\n").encode("utf-8"))
+
+
 composite_options = _stack(
     [
-        click.option("-c", "--composite", metavar="NAME|FILE", help="Built-in composite (see `lrp composites`) or a YAML file. Default: the model spec's, else epsilon_plus_flat."),
+        click.option("-c", "--composite", metavar="NAME|FILE[:K=V,...]", help="Built-in composite (see `lrp composites`) or a YAML file, optionally with parameters: -c epsilon:epsilon=0.25. Default: the model spec's, else epsilon_plus_flat."),
         click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a composite parameter (epsilon, gamma, stabilizer, low, high), e.g. -p epsilon=0.25 -p 'low=[-2,-2,-2]'."),
     ]
 )
@@ -118,10 +152,12 @@ def check_cmap(name: str) -> str:
 def build_composite(name: str | None, spec: Any, params: dict[str, Any], preprocessing: Any = None, default: str = "epsilon_plus_flat") -> Any:
     """The composite a command runs with: -c, else the spec's, else epsilon_plus_flat; -p overrides;
     z^B bounds from the preprocessing's mean/std unless the composite or -p set them."""
+    from ..compare import CompositeChoice
     from ..composite import load_composite
 
-    composite = load_composite(name or (spec.composite if spec is not None and spec.composite else default))
-    params = dict(params)
+    choice = CompositeChoice.parse(name or (spec.composite if spec is not None and spec.composite else default))
+    composite = load_composite(choice.spec)
+    params = {**params, **choice.params}  # -c NAME:K=V, as in lrp compare: over -p
     if preprocessing is not None and "low" not in composite.explicit and "low" not in params and (preprocessing.mean or preprocessing.std):
         params["low"], params["high"] = preprocessing.bounds()
     return composite.with_params(**params) if params else composite
