@@ -124,6 +124,9 @@ class Explainer:
         self._prepared: dict[tuple, tuple[Graph, Graph, dict[str, Assigned]]] = {}
         #: the float dtype to compute in when the input is integral (token ids); None: the weights' dtype
         self.float_dtype: torch.dtype | None = None
+        #: what identifies the model on disk (the weights' hash and the architecture): with it, captured graphs
+        #: are kept in the disk cache (graph_cache.py) and a later run skips the capture; None: no disk cache
+        self.cache_id: str | None = None
 
     # -- graph preparation
 
@@ -143,13 +146,41 @@ class Explainer:
         if example.is_floating_point():  # capture in the weights' dtype (token ids stay integers)
             example = example.to(_model_dtype(self.model) or example.dtype)
         extras = {name: t.detach().to(example.device) for name, t in (inputs or {}).items()} or None
-        graph = capture(self.model, example, extras=extras)
-        if not graph.dynamic_batch and graph.input_shape[:1] != x.shape[:1] and not isinstance(
-            self.model, torch.export.ExportedProgram
-        ):
-            graph = capture(self.model, example, exact_batch=True, extras=extras)  # the model's code fixes the batch size
+        graph = self._cached_on_disk(example, extras)
+        if graph is None:
+            graph = capture(self.model, example, extras=extras)
+            exact = False
+            if not graph.dynamic_batch and graph.input_shape[:1] != x.shape[:1] and not isinstance(
+                self.model, torch.export.ExportedProgram
+            ):
+                graph = capture(self.model, example, exact_batch=True, extras=extras)  # the model's code fixes the batch size
+                exact = True
+            self._keep_on_disk(graph, example, extras, exact or not graph.dynamic_batch)
         cache[key if graph.dynamic_batch else tuple(graph.input_shape)] = (fingerprint, graph)
         return graph
+
+    def _cached_on_disk(self, example: torch.Tensor, extras: dict | None) -> Graph | None:
+        from . import graph_cache
+
+        folder = graph_cache.cache_dir() if self.cache_id else None
+        if folder is None:
+            return None
+        for exact in (False, True):
+            graph = graph_cache.load(folder, graph_cache.entry_key(self.cache_id, example, extras, exact))
+            if graph is not None and (graph.dynamic_batch or tuple(graph.input_shape[:1]) == tuple(example.shape[:1])):
+                return graph
+        return None
+
+    def _keep_on_disk(self, graph: Graph, example: torch.Tensor, extras: dict | None, exact: bool) -> None:
+        from . import graph_cache
+
+        folder = graph_cache.cache_dir() if self.cache_id else None
+        if folder is None:
+            return
+        try:
+            graph_cache.save(graph, folder, graph_cache.entry_key(self.cache_id, example, extras, exact))
+        except (graph_cache.NotCacheable, OSError, RuntimeError, ValueError):
+            pass  # not cacheable, or a read-only / full cache folder: the next run captures again
 
     def prepare(self, x: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> tuple[Graph, dict[str, Assigned]]:
         """The canonized graph on x's device/dtype and the rule of every node."""

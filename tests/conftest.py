@@ -6,6 +6,21 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _graph_cache_of_this_run(tmp_path_factory):
+    """The graph cache (lrpcli/graph_cache.py) of the test run lives in a folder of its own, never in ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("graph-cache")
+    previous = os.environ.get("LRP_CACHE_DIR")
+    os.environ["LRP_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("LRP_CACHE_DIR", None)
+    else:
+        os.environ["LRP_CACHE_DIR"] = previous
+
+
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every batch-norm random statistics and affine parameters, so folding matters."""
     generator = torch.Generator().manual_seed(seed)

@@ -125,3 +125,17 @@ def test_a_miss_suggests_the_nearest_names():
 @pytest.mark.parametrize("spelling, name", [("alpha-beta", "alpha_beta"), ("Z-Plus", "zplus"), ("lrp-0", "z"), ("w-square", "wsquare")])
 def test_rule_spellings(spelling, name):
     assert RULES.resolve(spelling) == name
+
+
+def test_the_rules_listing_lrp_rules_prints_is_the_registry_s():
+    """`lrp rules` prints lrpcli/rules/rules.txt (no torch to import); it must say what the registry says."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from lrpcli.cli import main
+    from lrpcli.rules import rules_text
+
+    listing = Path(__file__).resolve().parents[1] / "lrpcli" / "rules" / "rules.txt"
+    assert listing.read_text(encoding="utf-8") == rules_text(), "run `python -m lrpcli.rules` to write it again"
+    assert CliRunner().invoke(main, ["rules"]).output == rules_text()

@@ -142,12 +142,10 @@ def rules() -> None:
     Example:
       lrp rules
     """
-    from ..rules import RULES
+    from pathlib import Path
 
-    for name in RULES.names():
-        cls = RULES.get(name)
-        params = ", ".join(f"{key}={spec.default!r}" for key, spec in cls.params.items()) or "-"
-        click.echo(f"{name:<11} {cls.formula}\n{'':<11} parameters: {params}")
+    listing = Path(__file__).resolve().parent.parent / "rules" / "rules.txt"  # no torch to import: see rules_text()
+    click.echo(listing.read_text(encoding="utf-8"), nl=False)
 
 
 @main.group(invoke_without_command=True)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, warn
-from .options import build_composite, composite_options, device_option, fit_preprocessing, json_option, on_error_option, target_option, write_json, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .options import build_composite, composite_options, device_option, new_explainer, fit_preprocessing, json_option, on_error_option, target_option, write_json, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
 @click.command(
@@ -59,7 +59,6 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
 
     from ..conservation import check_conservation as run_check
     from ..conservation import junit_xml, merge
-    from ..engine import Explainer
     from ..errors import CheckFailed, InputError, UsageError
     from ..runner import resolve_device
     from ..models import is_spec, load_spec
@@ -92,7 +91,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
         preprocessing, cautions = fit_preprocessing(preprocessing, spec, options, loaded)
         for caution in cautions if not options["quiet"] else ():
             warn(caution)
-    explainer = Explainer(loaded, composite)
+    explainer = new_explainer(loaded, composite, model, spec, options)
     target = int(options["target"]) if options["target"] is not None and str(options["target"]).lstrip("-").isdigit() else options["target"]
     if isinstance(target, str) and target.lower() in ("pred", "prediction", "predicted"):
         target = None  # the prediction, as everywhere

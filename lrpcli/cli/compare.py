@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, note, progress, warn
-from .options import check_cmap, device_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .options import check_cmap, device_option, new_explainer, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
 @click.command(
@@ -59,7 +59,6 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     """
     from ..compare import DEFAULT_COMPOSITES, MAX_SHEET_ROWS, CompareOptions, CompositeChoice, compare_images
     from ..data.images import collect_images
-    from ..engine import Explainer
     from ..errors import ConfigError, InputError, UsageError
     from ..models import is_spec, load_class_names, load_spec
     from ..runner import TargetSpec
@@ -119,7 +118,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     preprocessing, cautions = fit_preprocessing(preprocessing, spec, options, loaded)
     for caution in cautions if not options.get("quiet") else ():
         warn(caution)
-    explainers = [Explainer(loaded, composite) for composite in composites]  # one model: the graph is captured once
+    explainers = [new_explainer(loaded, composite, model, spec, options) for composite in composites]  # one model: the graph is captured once
 
     footer_parts = [f"model: {model}"]
     if shared:

@@ -18,6 +18,7 @@ from .options import (
     composite_options,
     load_model_option,
     model_options,
+    new_explainer,
     parse_params,
     preprocessing_options,
     spec_preprocessing,
@@ -85,7 +86,6 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
 
     """
     from ..data.images import collect_images
-    from ..engine import Explainer
     from ..errors import InputError, UsageError
     from ..models import file_hash, is_spec, load_class_names, load_spec
     from ..runner import ImageRunOptions, TargetSpec, explain_images
@@ -136,7 +136,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     preprocessing, cautions = fit_preprocessing(preprocessing, spec, options, loaded)
     for caution in cautions if not options["quiet"] else ():
         warn(caution)
-    explainer = Explainer(loaded, composite)
+    explainer = new_explainer(loaded, composite, model, spec, options)
     out = Path(options["out"] or "lrp-out")
     items = collect_images(inputs, exclude=[out / "heatmaps"])  # an OUT inside an input folder: not its own input
     run_options = ImageRunOptions(

@@ -78,6 +78,7 @@ model_options = _stack(
         click.option("--arch", metavar="MODULE:CALLABLE", help="Architecture for a state dict: torchvision.models:vgg16, mypkg.nets:MiniVGG or path/to/nets.py:MiniVGG."),
         click.option("--arch-kwargs", metavar="MAPPING", help="Keyword arguments for --arch, as JSON/YAML: '{num_classes: 4}'."),
         click.option("--allow-pickle", is_flag=True, help="Load a whole pickled module, or a .pt2 that asks for pickled payloads. Unpickling RUNS CODE from the file: only for files you trust."),
+        click.option("--no-cache", is_flag=True, help="Capture the model again instead of loading its graph from the disk cache (LRP_CACHE_DIR, default ~/.cache/lrpcli; LRP_CACHE_DIR=off turns it off)."),
         click.option("--allow-code", is_flag=True, help="Let a model spec's arch import a Python file or any module (it RUNS that code); without it a spec may name lrpcli.architectures and torchvision.models only."),
     ]
 )
@@ -205,6 +206,33 @@ def fit_preprocessing(preprocessing: Any, spec: Any, options: dict[str, Any], mo
             f"normalised inputs needs them, e.g. {example} (give --mean 0 --std 1 to say none is needed)"
         )
     return preprocessing, warnings
+
+
+def cache_id(model: str, spec: Any, options: dict[str, Any]) -> str | None:
+    """What identifies the model for the graph cache: the weights file's hash with the architecture that
+    builds it; None with --no-cache."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from ..models import file_hash
+
+    if options.get("no_cache"):
+        return None
+    weights = spec.model if spec is not None else Path(model)
+    arch = options.get("arch") or (spec.arch if spec is not None else None)
+    kwargs = parse_mapping(options.get("arch_kwargs"), "--arch-kwargs") or (spec.arch_kwargs if spec is not None else {})
+    identity = json.dumps([file_hash(weights), str(arch), kwargs], sort_keys=True, default=str)
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+def new_explainer(loaded: Any, composite: Any, model: str, spec: Any, options: dict[str, Any]) -> Any:
+    """An Explainer for a command: with the graph cache on unless --no-cache."""
+    from ..engine import Explainer
+
+    explainer = Explainer(loaded, composite)
+    explainer.cache_id = cache_id(model, spec, options)
+    return explainer
 
 
 def load_model_option(model: str, spec: Any, options: dict[str, Any]) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .console import console, info, note, failed
-from .options import build_composite, floats, load_model_option, parse_params
+from .options import build_composite, floats, load_model_option, new_explainer, parse_params
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -16,7 +16,6 @@ def _names(value: str | None) -> list[str] | None:
 
 def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> None:
     from ..data.tabular import open_csv
-    from ..engine import Explainer
     from ..errors import InputError, UsageError
     from ..models import load_class_names
     from ..outputs import atomic_text
@@ -35,7 +34,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     # tabular inputs have no pixel neighbourhood: flat on the first layer would say nothing
     composite = build_composite(options["composite"], spec, parse_params(options["params"]), default="epsilon")
     loaded = load_model_option(model, spec, options)
-    explainer = Explainer(loaded, composite)
+    explainer = new_explainer(loaded, composite, model, spec, options)
     mean = floats(options["mean"], "--mean") or spec_input.get("mean")
     std = floats(options["std"], "--std") or spec_input.get("std")
     kwargs = dict(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .console import console, info, note, progress
-from .options import build_composite, load_model_option, parse_params
+from .options import build_composite, load_model_option, new_explainer, parse_params
 
 
 def is_text_run(spec: Any, options: dict[str, Any]) -> bool:
@@ -20,7 +20,6 @@ def is_text_run(spec: Any, options: dict[str, Any]) -> bool:
 def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) -> None:
     from ..data.tabular import open_csv
     from ..data.text import TextTokenizer, read_texts, text_format
-    from ..engine import Explainer
     from ..errors import InputError, UsageError
     from ..models import load_class_names
     from ..outputs import atomic_text
@@ -44,7 +43,7 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
         raise UsageError(f"--top-k must be at least 1, got {options['top_k']}")
     targets = TargetSpec.parse(options["target"], None, classes)  # (--top-k picks words here, not classes)
     composite = build_composite(options["composite"], spec, parse_params(options["params"]), default="epsilon")
-    explainer = Explainer(load_model_option(model, spec, options), composite)
+    explainer = new_explainer(load_model_option(model, spec, options), composite, model, spec, options)
     text_col = options["text_col"] or spec_input.get("text_col")
     name = "<stdin>" if source == "-" else source
     fmt = text_format(source, text_col)

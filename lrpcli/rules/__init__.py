@@ -36,6 +36,18 @@ RULES.register("taylor", Taylor, aliases=("softmax_taylor",))
 RULES.register("constant", Constant, aliases=("detach", "hold"))
 
 
+def rules_text() -> str:
+    """What ``lrp rules`` prints: every rule with its formula and parameters. The CLI prints a copy kept in
+    ``rules.txt`` beside this file, so that the listing needs no torch (tests/test_registry.py holds the two
+    equal; ``python -m lrpcli.rules`` writes it again)."""
+    lines = []
+    for name in RULES.names():
+        cls = RULES.get(name)
+        params = ", ".join(f"{key}={spec.default!r}" for key, spec in cls.params.items()) or "-"
+        lines.append(f"{name:<11} {cls.formula}\n{'':<11} parameters: {params}")
+    return "\n".join(lines) + "\n"
+
+
 def make_rule(name: str, **values: Any) -> Rule:
     """Instantiate a rule by (any accepted spelling of) its name."""
     return RULES.get(name)(**values)

@@ -1,0 +1,107 @@
+"""The disk cache of captured graphs: a warm run skips the capture and explains exactly as a cold one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lrpcli import Explainer, graph_cache
+from lrpcli import engine as engine_module
+
+from cli_support import lrp, minivgg, save_torchscript, write_image
+
+
+class _Mixed(nn.Module):
+    """Conv, batch-norm, attention, LayerNorm, an LSTM: most of what a graph can hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.norm = nn.LayerNorm(8)
+        self.rnn = nn.LSTM(8, 6, batch_first=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        x = self.norm(x + self.attention(x, x, x, need_weights=False)[0])
+        return self.head(self.rnn(x)[0].mean(1))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRP_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _counting_capture(monkeypatch):
+    calls = []
+    original = engine_module.capture
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "capture", counted)
+    return calls
+
+
+@pytest.mark.parametrize("case", ["minivgg", "mixed"])
+def test_a_warm_run_loads_the_graph_and_explains_exactly_as_a_cold_one(case, cache, monkeypatch):
+    torch.manual_seed(0)
+    if case == "minivgg":
+        model, x, composite = torch.jit.script(minivgg()), torch.rand(2, 3, 32, 32), "epsilon_plus_flat"
+    else:
+        model, x, composite = _Mixed().eval(), torch.randint(0, 20, (2, 5)), "attnlrp"
+    calls = _counting_capture(monkeypatch)
+    cold = Explainer(model, composite)
+    cold.cache_id = f"test-{case}"
+    first = cold.explain(x)
+    assert len(calls) == 1 and len(list(cache.glob("*.json"))) == 1
+    engine_module._CAPTURED.clear()
+    warm = Explainer(model, composite)
+    warm.cache_id = f"test-{case}"
+    second = warm.explain(x)
+    assert len(calls) == 1  # no capture the second time
+    torch.testing.assert_close(second.outputs, first.outputs, rtol=0, atol=0)
+    torch.testing.assert_close(second.relevance, first.relevance, rtol=0, atol=0)
+
+
+def test_a_planted_or_damaged_entry_is_a_miss_and_never_runs_code(cache, monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    model, x = minivgg(), torch.rand(1, 3, 32, 32)
+    explainer = Explainer(model, "epsilon")
+    explainer.cache_id = "planted"
+    explainer.explain(x)
+    (entry,) = cache.glob("*.json")
+    meta = json.loads(entry.read_text())
+    meta["nodes"][0]["target"] = {"fn": "os.system"}
+    entry.write_text(json.dumps(meta))
+    assert graph_cache.load(cache, entry.stem) is None
+    meta["nodes"][0]["target"] = {"fn": "lrpcli.safety.os.system"}
+    entry.write_text(json.dumps(meta))
+    assert graph_cache.load(cache, entry.stem) is None
+    entry.write_text("{not json")
+    assert graph_cache.load(cache, entry.stem) is None
+    calls = _counting_capture(monkeypatch)
+    engine_module._CAPTURED.clear()
+    again = Explainer(model, "epsilon")
+    again.cache_id = "planted"
+    again.explain(x)
+    assert len(calls) == 1  # captured afresh, and the entry rewritten
+    assert graph_cache.load(cache, entry.stem) is not None
+
+
+def test_the_cli_caches_by_the_weights_and_no_cache_turns_it_off(cache, tmp_path):
+    save_torchscript(minivgg(), tmp_path / "m.ts")
+    write_image(tmp_path / "imgs" / "a.png", 1)
+    assert lrp("explain", tmp_path / "m.ts", tmp_path / "imgs", "-q", "--no-cache", out=tmp_path / "o0").code == 0
+    assert not cache.exists() or not list(cache.glob("*.json"))
+    assert lrp("explain", tmp_path / "m.ts", tmp_path / "imgs", "-q", out=tmp_path / "o1").code == 0
+    assert len(list(cache.glob("*.json"))) == 1
+    save_torchscript(minivgg(seed=1), tmp_path / "m.ts")  # other weights, same file name: another entry
+    assert lrp("explain", tmp_path / "m.ts", tmp_path / "imgs", "-q", out=tmp_path / "o2").code == 0
+    assert len(list(cache.glob("*.json"))) == 2
