@@ -221,3 +221,6 @@ main.add_command(evaluate)
 from .init import init  # noqa: E402
 
 main.add_command(init)
+from .report import report  # noqa: E402
+
+main.add_command(report)

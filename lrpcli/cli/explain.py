@@ -166,6 +166,12 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     quiet = options["quiet"]
     with progress("explaining", len(shard.select(items)) if shard else len(items), quiet) as advance:
         report = explain_images(explainer, items, preprocessing, run_options, targets, classes, run_info, progress=advance)
+    try:  # the page is extra: failing to write it leaves the run's results as they are
+        from ..report import write_report
+
+        write_report(out)
+    except Exception as exc:  # noqa: BLE001
+        warn(f"could not write {out}/report.html: {getattr(exc, 'message', None) or exc}")
     for line in report.notes:
         note(line)
     if not quiet:

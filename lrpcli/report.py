@@ -1,0 +1,410 @@
+"""One static HTML page that shows an image run: ``OUT/report.html``.
+
+Built from what the run left in its output folder: ``summary.csv`` (or the shards'
+``summary.shard-K-of-N.csv``), ``run.json`` (or the shards' ``run.shard-K-of-N.json``) and the
+heatmaps on disk. The page is self-contained (inline CSS and script, nothing fetched from the
+network) and references files only by relative paths that stay inside OUT: a heatmap or input
+image outside OUT is named, not linked. Rows travel as one inline JSON array and the script draws
+them as cards a page at a time, so a run of 10,000 inputs opens at once.
+
+The library never prints: a folder without a summary is an :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from .errors import InputError
+from .outputs import output_errors, write_atomic
+
+REPORT_NAME = "report.html"
+PAGE_SIZE = 200
+TRUTH_COLUMNS = ("label", "true_label", "truth", "ground_truth", "y_true")  # a column of the true class, where a summary has one
+_SHARD_SUMMARY = re.compile(r"^summary\.shard-(\d+)-of-(\d+)\.csv$")
+_SHARD_RUN = re.compile(r"^run\.shard-(\d+)-of-(\d+)\.json$")
+
+
+def summary_files(out: Path) -> list[Path]:
+    """The summaries the page is built from: OUT/summary.csv, else the shards' summaries (in shard order)."""
+    out = Path(out)
+    if (out / "summary.csv").is_file():
+        return [out / "summary.csv"]
+    shards = [(m, p) for p in out.glob("summary.shard-*-of-*.csv") if (m := _SHARD_SUMMARY.match(p.name))]
+    return [p for _, p in sorted(shards, key=lambda mp: (int(mp[0].group(2)), int(mp[0].group(1))))]
+
+
+def run_files(out: Path) -> list[Path]:
+    out = Path(out)
+    if (out / "run.json").is_file():
+        return [out / "run.json"]
+    shards = [(m, p) for p in out.glob("run.shard-*-of-*.json") if (m := _SHARD_RUN.match(p.name))]
+    return [p for _, p in sorted(shards, key=lambda mp: (int(mp[0].group(2)), int(mp[0].group(1))))]
+
+
+def write_report(out: Path) -> Path:
+    """Write OUT/report.html from the run in OUT and return its path.
+
+    Raises InputError when OUT holds no summary (not an image run's output folder, or unfinished)."""
+    out = Path(out)
+    if not out.is_dir():
+        raise InputError(f"{out} is not a folder", hint="give the output folder of `lrp explain` (its -o)")
+    summaries = summary_files(out)
+    if not summaries:
+        unfinished = sorted(p.name for p in out.glob("summary*.partial.csv"))
+        raise InputError(
+            f"{out}: no summary.csv to build a report from" + (f" (only the unfinished {', '.join(unfinished)})" if unfinished else ""),
+            hint="give the output folder of a finished `lrp explain` image run" + (" (finish it with --resume)" if unfinished else ""),
+        )
+    html = render_report(out, summaries, run_files(out))
+    path = out / REPORT_NAME
+    with output_errors(out):
+        write_atomic(path, html.encode("utf-8"))
+    return path
+
+
+# --------------------------------------------------------------------------- reading the run
+
+
+def _read_rows(paths: list[Path]) -> tuple[list[str], list[dict[str, str]]]:
+    columns: list[str] = []
+    rows: list[dict[str, str]] = []
+    for path in paths:
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                for name in reader.fieldnames or []:
+                    if name not in columns:
+                        columns.append(name)
+                rows += [row for row in reader if None not in row.values()]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise InputError(f"{path}: cannot read the summary: {exc}") from exc
+    if "input" not in columns:
+        raise InputError(f"{paths[0]}: not a summary of `lrp explain` (no 'input' column)")
+    return columns, rows
+
+
+def _read_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    runs = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # the page says run.json could not be read
+        if isinstance(data, dict):
+            runs.append(data)
+    return runs
+
+
+def _number(text: Any) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+class _Locator:
+    """Relative URLs (from report.html) of files that lie inside OUT; None for anything outside it."""
+
+    def __init__(self, out: Path):
+        self.root = os.path.realpath(out)
+
+    def url(self, path: str | os.PathLike) -> str | None:
+        real = os.path.realpath(path)
+        if real != self.root and not real.startswith(self.root.rstrip(os.sep) + os.sep):
+            return None
+        if not os.path.isfile(real):
+            return None
+        relative = os.path.relpath(real, self.root)
+        return quote(Path(relative).as_posix())
+
+    def output(self, relative: str) -> str | None:
+        """A path summary.csv gives relative to OUT (heatmaps/x.png)."""
+        if not relative or os.path.isabs(relative):
+            return None
+        return self.url(os.path.join(self.root, relative))
+
+
+def _input_roots(runs: list[dict[str, Any]], locator: _Locator) -> list[Path]:
+    """Folders the summary's input names may be relative to, for inputs that could lie inside OUT.
+
+    summary.csv names inputs relative to the inputs' common folder; run.json keeps the arguments as
+    given (relative to the folder lrp ran in). Only roots that meet OUT matter: an input under a folder
+    that neither lies in OUT nor holds it lies outside OUT."""
+    found: list[Path] = []
+    for run in runs:
+        arguments = run.get("arguments") if isinstance(run.get("arguments"), dict) else {}
+        inputs = arguments.get("inputs") if isinstance(arguments.get("inputs"), list) else []
+        parents = []
+        for text in inputs:
+            path = Path(str(text))
+            if path.is_dir():
+                parents.append(os.path.realpath(path))
+            elif path.is_file():
+                parents.append(os.path.realpath(path.parent))
+        if not parents:
+            continue
+        common = os.path.commonpath(parents)
+        root = locator.root
+        if common == root or common.startswith(root.rstrip(os.sep) + os.sep) or root.startswith(common.rstrip(os.sep) + os.sep):
+            if Path(common) not in found:
+                found.append(Path(common))
+    return found
+
+
+def _find_root(roots: list[Path], name: str) -> list[Path]:
+    """The common folder may lie below the arguments' (all inputs in one subfolder): look a few levels down."""
+    for root in roots:
+        if (root / name).is_file():
+            return [root]
+    visited = 0
+    for root in roots:
+        for folder, subfolders, _ in os.walk(root):
+            visited += 1
+            if visited > 2000 or len(Path(folder).relative_to(root).parts) >= 4:
+                subfolders[:] = []
+                continue
+            if (Path(folder) / name).is_file():
+                return [Path(folder)]
+    return roots
+
+
+def report_data(out: Path, summaries: list[Path], runs_paths: list[Path]) -> dict[str, Any]:
+    """Everything the page shows, as plain data (the template escapes it)."""
+    out = Path(out)
+    locator = _Locator(out)
+    columns, rows = _read_rows(summaries)
+    runs = _read_runs(runs_paths)
+    truth = next((c for c in TRUTH_COLUMNS if c in columns and any(r.get(c) for r in rows)), None)
+    roots = _input_roots(runs, locator)
+    if roots and rows:
+        roots = _find_root(roots, rows[0]["input"])
+    cards = []
+    heat_cache: dict[str, str | None] = {}
+    for row in rows:
+        heat = row.get("heatmap") or ""
+        if heat not in heat_cache:
+            heat_cache[heat] = locator.output(heat) if heat else None
+        image = None
+        for root in roots:
+            image = locator.url(root / row["input"])
+            if image:
+                break
+        prediction = row.get("prediction_label") or row.get("prediction", "")
+        target = row.get("target_label") or row.get("target", "")
+        card = {
+            "input": row["input"],
+            "pred": prediction,
+            "prob": _number(row.get("probability")),
+            "target": target,
+            "logit": _number(row.get("logit")),
+            "sum": _number(row.get("relevance_sum")),
+            "gap": _number(row.get("conservation_gap")),
+            "heat": heat_cache[heat],
+            "heat_name": heat,
+            "img": image,
+        }
+        if truth:
+            card["truth"] = row.get(truth, "")
+            card["wrong"] = bool(card["truth"]) and card["truth"] not in (row.get("prediction_label"), row.get("prediction"))
+        cards.append(card)
+    classes = sorted({c["pred"] for c in cards}, key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
+    gaps = [abs(c["gap"]) for c in cards if c["gap"] is not None]
+    first = runs[0] if runs else {}
+    composite = first.get("composite") if isinstance(first.get("composite"), dict) else {}
+    failures = [f for run in runs for f in (run.get("failures") or []) if isinstance(f, dict)]
+    notes = list(dict.fromkeys(n for run in runs for n in (run.get("notes") or []) if isinstance(n, str)))
+    return {
+        "title": f"lrp report: {out.name or out}",
+        "summaries": [p.name for p in summaries],
+        "runs": [p.name for p in runs_paths],
+        "run_found": bool(runs),
+        "model": first.get("model", ""),
+        "weights": first.get("weights", ""),
+        "weights_sha256": (first.get("weights_sha256") or "")[:16],
+        "composite": composite.get("name", ""),
+        "versions": {key: first.get(key) for key in ("lrpcli", "torch", "python") if first.get(key)},
+        "finished": max((str(r.get("finished")) for r in runs if r.get("finished")), default=""),
+        "device": first.get("device", ""),
+        "dtype": first.get("dtype", ""),
+        "shards": [r.get("shard") for r in runs if r.get("shard")],
+        "inputs": sum(int(r.get("inputs") or 0) for r in runs) if runs else len({c["input"] for c in cards}),
+        "explained": sum(int(r.get("explained") or 0) for r in runs) if runs else None,
+        "failures": [{"input": str(f.get("input", "")), "message": str(f.get("message", ""))} for f in failures],
+        "notes": notes,
+        "rows": len(cards),
+        "max_gap": max(gaps) if gaps else None,
+        "mean_gap": sum(gaps) / len(gaps) if gaps else None,
+        "classes": classes,
+        "truth": truth,
+        "inputs_inside": any(c["img"] for c in cards),
+        "page_size": PAGE_SIZE,
+        "cards": cards,
+    }
+
+
+def render_report(out: Path, summaries: list[Path], runs_paths: list[Path]) -> str:
+    from jinja2 import Environment
+
+    env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["g"] = lambda value, digits=4: "" if value is None else f"{value:.{digits}g}"
+    return env.from_string(TEMPLATE).render(**report_data(out, summaries, runs_paths))
+
+
+TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>{{ title }}</title>
+<style>
+:root { --fg: #1d2330; --muted: #667085; --line: #d0d5dd; --bg: #f6f7f9; --card: #fff; --bad: #b42318; --warn: #b54708; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); background: var(--bg); }
+header { padding: 16px 24px; background: var(--card); border-bottom: 1px solid var(--line); }
+h1 { font-size: 18px; margin: 0 0 8px; }
+dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margin: 0; }
+dl.meta dt { color: var(--muted); }
+dl.meta dd { margin: 0; word-break: break-all; }
+details.failures { margin-top: 10px; color: var(--bad); }
+details.failures li { color: var(--fg); }
+.notes { color: var(--muted); margin: 8px 0 0; padding-left: 18px; }
+.controls { position: sticky; top: 0; z-index: 1; display: flex; flex-wrap: wrap; gap: 12px; align-items: center; padding: 10px 24px; background: var(--bg); border-bottom: 1px solid var(--line); }
+.controls label { display: flex; gap: 6px; align-items: center; }
+.controls input[type=number] { width: 7em; }
+#count { color: var(--muted); margin-left: auto; }
+#cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 12px; padding: 16px 24px; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 6px; padding: 8px; }
+.card.wrong { border-color: var(--bad); }
+.card .imgs { display: flex; gap: 4px; }
+.card .imgs a { flex: 1; min-width: 0; }
+.card img { width: 100%; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated; background: #eee; display: block; }
+.card .missing { flex: 1; aspect-ratio: 1; display: flex; align-items: center; justify-content: center; text-align: center; font-size: 12px; color: var(--muted); background: #eee; padding: 6px; }
+.card .name { font-weight: 600; margin: 6px 0 2px; word-break: break-all; }
+.card table { width: 100%; border-collapse: collapse; font-size: 12px; }
+.card td:last-child { text-align: right; font-variant-numeric: tabular-nums; }
+.card .outside { font-size: 11px; color: var(--muted); }
+.gapbad td { color: var(--warn); font-weight: 600; }
+nav.pager { display: flex; gap: 8px; justify-content: center; align-items: center; padding: 0 24px 24px; }
+</style>
+</head>
+<body>
+<header>
+<h1>{{ title }}</h1>
+<dl class="meta">
+{% if model %}<dt>model</dt><dd>{{ model }}{% if weights and weights != model %} (weights {{ weights }}{% if weights_sha256 %}, sha256 {{ weights_sha256 }}…{% endif %}){% endif %}</dd>{% endif %}
+{% if composite %}<dt>composite</dt><dd>{{ composite }}</dd>{% endif %}
+{% if versions %}<dt>versions</dt><dd>{% for key, value in versions.items() %}{{ key }} {{ value }}{% if not loop.last %}, {% endif %}{% endfor %}</dd>{% endif %}
+{% if finished %}<dt>finished</dt><dd>{{ finished }}{% if device %} on {{ device }}{% endif %}{% if dtype %} ({{ dtype }}){% endif %}</dd>{% endif %}
+{% if shards %}<dt>shards</dt><dd>{{ shards|join(", ") }}</dd>{% endif %}
+<dt>inputs</dt><dd>{{ inputs }} input(s){% if explained is not none %}, {{ explained }} explained{% endif %}, {{ failures|length }} failed; {{ rows }} card(s) (one per input and target)</dd>
+{% if max_gap is not none %}<dt>conservation gap</dt><dd>largest |gap| {{ max_gap|g }}, mean |gap| {{ mean_gap|g }}</dd>{% endif %}
+<dt>from</dt><dd>{{ summaries|join(", ") }}{% if runs %}, {{ runs|join(", ") }}{% endif %}{% if not run_found %} (no readable run.json: model, composite and failures unknown){% endif %}</dd>
+{% if not inputs_inside and rows %}<dt>input images</dt><dd>lie outside this folder: cards show the heatmap alone</dd>{% endif %}
+</dl>
+{% if failures %}
+<details class="failures" open id="failures"><summary>{{ failures|length }} input(s) failed</summary>
+<ul>
+{% for failure in failures %}<li><b>{{ failure.input }}</b>: {{ failure.message }}</li>
+{% endfor %}
+</ul>
+</details>
+{% endif %}
+{% if notes %}<ul class="notes">{% for line in notes %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
+</header>
+<div class="controls">
+<label>sort <select id="sort">
+<option value="name">name</option>
+<option value="gap">|gap|, largest first</option>
+<option value="prob">probability, lowest first</option>
+<option value="prob-desc">probability, highest first</option>
+</select></label>
+<label>predicted class <select id="cls"><option value="">all</option>{% for c in classes %}<option value="{{ c }}">{{ c }}</option>{% endfor %}</select></label>
+{% if truth %}<label><input type="checkbox" id="wrong"> misclassified only ({{ truth }})</label>{% endif %}
+<label>|gap| &ge; <input type="number" id="gapmin" min="0" step="any" placeholder="0"></label>
+<span id="count" data-shown="0"></span>
+</div>
+<main id="cards"></main>
+<nav class="pager"><button id="prev" type="button">&larr; previous</button><span id="page"></span><button id="next" type="button">next &rarr;</button></nav>
+<script type="application/json" id="rows">{{ cards|tojson }}</script>
+<script>
+(function () {
+  "use strict";
+  var ROWS = JSON.parse(document.getElementById("rows").textContent);
+  var PAGE = {{ page_size|int }};
+  var page = 0, shown = ROWS;
+  var $ = function (id) { return document.getElementById(id); };
+  function fmt(v, digits) { return v === null || v === undefined ? "\u2013" : Number(v).toPrecision(digits || 4).replace(/\.?0+(e|$)/, "$1"); }
+  function el(tag, cls, text) { var e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; }
+  function image(src, alt, title) {
+    var a = el("a"); a.href = src; a.title = title;
+    var img = el("img"); img.loading = "lazy"; img.decoding = "async"; img.src = src; img.alt = alt;
+    a.appendChild(img); return a;
+  }
+  function card(r) {
+    var c = el("article", "card" + (r.wrong ? " wrong" : ""));
+    c.dataset.pred = r.pred; c.dataset.input = r.input;
+    var imgs = el("div", "imgs");
+    if (r.img) imgs.appendChild(image(r.img, "input " + r.input, "input"));
+    if (r.heat) imgs.appendChild(image(r.heat, "heatmap of " + r.input + " for " + r.target, "heatmap"));
+    else imgs.appendChild(el("div", "missing", r.heat_name ? "heatmap lies outside this folder or is missing: " + r.heat_name : "no heatmap written (--no-heatmaps)"));
+    c.appendChild(imgs);
+    c.appendChild(el("div", "name", r.input));
+    var t = el("table");
+    function line(k, v, cls) { var tr = el("tr", cls); tr.appendChild(el("td", "", k)); tr.appendChild(el("td", "", v)); t.appendChild(tr); }
+    line("prediction", r.pred);
+    if ("truth" in r) line("truth", r.truth || "\u2013", r.wrong ? "gapbad" : "");
+    line("probability", fmt(r.prob));
+    line("target", r.target);
+    line("relevance sum", fmt(r.sum, 6));
+    line("conservation gap", fmt(r.gap, 3), gapMin() > 0 ? "gapbad" : "");
+    c.appendChild(t);
+    if (!r.img) c.appendChild(el("div", "outside", "input image lies outside this folder"));
+    return c;
+  }
+  function gapMin() { var v = parseFloat($("gapmin").value); return isFinite(v) && v > 0 ? v : 0; }
+  function key(sort) {
+    if (sort === "gap") return function (a, b) { return Math.abs(b.gap || 0) - Math.abs(a.gap || 0); };
+    if (sort === "prob") return function (a, b) { return (a.prob === null ? 2 : a.prob) - (b.prob === null ? 2 : b.prob); };
+    if (sort === "prob-desc") return function (a, b) { return (b.prob === null ? -1 : b.prob) - (a.prob === null ? -1 : a.prob); };
+    return null;
+  }
+  function apply() {
+    var cls = $("cls").value, wrong = $("wrong") && $("wrong").checked, min = gapMin();
+    shown = ROWS.filter(function (r) {
+      return (!cls || r.pred === cls) && (!wrong || r.wrong) && (!min || (r.gap !== null && Math.abs(r.gap) >= min));
+    });
+    var k = key($("sort").value);
+    if (k) shown = shown.slice().sort(k);
+    page = 0; draw();
+  }
+  function draw() {
+    var pages = Math.max(1, Math.ceil(shown.length / PAGE));
+    page = Math.min(Math.max(page, 0), pages - 1);
+    var box = $("cards"), frag = document.createDocumentFragment();
+    shown.slice(page * PAGE, (page + 1) * PAGE).forEach(function (r) { frag.appendChild(card(r)); });
+    box.replaceChildren(frag);
+    $("count").textContent = shown.length + " of " + ROWS.length + " shown";
+    $("count").dataset.shown = shown.length;
+    $("page").textContent = "page " + (page + 1) + " of " + pages;
+    $("prev").disabled = page === 0; $("next").disabled = page >= pages - 1;
+  }
+  ["sort", "cls", "wrong"].forEach(function (id) { if ($(id)) $(id).addEventListener("change", apply); });
+  $("gapmin").addEventListener("input", apply);
+  $("prev").addEventListener("click", function () { page--; draw(); window.scrollTo(0, 0); });
+  $("next").addEventListener("click", function () { page++; draw(); window.scrollTo(0, 0); });
+  draw();
+  document.body.dataset.ready = "1";
+})();
+</script>
+</body>
+</html>
+"""
