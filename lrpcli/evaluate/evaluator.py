@@ -86,6 +86,29 @@ def _mean(values: np.ndarray) -> float | None:
     return float(np.nanmean(values, axis=0)) if values.ndim == 1 else None
 
 
+def build_methods(model: Any, methods: dict[str, Any], baselines: Sequence[str], float_dtype: torch.dtype | None = None) -> tuple[dict[str, "Method"], Any]:
+    """The methods of an evaluation (composites, then baselines) and the Explainer that scores inputs
+    (the first composite's, else a plain epsilon one); ``float_dtype`` for models that take token ids."""
+    from ..engine import Explainer
+
+    def explainer(composite: Any) -> Any:
+        made = Explainer(model, composite)
+        made.float_dtype = float_dtype
+        return made
+
+    baselines = [resolve_baseline(name) for name in baselines]
+    if len(set(baselines)) != len(baselines):
+        raise UsageError("a baseline is given twice")
+    if not methods and not baselines:
+        raise UsageError("nothing to evaluate: give a composite (-c) or a baseline")
+    found: dict[str, Method] = {name: Method(name, "composite", explainer(composite)) for name, composite in methods.items()}
+    for name in baselines:
+        key = name if name not in found else f"{name} (baseline)"
+        found[key] = Method(key, "baseline", baseline=name)
+    first = next((m.explainer for m in found.values() if m.explainer is not None), None)
+    return found, first if first is not None else explainer("epsilon")
+
+
 class Evaluator:
     """Accumulates perturbation curves, localisation and sanity numbers batch by batch.
 
@@ -106,27 +129,13 @@ class Evaluator:
         keep_relevance: bool = False,
         device: torch.device | str = "cpu",
     ):
-        from ..engine import Explainer
-
         self.settings = (settings or Settings()).check(tabular)
         self.tabular = tabular
         self.reference = reference
         self.keep_relevance = keep_relevance
         self.device = torch.device(device)
         self.model = model
-        baselines = [resolve_baseline(name) for name in baselines]
-        if len(set(baselines)) != len(baselines):
-            raise UsageError("a baseline is given twice")
-        if not methods and not baselines:
-            raise UsageError("nothing to evaluate: give a composite (-c) or a baseline")
-        self.methods: dict[str, Method] = {}
-        for name, composite in methods.items():
-            self.methods[name] = Method(name, "composite", Explainer(model, composite))
-        for name in baselines:
-            key = name if name not in self.methods else f"{name} (baseline)"
-            self.methods[key] = Method(key, "baseline", baseline=name)
-        first = next((m.explainer for m in self.methods.values() if m.explainer is not None), None)
-        self.scorer = first if first is not None else Explainer(model, "epsilon")
+        self.methods, self.scorer = build_methods(model, methods, baselines)
         self.model = self.scorer.model  # loaded
         # separate streams, so that e.g. the random baseline does not change when composites are added
         seed = int(self.settings.seed)

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import InputError, UsageError
-from .baselines import random_relevance, resolve_baseline
-from .evaluator import Evaluation, Method, Settings
+from .baselines import random_relevance
+from .evaluator import Evaluation, Method, Settings, build_methods
 from .metrics import confidence
 from .order import ORDERS, perturbation_order, tie_breaker
 
@@ -61,29 +61,12 @@ class TokenEvaluator:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        from ..engine import Explainer
-
         self.settings = (settings or Settings()).check(text=True)
         if self.settings.replace == "unk" and unk_id is None:
             raise UsageError("--replace unk: the tokenizer has no unknown token", hint="use --replace pad or zero")
         self.pad_id, self.unk_id, self.mask_name = pad_id, unk_id, mask_name
         self.device = torch.device(device)
-        baselines = [resolve_baseline(name) for name in baselines]
-        if not methods and not baselines:
-            raise UsageError("nothing to evaluate: give a composite (-c) or a baseline")
-        self.methods: dict[str, Method] = {}
-        for name, composite in methods.items():
-            explainer = Explainer(model, composite)
-            explainer.float_dtype = dtype
-            self.methods[name] = Method(name, "composite", explainer)
-        for name in baselines:
-            key = name if name not in self.methods else f"{name} (baseline)"
-            self.methods[key] = Method(key, "baseline", baseline=name)
-        first = next((m.explainer for m in self.methods.values() if m.explainer is not None), None)
-        if first is None:
-            first = Explainer(model, "epsilon")
-            first.float_dtype = dtype
-        self.scorer = first
+        self.methods, self.scorer = build_methods(model, methods, baselines, dtype)
         seed = int(self.settings.seed)
         self.random_generator = torch.Generator().manual_seed(seed)
         self.tie_generator = torch.Generator().manual_seed(seed + 1)
