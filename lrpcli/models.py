@@ -277,6 +277,18 @@ def model_tensors(model: Any) -> list[torch.Tensor]:
     return [t for t in model.state_dict(keep_vars=True).values() if isinstance(t, torch.Tensor)]
 
 
+def saved_input_shape(model: Any) -> tuple[int, ...] | None:
+    """One input's shape (without the batch) where a saved program fixes it, e.g. (3, 224, 224); else None."""
+    if not isinstance(model, torch.export.ExportedProgram):
+        return None
+    users = {spec.arg.name for spec in model.graph_signature.input_specs if spec.kind.name == "USER_INPUT"}
+    first = next((n for n in model.graph.nodes if n.op == "placeholder" and n.name in users), None)
+    value = first.meta.get("val") if first is not None else None
+    if value is None or not value.is_floating_point() or not all(isinstance(s, int) for s in value.shape[1:]):
+        return None
+    return tuple(int(s) for s in value.shape[1:])
+
+
 def input_channels(model: Any) -> int | None:
     """How many channels the model's image input has: a saved program's input signature, else the first
     4-D weight (the first convolution's (out, in, kh, kw)); None where neither says."""

@@ -932,5 +932,9 @@ def test_a_one_channel_model_of_ones_own_works_on_the_first_try(tmp_path):
         assert lrp("check-conservation", path, images, "-c", "lrp_0", "-q").code == 0
         assert lrp("compare", path, images / "g0.png", "-c", "epsilon", "-q", out=tmp_path / f"cmp-{path.suffix}").code == 0
         assert lrp("evaluate", path, images, "--steps", "2", "-q", "--baseline", "none", out=tmp_path / f"ev-{path.suffix}").code == 0
+        shape = [] if path.suffix == ".pt2" else ["--input-shape", "1,8,8"]  # a .pt2 says its input shape itself
+        assert lrp("inspect", path, *shape).code == 0
+    unknown = lrp("inspect", files[0])
+    assert unknown.code == 2 and "--input-shape 1,H,W" in unknown.stderr
     contradiction = lrp("explain", files[0], images, "--mode", "rgb", out=tmp_path / "bad")
     assert contradiction.code == 2 and "--mode l" in contradiction.stderr

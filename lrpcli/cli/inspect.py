@@ -38,10 +38,17 @@ def inspect(model: str, composite: str | None, input_shape: str | None, json_pat
     from ..models import is_spec, load_spec
 
     spec = load_spec(model) if is_spec(model) else None
+    from ..models import saved_input_shape
+
     shape = input_shape_option(input_shape, spec)
     loaded = load_model_option(model, spec, options)
+    shape = shape or saved_input_shape(loaded)  # a .pt2 says what it takes
     if shape is None:
-        raise UsageError("the input shape is unknown", hint="pass --input-shape C,H,W (or F for tabular models), or use a model spec with input.size")
+        from ..models import input_channels
+
+        channels = input_channels(loaded)
+        example = f"{channels},H,W (the first layer takes {channels} channel(s))" if channels else "C,H,W (or F for tabular models)"
+        raise UsageError("the input shape is unknown", hint=f"pass --input-shape {example}, or use a model spec with input.size")
     preprocessing = spec_preprocessing(spec) if spec is not None and shape is not None and len(shape) == 3 else None
     comp = build_composite(composite, spec, parse_params(options["params"]), preprocessing)
     report = inspect_model(loaded, torch.zeros(1, *shape), comp)
