@@ -11,7 +11,7 @@ import operator
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -127,6 +127,9 @@ class Explainer:
         #: what identifies the model on disk (the weights' hash and the architecture): with it, captured graphs
         #: are kept in the disk cache (graph_cache.py) and a later run skips the capture; None: no disk cache
         self.cache_id: str | None = None
+        #: called with what the explainer is doing while it has no batch to show ("capturing the model"),
+        #: then with None; the CLI shows it on the progress bar
+        self.stages: Callable[[str | None], None] | None = None
 
     # -- graph preparation
 
@@ -148,6 +151,8 @@ class Explainer:
         extras = {name: t.detach().to(example.device) for name, t in (inputs or {}).items()} or None
         graph = self._cached_on_disk(example, extras)
         if graph is None:
+            if self.stages:
+                self.stages("capturing the model")
             graph = capture(self.model, example, extras=extras)
             exact = False
             if not graph.dynamic_batch and graph.input_shape[:1] != x.shape[:1] and not isinstance(
@@ -156,6 +161,8 @@ class Explainer:
                 graph = capture(self.model, example, exact_batch=True, extras=extras)  # the model's code fixes the batch size
                 exact = True
             self._keep_on_disk(graph, example, extras, exact or not graph.dynamic_batch)
+            if self.stages:
+                self.stages(None)
         cache[key if graph.dynamic_batch else tuple(graph.input_shape)] = (fingerprint, graph)
         return graph
 

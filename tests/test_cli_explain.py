@@ -938,3 +938,23 @@ def test_a_one_channel_model_of_ones_own_works_on_the_first_try(tmp_path):
     assert unknown.code == 2 and "--input-shape 1,H,W" in unknown.stderr
     contradiction = lrp("explain", files[0], images, "--mode", "rgb", out=tmp_path / "bad")
     assert contradiction.code == 2 and "--mode l" in contradiction.stderr
+
+
+def test_the_progress_bar_names_the_capture_stage(tmp_path, monkeypatch):
+    """While the first batch waits for the model's graph, the bar says so (then it counts inputs again)."""
+    from cli_support import save_torchscript, minivgg
+    from lrpcli.cli import console as console_module
+
+    seen = []
+    original = console_module._Advance.stage
+
+    def stage(self, text):
+        seen.append(text)
+        original(self, text)
+
+    monkeypatch.setattr(console_module._Advance, "stage", stage)
+    monkeypatch.setenv("LRP_CACHE_DIR", "off")
+    save_torchscript(minivgg(), tmp_path / "m.ts")
+    write_image(tmp_path / "imgs" / "a.png", 3)
+    assert lrp("explain", tmp_path / "m.ts", tmp_path / "imgs", out=tmp_path / "o").code == 0
+    assert seen == ["capturing the model", None]

@@ -47,13 +47,13 @@ def info(message: str) -> None:
 
 
 @contextlib.contextmanager
-def progress(label: str, total: int | None, quiet: bool = False) -> Iterator[Callable[[int], None]]:
+def progress(label: str, total: int | None, quiet: bool = False) -> Iterator["_Advance"]:
     """A transient progress bar on stderr (off with -q or when stderr is no terminal); yields advance(n).
     ``total`` None: a stream of unknown length (counts, no bar to fill)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(
-        TextColumn(label),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -63,4 +63,17 @@ def progress(label: str, total: int | None, quiet: bool = False) -> Iterator[Cal
         transient=True,
     ) as bar:
         task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+        yield _Advance(bar, task, label)
+
+
+class _Advance:
+    """advance(n) moves the bar; advance.stage("capturing the model") says what the run is doing meanwhile."""
+
+    def __init__(self, bar, task, label: str):
+        self.bar, self.task, self.label = bar, task, label
+
+    def __call__(self, n: int) -> None:
+        self.bar.advance(self.task, n)
+
+    def stage(self, text: str | None) -> None:
+        self.bar.update(self.task, description=text or self.label)

@@ -165,6 +165,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     }
     quiet = options["quiet"]
     with progress("explaining", len(shard.select(items)) if shard else len(items), quiet) as advance:
+        explainer.stages = advance.stage  # "capturing the model" while the first batch waits for the graph
         report = explain_images(explainer, items, preprocessing, run_options, targets, classes, run_info, progress=advance)
     try:  # the page is extra: failing to write it leaves the run's results as they are
         from ..report import write_report

@@ -85,6 +85,7 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
             html = HtmlWriter(page, f"lrp explain: {Path(str(model)).name}", f"{name}, composite {composite.name}")
             writers.append(html)
         with progress("explaining texts", None, options["quiet"]) as advance:
+            explainer.stages = advance.stage
             report = explain_texts(explainer, records, tokenizer, writers, progress=advance, **kwargs)
         if options["html"]:
             html.close()
