@@ -11,7 +11,7 @@ import operator
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -71,6 +71,8 @@ class Explanation:
     #: with embedding_relevance=True, for token ids: the relevance of the token embeddings (batch, tokens,
     #: hidden) before it is summed over the hidden dim into ``relevance``
     embedding: torch.Tensor | None = None
+    #: with layers=[...]: the relevance at the output of each named layer (module path or node name)
+    layer_maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def explain(
@@ -84,6 +86,7 @@ def explain(
     params: dict[str, Any] | None = None,
     inputs: dict[str, torch.Tensor] | None = None,
     embedding_relevance: bool = False,
+    layers: Sequence[str] = (),
 ) -> Explanation:
     """Explain ``model``'s output for the batch ``x`` with LRP.
 
@@ -96,9 +99,11 @@ def explain(
     constant, never explained (nn.Modules and exported programs).
     ``embedding_relevance``: for token ids, also return the token embeddings' relevance (batch, tokens,
     hidden) as ``Explanation.embedding``.
+    ``layers``: module paths (``features.3``, see ``lrp inspect``) or graph node names whose output's
+    relevance is returned in ``Explanation.layer_maps``, shaped like that output.
     """
     return Explainer(model, composite, params=params).explain(
-        x, target, init=init, layer_relevance=layer_relevance, inputs=inputs, embedding_relevance=embedding_relevance
+        x, target, init=init, layer_relevance=layer_relevance, inputs=inputs, embedding_relevance=embedding_relevance, layers=layers
     )
 
 
@@ -228,6 +233,7 @@ class Explainer:
         layer_relevance: bool = False,
         inputs: dict[str, torch.Tensor] | None = None,
         embedding_relevance: bool = False,
+        layers: Sequence[str] = (),
     ) -> Explanation:
         x = _check_input(x)
         if init not in INITS:
@@ -240,10 +246,11 @@ class Explainer:
                 raise ModelError("the model's output is not a tensor")
             targets = _targets(outputs, target)
             initial = _initial_relevance(outputs, targets, init)
-            kept: dict[str, torch.Tensor] | None = {} if embedding_relevance else None
-            relevance, layers = propagate(graph, assigned, values, initial, layer_relevance, kept)
-        if layers is not None:
-            layers = {name: _usable(layer) for name, layer in layers.items()}
+            watched = layer_outputs(graph, layers)
+            kept: dict[str, torch.Tensor] | None = {} if embedding_relevance or watched else None
+            relevance, totals = propagate(graph, assigned, values, initial, layer_relevance, kept, watched)
+        if totals is not None:
+            totals = {name: _usable(layer) for name, layer in totals.items()}
         if relevance is None:
             relevance = torch.zeros(x.shape, dtype=outputs.dtype, device=x.device)
         return Explanation(
@@ -251,10 +258,27 @@ class Explainer:
             outputs=_usable(outputs),
             targets=_usable(targets),
             initial=_usable(initial),
-            layers=layers,
+            layers=totals,
             notes=list(graph.notes),
             embedding=_usable(kept.get("embedding")) if kept else None,
+            layer_maps={name: _usable(kept[f"layer:{name}"]) for name in layers if f"layer:{name}" in (kept or {})},
         )
+
+
+def layer_outputs(graph: Graph, layers: Sequence[str]) -> dict[str, str]:
+    """Node name -> the layer asked for: a module path's last node (its output), or a node of that name."""
+    found: dict[str, str] = {}
+    for layer in layers:
+        inside = [node for node in graph.nodes if node.module == layer or node.module.startswith(layer + ".")]
+        node = inside[-1] if inside else next((n for n in graph.nodes if n.name == layer), None)
+        if node is None:
+            modules = list(dict.fromkeys(n.module for n in graph.nodes if n.module))
+            raise UsageError(
+                f"no layer '{layer}' in the model (layers: {', '.join(modules[:12])}{', ...' if len(modules) > 12 else ''})",
+                hint=suggest(layer, modules) or "lrp inspect lists every layer's path",
+            )
+        found[node.name] = layer
+    return found
 
 
 def _usable(value: Any) -> Any:
@@ -521,6 +545,7 @@ def propagate(
     initial: torch.Tensor,
     record: bool = False,
     kept: dict[str, torch.Tensor] | None = None,
+    watched: dict[str, str] | None = None,
 ) -> tuple[torch.Tensor | None, dict[str, LayerRelevance] | None]:
     """Walk ``graph`` backward from ``initial`` (relevance of the output), freeing values as it goes.
 
@@ -545,6 +570,8 @@ def propagate(
         # another dim (seq*batch), the node is left out of the per-layer record (such nodes only move values)
         countable = record and node.batch_dim is not None and all(batch_dims.get(name, 0) is not None for name in inputs)
         total_out = _total(relevance[node.name], batch, node.batch_dim) if countable else None
+        if kept is not None and watched and node.name in watched and isinstance(relevance[node.name], torch.Tensor):
+            kept[f"layer:{watched[node.name]}"] = relevance[node.name]
         if kept is not None and node.kind == "embedding":
             previous = kept.get("embedding")
             kept["embedding"] = relevance[node.name] if previous is None else previous + relevance[node.name]

@@ -109,6 +109,7 @@ class ImageRunOptions:
     shard: Shard | None = None  # this process's part of the inputs
     overwrite: bool = False  # replace another model's / composite's results in ``out``
     model_sha256: str = ""  # recorded in the manifest, so a resume checks it is the same model
+    layers: tuple[str, ...] = ()  # inner layers whose relevance maps go to OUT/layers/<layer>/<input>.npy
 
 
 @dataclass
@@ -294,6 +295,7 @@ def result_settings(preprocessing: Preprocessing, options: ImageRunOptions, targ
         "--no-heatmaps": not options.heatmaps,
         "--no-arrays": not options.arrays,
         "--classes": fingerprint(classes)[:16] if classes else None,
+        **({"--layers": ",".join(options.layers)} if options.layers else {}),
     }
 
 
@@ -426,6 +428,13 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
 
 def _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report):
     x = torch.stack([tensor for _, tensor, _ in good]).to(device=device, dtype=dtype)
+    if options.layers:  # named before any target is explained, so that the message names the option
+        from .engine import layer_outputs
+
+        try:
+            layer_outputs(explainer.prepare(x)[0], options.layers)
+        except UsageError as exc:
+            raise UsageError(f"--layers: {exc.message}", hint=exc.hint) from exc
     if targets.mode in ("pred", "index"):
         chosen = None
         outputs = None
@@ -435,7 +444,7 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
     if chosen is None:
         target_arg = None if targets.mode == "pred" else int(targets.index)
         try:
-            result = explainer.explain(x, target_arg, init=options.init)
+            result = explainer.explain(x, target_arg, init=options.init, layers=options.layers)
         except UsageError as exc:  # e.g. an index past the model's outputs: name the option
             raise UsageError(f"--target {target_arg}: {exc.message}", hint=exc.hint) from exc
         pairs = [(i, int(t)) for i, t in enumerate(result.targets)]
@@ -446,7 +455,7 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
         for start in range(0, len(pairs_all), options.batch_size):
             pairs = pairs_all[start : start + options.batch_size]
             rows_x = x[[i for i, _ in pairs]]
-            result = explainer.explain(rows_x, torch.tensor([t for _, t in pairs], device=device), init=options.init)
+            result = explainer.explain(rows_x, torch.tensor([t for _, t in pairs], device=device), init=options.init, layers=options.layers)
             results.append((pairs, result))
     for note in results[0][1].notes:
         if note not in report.notes:
@@ -488,6 +497,10 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
                 array_path = inside(out, array_rel) if options.arrays else None
                 heatmap_path = inside(out, heat_rel) if options.heatmaps else None
                 futures.append(pool.submit(_save_outputs, rel, pixels, array_path, heatmap_path, options))
+            for layer, relevance_map in result.layer_maps.items():
+                layer_rel = f"layers/{safe_label(layer)}/" + array_rel.split("/", 1)[1]
+                layer_map = relevance_map[row_index].detach().to(torch.float32).cpu().numpy()
+                futures.append(pool.submit(save_array, inside(out, layer_rel), layer_map))
     report.explained += len(good) - len(bad)
     return futures, rows, [(good[sample][0], message) for sample, message in bad.items()]
 

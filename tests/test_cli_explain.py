@@ -958,3 +958,20 @@ def test_the_progress_bar_names_the_capture_stage(tmp_path, monkeypatch):
     write_image(tmp_path / "imgs" / "a.png", 3)
     assert lrp("explain", tmp_path / "m.ts", tmp_path / "imgs", out=tmp_path / "o").code == 0
     assert seen == ["capturing the model", None]
+
+
+def test_layers_writes_inner_relevance_maps_that_conserve_on_a_bias_free_net(tmp_path):
+    from cli_support import minivgg, save_torchscript
+
+    save_torchscript(minivgg(), tmp_path / "m.ts")
+    for i in range(2):
+        write_image(tmp_path / "imgs" / f"a{i}.png", 20 + i)
+    run = lrp("explain", tmp_path / "m.ts", tmp_path / "imgs", "-c", "lrp_0", "--dtype", "float64", "--layers", "features.3,classifier.1", "-q", out=tmp_path / "o")
+    assert run.code == 0, run.stderr
+    for row in read_csv(tmp_path / "o" / "summary.csv"):
+        name = row["input"].rsplit(".", 1)[0]
+        for layer in ("features.3", "classifier.1"):
+            relevance_map = np.load(tmp_path / "o" / "layers" / layer / f"{name}.npy")
+            assert relevance_map.sum() == pytest.approx(float(row["logit"]), rel=1e-5)
+    wrong = lrp("explain", tmp_path / "m.ts", tmp_path / "imgs", "--layers", "features.33", out=tmp_path / "o2")
+    assert wrong.code == 2 and "--layers: no layer 'features.33'" in wrong.stderr

@@ -179,3 +179,22 @@ def test_the_token_embeddings_relevance_is_returned_on_request():
     torch.testing.assert_close(result.embedding, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(result.relevance, expected.sum(-1), rtol=1e-12, atol=1e-12)
     assert explain(model, ids, "lrp_0", target=2).embedding is None
+
+
+def test_relevance_at_named_layers_is_returned_and_conserves_through_a_bias_free_net():
+    """layers=[...]: each map is the relevance at that layer's output; with LRP-0 on a bias-free ReLU net every
+    layer's map sums to the logit, and the first layer's output map equals gradient x activation there."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 8, bias=False), torch.nn.ReLU(), torch.nn.Linear(8, 5, bias=False), torch.nn.ReLU(), torch.nn.Linear(5, 3, bias=False)
+    ).double().eval()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    result = explain(model, x, "lrp_0", target=1, layers=["0", "2"])
+    assert set(result.layer_maps) == {"0", "2"}
+    for name in ("0", "2"):
+        torch.testing.assert_close(result.layer_maps[name].sum(1), result.outputs[:, 1], rtol=1e-10, atol=1e-12)
+    hidden = model[0](x).detach().requires_grad_(True)
+    model[1:](hidden)[:, 1].sum().backward()
+    torch.testing.assert_close(result.layer_maps["0"], hidden * hidden.grad, rtol=1e-10, atol=1e-12)
+    with pytest.raises(UsageError, match="no layer 'nope'"):
+        explain(model, x, "lrp_0", layers=["nope"])

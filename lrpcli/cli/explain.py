@@ -60,6 +60,7 @@ Examples:
 @click.option("--overlay", is_flag=True, help="Draw heatmaps over the (grey) input image.")
 @click.option("--no-heatmaps", is_flag=True, help="Write no PNG heatmaps.")
 @click.option("--no-arrays", is_flag=True, help="Write no .npy relevance arrays.")
+@click.option("--layers", metavar="NAME,...", help="Images: also write the relevance at these inner layers' outputs (module paths, see `lrp inspect`) to OUT/layers/<layer>/<input>.npy.")
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), help="Inputs per batch (default: 16 images, 1024 CSV rows).")
 @device_option
 @click.option("--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]), default="float32", show_default=True)
@@ -154,6 +155,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         init=options["init"],
         shard=shard,
         overwrite=options["overwrite"],
+        layers=tuple(name.strip() for name in (options["layers"] or "").split(",") if name.strip()),
     )
     weights = spec.model if spec else Path(model)
     run_options.model_sha256 = file_hash(weights)
