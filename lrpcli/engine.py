@@ -240,7 +240,13 @@ class Explainer:
             raise UsageError(f"unknown init '{init}' (known: {', '.join(INITS)})", hint=suggest(init, list(INITS)))
         graph, assigned = self.prepare(x, inputs)
         with torch.inference_mode():
-            values = record(graph, x, inputs)
+            try:
+                values = record(graph, x, inputs)
+            except RuntimeError as exc:  # a shape torch rejects inside the model (often: no batch dimension)
+                raise ModelError(
+                    f"the model failed on an input shaped {tuple(x.shape)}: {str(exc).splitlines()[0][:200]}",
+                    hint="x holds a batch: (N, C, H, W) images, (N, F) rows, (N, T) token ids; x[None] for one input",
+                ) from exc
             outputs = values[graph.output]
             if not isinstance(outputs, torch.Tensor):
                 raise ModelError("the model's output is not a tensor")
@@ -328,7 +334,15 @@ def _targets(outputs: torch.Tensor, target: Any) -> torch.Tensor:
     batch, classes = outputs.shape
     if target is None:
         return outputs.argmax(dim=1)
-    targets = torch.as_tensor(target, device=outputs.device)
+    if isinstance(target, str) or (isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target)):
+        raise UsageError(
+            f"target {target!r}: the API takes class indices, not names",
+            hint="give an int, one int per sample, or None for the prediction (e.g. target=classes.index('cat'))",
+        )
+    try:
+        targets = torch.as_tensor(target, device=outputs.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"target {target!r} is not an int, a list or tensor of ints, or None ({exc})") from None
     if targets.is_floating_point() or targets.dtype == torch.bool:
         raise UsageError(f"targets must be integers, got {targets.dtype}")
     targets = targets.long()

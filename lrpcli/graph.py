@@ -301,7 +301,8 @@ def export_module(
     except Exception as exc:  # torch raises many kinds here; all mean "cannot capture"
         hint = (
             "the model's forward must be traceable by torch.export for an input shaped "
-            f"{tuple(example.shape)}; check the input shape, or save the model with torch.jit.script"
+            f"{tuple(example.shape)}; check the input shape (it holds a batch: (N, C, H, W) images, (N, F) rows, "
+            "x[None] for one input), or save the model with torch.jit.script"
         )
         if isinstance(exc, TypeError) and "argument" in str(exc):
             hint = "give the model's other inputs (e.g. an attention mask) with inputs={name: tensor}, or wrap it so that forward takes one tensor"

@@ -198,3 +198,17 @@ def test_relevance_at_named_layers_is_returned_and_conserves_through_a_bias_free
     torch.testing.assert_close(result.layer_maps["0"], hidden * hidden.grad, rtol=1e-10, atol=1e-12)
     with pytest.raises(UsageError, match="no layer 'nope'"):
         explain(model, x, "lrp_0", layers=["nope"])
+
+
+def test_the_api_names_common_mistakes():
+    from lrpcli import ModelError
+    from lrpcli.architectures import MiniVGG
+
+    model = MiniVGG(width=4).eval()
+    with pytest.raises(UsageError, match="class indices, not names"):
+        explain(model, torch.rand(1, 3, 32, 32), target="cat")
+    with pytest.raises(UsageError, match="not an int"):
+        explain(model, torch.rand(1, 3, 32, 32), target={"a": 1})
+    with pytest.raises(ModelError) as caught:
+        explain(model, torch.rand(3, 32, 32))  # one image without its batch dimension
+    assert "x[None]" in caught.value.hint
