@@ -6,20 +6,23 @@ memory stays flat for millions of rows and output appears while input still arri
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 
+import numpy as np
 import torch
 
-from .data.tabular import RowBatch, TabularColumns, open_rows, read_batches
+from .data import columnar
+from .data.tabular import RowBatch, TabularColumns, open_csv, open_rows, read_batches
 from .engine import Explainer
 from .errors import InputError
 from .models import model_tensors
 from .runner import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 
-FORMATS = ("csv", "jsonl")
+FORMATS = ("csv", "jsonl", "parquet")
 FIXED = ("id", "label", "prediction", "prediction_label", "target", "target_label", "logit", "relevance_sum", "top_positive", "top_negative")
 
 
@@ -35,6 +38,11 @@ def expected_features(model: Any) -> int | None:
     """The input width of a dense model's first layer, if it has one (to check CSVs early)."""
     first = next((t for t in model_tensors(model) if t.is_floating_point()), None)
     return int(first.shape[1]) if first is not None and first.ndim == 2 else None
+
+
+def top_features(features: list[str], relevance: list[float], k: int, positive: bool) -> list[tuple[str, float]]:
+    pairs = sorted(zip(features, relevance), key=lambda p: p[1], reverse=positive)
+    return [(name, value) for name, value in pairs[:k] if (value > 0 if positive else value < 0)]
 
 
 class RowWriter:
@@ -59,9 +67,7 @@ class RowWriter:
             handle.flush()
 
     def top(self, relevance: list[float], positive: bool) -> list[tuple[str, float]]:
-        pairs = sorted(zip(self.features, relevance), key=lambda p: p[1], reverse=positive)
-        chosen = [(name, value) for name, value in pairs[: self.top_k] if (value > 0 if positive else value < 0)]
-        return chosen
+        return top_features(self.features, relevance, self.top_k, positive)
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -83,7 +89,7 @@ class RowWriter:
 
 def explain_rows(
     explainer: Explainer,
-    source_handle: IO[str],
+    source_handle: IO[str] | None,
     source: str,
     output: IO[str],
     *,
@@ -105,9 +111,40 @@ def explain_rows(
     init: str = "value",
     shard: Any = None,
     progress: Callable[[int], None] | None = None,
+    path: str | None = None,
 ) -> RowReport:
-    """Explain every row of a CSV stream and write one result row per input row and target."""
-    header, reader = open_rows(source_handle, source)
+    """Explain every row of a CSV stream and write one result row per input row and target.
+
+    With ``path`` (a CSV or Parquet file, not stdin) and pyarrow installed, rows are read, and CSV or
+    Parquet results written, column-wise (:mod:`lrpcli.data.columnar`); a chunk of rows with a bad cell
+    in it is re-read by the careful reader, so every error still names its row and column."""
+    with contextlib.ExitStack() as stack:
+        if path is not None and columnar.is_parquet(path):
+            columnar.require("Parquet input")
+        if fmt == "parquet":
+            columnar.require("Parquet output (--format parquet / -o *.parquet)")
+        if path is not None and columnar.available():
+            table = columnar.open_source(path, source)
+            stack.callback(table.close)
+            header = table.header
+            batches = lambda columns: table.batches(columns, batch_size)  # noqa: E731
+        else:
+            if source_handle is None:
+                source_handle = stack.enter_context(open_csv(path))
+            header, reader = open_rows(source_handle, source)
+            batches = lambda columns: read_batches(reader, header, columns, batch_size, source)  # noqa: E731
+        return _explain_rows(
+            explainer, header, batches, source, output, fast=path is not None and columnar.available(),
+            fmt=fmt, features=features, drop=drop, id_col=id_col, label_col=label_col, optional_columns=optional_columns,
+            mean=mean, std=std, targets=targets, classes=classes, top_k=top_k, on_error=on_error, device=device,
+            dtype=dtype, init=init, shard=shard, progress=progress,
+        )
+
+
+def _explain_rows(
+    explainer, header, batches, source, output, *, fast, fmt, features, drop, id_col, label_col, optional_columns,
+    mean, std, targets, classes, top_k, on_error, device, dtype, init, shard, progress,
+) -> RowReport:
     columns = TabularColumns.resolve(
         header,
         features=features,
@@ -127,9 +164,29 @@ def explain_rows(
             hint="choose the model's columns with --features, or leave out others with --drop / --id-col / --label-col",
         )
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    writer = RowWriter(output, fmt, columns, top_k, classes)
+    writer = RowWriter(output, fmt, columns, top_k, classes) if fmt == "jsonl" or not (fast or fmt == "parquet") else None
+    bulk = None
+    if writer is None:  # column-wise output: CSV formatted by pyarrow, or Parquet
+        fields = RowWriter(_Discard(), "jsonl", columns, top_k, classes)
+        bulk = columnar.ArrowWriter(output, fmt, fields.fields, fields.relevance_names, classes, torch_dtype.itemsize <= 4)
     report = RowReport()
-    for batch in read_batches(reader, header, columns, batch_size, source):
+    for batch in batches(columns):
+        if isinstance(batch, columnar.ColumnBatch):
+            if shard is not None:
+                batch = batch.take(np.array([shard.owns(str(n)) for n in batch.numbers.tolist()], dtype=bool))
+            if bulk is None:
+                batch = batch.to_rows()  # JSON lines: today's writer
+            else:
+                report.rows_in += len(batch)
+                if len(batch):
+                    data = _explain_columns(explainer, batch, columns, targets, classes, torch_device, torch_dtype, init, report, source, top_k)
+                    if on_error == "fail" and report.failures:
+                        raise InputError(report.failures[-1].message)
+                    bulk.write(data)
+                    report.rows_out += len(data["id"])
+                if progress:
+                    progress(len(batch))
+                continue
         if shard is not None:  # rows by their row number: every row in exactly one shard
             batch.rows = [row for row in batch.rows if shard.owns(str(row.number))]
         report.rows_in += len(batch.rows)
@@ -139,7 +196,13 @@ def explain_rows(
                     raise InputError(row.error)
                 report.failures.append(Failure(f"row {row.number}", row.error))
         failed = len(report.failures)
-        if batch.good:
+        if batch.good and bulk is not None:
+            data = _explain_columns(explainer, columnar.ColumnBatch.from_rows(batch.good, columns), columns, targets, classes, torch_device, torch_dtype, init, report, source, top_k)
+            if on_error == "fail" and len(report.failures) > failed:
+                raise InputError(report.failures[-1].message)
+            bulk.write(data)
+            report.rows_out += len(data["id"])
+        elif batch.good:
             rows = _explain(explainer, batch, columns, targets, classes, torch_device, torch_dtype, init, report, source)
             if on_error == "fail" and len(report.failures) > failed:
                 raise InputError(report.failures[-1].message)
@@ -147,7 +210,76 @@ def explain_rows(
             report.rows_out += len(rows)
         if progress:
             progress(len(batch.rows))
+    if bulk is not None:
+        bulk.close()
     return report
+
+
+class _Discard:
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def _explain_columns(explainer, batch, columns, targets, classes, device, dtype, init, report, source, top_k) -> dict[str, Any]:
+    """:func:`_explain` column-wise: the result columns of a batch whose rows all parsed."""
+    import pyarrow as pa
+
+    x = batch.tensor(columns).to(device=device, dtype=dtype)
+    if targets.mode in ("pred", "index"):
+        result = explainer.explain(x, None if targets.mode == "pred" else int(targets.index), init=init)
+        rows = np.arange(len(batch))
+        chosen = result.targets.detach().cpu().numpy().astype(np.int64) if torch.is_tensor(result.targets) else np.array(result.targets, dtype=np.int64)
+    else:
+        picks = targets.choose(explainer.forward(x))
+        rows = np.array([i for i, row in enumerate(picks) for _ in row], dtype=np.int64)
+        chosen = np.array([t for row in picks for t in row], dtype=np.int64)
+        result = explainer.explain(x[torch.from_numpy(rows).to(device)], torch.from_numpy(chosen).to(device), init=init)
+    for note in result.notes:
+        if note not in report.notes:
+            report.notes.append(note)
+    n = len(rows)
+    logits_t = result.outputs.detach().double().cpu().reshape(n, -1)
+    relevance_t = result.relevance.detach().double().cpu().reshape(n, -1)
+    keep = np.ones(n, dtype=bool)
+    if not (torch.isfinite(logits_t).all() and torch.isfinite(relevance_t).all()):
+        seen: set[int] = set()  # rows with NaN/inf logits or relevance fail, named, instead of writing NaN
+        for r, why in enumerate(non_finite_reasons(result, chosen.tolist())):
+            if why:
+                keep[rows == rows[r]] = False
+                if rows[r] not in seen:
+                    seen.add(int(rows[r]))
+                    number = int(batch.numbers[rows[r]])
+                    report.failures.append(Failure(f"row {number}", f"{source}: row {number}: {why}"))
+    logits, relevance = logits_t.numpy()[keep], relevance_t.numpy()[keep]
+    rows, chosen = rows[keep], chosen[keep]
+    single = logits.shape[1] == 1
+    predictions = logits[:, 0] if single else logits.argmax(1).astype(np.int64)
+    take = pa.array(rows)
+    data: dict[str, Any] = {
+        "id": batch.ids.take(take),
+        "label": batch.labels.take(take) if batch.labels is not None else None,
+        "prediction": predictions,
+        "target": chosen,
+        "logit": logits[np.arange(len(rows)), chosen] if len(rows) else np.zeros(0),
+        "relevance_sum": relevance_t.sum(1).numpy()[keep],
+    }
+    prefix = "relevance_" if set(columns.features) & set(FIXED) else ""
+    for k, name in enumerate(columns.features):
+        data[prefix + name] = np.ascontiguousarray(relevance[:, k])
+    if classes:
+        names = np.array(list(classes) + [""], dtype=object)
+        data["prediction_label"] = pa.array([""] * len(rows)) if single else pa.array(names[np.minimum(predictions, len(classes))], pa.string())
+        data["target_label"] = pa.array(names[np.minimum(chosen, len(classes))], pa.string())
+    if top_k:
+        lists = relevance.tolist()
+        for key, positive in (("top_positive", True), ("top_negative", False)):
+            data[key] = pa.array(
+                [";".join(f"{name}={value:.6g}" for name, value in top_features(columns.features, row, top_k, positive)) for row in lists], pa.string()
+            )
+    return data
 
 
 def _explain(explainer, batch: RowBatch, columns, targets, classes, device, dtype, init, report, source) -> list[dict[str, Any]]:

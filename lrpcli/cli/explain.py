@@ -50,7 +50,7 @@ Examples:
 @click.option("--drop", metavar="A,B,...", help="CSV: columns that are not features.")
 @click.option("--id-col", metavar="NAME", help="CSV: a column that identifies rows (copied to the output).")
 @click.option("--label-col", metavar="NAME", help="CSV: a label column carried through to the output.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "pretty"]), help="CSV rows: csv (default) or jsonl. Texts: jsonl (default; one line per text and target), csv (one row per token), or pretty (coloured words; the default on a terminal).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet", "pretty"]), help="CSV rows: csv (default), jsonl or parquet (-o FILE.parquet). Texts: jsonl (default; one line per text and target), csv (one row per token), or pretty (coloured words; the default on a terminal).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False), help="Texts: a Hugging Face tokenizer.json (default: the spec's input.tokenizer).")
 @click.option("--text-col", metavar="NAME", help="Texts in a CSV or JSONL file: the column / key holding the text.")
 @click.option("--max-length", type=click.IntRange(min=1), help="Texts: cut texts to this many tokens (default: the spec's, else 256); cut texts are reported.")
@@ -107,7 +107,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
             raise UsageError("give one file of texts (or - for stdin)")
         explain_text(model, spec, inputs[0], options)
         return
-    tabular = [i for i in inputs if str(i).lower().endswith(".csv") or str(i) == "-"]
+    tabular = [i for i in inputs if str(i).lower().endswith((".csv", ".parquet")) or str(i) == "-"]
     if tabular and len(inputs) > 1:
         raise UsageError("give one CSV file (or - for stdin), or image inputs, not several or both")
     for flag in ("tokenizer", "text_col", "max_length", "html"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,10 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     explainer = new_explainer(loaded, composite, model, spec, options)
     mean = floats(options["mean"], "--mean") or spec_input.get("mean")
     std = floats(options["std"], "--std") or spec_input.get("std")
+    out = options["out"]
+    fmt = options["fmt"] or ("parquet" if out and str(out).lower().endswith((".parquet", ".pq")) else "csv")
     kwargs = dict(
-        fmt=options["fmt"] or "csv",
+        fmt=fmt,
         features=_names(options["features"]) or spec_input.get("features"),
         drop=_names(options["drop"]) or spec_input.get("drop") or [],
         id_col=options["id_col"] or spec_input.get("id_col"),
@@ -63,12 +66,17 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     name = "<stdin>" if source == "-" else source
     if source != "-" and not Path(source).is_file():
         raise InputError(f"input not found: {source}")
-    with open_csv(source) as handle:
-        if options["out"]:
-            with atomic_text(Path(options["out"])) as target:  # streamed to a temporary file, renamed at the end
-                report = explain_rows(explainer, handle, name, target, **kwargs)
+    if fmt == "parquet" and not out and sys.stdout.isatty():
+        raise UsageError("Parquet results are binary: give -o FILE.parquet or redirect stdout")
+    # a file is read by path (column-wise when pyarrow is installed); stdin row by row, as it arrives
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(open_csv(source)) if source == "-" else None
+        path = None if source == "-" else source
+        if out:
+            with atomic_text(Path(out)) as target:  # streamed to a temporary file, renamed at the end
+                report = explain_rows(explainer, handle, name, target, path=path, **kwargs)
         else:
-            report = explain_rows(explainer, handle, name, sys.stdout, **kwargs)
+            report = explain_rows(explainer, handle, name, sys.stdout, path=path, **kwargs)
     for line in report.notes:
         note(line)
     if not options["quiet"]:

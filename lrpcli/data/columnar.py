@@ -1,0 +1,341 @@
+"""Column-wise tabular I/O with pyarrow (optional: ``pip install 'lrpcli[arrow]'``).
+
+A CSV file is cut into chunks of ``batch_size`` lines at newline bytes and each chunk is parsed by
+pyarrow straight into float64 columns: no Python loop over rows. A chunk pyarrow cannot take as it is
+(a bad cell, a missing value, a wrong width, a blank line, a number that is not finite, bytes that are
+not UTF-8) is re-read by the careful reader of :mod:`lrpcli.data.tabular`, which names the row and
+column of every bad cell, so errors read exactly as they do without pyarrow. A file with a quote
+character in it (whose records may span lines) goes to the careful reader from the first chunk that
+holds one, since a chunk cut at a newline might then cut a record in two.
+
+Parquet files are read in record batches of ``batch_size`` rows; a batch whose feature columns do not
+convert to finite numbers is re-read cell by cell through the same careful reader.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from dataclasses import dataclass
+from typing import IO, Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError, UsageError
+from .tabular import Row, RowBatch, TabularColumns, open_rows, read_batches
+
+INSTALL_HINT = "pip install 'lrpcli[arrow]'"
+
+
+def available() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.csv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require(what: str) -> None:
+    if not available():
+        raise UsageError(f"{what} needs pyarrow, which is not installed", hint=INSTALL_HINT)
+
+
+def is_parquet(path: str) -> bool:
+    return str(path).lower().endswith((".parquet", ".pq"))
+
+
+@dataclass
+class ColumnBatch:
+    """Rows that all parsed: their row numbers (header = 1), ids and labels (pyarrow string arrays) and
+    the raw feature values (float64, not yet standardised)."""
+
+    numbers: np.ndarray
+    ids: Any
+    labels: Any | None
+    x: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def take(self, keep: np.ndarray) -> "ColumnBatch":
+        import pyarrow as pa
+
+        index = pa.array(np.flatnonzero(keep))
+        return ColumnBatch(
+            self.numbers[keep], self.ids.take(index), None if self.labels is None else self.labels.take(index), self.x[torch.from_numpy(keep)]
+        )
+
+    def tensor(self, columns: TabularColumns) -> torch.Tensor:
+        x = self.x
+        if columns.mean is not None:
+            x = x - torch.tensor(columns.mean, dtype=torch.float64)
+        if columns.std is not None:
+            x = x / torch.tensor(columns.std, dtype=torch.float64)
+        return x
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Row], columns: TabularColumns) -> "ColumnBatch":
+        import pyarrow as pa
+
+        x = torch.tensor([row.values for row in rows], dtype=torch.float64).reshape(len(rows), len(columns.features))
+        labels = pa.array([row.label for row in rows], pa.string()) if columns.label_col else None
+        return cls(np.array([row.number for row in rows], dtype=np.int64), pa.array([row.id for row in rows], pa.string()), labels, x)
+
+    def to_rows(self) -> RowBatch:
+        ids = self.ids.to_pylist()
+        labels = self.labels.to_pylist() if self.labels is not None else [None] * len(ids)
+        return RowBatch([Row(int(n), i, l, v) for n, i, l, v in zip(self.numbers.tolist(), ids, labels, self.x.tolist())])
+
+
+def _careful(cells: Iterator[list[str]], header: list[str], columns: TabularColumns, batch_size: int, source: str, done: int) -> Iterator[RowBatch]:
+    """The careful reader over ``cells``, numbering rows as if ``done`` rows (the header included) came first."""
+    return read_batches(itertools.chain(itertools.repeat([], done - 1), cells), header, columns, batch_size, source)
+
+
+class _Prefixed(io.RawIOBase):
+    """``prefix`` and then the rest of ``raw``, as one binary stream."""
+
+    def __init__(self, prefix: bytes, raw: IO[bytes]):
+        self.prefix, self.raw = memoryview(prefix), raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if len(self.prefix):
+            n = min(len(buffer), len(self.prefix))
+            buffer[:n] = self.prefix[:n]
+            self.prefix = self.prefix[n:]
+            return n
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class CsvSource:
+    """A CSV file read column-wise; :attr:`header` as :func:`open_rows` reads it."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, path: str, source: str):
+        try:
+            self.raw = open(path, "rb")
+        except OSError as exc:
+            raise InputError(f"cannot read {source}: {exc.strerror}") from exc
+        self.source = source
+        first = self.raw.readline()
+        body = first[:-2] if first.endswith(b"\r\n") else first
+        # a quoted header (maybe spanning lines) or lone \r line ends: the careful reader, all of it
+        self.careful = b'"' in first or b"\r" in body
+        if self.careful:
+            self.raw.seek(0)
+            self.text = io.TextIOWrapper(self.raw, encoding="utf-8", errors="surrogateescape", newline="")
+            self.header, self.reader = open_rows(self.text, source)
+        else:
+            self.header, _ = open_rows(io.StringIO(first.decode("utf-8", "surrogateescape"), newline=""), source)
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def _chunks(self, lines: int) -> Iterator[bytes]:
+        """The file after the header in chunks of ``lines`` lines (cut after a newline byte); what was read
+        beyond the chunk waits in ``self.pending``."""
+        self.pending = b""
+        while True:
+            while self.pending.count(b"\n") < lines:
+                more = self.raw.read(self.BLOCK)
+                if not more:
+                    break
+                self.pending += more
+            if not self.pending:
+                return
+            ends = np.flatnonzero(np.frombuffer(self.pending, dtype=np.uint8) == 10)
+            cut = int(ends[lines - 1]) + 1 if len(ends) >= lines else len(self.pending)
+            chunk, self.pending = self.pending[:cut], self.pending[cut:]
+            yield chunk
+
+    def batches(self, columns: TabularColumns, batch_size: int) -> Iterator[RowBatch | ColumnBatch]:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        header, source = self.header, self.source
+        if self.careful:
+            yield from read_batches(self.reader, header, columns, batch_size, source)
+            return
+        roles = [name for name in (columns.id_col, columns.label_col) if name]
+        if set(roles) & set(columns.features) or len(set(roles)) != len(roles) or "" in header:
+            yield from _careful(csv.reader(io.TextIOWrapper(self.raw, encoding="utf-8", errors="surrogateescape", newline="")), header, columns, batch_size, source, 1)
+            return
+        types = {name: pa.float64() for name in columns.features} | {name: pa.string() for name in roles}
+        read_options = pacsv.ReadOptions(column_names=header, use_threads=False)
+        convert = pacsv.ConvertOptions(
+            include_columns=list(columns.features) + roles, column_types=types, null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False
+        )
+        done = 1  # rows read so far, the header included
+        chunks = self._chunks(batch_size)
+        for chunk in chunks:
+            lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+            if b'"' in chunk or chunk.count(b"\r") != chunk.count(b"\r\n"):
+                rest = io.BufferedReader(_Prefixed(chunk + self.pending, self.raw))
+                text = io.TextIOWrapper(rest, encoding="utf-8", errors="surrogateescape", newline="")
+                yield from _careful(csv.reader(text), header, columns, batch_size, source, done)
+                return
+            batch = None
+            try:
+                table = pacsv.read_csv(io.BytesIO(chunk), read_options=read_options, convert_options=convert)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                table = None
+            if table is not None and table.num_rows == lines:
+                x = np.column_stack([table.column(name).to_numpy() for name in columns.features])
+                if np.isfinite(x).all():
+                    numbers = np.arange(done + 1, done + 1 + lines, dtype=np.int64)
+                    ids = (
+                        table.column(columns.id_col).combine_chunks()
+                        if columns.id_col
+                        else pa.array(numbers - 1).cast(pa.string())
+                    )
+                    labels = table.column(columns.label_col).combine_chunks() if columns.label_col else None
+                    batch = ColumnBatch(numbers, ids, labels, torch.from_numpy(np.ascontiguousarray(x)))
+            if batch is not None:
+                yield batch
+            else:  # this chunk on the careful path: every bad cell named by row and column
+                text = io.StringIO(chunk.decode("utf-8", "surrogateescape"), newline="")
+                yield from _careful(csv.reader(text), header, columns, batch_size, source, done)
+            done += lines
+
+
+class ParquetSource:
+    """A Parquet file read in record batches; its column names are the header."""
+
+    def __init__(self, path: str, source: str):
+        require("Parquet input")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.source = source
+        try:
+            self.file = pq.ParquetFile(path)
+        except OSError as exc:
+            raise InputError(f"cannot read {source}: {exc.strerror or exc}") from exc
+        except (pa.ArrowInvalid, pa.ArrowException) as exc:
+            raise InputError(f"{source}: not a Parquet file ({exc})") from exc
+        self.header = [name.strip() for name in self.file.schema_arrow.names]
+
+    def close(self) -> None:
+        self.file.close()
+
+    def batches(self, columns: TabularColumns, batch_size: int) -> Iterator[RowBatch | ColumnBatch]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        roles = [name for name in (columns.id_col, columns.label_col) if name]
+        used = list(dict.fromkeys(list(columns.features) + roles))
+        names = self.file.schema_arrow.names
+        raw = [names[self.header.index(name)] for name in used]
+        done = 1
+        try:
+            for record in self.file.iter_batches(batch_size=batch_size, columns=raw):
+                n = record.num_rows
+                numbers = np.arange(done + 1, done + 1 + n, dtype=np.int64)
+                batch = None
+                try:
+                    cols = [record.column(raw[used.index(name)]) for name in columns.features]
+                    if all(c.null_count == 0 for c in cols):
+                        x = np.column_stack([pc.cast(c, pa.float64()).to_numpy(zero_copy_only=False) for c in cols]) if n else np.zeros((0, len(cols)))
+                        if np.isfinite(x).all():
+                            text = lambda name: pc.cast(record.column(raw[used.index(name)]), pa.string())  # noqa: E731
+                            ids = text(columns.id_col) if columns.id_col else pa.array(numbers - 1).cast(pa.string())
+                            if ids.null_count:
+                                ids = pc.fill_null(ids, "")
+                            labels = text(columns.label_col) if columns.label_col else None
+                            batch = ColumnBatch(numbers, ids, labels, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                    batch = None
+                if batch is not None:
+                    yield batch
+                else:
+                    yield from _careful(_cells(record, raw), used, columns, batch_size, self.source, done)
+                done += n
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise InputError(f"{self.source}: cannot read the Parquet data ({exc})") from exc
+
+
+def _cells(record: Any, names: list[str]) -> Iterator[list[str]]:
+    """A record batch as rows of text cells (the careful reader's input); nulls are empty cells."""
+    columns = [record.column(name).to_pylist() for name in names]
+    for values in zip(*columns):
+        yield ["" if v is None else (repr(v) if isinstance(v, float) else str(v)) for v in values]
+
+
+def open_source(path: str, source: str) -> CsvSource | ParquetSource:
+    return ParquetSource(path, source) if is_parquet(path) else CsvSource(path, source)
+
+
+class ArrowWriter:
+    """Result columns written in bulk: CSV (pyarrow formats the numbers, Python's csv module the header)
+    or Parquet. Relevance, logits and predictions computed in float32 (or narrower) are written as
+    float32, so the CSV shows each as the shortest text that reads back to the same float32 (today's
+    ``.9g`` texts read back to the same float32 too); relevance_sum is written in float64."""
+
+    def __init__(self, handle: IO[str], fmt: str, fields: list[str], relevance_names: list[str], classes: list[str] | None, narrow: bool):
+        self.handle, self.fmt, self.fields, self.relevance_names, self.classes = handle, fmt, fields, relevance_names, classes
+        self.narrow = narrow and fmt == "csv"
+        self.parquet = None
+        if fmt == "csv":
+            csv.writer(handle, lineterminator="\n").writerow(fields)
+            handle.flush()
+
+    def write(self, columns: dict[str, Any]) -> None:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        real = pa.float32() if self.narrow else pa.float64()
+        arrays = []
+        for name in self.fields:
+            value = columns[name]
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                value = pa.array(value, pa.float64() if name == "relevance_sum" else real)
+            elif isinstance(value, np.ndarray):
+                value = pa.array(value, pa.int64())
+            arrays.append(value)
+        table = pa.Table.from_arrays(arrays, names=self.fields)
+        if self.fmt == "parquet":  # one row group per ~64k rows: a row group per small batch writes slowly
+            if self.parquet is None:
+                import pyarrow.parquet as pq
+
+                self.handle.flush()
+                self.parquet, self.held = pq.ParquetWriter(self.handle.buffer, table.schema), []
+            self.held.append(table)
+            if sum(t.num_rows for t in self.held) >= self.ROW_GROUP:
+                self._flush_parquet()
+            return
+        buffer = io.BytesIO()
+        try:
+            pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+            text = buffer.getvalue().decode("utf-8", "surrogateescape")
+        except pa.ArrowInvalid:  # a cell that needs quotes: Python's csv module for this batch
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            data = [a.to_pylist() for a in arrays]
+            writer.writerows([(format(v, ".9g") if type(v) is float else ("" if v is None else v)) for v in row] for row in zip(*data))
+            text = out.getvalue()
+        self.handle.write(text)
+        self.handle.flush()
+
+    ROW_GROUP = 65536
+
+    def _flush_parquet(self) -> None:
+        import pyarrow as pa
+
+        if self.held:
+            self.parquet.write_table(pa.concat_tables(self.held), row_group_size=self.ROW_GROUP)
+            self.held = []
+
+    def close(self) -> None:
+        if self.parquet is not None:
+            self._flush_parquet()
+            self.parquet.close()
+            self.handle.buffer.flush()
