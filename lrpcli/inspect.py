@@ -128,6 +128,21 @@ def inspect_model(model: Any, example: torch.Tensor, composite: Any = "epsilon_p
     )
 
 
+def composites_text() -> str:
+    """What ``lrp composites`` prints; the CLI prints the copy in ``rules/composites.txt`` (no torch to import;
+    tests/test_registry.py holds the two equal, ``python -m lrpcli.rules`` writes it again)."""
+    from .composite import builtin_names
+
+    lines = []
+    for name in builtin_names():
+        summary = composite_summary(name)
+        lines.append(f"{name}: {summary['description']}")
+        lines += [f"    {rule}" for rule in summary["rules"]]
+        params = ", ".join(f"{k}={v}" for k, v in summary["params"].items())
+        lines.append(f"    params: {params}; canonizers: {', '.join(summary['canonizers']) or '-'}")
+    return "\n".join(lines) + "\n"
+
+
 def composite_summary(composite: Any) -> dict[str, Any]:
     """A built-in's rules per layer type and its parameters (for `lrp composites`)."""
     comp = load_composite(composite)

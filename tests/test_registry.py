@@ -139,3 +139,16 @@ def test_the_rules_listing_lrp_rules_prints_is_the_registry_s():
     listing = Path(__file__).resolve().parents[1] / "lrpcli" / "rules" / "rules.txt"
     assert listing.read_text(encoding="utf-8") == rules_text(), "run `python -m lrpcli.rules` to write it again"
     assert CliRunner().invoke(main, ["rules"]).output == rules_text()
+
+
+def test_the_composites_listing_lrp_composites_prints_is_the_built_ins():
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from lrpcli.cli import main
+    from lrpcli.inspect import composites_text
+
+    listing = Path(__file__).resolve().parents[1] / "lrpcli" / "rules" / "composites.txt"
+    assert listing.read_text(encoding="utf-8") == composites_text(), "run `python -m lrpcli.rules` to write it again"
+    assert CliRunner().invoke(main, ["composites"]).output == composites_text()

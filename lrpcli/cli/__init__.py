@@ -161,16 +161,10 @@ def composites(ctx: click.Context) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ..composite import builtin_names
-    from ..inspect import composite_summary
+    from pathlib import Path
 
-    for name in builtin_names():
-        summary = composite_summary(name)
-        click.echo(f"{name}: {summary['description']}")
-        for rule in summary["rules"]:
-            click.echo(f"    {rule}")
-        params = ", ".join(f"{k}={v}" for k, v in summary["params"].items())
-        click.echo(f"    params: {params}; canonizers: {', '.join(summary['canonizers']) or '-'}")
+    listing = Path(__file__).resolve().parent.parent / "rules" / "composites.txt"  # no torch: see composites_text()
+    click.echo(listing.read_text(encoding="utf-8"), nl=False)
 
 
 @composites.command("show")

@@ -1,10 +1,13 @@
-"""``python -m lrpcli.rules``: write rules.txt, the listing ``lrp rules`` prints without importing torch."""
+"""``python -m lrpcli.rules``: write rules.txt and composites.txt, the listings ``lrp rules`` and
+``lrp composites`` print without importing torch."""
 
 from pathlib import Path
 
+from ..inspect import composites_text
 from . import rules_text
 
 if __name__ == "__main__":
-    target = Path(__file__).resolve().parent / "rules.txt"
-    target.write_text(rules_text(), encoding="utf-8")
-    print(f"wrote {target}")
+    here = Path(__file__).resolve().parent
+    for name, text in (("rules.txt", rules_text()), ("composites.txt", composites_text())):
+        (here / name).write_text(text, encoding="utf-8")
+        print(f"wrote {here / name}")
