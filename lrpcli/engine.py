@@ -74,6 +74,24 @@ class Explanation:
     #: with layers=[...]: the relevance at the output of each named layer (module path or node name)
     layer_maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def heatmap(self, index: int = 0, cmap: str = "bwr", path: str | Path | None = None) -> "np.ndarray":
+        """Sample ``index``'s relevance as an RGB image (H, W, 3, uint8; channels summed, red for and blue
+        against the target, scaled to its own largest |R|), the picture `lrp explain` writes; saved as a PNG
+        too where ``path`` is given."""
+        import numpy as np
+
+        from .render import heatmap_rgb, png_bytes
+
+        relevance = self.relevance[index].detach().double().cpu().numpy()
+        if relevance.ndim not in (2, 3):
+            raise UsageError(f"a heatmap needs an image's relevance (C, H, W), got shape {relevance.shape}")
+        image = np.ascontiguousarray(heatmap_rgb(relevance, cmap))
+        if path is not None:
+            from .outputs import write_atomic
+
+            write_atomic(Path(path), png_bytes(image))
+        return image
+
 
 def explain(
     model: Any,

@@ -212,3 +212,23 @@ def test_the_api_names_common_mistakes():
     with pytest.raises(ModelError) as caught:
         explain(model, torch.rand(3, 32, 32))  # one image without its batch dimension
     assert "x[None]" in caught.value.hint
+
+
+def test_the_result_draws_the_heatmap_lrp_explain_writes(tmp_path):
+    """Explanation.heatmap(): red where the channel-summed relevance is positive, blue where negative, white at 0."""
+    import numpy as np
+    from PIL import Image
+
+    from lrpcli.architectures import MiniVGG
+
+    torch.manual_seed(0)
+    result = explain(MiniVGG(width=4).eval(), torch.rand(2, 3, 32, 32), "epsilon")
+    image = result.heatmap(1, path=tmp_path / "h.png")
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "h.png").convert("RGB")), image)
+    summed = result.relevance[1].sum(0).numpy()
+    strongest = np.unravel_index(np.abs(summed).argmax(), summed.shape)
+    r, g, b = image[strongest].astype(int)
+    assert (r > b) if summed[strongest] > 0 else (b > r)
+    with pytest.raises(UsageError):
+        explain(torch.nn.Linear(4, 2), torch.rand(1, 4), "epsilon").heatmap()
