@@ -7,6 +7,7 @@ keeps the captured and prepared graph between batches (what the CLI uses).
 from __future__ import annotations
 
 import dataclasses
+import json
 import operator
 import weakref
 from dataclasses import dataclass, field
@@ -127,6 +128,11 @@ def explain(
 
 # A captured graph is reused while the model's parameters are the same tensors at the same version.
 _CAPTURED: "weakref.WeakKeyDictionary[Any, dict[Any, Graph]]" = weakref.WeakKeyDictionary()
+# A prepared graph (canonized, rules assigned) per captured graph and composite is shared by Explainers, so
+# that explain() called in a loop does not canonize again each time: kept on the captured graph object itself
+# (its attribute _PREPARED, not a field: derived graphs made by dataclasses.replace do not carry it), so it
+# lives as long as that graph.
+_PREPARED = "_lrpcli_prepared"
 
 
 def _fingerprint(model: Any) -> tuple:
@@ -224,12 +230,17 @@ class Explainer:
         key = (id(raw), x.device, x.dtype, self.float_dtype)
         hit = self._prepared.get(key)
         if hit is None or hit[0] is not raw:  # (an id can be reused once a recaptured graph replaced its raw graph)
-            graph = prune_dead(canonize(raw, self.composite.canonizers))
-            _check_supported(graph)
             # constants follow float inputs; with token ids, the weights' dtype unless float_dtype says otherwise
             dtype = x.dtype if x.is_floating_point() else (self.float_dtype or _model_dtype(self.model))
-            graph = keep_pool_indices(graph).to(x.device, dtype)
-            hit = self._prepared[key] = (raw, graph, self.composite.assign(graph))
+            shared_key = (json.dumps(self.composite.to_dict(), sort_keys=True, default=str), str(x.device), str(dtype))
+            shared = vars(raw).setdefault(_PREPARED, {})
+            prepared = shared.get(shared_key)
+            if prepared is None:
+                graph = prune_dead(canonize(raw, self.composite.canonizers))
+                _check_supported(graph)
+                graph = keep_pool_indices(graph).to(x.device, dtype)
+                prepared = shared[shared_key] = (graph, self.composite.assign(graph))
+            hit = self._prepared[key] = (raw, *prepared)
         return hit[1], hit[2]
 
     def forward(self, x: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -232,3 +232,20 @@ def test_the_result_draws_the_heatmap_lrp_explain_writes(tmp_path):
     assert (r > b) if summed[strongest] > 0 else (b > r)
     with pytest.raises(UsageError):
         explain(torch.nn.Linear(4, 2), torch.rand(1, 4), "epsilon").heatmap()
+
+
+def test_explain_in_a_loop_prepares_the_graph_once_per_composite(monkeypatch):
+    from lrpcli import engine as engine_module
+    from lrpcli.architectures import MiniVGG
+
+    calls = []
+    original = engine_module.canonize
+    monkeypatch.setattr(engine_module, "canonize", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model, x = MiniVGG(width=4).eval(), torch.rand(1, 3, 32, 32)
+    first = explain(model, x, "epsilon")
+    for _ in range(3):
+        again = explain(model, x, "epsilon")
+    assert len(calls) == 1
+    torch.testing.assert_close(again.relevance, first.relevance, rtol=0, atol=0)
+    other = explain(model, x, "epsilon", params={"epsilon": 0.5})  # another composite: prepared anew
+    assert len(calls) == 2 and not torch.equal(other.relevance, first.relevance)
