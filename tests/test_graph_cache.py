@@ -105,3 +105,17 @@ def test_the_cli_caches_by_the_weights_and_no_cache_turns_it_off(cache, tmp_path
     save_torchscript(minivgg(seed=1), tmp_path / "m.ts")  # other weights, same file name: another entry
     assert lrp("explain", tmp_path / "m.ts", tmp_path / "imgs", "-q", out=tmp_path / "o2").code == 0
     assert len(list(cache.glob("*.json"))) == 2
+
+
+def test_lrp_evaluate_uses_the_cache_too(cache, tmp_path, monkeypatch):
+    save_torchscript(minivgg(), tmp_path / "m.ts")
+    for i in range(2):
+        write_image(tmp_path / "imgs" / f"a{i}.png", 5 + i)
+    args = ["evaluate", tmp_path / "m.ts", tmp_path / "imgs", "--steps", "2", "--baseline", "none", "-q"]
+    assert lrp(*args, out=tmp_path / "e1").code == 0
+    assert len(list(cache.glob("*.json"))) == 1
+    calls = _counting_capture(monkeypatch)
+    engine_module._CAPTURED.clear()
+    assert lrp(*args, out=tmp_path / "e2").code == 0
+    assert calls == []  # the second evaluation loaded the graph
+    assert (tmp_path / "e1" / "evaluation.csv").read_text() == (tmp_path / "e2" / "evaluation.csv").read_text()

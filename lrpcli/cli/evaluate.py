@@ -156,6 +156,7 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         keep_relevance=bool(options["save_arrays"]),
         device=device,
     )
+    _use_graph_cache(evaluator, model, spec, options)
 
     import time
 
@@ -267,6 +268,7 @@ def _evaluate_texts(model: str, spec: Any, inputs: tuple[str, ...], options: dic
         mask_name=mask_input(loaded, spec.input.get("mask") if spec else None),
         device=resolve_device(options["device"]),
     )
+    _use_graph_cache(evaluator, model, spec, options)
     started = time.perf_counter()
     with progress("evaluating texts", None, options["quiet"]) as advance:
         for ids, attention, units, names, planted in text_batches(inputs[0], spec, options, tokenizer, evaluator.scorer.model, options["batch_size"] or 32):
@@ -285,6 +287,15 @@ def _evaluate_texts(model: str, spec: Any, inputs: tuple[str, ...], options: dic
     if not options["quiet"]:
         _print_table(result, options["score"])
         info(f"evaluated {len(result.names)} text(s) with {len(result.methods)} method(s) in {seconds:.1f}s -> {', '.join(written)}")
+
+
+def _use_graph_cache(evaluator: Any, model: str, spec: Any, options: dict[str, Any]) -> None:
+    """The evaluation's explainers load the model's graph from the disk cache, as lrp explain's do."""
+    from .options import cache_id
+
+    identity = cache_id(model, spec, options)
+    for explainer in [evaluator.scorer] + [m.explainer for m in evaluator.methods.values() if m.explainer is not None]:
+        explainer.cache_id = identity
 
 
 def _baselines(given: tuple[str, ...], resolve: Any, registry: Any) -> list[str]:
