@@ -126,11 +126,42 @@ def png_bytes(image: np.ndarray, palette: np.ndarray | None = None, compress_lev
     return buffer.getvalue()
 
 
-def save_heatmap(path: Path, relevance: np.ndarray, pixels: np.ndarray | None = None, cmap: str = "bwr", overlay: bool = False) -> None:
-    """Write a heatmap (or an overlay on ``pixels``) as PNG, atomically."""
+LEGEND_BAR = 10  # pixels: the colour bar under a heatmap with --legend, then a line of its scale
+
+
+def legend_strip(width: int, cmap: str, scale: float) -> np.ndarray:
+    """A white strip (rows, width, 3) with the colour bar from -scale to +scale and the three values under it:
+    with it, heatmaps scaled to their own largest |R| can be read and compared."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    palette = _palette(COLORMAPS.resolve(cmap))
+    columns = colour_indices(np.linspace(0.0, 1.0, width), len(palette) - 1)
+    font = ImageFont.load_default()
+    text_height = 12
+    strip = Image.new("RGB", (width, LEGEND_BAR + text_height + 4), "white")
+    strip.paste(Image.fromarray(np.repeat(palette[columns][None], LEGEND_BAR, axis=0).astype(np.uint8)), (0, 2))
+    draw = ImageDraw.Draw(strip)
+    labels = (f"-{scale:.3g}", "0", f"+{scale:.3g}")
+    for label, anchor_x in zip(labels, (0.0, 0.5, 1.0)):
+        left, _, right, _ = draw.textbbox((0, 0), label, font=font)
+        x = min(max(0, int(anchor_x * width - (right - left) * anchor_x)), max(0, width - (right - left)))
+        draw.text((x, LEGEND_BAR + 3), label, fill="black", font=font)
+    return np.asarray(strip)
+
+
+def save_heatmap(
+    path: Path, relevance: np.ndarray, pixels: np.ndarray | None = None, cmap: str = "bwr", overlay: bool = False, legend: bool = False
+) -> None:
+    """Write a heatmap (or an overlay on ``pixels``) as PNG, atomically; ``legend`` adds the colour bar and its scale."""
     from .outputs import write_atomic
 
     level = 1  # one of thousands of files: encoding speed matters more than the last few hundred bytes
+    if legend:
+        image = enlarge(overlay_rgb(relevance, pixels, cmap) if overlay and pixels is not None else heatmap_rgb(relevance, cmap))
+        scale = float(np.abs(relevance_map(relevance)).max())
+        image = np.concatenate([image, legend_strip(image.shape[1], cmap, scale)], axis=0)
+        write_atomic(path, png_bytes(np.ascontiguousarray(image), compress_level=level))
+        return
     if overlay and pixels is not None:
         data = png_bytes(enlarge(overlay_rgb(relevance, pixels, cmap)), compress_level=level)
     else:

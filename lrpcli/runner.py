@@ -110,6 +110,7 @@ class ImageRunOptions:
     overwrite: bool = False  # replace another model's / composite's results in ``out``
     model_sha256: str = ""  # recorded in the manifest, so a resume checks it is the same model
     layers: tuple[str, ...] = ()  # inner layers whose relevance maps go to OUT/layers/<layer>/<input>.npy
+    legend: bool = False  # a colour bar with the heatmap's scale under each heatmap
 
 
 @dataclass
@@ -296,6 +297,7 @@ def result_settings(preprocessing: Preprocessing, options: ImageRunOptions, targ
         "--no-arrays": not options.arrays,
         "--classes": fingerprint(classes)[:16] if classes else None,
         **({"--layers": ",".join(options.layers)} if options.layers else {}),
+        **({"--legend": True} if options.legend and options.heatmaps else {}),
     }
 
 
@@ -541,7 +543,7 @@ def _save_outputs(relevance: np.ndarray, pixels: np.ndarray, array_path: Path | 
     if array_path is not None:
         save_array(array_path, relevance)
     if heatmap_path is not None:
-        save_heatmap(heatmap_path, relevance, pixels, options.cmap, options.overlay)
+        save_heatmap(heatmap_path, relevance, pixels, options.cmap, options.overlay, options.legend)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -975,3 +975,24 @@ def test_layers_writes_inner_relevance_maps_that_conserve_on_a_bias_free_net(tmp
             assert relevance_map.sum() == pytest.approx(float(row["logit"]), rel=1e-5)
     wrong = lrp("explain", tmp_path / "m.ts", tmp_path / "imgs", "--layers", "features.33", out=tmp_path / "o2")
     assert wrong.code == 2 and "--layers: no layer 'features.33'" in wrong.stderr
+
+
+def test_legend_adds_a_colour_bar_from_minus_to_plus_the_heatmap_s_scale(tmp_path):
+    from cli_support import minivgg, save_torchscript
+    from lrpcli.render import LEGEND_BAR, _palette
+
+    save_torchscript(minivgg(), tmp_path / "m.ts")
+    write_image(tmp_path / "imgs" / "a.png", 9)
+    plain = lrp("explain", tmp_path / "m.ts", tmp_path / "imgs", "-q", out=tmp_path / "plain")
+    legend = lrp("explain", tmp_path / "m.ts", tmp_path / "imgs", "-q", "--legend", out=tmp_path / "legend")
+    assert plain.code == 0 and legend.code == 0, legend.stderr
+    without = np.asarray(Image.open(tmp_path / "plain" / "heatmaps" / "a.png").convert("RGB"))
+    with_bar = np.asarray(Image.open(tmp_path / "legend" / "heatmaps" / "a.png").convert("RGB"))
+    height = without.shape[0]
+    assert with_bar.shape[1] == without.shape[1] and with_bar.shape[0] > height + LEGEND_BAR
+    np.testing.assert_array_equal(with_bar[:height], without)  # the heatmap itself is unchanged
+    palette = _palette("bwr")
+    bar = with_bar[height + 2 + LEGEND_BAR // 2]
+    np.testing.assert_array_equal(bar[0], palette[0])  # -max |R| at the left
+    np.testing.assert_array_equal(bar[-1], palette[-2])  # +max |R| at the right (the last entry is the NaN colour)
+    assert json.loads((tmp_path / "legend" / "run.json").read_text())["arguments"]["legend"] is True

@@ -58,6 +58,7 @@ Examples:
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
 @click.option("--cmap", default="bwr", show_default=True, help="Heatmap colour map: bwr, seismic, coldnhot, gray, coolwarm, ...")
 @click.option("--overlay", is_flag=True, help="Draw heatmaps over the (grey) input image.")
+@click.option("--legend", is_flag=True, help="Add a colour bar with the heatmap's scale (-max |R| .. +max |R|) under each heatmap.")
 @click.option("--no-heatmaps", is_flag=True, help="Write no PNG heatmaps.")
 @click.option("--no-arrays", is_flag=True, help="Write no .npy relevance arrays.")
 @click.option("--layers", metavar="NAME,...", help="Images: also write the relevance at these inner layers' outputs (module paths, see `lrp inspect`) to OUT/layers/<layer>/<input>.npy.")
@@ -156,6 +157,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         shard=shard,
         overwrite=options["overwrite"],
         layers=tuple(name.strip() for name in (options["layers"] or "").split(",") if name.strip()),
+        legend=options["legend"],
     )
     weights = spec.model if spec else Path(model)
     run_options.model_sha256 = file_hash(weights)
