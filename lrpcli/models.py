@@ -277,13 +277,19 @@ def model_tensors(model: Any) -> list[torch.Tensor]:
     return [t for t in model.state_dict(keep_vars=True).values() if isinstance(t, torch.Tensor)]
 
 
-def saved_input_shape(model: Any) -> tuple[int, ...] | None:
-    """One input's shape (without the batch) where a saved program fixes it, e.g. (3, 224, 224); else None."""
+def saved_input(model: Any) -> Any:
+    """The (fake) tensor a saved program's first user input was exported with: its shape, dtype and
+    which dims are symbolic; None for other model forms."""
     if not isinstance(model, torch.export.ExportedProgram):
         return None
     users = {spec.arg.name for spec in model.graph_signature.input_specs if spec.kind.name == "USER_INPUT"}
     first = next((n for n in model.graph.nodes if n.op == "placeholder" and n.name in users), None)
-    value = first.meta.get("val") if first is not None else None
+    return first.meta.get("val") if first is not None else None
+
+
+def saved_input_shape(model: Any) -> tuple[int, ...] | None:
+    """One input's shape (without the batch) where a saved program fixes it, e.g. (3, 224, 224); else None."""
+    value = saved_input(model)
     if value is None or not value.is_floating_point() or not all(isinstance(s, int) for s in value.shape[1:]):
         return None
     return tuple(int(s) for s in value.shape[1:])
@@ -292,12 +298,9 @@ def saved_input_shape(model: Any) -> tuple[int, ...] | None:
 def input_channels(model: Any) -> int | None:
     """How many channels the model's image input has: a saved program's input signature, else the first
     4-D weight (the first convolution's (out, in, kh, kw)); None where neither says."""
-    if isinstance(model, torch.export.ExportedProgram):
-        users = {spec.arg.name for spec in model.graph_signature.input_specs if spec.kind.name == "USER_INPUT"}
-        first = next((n for n in model.graph.nodes if n.op == "placeholder" and n.name in users), None)
-        value = first.meta.get("val") if first is not None else None
-        if value is not None and value.ndim == 4 and isinstance(value.shape[1], int):
-            return int(value.shape[1])
+    value = saved_input(model)
+    if value is not None and value.ndim == 4 and isinstance(value.shape[1], int):
+        return int(value.shape[1])
     weight = next((t for t in model_tensors(model) if t.is_floating_point() and t.ndim == 4), None)
     return int(weight.shape[1]) if weight is not None else None
 

@@ -17,6 +17,7 @@ import torch
 from .data.text import Encoded, TextRecord, TextTokenizer, batch_length, pad_batch
 from .engine import Explainer
 from .errors import InputError
+from .models import saved_input
 from .runner import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 from .text_output import token_entries, top_words, word_entries
 
@@ -65,18 +66,11 @@ def mask_input(model: Any, requested: str | None = None) -> str | None:
 
 def fixed_length(model: Any) -> int | None:
     """The sequence length a saved program was exported for, if it fixes one (else any length will do)."""
-    if not isinstance(model, torch.export.ExportedProgram):
-        return None
-    first = next((n for n in model.graph.nodes if n.op == "placeholder" and n.name in _user_inputs(model)), None)
-    value = first.meta.get("val") if first is not None else None
+    value = saved_input(model)
     if value is None or value.ndim < 2:
         return None
     length = value.shape[1]
     return int(length) if isinstance(length, int) else None
-
-
-def _user_inputs(model: torch.export.ExportedProgram) -> set[str]:
-    return {spec.arg.name for spec in model.graph_signature.input_specs if spec.kind.name == "USER_INPUT"}
 
 
 def batches(records: Iterable[TextRecord], size: int) -> Iterator[list[TextRecord]]:
