@@ -1,4 +1,4 @@
-"""``OUT/report.html``: the static page of an image run (lrpcli/report.py, ``lrp report``, the hook in ``lrp explain``)."""
+"""``OUT/report.html``: the static page of an image run (lrpcli/report/, ``lrp report``, the hook in ``lrp explain``)."""
 
 from __future__ import annotations
 
