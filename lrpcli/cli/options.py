@@ -99,6 +99,14 @@ on_error_option = click.option(
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 
 
+def report_option(default_where: str):
+    """``--report FILE``: where the run's static HTML report page goes (one meaning in every command)."""
+    return click.option("--report", "report_path", metavar="FILE", help=f"Write the run's HTML report page to FILE (default: {default_where}).")
+
+
+no_report_option = click.option("--no-report", is_flag=True, help="Write no HTML report page.")
+
+
 def target_option(choices: str = "pred (default), a class index, a class name, or all"):
     return click.option("-t", "--target", help=f"Which output to explain: {choices}.")
 
