@@ -9,15 +9,14 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cli_support import lrp, minivgg, read_csv, save_torchscript, write_image
-
-CHROMIUM = Path("/usr/bin/chromium")
+from report_browser import Watched, browser  # noqa: F401  (browser is a fixture)
 
 
 # --------------------------------------------------------------------------- runs
@@ -143,37 +142,6 @@ def test_a_failure_to_write_the_page_is_a_warning(world, tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- in a browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-background-networking"])
-        yield browser
-        browser.close()
-
-
-class Watched:
-    """A page that records every request and every console error."""
-
-    def __init__(self, browser):
-        self.page = browser.new_page(viewport={"width": 1100, "height": 800})
-        self.requests: list[str] = []
-        self.errors: list[str] = []
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-
-    def open(self, out: Path) -> None:
-        self.page.goto((out / "report.html").resolve().as_uri())
-        self.page.wait_for_selector(".card")
-
-    def outside(self, out: Path) -> list[str]:
-        root = os.path.realpath(out) + os.sep
-        return [u for u in self.requests if urlparse(u).scheme != "file" or not os.path.realpath(unquote(urlparse(u).path)).startswith(root)]
 
 
 def test_page_in_a_browser(world, browser, tmp_path):
