@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .data import columnar
-from .data.tabular import RowBatch, TabularColumns, open_csv, open_rows, read_batches
+from .data.tabular import RowBatch, TabularColumns, open_rows, read_batches
 from .engine import Explainer
 from .errors import InputError
 from .models import model_tensors
@@ -113,24 +113,24 @@ def explain_rows(
     progress: Callable[[int], None] | None = None,
     path: str | None = None,
 ) -> RowReport:
-    """Explain every row of a CSV stream and write one result row per input row and target.
+    """Explain every row of a table and write one result row per input row and target.
 
-    With ``path`` (a CSV or Parquet file, not stdin) and pyarrow installed, rows are read, and CSV or
-    Parquet results written, column-wise (:mod:`lrpcli.data.columnar`); a chunk of rows with a bad cell
-    in it is re-read by the careful reader, so every error still names its row and column."""
+    The rows come from ``path`` (a CSV, JSON-lines or Parquet file, or ``-`` for stdin: CSV, or JSON
+    lines when its first line opens an object) or else from ``source_handle`` (CSV text). With pyarrow
+    installed, rows from ``path`` are read, and CSV or Parquet results written, column-wise
+    (:mod:`lrpcli.data.columnar`); a chunk of rows with a bad cell in it is re-read by the careful
+    reader, so every error still names its row (or line) and column."""
     with contextlib.ExitStack() as stack:
         if path is not None and columnar.is_parquet(path):
             columnar.require("Parquet input")
         if fmt == "parquet":
             columnar.require("Parquet output (--format parquet / -o *.parquet)")
-        if path is not None and columnar.available():
+        if path is not None:
             table = columnar.open_source(path, source)
             stack.callback(table.close)
             header = table.header
             batches = lambda columns: table.batches(columns, batch_size)  # noqa: E731
         else:
-            if source_handle is None:
-                source_handle = stack.enter_context(open_csv(path))
             header, reader = open_rows(source_handle, source)
             batches = lambda columns: read_batches(reader, header, columns, batch_size, source)  # noqa: E731
         return _explain_rows(
@@ -161,7 +161,8 @@ def _explain_rows(
         raise InputError(
             f"{source}: {len(columns.features)} feature columns ({', '.join(columns.features[:8])}"
             f"{', ...' if len(columns.features) > 8 else ''}) but the model takes {width}",
-            hint="choose the model's columns with --features, or leave out others with --drop / --id-col / --label-col",
+            hint="choose the model's columns with --features, or leave out others with --drop / --id-col / --label-col"
+            + ("; for texts give --tokenizer and --text-col" if source.lower().endswith((".jsonl", ".ndjson")) else ""),
         )
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     writer = RowWriter(output, fmt, columns, top_k, classes) if fmt == "jsonl" or not (fast or fmt == "parquet") else None

@@ -102,15 +102,15 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     spec = load_spec(model) if is_spec(model) else None
     from .text import explain_text, is_text_run
 
-    text_suffixes = (".txt", ".jsonl", ".ndjson")
-    if is_text_run(spec, options) or any(str(i).lower().endswith(text_suffixes) for i in inputs):
+    # .jsonl holds texts for a text model (its spec, --tokenizer or --text-col), else rows of features
+    if is_text_run(spec, options) or any(str(i).lower().endswith(".txt") for i in inputs):
         if len(inputs) != 1:
             raise UsageError("give one file of texts (or - for stdin)")
         explain_text(model, spec, inputs[0], options)
         return
-    tabular = [i for i in inputs if str(i).lower().endswith((".csv", ".parquet")) or str(i) == "-"]
+    tabular = [i for i in inputs if str(i).lower().endswith((".csv", ".parquet", ".pq", ".jsonl", ".ndjson")) or str(i) == "-"]
     if tabular and len(inputs) > 1:
-        raise UsageError("give one CSV file (or - for stdin), or image inputs, not several or both")
+        raise UsageError("give one CSV, JSON-lines or Parquet file (or - for stdin), or image inputs, not several or both")
     for flag in ("tokenizer", "text_col", "max_length", "html"):
         if options.get(flag):
             raise UsageError(f"--{flag.replace('_', '-')} applies to texts", hint="a text model's spec says input: {kind: text}; or give --tokenizer")

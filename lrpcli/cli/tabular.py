@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ def _names(value: str | None) -> list[str] | None:
 
 
 def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> None:
-    from ..data.tabular import open_csv
     from ..errors import InputError, UsageError
     from ..models import load_class_names
     from ..outputs import atomic_text
@@ -68,15 +66,12 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
         raise InputError(f"input not found: {source}")
     if fmt == "parquet" and not out and sys.stdout.isatty():
         raise UsageError("Parquet results are binary: give -o FILE.parquet or redirect stdout")
-    # a file is read by path (column-wise when pyarrow is installed); stdin row by row, as it arrives
-    with contextlib.ExitStack() as stack:
-        handle = stack.enter_context(open_csv(source)) if source == "-" else None
-        path = None if source == "-" else source
-        if out:
-            with atomic_text(Path(out)) as target:  # streamed to a temporary file, renamed at the end
-                report = explain_rows(explainer, handle, name, target, path=path, **kwargs)
-        else:
-            report = explain_rows(explainer, handle, name, sys.stdout, path=path, **kwargs)
+    # read by path, stdin too (column-wise when pyarrow is installed; stdin as its lines arrive)
+    if out:
+        with atomic_text(Path(out)) as target:  # streamed to a temporary file, renamed at the end
+            report = explain_rows(explainer, None, name, target, path=source, **kwargs)
+    else:
+        report = explain_rows(explainer, None, name, sys.stdout, path=source, **kwargs)
     for line in report.notes:
         note(line)
     if not options["quiet"]:

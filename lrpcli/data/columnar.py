@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import sys
 from dataclasses import dataclass
 from typing import IO, Any, Iterator, Sequence
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, UsageError
+from .chunks import LineChunks
 from .tabular import Row, RowBatch, TabularColumns, open_rows, read_batches
 
 INSTALL_HINT = "pip install 'lrpcli[arrow]'"
@@ -95,67 +97,19 @@ def _careful(cells: Iterator[list[str]], header: list[str], columns: TabularColu
     return read_batches(itertools.chain(itertools.repeat([], done - 1), cells), header, columns, batch_size, source)
 
 
-class _Prefixed(io.RawIOBase):
-    """``prefix`` and then the rest of ``raw``, as one binary stream."""
-
-    def __init__(self, prefix: bytes, raw: IO[bytes]):
-        self.prefix, self.raw = memoryview(prefix), raw
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if len(self.prefix):
-            n = min(len(buffer), len(self.prefix))
-            buffer[:n] = self.prefix[:n]
-            self.prefix = self.prefix[n:]
-            return n
-        data = self.raw.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
 class CsvSource:
-    """A CSV file read column-wise; :attr:`header` as :func:`open_rows` reads it."""
+    """CSV rows read column-wise from ``lines`` (a file or stdin) whose first line, ``first``, is the
+    header; :attr:`header` as :func:`open_rows` reads it. Without pyarrow every row takes the careful path."""
 
-    BLOCK = 1 << 20
-
-    def __init__(self, path: str, source: str):
-        try:
-            self.raw = open(path, "rb")
-        except OSError as exc:
-            raise InputError(f"cannot read {source}: {exc.strerror}") from exc
-        self.source = source
-        first = self.raw.readline()
+    def __init__(self, lines: LineChunks, first: bytes, source: str):
+        self.lines, self.source = lines, source
         body = first[:-2] if first.endswith(b"\r\n") else first
         # a quoted header (maybe spanning lines) or lone \r line ends: the careful reader, all of it
-        self.careful = b'"' in first or b"\r" in body
+        self.careful = b'"' in first or b"\r" in body or not available()
         if self.careful:
-            self.raw.seek(0)
-            self.text = io.TextIOWrapper(self.raw, encoding="utf-8", errors="surrogateescape", newline="")
-            self.header, self.reader = open_rows(self.text, source)
+            self.header, self.reader = open_rows(self.lines.rest(first), source)
         else:
             self.header, _ = open_rows(io.StringIO(first.decode("utf-8", "surrogateescape"), newline=""), source)
-
-    def close(self) -> None:
-        self.raw.close()
-
-    def _chunks(self, lines: int) -> Iterator[bytes]:
-        """The file after the header in chunks of ``lines`` lines (cut after a newline byte); what was read
-        beyond the chunk waits in ``self.pending``."""
-        self.pending = b""
-        while True:
-            while self.pending.count(b"\n") < lines:
-                more = self.raw.read(self.BLOCK)
-                if not more:
-                    break
-                self.pending += more
-            if not self.pending:
-                return
-            ends = np.flatnonzero(np.frombuffer(self.pending, dtype=np.uint8) == 10)
-            cut = int(ends[lines - 1]) + 1 if len(ends) >= lines else len(self.pending)
-            chunk, self.pending = self.pending[:cut], self.pending[cut:]
-            yield chunk
 
     def batches(self, columns: TabularColumns, batch_size: int) -> Iterator[RowBatch | ColumnBatch]:
         import pyarrow as pa
@@ -167,7 +121,7 @@ class CsvSource:
             return
         roles = [name for name in (columns.id_col, columns.label_col) if name]
         if set(roles) & set(columns.features) or len(set(roles)) != len(roles) or "" in header:
-            yield from _careful(csv.reader(io.TextIOWrapper(self.raw, encoding="utf-8", errors="surrogateescape", newline="")), header, columns, batch_size, source, 1)
+            yield from _careful(csv.reader(self.lines.rest()), header, columns, batch_size, source, 1)
             return
         types = {name: pa.float64() for name in columns.features} | {name: pa.string() for name in roles}
         read_options = pacsv.ReadOptions(column_names=header, use_threads=False)
@@ -175,13 +129,10 @@ class CsvSource:
             include_columns=list(columns.features) + roles, column_types=types, null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False
         )
         done = 1  # rows read so far, the header included
-        chunks = self._chunks(batch_size)
-        for chunk in chunks:
+        for chunk in self.lines.chunks(batch_size):
             lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
             if b'"' in chunk or chunk.count(b"\r") != chunk.count(b"\r\n"):
-                rest = io.BufferedReader(_Prefixed(chunk + self.pending, self.raw))
-                text = io.TextIOWrapper(rest, encoding="utf-8", errors="surrogateescape", newline="")
-                yield from _careful(csv.reader(text), header, columns, batch_size, source, done)
+                yield from _careful(csv.reader(self.lines.rest(chunk)), header, columns, batch_size, source, done)
                 return
             batch = None
             try:
@@ -270,8 +221,37 @@ def _cells(record: Any, names: list[str]) -> Iterator[list[str]]:
         yield ["" if v is None else (repr(v) if isinstance(v, float) else str(v)) for v in values]
 
 
-def open_source(path: str, source: str) -> CsvSource | ParquetSource:
-    return ParquetSource(path, source) if is_parquet(path) else CsvSource(path, source)
+class Opened:
+    """A file (or stdin, ``-``) opened for reading rows; closes what it opened."""
+
+    def __init__(self, path: str, source: str):
+        self.own = path != "-"
+        try:
+            self.raw = open(path, "rb") if self.own else sys.stdin.buffer
+        except OSError as exc:
+            raise InputError(f"cannot read {source}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        if self.own:
+            self.raw.close()
+
+
+def open_source(path: str, source: str):
+    """The reader of rows for ``path``: Parquet by its suffix, JSON lines by its suffix (or, on stdin, a
+    first line that opens an object), else CSV. Each has ``header``, ``batches(columns, n)`` and ``close()``."""
+    from .jsonl import JsonlSource, is_jsonl
+
+    if is_parquet(path):
+        return ParquetSource(path, source)
+    opened = Opened(path, source)
+    lines = LineChunks(opened.raw)
+    first = lines.readline()
+    if is_jsonl(path) or (path == "-" and first.lstrip()[:1] == b"{"):
+        table = JsonlSource(lines, first, source)
+    else:
+        table = CsvSource(lines, first, source)
+    table.close = opened.close
+    return table
 
 
 class ArrowWriter:
