@@ -8,11 +8,14 @@ zero relevance is the colour map's centre, so red/blue mean for/against.
 from __future__ import annotations
 
 import functools
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import UsageError
 from .registry import Registry
 
 #: matplotlib's names, as users know them; plus zennit's coldnhot
@@ -47,12 +50,90 @@ def relevance_map(relevance: np.ndarray) -> np.ndarray:
     return relevance.sum(axis=0) if relevance.ndim == 3 else relevance
 
 
-def normalise(heat: np.ndarray, symmetric: bool = True) -> np.ndarray:
-    """To [0, 1]: symmetric puts 0 at 0.5 and the largest |relevance| at 0 or 1. NaN stays NaN (the colour
-    map's "bad" colour) without spoiling the scale of the other pixels."""
+SCALE_MODES = ("per-image", "shared", "percentile")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How a heatmap's colours are scaled: which |relevance| maps to the colour map's ends.
+
+    ``per-image``: each heatmap's own largest |R| (the default). ``percentile``: each heatmap's
+    ``percentile``-th percentile of |R| (99.5 by default), larger values clipped to the end colours, so
+    that one hot pixel does not wash out the rest. ``shared``: one scale for a whole run, ``value``
+    when given (``shared:0.8``), else the largest |R| over all of the run's inputs (found by the run
+    after its last batch)."""
+
+    mode: str = "per-image"
+    percentile: float = 99.5
+    value: float | None = None
+
+    @classmethod
+    def parse(cls, text: "str | Scale | None") -> "Scale":
+        """``per-image``, ``shared``, ``shared:VALUE`` (VALUE > 0), ``percentile`` or ``percentile:P`` (0 < P <= 100)."""
+        if isinstance(text, Scale):
+            return text
+        raw = str(text or "per-image").strip()
+        mode, _, argument = raw.partition(":")
+        mode = {"per_image": "per-image", "image": "per-image", "perimage": "per-image"}.get(mode.lower().replace(" ", ""), mode.lower())
+        hint = "give per-image, shared, shared:VALUE (a |relevance| > 0), percentile or percentile:P (0 < P <= 100)"
+        if mode not in SCALE_MODES:
+            from .registry import suggest
+
+            raise UsageError(f"--scale '{raw}': unknown scale", hint=suggest(mode, list(SCALE_MODES)) or hint)
+        if not argument:
+            return cls(mode)
+        try:
+            number = float(argument)
+        except ValueError:
+            raise UsageError(f"--scale '{raw}': '{argument}' is not a number", hint=hint) from None
+        if mode == "percentile" and math.isfinite(number) and 0 < number <= 100:
+            return cls(mode, percentile=number)
+        if mode == "shared" and math.isfinite(number) and number > 0:
+            return cls(mode, value=number)
+        raise UsageError(f"--scale '{raw}': " + ("per-image takes no value" if mode == "per-image" else "value out of range"), hint=hint)
+
+    def __str__(self) -> str:
+        if self.mode == "percentile":
+            return f"percentile:{self.percentile:g}"
+        if self.mode == "shared" and self.value is not None:
+            return f"shared:{self.value:g}"
+        return self.mode
+
+    @property
+    def found_by_run(self) -> bool:
+        """A shared scale the run must find (the largest |R| over its inputs) before its heatmaps are final."""
+        return self.mode == "shared" and self.value is None
+
+    def of(self, heat: np.ndarray) -> float:
+        """The |relevance| that maps to the colour map's ends for this (H, W) map."""
+        if self.mode == "shared" and self.value is not None:
+            return float(self.value)
+        magnitude = np.abs(heat[np.isfinite(heat)])
+        if not magnitude.size:
+            return 0.0
+        largest = float(magnitude.max())
+        if self.mode == "percentile":
+            value = float(np.percentile(magnitude, self.percentile))
+            return value if value > 0 else largest  # mostly zeros: the percentile is 0, use the largest
+        return largest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "percentile": self.percentile if self.mode == "percentile" else None, "value": self.value}
+
+
+def largest_magnitude(heat: np.ndarray) -> float:
+    """The largest finite |relevance| of a map (0 when there is none): the per-image scale."""
+    finite = np.abs(heat[np.isfinite(heat)])
+    return float(finite.max()) if finite.size else 0.0
+
+
+def normalise(heat: np.ndarray, symmetric: bool = True, scale: float | None = None) -> np.ndarray:
+    """To [0, 1]: symmetric puts 0 at 0.5 and ``scale`` (default: the largest |relevance|) at 0 or 1;
+    values beyond ``scale`` fall outside [0, 1] (the colour table clips them to its ends). NaN stays NaN
+    (the colour map's "bad" colour) without spoiling the scale of the other pixels."""
     finite = heat[np.isfinite(heat)]
     if symmetric:
-        scale = float(np.abs(finite).max()) if finite.size else 0.0
+        scale = largest_magnitude(heat) if scale is None else float(scale)
         return np.where(np.isnan(heat), np.nan, 0.5) if scale == 0 else 0.5 + 0.5 * heat / scale
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     return np.where(np.isnan(heat), np.nan, 0.0) if high == low else (heat - low) / (high - low)
@@ -80,26 +161,46 @@ def colour_indices(unit: np.ndarray, entries: int) -> np.ndarray:
     return indices
 
 
-def heatmap_indices(relevance: np.ndarray, cmap: str = "bwr", symmetric: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Relevance -> (colour table rows (H, W), the colour table): a paletted heatmap."""
+def heatmap_indices(
+    relevance: np.ndarray, cmap: str = "bwr", symmetric: bool = True, scale: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Relevance -> (colour table rows (H, W), the colour table): a paletted heatmap (``scale``: see normalise)."""
     palette = _palette(COLORMAPS.resolve(cmap))
-    return colour_indices(normalise(relevance_map(relevance), symmetric), len(palette) - 1), palette
+    return colour_indices(normalise(relevance_map(relevance), symmetric, scale), len(palette) - 1), palette
 
 
-def heatmap_rgb(relevance: np.ndarray, cmap: str = "bwr", symmetric: bool = True) -> np.ndarray:
+def heatmap_rgb(relevance: np.ndarray, cmap: str = "bwr", symmetric: bool = True, scale: float | None = None) -> np.ndarray:
     """Relevance -> uint8 RGB image (H, W, 3)."""
-    indices, palette = heatmap_indices(relevance, cmap, symmetric)
+    indices, palette = heatmap_indices(relevance, cmap, symmetric, scale)
     return palette[indices]
 
 
-def overlay_rgb(relevance: np.ndarray, pixels: np.ndarray, cmap: str = "bwr", alpha: float = 0.7) -> np.ndarray:
-    """The heatmap over a grey version of the input, opaque where |relevance| is large."""
+OVERLAY_STYLES = ("colour", "grey")
+
+
+def overlay_rgb(
+    relevance: np.ndarray, pixels: np.ndarray, cmap: str = "bwr", alpha: float | None = None, scale: float | None = None, style: str = "colour"
+) -> np.ndarray:
+    """The heatmap's colours over the input, with an opacity that grows with |relevance|.
+
+    ``colour`` (the default): over the input as it is, opacity |R| / scale (up to ``alpha``, default 1):
+    where R is 0 the input's own colours show, where |R| reaches the scale the colour map's colour.
+    ``grey``: over a grey copy of the input, opacity up to ``alpha`` (default 0.7)."""
+    if style not in OVERLAY_STYLES:
+        raise UsageError(f"unknown overlay style '{style}'", hint=f"use one of {', '.join(OVERLAY_STYLES)}")
     heat = relevance_map(relevance)
-    colours = heatmap_rgb(heat, cmap).astype(np.float64)
-    grey = pixels.astype(np.float64).mean(axis=2, keepdims=True).repeat(3, axis=2)
-    scale = float(np.abs(heat).max()) or 1.0
-    weight = (alpha * np.abs(heat) / scale)[..., None]
-    return ((1 - weight) * grey + weight * colours).round().astype(np.uint8)
+    scale = largest_magnitude(heat) if scale is None else float(scale)
+    colours = heatmap_rgb(heat, cmap, scale=scale).astype(np.float64)
+    image = pixels.astype(np.float64)
+    image = image[..., None] if image.ndim == 2 else image
+    if style == "grey" or image.shape[2] < 3:
+        base = image[..., :3].mean(axis=2, keepdims=True).repeat(3, axis=2) if style == "grey" else image[..., :1].repeat(3, axis=2)
+    else:
+        base = image[..., :3]
+    alpha = (0.7 if style == "grey" else 1.0) if alpha is None else float(alpha)
+    strength = np.clip(np.nan_to_num(np.abs(heat) / scale, nan=0.0), 0.0, 1.0) if scale > 0 else np.zeros_like(heat)
+    weight = (alpha * strength)[..., None]
+    return ((1 - weight) * base + weight * colours).round().astype(np.uint8)
 
 
 def enlarge(rgb: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
@@ -150,25 +251,39 @@ def legend_strip(width: int, cmap: str, scale: float) -> np.ndarray:
 
 
 def save_heatmap(
-    path: Path, relevance: np.ndarray, pixels: np.ndarray | None = None, cmap: str = "bwr", overlay: bool = False, legend: bool = False
-) -> None:
-    """Write a heatmap (or an overlay on ``pixels``) as PNG, atomically; ``legend`` adds the colour bar and its scale."""
+    path: Path,
+    relevance: np.ndarray,
+    pixels: np.ndarray | None = None,
+    cmap: str = "bwr",
+    overlay: bool = False,
+    legend: bool = False,
+    scale: "float | Scale | None" = None,
+    overlay_style: str = "colour",
+) -> float:
+    """Write a heatmap (or an overlay on ``pixels``) as PNG, atomically; ``legend`` adds the colour bar and its scale.
+
+    ``scale``: the |relevance| at the colour map's ends, a number or a :class:`Scale` (default: the map's
+    own largest |R|). Returns the scale used."""
     from .outputs import write_atomic
 
+    heat = relevance_map(relevance)
+    scale = (scale if isinstance(scale, Scale) else Scale()).of(heat) if scale is None or isinstance(scale, Scale) else float(scale)
     level = 1  # one of thousands of files: encoding speed matters more than the last few hundred bytes
     if legend:
-        image = enlarge(overlay_rgb(relevance, pixels, cmap) if overlay and pixels is not None else heatmap_rgb(relevance, cmap))
-        scale = float(np.abs(relevance_map(relevance)).max())
+        image = enlarge(
+            overlay_rgb(heat, pixels, cmap, scale=scale, style=overlay_style) if overlay and pixels is not None else heatmap_rgb(heat, cmap, scale=scale)
+        )
         image = np.concatenate([image, legend_strip(image.shape[1], cmap, scale)], axis=0)
         write_atomic(path, png_bytes(np.ascontiguousarray(image), compress_level=level))
-        return
+        return scale
     if overlay and pixels is not None:
-        data = png_bytes(enlarge(overlay_rgb(relevance, pixels, cmap)), compress_level=level)
+        data = png_bytes(enlarge(overlay_rgb(heat, pixels, cmap, scale=scale, style=overlay_style)), compress_level=level)
     else:
-        indices, palette = heatmap_indices(relevance, cmap)
+        indices, palette = heatmap_indices(heat, cmap, scale=scale)
         used = int(indices.max()) + 1
         if used <= 256:
             data = png_bytes(enlarge(indices), palette[:used], compress_level=level)
         else:
             data = png_bytes(enlarge(palette[indices]), compress_level=level)
     write_atomic(path, data)
+    return scale

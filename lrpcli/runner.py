@@ -37,7 +37,7 @@ from .outputs import (
     write_summary,
 )
 from .registry import suggest
-from .render import COLORMAPS, save_heatmap
+from .render import COLORMAPS, Scale, relevance_map, save_heatmap
 from .shards import Manifest, Shard, fingerprint, output_lock, suffix
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -111,6 +111,8 @@ class ImageRunOptions:
     model_sha256: str = ""  # recorded in the manifest, so a resume checks it is the same model
     layers: tuple[str, ...] = ()  # inner layers whose relevance maps go to OUT/layers/<layer>/<input>.npy
     legend: bool = False  # a colour bar with the heatmap's scale under each heatmap
+    scale: Scale = field(default_factory=Scale)  # per-image, shared (given or found after the last batch), percentile
+    overlay_style: str = "colour"  # overlays over the input's own colours, or over a grey copy ("grey")
 
 
 @dataclass
@@ -129,6 +131,7 @@ class RunReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    scale: float | None = None  # the run's shared scale (--scale shared), once found
 
 
 def resolve_device(name: str) -> torch.device:
@@ -259,6 +262,13 @@ def explain_images(
         raise OutputError(f"-o {out} is a file: image results go to a folder", hint=f"give a folder, e.g. -o {out.with_suffix('')}-lrp (it is made if missing)")
     made = not out.exists()
     sfx = suffix(options.shard)
+    options.scale = Scale.parse(options.scale)
+    if options.scale.found_by_run and options.heatmaps and not options.arrays:
+        raise UsageError(
+            "--scale shared finds the run's largest |relevance| in its relevance arrays, and --no-arrays writes none",
+            hint="drop --no-arrays, or give the scale: --scale shared:VALUE",
+        )
+    run_info = {**(run_info or {}), **_input_roots(items, out)}
     with output_errors(out):
         refuse_links_out(out, [f".lock{sfx}", f"manifest{sfx}.jsonl", f"summary{sfx}.partial.csv", "heatmaps", "relevance"])
         try:
@@ -298,6 +308,8 @@ def result_settings(preprocessing: Preprocessing, options: ImageRunOptions, targ
         "--classes": fingerprint(classes)[:16] if classes else None,
         **({"--layers": ",".join(options.layers)} if options.layers else {}),
         **({"--legend": True} if options.legend and options.heatmaps else {}),
+        **({"--scale": str(Scale.parse(options.scale))} if options.heatmaps and Scale.parse(options.scale).mode != "per-image" else {}),
+        **({"--overlay-style": options.overlay_style} if options.heatmaps and options.overlay and options.overlay_style != "colour" else {}),
     }
 
 
@@ -419,6 +431,10 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
     for item in items:
         rows += done.get(item.name, []) or new_rows.get(item.name, [])
     report.rows = rows
+    if options.heatmaps and options.scale.mode == "shared":
+        report.scale = options.scale.value
+        if options.scale.found_by_run:  # before summary.csv: an interrupted re-render is redone by --resume
+            report.scale = _render_shared(out, rows, {item.name: item for item in items}, preprocessing, options, device, report)
     write_summary(out / f"summary{sfx}.csv", rows)
     partial.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - started
@@ -426,6 +442,59 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
     info["runs"] = manifest.runs()  # a resumed folder holds the results of all of them (same settings)
     write_json(out / f"run{sfx}.json", info)
     return report
+
+
+def _render_shared(out: Path, rows: list[dict[str, Any]], items: dict[str, ImageInput], preprocessing: Preprocessing, options, device, report) -> float:
+    """--scale shared: the largest |relevance| over all of the run's relevance arrays (those this run wrote
+    and those a resumed run found), then every heatmap drawn again at that scale. Two passes over the
+    arrays on disk, one array in memory at a time; inputs are decoded again only for overlays."""
+    listed = [(row, inside(out, row["relevance"]), inside(out, row["heatmap"])) for row in rows if row.get("relevance") and row.get("heatmap")]
+    scale = 0.0
+    for _, array_path, _ in listed:
+        heat = relevance_map(np.load(array_path, mmap_mode="r"))
+        finite = np.abs(heat[np.isfinite(heat)])
+        if finite.size:
+            scale = max(scale, float(finite.max()))
+    fixed = Scale("shared", value=scale) if scale > 0 else Scale()
+
+    def draw(row: dict[str, Any], array_path: Path, heatmap_path: Path) -> None:
+        pixels = None
+        if options.overlay:
+            item = items.get(row["input"])
+            try:
+                pixels = preprocessing.pixels(item.path) if item is not None else None
+            except InputError:
+                pixels = None
+            message = f"{row['input']}: the input could not be read again: its heatmap is drawn without the overlay"
+            if pixels is None and message not in report.notes:
+                report.notes.append(message)
+        save_heatmap(heatmap_path, np.load(array_path), pixels, options.cmap, options.overlay, options.legend, fixed, options.overlay_style)
+
+    writers = _writers(device)
+    with ThreadPoolExecutor(max_workers=writers) if writers else _Inline() as pool:
+        for future in [pool.submit(draw, *entry) for entry in listed]:
+            future.result()
+    return scale
+
+
+def _input_roots(items: list[ImageInput], out: Path) -> dict[str, Any]:
+    """Where the summary's input names are relative to, for run.json: the inputs' common folder (absolute,
+    resolved), the folder lrp ran in, and the common folder relative to OUT where it lies inside OUT, so
+    that `lrp report` finds input images inside OUT from any folder, and after OUT was moved."""
+    info: dict[str, Any] = {"working_folder": os.getcwd()}
+    if not items:
+        return info
+    try:
+        root = Path(os.path.commonpath([str(item.path.resolve().parent) for item in items]))
+    except (OSError, ValueError):
+        return info
+    if (root / items[0].name).resolve() != items[0].path.resolve():
+        return info  # names not relative to one folder (items made by hand)
+    info["input_root"] = str(root)
+    real_out = Path(os.path.realpath(out))
+    if root == real_out or root.is_relative_to(real_out):
+        info["input_root_in_out"] = root.relative_to(real_out).as_posix()
+    return info
 
 
 def _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report):
@@ -543,7 +612,7 @@ def _save_outputs(relevance: np.ndarray, pixels: np.ndarray, array_path: Path | 
     if array_path is not None:
         save_array(array_path, relevance)
     if heatmap_path is not None:
-        save_heatmap(heatmap_path, relevance, pixels, options.cmap, options.overlay, options.legend)
+        save_heatmap(heatmap_path, relevance, pixels, options.cmap, options.overlay, options.legend, options.scale, options.overlay_style)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -572,6 +641,14 @@ def _run_json(explainer, preprocessing, options, targets, report, run_info) -> d
         "preprocessing": preprocessing.to_dict(),
         "targets": {"mode": targets.mode, "index": targets.index, "k": targets.k},
         "init": options.init,
+        "heatmaps": {
+            "cmap": COLORMAPS.resolve(options.cmap),
+            "overlay": options.overlay_style if options.overlay else None,
+            "legend": options.legend,
+            "scale": {**options.scale.to_dict(), **({"value": report.scale} if report.scale is not None else {})},
+        }
+        if options.heatmaps
+        else None,
         "shard": str(options.shard) if options.shard else None,
         "device": str(resolve_device(options.device)),
         "dtype": options.dtype,

@@ -375,18 +375,99 @@ def test_run_json_of_a_spec_hashes_the_weights(world):
     assert info["weights_sha256"] != sha256(world.spec_sd)
 
 
-def test_overlay_draws_on_the_input(world):
+def test_overlay_draws_on_the_input_in_its_own_colours(world):
     base, run = ok(world.base()), ok(world.run("overlay", world.ts, world.imgs, "--overlay"))
     for name in NAMES:
         overlay, plain = run.png(f"heatmaps/{STEMS[name]}.png"), base.png(f"heatmaps/{STEMS[name]}.png")
         assert overlay.shape == plain.shape and not np.array_equal(overlay, plain)
         heat = base.array(f"relevance/{STEMS[name]}.npy").sum(axis=0)
+        colours = np.asarray(world.x[name].numpy().transpose(1, 2, 0) * 255)  # the input as decoded here
+        weak = np.abs(heat) < 0.02 * np.abs(heat).max()
+        assert weak.sum() > 10
+        for (i, j) in zip(*np.nonzero(weak)):
+            # where relevance is weak the input shows through in its own colours
+            assert np.abs(block(overlay, heat.shape, i, j).astype(float) - colours[i, j]).max() <= 8
+        assert np.ptp(colours[weak], axis=1).max() > 30  # the input is coloured there: a grey overlay would fail
+        i, j = np.unravel_index(np.abs(heat).argmax(), heat.shape)
+        assert tuple(block(overlay, heat.shape, i, j)) == ((255, 0, 0) if heat[i, j] > 0 else (0, 0, 255))  # max |R|: the colour map's colour
+    assert run.run_json()["heatmaps"]["overlay"] == "colour"
+
+
+def test_overlay_style_grey_draws_on_a_grey_input(world):
+    base, run = ok(world.base()), ok(world.run("overlay-grey", world.ts, world.imgs, "--overlay", "--overlay-style", "grey"))
+    for name in NAMES:
+        overlay = run.png(f"heatmaps/{STEMS[name]}.png")
+        heat = base.array(f"relevance/{STEMS[name]}.npy").sum(axis=0)
         grey = np.asarray(world.x[name].numpy().mean(axis=0) * 255)
         weak = np.abs(heat) < 0.02 * np.abs(heat).max()
         assert weak.sum() > 10
         for (i, j) in zip(*np.nonzero(weak)):
-            # where relevance is weak the input shows through (grey)
             assert np.abs(block(overlay, heat.shape, i, j).astype(float) - grey[i, j]).max() <= 8
+    assert run.run_json()["heatmaps"]["overlay"] == "grey"
+
+
+def _bwr(unit: np.ndarray) -> np.ndarray:
+    """matplotlib's bwr, values clipped to [0, 1], as bytes: heatmap colours computed without lrpcli."""
+    import matplotlib
+
+    return (matplotlib.colormaps["bwr"](np.clip(unit, 0.0, 1.0))[..., :3] * 255).round().astype(np.uint8)
+
+
+def _centres(png: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    factor = png.shape[1] // shape[1]
+    return png[factor // 2 : shape[0] * factor : factor, factor // 2 :: factor]
+
+
+def test_scale_shared_draws_every_heatmap_at_the_run_s_largest_relevance(world, tmp_path):
+    from lrpcli.render import legend_strip
+
+    base = ok(world.base())
+    maps = {name: base.array(f"relevance/{STEMS[name]}.npy").sum(axis=0) for name in NAMES}
+    largest = max(float(np.abs(m).max()) for m in maps.values())  # over the whole run
+    assert min(float(np.abs(m).max()) for m in maps.values()) < 0.9 * largest  # so shared differs from per-image
+    run = ok(world.run("shared", world.ts, world.imgs, "--scale", "shared", "--legend"))
+    info = run.run_json()["heatmaps"]["scale"]
+    assert info["mode"] == "shared" and info["value"] == pytest.approx(largest, rel=1e-6)
+    for name, heat in maps.items():
+        png = run.png(f"heatmaps/{STEMS[name]}.png")
+        np.testing.assert_array_equal(_centres(png, heat.shape), _bwr(0.5 + 0.5 * heat / largest))
+        height = png.shape[1]  # square heatmaps; the legend strip below
+        np.testing.assert_array_equal(png[height:], legend_strip(png.shape[1], "bwr", info["value"]))
+    # a resumed run finds the scale over all inputs again, the done ones too
+    out = tmp_path / "resumed"
+    shutil.copytree(run.out, out)
+    for heatmap in (out / "heatmaps").rglob("*.png"):
+        heatmap.write_bytes(b"")  # stale: must be drawn again at the shared scale
+    (out / "heatmaps" / "b.png").unlink()  # b.png is explained again, the others are done
+    resumed = ok(lrp("explain", world.ts, world.imgs, "--scale", "shared", "--legend", "--resume", out=out))
+    assert "2 already done" in resumed.stderr
+    for name, heat in maps.items():
+        png = np.asarray(Image.open(out / "heatmaps" / f"{STEMS[name]}.png").convert("RGB"))
+        np.testing.assert_array_equal(_centres(png, heat.shape), _bwr(0.5 + 0.5 * heat / largest))
+
+
+def test_scale_shared_value_and_percentile(world):
+    base = ok(world.base())
+    given = ok(world.run("shared-given", world.ts, world.imgs, "--scale", "shared:0.01", "--no-arrays"))
+    clipped = ok(world.run("percentile", world.ts, world.imgs, "--scale", "percentile:90"))
+    assert given.run_json()["heatmaps"]["scale"] == {"mode": "shared", "percentile": None, "value": 0.01}
+    assert clipped.run_json()["heatmaps"]["scale"] == {"mode": "percentile", "percentile": 90.0, "value": None}
+    for name in NAMES:
+        heat = base.array(f"relevance/{STEMS[name]}.npy").sum(axis=0)
+        png = given.png(f"heatmaps/{STEMS[name]}.png")
+        np.testing.assert_array_equal(_centres(png, heat.shape), _bwr(0.5 + 0.5 * heat / 0.01))
+        level = np.sort(np.abs(heat).ravel())  # the 90th percentile by hand (linear between ranks)
+        rank = 0.9 * (level.size - 1)
+        at = level[int(rank)] + (rank - int(rank)) * (level[int(rank) + 1] - level[int(rank)])
+        png = clipped.png(f"heatmaps/{STEMS[name]}.png")
+        np.testing.assert_array_equal(_centres(png, heat.shape), _bwr(0.5 + 0.5 * heat / at))
+        assert (np.abs(heat) > at).sum() > 10  # a tenth of the pixels are clipped to the end colours
+
+
+def test_scale_shared_without_arrays_or_misspelt_is_a_usage_error(world, tmp_path):
+    failed(lrp("explain", world.ts, world.imgs, "--scale", "shared", "--no-arrays", out=tmp_path / "o"), 2, "--no-arrays", "shared:VALUE")
+    failed(lrp("explain", world.ts, world.imgs, "--scale", "percentil", out=tmp_path / "o"), 2, "did you mean 'percentile'")
+    assert not (tmp_path / "o").exists()
 
 
 def test_cmap_coldnhot(world):
@@ -423,6 +504,7 @@ def test_no_heatmaps(world):
     run = ok(world.run("no_heatmaps", world.ts, world.imgs, "--no-heatmaps"))
     files = run.files()
     assert not [f for f in files if f.startswith("heatmaps/") or f.endswith(".png")]
+    assert "no mean relevance maps per class drawn" in (run.out / "report.html").read_text(encoding="utf-8")
     assert {f"relevance/{STEMS[n]}.npy" for n in NAMES} <= files
     assert all(r["heatmap"] == "" for r in run.rows())
 

@@ -141,6 +141,102 @@ def test_a_failure_to_write_the_page_is_a_warning(world, tmp_path, monkeypatch):
     assert len(run.rows()) == 3
 
 
+# --------------------------------------------------------------------------- the global view: class means
+
+
+def _bwr(unit: np.ndarray) -> np.ndarray:
+    import matplotlib
+
+    return (matplotlib.colormaps["bwr"](np.clip(unit, 0.0, 1.0))[..., :3] * 255).round().astype(np.uint8)
+
+
+def class_maps(html: str) -> list[dict]:
+    return [
+        {"cls": m.group(1), "count": int(m.group(2)), "src": m.group(3)}
+        for m in re.finditer(r'<figure class="classmap" data-cls="([^"]*)" data-count="(\d+)"><img loading="lazy" src="([^"]*)"', html)
+    ]
+
+
+def test_class_mean_maps_are_the_mean_of_each_class_s_arrays(world):
+    run = world["outside"]
+    html = (run.out / "report.html").read_text(encoding="utf-8")
+    rows = run.rows()
+    expected: dict[str, list[np.ndarray]] = {}
+    for row in rows:  # one target per input: every row counts, under its predicted class
+        expected.setdefault(row["prediction_label"], []).append(np.load(run.out / row["relevance"]).astype(np.float64).sum(axis=0))
+    maps = class_maps(html)
+    assert [m["cls"] for m in maps] == sorted(expected) and len(expected) >= 2
+    assert html.index('id="global"') < html.index('id="cards"')  # at the top
+    for m in maps:
+        arrays = expected[m["cls"]]
+        assert m["count"] == len(arrays) and f"<b>{m['cls']}</b>" in html
+        assert m["src"] == f"report/class-{m['cls']}.png" and resolves_inside(run.out, m["src"])
+        mean = np.mean(arrays, axis=0)
+        with Image.open(run.out / unquote(m["src"])) as image:
+            png = np.asarray(image.convert("RGB"))
+        factor = png.shape[1] // mean.shape[1]
+        centres = png[factor // 2 : mean.shape[0] * factor : factor, factor // 2 :: factor]
+        np.testing.assert_array_equal(centres, _bwr(0.5 + 0.5 * mean / np.abs(mean).max()))  # drawn at its own max |mean|
+        from lrpcli.render import legend_strip
+
+        np.testing.assert_array_equal(png[mean.shape[0] * factor :], legend_strip(png.shape[1], "bwr", float(np.abs(mean).max())))
+    assert sorted(p.name for p in (run.out / "report").iterdir()) == sorted(f"class-{c}.png" for c in expected)
+
+
+def test_class_means_rebuilt_from_files_and_skipped_without_arrays(world, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(world["outside"].out, out)
+    (out / "report.html").unlink()
+    shutil.rmtree(out / "report")
+    assert lrp("report", out).code == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert class_maps(html) == class_maps((world["outside"].out / "report.html").read_text(encoding="utf-8"))
+    assert all((out / unquote(m["src"])).is_file() for m in class_maps(html))
+    # one class's arrays removed: that class's map goes (its stale file too), a note says how many were left out
+    rows = read_csv(out / "summary.csv")
+    gone = rows[0]["prediction_label"]
+    removed = [r for r in rows if r["prediction_label"] == gone]
+    for row in removed:
+        (out / row["relevance"]).unlink()
+    assert lrp("report", out).code == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert gone not in [m["cls"] for m in class_maps(html)] and not (out / "report" / f"class-{gone}.png").exists()
+    assert f"{len(removed)} of {len(rows)} input(s) left out of the class means" in html
+    # no arrays at all: no maps, a note instead, and the cards as before
+    shutil.rmtree(out / "relevance")
+    assert lrp("report", out).code == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert not class_maps(html) and "no relevance arrays in this folder" in html
+    assert not list((out / "report").glob("class-*.png"))
+    assert len(embedded(html)) == len(rows)
+
+
+def test_inputs_inside_out_are_found_from_any_folder_and_after_a_move(world, tmp_path, monkeypatch):
+    """run.json records the inputs' folder (absolute, and relative to OUT): relative arguments given in
+    one folder still find the input images when `lrp report` runs in another, or OUT was moved."""
+    model = world["root"] / "model.ts"
+    work = tmp_path / "work"
+    for i in range(2):
+        write_image(work / "run" / "pictures" / f"p{i}.png", seed=30 + i)
+    monkeypatch.chdir(work)
+    assert lrp("explain", model, "run/pictures", "-q", out=Path("run")).code == 0
+    info = json.loads((work / "run" / "run.json").read_text())
+    assert info["working_folder"] == str(work.resolve()) and info["input_root_in_out"] == "pictures"
+    assert info["input_root"] == str((work / "run" / "pictures").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert lrp("report", work / "run").code == 0
+    cards = embedded((work / "run" / "report.html").read_text(encoding="utf-8"))
+    assert [c["img"] for c in cards] == ["pictures/p0.png", "pictures/p1.png"]
+    moved = tmp_path / "moved"
+    shutil.move(str(work / "run"), moved)
+    assert lrp("report", moved).code == 0
+    cards = embedded((moved / "report.html").read_text(encoding="utf-8"))
+    assert [c["img"] for c in cards] == ["pictures/p0.png", "pictures/p1.png"]
+    assert all(resolves_inside(moved, c["img"]) for c in cards)
+
+
 # --------------------------------------------------------------------------- in a browser
 
 
@@ -169,6 +265,16 @@ def test_page_in_a_browser(world, browser, tmp_path):
     page.fill("#gapmin", repr(threshold))
     assert page.locator(".card").count() == sum(abs(float(r["conservation_gap"])) >= threshold for r in rows)
     assert "misclassified" not in page.content()  # summary.csv of images has no truth column
+    # the class means at the top load, and a click on one shows that class's cards
+    maps = page.locator("figure.classmap img")
+    assert maps.count() == len({r["prediction_label"] for r in rows})
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    assert page.evaluate("Array.from(document.querySelectorAll('figure.classmap img')).filter(i => i.naturalWidth >= 128).length") == maps.count()
+    page.fill("#gapmin", "")
+    page.locator("figure.classmap").first.click()
+    first = page.locator("figure.classmap").first.get_attribute("data-cls")
+    assert set(page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.pred)")) == {first}
+    assert page.locator(".card").count() == sum(r["prediction_label"] == first for r in rows)
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert (tmp_path / "report.png").stat().st_size > 1000
     assert watched.requests and not watched.outside(run.out), watched.outside(run.out)
@@ -181,7 +287,7 @@ def test_page_shows_inputs_inside_out(world, browser):
     watched = Watched(browser)
     watched.open(run.out)
     watched.page.wait_for_function("Array.from(document.images).every(i => i.complete)")
-    assert watched.page.evaluate("Array.from(document.images).filter(i => i.naturalWidth > 0).length") == 6  # input + heatmap
+    assert watched.page.evaluate("Array.from(document.querySelectorAll('#cards img')).filter(i => i.naturalWidth > 0).length") == 6  # input + heatmap
     assert not watched.outside(run.out) and not watched.errors
     watched.page.close()
 

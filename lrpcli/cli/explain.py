@@ -57,8 +57,10 @@ Examples:
 @click.option("--html", type=click.Path(dir_okay=False), help="Texts: also write one HTML page with every text's words shaded by relevance.")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
 @click.option("--cmap", default="bwr", show_default=True, help="Heatmap colour map: bwr, seismic, coldnhot, gray, coolwarm, ...")
-@click.option("--overlay", is_flag=True, help="Draw heatmaps over the (grey) input image.")
-@click.option("--legend", is_flag=True, help="Add a colour bar with the heatmap's scale (-max |R| .. +max |R|) under each heatmap.")
+@click.option("--overlay", is_flag=True, help="Draw heatmaps over the input image: relevance as colour, opaque in proportion to |R| (see --overlay-style).")
+@click.option("--overlay-style", type=click.Choice(["colour", "grey"]), default="colour", show_default=True, help="colour: over the input's own colours (they show where R is 0); grey: over a grey copy of the input.")
+@click.option("--scale", default="per-image", show_default=True, metavar="per-image|shared[:V]|percentile[:P]", help="Heatmap colour scale (|R| at the colour map's ends): each image's own max |R|; shared: one scale for the run, the max |R| over all its inputs (found from OUT/relevance/*.npy after the last batch, heatmaps then redrawn; per shard with --shard), or shared:V for a given V; percentile: each image's P-th percentile of |R| (default 99.5), larger values clipped.")
+@click.option("--legend", is_flag=True, help="Add a colour bar with the heatmap's scale (-S .. +S, S the scale used, see --scale) under each heatmap.")
 @click.option("--no-heatmaps", is_flag=True, help="Write no PNG heatmaps.")
 @click.option("--no-arrays", is_flag=True, help="Write no .npy relevance arrays.")
 @click.option("--layers", metavar="NAME,...", help="Images: also write the relevance at these inner layers' outputs (module paths, see `lrp inspect`) to OUT/layers/<layer>/<input>.npy.")
@@ -122,6 +124,9 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         explain_csv(model, spec, inputs[0], options)
         return
     check_cmap(options["cmap"])
+    from ..render import Scale
+
+    heat_scale = Scale.parse(options["scale"])
     if options["top_k"] is not None and options["target"] is not None:
         raise UsageError("--target and --top-k exclude each other")
 
@@ -158,6 +163,8 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         overwrite=options["overwrite"],
         layers=tuple(name.strip() for name in (options["layers"] or "").split(",") if name.strip()),
         legend=options["legend"],
+        scale=heat_scale,
+        overlay_style=options["overlay_style"],
     )
     weights = spec.model if spec else Path(model)
     run_options.model_sha256 = file_hash(weights)

@@ -2,7 +2,9 @@
 
 Built from what the run left in its output folder: ``summary.csv`` (or the shards'
 ``summary.shard-K-of-N.csv``), ``run.json`` (or the shards' ``run.shard-K-of-N.json``) and the
-heatmaps on disk. The page is self-contained (inline CSS and script, nothing fetched from the
+heatmaps on disk. At the top, the global view: per predicted class, the mean of the inputs'
+relevance maps (from ``relevance/*.npy`` as summary.csv lists them, one class summed at a time),
+drawn to ``OUT/report/class-<class>.png``. The page is self-contained (inline CSS and script, nothing fetched from the
 network) and references files only by relative paths that stay inside OUT: a heatmap or input
 image outside OUT is named, not linked. Rows travel as one inline JSON array and the script draws
 them as cards a page at a time, so a run of 10,000 inputs opens at once.
@@ -21,11 +23,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+
 from ..errors import InputError
-from ..outputs import output_errors, write_atomic
+from ..outputs import file_labels, output_errors, write_atomic
 from .page import render_page
 
 REPORT_NAME = "report.html"
+CLASS_MAPS = "report"  # OUT/report/class-<class>.png: the per-class mean relevance maps
 PAGE_SIZE = 200
 TRUTH_COLUMNS = ("label", "true_label", "truth", "ground_truth", "y_true")  # a column of the true class, where a summary has one
 _SHARD_SUMMARY = re.compile(r"^summary\.shard-(\d+)-of-(\d+)\.csv$")
@@ -132,24 +137,52 @@ class _Locator:
             return None
         return self.url(os.path.join(self.root, relative))
 
+    def file(self, relative: str) -> str | None:
+        """The real path of a file summary.csv names relative to OUT, if it lies inside OUT; else None."""
+        if not relative or os.path.isabs(relative):
+            return None
+        real = os.path.realpath(os.path.join(self.root, relative))
+        if not real.startswith(self.root.rstrip(os.sep) + os.sep) or not os.path.isfile(real):
+            return None
+        return real
+
 
 def _input_roots(runs: list[dict[str, Any]], locator: _Locator) -> list[Path]:
     """Folders the summary's input names may be relative to, for inputs that could lie inside OUT.
 
-    summary.csv names inputs relative to the inputs' common folder; run.json keeps the arguments as
-    given (relative to the folder lrp ran in). Only roots that meet OUT matter: an input under a folder
-    that neither lies in OUT nor holds it lies outside OUT."""
+    summary.csv names inputs relative to the inputs' common folder. run.json records that folder
+    relative to OUT where it lies inside OUT (``input_root_in_out``: found wherever OUT was moved), as
+    an absolute path (``input_root``), and the arguments as given with the folder lrp ran in
+    (``working_folder``; older run.json files: the arguments relative to the current folder). Only roots
+    that meet OUT matter: an input under a folder that neither lies in OUT nor holds it lies outside OUT."""
     found: list[Path] = []
     for run in runs:
+        inner = run.get("input_root_in_out")
+        if isinstance(inner, str) and not os.path.isabs(inner):
+            root = os.path.realpath(os.path.join(locator.root, inner))
+            if (root == locator.root or root.startswith(locator.root.rstrip(os.sep) + os.sep)) and os.path.isdir(root):
+                if Path(root) not in found:
+                    found.append(Path(root))
+                continue
+        recorded = run.get("input_root")
+        if isinstance(recorded, str) and os.path.isabs(recorded) and os.path.isdir(recorded):
+            candidates = [os.path.realpath(recorded)]
+        else:
+            candidates = []
         arguments = run.get("arguments") if isinstance(run.get("arguments"), dict) else {}
         inputs = arguments.get("inputs") if isinstance(arguments.get("inputs"), list) else []
-        parents = []
-        for text in inputs:
-            path = Path(str(text))
-            if path.is_dir():
-                parents.append(os.path.realpath(path))
-            elif path.is_file():
-                parents.append(os.path.realpath(path.parent))
+        working = run.get("working_folder") if isinstance(run.get("working_folder"), str) else ""
+        parents = list(candidates)
+        for text in inputs if not candidates else ():
+            given = Path(str(text))
+            tries = [Path(working) / given] if not given.is_absolute() and working and os.path.isabs(working) else []
+            for path in tries + [given]:
+                if path.is_dir():
+                    parents.append(os.path.realpath(path))
+                    break
+                if path.is_file():
+                    parents.append(os.path.realpath(path.parent))
+                    break
         if not parents:
             continue
         common = os.path.commonpath(parents)
@@ -216,12 +249,13 @@ def report_data(out: Path, summaries: list[Path], runs_paths: list[Path]) -> dic
             card["truth"] = row.get(truth, "")
             card["wrong"] = bool(card["truth"]) and card["truth"] not in (row.get("prediction_label"), row.get("prediction"))
         cards.append(card)
-    classes = sorted({c["pred"] for c in cards}, key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
+    classes = sorted({c["pred"] for c in cards}, key=_class_order)
     gaps = [abs(c["gap"]) for c in cards if c["gap"] is not None]
     first = runs[0] if runs else {}
     composite = first.get("composite") if isinstance(first.get("composite"), dict) else {}
     failures = [f for run in runs for f in (run.get("failures") or []) if isinstance(f, dict)]
     notes = list(dict.fromkeys(n for run in runs for n in (run.get("notes") or []) if isinstance(n, str)))
+    class_maps, class_note = class_means(out, rows, locator, _run_cmap(first))
     return {
         "title": f"lrp report: {out.name or out}",
         "summaries": [p.name for p in summaries],
@@ -248,7 +282,107 @@ def report_data(out: Path, summaries: list[Path], runs_paths: list[Path]) -> dic
         "inputs_inside": any(c["img"] for c in cards),
         "page_size": PAGE_SIZE,
         "cards": cards,
+        "class_maps": class_maps,
+        "class_note": class_note,
     }
+
+
+def _class_order(name: str) -> tuple:
+    return (not name.isdigit(), int(name) if name.isdigit() else 0, name)
+
+
+def _run_cmap(run: dict[str, Any]) -> str:
+    """The run's colour map (run.json), for the class maps to look like its heatmaps; bwr if unknown."""
+    from ..render import COLORMAPS
+
+    heatmaps = run.get("heatmaps") if isinstance(run.get("heatmaps"), dict) else {}
+    arguments = run.get("arguments") if isinstance(run.get("arguments"), dict) else {}
+    for name in (heatmaps.get("cmap"), arguments.get("cmap")):
+        if isinstance(name, str) and name:
+            try:
+                return COLORMAPS.resolve(name)
+            except Exception:  # noqa: BLE001 - an unknown name in a hand-edited run.json: the default
+                pass
+    return "bwr"
+
+
+def class_means(out: Path, rows: list[dict[str, str]], locator: _Locator, cmap: str = "bwr") -> tuple[list[dict[str, Any]], str | None]:
+    """The global view: per predicted class, the mean of its inputs' relevance maps (summed over channels),
+    drawn to OUT/report/class-<class>.png with a colour bar of its scale.
+
+    Each input counts once: its row whose target is its prediction, else (a fixed --target) its first
+    row, whose target then names the map. The arrays are read from relevance/*.npy as summary.csv lists
+    them, one class at a time (one running sum in memory). Returns the maps for the page and a note
+    (why there are none, or what was left out); class-*.png files of earlier builds that are no longer
+    drawn are removed."""
+    from ..render import relevance_map, save_heatmap
+
+    chosen: dict[str, dict[str, str]] = {}
+    for row in rows:
+        name = row["input"]
+        if name not in chosen or (row.get("target") == row.get("prediction") and chosen[name].get("target") != chosen[name].get("prediction")):
+            chosen[name] = row
+    groups: dict[tuple[str, str], list[str]] = {}
+    missing = 0
+    folder = Path(out) / CLASS_MAPS
+    if chosen and not any(row.get("heatmap") for row in chosen.values()):  # --no-heatmaps: no pictures asked for
+        for stale in folder.glob("class-*.png") if folder.is_dir() else ():
+            stale.unlink(missing_ok=True)
+        return [], "the run wrote no heatmaps (--no-heatmaps): no mean relevance maps per class drawn either"
+    for row in chosen.values():
+        path = locator.file(row.get("relevance") or "")
+        if path is None:
+            missing += 1
+            continue
+        pred = row.get("prediction_label") or row.get("prediction", "")
+        target = row.get("target_label") or row.get("target", "")
+        groups.setdefault((pred, target), []).append(path)
+    written: set[str] = set()
+    maps: list[dict[str, Any]] = []
+    unreadable = 0
+    keys = sorted(groups, key=lambda k: (_class_order(k[0]), k[0] != k[1], _class_order(k[1])))
+    labels = file_labels([pred if pred == target else f"{pred}.for-{target}" for pred, target in keys])
+    for (pred, target), label in zip(keys, labels):
+        total: np.ndarray | None = None
+        count = 0
+        for path in groups[(pred, target)]:
+            try:
+                heat = relevance_map(np.load(path, mmap_mode="r", allow_pickle=False))
+            except (OSError, ValueError):
+                unreadable += 1
+                continue
+            if heat.ndim != 2 or (total is not None and heat.shape != total.shape):
+                unreadable += 1  # another size than the class's first input (a model that takes any size)
+                continue
+            total = heat.copy() if total is None else total + heat
+            count += 1
+        if total is None:
+            continue
+        file_name = f"class-{label}.png"
+        with output_errors(out):
+            scale = save_heatmap(folder / file_name, total / count, cmap=cmap, legend=True)
+        written.add(file_name)
+        maps.append(
+            {
+                "cls": pred,
+                "target": target,
+                "count": count,
+                "scale": scale,
+                "src": quote(f"{CLASS_MAPS}/{file_name}"),
+            }
+        )
+    if folder.is_dir():
+        for stale in folder.glob("class-*.png"):
+            if stale.name not in written:
+                stale.unlink(missing_ok=True)
+    note = None
+    if not chosen:
+        note = None
+    elif not groups:
+        note = "no relevance arrays in this folder (written without them, --no-arrays, or removed): no mean relevance maps per class"
+    elif missing or unreadable:
+        note = f"{missing + unreadable} of {len(chosen)} input(s) left out of the class means (relevance array missing, unreadable or of another size)"
+    return maps, note
 
 
 def render_report(out: Path, summaries: list[Path], runs_paths: list[Path]) -> str:
