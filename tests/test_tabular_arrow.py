@@ -179,3 +179,23 @@ def test_without_pyarrow_a_csv_file_takes_todays_path(monkeypatch):
     assert result.exit_code == 0, result.output
     rows = read(result.stdout)
     assert len(rows) == 60 and rows[0]["logit"] == format(float(rows[0]["logit"]), ".9g")
+
+
+def test_top_k_in_bulk_names_the_row_paths_features_and_values():
+    """Ties keep column order, rows with nothing positive (or negative) give an empty cell, values equal
+    the row path's .6g text; pyarrow 26 drops rows that are null throughout a join: none may go missing."""
+    from lrpcli.stream import top_features, top_features_bulk
+
+    names = [f"f{i}" for i in range(6)]
+    rng = np.random.default_rng(3)
+    relevance = rng.standard_normal((500, 6)) * np.exp(rng.standard_normal((500, 6)) * 4)
+    relevance[3] = np.abs(relevance[3])  # nothing negative
+    relevance[4] = 0.0  # nothing either way
+    relevance[5, :4] = 2.5  # a four-way tie
+    for k in (1, 2, 6, 9):
+        for positive in (True, False):
+            bulk = top_features_bulk(names, relevance, k, positive).to_pylist()
+            assert len(bulk) == len(relevance)
+            parsed = [[(p.split("=")[0], float(p.split("=")[1])) for p in cell.split(";") if p] for cell in bulk]
+            expected = [[(n, float(f"{v:.6g}")) for n, v in top_features(names, row, k, positive)] for row in relevance.tolist()]
+            assert parsed == expected
