@@ -145,7 +145,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         warn(caution)
     explainer = new_explainer(loaded, composite, model, spec, options)
     out = Path(options["out"] or "lrp-out")
-    items = collect_images(inputs, exclude=[out / "heatmaps"])  # an OUT inside an input folder: not its own input
+    items = collect_images(inputs, exclude=[out / "heatmaps", out / "report"])  # an OUT inside an input folder: not its own input (nor its report pictures)
     run_options = ImageRunOptions(
         out=out,
         batch_size=options["batch_size"] or 16,
