@@ -22,7 +22,7 @@ from .errors import InputError
 from .models import model_tensors
 from .runner import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 
-FORMATS = ("csv", "jsonl", "parquet")
+FORMATS = ("csv", "jsonl", "parquet", "arrow")
 FIXED = ("id", "label", "prediction", "prediction_label", "target", "target_label", "logit", "relevance_sum", "top_positive", "top_negative")
 
 
@@ -125,6 +125,8 @@ def explain_rows(
             columnar.require("Parquet input")
         if fmt == "parquet":
             columnar.require("Parquet output (--format parquet / -o *.parquet)")
+        if fmt == "arrow":
+            columnar.require("Arrow output (--format arrow / -o *.arrow)")
         if path is not None:
             table = columnar.open_source(path, source)
             stack.callback(table.close)
@@ -165,9 +167,9 @@ def _explain_rows(
             + ("; for texts give --tokenizer and --text-col" if source.lower().endswith((".jsonl", ".ndjson")) else ""),
         )
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    writer = RowWriter(output, fmt, columns, top_k, classes) if fmt == "jsonl" or not (fast or fmt == "parquet") else None
+    writer = RowWriter(output, fmt, columns, top_k, classes) if fmt == "jsonl" or not (fast or fmt in ("parquet", "arrow")) else None
     bulk = None
-    if writer is None:  # column-wise output: CSV formatted by pyarrow, or Parquet
+    if writer is None:  # column-wise output: CSV formatted by pyarrow, Parquet, or an Arrow IPC stream
         fields = RowWriter(_Discard(), "jsonl", columns, top_k, classes)
         bulk = columnar.ArrowWriter(output, fmt, fields.fields, fields.relevance_names, classes, torch_dtype.itemsize <= 4)
     report = RowReport()

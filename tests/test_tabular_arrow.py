@@ -102,7 +102,9 @@ def test_cli_numbers_match_the_careful_path_to_float32(sample, monkeypatch):
     spec, data = SAMPLES / sample / "model.yaml", SAMPLES / sample / "sample.csv"
     fast = run(str(spec), str(data))
     assert fast.exit_code == 0, fast.output
-    careful = CliRunner().invoke(main, ["explain", str(spec), "-", "-q"], input=data.read_text())  # stdin: the careful path
+    with monkeypatch.context() as patch:  # without pyarrow: the careful path (stdin too reads column-wise now)
+        patch.setattr(columnar, "available", lambda: False)
+        careful = CliRunner().invoke(main, ["explain", str(spec), "-", "-q"], input=data.read_text())
     assert careful.exit_code == 0, careful.output
     a, b = read(fast.stdout), read(careful.stdout)
     assert len(a) == len(b) > 0 and list(a[0]) == list(b[0])
@@ -199,3 +201,22 @@ def test_top_k_in_bulk_names_the_row_paths_features_and_values():
             parsed = [[(p.split("=")[0], float(p.split("=")[1])) for p in cell.split(";") if p] for cell in bulk]
             expected = [[(n, float(f"{v:.6g}")) for n, v in top_features(names, row, k, positive)] for row in relevance.tolist()]
             assert parsed == expected
+
+
+def test_arrow_stream_carries_the_csv_outputs_columns_and_numbers(tmp_path):
+    spec, data = SAMPLES / "diabetes_mlp" / "model.yaml", SAMPLES / "diabetes_mlp" / "sample.csv"
+    expected = read(run(str(spec), str(data)).stdout)
+    streamed = CliRunner().invoke(main, ["explain", str(spec), str(data), "-q", "--format", "arrow", "--batch-size", "16"])
+    assert streamed.exit_code == 0, streamed.output
+    reader = pa.ipc.open_stream(streamed.stdout_bytes)
+    batches = list(reader)
+    assert len(batches) == -(-len(expected) // 16)  # one record batch per batch of rows
+    table = pa.Table.from_batches(batches)
+    assert table.column_names == list(expected[0])
+    assert table.column("id").to_pylist() == [r["id"] for r in expected]
+    for name in ("logit", "bmi", "relevance_sum"):
+        assert np.allclose(table.column(name).to_numpy(), [float(r[name]) for r in expected], rtol=1e-6)
+    out = tmp_path / "rel.arrow"  # the suffix picks the format
+    assert run(str(spec), str(data), "-o", str(out)).exit_code == 0
+    with pa.ipc.open_stream(out.read_bytes()) as again:
+        assert again.read_all().equals(table)

@@ -50,7 +50,7 @@ Examples:
 @click.option("--drop", metavar="A,B,...", help="CSV: columns that are not features.")
 @click.option("--id-col", metavar="NAME", help="CSV: a column that identifies rows (copied to the output).")
 @click.option("--label-col", metavar="NAME", help="CSV: a label column carried through to the output.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet", "pretty"]), help="CSV rows: csv (default), jsonl or parquet (-o FILE.parquet). Texts: jsonl (default; one line per text and target), csv (one row per token), or pretty (coloured words; the default on a terminal).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet", "arrow", "pretty"]), help="Rows: csv (default), jsonl, parquet (-o FILE.parquet) or arrow (an Arrow IPC stream, one record batch per batch; -o FILE.arrow or a pipe). Texts: jsonl (default; one line per text and target), csv (one row per token), or pretty (coloured words; the default on a terminal).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False), help="Texts: a Hugging Face tokenizer.json (default: the spec's input.tokenizer).")
 @click.option("--text-col", metavar="NAME", help="Texts in a CSV or JSONL file: the column / key holding the text.")
 @click.option("--max-length", type=click.IntRange(min=1), help="Texts: cut texts to this many tokens (default: the spec's, else 256); cut texts are reported.")

@@ -37,7 +37,8 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     mean = floats(options["mean"], "--mean") or spec_input.get("mean")
     std = floats(options["std"], "--std") or spec_input.get("std")
     out = options["out"]
-    fmt = options["fmt"] or ("parquet" if out and str(out).lower().endswith((".parquet", ".pq")) else "csv")
+    suffix = Path(out).suffix.lower() if out else ""
+    fmt = options["fmt"] or {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".arrows": "arrow", ".jsonl": "jsonl"}.get(suffix, "csv")
     kwargs = dict(
         fmt=fmt,
         features=_names(options["features"]) or spec_input.get("features"),
@@ -64,8 +65,8 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     name = "<stdin>" if source == "-" else source
     if source != "-" and not Path(source).is_file():
         raise InputError(f"input not found: {source}")
-    if fmt == "parquet" and not out and sys.stdout.isatty():
-        raise UsageError("Parquet results are binary: give -o FILE.parquet or redirect stdout")
+    if fmt in ("parquet", "arrow") and not out and sys.stdout.isatty():
+        raise UsageError(f"{fmt.capitalize()} results are binary: give -o FILE.{fmt} or redirect stdout")
     # read by path, stdin too (column-wise when pyarrow is installed; stdin as its lines arrive)
     if out:
         with atomic_text(Path(out)) as target:  # streamed to a temporary file, renamed at the end

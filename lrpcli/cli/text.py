@@ -50,8 +50,8 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
     if source != "-" and not Path(source).is_file():
         raise InputError(f"input not found: {source}")
     out_format = options["fmt"] or ("pretty" if not options["out"] and sys.stdout.isatty() else "jsonl")
-    if out_format == "parquet":
-        raise UsageError("texts are written as jsonl, csv (one row per token) or pretty, not parquet")
+    if out_format in ("parquet", "arrow"):
+        raise UsageError(f"texts are written as jsonl, csv (one row per token) or pretty, not {out_format}")
     if out_format == "pretty" and options["out"]:
         raise UsageError("--format pretty draws on the terminal; with -o FILE choose jsonl or csv")
     kwargs = dict(

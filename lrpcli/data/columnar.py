@@ -168,7 +168,8 @@ class ParquetSource:
 
         self.source = source
         try:
-            self.file = pq.ParquetFile(path)
+            # read a column chunk as it is needed, not a whole row group at once: memory follows the batch
+            self.file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
         except OSError as exc:
             raise InputError(f"cannot read {source}: {exc.strerror or exc}") from exc
         except (pa.ArrowInvalid, pa.ArrowException) as exc:
@@ -188,7 +189,7 @@ class ParquetSource:
         raw = [names[self.header.index(name)] for name in used]
         done = 1
         try:
-            for record in self.file.iter_batches(batch_size=batch_size, columns=raw):
+            for record in self.file.iter_batches(batch_size=batch_size, columns=raw, use_threads=False):
                 n = record.num_rows
                 numbers = np.arange(done + 1, done + 1 + n, dtype=np.int64)
                 batch = None
@@ -255,15 +256,15 @@ def open_source(path: str, source: str):
 
 
 class ArrowWriter:
-    """Result columns written in bulk: CSV (pyarrow formats the numbers, Python's csv module the header)
-    or Parquet. Relevance, logits and predictions computed in float32 (or narrower) are written as
+    """Result columns written in bulk: CSV (pyarrow formats the numbers, Python's csv module the header),
+    Parquet, or an Arrow IPC stream (one record batch per batch, for readers downstream of a pipe). Relevance, logits and predictions computed in float32 (or narrower) are written as
     float32, so the CSV shows each as the shortest text that reads back to the same float32 (today's
     ``.9g`` texts read back to the same float32 too); relevance_sum is written in float64."""
 
     def __init__(self, handle: IO[str], fmt: str, fields: list[str], relevance_names: list[str], classes: list[str] | None, narrow: bool):
         self.handle, self.fmt, self.fields, self.relevance_names, self.classes = handle, fmt, fields, relevance_names, classes
         self.narrow = narrow and fmt == "csv"
-        self.parquet = None
+        self.parquet = self.arrow = None
         if fmt == "csv":
             csv.writer(handle, lineterminator="\n").writerow(fields)
             handle.flush()
@@ -282,6 +283,13 @@ class ArrowWriter:
                 value = pa.array(value, pa.int64())
             arrays.append(value)
         table = pa.Table.from_arrays(arrays, names=self.fields)
+        if self.fmt == "arrow":  # an IPC stream: each batch readable as soon as it is written
+            if self.arrow is None:
+                self.handle.flush()
+                self.arrow = pa.ipc.new_stream(self.handle.buffer, table.schema)
+            self.arrow.write_table(table)
+            self.handle.buffer.flush()
+            return
         if self.fmt == "parquet":  # one row group per ~64k rows: a row group per small batch writes slowly
             if self.parquet is None:
                 import pyarrow.parquet as pq
@@ -315,6 +323,9 @@ class ArrowWriter:
             self.held = []
 
     def close(self) -> None:
+        if self.arrow is not None:
+            self.arrow.close()
+            self.handle.buffer.flush()
         if self.parquet is not None:
             self._flush_parquet()
             self.parquet.close()
