@@ -259,11 +259,12 @@ def save_heatmap(
     legend: bool = False,
     scale: "float | Scale | None" = None,
     overlay_style: str = "colour",
+    min_side: int = MIN_SIDE,
 ) -> float:
     """Write a heatmap (or an overlay on ``pixels``) as PNG, atomically; ``legend`` adds the colour bar and its scale.
 
     ``scale``: the |relevance| at the colour map's ends, a number or a :class:`Scale` (default: the map's
-    own largest |R|). Returns the scale used."""
+    own largest |R|); ``min_side``: enlarged to at least this many pixels a side. Returns the scale used."""
     from .outputs import write_atomic
 
     heat = relevance_map(relevance)
@@ -271,19 +272,20 @@ def save_heatmap(
     level = 1  # one of thousands of files: encoding speed matters more than the last few hundred bytes
     if legend:
         image = enlarge(
-            overlay_rgb(heat, pixels, cmap, scale=scale, style=overlay_style) if overlay and pixels is not None else heatmap_rgb(heat, cmap, scale=scale)
+            overlay_rgb(heat, pixels, cmap, scale=scale, style=overlay_style) if overlay and pixels is not None else heatmap_rgb(heat, cmap, scale=scale),
+            min_side,
         )
         image = np.concatenate([image, legend_strip(image.shape[1], cmap, scale)], axis=0)
         write_atomic(path, png_bytes(np.ascontiguousarray(image), compress_level=level))
         return scale
     if overlay and pixels is not None:
-        data = png_bytes(enlarge(overlay_rgb(heat, pixels, cmap, scale=scale, style=overlay_style)), compress_level=level)
+        data = png_bytes(enlarge(overlay_rgb(heat, pixels, cmap, scale=scale, style=overlay_style), min_side), compress_level=level)
     else:
         indices, palette = heatmap_indices(heat, cmap, scale=scale)
         used = int(indices.max()) + 1
         if used <= 256:
-            data = png_bytes(enlarge(indices), palette[:used], compress_level=level)
+            data = png_bytes(enlarge(indices, min_side), palette[:used], compress_level=level)
         else:
-            data = png_bytes(enlarge(palette[indices]), compress_level=level)
+            data = png_bytes(enlarge(palette[indices], min_side), compress_level=level)
     write_atomic(path, data)
     return scale

@@ -175,12 +175,28 @@ def test_class_mean_maps_are_the_mean_of_each_class_s_arrays(world):
         with Image.open(run.out / unquote(m["src"])) as image:
             png = np.asarray(image.convert("RGB"))
         factor = png.shape[1] // mean.shape[1]
+        assert png.shape[1] >= 256  # drawn large enough for the bar's labels to be read in the page
         centres = png[factor // 2 : mean.shape[0] * factor : factor, factor // 2 :: factor]
         np.testing.assert_array_equal(centres, _bwr(0.5 + 0.5 * mean / np.abs(mean).max()))  # drawn at its own max |mean|
         from lrpcli.render import legend_strip
 
         np.testing.assert_array_equal(png[mean.shape[0] * factor :], legend_strip(png.shape[1], "bwr", float(np.abs(mean).max())))
     assert sorted(p.name for p in (run.out / "report").iterdir()) == sorted(f"class-{c}.png" for c in expected)
+
+
+def test_class_means_of_a_top_k_run_count_each_input_once(world, tmp_path):
+    """With --top-k 2 each input has two rows; its map for its predicted class is the one averaged."""
+    run = lrp("explain", world["root"] / "model.ts", world["root"] / "inner" / "inputs", "--top-k", "2", "-q", out=tmp_path / "top2")
+    assert run.code == 0, run.describe()
+    rows = run.rows()
+    assert len(rows) == 6
+    html = (run.out / "report.html").read_text(encoding="utf-8")
+    maps = class_maps(html)
+    decided = [r for r in rows if r["target"] == r["prediction"]]
+    assert sum(m["count"] for m in maps) == len(decided) == 3
+    for m in maps:
+        mean = np.mean([np.load(run.out / r["relevance"]).astype(np.float64).sum(axis=0) for r in decided if r["prediction"] == m["cls"]], axis=0)
+        assert f"scale {float(np.abs(mean).max()):.3g}<" in html.split(f'data-cls="{m["cls"]}"', 1)[1]
 
 
 def test_class_means_rebuilt_from_files_and_skipped_without_arrays(world, tmp_path):

@@ -31,6 +31,7 @@ from .page import render_page
 
 REPORT_NAME = "report.html"
 CLASS_MAPS = "report"  # OUT/report/class-<class>.png: the per-class mean relevance maps
+CLASS_MAP_SIDE = 256  # pixels at least: the colour bar's labels stay legible in the page
 PAGE_SIZE = 200
 TRUTH_COLUMNS = ("label", "true_label", "truth", "ground_truth", "y_true")  # a column of the true class, where a summary has one
 _SHARD_SUMMARY = re.compile(r"^summary\.shard-(\d+)-of-(\d+)\.csv$")
@@ -360,7 +361,7 @@ def class_means(out: Path, rows: list[dict[str, str]], locator: _Locator, cmap: 
             continue
         file_name = f"class-{label}.png"
         with output_errors(out):
-            scale = save_heatmap(folder / file_name, total / count, cmap=cmap, legend=True)
+            scale = save_heatmap(folder / file_name, total / count, cmap=cmap, legend=True, min_side=CLASS_MAP_SIDE)
         written.add(file_name)
         maps.append(
             {
