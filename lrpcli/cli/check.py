@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, warn
-from .options import build_composite, composite_options, device_option, new_explainer, fit_preprocessing, json_option, on_error_option, target_option, write_json, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .options import build_composite, composite_options, device_option, new_explainer, fit_preprocessing, json_option, on_error_option, target_option, write_json, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, report_option, spec_preprocessing
 
 
 @click.command(
@@ -19,6 +19,7 @@ Examples:
   lrp check-conservation sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images -c epsilon_plus_flat --junit conservation.xml
   lrp check-conservation model.pt --arch nets.py:Net --input-shape 3,32,32 --random 16 --dtype float64 --tolerance 1e-10 --count all
   lrp check-conservation sample_models/text_sentiment/bag.yaml sample_models/text_sentiment/texts.txt --dtype float64
+  lrp check-conservation sample_models/digits_cnn/model.yaml sample_models/digits_cnn/images -c lrp_0 --report conservation.html
 """,
 )
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
@@ -40,6 +41,7 @@ Examples:
 @on_error_option
 @json_option("the full report")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML file (one test case per sample).")
+@report_option("none: the page is written only where --report is given")
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line.")
 @click.option("--shard", metavar="K/N", help="Check only shard K of N of the inputs (for array jobs; join --json reports with `lrp merge`).")
 @click.option("--inputs-from", metavar="FILE|-", help="Read input paths from a file (one per line), or - for stdin.")
@@ -54,6 +56,8 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     For each sample the input relevance total is compared with the target logit; the
     per-layer table shows where relevance was absorbed (bias, stabiliser) or lost.
     Exit code 0 when every sample is within tolerance, 6 when any is not.
+    --report FILE writes an HTML page: the verdict, the per-input gaps (sortable, failures
+    highlighted) and every sample's per-layer ledger, as a table and a bar chart.
     """
     import torch
 
@@ -66,6 +70,8 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
 
     from ..shards import Shard, read_inputs_list
 
+    if options["report_path"] == "-":
+        raise UsageError("--report takes a file name, not -", hint="the page is a file to open in a browser")
     spec = load_spec(model) if is_spec(model) else None
     shard = Shard.parse(options["shard"])
     if options["inputs_from"]:
@@ -164,6 +170,8 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
         write_atomic(Path(options["junit"]), junit_xml(report).encode("utf-8"))
     if options["json_path"]:
         write_json(options["json_path"], report.to_dict())
+    if options["report_path"]:
+        _write_report(report, model, inputs, options)
     if not options["quiet"]:
         _print_tables(report)
     kind = "relative" if report.relative else "absolute"
@@ -179,6 +187,40 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     info(verdict)
     if skipped:
         raise InputError(f"{len(skipped)} input(s) could not be read and were not checked; the others conserve")
+
+
+def _write_report(report: Any, model: str, inputs: tuple[str, ...], options: dict[str, Any]) -> None:
+    """The --report page; one that cannot be written is a warning (the gate's verdict still stands)."""
+    import platform
+    import sys
+    from datetime import datetime, timezone
+
+    import torch
+
+    from .. import __version__
+    from ..errors import LrpError
+    from ..report.conservation import write_conservation_report
+
+    if inputs:
+        shown = ", ".join(str(i) for i in inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+    else:
+        shown = f"{options['random_count']} random input(s), seed {options['seed']}"
+    run = {
+        "model": str(model),
+        "inputs": shown,
+        "shard": options.get("shard"),
+        "init": options.get("init"),
+        "target": options.get("target"),
+        "versions": {"lrpcli": __version__, "torch": torch.__version__, "python": sys.version.split()[0], "platform": platform.platform()},
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        path = write_conservation_report(Path(options["report_path"]), report.to_dict(), run)
+    except (LrpError, OSError) as exc:
+        warn(f"could not write {options['report_path']}: {getattr(exc, 'message', None) or exc}")
+        return
+    if not options["quiet"]:
+        info(f"wrote {path}")
 
 
 def _print_tables(report: Any) -> None:

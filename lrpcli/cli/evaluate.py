@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, note, progress, warn
-from .options import build_composite, device_option, fit_preprocessing, json_option, on_error_option, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .options import build_composite, device_option, fit_preprocessing, json_option, on_error_option, load_model_option, model_options, no_report_option, parse_params, preprocessing_options, report_option, spec_preprocessing
 
 DEFAULT_OUT = "lrp-eval"
 IMAGE_BATCH, CSV_BATCH = 16, 256
@@ -28,11 +28,14 @@ Examples:
 
 \b
 Outputs (in OUT, default lrp-eval/): evaluation.png (MoRF curves solid, LeRF dashed),
-evaluation.json (curves, AOPC, gap, confidence, localisation, sanity; per input too) and
-evaluation.csv (one row per method, order and step); --json/--csv/--plot FILE (or -)
-write them elsewhere. --save-arrays DIR writes x_batch.npy (N,C,H,W float32),
-y_batch.npy (N, int64: the explained class), a_batch_<method>.npy (N,C,H,W float32) and,
-with --masks, s_batch.npy (N,1,H,W uint8): the arrays Quantus's metrics take.
+evaluation.json (curves, AOPC, gap, confidence, localisation, sanity; per input too),
+evaluation.csv (one row per method, order and step) and report.html (the run, the
+curves per method, the metrics and what is better, sanity, localisation; `lrp report
+OUT` rebuilds it from evaluation.json); --json/--csv (FILE or -), --plot FILE and
+--report FILE write them elsewhere, --no-report writes no page. --save-arrays DIR
+writes x_batch.npy (N,C,H,W float32), y_batch.npy (N, int64: the explained class),
+a_batch_<method>.npy (N,C,H,W float32) and, with --masks, s_batch.npy
+(N,1,H,W uint8): the arrays Quantus's metrics take.
 """
 )
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
@@ -58,6 +61,8 @@ with --masks, s_batch.npy (N,1,H,W uint8): the arrays Quantus's metrics take.
 @json_option("the results (instead of OUT/evaluation.json)")
 @click.option("--csv", "csv_path", metavar="FILE|-", help="Write the CSV here instead of OUT/evaluation.csv (- for stdout).")
 @click.option("--plot", "plot_path", metavar="FILE", help="Write the PNG chart here instead of OUT/evaluation.png.")
+@report_option("OUT/report.html")
+@no_report_option
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), help=f"Inputs per batch (default: {IMAGE_BATCH} images, {CSV_BATCH} CSV rows).")
 @device_option
 @on_error_option
@@ -103,6 +108,7 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         raise UsageError("give one CSV file (or - for stdin), or image inputs, not several or both")
     if options["json_path"] == "-" and options["csv_path"] == "-":
         raise UsageError("--json - and --csv - would both write to stdout; send one of them to a file")
+    _check_report_options(options)
     if tabular:
         for flag in ("size", "resize", "crop", "mode", "masks_dir"):
             if options.get(flag):
@@ -247,6 +253,7 @@ def _evaluate_texts(model: str, spec: Any, inputs: tuple[str, ...], options: dic
             raise UsageError(f"{name} applies to images or CSV rows, not texts")
     if options["json_path"] == "-" and options["csv_path"] == "-":
         raise UsageError("--json - and --csv - would both write to stdout; send one of them to a file")
+    _check_report_options(options)
     settings = _settings(options, text=True)
     baselines = _baselines(options["baselines"], resolve_baseline, BASELINES)
     tokenizer = open_texts(inputs[0], spec, options)
@@ -456,7 +463,35 @@ def _write_outputs(result: Any, out: Path, model: str, inputs: tuple[str, ...], 
         with atomic_text(path) as handle:
             write_rows(handle)
         written.append(str(path))
+    if not options.get("no_report"):
+        page = _write_report(out, options.get("report_path"), data)
+        if page:
+            written.append(page)
     return written
+
+
+def _check_report_options(options: dict[str, Any]) -> None:
+    from ..errors import UsageError
+
+    if options.get("report_path") and options.get("no_report"):
+        raise UsageError("--report FILE and --no-report exclude each other")
+    if options.get("report_path") == "-":
+        raise UsageError("--report takes a file name, not -", hint="the page is a file to open in a browser")
+
+
+def _write_report(out: Path, where: str | None, data: dict[str, Any]) -> str | None:
+    """OUT/report.html (or --report FILE) from the same numbers as evaluation.json; a page that cannot
+    be written is a warning, not a failed evaluation."""
+    from ..errors import LrpError
+    from ..report.evaluation import write_evaluation_report
+
+    path = Path(where) if where else out / "report.html"
+    try:
+        # through JSON, so that the page equals the one `lrp report OUT` builds from evaluation.json
+        return str(write_evaluation_report(out, path, json.loads(json.dumps(data, default=str))))
+    except (LrpError, OSError) as exc:
+        warn(f"could not write {path}: {getattr(exc, 'message', None) or exc}")
+        return None
 
 
 def _save_arrays(result: Any, folder: Path) -> str:
