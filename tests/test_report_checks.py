@@ -259,3 +259,16 @@ def test_conservation_page_in_a_browser(conservation, browser, tmp_path):
     assert not _leaving(watched, folder), _leaving(watched, folder)
     assert not watched.errors, watched.errors
     page.close()
+
+
+def test_evaluate_page_marks_every_tied_best_value(image_eval):
+    """gradient x input equals LRP-epsilon on ReLU nets: equal values are both marked best."""
+    from lrpcli.report.evaluation import evaluation_data
+
+    data = json.loads((image_eval / "evaluation.json").read_text())
+    data["methods"]["twin"] = json.loads(json.dumps(data["methods"]["epsilon_plus_flat"]))
+    data["methods"]["twin"]["aopc"]["lerf"] = float("nan")  # an unknown value is never best
+    rows = {row["name"]: {key: is_best for key, _, is_best in row["values"]} for row in evaluation_data(data)["rows"]}
+    assert rows["twin"]["aopc_morf"] == rows["epsilon_plus_flat"]["aopc_morf"]
+    assert rows["twin"]["gap"] == rows["epsilon_plus_flat"]["gap"]
+    assert not rows["twin"]["aopc_lerf"] and sum(r["aopc_lerf"] for r in rows.values()) >= 1

@@ -41,7 +41,7 @@ Examples:
 @on_error_option
 @json_option("the full report")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML file (one test case per sample).")
-@report_option("none: the page is written only where --report is given")
+@report_option("no page")
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line.")
 @click.option("--shard", metavar="K/N", help="Check only shard K of N of the inputs (for array jobs; join --json reports with `lrp merge`).")
 @click.option("--inputs-from", metavar="FILE|-", help="Read input paths from a file (one per line), or - for stdin.")
@@ -56,6 +56,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     For each sample the input relevance total is compared with the target logit; the
     per-layer table shows where relevance was absorbed (bias, stabiliser) or lost.
     Exit code 0 when every sample is within tolerance, 6 when any is not.
+
     --report FILE writes an HTML page: the verdict, the per-input gaps (sortable, failures
     highlighted) and every sample's per-layer ledger, as a table and a bar chart.
     """

@@ -112,11 +112,12 @@ def evaluation_data(data: dict[str, Any]) -> dict[str, Any]:
     arguments = data.get("arguments") or {}
     summaries = {name: method_summary(methods[name]) for name in names}
     columns = [c for c in METRICS if any(summaries[n][c[0]] is not None for n in names)]
-    best: dict[str, str] = {}
+    best: dict[str, set[str]] = {}  # per column, the methods with the best value (ties all marked)
     for key, _, better, _ in columns:
-        known = [(summaries[n][key], n) for n in names if summaries[n][key] is not None]
+        known = {n: summaries[n][key] for n in names if summaries[n][key] is not None and summaries[n][key] == summaries[n][key]}
         if len(known) > 1:
-            best[key] = (max if better == "high" else min)(known)[1]
+            top = (max if better == "high" else min)(known.values())
+            best[key] = {n for n, v in known.items() if abs(v - top) <= 1e-12 * max(1.0, abs(top))}
     unit = {"text": "tokens", "csv": "features"}.get(kind) or ("pixels" if int(settings.get("patch") or 1) == 1 else f"{settings.get('patch')}x{settings.get('patch')} patches")
     rows = []
     for name in names:
@@ -125,7 +126,7 @@ def evaluation_data(data: dict[str, Any]) -> dict[str, Any]:
             {
                 "name": name,
                 "kind": entry.get("kind", ""),
-                "values": [(key, summaries[name][key], best.get(key) == name) for key, *_ in columns],
+                "values": [(key, summaries[name][key], name in best.get(key, ())) for key, *_ in columns],
                 "flagged": bool((entry.get("sanity") or {}).get("flagged")),
                 "sanity": bool(entry.get("sanity")),
             }
