@@ -272,3 +272,22 @@ def test_evaluate_page_marks_every_tied_best_value(image_eval):
     assert rows["twin"]["aopc_morf"] == rows["epsilon_plus_flat"]["aopc_morf"]
     assert rows["twin"]["gap"] == rows["epsilon_plus_flat"]["gap"]
     assert not rows["twin"]["aopc_lerf"] and sum(r["aopc_lerf"] for r in rows.values()) >= 1
+
+
+def test_conservation_page_of_a_large_gate_keeps_failures_first(conservation, monkeypatch):
+    """Beyond the caps, the page keeps the failing and worst inputs' rows and ledgers (the JSON holds all)."""
+    from lrpcli.report import conservation as page_module
+
+    data = json.loads((conservation / "report.json").read_text())
+    data["samples"][5]["passed"] = True  # one passing input among failures: it is left out first
+    data["samples"][5]["error"] = 0.0
+    data["passed"] = False
+    monkeypatch.setattr(page_module, "SAMPLE_ROWS", 3)
+    monkeypatch.setattr(page_module, "LEDGER_SAMPLES", 2)
+    text = page_module.render_conservation(data)
+    rows = [int(i) for i in re.findall(r'<tr data-index="(\d+)"', text)]
+    ledgers = [int(i) for i in re.findall(r'<tbody class="ledger" data-index="(\d+)"', text)]
+    failing = sorted((i for i, s in enumerate(data["samples"]) if not s["passed"]), key=lambda i: -data["samples"][i]["error"])
+    assert rows == sorted(failing[:3]) and 5 not in rows
+    assert len(ledgers) == 2 and set(ledgers) <= set(rows) and ledgers[0] == page_module.focus_sample(data["samples"])
+    assert 'id="samples-shown"' in text and "The 3 of 8 inputs" in text

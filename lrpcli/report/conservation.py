@@ -6,12 +6,14 @@ lists, layer by layer from the output down, the relevance each layer received an
 what it kept splits into bias, stabiliser, a non-conservative rule's share and the rest ("other");
 the layers' ``absorbed`` add up to the sample's gap (logit - input relevance). The page shows the
 ledger of every sample (up to :data:`LEDGER_SAMPLES`, failures first; a menu switches between them)
-and a bar chart of the worst sample's and the mean ledger. Self-contained: the chart is a
+and a bar chart of the worst sample's and the mean ledger; the per-input table holds up to
+:data:`SAMPLE_ROWS` inputs (failures first, then by error) so a large gate's page stays light. Self-contained: the chart is a
 ``data:`` PNG, nothing is linked or fetched.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from .charts import data_uri, figure
 from .page import render_page
 
 LEDGER_SAMPLES = 200  # samples whose ledger the page holds (failures first, then by error)
+SAMPLE_ROWS = 5000  # rows of the per-input table (failures first, then by error; the JSON holds them all)
 PARTS = (("bias", "bias"), ("stabilizer", "stabiliser"), ("rule_share", "rule took"), ("other", "other"))
 
 
@@ -36,12 +39,17 @@ def render_conservation(data: dict[str, Any], run: dict[str, Any] | None = None)
     return render_page("conservation.html.j2", **conservation_data(data, run or {}))
 
 
+def _error(sample: dict[str, Any]) -> float:
+    """A sample's error for ordering: a non-finite one (NaN relevance) counts as the largest."""
+    error = float(sample["error"])
+    return error if math.isfinite(error) else math.inf
+
+
 def focus_sample(samples: list[dict[str, Any]]) -> int:
-    """The sample the page opens on: the first failing one, else the one with the largest error."""
-    for index, sample in enumerate(samples):
-        if not sample["passed"]:
-            return index
-    return max(range(len(samples)), key=lambda i: samples[i]["error"]) if samples else 0
+    """The sample the page opens on: the failing one with the largest error (the one the verdict names),
+    else the one with the largest error."""
+    failing = [i for i, sample in enumerate(samples) if not sample["passed"]]
+    return max(failing or range(len(samples)), key=lambda i: _error(samples[i])) if samples else 0
 
 
 def mean_ledger(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -62,9 +70,10 @@ def conservation_data(data: dict[str, Any], run: dict[str, Any]) -> dict[str, An
     samples = list(data["samples"])
     failed = [s for s in samples if not s["passed"]]
     focus = focus_sample(samples)
-    order = sorted(range(len(samples)), key=lambda i: (samples[i]["passed"], -samples[i]["error"]))
+    order = sorted(range(len(samples)), key=lambda i: (samples[i]["passed"], -_error(samples[i])))
     ledger_ids = [i for i in order if i != focus][: max(LEDGER_SAMPLES - 1, 0)]
     ledgers = [focus] + sorted(ledger_ids) if samples else []
+    shown = sorted(set(order[:SAMPLE_ROWS]) | set(ledgers))  # in input order; every ledger's row is shown
     mean = mean_ledger(samples)
     show_rule = any(abs(float(layer["rule_share"])) > 0 for s in samples for layer in s["layers"])
     kind = "relative" if data["relative"] else "absolute"
@@ -79,7 +88,7 @@ def conservation_data(data: dict[str, Any], run: dict[str, Any]) -> dict[str, An
         "count": data["count"],
         "dtype": data["dtype"],
         "run": run,
-        "samples": samples,
+        "samples": [(i, samples[i]) for i in shown],
         "focus": focus,
         "ledgers": [{"index": i, "sample": samples[i], "total": sum(float(layer["absorbed"]) for layer in samples[i]["layers"])} for i in ledgers],
         "ledger_total": len(samples),
