@@ -268,22 +268,18 @@ def _first_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- drawing
 
 
-def heat_colours(heat: np.ndarray, scale: float, cmap: str = "bwr", pixels: np.ndarray | None = None, alpha: float = 0.7) -> np.ndarray:
+def heat_colours(heat: np.ndarray, scale: float, cmap: str = "bwr", pixels: np.ndarray | None = None, style: str = "colour") -> np.ndarray:
     """(H, W) relevance -> uint8 RGB, symmetric around 0 with ``scale`` (a max |relevance|) at the ends.
 
-    With ``pixels`` the heatmap is drawn over a grey version of the input, opaque where
-    |relevance| is large (as render.overlay_rgb does).
-    """
-    from .render import colormap
+    With ``pixels`` the heatmap is drawn over the input as `lrp explain --overlay` draws it
+    (render.overlay_rgb: ``style`` colour keeps the input's colours, grey greys them)."""
+    from .render import colormap, overlay_rgb
 
     heat = np.asarray(heat, dtype=np.float64)
-    unit = np.zeros_like(heat) if scale <= 0 else np.clip(heat / scale, -1.0, 1.0)
-    colours = colormap(cmap)(0.5 + 0.5 * unit)[..., :3] * 255.0
     if pixels is not None:
-        grey = _rgb(pixels).astype(np.float64).mean(axis=2, keepdims=True).repeat(3, axis=2)
-        weight = (alpha * np.abs(unit))[..., None]
-        colours = (1 - weight) * grey + weight * colours
-    return colours.round().astype(np.uint8)
+        return overlay_rgb(heat, _rgb(pixels), cmap, scale=scale, style=style)
+    unit = np.zeros_like(heat) if scale <= 0 else np.clip(heat / scale, -1.0, 1.0)
+    return (colormap(cmap)(0.5 + 0.5 * unit)[..., :3] * 255.0).round().astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=4)
@@ -347,6 +343,7 @@ def compose(
     *,
     cmap: str = "bwr",
     overlay: bool = False,
+    overlay_style: str = "colour",
     shared_scale: bool = False,
     footer: str | None = None,
     min_side: int = MIN_SIDE,
@@ -399,7 +396,7 @@ def compose(
         top = PAD + header_h + r * row_h
         scale = max((float(np.abs(h).max()) if h.size else 0.0) for h in row.heats) if shared_scale else None
         images = [row.pixels] + [
-            heat_colours(h, scale if scale is not None else float(np.abs(h).max()) if h.size else 0.0, cmap, row.pixels if overlay else None)
+            heat_colours(h, scale if scale is not None else float(np.abs(h).max()) if h.size else 0.0, cmap, row.pixels if overlay else None, overlay_style)
             for h in row.heats
         ]
         captions = [input_caption(row)] + [heat_caption(row, c) for c in range(len(labels))]
@@ -455,6 +452,7 @@ def compare_images(
     options: CompareOptions | None = None,
     cmap: str = "bwr",
     overlay: bool = False,
+    overlay_style: str = "colour",
     shared_scale: bool = False,
     footer: str | None = None,
     progress: Callable[[int], None] | None = None,
@@ -473,7 +471,7 @@ def compare_images(
             hint="write one figure per input (no --sheet), or pass fewer inputs",
         )
     report = CompareReport(total=len(items))
-    style = {"cmap": cmap, "overlay": overlay, "shared_scale": shared_scale, "footer": footer}
+    style = {"cmap": cmap, "overlay": overlay, "overlay_style": overlay_style, "shared_scale": shared_scale, "footer": footer}
     kept: list[Row] = []
     names = {item.name: item.output_name or item.name for item in items}
     for row in explain_rows(explainers, items, preprocessing, targets, classes, options, report.failures, report.notes, progress):

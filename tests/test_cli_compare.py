@@ -248,3 +248,23 @@ def test_compose_draws_known_relevance():
     narrow, wide = compose([row], ["a", "b", "c"]), compose([row], ["a", "b", "a much longer composite label"])
     assert narrow.shape[1] > png.shape[1] + 128, "a column per composite"
     assert wide.shape[1] > narrow.shape[1] + 60, "columns widen to fit their labels"
+
+
+def test_compare_overlays_draw_as_lrp_explain_draws_them():
+    """lrp compare --overlay keeps the input's colours where R is 0 and shows the colour map's end where
+    |R| reaches the scale, as lrp explain --overlay does; --overlay-style grey greys the input."""
+    import numpy as np
+
+    from lrpcli.compare import heat_colours
+    from lrpcli.render import colormap, overlay_rgb
+
+    pixels = np.zeros((2, 2, 3), dtype=np.uint8)
+    pixels[...] = (200, 40, 10)
+    heat = np.array([[0.0, 2.0], [-2.0, 0.0]])
+    drawn = heat_colours(heat, 2.0, "bwr", pixels)
+    assert (drawn[0, 0] == (200, 40, 10)).all() and (drawn[1, 1] == (200, 40, 10)).all()
+    red = (np.array(colormap("bwr")(1.0)[:3]) * 255).round()
+    assert np.abs(drawn[0, 1].astype(float) - red).max() <= 1
+    assert (drawn == overlay_rgb(heat, pixels, "bwr", scale=2.0)).all()
+    grey = heat_colours(heat, 2.0, "bwr", pixels, "grey")
+    assert len(set(grey[0, 0].tolist())) == 1  # a grey: r = g = b

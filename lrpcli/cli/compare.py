@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, note, progress, warn
-from .options import cache_id, check_cmap, device_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .options import cache_id, check_cmap, device_option, overlay_option, overlay_style_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
 
 
 @click.command(
@@ -40,7 +40,8 @@ Examples:
 @target_option("pred (default), a class index or a class name; all composites explain the same one")
 @click.option("--shared-scale", is_flag=True, help="Scale each row's heatmaps by the row's largest |relevance| (compare magnitudes across composites) instead of each panel's own.")
 @click.option("--cmap", default="bwr", show_default=True, help="Heatmap colour map: bwr, seismic, coldnhot, gray, coolwarm, ...")
-@click.option("--overlay", is_flag=True, help="Draw heatmaps over the (grey) input image.")
+@overlay_option
+@overlay_style_option
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Inputs per batch.")
 @device_option
@@ -145,6 +146,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
             options=run_options,
             cmap=options["cmap"],
             overlay=options["overlay"],
+            overlay_style=options["overlay_style"],
             shared_scale=options["shared_scale"],
             footer="; ".join(footer_parts),
             progress=advance,

@@ -11,6 +11,8 @@ from .console import console, failed, info, note, progress, warn
 from .options import (
     check_cmap,
     device_option,
+    overlay_option,
+    overlay_style_option,
     on_error_option,
     target_option,
     fit_preprocessing,
@@ -57,8 +59,8 @@ Examples:
 @click.option("--html", type=click.Path(dir_okay=False), help="Texts: also write one HTML page with every text's words shaded by relevance.")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
 @click.option("--cmap", default="bwr", show_default=True, help="Heatmap colour map: bwr, seismic, coldnhot, gray, coolwarm, ...")
-@click.option("--overlay", is_flag=True, help="Draw heatmaps over the input image: relevance as colour, opaque in proportion to |R| (see --overlay-style).")
-@click.option("--overlay-style", type=click.Choice(["colour", "grey"]), default="colour", show_default=True, help="colour: over the input's own colours (they show where R is 0); grey: over a grey copy of the input.")
+@overlay_option
+@overlay_style_option
 @click.option("--scale", default="per-image", show_default=True, metavar="per-image|shared[:V]|percentile[:P]", help="Heatmap colour scale (|R| at the colour map's ends): each image's own max |R|; shared: one scale for the run, the max |R| over all its inputs (found from OUT/relevance/*.npy after the last batch, heatmaps then redrawn; per shard with --shard), or shared:V for a given V; percentile: each image's P-th percentile of |R| (default 99.5), larger values clipped.")
 @click.option("--legend", is_flag=True, help="Add a colour bar with the heatmap's scale (-S .. +S, S the scale used, see --scale) under each heatmap.")
 @click.option("--no-heatmaps", is_flag=True, help="Write no PNG heatmaps.")

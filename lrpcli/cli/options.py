@@ -105,6 +105,11 @@ def report_option(default_where: str):
 
 
 no_report_option = click.option("--no-report", is_flag=True, help="Write no HTML report page.")
+overlay_option = click.option("--overlay", is_flag=True, help="Draw heatmaps over the input image: relevance as colour, opaque in proportion to |R| (see --overlay-style).")
+overlay_style_option = click.option(
+    "--overlay-style", type=click.Choice(["colour", "grey"]), default="colour", show_default=True,
+    help="colour: over the input's own colours (they show where R is 0); grey: over a grey copy of the input.",
+)
 
 
 def target_option(choices: str = "pred (default), a class index, a class name, or all"):
