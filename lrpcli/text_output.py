@@ -154,8 +154,25 @@ _PAGE_TEXT = """<div class="text" id="t-{{ row.id }}"><div class="meta">{{ row.i
 _PAGE_TAIL = "</body></html>\n"
 
 
-def _colour(value: float) -> str:
-    """The background of a word with relative relevance ``value`` (-1..1), with a text colour that stays readable."""
+def text_pieces(row: dict[str, Any]) -> tuple[float, list[tuple[str, float | None, float]]]:
+    """The row's text cut into pieces: (words and the text between them, relative relevance -1..1 or None
+    between words, relevance), and the text's scale (its largest |relevance|)."""
+    scale, values = shades(row["words"])
+    pieces: list[tuple[str, float | None, float]] = []
+    cursor = 0
+    for word, value in zip(row["words"], values):
+        if word["start"] > cursor:
+            pieces.append((row["text"][cursor : word["start"]], None, 0.0))
+        pieces.append((row["text"][word["start"] : word["end"]], value, word["relevance"]))
+        cursor = max(cursor, word["end"])
+    if cursor < len(row["text"]):
+        pieces.append((row["text"][cursor:], None, 0.0))
+    return scale, pieces
+
+
+def word_style(value: float) -> str:
+    """The background of a word with relative relevance ``value`` (-1..1), with a text colour that stays readable
+    (white on strong shades)."""
     alpha = min(1.0, abs(value))
     background = f"rgba(255,0,0,{alpha:.3f})" if value > 0 else f"rgba(0,0,255,{alpha:.3f})"
     return background + ("; color: #fff" if alpha > 0.55 else "")
@@ -172,16 +189,8 @@ class HtmlWriter:
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
-            scale, values = shades(row["words"])
-            pieces, cursor = [], 0
-            for word, value in zip(row["words"], values):
-                if word["start"] > cursor:
-                    pieces.append((row["text"][cursor : word["start"]], None, 0.0))
-                pieces.append((row["text"][word["start"] : word["end"]], value, word["relevance"]))
-                cursor = max(cursor, word["end"])
-            if cursor < len(row["text"]):
-                pieces.append((row["text"][cursor:], None, 0.0))
-            self.handle.write(self.text_template.render(row=row, pieces=pieces, scale=scale, colour=_colour))
+            scale, pieces = text_pieces(row)
+            self.handle.write(self.text_template.render(row=row, pieces=pieces, scale=scale, colour=word_style))
         self.handle.flush()
 
     def close(self) -> None:

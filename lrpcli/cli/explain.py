@@ -21,8 +21,10 @@ from .options import (
     load_model_option,
     model_options,
     new_explainer,
+    no_report_option,
     parse_params,
     preprocessing_options,
+    report_option,
     spec_preprocessing,
 )
 
@@ -56,13 +58,15 @@ Examples:
 @click.option("--tokenizer", type=click.Path(dir_okay=False), help="Texts: a Hugging Face tokenizer.json (default: the spec's input.tokenizer).")
 @click.option("--text-col", metavar="NAME", help="Texts in a CSV or JSONL file: the column / key holding the text.")
 @click.option("--max-length", type=click.IntRange(min=1), help="Texts: cut texts to this many tokens (default: the spec's, else 256); cut texts are reported.")
-@click.option("--html", type=click.Path(dir_okay=False), help="Texts: also write one HTML page with every text's words shaded by relevance.")
+@click.option("--html", type=click.Path(dir_okay=False), help="Texts: also write one script-free HTML page with every text's words shaded by relevance (the --report page shows them too, a sample of a large run, with the words for and against each class).")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
 @click.option("--cmap", default="bwr", show_default=True, help="Heatmap colour map: bwr, seismic, coldnhot, gray, coolwarm, ...")
 @overlay_option
 @overlay_style_option
 @click.option("--scale", default="per-image", show_default=True, metavar="per-image|shared[:V]|percentile[:P]", help="Heatmap colour scale (|R| at the colour map's ends): each image's own max |R|; shared: one scale for the run, the max |R| over all its inputs (found from OUT/relevance/*.npy after the last batch, heatmaps then redrawn; per shard with --shard), or shared:V for a given V; percentile: each image's P-th percentile of |R| (default 99.5), larger values clipped.")
 @click.option("--legend", is_flag=True, help="Add a colour bar with the heatmap's scale (-S .. +S, S the scale used, see --scale) under each heatmap.")
+@report_option("OUT/report.html for images, FILE.report.html beside -o FILE for CSV rows and texts; none on stdout")
+@no_report_option
 @click.option("--no-heatmaps", is_flag=True, help="Write no PNG heatmaps.")
 @click.option("--no-arrays", is_flag=True, help="Write no .npy relevance arrays.")
 @click.option("--layers", metavar="NAME,...", help="Images: also write the relevance at these inner layers' outputs (module paths, see `lrp inspect`) to OUT/layers/<layer>/<input>.npy.")
@@ -89,6 +93,10 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     stdin, or a CSV/JSONL file with --text-col): one JSON line per text and target with the
     relevance of every token and word, to stdout or -o FILE; --top-k K adds the K words most
     for and against; --html FILE writes a page of shaded texts.
+
+    Rows and texts written to -o FILE also get a report page beside it (FILE.report.html: the
+    features by mean |relevance| and their spread, or the highlighted texts and the words most
+    for and against each class; --report FILE to choose, --no-report for none).
 
     """
     from ..data.images import collect_images

@@ -2,16 +2,115 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import Any
 
-from .console import console, info, note, failed
+from .console import console, info, note, failed, warn
 from .options import build_composite, floats, load_model_option, new_explainer, parse_params
 
 
 def _names(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def report_page(options: dict[str, Any], out: str | None) -> Path | None:
+    """Where a rows or texts run writes its report page: --report FILE; else beside -o FILE
+    (FILE.report.html) unless --no-report; none on stdout."""
+    from ..errors import UsageError
+    from ..report.table import report_path_for
+
+    where = options.get("report_path")
+    if where and options.get("no_report"):
+        raise UsageError("--report FILE and --no-report exclude each other")
+    if where == "-":
+        raise UsageError("--report takes a file name, not -", hint="the page is a file to open in a browser")
+    if where:
+        page = Path(where)
+    elif out and not options.get("no_report"):
+        page = report_path_for(Path(out))
+    else:
+        return None
+    if out and page.resolve() == Path(out).resolve():
+        raise UsageError(f"--report {page} would replace the results (-o {out})", hint="give the page another name")
+    return page
+
+
+def run_metadata(model: str, composite: Any, source: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What the page says about the run (the rows output holds none of it)."""
+    import platform
+    from datetime import datetime, timezone
+
+    import torch
+
+    from .. import __version__
+
+    return {
+        "model": str(model),
+        "composite": composite.name,
+        "versions": {"lrpcli": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "input": source,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": options.get("device"),
+        "dtype": options.get("dtype"),
+    }
+
+
+class _Tee:
+    """stdout that also writes to a file (text or, via .buffer, bytes): the rows for the page of a run on stdout."""
+
+    def __init__(self, first: Any, second: Any):
+        self.first, self.second = first, second
+        self.buffer = _BytesTee(first.buffer, second.buffer) if hasattr(first, "buffer") and hasattr(second, "buffer") else None
+
+    def write(self, data: Any) -> int:
+        self.second.write(data)
+        return self.first.write(data)
+
+    def flush(self) -> None:
+        self.first.flush()
+        self.second.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _BytesTee(io.RawIOBase):
+    """The binary side of :class:`_Tee` (Arrow and Parquet write bytes), a file object as pyarrow wants one."""
+
+    def __init__(self, first: Any, second: Any):
+        super().__init__()
+        self.first, self.second, self.position = first, second, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.second.write(data)
+        self.first.write(data)
+        self.position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        self.first.flush()
+        self.second.flush()
+
+
+def _write_rows_page(page: Path, results: Path, run: dict[str, Any]) -> bool:
+    """The page of a rows run; a page that cannot be written is a warning, the results stand."""
+    from ..errors import LrpError
+    from ..report.table import write_table_report
+
+    try:
+        write_table_report(results, page, run)
+        return True
+    except (LrpError, OSError, ValueError) as exc:
+        warn(f"could not write the report page {page}: {getattr(exc, 'message', None) or exc}")
+        return False
 
 
 def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> None:
@@ -67,16 +166,29 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
         raise InputError(f"input not found: {source}")
     if fmt in ("parquet", "arrow") and not out and sys.stdout.isatty():
         raise UsageError(f"{fmt.capitalize()} results are binary: give -o FILE.{fmt} or redirect stdout")
+    page = report_page(options, out)
     # read by path, stdin too (column-wise when pyarrow is installed; stdin as its lines arrive)
     if out:
         with atomic_text(Path(out)) as target:  # streamed to a temporary file, renamed at the end
             report = explain_rows(explainer, None, name, target, path=source, **kwargs)
+    elif page:  # stdout, and a copy of the rows for the page (removed once it is written)
+        copy = page.with_name(f".{page.name}.rows.{fmt}")
+        try:
+            with open(copy, "w", encoding="utf-8", newline="") as second:
+                report = explain_rows(explainer, None, name, _Tee(sys.stdout, second), path=source, **kwargs)
+            wrote = _write_rows_page(page, copy, run_metadata(model, composite, name, options))
+        finally:
+            copy.unlink(missing_ok=True)
     else:
         report = explain_rows(explainer, None, name, sys.stdout, path=source, **kwargs)
+    if out and page:
+        wrote = _write_rows_page(page, Path(out), run_metadata(model, composite, name, options))
     for line in report.notes:
         note(line)
     if not options["quiet"]:
-        info(f"explained {report.rows_out} result row(s) from {report.rows_in - len(report.failures)} of {report.rows_in} input row(s) with {composite.name}")
+        where = f" -> {out}" if out else ""
+        where += f", page {page}" if page and wrote else ""
+        info(f"explained {report.rows_out} result row(s) from {report.rows_in - len(report.failures)} of {report.rows_in} input row(s) with {composite.name}{where}")
     if report.failures:
         shown = report.failures[:20]
         for failure in shown:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .console import console, info, note, progress
+from .console import console, info, note, progress, warn
 from .options import build_composite, load_model_option, new_explainer, parse_params
 
 
@@ -54,6 +54,13 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
         raise UsageError(f"texts are written as jsonl, csv (one row per token) or pretty, not {out_format}")
     if out_format == "pretty" and options["out"]:
         raise UsageError("--format pretty draws on the terminal; with -o FILE choose jsonl or csv")
+    from ..report.text import TextReport
+    from .tabular import report_page, run_metadata
+
+    page_path = report_page(options, options["out"])
+    if page_path and options["html"] and page_path.resolve() == Path(options["html"]).resolve():
+        raise UsageError("--report and --html name the same file", hint="--html writes the script-free page of every text; --report the report page")
+    page_report = TextReport() if page_path else None
     kwargs = dict(
         targets=targets,
         classes=classes,
@@ -86,11 +93,20 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
             page = stack.enter_context(atomic_text(Path(options["html"])))
             html = HtmlWriter(page, f"lrp explain: {Path(str(model)).name}", f"{name}, composite {composite.name}")
             writers.append(html)
+        if page_report is not None:
+            writers.append(page_report)
         with progress("explaining texts", None, options["quiet"]) as advance:
             explainer.stages = advance.stage
             report = explain_texts(explainer, records, tokenizer, writers, progress=advance, **kwargs)
         if options["html"]:
             html.close()
+    wrote = False
+    if page_report is not None:  # the page is extra: one that cannot be written leaves the results as they are
+        try:
+            page_report.write_page(page_path, Path(options["out"]).name if options["out"] else name, run_metadata(model, composite, name, options))
+            wrote = True
+        except OSError as exc:
+            warn(f"could not write the report page {page_path}: {exc}")
     for line in report.notes:
         note(line)
     if report.truncated:
@@ -98,6 +114,7 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
     if not options["quiet"]:
         where = f" -> {options['out']}" if options["out"] else ""
         where += f", page {options['html']}" if options["html"] else ""
+        where += f", report page {page_path}" if wrote else ""
         info(f"explained {report.texts_in - len(report.failures)} of {report.texts_in} text(s) ({report.rows_out} result row(s)) with {composite.name}{where}")
     if report.failures:
         for failure in report.failures[:20]:

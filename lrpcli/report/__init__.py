@@ -1,6 +1,6 @@
 """Static report pages that show a run: ``OUT/report.html``.
 
-One module per kind of run (images.py for image folders, evaluation.py for `lrp evaluate`,
+One module per kind of run (images.py for image folders, evaluation.py for `lrp evaluate`, table.py for CSV-row results, text.py for text results,
 conservation.py for `lrp check-conservation --report`); page.py holds the shared template
 environment, charts.py the matplotlib charts embedded as data: URIs, and templates/ the pages. Pages are self-contained and link only files inside OUT."""
 
@@ -10,9 +10,23 @@ from .images import REPORT_NAME, render_report, report_data, run_files, summary_
 from .images import write_report as write_image_report
 
 
-def write_report(out: Path) -> Path:
-    """Write OUT/report.html for the run in OUT, whichever command made it, and return its path."""
+def write_report(out: Path, page: Path | None = None) -> Path:
+    """Write OUT/report.html for the run in OUT, whichever command made it, and return its path.
+
+    OUT may also be a result file of `lrp explain` on CSV rows (CSV, JSONL, Parquet, Arrow) or on
+    texts (JSONL): its page goes to ``page``, by default beside it (rel.csv -> rel.report.html)."""
     out = Path(out)
+    if out.is_file():
+        from .table import ROW_SUFFIXES, write_table_report
+        from .text import is_text_results, write_text_report
+
+        if out.suffix.lower() in (".jsonl", ".ndjson") and is_text_results(out):
+            return write_text_report(out, page)
+        if out.suffix.lower() in ROW_SUFFIXES:
+            return write_table_report(out, page)
+        from ..errors import InputError
+
+        raise InputError(f"{out}: not an output folder or a result file (.csv, .jsonl, .parquet, .arrow)", hint="give the -o of `lrp explain`")
     if out.is_dir() and not summary_files(out):
         from .evaluation import is_evaluation_folder, write_evaluation_report
 
