@@ -131,6 +131,14 @@ def test_a_large_file_is_summed_exactly_and_sampled_uniformly(tmp_path):
     assert len(set(order)) == SAMPLE_SIZE
     np.testing.assert_array_equal(stats.sample, values[order])  # each sampled row is the row it says it is
     assert abs(order.mean() / n - 0.5) < 0.03 and (order > n // 2).mean() == pytest.approx(0.5, abs=0.05)  # uniform over the file
+    from lrpcli.data import columnar
+
+    if columnar.available():  # the reader without pyarrow finds the same numbers and the same sample
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(columnar, "available", lambda: False)
+            plain = row_stats(path)
+        np.testing.assert_allclose(plain.abs_sum, stats.abs_sum, rtol=1e-13)  # summed in other chunks
+        assert plain.order == stats.order
     page = write_table_report(path)
     text = page.read_text()
     assert f"a uniform random sample of {SAMPLE_SIZE} of the {n} rows" in text

@@ -95,6 +95,12 @@ def _csv_chunks(path: Path):
         if header is None:
             raise InputError(f"{path}: empty file", hint="give the -o FILE of `lrp explain MODEL rows.csv`")
         features = _columns(header, path)
+        from ..data import columnar
+
+        if columnar.available():  # pyarrow's streaming reader: the same numbers, several times faster
+            handle.close()
+            yield from _arrow_csv_chunks(path, header, features)
+            return
         where = {name: i for i, name in enumerate(header)}
         while True:
             rows = [r for _, r in zip(range(CHUNK), reader)]
@@ -110,6 +116,28 @@ def _csv_chunks(path: Path):
                     i = where[name]
                     columns[name] = [r[i] for r in rows]
             yield features, columns
+
+
+def _arrow_csv_chunks(path: Path, header: list[str], features: list[str]):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    numbers = set(features) | {"relevance_sum", "logit"}
+    types = {name: (pa.float64() if name in numbers else pa.string()) for name in header}
+    reader = pacsv.open_csv(
+        str(path),
+        read_options=pacsv.ReadOptions(block_size=1 << 21, use_threads=False),
+        convert_options=pacsv.ConvertOptions(column_types=types, include_columns=[n for n in header if n in numbers or n in META], strings_can_be_null=False),
+    )
+    for batch in reader:
+        columns: dict[str, Any] = {}
+        for name in batch.schema.names:
+            column = batch.column(name)
+            if name in numbers:
+                columns[name] = column.to_numpy(zero_copy_only=False).astype(np.float64)
+            else:
+                columns[name] = column.to_pylist()
+        yield features, columns
 
 
 def _jsonl_chunks(path: Path):
