@@ -209,6 +209,29 @@ def test_text_report_options_and_rebuild(text_run, tmp_path):
     assert rebuilt.code == 0, rebuilt.describe()
     assert page_words(tmp_path / "w.report.html") == page_words(folder / "words.report.html")
     assert "model, composite and versions unknown" in (tmp_path / "w.report.html").read_text()
+    tokens = lrp("explain", TEXTS / "bag.yaml", TEXTS / "texts.txt", "--format", "csv", out=tmp_path / "tokens.csv")
+    assert tokens.code == 0 and (tmp_path / "tokens.report.html").is_file()  # token rows: the page from the run itself
+    assert page_words(tmp_path / "tokens.report.html") == page_words(folder / "words.report.html")
+    again = lrp("report", tmp_path / "tokens.csv")
+    assert again.code == 5 and "JSONL" in again.stderr
+
+
+def test_text_page_of_many_texts_shows_a_sample_and_counts_all(text_run):
+    from lrpcli.report.text import TextReport
+
+    folder, _ = text_run
+    rows = [json.loads(line) for line in (folder / "words.jsonl").read_text().splitlines()]
+    report = TextReport(sample_size=20)
+    report.write(rows)
+    data = report.data("words.jsonl")
+    assert data["is_sample"] and data["sampled"] == 20 and data["total"] == len(rows)
+    ns = [card["n"] for card in data["cards"]]
+    assert ns == sorted(ns) and len(set(ns)) == 20  # in file order
+    assert all(card["id"] == rows[card["n"] - 1]["id"] for card in data["cards"])
+    expected = independent_word_counts(rows)
+    for entry in data["words"]:
+        assert {w["word"]: w["count"] for w in entry["for"]} == {w: expected[entry["cls"]][0][w] for w in (x["word"] for x in entry["for"])}
+        assert entry["texts"] == sum(1 for r in rows if r["prediction_label"] == entry["cls"])
 
 
 # --------------------------------------------------------------------------- in the browser

@@ -82,6 +82,8 @@ def read_chunks(path: Path, fmt: str | None = None) -> Iterator[tuple[list[str],
 
 
 def _columns(names: list[str], path: Path) -> list[str]:
+    if {"position", "token", "relevance"} <= set(names):
+        raise InputError(f"{path}: token rows of a text run (--format csv)", hint="rebuild a text run's page from its JSONL output (the default format)")
     features = feature_columns(names)
     if "relevance_sum" not in names or not features:
         raise InputError(f"{path}: no relevance columns (relevance_sum and one column per feature)", hint="give the -o FILE of `lrp explain MODEL rows.csv`")
