@@ -128,7 +128,7 @@ def _arrow_csv_chunks(path: Path, header: list[str], features: list[str]):
     types = {name: (pa.float64() if name in numbers else pa.string()) for name in header}
     reader = pacsv.open_csv(
         str(path),
-        read_options=pacsv.ReadOptions(block_size=1 << 21, use_threads=False),
+        read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
         convert_options=pacsv.ConvertOptions(column_types=types, include_columns=[n for n in header if n in numbers or n in META], strings_can_be_null=False),
     )
     for batch in reader:
