@@ -218,7 +218,7 @@ def test_a_killed_csv_runs_temporary_file_is_removed_by_the_next_run(world, tmp_
     assert run.code == 0, run.describe()
     assert len(read_csv(target)) == 2
     assert not stale.exists() and alive.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "out.csv"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "out.csv", "out.report.html"])  # the page beside the output
 
 
 def test_a_real_sigkill_leaves_a_temporary_file_that_the_next_run_removes(world, tmp_path):
