@@ -28,7 +28,7 @@ from .page import render_page
 
 SAMPLE_SIZE = 2000  # rows kept for the spread chart and the table
 CHART_FEATURES = 30  # features drawn in the charts (the table lists all)
-CHUNK = 65536
+CHUNK = 8192  # rows per streaming step: small enough that a page of 20,000 rows and of 2,000,000 peak alike
 PAGE_SIZE = 100
 TOP = 3  # features for and against shown per row
 #: columns of a result row that are not a feature's relevance (lrpcli.stream.FIXED)
@@ -128,7 +128,8 @@ def _arrow_csv_chunks(path: Path, header: list[str], features: list[str]):
     types = {name: (pa.float64() if name in numbers else pa.string()) for name in header}
     reader = pacsv.open_csv(
         str(path),
-        read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
+        # small blocks: the streaming reader reads many blocks ahead, so its memory follows the block size
+        read_options=pacsv.ReadOptions(block_size=1 << 18, use_threads=False),
         convert_options=pacsv.ConvertOptions(column_types=types, include_columns=[n for n in header if n in numbers or n in META], strings_can_be_null=False),
     )
     for batch in reader:
@@ -168,7 +169,7 @@ def _arrow_chunks(path: Path, fmt: str):
     import pyarrow.parquet as pq
 
     if fmt == "parquet":
-        batches = pq.ParquetFile(path).iter_batches(batch_size=CHUNK)
+        batches = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False).iter_batches(batch_size=CHUNK, use_threads=False)
     else:
         batches = iter(pa.ipc.open_stream(pa.OSFile(str(path), "rb")))
     features = None
