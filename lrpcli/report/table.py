@@ -139,7 +139,7 @@ def _arrow_csv_chunks(path: Path, header: list[str], features: list[str]):
             if name in numbers:
                 columns[name] = column.to_numpy(zero_copy_only=False).astype(np.float64)
             else:
-                columns[name] = column.to_pylist()
+                columns[name] = column  # kept in Arrow: only the sampled rows become Python strings
         yield features, columns
 
 
@@ -166,6 +166,7 @@ def _arrow_chunks(path: Path, fmt: str):
 
     columnar.require("reading Parquet or Arrow results")
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     if fmt == "parquet":
@@ -183,7 +184,7 @@ def _arrow_chunks(path: Path, fmt: str):
                 columns[name] = batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
         for name in META:
             if name in names:
-                columns[name] = ["" if v is None else str(v) for v in batch.column(name).to_pylist()]
+                columns[name] = pc.fill_null(pc.cast(batch.column(name), pa.string()), "")
         yield features, columns
 
 
@@ -216,7 +217,7 @@ class RowStats:
         self.sum += np.where(ok, rel, 0.0).sum(0)
         for key, store in (("target_label", self.targets), ("target", self.targets), ("prediction_label", self.predictions), ("prediction", self.predictions)):
             if key in columns and len(store) < 1000:
-                store.update(columns[key][:: max(1, n // 64)])  # the classes seen (a few per chunk suffice to list them)
+                store.update(_distinct(columns[key]))  # the classes seen, for the page's filters
                 break
         start, k = self.rows, self.sample_size
         take = min(n, max(0, k - start))  # the reservoir fills first
@@ -232,9 +233,12 @@ class RowStats:
                 self.sample = np.vstack([self.sample, np.zeros((grow, len(self.features)))])
                 self.meta.extend({} for _ in range(grow))
                 self.order.extend(0 for _ in range(grow))
-            for slot, i in picks:
+            keys = [key for key in columns if key in META or key in ("logit", "relevance_sum")]
+            chosen = [i for _, i in picks]
+            values = {key: _pick(columns[key], chosen) for key in keys}
+            for p, (slot, i) in enumerate(picks):
                 self.sample[slot] = rel[i]
-                self.meta[slot] = {key: columns[key][i] for key in columns if key in META or key in ("logit", "relevance_sum")}
+                self.meta[slot] = {key: values[key][p] for key in keys}
                 self.order[slot] = start + i
         self.rows += n
 
@@ -243,6 +247,28 @@ class RowStats:
 
     def mean(self) -> np.ndarray:
         return np.divide(self.sum, self.finite, out=np.full(len(self.features), np.nan), where=self.finite > 0)
+
+
+def _distinct(values: Any) -> list[str]:
+    """The distinct values of a column (a list, or an Arrow array)."""
+    if isinstance(values, (list, tuple)):
+        return list(set(values))
+    if isinstance(values, np.ndarray):
+        return list(set(values.tolist()))
+    import pyarrow.compute as pc
+
+    return pc.unique(values).to_pylist()
+
+
+def _pick(values: Any, rows: list[int]) -> list[Any]:
+    """``values[i]`` for each i in rows, from a list, an array or an Arrow array."""
+    if isinstance(values, (list, tuple)):
+        return [values[i] for i in rows]
+    if isinstance(values, np.ndarray):
+        return values[rows].tolist()
+    import pyarrow as pa
+
+    return values.take(pa.array(rows, pa.int64())).to_pylist()
 
 
 def row_stats(path: Path, sample_size: int = SAMPLE_SIZE) -> RowStats:
