@@ -376,3 +376,14 @@ def test_docs_screenshot_of_the_sample(browser, tmp_path):
     (root / "docs").mkdir(exist_ok=True)
     watched.page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     shutil.copyfile(tmp_path / "report.png", root / "docs" / "report.png")
+
+
+def test_no_report_writes_no_page_and_report_elsewhere_is_refused(world, tmp_path):
+    model = world["root"] / "model.ts"
+    images = world["root"] / "imgs"
+    quiet = lrp("explain", model, images / "img_00.png", "--no-report", out=tmp_path / "a")
+    assert quiet.code == 0 and not (tmp_path / "a" / "report.html").exists()
+    elsewhere = lrp("explain", model, images / "img_00.png", "--report", tmp_path / "page.html", out=tmp_path / "b")
+    assert elsewhere.code == 2 and "OUT/report.html" in elsewhere.stderr and not (tmp_path / "b").exists()
+    same = lrp("explain", model, images / "img_00.png", "--report", tmp_path / "c" / "report.html", out=tmp_path / "c")
+    assert same.code == 0 and (tmp_path / "c" / "report.html").is_file()

@@ -134,6 +134,13 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         explain_csv(model, spec, inputs[0], options)
         return
     check_cmap(options["cmap"])
+    if options["report_path"] and options["no_report"]:
+        raise UsageError("--report and --no-report exclude each other")
+    if options["report_path"] and Path(options["report_path"]).resolve() != (Path(options["out"] or "lrp-out") / "report.html").resolve():
+        raise UsageError(
+            f"--report {options['report_path']}: an image run's page is OUT/report.html (it links the heatmaps inside OUT)",
+            hint="leave --report out, or copy the whole OUT folder; `lrp report OUT` rebuilds the page",
+        )
     from ..render import Scale
 
     heat_scale = Scale.parse(options["scale"])
@@ -191,7 +198,8 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     try:  # the page is extra: failing to write it leaves the run's results as they are
         from ..report import write_report
 
-        write_report(out)
+        if not options["no_report"]:
+            write_report(out)
     except Exception as exc:  # noqa: BLE001
         warn(f"could not write {out}/report.html: {getattr(exc, 'message', None) or exc}")
     for line in report.notes:
