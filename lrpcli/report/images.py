@@ -38,21 +38,24 @@ _SHARD_SUMMARY = re.compile(r"^summary\.shard-(\d+)-of-(\d+)\.csv$")
 _SHARD_RUN = re.compile(r"^run\.shard-(\d+)-of-(\d+)\.json$")
 
 
+def _whole_or_shards(out: Path, whole: str, shard: re.Pattern) -> list[Path]:
+    """OUT/<whole>, else the shards' files matching ``shard`` (in shard order)."""
+    out = Path(out)
+    if (out / whole).is_file():
+        return [out / whole]
+    stem, suffix = whole.rsplit(".", 1)
+    shards = [(m, p) for p in out.glob(f"{stem}.shard-*-of-*.{suffix}") if (m := shard.match(p.name))]
+    return [p for _, p in sorted(shards, key=lambda mp: (int(mp[0].group(2)), int(mp[0].group(1))))]
+
+
 def summary_files(out: Path) -> list[Path]:
     """The summaries the page is built from: OUT/summary.csv, else the shards' summaries (in shard order)."""
-    out = Path(out)
-    if (out / "summary.csv").is_file():
-        return [out / "summary.csv"]
-    shards = [(m, p) for p in out.glob("summary.shard-*-of-*.csv") if (m := _SHARD_SUMMARY.match(p.name))]
-    return [p for _, p in sorted(shards, key=lambda mp: (int(mp[0].group(2)), int(mp[0].group(1))))]
+    return _whole_or_shards(out, "summary.csv", _SHARD_SUMMARY)
 
 
 def run_files(out: Path) -> list[Path]:
-    out = Path(out)
-    if (out / "run.json").is_file():
-        return [out / "run.json"]
-    shards = [(m, p) for p in out.glob("run.shard-*-of-*.json") if (m := _SHARD_RUN.match(p.name))]
-    return [p for _, p in sorted(shards, key=lambda mp: (int(mp[0].group(2)), int(mp[0].group(1))))]
+    """OUT/run.json, else the shards' run files (in shard order)."""
+    return _whole_or_shards(out, "run.json", _SHARD_RUN)
 
 
 def write_report(out: Path) -> Path:
