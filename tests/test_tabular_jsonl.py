@@ -201,3 +201,14 @@ def test_a_pipe_that_pauses_gets_its_rows_explained_before_it_ends(kind):
     finally:
         process.stdin.close()
         process.wait(timeout=60)
+
+
+def test_hostile_values_are_named_not_raised():
+    columns = TabularColumns(features=["a"])
+    lines = [b'{"a": 1' + b"0" * 400 + b"}", b"[" * 100_000 + b"]" * 100_000, b'{"a": "' + b"x" * 5000 + b'"}']
+    rows = [r for batch in read_json_batches(iter(lines), columns, 8, "h.jsonl") for r in batch.rows]
+    assert [r.error for r in rows] == [
+        "h.jsonl: line 1, key 'a': 1" + "0" * 39 + " is not a finite number",
+        "h.jsonl: line 2: nested too deeply to read",
+        "h.jsonl: line 3, key 'a': '" + "x" * 40 + "' is not a number",
+    ]

@@ -48,6 +48,8 @@ def _row(line: bytes, number: int, columns: TabularColumns, source: str) -> Row 
         record = json.loads(line.decode("utf-8", "surrogateescape"))
     except json.JSONDecodeError as exc:
         return Row(number, str(number), None, None, f"{where}: not JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        return Row(number, str(number), None, None, f"{where}: nested too deeply to read")
     if not isinstance(record, dict):
         return Row(number, str(number), None, None, f"{where}: a JSON {type(record).__name__}, expected an object of features")
     row_id = _text(record[columns.id_col]) if columns.id_col and record.get(columns.id_col) is not None else str(number)
@@ -61,13 +63,13 @@ def _row(line: bytes, number: int, columns: TabularColumns, source: str) -> Row 
             try:
                 number_value = float(value.strip())
             except ValueError:
-                return Row(number, row_id, label, None, f"{where}, key '{name}': '{value}' is not a number")
+                return Row(number, row_id, label, None, f"{where}, key '{name}': '{value[:40]}' is not a number")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            number_value = float(value)
+            number_value = float(value) if isinstance(value, float) or abs(value) < 10**308 else math.inf
         else:
             return Row(number, row_id, label, None, f"{where}, key '{name}': {json.dumps(value)[:40]} is not a number")
         if not math.isfinite(number_value):
-            return Row(number, row_id, label, None, f"{where}, key '{name}': {json.dumps(value)} is not a finite number")
+            return Row(number, row_id, label, None, f"{where}, key '{name}': {(json.dumps(value) if isinstance(value, float) else str(value))[:40]} is not a finite number")
         values.append(number_value)
     return Row(number, row_id, label, values)
 
@@ -101,7 +103,7 @@ class JsonlSource:
         number = len(self.head)
         try:
             record = json.loads(first.decode("utf-8", "surrogateescape"))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             record = None
         if not isinstance(record, dict):
             raise InputError(f"{source}: line {number}: not a JSON object", hint='give one JSON object per line: {"feature": value, ...}')
