@@ -274,3 +274,25 @@ def test_text_page_in_the_browser(text_run, browser, tmp_path):  # noqa: F811
     assert strong > 0  # white text on the strong shades
     page.screenshot(path=str(tmp_path / "text-report.png"), full_page=True)
     assert watched.outside(folder) == [] and watched.errors == []
+
+
+def test_a_jsonl_result_reads_the_same_with_and_without_pyarrow(tmp_path, monkeypatch):
+    """The page's pass over a JSON-lines result: pyarrow's reader and the json module give the same sums,
+    sample and labels (a chunk pyarrow refuses falls back to the json module)."""
+    pytest.importorskip("pyarrow")
+    from lrpcli.data import columnar
+    from lrpcli.report import table
+
+    out = tmp_path / "rel.jsonl"
+    assert lrp("explain", DIABETES / "model.yaml", DIABETES / "sample.csv", "--top-k", "2", "--no-report", "-q", out=out).code == 0
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines * 40) + "\n")  # several chunks
+    monkeypatch.setattr(table, "CHUNK", 1000)
+    fast = table.row_stats(out, sample_size=50)
+    monkeypatch.setattr(columnar, "available", lambda: False)
+    slow = table.row_stats(out, sample_size=50)
+    assert fast.rows == slow.rows == 40 * len(lines)
+    assert np.array_equal(fast.abs_sum, slow.abs_sum) and np.array_equal(fast.sample, slow.sample)
+    assert fast.meta == slow.meta and fast.targets == slow.targets
+    rows = [json.loads(line) for line in lines]
+    assert np.allclose(fast.mean_abs(), [np.mean([abs(r[f]) for r in rows]) for f in fast.features])
