@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..outputs import file_labels, output_errors, write_atomic
-from .page import render_page
+from .page import finite_number, render_page
 
 REPORT_NAME = "report.html"
 CLASS_MAPS = "report"  # OUT/report/class-<class>.png: the per-class mean relevance maps
@@ -110,14 +109,6 @@ def _read_runs(paths: list[Path]) -> list[dict[str, Any]]:
         if isinstance(data, dict):
             runs.append(data)
     return runs
-
-
-def _number(text: Any) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 class _Locator:
@@ -240,11 +231,11 @@ def report_data(out: Path, summaries: list[Path], runs_paths: list[Path]) -> dic
         card = {
             "input": row["input"],
             "pred": prediction,
-            "prob": _number(row.get("probability")),
+            "prob": finite_number(row.get("probability")),
             "target": target,
-            "logit": _number(row.get("logit")),
-            "sum": _number(row.get("relevance_sum")),
-            "gap": _number(row.get("conservation_gap")),
+            "logit": finite_number(row.get("logit")),
+            "sum": finite_number(row.get("relevance_sum")),
+            "gap": finite_number(row.get("conservation_gap")),
             "heat": heat_cache[heat],
             "heat_name": heat,
             "img": image,

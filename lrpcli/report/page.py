@@ -5,6 +5,7 @@ from fetching anything, the shared styles), so all report pages look and behave 
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Any
 
@@ -21,3 +22,12 @@ def _environment():
 def render_page(template: str, **data: Any) -> str:
     """The HTML text of templates/<template> filled with data (all values escaped)."""
     return _environment().get_template(template).render(**data)
+
+
+def finite_number(value: Any) -> float | None:
+    """A cell's value as a finite float, or None (empty, text, NaN or infinite): what a page can show."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

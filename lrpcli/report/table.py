@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 from ..outputs import write_atomic
 from .charts import data_uri, figure
-from .page import render_page
+from .page import finite_number, render_page
 
 SAMPLE_SIZE = 2000  # rows kept for the spread chart and the table
 CHART_FEATURES = 30  # features drawn in the charts (the table lists all)
@@ -373,14 +373,6 @@ def previous_run(page: Path) -> dict[str, Any] | None:
     return run if isinstance(run, dict) else None
 
 
-def _number(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if np.isfinite(value) else None
-
-
 def table_data(path: Path, run: dict[str, Any] | None = None, page: Path | None = None, sample_size: int = SAMPLE_SIZE) -> dict[str, Any]:
     """What the page shows, from the result file at ``path`` (one streaming pass)."""
     path = Path(path)
@@ -402,14 +394,14 @@ def table_data(path: Path, run: dict[str, Any] | None = None, page: Path | None 
                 "label": meta.get("label"),
                 "pred": meta.get("prediction_label") or meta.get("prediction", ""),
                 "target": meta.get("target_label") or meta.get("target", ""),
-                "logit": _number(meta.get("logit")),
-                "sum": _number(meta.get("relevance_sum")),
+                "logit": finite_number(meta.get("logit")),
+                "sum": finite_number(meta.get("relevance_sum")),
                 "for": [[f, float(v)] for v, f in reversed(ranked[-TOP:]) if v > 0],
                 "against": [[f, float(v)] for v, f in ranked[:TOP] if v < 0],
             }
         )
     features = [
-        {"name": stats.features[j], "mean_abs": _number(mean_abs[j]), "mean": _number(mean[j]), "rows": int(stats.finite[j])} for j in order
+        {"name": stats.features[j], "mean_abs": finite_number(mean_abs[j]), "mean": finite_number(mean[j]), "rows": int(stats.finite[j])} for j in order
     ]
     known = run or None
     carried = False
