@@ -34,3 +34,31 @@ def test_config_error_names_source_line_and_hint():
     error = errors.ConfigError("unknown key 'x'", source="c.yaml", line=3, key="x", hint="did you mean 'y'?")
     assert str(error).startswith("c.yaml:3: unknown key 'x'")
     assert "did you mean 'y'?" in str(error)
+
+
+@pytest.mark.parametrize("argv", [["-v", "composites", "show", "nope"], ["composites", "show", "nope", "-v"], ["composites", "show", "nope", "--verbose"]])
+def test_verbose_works_before_and_after_the_command(argv):
+    """The error hint says 'rerun with -v': every command accepts it where a user types it (issue 24, item 8)."""
+    from click.testing import CliRunner
+
+    from lrpcli.cli import main
+
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 3, result.output
+    assert "No such option" not in result.stderr
+    assert "Traceback" in result.stderr and "unknown composite 'nope'" in result.stderr
+
+
+def test_every_command_takes_verbose():
+    import click
+
+    from lrpcli.cli import main
+
+    def commands(group):
+        for command in group.commands.values():
+            yield command
+            if isinstance(command, click.Group):
+                yield from commands(command)
+
+    for command in commands(main):
+        assert any("-v" in param.opts for param in command.params), command.name

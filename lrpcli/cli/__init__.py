@@ -62,6 +62,32 @@ def _write_failed(exc: OSError) -> bool:
     return exc.errno in WRITE_ERRNOS
 
 
+_VERBOSE = "lrp.verbose"
+
+
+def _count_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value:
+        ctx.meta[_VERBOSE] = ctx.meta.get(_VERBOSE, 0) + value  # meta is shared by every nested context
+
+
+def _verbosity(ctx: click.Context) -> int:
+    """-v given before the command (``lrp -v explain``) or after it (``lrp explain ... -v``)."""
+    return ctx.params.get("verbose", 0) + ctx.meta.get(_VERBOSE, 0)
+
+
+def accept_verbose_everywhere(command: click.Command) -> None:
+    """Give ``command`` (and a group's subcommands) the -v/--verbose option the error hint asks for."""
+    if not any("-v" in param.opts for param in command.params):
+        command.params.append(
+            click.Option(
+                ["-v", "--verbose"], count=True, expose_value=False, callback=_count_verbose,
+                help="Show tracebacks for errors (the same as lrp -v COMMAND).",
+            )
+        )
+    for sub in getattr(command, "commands", {}).values():
+        accept_verbose_everywhere(sub)
+
+
 class LrpGroup(click.Group):
     """Maps LrpError kinds to exit codes (design.md section 5); tracebacks only with -v or LRP_DEBUG=1."""
 
@@ -73,7 +99,7 @@ class LrpGroup(click.Group):
                 sys.stdout.flush()  # a full disk behind `> FILE` fails here, named, not at interpreter exit
             return result
         except LrpError as exc:
-            if _console.debug_enabled(ctx.params.get("verbose", 0)):
+            if _console.debug_enabled(_verbosity(ctx)):
                 traceback.print_exc()
             _console.error(exc.message, exc.hint)
             sys.exit(exc.exit_code)
@@ -89,7 +115,7 @@ class LrpGroup(click.Group):
                 return self._internal(ctx, exc)
             # the library names its own files (OutputError); what reaches here unnamed is stdout
             where = exc.filename if exc.filename is not None else "stdout"
-            if _console.debug_enabled(ctx.params.get("verbose", 0)):
+            if _console.debug_enabled(_verbosity(ctx)):
                 traceback.print_exc()
             _console.error(f"cannot write {where}: {exc.strerror}", "make room on that disk, or send the results elsewhere (-o FILE)")
             _quiet_stdout()
@@ -102,7 +128,7 @@ class LrpGroup(click.Group):
 
     @staticmethod
     def _internal(ctx: click.Context, exc: BaseException) -> None:
-        if _console.debug_enabled(ctx.params.get("verbose", 0)):
+        if _console.debug_enabled(_verbosity(ctx)):
             traceback.print_exc()
         _console.error(f"internal error: {type(exc).__name__}: {exc}", "rerun with -v (or LRP_DEBUG=1) for the traceback")
         sys.exit(1)
@@ -218,3 +244,6 @@ main.add_command(init)
 from .report import report  # noqa: E402
 
 main.add_command(report)
+
+for _command in main.commands.values():
+    accept_verbose_everywhere(_command)
