@@ -195,14 +195,24 @@ class Explainer:
         cache[key if graph.dynamic_batch else tuple(graph.input_shape)] = (fingerprint, graph)
         return graph
 
+    def _disk_cache(self) -> Path | None:
+        """The private cache folder, when this model's graphs may be kept there. An exported program is
+        not captured (its graph is read as it is), so it has nothing to gain from the cache."""
+        from . import graph_cache
+
+        if not self.cache_id or isinstance(self.model, torch.export.ExportedProgram):
+            return None
+        return graph_cache.private_dir()
+
     def _cached_on_disk(self, example: torch.Tensor, extras: dict | None) -> Graph | None:
         from . import graph_cache
 
-        folder = graph_cache.cache_dir() if self.cache_id else None
+        folder = self._disk_cache()
         if folder is None:
             return None
         for exact in (False, True):
-            graph = graph_cache.load(folder, graph_cache.entry_key(self.cache_id, example, extras, exact))
+            key = graph_cache.entry_key(self.cache_id, example, extras, exact)
+            graph = graph_cache.load(folder, key, self.model, example, extras)
             if graph is not None and (graph.dynamic_batch or tuple(graph.input_shape[:1]) == tuple(example.shape[:1])):
                 return graph
         return None
@@ -210,13 +220,9 @@ class Explainer:
     def _keep_on_disk(self, graph: Graph, example: torch.Tensor, extras: dict | None, exact: bool) -> None:
         from . import graph_cache
 
-        folder = graph_cache.cache_dir() if self.cache_id else None
-        if folder is None:
-            return
-        try:
-            graph_cache.save(graph, folder, graph_cache.entry_key(self.cache_id, example, extras, exact))
-        except (graph_cache.NotCacheable, OSError, RuntimeError, ValueError):
-            pass  # not cacheable, or a read-only / full cache folder: the next run captures again
+        folder = self._disk_cache()
+        if folder is not None:
+            graph_cache.store(graph, folder, graph_cache.entry_key(self.cache_id, example, extras, exact), self.model, example, extras)
 
     def prepare(self, x: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> tuple[Graph, dict[str, Assigned]]:
         """The canonized graph on x's device/dtype and the rule of every node."""

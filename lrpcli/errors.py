@@ -95,3 +95,8 @@ class CheckFailed(LrpError):
     """A check (e.g. conservation) failed."""
 
     exit_code = 6
+
+
+class LrpWarning(UserWarning):
+    """Something the user should know that does not stop the run (a cache that cannot be used); the CLI
+    shows it as a warning line, the Python API leaves it to the warnings module."""

@@ -136,6 +136,11 @@ def kind_of(target) -> str | None:
     return _KIND_BY_NAME.get(name)
 
 
+def kind_of_name(name: str) -> str | None:
+    """The kind of an op given by its base name (``batch_norm`` -> ``batchnorm``), or None."""
+    return _KIND_BY_NAME.get(name)
+
+
 def supported_op_names() -> dict[str, list[str]]:
     """Every op name the table knows, grouped by kind (for help texts and errors)."""
     grouped: dict[str, list[str]] = {}

@@ -88,11 +88,30 @@ def accept_verbose_everywhere(command: click.Command) -> None:
         accept_verbose_everywhere(sub)
 
 
+def _show_library_warnings() -> None:
+    """The library's LrpWarnings (a cache that cannot be used) are warning lines like the CLI's own."""
+    import warnings
+
+    from ..errors import LrpWarning
+
+    python_way = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LrpWarning):
+            _console.warn(str(message))
+        else:
+            python_way(message, category, filename, lineno, file, line)
+
+    if getattr(python_way, "__name__", "") != "show":
+        warnings.showwarning = show
+
+
 class LrpGroup(click.Group):
     """Maps LrpError kinds to exit codes (design.md section 5); tracebacks only with -v or LRP_DEBUG=1."""
 
     def invoke(self, ctx: click.Context):
         _guard_closed_streams()
+        _show_library_warnings()
         try:
             result = super().invoke(ctx)
             if not isinstance(sys.stdout, _ClosedStream):
