@@ -116,17 +116,11 @@ def explain_rows(
     """Explain every row of a table and write one result row per input row and target.
 
     The rows come from ``path`` (a CSV, JSON-lines or Parquet file, or ``-`` for stdin: CSV, or JSON
-    lines when its first line opens an object) or else from ``source_handle`` (CSV text). With pyarrow
-    installed, rows from ``path`` are read, and CSV or Parquet results written, column-wise
+    lines when its first line opens an object) or else from ``source_handle`` (CSV text, read row by
+    row). Rows from ``path`` are read, and CSV, Parquet or Arrow results written, column-wise by pyarrow
     (:mod:`lrpcli.data.columnar`); a chunk of rows with a bad cell in it is re-read by the careful
     reader, so every error still names its row (or line) and column."""
     with contextlib.ExitStack() as stack:
-        if path is not None and columnar.is_parquet(path):
-            columnar.require("Parquet input")
-        if fmt == "parquet":
-            columnar.require("Parquet output (--format parquet / -o *.parquet)")
-        if fmt == "arrow":
-            columnar.require("Arrow output (--format arrow / -o *.arrow)")
         if path is not None:
             table = columnar.open_source(path, source)
             stack.callback(table.close)
@@ -136,7 +130,7 @@ def explain_rows(
             header, reader = open_rows(source_handle, source)
             batches = lambda columns: read_batches(reader, header, columns, batch_size, source)  # noqa: E731
         return _explain_rows(
-            explainer, header, batches, source, output, fast=path is not None and columnar.available(),
+            explainer, header, batches, source, output, fast=path is not None,
             fmt=fmt, features=features, drop=drop, id_col=id_col, label_col=label_col, optional_columns=optional_columns,
             mean=mean, std=std, targets=targets, classes=classes, top_k=top_k, on_error=on_error, device=device,
             dtype=dtype, init=init, shard=shard, progress=progress,

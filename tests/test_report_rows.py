@@ -101,7 +101,6 @@ def test_lrp_report_rebuilds_the_rows_page_from_csv_and_parquet(rows_run, tmp_pa
     carried = lrp("report", folder / "rel.csv")
     assert carried.code == 0 and "carried over" in (folder / "rel.report.html").read_text()
     assert run_info(folder / "rel.report.html")["composite"] == "epsilon"
-    pytest.importorskip("pyarrow")
     (tmp_path / "pq").mkdir()
     parquet = lrp("explain", DIABETES / "model.yaml", DIABETES / "sample.csv", out=tmp_path / "pq" / "rel.parquet")
     assert parquet.code == 0, parquet.describe()
@@ -131,14 +130,6 @@ def test_a_large_file_is_summed_exactly_and_sampled_uniformly(tmp_path):
     assert len(set(order)) == SAMPLE_SIZE
     np.testing.assert_array_equal(stats.sample, values[order])  # each sampled row is the row it says it is
     assert abs(order.mean() / n - 0.5) < 0.03 and (order > n // 2).mean() == pytest.approx(0.5, abs=0.05)  # uniform over the file
-    from lrpcli.data import columnar
-
-    if columnar.available():  # the reader without pyarrow finds the same numbers and the same sample
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(columnar, "available", lambda: False)
-            plain = row_stats(path)
-        np.testing.assert_allclose(plain.abs_sum, stats.abs_sum, rtol=1e-13)  # summed in other chunks
-        assert plain.order == stats.order
     page = write_table_report(path)
     text = page.read_text()
     assert f"a uniform random sample of {SAMPLE_SIZE} of the {n} rows" in text
@@ -276,11 +267,9 @@ def test_text_page_in_the_browser(text_run, browser, tmp_path):  # noqa: F811
     assert watched.outside(folder) == [] and watched.errors == []
 
 
-def test_a_jsonl_result_reads_the_same_with_and_without_pyarrow(tmp_path, monkeypatch):
-    """The page's pass over a JSON-lines result: pyarrow's reader and the json module give the same sums,
-    sample and labels (a chunk pyarrow refuses falls back to the json module)."""
-    pytest.importorskip("pyarrow")
-    from lrpcli.data import columnar
+def test_a_jsonl_result_reads_the_same_with_pyarrow_and_the_json_module(tmp_path, monkeypatch):
+    """The page's pass over a JSON-lines result: pyarrow's reader and the json module (which reads the
+    first chunk, and any chunk pyarrow refuses) give the same sums, sample and labels."""
     from lrpcli.report import table
 
     out = tmp_path / "rel.jsonl"
@@ -289,7 +278,7 @@ def test_a_jsonl_result_reads_the_same_with_and_without_pyarrow(tmp_path, monkey
     out.write_text("\n".join(lines * 40) + "\n")  # several chunks
     monkeypatch.setattr(table, "CHUNK", 1000)
     fast = table.row_stats(out, sample_size=50)
-    monkeypatch.setattr(columnar, "available", lambda: False)
+    monkeypatch.setattr(table, "_arrow_json_columns", lambda *args: None)  # every chunk refused
     slow = table.row_stats(out, sample_size=50)
     assert fast.rows == slow.rows == 40 * len(lines)
     assert np.array_equal(fast.abs_sum, slow.abs_sum) and np.array_equal(fast.sample, slow.sample)

@@ -167,7 +167,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     if fmt in ("parquet", "arrow") and not out and sys.stdout.isatty():
         raise UsageError(f"{fmt.capitalize()} results are binary: give -o FILE.{fmt} or redirect stdout")
     page = report_page(options, out)
-    # read by path, stdin too (column-wise when pyarrow is installed; stdin as its lines arrive)
+    # read by path, stdin too (column-wise by pyarrow; stdin as its lines arrive)
     if out:
         with atomic_text(Path(out)) as target:  # streamed to a temporary file, renamed at the end
             report = explain_rows(explainer, None, name, target, path=source, **kwargs)

@@ -1,12 +1,12 @@
-"""Column-wise tabular I/O with pyarrow (optional: ``pip install 'lrpcli[arrow]'``).
+"""Column-wise tabular I/O with pyarrow.
 
 A CSV file is cut into chunks of ``batch_size`` lines at newline bytes and each chunk is parsed by
 pyarrow straight into float64 columns: no Python loop over rows. A chunk pyarrow cannot take as it is
 (a bad cell, a missing value, a wrong width, a blank line, a number that is not finite, bytes that are
 not UTF-8) is re-read by the careful reader of :mod:`lrpcli.data.tabular`, which names the row and
-column of every bad cell, so errors read exactly as they do without pyarrow. A file with a quote
-character in it (whose records may span lines) goes to the careful reader from the first chunk that
-holds one, since a chunk cut at a newline might then cut a record in two.
+column of every bad cell. A file with a quote character in it (whose records may span lines) goes to
+the careful reader from the first chunk that holds one, since a chunk cut at a newline might then cut a
+record in two.
 
 Parquet files are read in record batches of ``batch_size`` rows; a batch whose feature columns do not
 convert to finite numbers is re-read cell by cell through the same careful reader.
@@ -24,25 +24,9 @@ from typing import IO, Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError, UsageError
+from ..errors import InputError
 from .chunks import LineChunks
 from .tabular import Row, RowBatch, TabularColumns, open_rows, read_batches
-
-INSTALL_HINT = "pip install 'lrpcli[arrow]'"
-
-
-def available() -> bool:
-    try:
-        import pyarrow  # noqa: F401
-        import pyarrow.csv  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def require(what: str) -> None:
-    if not available():
-        raise UsageError(f"{what} needs pyarrow, which is not installed", hint=INSTALL_HINT)
 
 
 def is_parquet(path: str) -> bool:
@@ -99,13 +83,13 @@ def _careful(cells: Iterator[list[str]], header: list[str], columns: TabularColu
 
 class CsvSource:
     """CSV rows read column-wise from ``lines`` (a file or stdin) whose first line, ``first``, is the
-    header; :attr:`header` as :func:`open_rows` reads it. Without pyarrow every row takes the careful path."""
+    header; :attr:`header` as :func:`open_rows` reads it."""
 
     def __init__(self, lines: LineChunks, first: bytes, source: str):
         self.lines, self.source = lines, source
         body = first[:-2] if first.endswith(b"\r\n") else first
         # a quoted header (maybe spanning lines) or lone \r line ends: the careful reader, all of it
-        self.careful = b'"' in first or b"\r" in body or not available()
+        self.careful = b'"' in first or b"\r" in body
         if self.careful:
             self.header, self.reader = open_rows(self.lines.rest(first), source)
         else:
@@ -162,7 +146,6 @@ class ParquetSource:
     """A Parquet file read in record batches; its column names are the header."""
 
     def __init__(self, path: str, source: str):
-        require("Parquet input")
         import pyarrow as pa
         import pyarrow.parquet as pq
 

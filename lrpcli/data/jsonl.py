@@ -1,10 +1,10 @@
 """Rows as JSON lines: one object per line, features by key (``{"id": "a7", "age": 34, "bmi": 24.7}``).
 
-The keys of the first object are the header (what ``--features`` / ``--drop`` choose from). With pyarrow
-installed, chunks of lines are parsed column-wise straight into float64 columns; a chunk that does not
-parse that way (a missing key, a null, a value that is not a number, a blank line, a line that is not an
-object) is re-read line by line by :func:`read_json_batches`, which names the line and key of each bad
-value, so errors read the same with or without pyarrow. Lines are numbered from 1, as editors show them.
+The keys of the first object are the header (what ``--features`` / ``--drop`` choose from). Chunks of
+lines are parsed column-wise by pyarrow straight into float64 columns; a chunk that does not parse that
+way (a missing key, a null, a value that is not a number, a blank line, a line that is not an object) is
+re-read line by line by :func:`read_json_batches`, which names the line and key of each bad value. Lines
+are numbered from 1, as editors show them.
 """
 
 from __future__ import annotations
@@ -112,13 +112,11 @@ class JsonlSource:
         self.lines.pending = b"".join(self.head) + self.lines.pending  # read again with the rest
 
     def batches(self, columns: TabularColumns, batch_size: int) -> Iterator[RowBatch | Any]:
-        from . import columnar
-
-        parse = _FastJson(columns, self.first) if columnar.available() else None
+        parse = _FastJson(columns, self.first)
         done = 0  # lines read so far
         for chunk in self.lines.chunks(batch_size):
             lines = _lines(chunk)
-            batch = parse(chunk, len(lines), done) if parse is not None else None
+            batch = parse(chunk, len(lines), done)
             if batch is not None:
                 yield batch
             else:

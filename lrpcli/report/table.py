@@ -66,7 +66,7 @@ def _format_of(path: Path) -> str:
 
 
 def read_chunks(path: Path, fmt: str | None = None) -> Iterator[tuple[list[str], dict[str, Any]]]:
-    """(feature names, columns) per chunk of the result file: features as float64 arrays, the rest as lists."""
+    """(feature names, columns) per chunk of the result file: features as float64 arrays, the rest as lists or Arrow arrays."""
     path = Path(path)
     fmt = fmt or _format_of(path)
     try:
@@ -98,27 +98,7 @@ def _csv_chunks(path: Path):
         if header is None:
             raise InputError(f"{path}: empty file", hint="give the -o FILE of `lrp explain MODEL rows.csv`")
         features = _columns(header, path)
-        from ..data import columnar
-
-        if columnar.available():  # pyarrow's streaming reader: the same numbers, several times faster
-            handle.close()
-            yield from _arrow_csv_chunks(path, header, features)
-            return
-        where = {name: i for i, name in enumerate(header)}
-        while True:
-            rows = [r for _, r in zip(range(CHUNK), reader)]
-            if not rows:
-                return
-            columns: dict[str, Any] = {}
-            for name in features + ["relevance_sum", "logit"]:
-                if name in where:
-                    i = where[name]
-                    columns[name] = np.array([float(r[i]) if r[i] != "" else np.nan for r in rows])
-            for name in META:
-                if name in where:
-                    i = where[name]
-                    columns[name] = [r[i] for r in rows]
-            yield features, columns
+    yield from _arrow_csv_chunks(path, header, features)  # pyarrow's streaming reader
 
 
 def _arrow_csv_chunks(path: Path, header: list[str], features: list[str]):
@@ -145,8 +125,6 @@ def _arrow_csv_chunks(path: Path, header: list[str], features: list[str]):
 
 
 def _jsonl_chunks(path: Path):
-    from ..data import columnar
-
     features = None
     kinds: dict[str, Any] = {}
     with open(path, "rb") as handle:
@@ -159,8 +137,8 @@ def _jsonl_chunks(path: Path):
                 lines = [json.loads(line) for line in raw]
                 features = _columns(list(lines[0]), path)
                 kinds = {name: type(lines[0].get(name)) for name in META if name in lines[0]}
-            columns = _arrow_json_columns(b"".join(raw), features, kinds) if lines is None and columnar.available() else None
-            if columns is None:  # the json module: the first chunk, without pyarrow, or a chunk pyarrow refuses
+            columns = _arrow_json_columns(b"".join(raw), features, kinds) if lines is None else None
+            if columns is None:  # the json module: the first chunk, or a chunk pyarrow refuses
                 lines = lines if lines is not None else [json.loads(line) for line in raw]
                 columns = {}
                 for name in features + ["relevance_sum", "logit"]:
@@ -196,9 +174,6 @@ def _arrow_json_columns(chunk: bytes, features: list[str], kinds: dict[str, Any]
 
 
 def _arrow_chunks(path: Path, fmt: str):
-    from ..data import columnar
-
-    columnar.require("reading Parquet or Arrow results")
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
