@@ -3,6 +3,11 @@
 A model spec or composite is data someone handed over. Without bounds a 700-byte YAML alias bomb
 expands to gigabytes, ``classes: /dev/zero`` reads forever and ``size: 100000`` asks for a 10^10-pixel
 image. Everything here raises :class:`ConfigError` naming the file and the limit.
+
+Model archives and input lists are bounded here too: a 3 MB TorchScript whose weight entry inflates to
+2 GiB is refused before torch reads it (:func:`check_archive`, a :class:`ModelError`), and a list of
+input paths (``--inputs-from``) is read line by line within :data:`MAX_LIST_LINE_BYTES` per line and
+:data:`MAX_LISTED_INPUTS` lines (an :class:`InputError` naming the line).
 """
 
 from __future__ import annotations
@@ -15,12 +20,26 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 
 MAX_CONFIG_BYTES = 1 << 20  # a composite or model spec (an inline ImageNet class list is ~30 kB)
 MAX_CLASSES_BYTES = 8 << 20  # a class-names file (21k ImageNet names are ~0.5 MB)
 MAX_YAML_ALIASES = 100  # `*name` references in one document
 MAX_YAML_NODES = 100_000  # scalars, lists and mappings, counted with every alias expanded
+
+# A model archive (TorchScript, .pt2 and torch.save files are zips) may declare unpacked at most
+# MAX_ARCHIVE_RATIO times its size on disk, or ARCHIVE_ALLOWANCE bytes, whichever is more. torch writes
+# weights uncompressed (ratio ~1) and deflates only the code (~3x), so anything far past this is a zip bomb.
+MAX_ARCHIVE_RATIO = 10
+ARCHIVE_ALLOWANCE = 64 << 20
+#: environment variable that replaces the bound with a size in bytes (``4G``, ``500M``) for a trusted archive
+ARCHIVE_LIMIT_ENV = "LRP_MAX_UNPACKED"
+
+# --inputs-from: one path per line, a line at most PATH_MAX (4096 bytes on Linux); at most this many
+# lines and bytes in all (ImageNet's training set is 1.3 million paths, ~100 MB)
+MAX_LIST_LINE_BYTES = 4096
+MAX_LISTED_INPUTS = 5_000_000
+MAX_LIST_BYTES = 512 << 20
 
 
 def read_text(path: str | Path, what: str, limit: int = MAX_CONFIG_BYTES) -> str:
@@ -129,3 +148,56 @@ def check_pixels(size: tuple[int, int], what: str, error: type = ConfigError, **
             hint="models take images of at most a few thousand pixels a side",
             **where,
         )
+
+
+def parse_bytes(text: str) -> int:
+    """``4096``, ``500M``, ``4G``, ``1.5GiB`` as a number of bytes (ValueError for anything else)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(text)
+    scale = 1 << (10 * "kmgt".index(match[2].lower()) + 10) if match[2] else 1
+    return int(float(match[1]) * scale)
+
+
+def archive_limit(file_size: int) -> tuple[int, str]:
+    """The most bytes a model archive of ``file_size`` bytes may declare unpacked, and how that bound was set."""
+    override = os.environ.get(ARCHIVE_LIMIT_ENV, "").strip()
+    if override:
+        try:
+            return parse_bytes(override), f"{ARCHIVE_LIMIT_ENV}={override}"
+        except ValueError:
+            raise ConfigError(
+                f"{ARCHIVE_LIMIT_ENV}={override!r} is not a size", hint=f"give bytes, or a size such as {ARCHIVE_LIMIT_ENV}=4G"
+            ) from None
+    return max(file_size * MAX_ARCHIVE_RATIO, ARCHIVE_ALLOWANCE), (
+        f"{MAX_ARCHIVE_RATIO} times the file's size or {ARCHIVE_ALLOWANCE >> 20} MiB, whichever is more"
+    )
+
+
+def check_archive(path: str | Path, entries: list[Any], file_size: int | None = None) -> None:
+    """Refuse a zip archive (``zipfile.ZipInfo`` entries) whose entries declare more bytes unpacked than
+    :func:`archive_limit` allows for its size on disk: a :class:`ModelError` naming the file, the
+    declared and the actual size, the bound and how to raise it. The declared sizes are what torch's
+    reader allocates and what it stops at, so checking them bounds the memory a load takes."""
+    if file_size is None:
+        file_size = os.stat(path).st_size
+    declared = sum(max(int(entry.file_size), 0) for entry in entries)
+    limit, how = archive_limit(file_size)
+    if declared <= limit:
+        return
+    largest = max(entries, key=lambda entry: entry.file_size)
+    raise ModelError(
+        f"{path}: the archive's entries unpack to {declared:,} bytes from {file_size:,} bytes on disk "
+        f"({declared / max(file_size, 1):,.0f} times), more than the limit of {limit:,} bytes ({how}); "
+        f"the largest entry, {largest.filename}, is {largest.file_size:,} bytes packed into {largest.compress_size:,}",
+        hint=f"model weights barely compress, so this looks like a zip bomb; if you trust the file, "
+        f"raise the limit with {ARCHIVE_LIMIT_ENV}=SIZE (e.g. {ARCHIVE_LIMIT_ENV}={_round_up(declared)})",
+    )
+
+
+def _round_up(size: int) -> str:
+    """A size at least ``size`` bytes, for a hint: 2G, 300M, 1K."""
+    for shift, unit in ((30, "G"), (20, "M"), (10, "K")):
+        if size >= 1 << shift:
+            return f"{-(-size // (1 << shift))}{unit}"
+    return str(size)

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import json
 import math
+import os
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import ConfigError, ModelError
-from .limits import MAX_CLASSES_BYTES, check_pixels, load_yaml, read_text
+from .limits import MAX_CLASSES_BYTES, check_archive, check_pixels, load_yaml, read_text
 from .registry import suggest
 from .safety import check_trusted_callable, load_exported, spec_arch
 
@@ -242,22 +243,27 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
 def _zip_names(path: Path) -> list[str] | None:
     """The entry names of a zip archive (TorchScript, .pt2 and torch.save files are zips), None for a
     file that is not one. A file that starts like a zip but whose directory is damaged (truncated, bad
-    bytes in a name) is a ModelError naming it, not an internal error from zipfile."""
+    bytes in a name) is a ModelError naming it, not an internal error from zipfile; so is an archive
+    whose entries unpack to far more than its size (a zip bomb, ``limits.check_archive``), before any
+    loader reads it."""
     try:
         with open(path, "rb") as handle:
             magic = handle.read(4)
+            size = os.fstat(handle.fileno()).st_size
     except OSError as exc:
         raise ModelError(f"cannot read model file {path}: {exc.strerror}") from exc
     if not zipfile.is_zipfile(path) and magic != b"PK\x03\x04":
         return None
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
+            entries = archive.infolist()
     except Exception as exc:  # BadZipFile, UnicodeDecodeError on a damaged name, EOFError, ...
         raise ModelError(
             f"{path}: a damaged zip archive ({type(exc).__name__}: {_first_line(exc)})",
             hint="the file is truncated or corrupted: copy or download it again",
         ) from exc
+    check_archive(path, entries, size)
+    return [entry.filename for entry in entries]
 
 
 def _zip_has(path: Path, name: str) -> bool:

@@ -64,17 +64,41 @@ def suffix(shard: Shard | None) -> str:
 
 
 def read_inputs_list(source: str) -> list[str]:
-    """Input paths from a file (one per line; blank lines and # comments skipped), or - for stdin."""
+    """Input paths from a file (one per line; blank lines and # comments skipped), or - for stdin.
+
+    Read line by line within the bounds of ``limits.py``: a line longer than a path can be
+    (``/dev/zero`` is one endless line), a NUL byte, or more lines or bytes than a list of inputs
+    needs is an InputError naming the file and line, not a read that grows until memory runs out."""
     import sys
 
+    from .limits import MAX_LIST_BYTES, MAX_LIST_LINE_BYTES, MAX_LISTED_INPUTS
+
+    name = "<stdin>" if source == "-" else source
+    hint = "give a text file with one input path per line"
+    inputs: list[str] = []
+    total = number = 0
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8", errors="surrogateescape")
+        handle = sys.stdin.buffer if source == "-" else open(source, "rb")
+        with handle if source != "-" else contextlib.nullcontext(handle):
+            while line := handle.readline(MAX_LIST_LINE_BYTES + 2):
+                number += 1
+                total += len(line)
+                body = line.rstrip(b"\r\n")
+                if len(body) > MAX_LIST_LINE_BYTES:
+                    raise InputError(f"--inputs-from {name}: line {number} is longer than {MAX_LIST_LINE_BYTES:,} bytes, more than a path can be", hint=hint)
+                if b"\0" in body:
+                    raise InputError(f"--inputs-from {name}: line {number} holds a NUL byte, which no path can", hint=hint)
+                if total > MAX_LIST_BYTES:
+                    raise InputError(f"--inputs-from {name}: more than {MAX_LIST_BYTES:,} bytes (at line {number})", hint="split the list into several runs")
+                text = body.decode("utf-8", errors="surrogateescape").strip()
+                if text and not text.startswith("#"):
+                    inputs.append(text)
+                    if len(inputs) > MAX_LISTED_INPUTS:
+                        raise InputError(f"--inputs-from {name}: more than {MAX_LISTED_INPUTS:,} inputs (at line {number})", hint="split the list into several runs")
     except OSError as exc:
-        raise InputError(f"--inputs-from: cannot read {source}: {exc.strerror}") from exc
-    lines = [line.strip() for line in text.splitlines()]
-    inputs = [line for line in lines if line and not line.startswith("#")]
+        raise InputError(f"--inputs-from: cannot read {name}: {exc.strerror}") from exc
     if not inputs:
-        raise InputError(f"--inputs-from {source}: no inputs listed")
+        raise InputError(f"--inputs-from {name}: no inputs listed")
     return inputs
 
 

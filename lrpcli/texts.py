@@ -16,7 +16,7 @@ import torch
 
 from .data.text import Encoded, TextRecord, TextTokenizer, batch_length, pad_batch
 from .engine import Explainer
-from .errors import InputError
+from .errors import InputError, ModelError
 from .models import saved_input
 from .runner import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 from .text_output import token_entries, top_words, word_entries
@@ -73,6 +73,42 @@ def fixed_length(model: Any) -> int | None:
     return int(length) if isinstance(length, int) else None
 
 
+def embedding_rows(explainer: Explainer, ids: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> int | None:
+    """The rows of the table(s) the model looks the token ids up in (the fewest, if several), from the
+    captured graph; None where the graph looks none up."""
+    graph, _ = explainer.prepare(ids, inputs)
+    rows = [
+        int(node.args[0].shape[0])
+        for node in graph.nodes
+        if node.kind == "embedding" and isinstance(node.args[0], torch.Tensor) and node.args[0].ndim == 2
+    ]
+    return min(rows) if rows else None
+
+
+def check_vocabulary(explainer: Explainer, tokenizer: TextTokenizer, ids: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> None:
+    """Refuse a tokenizer that does not fit the model (ids or the pad id past its token embedding), naming
+    both sizes: a ModelError (exit 4) before any lookup, where the lookup is an IndexError on the CPU and
+    a device-side assert (that ends the process) on a GPU. Cheap enough to check every batch (the
+    prepared graph is cached, the vocabulary read once)."""
+    rows = embedding_rows(explainer, ids, inputs)
+    if rows is None:
+        return
+    size, top = tokenizer.vocabulary
+    hint = "use the tokenizer the model was trained with (a model spec names it: input: {tokenizer: ...})"
+    if tokenizer.pad_id >= rows:
+        raise ModelError(
+            f"{tokenizer.path}: the tokenizer pads with id {tokenizer.pad_id} ({tokenizer.pad_token}), past the model's token "
+            f"embedding of {rows:,} rows (ids 0 to {rows - 1:,}); the tokenizer's vocabulary has {size:,} tokens",
+            hint=hint,
+        )
+    if top >= rows:
+        raise ModelError(
+            f"{tokenizer.path}: the tokenizer's vocabulary has {size:,} tokens (ids up to {top:,}) but the model's token "
+            f"embedding has {rows:,} rows (ids 0 to {rows - 1:,}): the tokenizer does not fit the model",
+            hint=hint,
+        )
+
+
 def batches(records: Iterable[TextRecord], size: int) -> Iterator[list[TextRecord]]:
     batch: list[TextRecord] = []
     for record in records:
@@ -124,7 +160,17 @@ def explain_texts(
             report.failures.append(Failure(record.id, record.error))
         if good:
             failed = len(report.failures)
-            rows = _explain_batch(explainer, good, tokenizer, length, mask_name, targets, classes, top_k, torch_device, init, report)
+            kept, encoded = [], []
+            for record, item in zip(good, tokenizer.encode_each([record.text for record in good])):
+                if isinstance(item, str):  # the tokenizer failed on this text alone (a panic in its regex, ...)
+                    report.failures.append(Failure(record.id, f"{record.where}: {item}"))
+                else:
+                    kept.append(record)
+                    encoded.append(item)
+            good = kept
+            if on_error == "fail" and len(report.failures) > failed:
+                raise InputError(report.failures[failed].message)
+            rows = _explain_batch(explainer, good, encoded, tokenizer, length, mask_name, targets, classes, top_k, torch_device, init, report) if good else []
             if on_error == "fail" and len(report.failures) > failed:
                 raise InputError(report.failures[-1].message)
             for writer in writers:
@@ -135,8 +181,7 @@ def explain_texts(
     return report
 
 
-def _explain_batch(explainer, good, tokenizer, fixed, mask_name, targets, classes, top_k, device, init, report) -> list[dict[str, Any]]:
-    encoded = tokenizer.encode([record.text for record in good])
+def _explain_batch(explainer, good, encoded, tokenizer, fixed, mask_name, targets, classes, top_k, device, init, report) -> list[dict[str, Any]]:
     if fixed and any(len(item.ids) > fixed for item in encoded):
         raise InputError(f"the model takes {fixed} tokens at most; set max_length to {fixed} or less")
     report.truncated += sum(item.truncated for item in encoded)
@@ -144,6 +189,7 @@ def _explain_batch(explainer, good, tokenizer, fixed, mask_name, targets, classe
     ids, attention = pad_batch(encoded, tokenizer.pad_id, length)
     ids, attention = ids.to(device), attention.to(device)
     inputs = {mask_name: attention} if mask_name else None
+    check_vocabulary(explainer, tokenizer, ids, inputs)
     if targets.mode in ("pred", "index"):
         pairs = None
         result = explainer.explain(ids, None if targets.mode == "pred" else int(targets.index), init=init, inputs=inputs)

@@ -276,7 +276,8 @@ def _text_batches(explainer: Any, source: str, spec: Any, options: dict[str, Any
     from ..data.text import TextTokenizer, batch_length, pad_batch, read_texts, text_format
     from ..errors import InputError, UsageError
     from ..texts import batches as in_batches
-    from ..texts import fixed_length, mask_input
+    from ..runner import resolve_device
+    from ..texts import check_vocabulary, fixed_length, mask_input
 
     spec_input = spec.input if spec else {}
     tokenizer_path = options.get("tokenizer") or spec_input.get("tokenizer")
@@ -300,8 +301,11 @@ def _text_batches(explainer: Any, source: str, spec: Any, options: dict[str, Any
             bad = [record for record in chunk if record.error]
             if bad:
                 raise InputError(bad[0].error)
-            encoded = tokenizer.encode([record.text for record in chunk])
+            encoded = tokenizer.encode([record.text for record in chunk], [record.where for record in chunk])
             ids, mask = pad_batch(encoded, tokenizer.pad_id, batch_length(max(len(e.ids) for e in encoded), tokenizer.max_length, fixed))
+            if not batches:  # a tokenizer that does not fit the model: named before any lookup
+                device = resolve_device(options["device"])
+                check_vocabulary(explainer, tokenizer, ids.to(device), {mask_name: mask.to(device)} if mask_name else None)
             batches.append((ids, [record.id for record in chunk]))
             extras.append({mask_name: mask} if mask_name else None)
     if not batches:

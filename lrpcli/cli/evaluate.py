@@ -244,7 +244,7 @@ def _evaluate_texts(model: str, spec: Any, inputs: tuple[str, ...], options: dic
     from ..errors import UsageError
     from ..evaluate import BASELINES, TokenEvaluator, resolve_baseline
     from ..runner import resolve_device
-    from ..texts import mask_input
+    from ..texts import check_vocabulary, mask_input
     from .evaluate_text import open_texts, text_batches
 
     for flag in ("size", "resize", "crop", "mode", "mean", "std", "masks_dir", "save_arrays", "blur_sigma"):
@@ -278,7 +278,10 @@ def _evaluate_texts(model: str, spec: Any, inputs: tuple[str, ...], options: dic
     _use_graph_cache(evaluator, model, spec, options)
     started = time.perf_counter()
     with progress("evaluating texts", None, options["quiet"]) as advance:
-        for ids, attention, units, names, planted in text_batches(inputs[0], spec, options, tokenizer, evaluator.scorer.model, options["batch_size"] or 32):
+        for index, (ids, attention, units, names, planted) in enumerate(text_batches(inputs[0], spec, options, tokenizer, evaluator.scorer.model, options["batch_size"] or 32)):
+            if index == 0:  # a tokenizer that does not fit the model: named before any lookup
+                mask = {evaluator.mask_name: attention.to(evaluator.device)} if evaluator.mask_name else None
+                check_vocabulary(evaluator.scorer, tokenizer, ids.to(evaluator.device), mask)
             evaluator.add(ids, attention, units, names, planted)
             advance(len(names))
     result = evaluator.result()

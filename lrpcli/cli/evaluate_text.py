@@ -64,7 +64,7 @@ def text_batches(source: str, spec: Any, options: dict[str, Any], tokenizer: Any
             bad = [record for record in chunk if record.error]
             if bad:
                 raise InputError(bad[0].error)
-            encoded = tokenizer.encode([record.text for record in chunk])
+            encoded = tokenizer.encode([record.text for record in chunk], [record.where for record in chunk])
             length = batch_length(max(len(e.ids) for e in encoded), tokenizer.max_length, fixed)
             ids, attention = pad_batch(encoded, tokenizer.pad_id, length)
             units = torch.zeros(ids.shape, dtype=torch.bool)

@@ -43,6 +43,11 @@ def collect_images(inputs: Sequence[str | Path], exclude: Sequence[Path] = ()) -
     for item in inputs:
         text = str(item)
         path = Path(text)
+        try:
+            path.is_dir()
+        except OSError as exc:  # a name longer than the file system takes (ENAMETOOLONG), ...: pathlib raises
+            shown = text if len(text) <= 120 else text[:120] + "..."
+            raise InputError(f"input not found: {shown} ({exc.strerror})", hint="give image files, folders or glob patterns") from exc
         if path.is_dir():
             base = path.resolve()
             inner = [folder.relative_to(base).parts for folder in skipped if folder != base and folder.is_relative_to(base)]
