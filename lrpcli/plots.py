@@ -18,16 +18,14 @@ def perturbation_plot(evaluation: Any, path: Path, *, score: str = "logit", titl
 
     import matplotlib
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     from .outputs import write_atomic
+    from .report.charts import figure as plain_figure
 
     if score not in SCORES:
         raise ValueError(f"unknown score '{score}'")
-    figure = Figure(figsize=(10, 6), dpi=100)  # no pyplot: no global state, no display
-    FigureCanvasAgg(figure)
+    figure = plain_figure(10, 6)  # no pyplot: no global state, no display; method names drawn as plain text
     axes = figure.subplots()
     colours = matplotlib.colormaps["tab10"].colors
     fractions = np.asarray(evaluation.fractions) * 100

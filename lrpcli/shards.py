@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 from .errors import InputError, UsageError
-from .outputs import read_summary, write_json, write_summary
+from .outputs import write_json, write_summary
 
 T = TypeVar("T")
 
@@ -118,24 +118,24 @@ class Manifest:
     def header(self) -> dict[str, Any] | None:
         if not self.path.is_file():
             return None
-        with self.path.open(encoding="utf-8") as handle:
+        with self.path.open(encoding="utf-8", errors="replace") as handle:
             first = handle.readline()
         try:
             data = json.loads(first)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return None
-        return data if data.get("kind") == "header" else None
+        return data if isinstance(data, dict) and data.get("kind") == "header" else None
 
     def entries(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
         found = []
-        for line in self.path.read_text(encoding="utf-8").splitlines()[1:]:
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue  # a line cut short by a kill
-            if entry.get("kind") == "input":
+            if isinstance(entry, dict) and entry.get("kind") == "input":
                 found.append(entry)
         return found
 
@@ -153,7 +153,7 @@ class Manifest:
         with other ``settings`` (the options that change results, keyed by their flag)."""
         previous = self.header()
         settings = json.loads(json.dumps(settings or {}, default=str))  # as the header will hold them
-        if previous and resume and not overwrite and "settings" in previous:
+        if previous and resume and not overwrite and isinstance(previous.get("settings"), dict):
             differ = [key for key in sorted(set(settings) | set(previous["settings"])) if settings.get(key) != previous["settings"].get(key)]
             if differ:
                 said = "; ".join(f"{key} {_shown(previous['settings'].get(key))} before, {_shown(settings.get(key))} now" for key in differ)
@@ -171,6 +171,9 @@ class Manifest:
             previous = None
         fresh = previous is None or not resume
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not fresh and _cut_short(self.path):
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write("\n")  # a line a kill cut short stays a line of its own, not the start of the next
         self.handle = self.path.open("w" if fresh else "a", encoding="utf-8")
         if fresh:
             self._write(
@@ -189,12 +192,12 @@ class Manifest:
     def runs(self) -> list[dict[str, Any]]:
         """The runs that wrote into this manifest, oldest first (run.json lists them after a resume)."""
         found = []
-        for line in self.path.read_text(encoding="utf-8").splitlines() if self.path.is_file() else []:
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines() if self.path.is_file() else []:
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue
-            if entry.get("kind") == "run":
+            if isinstance(entry, dict) and entry.get("kind") == "run":
                 found.append({k: v for k, v in entry.items() if k != "kind"})
         return found
 
@@ -213,6 +216,16 @@ class Manifest:
         if self.handle is not None:
             self.handle.close()
             self.handle = None
+
+
+def _cut_short(path: Path) -> bool:
+    """Whether the file ends in the middle of a line (a kill during a write)."""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
 
 
 def _shown(value: Any) -> str:
@@ -259,6 +272,169 @@ def _summaries(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("summary*.csv") if not p.name.endswith(".partial.csv"))
 
 
+# What merge reads is checked as it is read: a file damaged or edited by hand after its run is an
+# InputError that names the file and line (exit 5), never a KeyError or a row silently dropped.
+
+_DAMAGED = "the file was changed after its run finished: restore it, or run that run (or shard) again into a fresh folder"
+_WHOLE_NUMBERS = ("prediction", "target")
+_NUMBERS = ("probability", "logit", "relevance_sum", "conservation_gap")
+_OUTPUT_PATHS = ("heatmap", "relevance")
+_NEEDED = ("input", "target", *_OUTPUT_PATHS)  # what merge reads of every row (a check-conservation shard's summary may hold no more)
+
+
+def _damaged(path: Path, line: int | None, message: str) -> InputError:
+    return InputError(f"{path}:{line}: {message}" if line else f"{path}: {message}", hint=_DAMAGED)
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The file as UTF-8 text (a byte order mark dropped); unreadable or other bytes are named by line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from exc
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _damaged(path, line, f"the {what} is not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+
+
+def _line_of(text: str, index: int) -> int:
+    return text.count("\n", 0, index) + 1
+
+
+def read_finished_summary(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a finished run's summary with the line each starts on.
+
+    Unlike :func:`outputs.read_summary` (which drops rows an interruption cut short, for --resume), a
+    finished summary is written whole: a missing column merge needs, a row with too few or too many
+    cells, a cell that is not a number where one belongs, a NUL byte or a file path that leads out of
+    the folder is an InputError naming the file and line."""
+    import csv
+    import io
+
+    text = _read_text(path, "summary")
+    if "\0" in text:
+        raise _damaged(path, _line_of(text, text.index("\0")), "a NUL byte: not a summary written by `lrp explain`")
+    if text and not text.endswith("\n"):  # lrp ends every row with a line end: the file was cut short
+        raise _damaged(path, _line_of(text, len(text)), "the last row is cut short (no line end): the file was truncated")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[tuple[int, dict[str, str]]] = []
+    line = 1
+    try:
+        header = next(reader, None)
+        if not header:
+            raise _damaged(path, None, "empty: no header line (input, prediction, ...)")
+        missing = [name for name in _NEEDED if name not in header]
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if missing or repeated:
+            said = "; ".join(part for part in (f"no {', '.join(missing)} column" if missing else "", f"{', '.join(repeated)} twice" if repeated else "") if part)
+            raise _damaged(path, 1, f"not the header of a summary of `lrp explain` ({said})")
+        line = reader.line_num + 1
+        for cells in reader:
+            start, line = line, reader.line_num + 1
+            if not cells:
+                continue  # a blank line
+            if len(cells) != len(header):
+                raise _damaged(path, start, f"the row has {len(cells)} cell(s), the header {len(header)} (a row cut short, or a stray comma)")
+            row = dict(zip(header, cells))
+            _check_summary_row(path, start, row)
+            rows.append((start, row))
+    except csv.Error as exc:
+        raise _damaged(path, line, f"not a CSV summary ({exc})") from None
+    return rows
+
+
+def _check_summary_row(path: Path, line: int, row: dict[str, str]) -> None:
+    if not row["input"].strip():
+        raise _damaged(path, line, "the row names no input")
+    for key in _WHOLE_NUMBERS:
+        if key in row:
+            try:
+                int(row[key])
+            except ValueError:
+                raise _damaged(path, line, f"{key} is {row[key]!r}, not a class index") from None
+    for key in _NUMBERS:
+        if row.get(key):
+            try:
+                float(row[key])
+            except ValueError:
+                raise _damaged(path, line, f"{key} is {row[key]!r}, not a number") from None
+    for key in _OUTPUT_PATHS:
+        value = row[key]
+        if value and (os.path.isabs(value) or ".." in Path(value).parts):
+            raise _damaged(path, line, f"{key} {value!r} is not a path inside the run's folder")
+
+
+def read_manifest_header(path: Path) -> dict[str, Any]:
+    """A finished run's manifest header (line 1), its fields checked; the other lines must be objects
+    with a ``kind`` (a line a kill cut short, which lrp wrote and a resume went past, is let be)."""
+    text = _read_text(path, "manifest")
+    lines = text.split("\n")
+    try:
+        header = json.loads(lines[0])
+    except (ValueError, RecursionError) as exc:
+        raise _damaged(path, 1, f"the manifest's header is not JSON ({_reason(exc)})") from None
+    if not isinstance(header, dict) or header.get("kind") != "header":
+        raise _damaged(path, 1, 'the manifest\'s first line is not its header (a JSON object with "kind": "header")')
+    for key in ("model_sha256", "composite_sha256"):
+        if not isinstance(header.get(key), str):
+            raise _damaged(path, 1, f"{key} in the manifest's header is {_json_type(header.get(key))}, not a text")
+    shard = header.get("shard")
+    if shard is not None:
+        try:
+            Shard.parse(shard if isinstance(shard, str) else "")
+        except UsageError:
+            raise _damaged(path, 1, f"shard in the manifest's header is {json.dumps(shard)}, not K/N") from None
+    for number, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            if line.startswith('{"kind": "'):
+                continue  # what lrp writes, cut short by a kill (the run was resumed past it)
+            raise _damaged(path, number, f"not JSON ({_reason(exc)})") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+            raise _damaged(path, number, f'{_json_type(entry)} where the manifest holds objects with a "kind"')
+        if entry["kind"] == "input" and not (isinstance(entry.get("input"), str) and isinstance(entry.get("status"), str)):
+            raise _damaged(path, number, "an input entry without a text input and status")
+    return header
+
+
+def read_conservation_report(path: Path) -> dict[str, Any]:
+    """A shard's check-conservation report (JSON): an object whose samples are objects."""
+    text = _read_text(path, "conservation report")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _damaged(path, exc.lineno, f"not JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:
+        raise _damaged(path, None, f"not JSON ({_reason(exc)})") from None
+    if not isinstance(data, dict):
+        raise _damaged(path, 1, f"{_json_type(data)} where a conservation report (a JSON object) belongs")
+    samples = data.get("samples", [])
+    if not isinstance(samples, list) or not all(isinstance(sample, dict) for sample in samples):
+        raise _damaged(path, None, "samples is not a list of objects")
+    return data
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg}, column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "nested too deep"
+    return str(exc)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "true/false", int: "a number", float: "a number", str: "a text", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
 def merge(sources: Sequence[Path], out: Path) -> dict[str, Any]:
     """Join the summaries (and conservation reports) of finished runs or shards into ``out``."""
     if not sources:
@@ -267,6 +443,7 @@ def merge(sources: Sequence[Path], out: Path) -> dict[str, Any]:
     headers: list[tuple[Path, dict[str, Any]]] = []
     shards: list[str] = []
     reports: list[dict[str, Any]] = []
+    origins: list[str] = []  # FILE:LINE of each row, to name both copies of a repeated row
     for folder in sources:
         if not folder.is_dir():
             raise InputError(f"not a folder: {folder}")
@@ -277,23 +454,21 @@ def merge(sources: Sequence[Path], out: Path) -> dict[str, Any]:
         if not summaries:
             raise InputError(f"{folder}: no summary.csv to merge")
         for manifest in sorted(folder.glob("manifest*.jsonl")):
-            header = Manifest.__new__(Manifest)
-            header.path = manifest
-            data = header.header()
-            if data:
-                headers.append((manifest, data))
-                if data.get("shard"):
-                    shards.append(data["shard"])
+            data = read_manifest_header(manifest)
+            headers.append((manifest, data))
+            if data.get("shard"):
+                shards.append(data["shard"])
         for summary in summaries:
-            for row in read_summary(summary):
+            for line, row in read_finished_summary(summary):
                 for key in ("heatmap", "relevance"):
                     if row.get(key):
                         row[key] = os.path.relpath(folder / row[key], out)
                 rows.append(row)
+                origins.append(f"{summary}:{line}")
         for report in sorted(folder.glob("conservation*.json")):
             if folder == out and report.name == "conservation.json":
                 continue
-            reports.append(json.loads(report.read_text(encoding="utf-8")))
+            reports.append(read_conservation_report(report))
     hashes = {(h.get("model_sha256"), h.get("composite_sha256")) for _, h in headers}
     if len(hashes) > 1:
         raise InputError("the runs used different models or composites: " + ", ".join(str(path) for path, _ in headers))
@@ -309,12 +484,12 @@ def merge(sources: Sequence[Path], out: Path) -> dict[str, Any]:
                 f"shards do not cover the inputs once: missing {', '.join(f'{m}/{count}' for m in missing) or 'none'}, "
                 f"twice {', '.join(duplicated) or 'none'}"
             )
-    seen: set[tuple[str, str]] = set()
-    for row in rows:
+    seen: dict[tuple[str, str], str] = {}
+    for row, origin in zip(rows, origins):
         key = (row["input"], row["target"])
         if key in seen:
-            raise InputError(f"input {row['input']} (target {row['target']}) appears in more than one run")
-        seen.add(key)
+            raise InputError(f"input {row['input']} (target {row['target']}) appears in more than one run: {seen[key]} and {origin}")
+        seen[key] = origin
     rows.sort(key=lambda row: row["input"])  # stable: targets keep their order within an input
     out.mkdir(parents=True, exist_ok=True)
     write_summary(out / "summary.csv", rows)

@@ -213,7 +213,8 @@ def test_html_page_shades_every_word_and_escapes_the_text(text_setup, tmp_path):
     assert len(shaded) == sum(len(row["words"]) for row in rows)
     signs = [1 if red == "255" else -1 for red, blue, alpha, title in shaded]
     assert signs == [1 if w["relevance"] > 0 else -1 for row in rows for w in row["words"]]
-    assert "<script" not in html and "http" not in html
+    assert "<script" not in html and not re.search(r"https?:", html)  # no script, no address (the policy's http-equiv is no address)
+    assert "default-src 'none'" in html  # and a policy that fetches nothing
 
 
 def test_an_attention_mask_input_is_fed_the_mask(tmp_path):

@@ -88,14 +88,19 @@ def _read_rows(paths: list[Path]) -> tuple[list[str], list[dict[str, str]]]:
         try:
             with path.open(newline="", encoding="utf-8") as handle:
                 reader = csv.DictReader(handle)
+                if "input" not in (reader.fieldnames or []):
+                    raise InputError(f"{path}: not a summary of `lrp explain` (no 'input' column)")
                 for name in reader.fieldnames or []:
                     if name not in columns:
                         columns.append(name)
-                rows += [row for row in reader if None not in row.values()]
+                for row in reader:
+                    if None in row.values():
+                        continue  # a row cut short
+                    if any("\0" in value for value in row.values() if isinstance(value, str)):
+                        raise InputError(f"{path}:{reader.line_num}: a NUL byte in the row: not a summary written by `lrp explain`")
+                    rows.append(row)
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise InputError(f"{path}: cannot read the summary: {exc}") from exc
-    if "input" not in columns:
-        raise InputError(f"{paths[0]}: not a summary of `lrp explain` (no 'input' column)")
     return columns, rows
 
 
@@ -104,11 +109,32 @@ def _read_runs(paths: list[Path]) -> list[dict[str, Any]]:
     for path in paths:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue  # the page says run.json could not be read
         if isinstance(data, dict):
-            runs.append(data)
+            runs.append(_run_fields(data))
     return runs
+
+
+_RUN_TEXTS = ("model", "weights", "weights_sha256", "device", "dtype", "finished", "shard", "lrpcli", "torch", "python")
+
+
+def _run_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A run file's fields the page shows, those of another type than lrp writes left out (a hand-edited
+    run.json): texts, whole counts, lists of failures and notes, the composite as an object."""
+    run = dict(data)
+    for key in _RUN_TEXTS:
+        if key in run and not isinstance(run[key], str):
+            del run[key]
+    for key in ("inputs", "explained"):
+        if key in run and not (isinstance(run[key], int) and not isinstance(run[key], bool)):
+            del run[key]
+    for key in ("failures", "notes"):
+        if key in run and not isinstance(run[key], list):
+            del run[key]
+    if "composite" in run and not isinstance(run["composite"], dict):
+        del run["composite"]
+    return run
 
 
 class _Locator:

@@ -1,11 +1,15 @@
 """The report pages' one template environment: templates/*.html.j2 with autoescaping.
 
 Every page extends templates/base.html.j2 (the head, the Content-Security-Policy that keeps the page
-from fetching anything, the shared styles), so all report pages look and behave alike."""
+from fetching anything and runs only the page's own scripts, the shared styles), so all report pages
+look and behave alike."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -19,9 +23,42 @@ def _environment():
     return env
 
 
+#: where base.html.j2's Content-Security-Policy lists the page's scripts (their hashes, filled in by render_page)
+SCRIPT_SOURCES = "'lrp-script-hashes'"
+_POLICY = re.compile(r'<meta http-equiv="Content-Security-Policy" content="[^"]*">')
+_SCRIPT = re.compile(r"<script(?P<attributes>(?:\s[^>]*)?)>(?P<body>.*?)</script>", re.S | re.I)
+_DATA_BLOCK = re.compile(r"""\btype\s*=\s*["']?application/json""", re.I)
+
+
 def render_page(template: str, **data: Any) -> str:
-    """The HTML text of templates/<template> filled with data (all values escaped)."""
-    return _environment().get_template(template).render(**data)
+    """The HTML text of templates/<template> filled with data (all values escaped), its policy allowing
+    exactly the page's own inline scripts (see :func:`seal_scripts`)."""
+    return seal_scripts(_environment().get_template(template).render(**data))
+
+
+def script_hashes(html: str, start: int = 0) -> list[str]:
+    """``'sha256-...'`` of each inline script the browser would run (JSON data blocks are not run),
+    in page order, each once: the hash of the script's text exactly as it stands between its tags."""
+    hashes: list[str] = []
+    for match in _SCRIPT.finditer(html, start):
+        if _DATA_BLOCK.search(match.group("attributes")):
+            continue
+        digest = base64.b64encode(hashlib.sha256(match.group("body").encode("utf-8")).digest()).decode("ascii")
+        if f"'sha256-{digest}'" not in hashes:
+            hashes.append(f"'sha256-{digest}'")
+    return hashes
+
+
+def seal_scripts(html: str) -> str:
+    """Put the hashes of the page's inline scripts into its Content-Security-Policy (in place of
+    ``SCRIPT_SOURCES``; ``'none'`` for a page without scripts): the browser runs those scripts and no
+    other, so a script that got into the page some other way does not run ('unsafe-inline' is not
+    needed). Hashes, not a nonce: the same page rebuilt is the same bytes."""
+    policy = _POLICY.search(html)
+    if policy is None or SCRIPT_SOURCES not in policy.group(0):
+        return html
+    sources = " ".join(script_hashes(html, policy.end())) or "'none'"
+    return html[: policy.start()] + policy.group(0).replace(SCRIPT_SOURCES, sources, 1) + html[policy.end() :]
 
 
 def finite_number(value: Any) -> float | None:

@@ -15,6 +15,7 @@ explain the predicted class (target = prediction, the default) count.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, Iterable
 from ..errors import InputError
 from ..outputs import write_atomic
 from ..text_output import text_pieces, top_words, word_style
-from .page import render_page
+from .page import finite_number, render_page
 
 SAMPLE_SIZE = 2000  # texts shown
 TOP_WORDS = 5  # words for and against counted per text
@@ -101,8 +102,8 @@ class TextReport:
             "id": str(row.get("id", index + 1)),
             "pred": class_of(row, "prediction"),
             "target": class_of(row, "target"),
-            "logit": row.get("logit"),
-            "sum": row.get("relevance_sum"),
+            "logit": finite_number(row.get("logit")),
+            "sum": finite_number(row.get("relevance_sum")),
             "scale": scale,
             "truncated": bool(row.get("truncated")),
             "pieces": [[text, None if value is None else word_style(value), relevance if value is not None else None] for text, value, relevance in pieces],
@@ -145,6 +146,57 @@ class TextReport:
         return page
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "true/false", int: "a number", float: "a number", str: "a text", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def text_row_problem(row: Any) -> str | None:
+    """What makes a line of a text run's JSONL unusable for the page (a hand-edited or damaged file), or
+    None: the row must be an object with the text, the prediction and target, numbers for logit and
+    relevance sum, and words that are objects with a text, a finite relevance and a span inside the text."""
+    if not isinstance(row, dict):
+        return f"{_kind(row)}, not a result row (a JSON object)"
+    missing = [key for key in ("text", "words", "prediction", "target") if key not in row]
+    if missing:
+        return f"not a text result row (no {', '.join(missing)})"
+    text = row["text"]
+    if not isinstance(text, str):
+        return f"text is {_kind(text)}, not a text"
+    for key in ("prediction", "target"):
+        if not isinstance(row[key], (int, str)) or isinstance(row[key], bool):
+            return f"{key} is {_kind(row[key])}, not a class"
+    for key in ("prediction_label", "target_label", "id"):
+        if row.get(key) is not None and (not isinstance(row[key], (int, str)) or isinstance(row[key], bool)):
+            return f"{key} is {_kind(row[key])}, not a text"
+    for key in ("logit", "relevance_sum"):
+        if row.get(key) is not None and not _is_number(row[key]):
+            return f"{key} is {_kind(row[key])}, not a number"
+    words = row["words"]
+    if not isinstance(words, list):
+        return f"words is {_kind(words)}, not a list"
+    for index, word in enumerate(words):
+        where = f"words[{index}]"
+        if not isinstance(word, dict):
+            return f"{where} is {_kind(word)}, not an object"
+        for key in ("word", "relevance", "start", "end"):
+            if key not in word:
+                return f"{where} has no {key}"
+        if not isinstance(word["word"], str):
+            return f"{where}.word is {_kind(word['word'])}, not a text"
+        if not _is_number(word["relevance"]) or not math.isfinite(word["relevance"]):
+            return f"{where}.relevance is {json.dumps(word['relevance']) if _is_number(word['relevance']) else _kind(word['relevance'])}, not a finite number"
+        start, end = word["start"], word["end"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)) or not 0 <= start <= end <= len(text):
+            return f"{where} spans {json.dumps(start)}..{json.dumps(end)}, not a span of the text ({len(text)} characters)"
+    return None
+
+
 def is_text_results(path: Path) -> bool:
     """Whether a JSONL file holds text results (its first line has text and words)."""
     try:
@@ -171,14 +223,27 @@ def write_text_report(path: Path, page: Path | None = None, run: dict[str, Any] 
     if run is None:
         run = previous_run(page)
         carried = run is not None
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    hint = "give the JSONL output of `lrp explain` on texts, as the run wrote it"
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the results: {exc.strerror or exc}") from exc
+    with handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x})", hint=hint) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"{path}:{number}: not JSON ({exc})", hint="give the JSONL output of `lrp explain` on texts") from exc
+            except (ValueError, RecursionError) as exc:
+                reason = "nested too deep" if isinstance(exc, RecursionError) else f"{exc.msg}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise InputError(f"{path}:{number}: not JSON ({reason})", hint=hint) from None
+            problem = text_row_problem(row)
+            if problem:
+                raise InputError(f"{path}:{number}: {problem}", hint=hint)
             try:
                 report.add(row)
             except InputError as exc:
