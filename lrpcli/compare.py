@@ -459,7 +459,7 @@ def compare_images(
 ) -> CompareReport:
     """Write one figure per input under ``out`` (``<input path>.png``), or, with ``sheet``, one
     figure with a row per input to that path. Files are written atomically."""
-    from .outputs import inside, write_atomic
+    from .outputs import inside, write_atomic, write_output
     from .render import png_bytes
 
     started = time.perf_counter()
@@ -483,7 +483,7 @@ def compare_images(
         write_atomic(path, png_bytes(compose([row], labels, **style)))
         report.written.append(path)
     if sheet is not None and kept:
-        write_atomic(sheet, png_bytes(compose(kept, labels, **style)))
+        write_output(sheet, png_bytes(compose(kept, labels, **style)))  # a file the user named (-o NAME.png)
         report.written.append(sheet)
     report.seconds = time.perf_counter() - started
     return report

@@ -88,9 +88,9 @@ class Explanation:
             raise UsageError(f"a heatmap needs an image's relevance (C, H, W), got shape {relevance.shape}")
         image = np.ascontiguousarray(heatmap_rgb(relevance, cmap))
         if path is not None:
-            from .outputs import write_atomic
+            from .outputs import write_output
 
-            write_atomic(Path(path), png_bytes(image))
+            write_output(Path(path), png_bytes(image))
         return image
 
 

@@ -20,7 +20,7 @@ def perturbation_plot(evaluation: Any, path: Path, *, score: str = "logit", titl
     import numpy as np
     from matplotlib.lines import Line2D
 
-    from .outputs import write_atomic
+    from .outputs import write_output
     from .report.charts import figure as plain_figure
 
     if score not in SCORES:
@@ -64,4 +64,4 @@ def perturbation_plot(evaluation: Any, path: Path, *, score: str = "logit", titl
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    write_atomic(Path(path), buffer.getvalue())
+    write_output(Path(path), buffer.getvalue())  # --plot FILE or OUT/evaluation.png

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, warn
-from .options import build_composite, composite_options, device_option, new_explainer, fit_preprocessing, json_option, on_error_option, target_option, write_json, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, report_option, spec_preprocessing
+from .options import build_composite, composite_options, device_option, new_explainer, fit_preprocessing, json_option, on_error_option, target_option, write_json, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, report_option, spec_preprocessing
 
 
 @click.command(
@@ -67,7 +67,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     from ..errors import CheckFailed, InputError, UsageError
     from ..runner import resolve_device
     from ..models import is_spec, load_spec
-    from ..outputs import write_atomic
+    from ..outputs import write_output
 
     from ..shards import Shard, read_inputs_list
 
@@ -77,6 +77,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     shard = Shard.parse(options["shard"])
     if options["inputs_from"]:
         inputs = tuple(inputs) + tuple(read_inputs_list(options["inputs_from"]))
+    refuse_overwriting_inputs(model, spec, inputs, options)
     if inputs and options["random_count"]:
         raise UsageError("give INPUTS or --random N, not both")
     if not inputs and not options["random_count"]:
@@ -168,7 +169,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     ]
     report = merge(reports)
     if options["junit"]:
-        write_atomic(Path(options["junit"]), junit_xml(report).encode("utf-8"))
+        write_output(Path(options["junit"]), junit_xml(report).encode("utf-8"))
     if options["json_path"]:
         write_json(options["json_path"], report.to_dict())
     if options["report_path"]:

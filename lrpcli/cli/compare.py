@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, note, progress, warn
-from .options import cache_id, check_cmap, device_option, overlay_option, overlay_style_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, spec_preprocessing
+from .options import cache_id, check_cmap, device_option, overlay_option, overlay_style_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, spec_preprocessing
 
 
 @click.command(
@@ -85,6 +85,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         raise UsageError(f"-o {out}: exists and is not a folder", hint="give a folder, or a .png file for a sheet")
 
     spec = load_spec(model) if is_spec(model) else None
+    refuse_overwriting_inputs(model, spec, inputs, options)  # -o sheet.png onto one of the images
     preprocessing = spec_preprocessing(spec, options)
     classes = spec.classes if spec else None
     if options["classes_file"]:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, note, progress, warn
-from .options import build_composite, device_option, fit_preprocessing, json_option, on_error_option, load_model_option, model_options, no_report_option, parse_params, preprocessing_options, report_option, spec_preprocessing
+from .options import build_composite, device_option, fit_preprocessing, json_option, on_error_option, load_model_option, model_options, no_report_option, parse_params, preprocessing_options, refuse_overwriting_inputs, report_option, spec_preprocessing
 
 DEFAULT_OUT = "lrp-eval"
 IMAGE_BATCH, CSV_BATCH = 16, 256
@@ -94,6 +94,7 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     if not inputs:
         raise UsageError("no INPUTS given", hint="give image files, folders, globs or one CSV file (or - for stdin)")
     spec = load_spec(model) if is_spec(model) else None
+    refuse_overwriting_inputs(model, spec, inputs, options)
     from .text import is_text_run
 
     if is_text_run(spec, options) or str(inputs[0]).lower().endswith((".txt", ".jsonl", ".ndjson")):
@@ -419,8 +420,9 @@ def _write_outputs(result: Any, out: Path, model: str, inputs: tuple[str, ...], 
 
     from .. import __version__
     from ..evaluate import CSV_COLUMNS
-    from ..outputs import atomic_text, write_json
+    from ..outputs import atomic_text
     from ..plots import perturbation_plot
+    from .options import write_json  # OUT/evaluation.json or --json FILE, as outputs.open_output decides
 
     written: list[str] = []
     plot = Path(options["plot_path"]) if options["plot_path"] else out / "evaluation.png"
@@ -447,7 +449,7 @@ def _write_outputs(result: Any, out: Path, model: str, inputs: tuple[str, ...], 
         written.append("stdout (JSON)")
     else:
         path = Path(options["json_path"]) if options["json_path"] else out / "evaluation.json"
-        write_json(path, data)
+        write_json(str(path), data)
         written.append(str(path))
 
     import csv

@@ -24,6 +24,7 @@ from .options import (
     no_report_option,
     parse_params,
     preprocessing_options,
+    refuse_overwriting_inputs,
     report_option,
     spec_preprocessing,
 )
@@ -112,6 +113,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     if not inputs:
         raise UsageError("no INPUTS given", hint="give image files, folders, globs or one CSV file (or --inputs-from FILE)")
     spec = load_spec(model) if is_spec(model) else None
+    refuse_overwriting_inputs(model, spec, inputs, options)
     from .text import explain_text, is_text_run
 
     # .jsonl holds texts for a text model (its spec, --tokenizer or --text-col), else rows of features

@@ -22,6 +22,7 @@ from .options import (
     parse_mapping,
     parse_params,
     preprocessing_options,
+    refuse_overwriting_inputs,
     spec_preprocessing,
 )
 
@@ -57,11 +58,12 @@ def init(model: str, inputs: tuple[str, ...], **options: Any) -> None:
 
     from ..errors import UsageError
     from ..models import load_class_names
-    from ..outputs import write_atomic
+    from ..outputs import write_output
 
     target = Path(options["spec_path"])
     if target.suffix not in (".yaml", ".yml"):
         raise UsageError(f"-o {target}: a model spec is a .yaml file")
+    refuse_overwriting_inputs(model, None, inputs, options)  # --force onto MODEL, a composite or classes file
     if target.exists() and not options["force"]:
         raise UsageError(f"{target} exists", hint="give another -o, or --force to replace it")
     folder = target.resolve().parent
@@ -110,7 +112,7 @@ def init(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     if not tried:
         note("no INPUTS given: the spec was not tried on an input; run lrp explain with it to check")
     header = f"# {target.name}: written by `lrp init`; paths are relative to this file\n"
-    write_atomic(target, (header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, default_flow_style=None)).encode("utf-8"))
+    write_output(target, (header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, default_flow_style=None)).encode("utf-8"))
     info(f"wrote {target}{tried}; next: lrp explain {target} {' '.join(inputs) or 'INPUTS'}")
 
 

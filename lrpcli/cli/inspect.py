@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from .console import console, warn
-from .options import build_composite, composite_options, input_shape_option, json_option, load_model_option, model_options, parse_params, spec_preprocessing, write_json
+from .options import build_composite, composite_options, input_shape_option, json_option, load_model_option, model_options, parse_params, refuse_overwriting_inputs, spec_preprocessing, write_json
 
 
 @click.command(
@@ -38,6 +38,7 @@ def inspect(model: str, composite: str | None, input_shape: str | None, json_pat
     from ..models import is_spec, load_spec
 
     spec = load_spec(model) if is_spec(model) else None
+    refuse_overwriting_inputs(model, spec, (), {**options, "composite": composite, "json_path": None if json_path == "-" else json_path})
     from ..models import saved_input_shape
 
     shape = input_shape_option(input_shape, spec)

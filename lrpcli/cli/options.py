@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-
-
+import os
 from typing import Any, Callable
 
 import click
@@ -125,9 +124,43 @@ def write_json(path: str, data: Any) -> None:
     if path == "-":
         click.echo(text)
         return
-    from ..outputs import write_atomic
+    from ..outputs import write_output
 
-    write_atomic(Path(path), (text + "\n").encode("utf-8"))
+    write_output(Path(path), (text + "\n").encode("utf-8"))
+
+
+# options that name a file lrp writes, and options that name a file it reads (test_hostile_outputs.py)
+OUTPUT_OPTIONS = (
+    ("out", "-o"), ("spec_path", "-o"), ("report_path", "--report"), ("html", "--html"),
+    ("json_path", "--json"), ("junit", "--junit"), ("csv_path", "--csv"), ("plot_path", "--plot"),
+)
+INPUT_OPTIONS = (
+    ("classes_file", "--classes"), ("tokenizer", "--tokenizer"), ("inputs_from", "--inputs-from"),
+    ("composite", "-c"), ("composites", "-c"), ("masks_dir", "--masks"),
+)
+
+
+def refuse_overwriting_inputs(model: Any, spec: Any, inputs: Any, options: dict[str, Any]) -> None:
+    """Refuse (exit 2, naming both) a command's output file that is one of its inputs: an input file,
+    MODEL, the spec's weights and tokenizer, --classes, --tokenizer, a composite or architecture file.
+    Called before anything is read or written (outputs.refuse_inputs_as_outputs)."""
+    from ..outputs import refuse_inputs_as_outputs
+
+    named: list[tuple[str, Any]] = [("input", list(inputs or ())), ("MODEL", model)]
+    if spec is not None:
+        named.append(("model's weights (the spec's model:)", getattr(spec, "model", None)))
+        named.append(("spec's tokenizer", (getattr(spec, "input", None) or {}).get("tokenizer")))
+    for key, flag in INPUT_OPTIONS:
+        values = options.get(key)
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if isinstance(value, str) and ":" in value and not os.path.exists(value):
+                value = value.split(":", 1)[0]  # -c FILE:K=V
+            named.append((f"{flag} file", value))
+    arch = options.get("arch")
+    if isinstance(arch, str) and ".py:" in arch:
+        named.append(("--arch file", arch.rpartition(":")[0]))
+    outputs = [(flag, options.get(key)) for key, flag in OUTPUT_OPTIONS if options.get(key)]
+    refuse_inputs_as_outputs(outputs, named)
 
 
 composite_options = _stack(

@@ -45,6 +45,7 @@ def report(out: str, report_path: str | None) -> None:
     metadata: the page carries it over from the page it replaces, or says it is unknown.
     """
     from ..errors import InputError, UsageError
+    from ..outputs import refuse_inputs_as_outputs
     from ..report import write_report
 
     folder = Path(out)
@@ -52,5 +53,6 @@ def report(out: str, report_path: str | None) -> None:
         raise InputError(f"{out}: no such folder or file", hint="give the output folder of `lrp explain` (its -o), or its result file for CSV rows or texts")
     if report_path and not folder.is_file():
         raise UsageError("--report FILE applies to a result file; a folder's page is OUT/report.html")
+    refuse_inputs_as_outputs([("--report", report_path)], [("result file", out)])
     path = write_report(folder, Path(report_path) if report_path else None)
     info(f"wrote {path}")

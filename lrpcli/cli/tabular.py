@@ -17,8 +17,9 @@ def _names(value: str | None) -> list[str] | None:
 
 def report_page(options: dict[str, Any], out: str | None) -> Path | None:
     """Where a rows or texts run writes its report page: --report FILE; else beside -o FILE
-    (FILE.report.html) unless --no-report; none on stdout."""
+    (FILE.report.html) unless --no-report; none on stdout, nor beside a FIFO or device (-o /dev/null)."""
     from ..errors import UsageError
+    from ..outputs import destination, is_stream
     from ..report.table import report_path_for
 
     where = options.get("report_path")
@@ -28,7 +29,8 @@ def report_page(options: dict[str, Any], out: str | None) -> Path | None:
         raise UsageError("--report takes a file name, not -", hint="the page is a file to open in a browser")
     if where:
         page = Path(where)
-    elif out and not options.get("no_report"):
+        destination(page)  # a folder, block device or socket: refused before the run, not after it
+    elif out and not options.get("no_report") and not is_stream(out):
         page = report_path_for(Path(out))
     else:
         return None
@@ -113,10 +115,29 @@ def _write_rows_page(page: Path, results: Path, run: dict[str, Any]) -> bool:
         return False
 
 
+def _rows_copy(page: Path, fmt: str) -> Path:
+    """Where the rows of a run on stdout wait for the page: beside the page's file, or in the temporary
+    folder when the page goes into a FIFO or device (nothing of ours is made in /dev)."""
+    import os
+    import tempfile
+
+    from ..outputs import destination
+
+    target = destination(page)
+    folder = None if target.stream else target.file.parent
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{page.name}.rows.", suffix=f".{fmt}", dir=folder)
+    os.close(handle)
+    return Path(name)
+
+
 def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> None:
+    import contextlib
+
     from ..errors import InputError, UsageError
     from ..models import load_class_names
-    from ..outputs import atomic_text
+    from ..outputs import atomic_text, is_stream
     from ..runner import TargetSpec
     from ..shards import Shard
     from ..stream import explain_rows
@@ -166,22 +187,26 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
         raise InputError(f"input not found: {source}")
     if fmt in ("parquet", "arrow") and not out and sys.stdout.isatty():
         raise UsageError(f"{fmt.capitalize()} results are binary: give -o FILE.{fmt} or redirect stdout")
+    stream = bool(out) and is_stream(out)  # a FIFO, a device, /dev/stdout: written into, not read back
     page = report_page(options, out)
     # read by path, stdin too (column-wise by pyarrow; stdin as its lines arrive)
-    if out:
+    if out and not stream:
         with atomic_text(Path(out)) as target:  # streamed to a temporary file, renamed at the end
             report = explain_rows(explainer, None, name, target, path=source, **kwargs)
-    elif page:  # stdout, and a copy of the rows for the page (removed once it is written)
-        copy = page.with_name(f".{page.name}.rows.{fmt}")
+    elif page:  # stdout (or a stream), and a copy of the rows for the page (removed once it is written)
+        copy = _rows_copy(page, fmt)
         try:
-            with open(copy, "w", encoding="utf-8", newline="") as second:
-                report = explain_rows(explainer, None, name, _Tee(sys.stdout, second), path=source, **kwargs)
+            with contextlib.ExitStack() as stack:
+                first = stack.enter_context(atomic_text(Path(out))) if out else sys.stdout
+                second = stack.enter_context(open(copy, "w", encoding="utf-8", newline=""))
+                report = explain_rows(explainer, None, name, _Tee(first, second), path=source, **kwargs)
             wrote = _write_rows_page(page, copy, run_metadata(model, composite, name, options))
         finally:
             copy.unlink(missing_ok=True)
     else:
-        report = explain_rows(explainer, None, name, sys.stdout, path=source, **kwargs)
-    if out and page:
+        with atomic_text(Path(out)) if out else contextlib.nullcontext(sys.stdout) as target:
+            report = explain_rows(explainer, None, name, target, path=source, **kwargs)
+    if out and page and not stream:
         wrote = _write_rows_page(page, Path(out), run_metadata(model, composite, name, options))
     for line in report.notes:
         note(line)

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..outputs import output_errors, write_atomic
+from ..outputs import output_errors, write_output
 from .charts import data_uri, figure
 from .page import render_page
 
@@ -31,7 +31,7 @@ def write_conservation_report(path: Path, data: dict[str, Any], run: dict[str, A
     path = Path(path)
     html = render_conservation(data, run or {})
     with output_errors(path.parent):
-        write_atomic(path, html.encode("utf-8"))
+        write_output(path, html.encode("utf-8"))  # --report FILE
     return path
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..outputs import output_errors, write_atomic
+from ..outputs import output_errors, write_output
 from .charts import colours, data_uri, figure
 from .page import render_page
 
@@ -60,7 +60,7 @@ def write_evaluation_report(out: Path, path: Path | None = None, data: dict[str,
     path = Path(path) if path is not None else out / "report.html"
     html = render_evaluation(data)
     with output_errors(path.parent):
-        write_atomic(path, html.encode("utf-8"))
+        write_output(path, html.encode("utf-8"))  # --report FILE, or OUT/report.html
     return path
 
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import InputError
-from ..outputs import write_atomic
+from ..outputs import is_regular_file, refuse_inputs_as_outputs, write_output
 from .charts import data_uri, figure
 from .page import finite_number, render_page
 
@@ -333,7 +333,10 @@ _RUN_SCRIPT = re.compile(r'<script type="application/json" id="run">(.*?)</scrip
 
 
 def previous_run(page: Path) -> dict[str, Any] | None:
-    """The run metadata of the page being replaced (a page carries it as inline JSON), if any."""
+    """The run metadata of the page being replaced (a page carries it as inline JSON), if any. Only a
+    regular file is read: a FIFO there would wait for a writer that never comes."""
+    if not is_regular_file(page):
+        return None
     try:
         text = Path(page).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -406,8 +409,7 @@ def write_table_report(path: Path, page: Path | None = None, run: dict[str, Any]
     """Write the page of the rows result file ``path`` (default: beside it, ``rel.report.html``) and return its path."""
     path = Path(path)
     page = Path(page) if page else report_path_for(path)
-    if page.resolve() == path.resolve():
-        raise InputError(f"{page}: the page would replace the results it shows", hint="give --report another file name")
+    refuse_inputs_as_outputs([("the page", page)], [("result file it shows", path)])
     data = table_data(path, run, page, sample_size)
-    write_atomic(page, render_page("table.html.j2", **data).encode("utf-8"))
+    write_output(page, render_page("table.html.j2", **data).encode("utf-8"))  # --report FILE, or beside -o FILE
     return page

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import InputError
-from ..outputs import write_atomic
+from ..outputs import refuse_inputs_as_outputs, write_output
 from ..text_output import text_pieces, top_words, word_style
 from .page import finite_number, render_page
 
@@ -142,7 +142,7 @@ class TextReport:
 
     def write_page(self, page: Path, source: str, run: dict[str, Any] | None = None) -> Path:
         page = Path(page)
-        write_atomic(page, render_page("text.html.j2", **self.data(source, run)).encode("utf-8"))
+        write_output(page, render_page("text.html.j2", **self.data(source, run)).encode("utf-8"))  # --report FILE, or beside -o FILE
         return page
 
 
@@ -216,8 +216,7 @@ def write_text_report(path: Path, page: Path | None = None, run: dict[str, Any] 
 
     path = Path(path)
     page = Path(page) if page else report_path_for(path)
-    if page.resolve() == path.resolve():
-        raise InputError(f"{page}: the page would replace the results it shows", hint="give --report another file name")
+    refuse_inputs_as_outputs([("the page", page)], [("result file it shows", path)])
     report = TextReport(sample_size)
     carried = False
     if run is None:
@@ -251,5 +250,5 @@ def write_text_report(path: Path, page: Path | None = None, run: dict[str, Any] 
     data = report.data(path.name, run)
     data["run_carried"] = carried
     data["rebuilt"] = True
-    write_atomic(page, render_page("text.html.j2", **data).encode("utf-8"))
+    write_output(page, render_page("text.html.j2", **data).encode("utf-8"))
     return page
