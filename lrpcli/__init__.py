@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "explain": "lrpcli.engine",
-    "Explainer": "lrpcli.engine",
-    "Explanation": "lrpcli.engine",
-    "LayerRelevance": "lrpcli.engine",
+    "explain": "lrpcli.api",
+    "Explainer": "lrpcli.api",
+    "Explanation": "lrpcli.engine.explainer",
+    "LayerRelevance": "lrpcli.engine.explainer",
     "load_model": "lrpcli.models",
     "evaluate": "lrpcli.evaluate",
-    "capture": "lrpcli.graph",
-    "Graph": "lrpcli.graph",
-    "load_composite": "lrpcli.composite",
-    "Composite": "lrpcli.composite",
+    "capture": "lrpcli.engine.graph",
+    "Graph": "lrpcli.engine.graph",
+    "load_composite": "lrpcli.engine.composite",
+    "Composite": "lrpcli.engine.composite",
     "LrpError": "lrpcli.errors",
     "UsageError": "lrpcli.errors",
     "ConfigError": "lrpcli.errors",
@@ -39,11 +39,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .composite import Composite, load_composite
-    from .engine import Explainer, Explanation, LayerRelevance, explain
+    from .engine.composite import Composite, load_composite
+    from .api import Explainer, explain
+    from .engine.explainer import Explanation, LayerRelevance
     from .evaluate import evaluate
     from .errors import CheckFailed, ConfigError, InputError, LrpError, ModelError, UnsupportedOpError, UsageError
-    from .graph import Graph, capture
+    from .engine.graph import Graph, capture
     from .models import load_model
 
 
@@ -54,3 +55,8 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The public API (what ``dir(lrpcli)`` and ``help(lrpcli)`` list), not this module's helpers."""
+    return list(__all__)

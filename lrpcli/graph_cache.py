@@ -39,14 +39,14 @@ from typing import Any, Callable
 
 import torch
 
-from . import ops
+from .engine import ops
 from .errors import LrpWarning
-from .graph import _ID_VIEWS, Graph, Node, Ref, _unsupported_hint, channel_affine
-from .norms import normalize
+from .engine.graph import _ID_VIEWS, Graph, Node, Ref, _unsupported_hint, channel_affine
+from .engine.passes.norms import normalize
 
 FORMAT = 2
 #: lrpcli's modules whose code decides what a captured graph looks like (part of the key)
-_GRAPH_CODE = ("graph.py", "ops.py", "norms.py", "safety.py", "graph_cache.py")
+_GRAPH_CODE = ("engine/graph.py", "engine/ops.py", "engine/passes/norms.py", "safety.py", "graph_cache.py")
 #: the op namespaces an entry may name
 _NAMESPACES = ("aten", "prims")
 
@@ -567,3 +567,22 @@ def load(folder: Path, key: str, model: Any, example: torch.Tensor, extras: dict
     except (Untrusted, OSError) as exc:
         _say_once(f"the cached graph {meta_path} is not used: {exc}; the model is captured again")
         return None
+
+
+class DiskCache:
+    """The engine's graph store (``Explainer.graph_store``) for one model: ``model_id`` is what identifies
+    it on disk (the weights' hash and the architecture that builds them)."""
+
+    def __init__(self, model_id: str):
+        self.model_id = model_id
+
+    def load(self, model: Any, example: torch.Tensor, extras: dict | None, exact_batch: bool) -> Graph | None:
+        folder = None if isinstance(model, torch.export.ExportedProgram) else private_dir()
+        if folder is None:  # (an exported program is read as it is: no capture to skip)
+            return None
+        return load(folder, entry_key(self.model_id, example, extras, exact_batch), model, example, extras)
+
+    def store(self, graph: Graph, model: Any, example: torch.Tensor, extras: dict | None, exact_batch: bool) -> None:
+        folder = None if isinstance(model, torch.export.ExportedProgram) else private_dir()
+        if folder is not None:
+            store(graph, folder, entry_key(self.model_id, example, extras, exact_batch), model, example, extras)

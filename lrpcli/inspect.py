@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from . import ops
-from .canonizers import canonize, prune_dead
-from .composite import Composite, load_composite
-from .engine import Explainer
+from .engine import ops
+from .engine.passes.canonizers import canonize, prune_dead
+from .engine.composite import Composite, load_composite
+from .engine.explainer import Explainer
 from .errors import LrpError
 
 
@@ -130,8 +130,8 @@ def inspect_model(model: Any, example: torch.Tensor, composite: Any = "epsilon_p
 
 def composites_text() -> str:
     """What ``lrp composites`` prints; the CLI prints the copy in ``rules/composites.txt`` (no torch to import;
-    tests/test_registry.py holds the two equal, ``python -m lrpcli.rules`` writes it again)."""
-    from .composite import builtin_names
+    tests/test_registry.py holds the two equal, ``python -m lrpcli.engine.rules`` writes it again)."""
+    from .engine.composite import builtin_names
 
     lines = []
     for name in builtin_names():

@@ -29,6 +29,7 @@ import torch
 from .errors import ConfigError, ModelError
 from .limits import MAX_CLASSES_BYTES, check_archive, check_pixels, load_yaml, read_text
 from .registry import suggest
+from .engine.weights import model_tensors
 from .safety import check_trusted_callable, load_exported, spec_arch
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -274,13 +275,6 @@ def _is_torchscript(path: Path) -> bool:
     """TorchScript archives hold a ``code/`` folder and ``constants.pkl``; state dicts do not."""
     names = _zip_names(path) or []
     return any("/code/" in name for name in names) and any(name.endswith("constants.pkl") for name in names)
-
-
-def model_tensors(model: Any) -> list[torch.Tensor]:
-    """A loaded model's parameters and buffers, whatever its form."""
-    if isinstance(model, torch.export.ExportedProgram):
-        return [t for t in list(model.state_dict.values()) + list(model.constants.values()) if isinstance(t, torch.Tensor)]
-    return [t for t in model.state_dict(keep_vars=True).values() if isinstance(t, torch.Tensor)]
 
 
 def saved_input(model: Any) -> Any:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .data.images import ImageDataset, ImageInput, Preprocessing, collate
-from .engine import Explainer
+from .engine.explainer import Explainer
 from .errors import ConfigError, InputError, LrpError, ModelError, OutputError, UnsupportedOpError, UsageError
 from .outputs import (
     SummaryLog,
@@ -500,7 +500,7 @@ def _input_roots(items: list[ImageInput], out: Path) -> dict[str, Any]:
 def _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report):
     x = torch.stack([tensor for _, tensor, _ in good]).to(device=device, dtype=dtype)
     if options.layers:  # named before any target is explained, so that the message names the option
-        from .engine import layer_outputs
+        from .engine.explainer import layer_outputs
 
         try:
             layer_outputs(explainer.prepare(x)[0], options.layers)

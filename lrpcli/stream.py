@@ -17,9 +17,9 @@ import torch
 
 from .data import columnar
 from .data.tabular import RowBatch, TabularColumns, open_rows, read_batches
-from .engine import Explainer
+from .engine.explainer import Explainer
 from .errors import InputError
-from .models import model_tensors
+from .engine.weights import model_tensors
 from .runner import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 
 FORMATS = ("csv", "jsonl", "parquet", "arrow")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from .data.text import Encoded, TextRecord, TextTokenizer, batch_length, pad_batch
-from .engine import Explainer
+from .engine.explainer import Explainer
 from .errors import InputError, ModelError
 from .models import saved_input
 from .runner import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype

@@ -178,7 +178,7 @@ def relevance_check(folder: Path, batch: int = 25) -> dict[str, float]:
     pieces summed, special tokens left out, as lrp explain's "words") is a planted word, per method;
     chance: the mean share of planted words among a text's words."""
     from lrpcli.data.text import TextTokenizer, pad_batch
-    from lrpcli.engine import Explainer
+    from lrpcli.engine.explainer import Explainer
     from lrpcli.evaluate.tokens import run_graph
     from lrpcli.models import load_spec, load_spec_model
     from lrpcli.text_output import word_entries

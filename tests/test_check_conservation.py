@@ -16,7 +16,7 @@ from lrpcli import Explainer
 from lrpcli.architectures import MLP, ResNet
 from lrpcli.cli import main
 from lrpcli.conservation import check_conservation, junit_xml
-from lrpcli.rules import Norm
+from lrpcli.engine.rules import Norm
 
 from conftest import randomize_batchnorm
 

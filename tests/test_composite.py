@@ -10,8 +10,8 @@ import yaml
 from torch import nn
 
 from lrpcli import ConfigError, capture, explain, load_composite
-from lrpcli.canonizers import canonize
-from lrpcli.composite import builtin_dir, builtin_names, first_layers
+from lrpcli.engine.passes.canonizers import canonize
+from lrpcli.engine.composite import builtin_dir, builtin_names, first_layers
 
 BUILTINS = [
     "lrp_0",

@@ -235,7 +235,7 @@ def test_the_result_draws_the_heatmap_lrp_explain_writes(tmp_path):
 
 
 def test_explain_in_a_loop_prepares_the_graph_once_per_composite(monkeypatch):
-    from lrpcli import engine as engine_module
+    from lrpcli.engine import explainer as engine_module
     from lrpcli.architectures import MiniVGG
 
     calls = []

@@ -342,7 +342,7 @@ def test_random_baseline_does_not_depend_on_the_other_methods():
 
 
 def test_gradient_x_input_is_autograd_on_the_model():
-    from lrpcli.engine import Explainer
+    from lrpcli.engine.explainer import Explainer
     from lrpcli.architectures import MiniVGG
 
     torch.manual_seed(0)
@@ -371,7 +371,7 @@ def test_evaluator_errors():
 
 def test_cascading_randomisation_changes_only_the_top_layers():
     from lrpcli.architectures import DigitsCNN
-    from lrpcli.engine import Explainer
+    from lrpcli.engine.explainer import Explainer
 
     torch.manual_seed(0)
     model = DigitsCNN(num_classes=10).eval()
@@ -425,7 +425,7 @@ def test_digits_epsilon_plus_flat_beats_random_clearly():
 @needs_samples
 def test_gradient_x_input_equals_lrp_0_on_the_bias_free_digits_model():
     """A cross-check of the baseline: on a bias-free ReLU/max-pool network LRP-0 *is* gradient x input."""
-    from lrpcli.engine import Explainer
+    from lrpcli.engine.explainer import Explainer
 
     x, model = _digits(16)
     explainer = Explainer(model, "lrp_0")

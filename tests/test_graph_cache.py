@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lrpcli import Explainer, graph_cache
-from lrpcli import engine as engine_module
+from lrpcli.engine import explainer as engine_module
 
 from cli_support import lrp, minivgg, save_torchscript, write_image
 
@@ -58,12 +58,12 @@ def test_a_warm_run_loads_the_graph_and_explains_exactly_as_a_cold_one(case, cac
         model, x, composite = _Mixed().eval(), torch.randint(0, 20, (2, 5)), "attnlrp"
     calls = _counting_capture(monkeypatch)
     cold = Explainer(model, composite)
-    cold.cache_id = f"test-{case}"
+    cold.graph_store = graph_cache.DiskCache(f"test-{case}")
     first = cold.explain(x)
     assert len(calls) == 1 and len(list(cache.glob("*.json"))) == 1
     engine_module._CAPTURED.clear()
     warm = Explainer(model, composite)
-    warm.cache_id = f"test-{case}"
+    warm.graph_store = graph_cache.DiskCache(f"test-{case}")
     second = warm.explain(x)
     assert len(calls) == 1  # no capture the second time
     torch.testing.assert_close(second.outputs, first.outputs, rtol=0, atol=0)
@@ -74,7 +74,7 @@ def test_a_damaged_entry_is_a_miss_and_is_captured_again(cache, monkeypatch, tmp
     torch.manual_seed(0)
     model, x = minivgg(), torch.rand(1, 3, 32, 32)
     explainer = Explainer(model, "epsilon")
-    explainer.cache_id = "damaged"
+    explainer.graph_store = graph_cache.DiskCache("damaged")
     explainer.explain(x)
     (entry,) = cache.glob("*.json")
     entry.write_text("{not json")
@@ -83,7 +83,7 @@ def test_a_damaged_entry_is_a_miss_and_is_captured_again(cache, monkeypatch, tmp
     calls = _counting_capture(monkeypatch)
     engine_module._CAPTURED.clear()
     again = Explainer(model, "epsilon")
-    again.cache_id = "damaged"
+    again.graph_store = graph_cache.DiskCache("damaged")
     again.explain(x)
     assert len(calls) == 1  # captured afresh, and the entry rewritten
     assert graph_cache.load(cache, entry.stem, model, x) is not None

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lrpcli import graph_cache
-from lrpcli import engine as engine_module
+from lrpcli.engine import explainer as engine_module
 
 from cli_support import lrp, minivgg, read_csv, refused, save_torchscript, write_image
 
@@ -151,7 +151,7 @@ def _explain_cached(model, x):
     engine_module._CAPTURED.clear()
     graph_cache._said.clear()
     explainer = Explainer(model, "epsilon")
-    explainer.cache_id = "exp"
+    explainer.graph_store = graph_cache.DiskCache("exp")
     return explainer.explain(x)
 
 

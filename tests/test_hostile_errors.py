@@ -365,7 +365,7 @@ def scratch(tmp_path_factory) -> Path:
 
 
 def _composite_check(folder: Path):
-    from lrpcli.composite import load_composite
+    from lrpcli.engine.composite import load_composite
 
     def load(text: str) -> None:
         path = folder / "c.yaml"
@@ -396,7 +396,7 @@ def _spec_check(folder: Path):
 
 def _params_check(values: list[str]) -> None:
     from lrpcli.cli.options import parse_params
-    from lrpcli.composite import load_composite
+    from lrpcli.engine.composite import load_composite
 
     only_user_errors(lambda: load_composite("epsilon_gamma_box", **parse_params(tuple(values))))
 
@@ -418,7 +418,7 @@ CSV_OPTIONS = st.fixed_dictionaries(
 @pytest.fixture(scope="module")
 def mlp_explainer():
     from lrpcli import load_composite
-    from lrpcli.engine import Explainer
+    from lrpcli.engine.explainer import Explainer
 
     torch.manual_seed(0)
     return Explainer(MLP(3, (4,), 2).eval(), load_composite("epsilon"))

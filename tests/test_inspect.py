@@ -13,7 +13,7 @@ from torch import nn
 from lrpcli import explain
 from lrpcli.architectures import MLP, MiniVGG, ResNet
 from lrpcli.cli import main
-from lrpcli.composite import BUILTINS, builtin_names, json_schema, load_composite
+from lrpcli.engine.composite import BUILTINS, builtin_names, json_schema, load_composite
 from lrpcli.inspect import inspect_model
 
 from conftest import randomize_batchnorm
@@ -133,7 +133,7 @@ def test_the_schema_accepts_every_builtin_and_rejects_mistakes():
 
 
 def test_cli_rules_lists_every_rule_with_formula_and_parameters():
-    from lrpcli.rules import RULES
+    from lrpcli.engine.rules import RULES
 
     result = CliRunner().invoke(main, ["rules"])
     assert result.exit_code == 0

@@ -96,7 +96,7 @@ def test_lrp_explain_runs_and_the_held_out_accuracy_is_high(explained, held_out)
 def test_the_logits_through_lrp_are_the_eager_modules(make, sample, explained, held_out):
     """The eager module (the package's encoder + the head read back from model.pt2), on its own
     tokenization and padding, gives the logits that lrp explain wrote and that lrp's Explainer returns."""
-    from lrpcli.engine import Explainer
+    from lrpcli.engine.explainer import Explainer
     from lrpcli.models import load_spec, load_spec_model
 
     model = make.eager_model(sample / "model.pt2")

@@ -20,7 +20,7 @@ import test_gradient_oracle as models
 from gradient_oracle import embedding_relevance, modified_gradient_relevance
 from lrpcli import capture, explain, load_composite
 from lrpcli.architectures import ViT
-from lrpcli.canonizers import canonize
+from lrpcli.engine.passes.canonizers import canonize
 
 D64 = torch.float64
 TARGET = 1
@@ -213,7 +213,7 @@ def test_rules_assigned_to_the_new_kinds():
 
 def test_se_net_under_every_cnn_composite_conserves_when_bias_free():
     """The CNN composites serve squeeze-and-excitation nets: the gate is held, the signal takes all."""
-    from lrpcli.composite import builtin_names
+    from lrpcli.engine.composite import builtin_names
 
     torch.manual_seed(0)
     model = models.SENet(4, False).double().eval()
@@ -293,7 +293,7 @@ def test_hugging_face_classifiers_equal_the_oracle(name, composite, mode):
 
 
 def test_scale_default_of_attention_is_one_over_sqrt_head_dim():
-    from lrpcli.transformer_passes import attention_scores
+    from lrpcli.engine.passes.transformer import attention_scores
 
     q, k = torch.randn(2, 3, 4, dtype=D64), torch.randn(2, 5, 4, dtype=D64)
     torch.testing.assert_close(attention_scores(q, k), q @ k.transpose(1, 2) / math.sqrt(4))
@@ -353,8 +353,8 @@ def test_attention_weights_are_not_kept_through_the_forward_pass():
     """The T x T parts of an attention are recomputed in the walk (what keeps attnlrp's memory within 1.5x the
     gradient's, benchmarks/transformers_results.md), and the relevance is what it is with them kept."""
     from lrpcli import Explainer
-    from lrpcli.engine import ATTENTION_PARTS, record
-    from lrpcli.ops import op_name
+    from lrpcli.engine.explainer import ATTENTION_PARTS, record
+    from lrpcli.engine.ops import op_name
 
     torch.manual_seed(0)
     model, x = models.Block("sdpa").double().eval(), torch.randn(2, 5, 8, dtype=D64)

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from lrpcli import ConfigError, explain
-from lrpcli.canonizers import CANONIZERS
-from lrpcli.composite import builtin_names
+from lrpcli.engine.passes.canonizers import CANONIZERS
+from lrpcli.engine.composite import builtin_names
 from lrpcli.registry import Registry
-from lrpcli.rules import RULES, make_rule
+from lrpcli.engine.rules import RULES, make_rule
 
 
 class Mixed(nn.Module):
@@ -128,16 +128,16 @@ def test_rule_spellings(spelling, name):
 
 
 def test_the_rules_listing_lrp_rules_prints_is_the_registry_s():
-    """`lrp rules` prints lrpcli/rules/rules.txt (no torch to import); it must say what the registry says."""
+    """`lrp rules` prints lrpcli/engine/rules/rules.txt (no torch to import); it must say what the registry says."""
     from pathlib import Path
 
     from click.testing import CliRunner
 
     from lrpcli.cli import main
-    from lrpcli.rules import rules_text
+    from lrpcli.engine.rules import rules_text
 
-    listing = Path(__file__).resolve().parents[1] / "lrpcli" / "rules" / "rules.txt"
-    assert listing.read_text(encoding="utf-8") == rules_text(), "run `python -m lrpcli.rules` to write it again"
+    listing = Path(__file__).resolve().parents[1] / "lrpcli" / "engine" / "rules" / "rules.txt"
+    assert listing.read_text(encoding="utf-8") == rules_text(), "run `python -m lrpcli.engine.rules` to write it again"
     assert CliRunner().invoke(main, ["rules"]).output == rules_text()
 
 
@@ -149,6 +149,6 @@ def test_the_composites_listing_lrp_composites_prints_is_the_built_ins():
     from lrpcli.cli import main
     from lrpcli.inspect import composites_text
 
-    listing = Path(__file__).resolve().parents[1] / "lrpcli" / "rules" / "composites.txt"
-    assert listing.read_text(encoding="utf-8") == composites_text(), "run `python -m lrpcli.rules` to write it again"
+    listing = Path(__file__).resolve().parents[1] / "lrpcli" / "engine" / "rules" / "composites.txt"
+    assert listing.read_text(encoding="utf-8") == composites_text(), "run `python -m lrpcli.engine.rules` to write it again"
     assert CliRunner().invoke(main, ["composites"]).output == composites_text()

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from lrpcli import Explainer, explain
-from lrpcli import engine as engine_module
+from lrpcli.engine import explainer as engine_module
 from lrpcli.architectures import MiniVGG, ResNet
-from lrpcli.graph import Node, Ref
-from lrpcli.transposes import _DIRECT, _autograd_vjp, vjp
+from lrpcli.engine.graph import Node, Ref
+from lrpcli.engine.transposes import _DIRECT, _autograd_vjp, vjp
 
 aten = torch.ops.aten
 
@@ -70,7 +70,7 @@ def test_residual_add_transpose_equals_autograd(op):
 
 
 def _two_factor_cases():
-    from lrpcli.transformer_passes import apply_mask, attention_scores
+    from lrpcli.engine.passes.transformer import apply_mask, attention_scores
 
     r = torch.Generator().manual_seed(1)
 
@@ -96,7 +96,7 @@ def _two_factor_cases():
 @pytest.mark.parametrize("case", _two_factor_cases(), ids=lambda case: case[0])
 @pytest.mark.parametrize("wanted", ["all", "first", "last"])
 def test_product_and_constant_transposes_equal_autograd(case, wanted):
-    from lrpcli.ops import op_name
+    from lrpcli.engine.ops import op_name
 
     label, target, activations, constants = case
     names = [f"a{i}" for i in range(len(activations))]
@@ -176,7 +176,7 @@ def test_cached_modified_weights_follow_in_place_changes(composite):
 
 def test_derived_parameters_are_recomputed_after_an_in_place_change():
     """The cache itself (not only the engine's recapture) notices in-place changes to a weight or bias."""
-    from lrpcli.rules import Derived
+    from lrpcli.engine.rules import Derived
 
     weight, bias = torch.tensor([[1.0, -2.0]]), torch.tensor([-1.0])
     node = Node(name="n", target=aten.linear.default, kind="linear", args=(Ref("x"), weight, bias), kwargs={}, op="linear")
@@ -208,7 +208,7 @@ def test_resnet_adds_use_the_direct_transpose(monkeypatch):
     model = ResNet(layers=(1, 1), widths=(8, 16), num_classes=3).eval()
     x = torch.randn(2, 3, 32, 32)
     expected = explain(model, x, "epsilon_plus_flat").relevance
-    import lrpcli.transposes as transposes
+    import lrpcli.engine.transposes as transposes
 
     def refuse(*args, **kwargs):
         raise AssertionError("autograd fallback used")
@@ -244,7 +244,7 @@ def test_rules_that_overwrite_a_layer_output_leave_the_returned_outputs_alone(vi
 
 @pytest.mark.parametrize("slice_size", [7, 1 << 22])
 def test_in_place_stabiliser_equals_the_plain_one(monkeypatch, slice_size):
-    from lrpcli.rules import base as rules
+    from lrpcli.engine.rules import base as rules
 
     monkeypatch.setattr(rules, "_SLICE", slice_size)  # 7: several slices, the last one short
     z = torch.randn(3, 4, 5, dtype=torch.float64)

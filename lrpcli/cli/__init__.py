@@ -189,7 +189,7 @@ def rules() -> None:
     """
     from pathlib import Path
 
-    listing = Path(__file__).resolve().parent.parent / "rules" / "rules.txt"  # no torch to import: see rules_text()
+    listing = Path(__file__).resolve().parent.parent / "engine" / "rules" / "rules.txt"  # no torch to import: see rules_text()
     click.echo(listing.read_text(encoding="utf-8"), nl=False)
 
 
@@ -208,7 +208,7 @@ def composites(ctx: click.Context) -> None:
         return
     from pathlib import Path
 
-    listing = Path(__file__).resolve().parent.parent / "rules" / "composites.txt"  # no torch: see composites_text()
+    listing = Path(__file__).resolve().parent.parent / "engine" / "rules" / "composites.txt"  # no torch: see composites_text()
     click.echo(listing.read_text(encoding="utf-8"), nl=False)
 
 
@@ -221,7 +221,7 @@ def composites_show(name: str) -> None:
     Example:
       lrp composites show epsilon-plus-flat
     """
-    from ..composite import BUILTINS, load_composite
+    from ..engine.composite import BUILTINS, load_composite
 
     load_composite(name)  # resolves spellings, errors with suggestions
     click.echo(BUILTINS.get(name).read_text(encoding="utf-8"), nl=False)
@@ -237,7 +237,7 @@ def composites_schema() -> None:
     """
     import json
 
-    from ..composite import json_schema
+    from ..engine.composite import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
 

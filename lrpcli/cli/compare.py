@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, note, progress, warn
-from .options import cache_id, check_cmap, device_option, overlay_option, overlay_style_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, spec_preprocessing
+from .options import graph_store, check_cmap, device_option, overlay_option, overlay_style_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, spec_preprocessing
 
 
 @click.command(
@@ -69,7 +69,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     tabular = [i for i in inputs if str(i).lower().endswith(".csv") or str(i) == "-"]
     if tabular:
         raise UsageError(f"lrp compare takes images, not CSV rows ({tabular[0]})", hint="use lrp explain for tabular data")
-    from ..engine import Explainer
+    from ..engine.explainer import Explainer
 
     check_cmap(options["cmap"])
     out_text = options["out"] or "lrp-compare"
@@ -123,9 +123,9 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     for caution in cautions if not options.get("quiet") else ():
         warn(caution)
     explainers = [Explainer(loaded, composite) for composite in composites]  # one model: the graph is captured once
-    identity = cache_id(model, spec, options)  # the weights are hashed once, not per composite
+    store = graph_store(model, spec, options)  # the weights are hashed once, not per composite
     for explainer in explainers:
-        explainer.cache_id = identity
+        explainer.graph_store = store
 
     footer_parts = [f"model: {model}"]
     if shared:

@@ -302,11 +302,11 @@ def _evaluate_texts(model: str, spec: Any, inputs: tuple[str, ...], options: dic
 
 def _use_graph_cache(evaluator: Any, model: str, spec: Any, options: dict[str, Any]) -> None:
     """The evaluation's explainers load the model's graph from the disk cache, as lrp explain's do."""
-    from .options import cache_id
+    from .options import graph_store
 
-    identity = cache_id(model, spec, options)
+    store = graph_store(model, spec, options)
     for explainer in [evaluator.scorer] + [m.explainer for m in evaluator.methods.values() if m.explainer is not None]:
-        explainer.cache_id = identity
+        explainer.graph_store = store
 
 
 def _baselines(given: tuple[str, ...], resolve: Any, registry: Any) -> list[str]:

@@ -123,7 +123,7 @@ def _try_image(model: Any, preprocessing: Any, inputs: tuple[str, ...], composit
     import torch
 
     from ..data.images import collect_images
-    from ..engine import Explainer
+    from ..engine.explainer import Explainer
 
     items = collect_images(inputs)
     first = items[0]
@@ -139,7 +139,7 @@ def _try_image(model: Any, preprocessing: Any, inputs: tuple[str, ...], composit
 
 def _try_text(model: Any, entry: dict[str, Any], options: dict[str, Any], inputs: tuple[str, ...], composite: str | None) -> str:
     from ..data.text import TextTokenizer, pad_batch
-    from ..engine import Explainer
+    from ..engine.explainer import Explainer
     from ..texts import mask_input
 
     if not inputs:

@@ -200,7 +200,7 @@ def build_composite(name: str | None, spec: Any, params: dict[str, Any], preproc
     """The composite a command runs with: -c, else the spec's, else epsilon_plus_flat; -p overrides;
     z^B bounds from the preprocessing's mean/std unless the composite or -p set them."""
     from ..compare import CompositeChoice
-    from ..composite import load_composite
+    from ..engine.composite import load_composite
 
     choice = CompositeChoice.parse(name or (spec.composite if spec is not None and spec.composite else default))
     composite = load_composite(choice.spec)
@@ -254,13 +254,14 @@ def fit_preprocessing(preprocessing: Any, spec: Any, options: dict[str, Any], mo
     return preprocessing, warnings
 
 
-def cache_id(model: str, spec: Any, options: dict[str, Any]) -> str | None:
-    """What identifies the model for the graph cache: the weights file's hash with the architecture that
-    builds it; None with --no-cache."""
+def graph_store(model: str, spec: Any, options: dict[str, Any]) -> Any:
+    """The disk cache of captured graphs for this model, keyed by the weights file's hash with the
+    architecture that builds it; None with --no-cache."""
     import hashlib
     import json
     from pathlib import Path
 
+    from ..graph_cache import DiskCache
     from ..models import file_hash
 
     if options.get("no_cache"):
@@ -269,15 +270,15 @@ def cache_id(model: str, spec: Any, options: dict[str, Any]) -> str | None:
     arch = options.get("arch") or (spec.arch if spec is not None else None)
     kwargs = parse_mapping(options.get("arch_kwargs"), "--arch-kwargs") or (spec.arch_kwargs if spec is not None else {})
     identity = json.dumps([file_hash(weights), str(arch), kwargs], sort_keys=True, default=str)
-    return hashlib.sha256(identity.encode()).hexdigest()
+    return DiskCache(hashlib.sha256(identity.encode()).hexdigest())
 
 
 def new_explainer(loaded: Any, composite: Any, model: str, spec: Any, options: dict[str, Any]) -> Any:
     """An Explainer for a command: with the graph cache on unless --no-cache."""
-    from ..engine import Explainer
+    from ..engine.explainer import Explainer
 
     explainer = Explainer(loaded, composite)
-    explainer.cache_id = cache_id(model, spec, options)
+    explainer.graph_store = graph_store(model, spec, options)
     return explainer
 
 

@@ -89,7 +89,7 @@ def _mean(values: np.ndarray) -> float | None:
 def build_methods(model: Any, methods: dict[str, Any], baselines: Sequence[str], float_dtype: torch.dtype | None = None) -> tuple[dict[str, "Method"], Any]:
     """The methods of an evaluation (composites, then baselines) and the Explainer that scores inputs
     (the first composite's, else a plain epsilon one); ``float_dtype`` for models that take token ids."""
-    from ..engine import Explainer
+    from ..engine.explainer import Explainer
 
     def explainer(composite: Any) -> Any:
         made = Explainer(model, composite)
@@ -235,7 +235,7 @@ class Evaluator:
     # -- sanity check
 
     def _build_sanity(self, x: torch.Tensor) -> None:
-        from ..engine import Explainer
+        from ..engine.explainer import Explainer
 
         layers = weighted_layers(self.scorer, x)
         self.sanity_layers_total = len(layers)
@@ -460,8 +460,12 @@ def evaluate(
     keep_relevance: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Evaluation:
-    """Evaluate composites and baselines on the inputs ``x`` (a tensor; the Python API of ``lrp evaluate``)."""
-    from ..composite import load_composite
+    """Evaluate composites and baselines on the inputs ``x`` (a tensor; the Python API of ``lrp evaluate``);
+    ``model`` a model object or a path, as for ``lrpcli.explain``."""
+    from ..engine.composite import load_composite
+    from ..models import load_model
+
+    model = load_model(model)
 
     if isinstance(composites, dict):
         methods = dict(composites)

@@ -64,7 +64,7 @@ class Taylor(Rule):
 
     def propagate(self, node, values, inputs, z, relevance, ledger=None):
         if node.op not in ("softmax", "_softmax"):
-            from ..errors import ModelError
+            from ...errors import ModelError
 
             raise ModelError(
                 f"{node.op} inside the model at {node.describe()} has no LRP rule",
@@ -92,7 +92,7 @@ class Constant(Rule):
 
 def layernorm_relevance(rule: Any, node, values, inputs, z, relevance, ledger: Ledger | None, epsilon: float) -> dict[str, torch.Tensor]:
     """The epsilon rule on a normalisation with 1/sigma held constant: ``R_in = x * J^T (R / stabilise(y))``."""
-    from .. import norms
+    from ..passes import norms
 
     x = values[inputs[0]]
     weight, bias = node.args[1], node.args[2]

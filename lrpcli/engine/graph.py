@@ -20,7 +20,7 @@ import torch
 import torch.fx
 
 from . import ops
-from .errors import ModelError, UnsupportedOpError
+from ..errors import ModelError, UnsupportedOpError
 
 
 class Ref(NamedTuple):
@@ -208,7 +208,7 @@ class Graph:
         """The input and the extra inputs, by graph name (extras are matched by name, else in order)."""
         extras = dict(extras or {})
         if len(extras) != len(self.extra_inputs):
-            from .errors import InputError
+            from ..errors import InputError
 
             raise InputError(
                 f"the model takes the extra input(s) {', '.join(self.extra_inputs) or '(none)'}; got {', '.join(extras) or 'none'}",
@@ -772,7 +772,7 @@ class _Builder:
 
     def _normalise_norm(self, node: Node) -> Node:
         """Every layer/group/RMS norm spelling as one ``norms.normalize(x, weight, bias, ...)`` node."""
-        from . import norms
+        from .passes import norms
 
         form = norms.from_op(node.op, node.args, node.kwargs)
         if form is None:

@@ -21,10 +21,10 @@ from typing import Callable
 
 import torch
 
-from . import ops
-from .graph import Graph, Node, Ref, map_leaves
-from .registry import Registry
-from .transformer_passes import classify_products, collapse_elementwise, decompose_attention
+from .. import ops
+from ..graph import Graph, Node, Ref, map_leaves
+from ...registry import Registry
+from .transformer import classify_products, collapse_elementwise, decompose_attention
 
 Canonizer = Callable[[Graph], Graph]
 

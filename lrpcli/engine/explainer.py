@@ -12,17 +12,17 @@ import operator
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
 from . import ops
-from .canonizers import canonize, keep_pool_indices, prune_dead
+from .passes.canonizers import canonize, keep_pool_indices, prune_dead
 from .composite import Assigned, Composite, load_composite
-from .errors import InputError, ModelError, UnsupportedOpError, UsageError
+from ..errors import InputError, ModelError, UnsupportedOpError, UsageError
+from .weights import loaded_model, model_tensors
 from .graph import Graph, Node, Ref, capture, map_leaves
-from .models import load_model, model_tensors
-from .registry import suggest
+from ..registry import suggest
 from .rules import Ledger
 from .transposes import vjp
 
@@ -81,14 +81,14 @@ class Explanation:
         too where ``path`` is given."""
         import numpy as np
 
-        from .render import heatmap_rgb, png_bytes
+        from ..render import heatmap_rgb, png_bytes
 
         relevance = self.relevance[index].detach().double().cpu().numpy()
         if relevance.ndim not in (2, 3):
             raise UsageError(f"a heatmap needs an image's relevance (C, H, W), got shape {relevance.shape}")
         image = np.ascontiguousarray(heatmap_rgb(relevance, cmap))
         if path is not None:
-            from .outputs import write_output
+            from ..outputs import write_output
 
             write_output(Path(path), png_bytes(image))
         return image
@@ -135,6 +135,15 @@ _CAPTURED: "weakref.WeakKeyDictionary[Any, dict[Any, Graph]]" = weakref.WeakKeyD
 _PREPARED = "_lrpcli_prepared"
 
 
+class GraphStore(Protocol):
+    """Keeps captured graphs between processes (sources/cache.py's DiskCache): ``load`` gives a graph checked
+    against the model or None, ``store`` never fails the run."""
+
+    def load(self, model: Any, example: torch.Tensor, extras: dict | None, exact_batch: bool) -> Graph | None: ...
+
+    def store(self, graph: Graph, model: Any, example: torch.Tensor, extras: dict | None, exact_batch: bool) -> None: ...
+
+
 def _fingerprint(model: Any) -> tuple:
     return tuple((id(t), getattr(t, "_version", 0)) for t in model_tensors(model))
 
@@ -147,15 +156,14 @@ class Explainer:
     """
 
     def __init__(self, model: Any, composite: Any = "epsilon_plus_flat", *, params: dict[str, Any] | None = None):
-        self.model = load_model(model)
-        self.model_path = str(model) if isinstance(model, (str, Path)) else None
+        self.model = loaded_model(model)
         self.composite: Composite = load_composite(composite, **(params or {}))
         self._prepared: dict[tuple, tuple[Graph, Graph, dict[str, Assigned]]] = {}
         #: the float dtype to compute in when the input is integral (token ids); None: the weights' dtype
         self.float_dtype: torch.dtype | None = None
-        #: what identifies the model on disk (the weights' hash and the architecture): with it, captured graphs
-        #: are kept in the disk cache (graph_cache.py) and a later run skips the capture; None: no disk cache
-        self.cache_id: str | None = None
+        #: where captured graphs are kept between runs (sources/cache.py's DiskCache, keyed by the weights'
+        #: hash): a later run skips the capture; None: captured in every process
+        self.graph_store: GraphStore | None = None
         #: called with what the explainer is doing while it has no batch to show ("capturing the model"),
         #: then with None; the CLI shows it on the progress bar
         self.stages: Callable[[str | None], None] | None = None
@@ -195,34 +203,18 @@ class Explainer:
         cache[key if graph.dynamic_batch else tuple(graph.input_shape)] = (fingerprint, graph)
         return graph
 
-    def _disk_cache(self) -> Path | None:
-        """The private cache folder, when this model's graphs may be kept there. An exported program is
-        not captured (its graph is read as it is), so it has nothing to gain from the cache."""
-        from . import graph_cache
-
-        if not self.cache_id or isinstance(self.model, torch.export.ExportedProgram):
-            return None
-        return graph_cache.private_dir()
-
     def _cached_on_disk(self, example: torch.Tensor, extras: dict | None) -> Graph | None:
-        from . import graph_cache
-
-        folder = self._disk_cache()
-        if folder is None:
+        if self.graph_store is None:
             return None
         for exact in (False, True):
-            key = graph_cache.entry_key(self.cache_id, example, extras, exact)
-            graph = graph_cache.load(folder, key, self.model, example, extras)
+            graph = self.graph_store.load(self.model, example, extras, exact)
             if graph is not None and (graph.dynamic_batch or tuple(graph.input_shape[:1]) == tuple(example.shape[:1])):
                 return graph
         return None
 
     def _keep_on_disk(self, graph: Graph, example: torch.Tensor, extras: dict | None, exact: bool) -> None:
-        from . import graph_cache
-
-        folder = self._disk_cache()
-        if folder is not None:
-            graph_cache.store(graph, folder, graph_cache.entry_key(self.cache_id, example, extras, exact), self.model, example, extras)
+        if self.graph_store is not None:
+            self.graph_store.store(graph, self.model, example, extras, exact)
 
     def prepare(self, x: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> tuple[Graph, dict[str, Assigned]]:
         """The canonized graph on x's device/dtype and the rule of every node."""

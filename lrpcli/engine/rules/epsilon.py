@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from ..transposes import transpose, vjp
 from .base import Param, Rule, divide
 from .transformer import layernorm_relevance

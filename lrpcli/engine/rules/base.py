@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from ..graph import Node
 
 

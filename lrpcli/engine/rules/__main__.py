@@ -1,9 +1,9 @@
-"""``python -m lrpcli.rules``: write rules.txt and composites.txt, the listings ``lrp rules`` and
+"""``python -m lrpcli.engine.rules``: write rules.txt and composites.txt, the listings ``lrp rules`` and
 ``lrp composites`` print without importing torch."""
 
 from pathlib import Path
 
-from ..inspect import composites_text
+from ...inspect import composites_text
 from . import rules_text
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from ..graph import Node
 from ..transposes import transpose
 from .base import Param, Rule, _split_sign, divide, forward

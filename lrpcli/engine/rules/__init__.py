@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import Registry
+from ...registry import Registry
 from .base import Derived, Ledger, Param, Rule, divide, stabilise, stabilise_
 from .epsilon import Epsilon, Norm, Pass, Z
 from .transformer import Constant, Signal, Taylor, Uniform
@@ -39,7 +39,7 @@ RULES.register("constant", Constant, aliases=("detach", "hold"))
 def rules_text() -> str:
     """What ``lrp rules`` prints: every rule with its formula and parameters. The CLI prints a copy kept in
     ``rules.txt`` beside this file, so that the listing needs no torch (tests/test_registry.py holds the two
-    equal; ``python -m lrpcli.rules`` writes it again)."""
+    equal; ``python -m lrpcli.engine.rules`` writes it again)."""
     lines = []
     for name in RULES.names():
         cls = RULES.get(name)

@@ -33,11 +33,11 @@ import torch
 import yaml
 
 from . import ops
-from .canonizers import CANONIZERS
-from .errors import ConfigError
+from .passes.canonizers import CANONIZERS
+from ..errors import ConfigError
 from .graph import Graph, Node
-from .limits import BoundedLoader, load_yaml, read_text
-from .registry import Registry, canonical_name, suggest
+from ..limits import BoundedLoader, load_yaml, read_text
+from ..registry import Registry, canonical_name, suggest
 from .rules import RULES, Rule
 
 TOP_KEYS = ("name", "description", "extends", "canonizers", "params", "rules")
@@ -523,8 +523,8 @@ def _parse(raw: Any, source: str, base_dir: Path | None, seen: tuple[str, ...], 
 
 def builtin_dir() -> Path:
     """Where the built-in composite YAML files live (package data, or the repo's configs/)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parent / "configs"):
+    package = Path(__file__).resolve().parent.parent  # lrpcli/
+    for candidate in (package / "configs", package.parent / "configs"):
         if candidate.is_dir() and any(candidate.glob("*.yaml")):
             return candidate
     raise ConfigError("the built-in composites are missing from this installation", hint="reinstall lrpcli")

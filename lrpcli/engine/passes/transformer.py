@@ -22,8 +22,8 @@ import operator
 
 import torch
 
-from . import ops
-from .graph import Graph, Node, Ref
+from .. import ops
+from ..graph import Graph, Node, Ref
 
 #: ops a normaliser's value passes through unchanged in meaning (eps added, square root, casts, broadcasts)
 _NORMALISER_STEPS = {
@@ -261,7 +261,7 @@ def _region(join: Node, by_name: dict[str, Node], users: dict[str, list[str]]) -
 
 
 def _collapsed(join: Node, source: str, order: list[Node]) -> Node:
-    from .graph import map_leaves
+    from ..graph import map_leaves
 
     def inner(leaf):
         if isinstance(leaf, Ref):
