@@ -16,7 +16,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -32,33 +31,43 @@ REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 
 
+#: Forks lrp from a small process and reports the grandchild's peak memory: a child forked straight from
+#: pytest inherits pytest's resident-memory high-water mark (Linux keeps ru_maxrss across fork and exec),
+#: which passes 512 MiB late in a full run whatever lrp itself does.
+_LAUNCHER = """
+import os, resource, sys
+limit, args = int(sys.argv[1]), sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.execv(sys.executable, [sys.executable, "-m", "lrpcli.cli", *args])
+_, status, usage = os.wait4(pid, 0)
+os.write(1, str(usage.ru_maxrss * 1024).encode())
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def lrp_process(*args, limit: int = 3 << 30, timeout: float = 120) -> tuple[int, str, int]:
     """``python -m lrpcli.cli ARGS`` in a child with at most ``limit`` bytes of data (RLIMIT_DATA: heap and
     anonymous mappings; unlike RLIMIT_AS it leaves out the shared libraries of a CUDA build of torch): its
-    exit code, its stderr and its own peak resident memory in bytes (os.wait4). A run that reads without
-    bound fails there with a MemoryError, or is killed at ``timeout``, instead of taking the test
-    machine's memory."""
-
-    def bounded() -> None:
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-
+    exit code, its stderr and its own peak resident memory in bytes (os.wait4 in a small launcher). A run
+    that reads without bound fails there with a MemoryError, or is killed at ``timeout``, instead of taking
+    the test machine's memory."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with tempfile.TemporaryFile() as errors:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "lrpcli.cli", *map(str, args)], stdout=subprocess.DEVNULL, stderr=errors, cwd=REPO, env=env, preexec_fn=bounded
-        )
-        timer = threading.Timer(timeout, child.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(child.pid, 0)
-        finally:
-            timer.cancel()
-        child.returncode = os.waitstatus_to_exitcode(status)
-        errors.seek(0)
-        stderr = errors.read().decode("utf-8", "replace")
-    if child.returncode == -9:
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, str(limit), *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env, start_new_session=True,
+    )
+    try:
+        out, err = launcher.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, 9)  # the launcher and lrp under it
+        launcher.communicate()
         pytest.fail(f"lrp {' '.join(map(str, args))} still ran after {timeout} s")
-    return child.returncode, stderr, usage.ru_maxrss * 1024  # kilobytes on Linux
+    code = launcher.returncode if launcher.returncode < 128 else launcher.returncode - 256
+    return code, err.decode("utf-8", "replace"), int(out or 0)
 
 
 # --------------------------------------------------------------------------- 1: zip bombs of models
