@@ -5,7 +5,7 @@
     python benchmarks/evaluate_table.py --models shapes_vgg --out /tmp/vgg.md   # one model only
 
 Data: the digits model's held-out split (sample_models/digits_cnn/heldout.npz) and freshly
-generated shapes (lrpcli.samples.make_shapes at the model's input size, seed 2024, a seed
+generated shapes (lrpcli.sources.samples.make_shapes at the model's input size, seed 2024, a seed
 neither shapes model saw; their masks give the localisation column). Several perturbation
 settings are run, so that no single setting's ranking is mistaken for the whole story.
 """
@@ -30,8 +30,8 @@ from lrpcli import __version__  # noqa: E402
 from lrpcli.engine.composite import load_composite  # noqa: E402
 from lrpcli.data.images import Preprocessing  # noqa: E402
 from lrpcli.evaluate import Evaluator, Settings  # noqa: E402
-from lrpcli.models import load_model, load_spec  # noqa: E402
-from lrpcli.samples import make_shapes  # noqa: E402
+from lrpcli.sources.files import load_model, load_spec  # noqa: E402
+from lrpcli.sources.samples import make_shapes  # noqa: E402
 
 COMPOSITES = ("epsilon", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat")
 #: the transformer composites for the ViT (epsilon beside them: LRP-epsilon through attention with the CNN defaults)

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # zennit_support: zennit's composites and model twins
 
 from lrpcli import Explainer, __version__  # noqa: E402
-from lrpcli.architectures import MiniVGG, resnet18, vgg16, vgg16_bn  # noqa: E402
+from lrpcli.sources.architectures import MiniVGG, resnet18, vgg16, vgg16_bn  # noqa: E402
 
 COMPOSITES = ("epsilon", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat")
 BOUNDS = {"low": -3.0, "high": 3.0}  # z^B bounds for inputs ~ N(0, 1); the same for lrpcli and zennit
@@ -265,9 +265,9 @@ def pipeline(count: int, log: Callable[[str], None]) -> dict[str, float]:
 
     from lrpcli.cli.options import build_composite, load_model_option, spec_preprocessing
     from lrpcli.data.images import ImageDataset, collect_images
-    from lrpcli.models import load_spec
+    from lrpcli.sources.files import load_spec
     from lrpcli.runner import ImageRunOptions, TargetSpec, explain_images
-    from lrpcli.samples import make_shapes
+    from lrpcli.sources.samples import make_shapes
 
     spec_path = ROOT / "sample_models" / "shapes_minivgg" / "model.yaml"
     with tempfile.TemporaryDirectory() as tmp:

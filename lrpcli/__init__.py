@@ -21,7 +21,7 @@ _EXPORTS = {
     "Explainer": "lrpcli.api",
     "Explanation": "lrpcli.engine.explainer",
     "LayerRelevance": "lrpcli.engine.explainer",
-    "load_model": "lrpcli.models",
+    "load_model": "lrpcli.sources.files",
     "evaluate": "lrpcli.evaluate",
     "capture": "lrpcli.engine.graph",
     "Graph": "lrpcli.engine.graph",
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .evaluate import evaluate
     from .errors import CheckFailed, ConfigError, InputError, LrpError, ModelError, UnsupportedOpError, UsageError
     from .engine.graph import Graph, capture
-    from .models import load_model
+    from .sources.files import load_model
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
 """The public API's doors that take a path as well as a model object: ``explain`` and ``Explainer``.
 
 The engine works on loaded models (it imports nothing that reads files); these load a path first with
-:func:`lrpcli.models.load_model` (a TorchScript file, a ``.pt2``, a spec) and hand the engine the model.
+:func:`lrpcli.sources.files.load_model` (a TorchScript file, a ``.pt2``, a spec) and hand the engine the model.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from .engine import explainer as _engine
 from .engine.explainer import Explanation
-from .models import load_model
+from .sources.files import load_model
 
 
 class Explainer(_engine.Explainer):

@@ -17,7 +17,7 @@ import torch
 from .data.text import Encoded, TextRecord, TextTokenizer, batch_length, pad_batch
 from .engine.explainer import Explainer
 from .errors import InputError, ModelError
-from .models import saved_input
+from .sources.files import saved_input
 from .runner import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 from .text_output import token_entries, top_words, word_entries
 

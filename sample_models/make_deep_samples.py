@@ -33,8 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 sys.path.insert(0, str(HERE))
 
-from lrpcli.architectures import VGG  # noqa: E402
-from lrpcli.samples import SHAPE_CLASSES, make_shapes  # noqa: E402
+from lrpcli.sources.architectures import VGG  # noqa: E402
+from lrpcli.sources.samples import SHAPE_CLASSES, make_shapes  # noqa: E402
 from make_samples import SHAPES_MEAN, SHAPES_STD, accuracy, dropout_off, normalise, retitle_specs, save_model, save_shape_samples, train  # noqa: E402
 
 SIZE = 64

@@ -180,7 +180,7 @@ def relevance_check(folder: Path, batch: int = 25) -> dict[str, float]:
     from lrpcli.data.text import TextTokenizer, pad_batch
     from lrpcli.engine.explainer import Explainer
     from lrpcli.evaluate.tokens import run_graph
-    from lrpcli.models import load_spec, load_spec_model
+    from lrpcli.sources.files import load_spec, load_spec_model
     from lrpcli.text_output import word_entries
 
     spec = load_spec(folder / "model.yaml")

@@ -33,8 +33,8 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from lrpcli.architectures import DigitsCNN, MiniVGG  # noqa: E402
-from lrpcli.samples import SHAPE_CLASSES, digits_split, load_digits, make_shapes  # noqa: E402
+from lrpcli.sources.architectures import DigitsCNN, MiniVGG  # noqa: E402
+from lrpcli.sources.samples import SHAPE_CLASSES, digits_split, load_digits, make_shapes  # noqa: E402
 
 # Bias-free, so LRP-0 relevance sums exactly to the logit (`lrp check-conservation -c lrp_0`
 # passes on it); it costs the digits no accuracy.

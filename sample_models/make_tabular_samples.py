@@ -22,7 +22,7 @@ import torch
 import yaml
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
-from lrpcli.architectures import MLP
+from lrpcli.sources.architectures import MLP
 
 HERE = Path(__file__).resolve().parent
 

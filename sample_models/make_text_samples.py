@@ -49,7 +49,7 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from lrpcli.architectures import TextBag, TextLSTM, TextTransformer  # noqa: E402
+from lrpcli.sources.architectures import TextBag, TextLSTM, TextTransformer  # noqa: E402
 
 NAME = "text_sentiment"
 MAX_LENGTH = 64
@@ -330,7 +330,7 @@ def relevance_check(folder: Path, stem: str) -> dict[str, float]:
     from tokenizers import Tokenizer
 
     from lrpcli import explain
-    from lrpcli.models import load_spec, load_spec_model
+    from lrpcli.sources.files import load_spec, load_spec_model
 
     spec = load_spec(folder / f"{stem}.yaml")
     model = load_spec_model(spec)

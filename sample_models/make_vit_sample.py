@@ -27,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 sys.path.insert(0, str(HERE))
 
-from lrpcli.architectures import ViT  # noqa: E402
-from lrpcli.samples import digits_split, load_digits  # noqa: E402
+from lrpcli.sources.architectures import ViT  # noqa: E402
+from lrpcli.sources.samples import digits_split, load_digits  # noqa: E402
 from make_samples import DIGITS_MEAN, DIGITS_STD, accuracy, normalise, retitle_specs, save_digit_samples, save_model, train  # noqa: E402
 
 EPOCHS, BATCH, LR = 40, 32, 2e-3

@@ -30,7 +30,7 @@ ARCH_KWARGS = "{num_classes: 4, width: 4}"
 
 def minivgg(seed: int = 0, width: int = 4, num_classes: int = 4, scale: float = 3.0) -> nn.Module:
     """MiniVGG with zero biases (so LRP conserves: relevance sum == logit) and logits of order 1."""
-    from lrpcli.architectures import MiniVGG
+    from lrpcli.sources.architectures import MiniVGG
 
     torch.manual_seed(seed)
     model = MiniVGG(num_classes=num_classes, width=width).eval()

@@ -8,7 +8,7 @@ import torch
 
 @pytest.fixture(autouse=True, scope="session")
 def _graph_cache_of_this_run(tmp_path_factory):
-    """The graph cache (lrpcli/graph_cache.py) of the test run lives in a folder of its own, never in ~/.cache."""
+    """The graph cache (lrpcli/sources/cache.py) of the test run lives in a folder of its own, never in ~/.cache."""
     import os
 
     folder = tmp_path_factory.mktemp("graph-cache")
@@ -37,7 +37,7 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
 
 @pytest.fixture
 def mini_vgg():
-    from lrpcli.architectures import MiniVGG
+    from lrpcli.sources.architectures import MiniVGG
 
     torch.manual_seed(0)
     return MiniVGG(width=4).eval()
@@ -45,7 +45,7 @@ def mini_vgg():
 
 @pytest.fixture
 def small_resnet():
-    from lrpcli.architectures import ResNet
+    from lrpcli.sources.architectures import ResNet
 
     torch.manual_seed(1)
     return randomize_batchnorm(ResNet(layers=(1, 1), widths=(4, 8), num_classes=3))
@@ -53,7 +53,7 @@ def small_resnet():
 
 @pytest.fixture
 def small_vgg_bn():
-    from lrpcli.architectures import VGG
+    from lrpcli.sources.architectures import VGG
 
     torch.manual_seed(2)
     return randomize_batchnorm(VGG(cfg=(4, "M", 8, "M"), batch_norm=True, num_classes=5, hidden=16, pool_size=2))

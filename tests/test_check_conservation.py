@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from lrpcli import Explainer
-from lrpcli.architectures import MLP, ResNet
+from lrpcli.sources.architectures import MLP, ResNet
 from lrpcli.cli import main
 from lrpcli.conservation import check_conservation, junit_xml
 from lrpcli.engine.rules import Norm

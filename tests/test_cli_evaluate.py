@@ -83,7 +83,7 @@ def test_images_end_to_end(tmp_path):
 def test_cli_numbers_match_the_library_on_independently_loaded_images(tmp_path):
     """The CLI's loading/preprocessing loses nothing: same AOPC as the Python API on tensors read with Pillow."""
     from lrpcli.evaluate import Settings, evaluate
-    from lrpcli.models import load_model
+    from lrpcli.sources.files import load_model
 
     run = lrp("evaluate", DIGITS / "model.yaml", DIGITS / "images", "--baseline", "gradient-x-input", "--steps", "4", "-q", out=tmp_path)
     assert run.code == 0, run.describe()

@@ -926,7 +926,7 @@ def _examples() -> list[str]:
 def example_assets(tmp_path_factory) -> Path:
     """What the help's examples name: model.pt + mypkg.nets:MiniVGG, imgs/, model.ts, photos/**/*.jpg."""
     root = tmp_path_factory.mktemp("examples")
-    from lrpcli.architectures import MiniVGG
+    from lrpcli.sources.architectures import MiniVGG
 
     torch.manual_seed(5)
     model = MiniVGG(num_classes=4).eval()

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from lrpcli.cli import main
-from lrpcli.models import load_model, load_spec
+from lrpcli.sources.files import load_model, load_spec
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 CANCER = SAMPLES / "breast_cancer_mlp"
@@ -98,7 +98,7 @@ def test_column_selection_and_output_file(tmp_path):
     data.write_text("key,a,b,extra,y\nk1,1,2,9,0\nk2,3,4,9,1\n")
     model = tmp_path / "m.ts"
     torch.manual_seed(0)
-    from lrpcli.architectures import MLP
+    from lrpcli.sources.architectures import MLP
 
     torch.jit.save(torch.jit.script(MLP(2, (4,), 2).eval()), str(model))
     out = tmp_path / "out.csv"
@@ -120,7 +120,7 @@ BAD = "id,a,b\nr1,1,2\nr2,1,x\nr3,,2\nr4,5,6\n"
 
 @pytest.fixture
 def tiny(tmp_path):
-    from lrpcli.architectures import MLP
+    from lrpcli.sources.architectures import MLP
 
     torch.manual_seed(0)
     path = tmp_path / "m.ts"

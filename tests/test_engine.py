@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lrpcli import Explainer, InputError, UsageError, explain
-from lrpcli.architectures import MLP
+from lrpcli.sources.architectures import MLP
 
 
 @pytest.fixture
@@ -202,7 +202,7 @@ def test_relevance_at_named_layers_is_returned_and_conserves_through_a_bias_free
 
 def test_the_api_names_common_mistakes():
     from lrpcli import ModelError
-    from lrpcli.architectures import MiniVGG
+    from lrpcli.sources.architectures import MiniVGG
 
     model = MiniVGG(width=4).eval()
     with pytest.raises(UsageError, match="class indices, not names"):
@@ -219,7 +219,7 @@ def test_the_result_draws_the_heatmap_lrp_explain_writes(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from lrpcli.architectures import MiniVGG
+    from lrpcli.sources.architectures import MiniVGG
 
     torch.manual_seed(0)
     result = explain(MiniVGG(width=4).eval(), torch.rand(2, 3, 32, 32), "epsilon")
@@ -236,7 +236,7 @@ def test_the_result_draws_the_heatmap_lrp_explain_writes(tmp_path):
 
 def test_explain_in_a_loop_prepares_the_graph_once_per_composite(monkeypatch):
     from lrpcli.engine import explainer as engine_module
-    from lrpcli.architectures import MiniVGG
+    from lrpcli.sources.architectures import MiniVGG
 
     calls = []
     original = engine_module.canonize

@@ -343,7 +343,7 @@ def test_random_baseline_does_not_depend_on_the_other_methods():
 
 def test_gradient_x_input_is_autograd_on_the_model():
     from lrpcli.engine.explainer import Explainer
-    from lrpcli.architectures import MiniVGG
+    from lrpcli.sources.architectures import MiniVGG
 
     torch.manual_seed(0)
     model = MiniVGG(num_classes=3, width=4).eval()
@@ -370,7 +370,7 @@ def test_evaluator_errors():
 
 
 def test_cascading_randomisation_changes_only_the_top_layers():
-    from lrpcli.architectures import DigitsCNN
+    from lrpcli.sources.architectures import DigitsCNN
     from lrpcli.engine.explainer import Explainer
 
     torch.manual_seed(0)
@@ -400,7 +400,7 @@ def test_cascading_randomisation_changes_only_the_top_layers():
 
 
 def _digits(n: int) -> tuple[torch.Tensor, object]:
-    from lrpcli.models import load_model
+    from lrpcli.sources.files import load_model
 
     held = np.load(SAMPLES / "digits_cnn" / "heldout.npz")
     x = (torch.from_numpy(held["images"][:n].astype(np.float32) / 255.0)[:, None] - 0.5) / 0.5  # the spec's mean/std
@@ -436,8 +436,8 @@ def test_gradient_x_input_equals_lrp_0_on_the_bias_free_digits_model():
 
 @needs_samples
 def test_shapes_epsilon_plus_flat_leads_the_gap_on_region_perturbation():
-    from lrpcli.models import load_model
-    from lrpcli.samples import make_shapes
+    from lrpcli.sources.files import load_model
+    from lrpcli.sources.samples import make_shapes
 
     images, _, _ = make_shapes(32, seed=2024)  # a seed the model never saw
     x = (torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2) - 0.5) / 0.25

@@ -24,8 +24,8 @@ import torch
 
 from lrpcli.data.images import Preprocessing
 from lrpcli.evaluate import Settings, evaluate
-from lrpcli.models import load_model, load_spec
-from lrpcli.samples import make_shapes
+from lrpcli.sources.files import load_model, load_spec
+from lrpcli.sources.samples import make_shapes
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 SEED = 4049

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lrpcli import Explainer, graph_cache
+from lrpcli import Explainer
+from lrpcli.sources import cache as graph_cache
 from lrpcli.engine import explainer as engine_module
 
 from cli_support import lrp, minivgg, save_torchscript, write_image

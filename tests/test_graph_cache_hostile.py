@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrpcli import graph_cache
+from lrpcli.sources import cache as graph_cache
 from lrpcli.engine import explainer as engine_module
 
 from cli_support import lrp, minivgg, read_csv, refused, save_torchscript, write_image
@@ -68,7 +68,7 @@ def _marker_payload(marker):
         {"fn": "operator.methodcaller"},
         {"fn": "operator.attrgetter"},
         {"fn": "operator.call"},
-        {"fn": "lrpcli.models.os.system"},
+        {"fn": "lrpcli.sources.files.os.system"},
         {"fn": "lrpcli.architectures.build"},
         {"op": "builtins::eval.default"},
         {"op": "aten::__getattribute__.default"},

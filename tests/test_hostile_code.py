@@ -19,8 +19,8 @@ import torch
 
 from cli_support import ARCH, lrp, minivgg, write_image
 from lrpcli.errors import ModelError
-from lrpcli.models import load_model, load_spec, load_spec_model
-from lrpcli.safety import pickled_payloads
+from lrpcli.sources.files import load_model, load_spec, load_spec_model
+from lrpcli.sources.safety import pickled_payloads
 
 
 class _Payload:
@@ -210,7 +210,7 @@ def test_spec_arch_python_file_needs_consent(tmp_path):
 @pytest.mark.parametrize(
     "arch",
     [
-        "lrpcli.models:load_model",  # a trusted package's non-model function
+        "lrpcli.sources.files:load_model",  # a trusted package's non-model function
         "lrpcli.architectures:load",  # a function the trusted namespace imports (patched in below)
         "torchvision.models._utils:load_state_dict_from_url",  # private, and torch.hub's
         "lrpcli.architectures:_private",

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from cli_support import lrp, minivgg, read_csv, refused, save_safetensors, save_torchscript, tiny_gray, write_image
-from lrpcli.architectures import MLP
+from lrpcli.sources.architectures import MLP
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -382,7 +382,7 @@ def _composite_check(folder: Path):
 
 
 def _spec_check(folder: Path):
-    from lrpcli.models import load_spec
+    from lrpcli.sources.files import load_spec
 
     def check(value) -> None:
         if isinstance(value, dict):

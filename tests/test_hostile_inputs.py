@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from cli_support import lrp, minivgg, read_csv, refused, save_torchscript, tiny_gray, write_image
-from lrpcli.architectures import MLP
+from lrpcli.sources.architectures import MLP
 
 REPO = Path(__file__).resolve().parents[1]
 

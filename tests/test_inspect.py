@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from lrpcli import explain
-from lrpcli.architectures import MLP, MiniVGG, ResNet
+from lrpcli.sources.architectures import MLP, MiniVGG, ResNet
 from lrpcli.cli import main
 from lrpcli.engine.composite import BUILTINS, builtin_names, json_schema, load_composite
 from lrpcli.inspect import inspect_model

@@ -97,7 +97,7 @@ def test_the_logits_through_lrp_are_the_eager_modules(make, sample, explained, h
     """The eager module (the package's encoder + the head read back from model.pt2), on its own
     tokenization and padding, gives the logits that lrp explain wrote and that lrp's Explainer returns."""
     from lrpcli.engine.explainer import Explainer
-    from lrpcli.models import load_spec, load_spec_model
+    from lrpcli.sources.files import load_spec, load_spec_model
 
     model = make.eager_model(sample / "model.pt2")
     explainer = Explainer(load_spec_model(load_spec(SPEC)), "attnlrp")

@@ -19,7 +19,7 @@ from torch import nn
 import test_gradient_oracle as models
 from gradient_oracle import embedding_relevance, modified_gradient_relevance
 from lrpcli import capture, explain, load_composite
-from lrpcli.architectures import ViT
+from lrpcli.sources.architectures import ViT
 from lrpcli.engine.passes.canonizers import canonize
 
 D64 = torch.float64

@@ -33,7 +33,7 @@ try:  # tests/ as a package or as a plain folder on sys.path (pytest's default)
 except ImportError:
     import zennit_support as zs
 
-from lrpcli.architectures import MLP, VGG, MiniVGG, ResNet
+from lrpcli.sources.architectures import MLP, VGG, MiniVGG, ResNet
 
 RTOL = 1e-5
 BATCH = 3

@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from lrpcli.samples import SHAPE_CLASSES, digits_split, load_digits, make_shapes
+from lrpcli.sources.samples import SHAPE_CLASSES, digits_split, load_digits, make_shapes
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 MODELS = ("digits_cnn", "shapes_minivgg", "digits_vit")
@@ -70,7 +70,7 @@ def test_make_shapes_masks_mark_a_visible_shape():
 
 def test_make_shapes_classes_draw_different_shapes():
     """Same box, different class -> different masks (the class is in the shape)."""
-    from lrpcli.samples import _shape_mask
+    from lrpcli.sources.samples import _shape_mask
 
     drawn = [_shape_mask(kind, 12, 10, 10, 32) for kind in SHAPE_CLASSES]
     for i in range(len(drawn)):
@@ -161,7 +161,7 @@ def test_torchscript_and_state_dict_forms_agree(name):
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("spec", ["model.yaml", "model_state_dict.yaml"])
 def test_lrpcli_loads_the_specs(name, spec):
-    from lrpcli.models import load_model, load_spec
+    from lrpcli.sources.files import load_model, load_spec
 
     loaded = load_spec(SAMPLES / name / spec)
     assert loaded.classes == (SAMPLES / name / "classes.txt").read_text().split()

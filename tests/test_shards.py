@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from lrpcli.architectures import MLP, MiniVGG
+from lrpcli.sources.architectures import MLP, MiniVGG
 from lrpcli.cli import main
 from lrpcli.shards import Shard
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from lrpcli import explain
-from lrpcli.architectures import TextBag
-from lrpcli.models import load_spec, load_spec_model
+from lrpcli.sources.architectures import TextBag
+from lrpcli.sources.files import load_spec, load_spec_model
 
 tokenizers = pytest.importorskip("tokenizers")
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from lrpcli import Explainer, explain
 from lrpcli.engine import explainer as engine_module
-from lrpcli.architectures import MiniVGG, ResNet
+from lrpcli.sources.architectures import MiniVGG, ResNet
 from lrpcli.engine.graph import Node, Ref
 from lrpcli.engine.transposes import _DIRECT, _autograd_vjp, vjp
 

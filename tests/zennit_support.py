@@ -234,7 +234,7 @@ class ZennitBasicBlock(nn.Module):
 
 def _resnet_merge_map(model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
     """(linear names, batch-norm name) pairs of a zennit ResNet twin."""
-    from lrpcli.architectures import BasicBlock
+    from lrpcli.sources.architectures import BasicBlock
 
     name_map: list[tuple[tuple[str, ...], str]] = [(("conv1",), "bn1")]
     for name, module in model.named_modules():
@@ -293,7 +293,7 @@ def zennit_twin(model: nn.Module, exact: bool = True) -> tuple[nn.Module, list[A
     require_zennit()
     from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
 
-    from lrpcli.architectures import BasicBlock, ResNet
+    from lrpcli.sources.architectures import BasicBlock, ResNet
 
     if exact:
         NamedMergeBatchNorm = exact_merge(NamedMergeBatchNorm)  # noqa: N806

@@ -66,7 +66,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     from ..conservation import junit_xml, merge
     from ..errors import CheckFailed, InputError, UsageError
     from ..runner import resolve_device
-    from ..models import is_spec, load_spec
+    from ..sources.files import is_spec, load_spec
     from ..outputs import write_output
 
     from ..shards import Shard, read_inputs_list

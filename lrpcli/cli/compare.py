@@ -61,7 +61,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..compare import DEFAULT_COMPOSITES, MAX_SHEET_ROWS, CompareOptions, CompositeChoice, compare_images
     from ..data.images import collect_images
     from ..errors import ConfigError, InputError, UsageError
-    from ..models import is_spec, load_class_names, load_spec
+    from ..sources.files import is_spec, load_class_names, load_spec
     from ..runner import TargetSpec
 
     if not inputs:

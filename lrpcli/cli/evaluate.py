@@ -88,7 +88,7 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     """
     from ..errors import UsageError
     from ..evaluate import BASELINES, Evaluator, feature_stats, resolve_baseline
-    from ..models import is_spec, load_spec
+    from ..sources.files import is_spec, load_spec
     from ..runner import resolve_device
 
     if not inputs:
@@ -190,7 +190,7 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     out = Path(options["out"] or DEFAULT_OUT)
     classes = spec.classes if spec else None
     if options["classes_file"]:
-        from ..models import load_class_names
+        from ..sources.files import load_class_names
 
         classes = load_class_names(options["classes_file"])
     written = _write_outputs(result, out, model, inputs, {**options, "_classes": classes}, seconds)
@@ -289,7 +289,7 @@ def _evaluate_texts(model: str, spec: Any, inputs: tuple[str, ...], options: dic
     seconds = time.perf_counter() - started
     classes = spec.classes if spec else None
     if options["classes_file"]:
-        from ..models import load_class_names
+        from ..sources.files import load_class_names
 
         classes = load_class_names(options["classes_file"])
     written = _write_outputs(result, Path(options["out"] or DEFAULT_OUT), model, inputs, {**options, "_classes": classes}, seconds)

@@ -57,7 +57,7 @@ def init(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     import yaml
 
     from ..errors import UsageError
-    from ..models import load_class_names
+    from ..sources.files import load_class_names
     from ..outputs import write_output
 
     target = Path(options["spec_path"])

@@ -35,17 +35,17 @@ def inspect(model: str, composite: str | None, input_shape: str | None, json_pat
 
     from ..errors import UsageError
     from ..inspect import inspect_model
-    from ..models import is_spec, load_spec
+    from ..sources.files import is_spec, load_spec
 
     spec = load_spec(model) if is_spec(model) else None
     refuse_overwriting_inputs(model, spec, (), {**options, "composite": composite, "json_path": None if json_path == "-" else json_path})
-    from ..models import saved_input_shape
+    from ..sources.files import saved_input_shape
 
     shape = input_shape_option(input_shape, spec)
     loaded = load_model_option(model, spec, options)
     shape = shape or saved_input_shape(loaded)  # a .pt2 says what it takes
     if shape is None:
-        from ..models import input_channels
+        from ..sources.files import input_channels
 
         channels = input_channels(loaded)
         example = f"{channels},H,W (the first layer takes {channels} channel(s))" if channels else "C,H,W (or F for tabular models)"

@@ -232,7 +232,7 @@ def fit_preprocessing(preprocessing: Any, spec: Any, options: dict[str, Any], mo
     import dataclasses
 
     from ..errors import UsageError
-    from ..models import input_channels
+    from ..sources.files import input_channels
 
     warnings: list[str] = []
     channels = input_channels(model)
@@ -261,8 +261,8 @@ def graph_store(model: str, spec: Any, options: dict[str, Any]) -> Any:
     import json
     from pathlib import Path
 
-    from ..graph_cache import DiskCache
-    from ..models import file_hash
+    from ..sources.cache import DiskCache
+    from ..sources.files import file_hash
 
     if options.get("no_cache"):
         return None
@@ -284,7 +284,7 @@ def new_explainer(loaded: Any, composite: Any, model: str, spec: Any, options: d
 
 def load_model_option(model: str, spec: Any, options: dict[str, Any]) -> Any:
     """The model a command works on: MODEL (or the spec's weights) with --arch/--arch-kwargs/--allow-pickle/--allow-code."""
-    from ..models import load_model, load_spec_model
+    from ..sources.files import load_model, load_spec_model
 
     arguments = dict(
         arch=options.get("arch"),

@@ -136,7 +136,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     import contextlib
 
     from ..errors import InputError, UsageError
-    from ..models import load_class_names
+    from ..sources.files import load_class_names
     from ..outputs import atomic_text, is_stream
     from ..runner import TargetSpec
     from ..shards import Shard

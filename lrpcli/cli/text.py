@@ -21,7 +21,7 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
     from ..data.tabular import open_csv
     from ..data.text import TextTokenizer, read_texts, text_format
     from ..errors import InputError, UsageError
-    from ..models import load_class_names
+    from ..sources.files import load_class_names
     from ..outputs import atomic_text
     from ..runner import TargetSpec
     from ..shards import Shard

@@ -463,7 +463,7 @@ def evaluate(
     """Evaluate composites and baselines on the inputs ``x`` (a tensor; the Python API of ``lrp evaluate``);
     ``model`` a model object or a path, as for ``lrpcli.explain``."""
     from ..engine.composite import load_composite
-    from ..models import load_model
+    from ..sources.files import load_model
 
     model = load_model(model)
 

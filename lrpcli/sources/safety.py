@@ -23,11 +23,11 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
 
 # Where a spec's ``arch`` may point without --allow-code: namespaces of model classes and model
 # builders whose arguments cannot make them read a file (timm's create_model can: checkpoint_path).
-TRUSTED_ARCH_MODULES = ("lrpcli.architectures", "torchvision.models")
+TRUSTED_ARCH_MODULES = ("lrpcli.architectures", "lrpcli.sources.architectures", "torchvision.models")
 PICKLE_HINT = "if you trust the file's source, pass --allow-pickle (unpickling runs code from the file)"
 
 

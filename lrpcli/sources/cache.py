@@ -39,14 +39,14 @@ from typing import Any, Callable
 
 import torch
 
-from .engine import ops
-from .errors import LrpWarning
-from .engine.graph import _ID_VIEWS, Graph, Node, Ref, _unsupported_hint, channel_affine
-from .engine.passes.norms import normalize
+from ..engine import ops
+from ..errors import LrpWarning
+from ..engine.graph import _ID_VIEWS, Graph, Node, Ref, _unsupported_hint, channel_affine
+from ..engine.passes.norms import normalize
 
 FORMAT = 2
 #: lrpcli's modules whose code decides what a captured graph looks like (part of the key)
-_GRAPH_CODE = ("engine/graph.py", "engine/ops.py", "engine/passes/norms.py", "safety.py", "graph_cache.py")
+_GRAPH_CODE = ("engine/graph.py", "engine/ops.py", "engine/passes/norms.py", "sources/safety.py", "sources/cache.py")
 #: the op namespaces an entry may name
 _NAMESPACES = ("aten", "prims")
 
@@ -120,7 +120,7 @@ def private_dir() -> Path | None:
 
 def _code_hash() -> str:
     digest = hashlib.sha256()
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # lrpcli/
     for name in _GRAPH_CODE:
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:16]
@@ -128,7 +128,7 @@ def _code_hash() -> str:
 
 def entry_key(model_id: str, example: torch.Tensor, extras: dict[str, torch.Tensor] | None, exact_batch: bool) -> str:
     """The key of one captured graph: the model, the input's shape and dtype, the extra inputs, the versions."""
-    from . import __version__
+    from .. import __version__
 
     parts = {
         "format": FORMAT,

@@ -26,10 +26,10 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import ConfigError, ModelError
-from .limits import MAX_CLASSES_BYTES, check_archive, check_pixels, load_yaml, read_text
-from .registry import suggest
-from .engine.weights import model_tensors
+from ..errors import ConfigError, ModelError
+from ..limits import MAX_CLASSES_BYTES, check_archive, check_pixels, load_yaml, read_text
+from ..registry import suggest
+from ..engine.weights import model_tensors
 from .safety import check_trusted_callable, load_exported, spec_arch
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
