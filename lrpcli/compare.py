@@ -273,7 +273,7 @@ def heat_colours(heat: np.ndarray, scale: float, cmap: str = "bwr", pixels: np.n
 
     With ``pixels`` the heatmap is drawn over the input as `lrp explain --overlay` draws it
     (render.overlay_rgb: ``style`` colour keeps the input's colours, grey greys them)."""
-    from .render import colormap, overlay_rgb
+    from .render.heatmaps import colormap, overlay_rgb
 
     heat = np.asarray(heat, dtype=np.float64)
     if pixels is not None:
@@ -460,7 +460,7 @@ def compare_images(
     """Write one figure per input under ``out`` (``<input path>.png``), or, with ``sheet``, one
     figure with a row per input to that path. Files are written atomically."""
     from .outputs import inside, write_atomic, write_output
-    from .render import png_bytes
+    from .render.heatmaps import png_bytes
 
     started = time.perf_counter()
     if len(labels) != len(explainers):

@@ -37,7 +37,7 @@ from .outputs import (
     write_summary,
 )
 from .registry import suggest
-from .render import COLORMAPS, Scale, relevance_map, save_heatmap
+from .render.heatmaps import COLORMAPS, Scale, relevance_map, save_heatmap
 from .shards import Manifest, Shard, fingerprint, output_lock, suffix
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -19,7 +19,7 @@ from .engine.explainer import Explainer
 from .errors import InputError, ModelError
 from .sources.files import saved_input
 from .runner import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
-from .text_output import token_entries, top_words, word_entries
+from .render.text import token_entries, top_words, word_entries
 
 MASK_NAMES = ("attention_mask", "mask")
 #: share of a text's relevance that may land on padding before the run says the model does not mask it

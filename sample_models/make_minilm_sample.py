@@ -181,7 +181,7 @@ def relevance_check(folder: Path, batch: int = 25) -> dict[str, float]:
     from lrpcli.engine.explainer import Explainer
     from lrpcli.evaluate.tokens import run_graph
     from lrpcli.sources.files import load_spec, load_spec_model
-    from lrpcli.text_output import word_entries
+    from lrpcli.render.text import word_entries
 
     spec = load_spec(folder / "model.yaml")
     model = load_spec_model(spec)

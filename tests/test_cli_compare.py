@@ -256,7 +256,7 @@ def test_compare_overlays_draw_as_lrp_explain_draws_them():
     import numpy as np
 
     from lrpcli.compare import heat_colours
-    from lrpcli.render import colormap, overlay_rgb
+    from lrpcli.render.heatmaps import colormap, overlay_rgb
 
     pixels = np.zeros((2, 2, 3), dtype=np.uint8)
     pixels[...] = (200, 40, 10)

@@ -419,7 +419,7 @@ def _centres(png: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def test_scale_shared_draws_every_heatmap_at_the_run_s_largest_relevance(world, tmp_path):
-    from lrpcli.render import legend_strip
+    from lrpcli.render.heatmaps import legend_strip
 
     base = ok(world.base())
     maps = {name: base.array(f"relevance/{STEMS[name]}.npy").sum(axis=0) for name in NAMES}
@@ -1061,7 +1061,7 @@ def test_layers_writes_inner_relevance_maps_that_conserve_on_a_bias_free_net(tmp
 
 def test_legend_adds_a_colour_bar_from_minus_to_plus_the_heatmap_s_scale(tmp_path):
     from cli_support import minivgg, save_torchscript
-    from lrpcli.render import LEGEND_BAR, _palette
+    from lrpcli.render.heatmaps import LEGEND_BAR, _palette
 
     save_torchscript(minivgg(), tmp_path / "m.ts")
     write_image(tmp_path / "imgs" / "a.png", 9)

@@ -359,7 +359,7 @@ def test_a_chart_draws_dollar_names_literally(name):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lrpcli.report.charts import figure
+    from lrpcli.render.charts import figure
 
     def draw(fig, label):
         ax = fig.add_subplot()
@@ -381,7 +381,7 @@ def test_a_chart_draws_dollar_names_literally(name):
 def test_the_evaluation_plot_draws_dollar_names(tmp_path):
     from types import SimpleNamespace
 
-    from lrpcli.plots import perturbation_plot
+    from lrpcli.render.plots import perturbation_plot
 
     curves = {"morf": {"logit": np.ones((2, 3))}, "lerf": {"logit": np.zeros((2, 3))}}
     entry = {"kind": "composite", "curves": curves, "aopc": {"morf": np.ones(2), "lerf": np.zeros(2)}}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrpcli import render
+from lrpcli.render import heatmaps as render
 
 
 def _matplotlib_colours(heat: np.ndarray, name: str) -> np.ndarray:

@@ -178,7 +178,7 @@ def test_class_mean_maps_are_the_mean_of_each_class_s_arrays(world):
         assert png.shape[1] >= 256  # drawn large enough for the bar's labels to be read in the page
         centres = png[factor // 2 : mean.shape[0] * factor : factor, factor // 2 :: factor]
         np.testing.assert_array_equal(centres, _bwr(0.5 + 0.5 * mean / np.abs(mean).max()))  # drawn at its own max |mean|
-        from lrpcli.render import legend_strip
+        from lrpcli.render.heatmaps import legend_strip
 
         np.testing.assert_array_equal(png[mean.shape[0] * factor :], legend_strip(png.shape[1], "bwr", float(np.abs(mean).max())))
     assert sorted(p.name for p in (run.out / "report").iterdir()) == sorted(f"class-{c}.png" for c in expected)

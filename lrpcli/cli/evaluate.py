@@ -421,7 +421,7 @@ def _write_outputs(result: Any, out: Path, model: str, inputs: tuple[str, ...], 
     from .. import __version__
     from ..evaluate import CSV_COLUMNS
     from ..outputs import atomic_text
-    from ..plots import perturbation_plot
+    from ..render.plots import perturbation_plot
     from .options import write_json  # OUT/evaluation.json or --json FILE, as outputs.open_output decides
 
     written: list[str] = []

@@ -143,7 +143,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
             f"--report {options['report_path']}: an image run's page is OUT/report.html (it links the heatmaps inside OUT)",
             hint="leave --report out, or copy the whole OUT folder; `lrp report OUT` rebuilds the page",
         )
-    from ..render import Scale
+    from ..render.heatmaps import Scale
 
     heat_scale = Scale.parse(options["scale"])
     if options["top_k"] is not None and options["target"] is not None:

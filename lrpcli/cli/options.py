@@ -188,7 +188,7 @@ preprocessing_options = _stack(
 def check_cmap(name: str) -> str:
     """--cmap is an option value: an unknown one is a usage error (exit 2), with the known names."""
     from ..errors import ConfigError, UsageError
-    from ..render import COLORMAPS
+    from ..render.heatmaps import COLORMAPS
 
     try:
         return COLORMAPS.resolve(name)

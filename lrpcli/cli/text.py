@@ -25,7 +25,7 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
     from ..outputs import atomic_text
     from ..runner import TargetSpec
     from ..shards import Shard
-    from ..text_output import HtmlWriter, TextWriter, terminal_text
+    from ..render.text import HtmlWriter, TextWriter
     from ..texts import explain_texts
 
     spec_input = spec.input if spec else {}
@@ -142,3 +142,23 @@ class _Terminal:
                     + "\n  against: " + ", ".join(f"{w['word']} ({w['relevance']:.3g})" for w in row["top_negative"]),
                     markup=False,
                 )
+
+
+def terminal_text(row: dict[str, Any]):
+    """A rich Text of the row's text with its words shaded: red for, blue against the target."""
+    from rich.text import Text
+
+    from ..render.text import shades
+
+    label = row.get("target_label") or row["target"]
+    head = Text(f"{row['id']}: ", style="bold")
+    head.append(f"target {label}, logit {row['logit']:.4g}, sum of relevance {row['relevance_sum']:.4g}\n", style="dim")
+    body = Text(row["text"])
+    scale, values = shades(row["words"])
+    for word, value in zip(row["words"], values):
+        if abs(value) < 0.05:
+            continue
+        strength = int(80 + 175 * abs(value))
+        colour = f"rgb({strength},0,0)" if value > 0 else f"rgb(0,{strength // 3},{strength})"
+        body.stylize(f"bold white on {colour}", word["start"], word["end"])
+    return head + body

@@ -81,7 +81,7 @@ class Explanation:
         too where ``path`` is given."""
         import numpy as np
 
-        from ..render import heatmap_rgb, png_bytes
+        from ..render.heatmaps import heatmap_rgb, png_bytes
 
         relevance = self.relevance[index].detach().double().cpu().numpy()
         if relevance.ndim not in (2, 3):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..outputs import output_errors, write_output
-from .charts import data_uri, figure
+from ..render.charts import data_uri, figure
 from .page import render_page
 
 LEDGER_SAMPLES = 200  # samples whose ledger the page holds (failures first, then by error)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..outputs import output_errors, write_output
-from .charts import colours, data_uri, figure
+from ..render.charts import colours, data_uri, figure
 from .page import render_page
 
 EVALUATION_JSON = "evaluation.json"

@@ -314,7 +314,7 @@ def _class_order(name: str) -> tuple:
 
 def _run_cmap(run: dict[str, Any]) -> str:
     """The run's colour map (run.json), for the class maps to look like its heatmaps; bwr if unknown."""
-    from ..render import COLORMAPS
+    from ..render.heatmaps import COLORMAPS
 
     heatmaps = run.get("heatmaps") if isinstance(run.get("heatmaps"), dict) else {}
     arguments = run.get("arguments") if isinstance(run.get("arguments"), dict) else {}
@@ -336,7 +336,7 @@ def class_means(out: Path, rows: list[dict[str, str]], locator: _Locator, cmap: 
     them, one class at a time (one running sum in memory). Returns the maps for the page and a note
     (why there are none, or what was left out); class-*.png files of earlier builds that are no longer
     drawn are removed."""
-    from ..render import relevance_map, save_heatmap
+    from ..render.heatmaps import relevance_map, save_heatmap
 
     chosen: dict[str, dict[str, str]] = {}
     for row in rows:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..outputs import is_regular_file, refuse_inputs_as_outputs, write_output
-from .charts import data_uri, figure
+from ..render.charts import data_uri, figure
 from .page import finite_number, render_page
 
 SAMPLE_SIZE = 2000  # rows kept for the spread chart and the table

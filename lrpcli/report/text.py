@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from ..errors import InputError
 from ..outputs import refuse_inputs_as_outputs, write_output
-from ..text_output import text_pieces, top_words, word_style
+from ..render.text import text_pieces, top_words, word_style
 from .page import finite_number, render_page
 
 SAMPLE_SIZE = 2000  # texts shown

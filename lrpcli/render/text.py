@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from jinja2 import Environment
 
-from .data.text import Encoded
+from ..data.text import Encoded
 
 TOKEN_COLUMNS = ("id", "target", "target_label", "position", "token", "start", "end", "word", "special", "relevance")
 
@@ -109,24 +109,6 @@ def shades(words: list[dict[str, Any]]) -> tuple[float, list[float]]:
     """Each word's relevance relative to the text's largest |relevance| (-1..1), and that scale."""
     scale = max((abs(w["relevance"]) for w in words), default=0.0)
     return scale, [w["relevance"] / scale if scale > 0 else 0.0 for w in words]
-
-
-def terminal_text(row: dict[str, Any]):
-    """A rich Text of the row's text with its words shaded: red for, blue against the target."""
-    from rich.text import Text
-
-    label = row.get("target_label") or row["target"]
-    head = Text(f"{row['id']}: ", style="bold")
-    head.append(f"target {label}, logit {row['logit']:.4g}, sum of relevance {row['relevance_sum']:.4g}\n", style="dim")
-    body = Text(row["text"])
-    scale, values = shades(row["words"])
-    for word, value in zip(row["words"], values):
-        if abs(value) < 0.05:
-            continue
-        strength = int(80 + 175 * abs(value))
-        colour = f"rgb({strength},0,0)" if value > 0 else f"rgb(0,{strength // 3},{strength})"
-        body.stylize(f"bold white on {colour}", word["start"], word["end"])
-    return head + body
 
 
 _PAGE_HEAD = """<!doctype html>

@@ -20,8 +20,8 @@ def perturbation_plot(evaluation: Any, path: Path, *, score: str = "logit", titl
     import numpy as np
     from matplotlib.lines import Line2D
 
-    from .outputs import write_output
-    from .report.charts import figure as plain_figure
+    from ..outputs import write_output
+    from .charts import figure as plain_figure
 
     if score not in SCORES:
         raise ValueError(f"unknown score '{score}'")

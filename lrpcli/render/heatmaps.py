@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
-from .registry import Registry
+from ..errors import UsageError
+from ..registry import Registry
 
 #: matplotlib's names, as users know them; plus zennit's coldnhot
 COLORMAPS: Registry[Any] = Registry("colormap")
@@ -77,7 +77,7 @@ class Scale:
         mode = {"per_image": "per-image", "image": "per-image", "perimage": "per-image"}.get(mode.lower().replace(" ", ""), mode.lower())
         hint = "give per-image, shared, shared:VALUE (a |relevance| > 0), percentile or percentile:P (0 < P <= 100)"
         if mode not in SCALE_MODES:
-            from .registry import suggest
+            from ..registry import suggest
 
             raise UsageError(f"--scale '{raw}': unknown scale", hint=suggest(mode, list(SCALE_MODES)) or hint)
         if not argument:
@@ -265,7 +265,7 @@ def save_heatmap(
 
     ``scale``: the |relevance| at the colour map's ends, a number or a :class:`Scale` (default: the map's
     own largest |R|); ``min_side``: enlarged to at least this many pixels a side. Returns the scale used."""
-    from .outputs import write_atomic
+    from ..outputs import write_atomic
 
     heat = relevance_map(relevance)
     scale = (scale if isinstance(scale, Scale) else Scale()).of(heat) if scale is None or isinstance(scale, Scale) else float(scale)
