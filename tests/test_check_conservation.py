@@ -15,7 +15,7 @@ from torch import nn
 from lrpcli import Explainer
 from lrpcli.sources.architectures import MLP, ResNet
 from lrpcli.cli import main
-from lrpcli.conservation import check_conservation, junit_xml
+from lrpcli.runs.conservation import check_conservation, junit_xml
 from lrpcli.engine.rules import Norm
 
 from conftest import randomize_batchnorm

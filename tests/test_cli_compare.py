@@ -234,7 +234,7 @@ def test_unreadable_image_is_named_and_the_others_are_written(tmp_path):
 
 
 def test_compose_draws_known_relevance():
-    from lrpcli.compare import Row, compose
+    from lrpcli.runs.compare import Row, compose
 
     heat = np.zeros((8, 8), dtype=np.float32)
     heat[:4] = 1.0  # top half: positive
@@ -255,7 +255,7 @@ def test_compare_overlays_draw_as_lrp_explain_draws_them():
     |R| reaches the scale, as lrp explain --overlay does; --overlay-style grey greys the input."""
     import numpy as np
 
-    from lrpcli.compare import heat_colours
+    from lrpcli.runs.compare import heat_colours
     from lrpcli.render.heatmaps import colormap, overlay_rgb
 
     pixels = np.zeros((2, 2, 3), dtype=np.uint8)

@@ -172,7 +172,7 @@ def test_an_inputs_list_with_a_line_too_long_for_a_path_names_the_line(tmp_path)
 def test_inputs_from_stops_at_the_bound_on_inputs(tmp_path, monkeypatch):
     from lrpcli import limits
     from lrpcli.errors import InputError
-    from lrpcli.shards import read_inputs_list
+    from lrpcli.runs.shards import read_inputs_list
 
     monkeypatch.setattr(limits, "MAX_LISTED_INPUTS", 3)
     listed = tmp_path / "list.txt"

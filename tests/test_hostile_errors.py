@@ -427,7 +427,7 @@ def mlp_explainer():
 def _csv_check(explainer):
     import io
 
-    from lrpcli.stream import explain_rows
+    from lrpcli.runs.rows import explain_rows
 
     def check(case) -> None:
         text, options = case

@@ -173,7 +173,7 @@ def test_merge_names_both_copies_of_a_row_that_is_in_two_runs(shards, tmp_path):
 
 
 def test_a_resumed_manifest_keeps_a_cut_line_apart_from_the_next(tmp_path):
-    from lrpcli.shards import Manifest
+    from lrpcli.runs.shards import Manifest
 
     manifest = Manifest(tmp_path, None)
     manifest.open("m", "c", 2, resume=False, overwrite=False)

@@ -224,7 +224,7 @@ def test_resume_with_the_same_options_goes_on_and_run_json_lists_the_runs(world,
 HOLD = """
 import sys
 from pathlib import Path
-from lrpcli.shards import Shard, output_lock
+from lrpcli.runs.shards import Shard, output_lock
 with output_lock(Path(sys.argv[1]), Shard.parse(sys.argv[2] or None)):
     print("locked", flush=True)
     sys.stdin.read()

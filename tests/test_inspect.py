@@ -14,7 +14,7 @@ from lrpcli import explain
 from lrpcli.sources.architectures import MLP, MiniVGG, ResNet
 from lrpcli.cli import main
 from lrpcli.engine.composite import BUILTINS, builtin_names, json_schema, load_composite
-from lrpcli.inspect import inspect_model
+from lrpcli.runs.inspect import inspect_model
 
 from conftest import randomize_batchnorm
 

@@ -321,7 +321,7 @@ def test_traced_attention_equals_the_eager_module(tmp_path):
 
 
 def test_inspect_lists_the_new_kinds_and_no_false_warnings(tmp_path):
-    from lrpcli.inspect import inspect_model
+    from lrpcli.runs.inspect import inspect_model
 
     model, _ = _saved_block(tmp_path)
     report = inspect_model(model, torch.zeros(1, 5, 8), "attnlrp")

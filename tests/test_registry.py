@@ -147,7 +147,7 @@ def test_the_composites_listing_lrp_composites_prints_is_the_built_ins():
     from click.testing import CliRunner
 
     from lrpcli.cli import main
-    from lrpcli.inspect import composites_text
+    from lrpcli.engine.listings import composites_text
 
     listing = Path(__file__).resolve().parents[1] / "lrpcli" / "engine" / "rules" / "composites.txt"
     assert listing.read_text(encoding="utf-8") == composites_text(), "run `python -m lrpcli.engine.rules` to write it again"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lrpcli import runner
+from lrpcli.runs import images as runner
 
 from cli_support import lrp, minivgg, save_torchscript, write_image
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from lrpcli.sources.architectures import MLP, MiniVGG
 from lrpcli.cli import main
-from lrpcli.shards import Shard
+from lrpcli.runs.shards import Shard
 
 LRP = [sys.executable, "-m", "lrpcli.cli.__main__"]
 NUMERIC = ("probability", "logit", "relevance_sum", "conservation_gap")

@@ -171,7 +171,7 @@ def test_parquet_with_a_null_names_its_row(tmp_path):
 def test_top_k_in_bulk_names_the_row_paths_features_and_values():
     """Ties keep column order, rows with nothing positive (or negative) give an empty cell, values equal
     the row path's .6g text; pyarrow 26 drops rows that are null throughout a join: none may go missing."""
-    from lrpcli.stream import top_features, top_features_bulk
+    from lrpcli.runs.rows import top_features, top_features_bulk
 
     names = [f"f{i}" for i in range(6)]
     rng = np.random.default_rng(3)

@@ -62,14 +62,14 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     """
     import torch
 
-    from ..conservation import check_conservation as run_check
-    from ..conservation import junit_xml, merge
+    from ..runs.conservation import check_conservation as run_check
+    from ..runs.conservation import junit_xml, merge
     from ..errors import CheckFailed, InputError, UsageError
-    from ..runner import resolve_device
+    from ..runs.images import resolve_device
     from ..sources.files import is_spec, load_spec
     from ..outputs import write_output
 
-    from ..shards import Shard, read_inputs_list
+    from ..runs.shards import Shard, read_inputs_list
 
     if options["report_path"] == "-":
         raise UsageError("--report takes a file name, not -", hint="the page is a file to open in a browser")
@@ -276,9 +276,9 @@ def _text_batches(explainer: Any, source: str, spec: Any, options: dict[str, Any
     from ..data.tabular import open_csv
     from ..data.text import TextTokenizer, batch_length, pad_batch, read_texts, text_format
     from ..errors import InputError, UsageError
-    from ..texts import batches as in_batches
-    from ..runner import resolve_device
-    from ..texts import check_vocabulary, fixed_length, mask_input
+    from ..runs.texts import batches as in_batches
+    from ..runs.images import resolve_device
+    from ..runs.texts import check_vocabulary, fixed_length, mask_input
 
     spec_input = spec.input if spec else {}
     tokenizer_path = options.get("tokenizer") or spec_input.get("tokenizer")

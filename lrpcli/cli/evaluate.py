@@ -89,7 +89,7 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..errors import UsageError
     from ..evaluate import BASELINES, Evaluator, feature_stats, resolve_baseline
     from ..sources.files import is_spec, load_spec
-    from ..runner import resolve_device
+    from ..runs.images import resolve_device
 
     if not inputs:
         raise UsageError("no INPUTS given", hint="give image files, folders, globs or one CSV file (or - for stdin)")
@@ -244,8 +244,8 @@ def _evaluate_texts(model: str, spec: Any, inputs: tuple[str, ...], options: dic
 
     from ..errors import UsageError
     from ..evaluate import BASELINES, TokenEvaluator, resolve_baseline
-    from ..runner import resolve_device
-    from ..texts import check_vocabulary, mask_input
+    from ..runs.images import resolve_device
+    from ..runs.texts import check_vocabulary, mask_input
     from .evaluate_text import open_texts, text_batches
 
     for flag in ("size", "resize", "crop", "mode", "mean", "std", "masks_dir", "save_arrays", "blur_sigma"):
@@ -398,7 +398,7 @@ def _image_batch(chunk: list[Any], preprocessing: Any, mask_paths: list[Path] | 
 
 def _csv_inputs(source: str, spec: Any, options: dict[str, Any], batch_size: int, model: Any) -> list:
     from ..errors import InputError
-    from ..stream import expected_features
+    from ..runs.rows import expected_features
     from .check import _csv_batches
 
     batches = _csv_batches(source, spec, {"mean": options["mean"], "std": options["std"], "batch_size": batch_size})

@@ -46,7 +46,7 @@ def text_batches(source: str, spec: Any, options: dict[str, Any], tokenizer: Any
     from ..data.tabular import open_csv
     from ..data.text import batch_length, pad_batch, read_texts, text_format
     from ..errors import InputError, UsageError
-    from ..texts import batches, fixed_length
+    from ..runs.texts import batches, fixed_length
 
     spec_input = spec.input if spec else {}
     text_col = options.get("text_col") or spec_input.get("text_col")

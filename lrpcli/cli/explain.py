@@ -103,9 +103,9 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..data.images import collect_images
     from ..errors import InputError, UsageError
     from ..sources.files import file_hash, is_spec, load_class_names, load_spec
-    from ..runner import ImageRunOptions, TargetSpec, explain_images
+    from ..runs.images import ImageRunOptions, TargetSpec, explain_images
 
-    from ..shards import Shard, read_inputs_list
+    from ..runs.shards import Shard, read_inputs_list
 
     shard = Shard.parse(options["shard"])
     if options["inputs_from"]:

@@ -140,7 +140,7 @@ def _try_image(model: Any, preprocessing: Any, inputs: tuple[str, ...], composit
 def _try_text(model: Any, entry: dict[str, Any], options: dict[str, Any], inputs: tuple[str, ...], composite: str | None) -> str:
     from ..data.text import TextTokenizer, pad_batch
     from ..engine.explainer import Explainer
-    from ..texts import mask_input
+    from ..runs.texts import mask_input
 
     if not inputs:
         return ""

@@ -34,7 +34,7 @@ def inspect(model: str, composite: str | None, input_shape: str | None, json_pat
     import torch
 
     from ..errors import UsageError
-    from ..inspect import inspect_model
+    from ..runs.inspect import inspect_model
     from ..sources.files import is_spec, load_spec
 
     spec = load_spec(model) if is_spec(model) else None

@@ -138,9 +138,9 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     from ..errors import InputError, UsageError
     from ..sources.files import load_class_names
     from ..outputs import atomic_text, is_stream
-    from ..runner import TargetSpec
-    from ..shards import Shard
-    from ..stream import explain_rows
+    from ..runs.images import TargetSpec
+    from ..runs.shards import Shard
+    from ..runs.rows import explain_rows
 
     spec_input = spec.input if spec else {}
     for flag in ("size", "resize", "crop", "mode"):

@@ -23,10 +23,10 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
     from ..errors import InputError, UsageError
     from ..sources.files import load_class_names
     from ..outputs import atomic_text
-    from ..runner import TargetSpec
-    from ..shards import Shard
+    from ..runs.images import TargetSpec
+    from ..runs.shards import Shard
     from ..render.text import HtmlWriter, TextWriter
-    from ..texts import explain_texts
+    from ..runs.texts import explain_texts
 
     spec_input = spec.input if spec else {}
     for flag in ("size", "resize", "crop", "mode", "mean", "std", "features", "drop"):

@@ -1,6 +1,6 @@
 """The page of an ``lrp check-conservation`` run (``--report FILE``): verdict, per-input gaps, per-layer ledger.
 
-Built from the report's dictionary (:meth:`lrpcli.conservation.ConservationReport.to_dict`, the same
+Built from the report's dictionary (:meth:`lrpcli.runs.conservation.ConservationReport.to_dict`, the same
 data as ``--json``) and a few facts about the run (model, inputs, versions). The ledger of a sample
 lists, layer by layer from the output down, the relevance each layer received and handed on and how
 what it kept splits into bias, stabiliser, a non-conservative rule's share and the rest ("other");

@@ -32,7 +32,7 @@ CHART_FEATURES = 30  # features drawn in the charts (the table lists all)
 CHUNK = 8192  # rows per streaming step: small enough that a page of 20,000 rows and of 2,000,000 peak alike
 PAGE_SIZE = 100
 TOP = 3  # features for and against shown per row
-#: columns of a result row that are not a feature's relevance (lrpcli.stream.FIXED)
+#: columns of a result row that are not a feature's relevance (lrpcli.runs.rows.FIXED)
 FIXED = ("id", "label", "prediction", "prediction_label", "target", "target_label", "logit", "relevance_sum", "top_positive", "top_negative")
 META = ("id", "label", "prediction", "prediction_label", "target", "target_label")
 ROW_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet", ".pq", ".arrow", ".arrows")

@@ -3,7 +3,7 @@
 
 from pathlib import Path
 
-from ...inspect import composites_text
+from ..listings import composites_text
 from . import rules_text
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from .data.text import Encoded, TextRecord, TextTokenizer, batch_length, pad_batch
-from .engine.explainer import Explainer
-from .errors import InputError, ModelError
-from .sources.files import saved_input
-from .runner import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
-from .render.text import token_entries, top_words, word_entries
+from ..data.text import Encoded, TextRecord, TextTokenizer, batch_length, pad_batch
+from ..engine.explainer import Explainer
+from ..errors import InputError, ModelError
+from ..sources.files import saved_input
+from .images import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
+from ..render.text import token_entries, top_words, word_entries
 
 MASK_NAMES = ("attention_mask", "mask")
 #: share of a text's relevance that may land on padding before the run says the model does not mask it

@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, InputError, ModelError, UnsupportedOpError, UsageError
-from .limits import BoundedLoader
+from ..errors import ConfigError, InputError, ModelError, UnsupportedOpError, UsageError
+from ..limits import BoundedLoader
 
 #: composites shown when none are given: plain LRP-0 (noisy, the baseline), the model's
 #: default (what ``lrp explain`` would draw) and the gamma composite -- seed 000's 0 / epsilon / gamma
@@ -146,7 +146,7 @@ def explain_rows(
     """
     import torch
 
-    from .runner import resolve_device, resolve_dtype
+    from .images import resolve_device, resolve_dtype
 
     options = options or CompareOptions()
     failures = failures if failures is not None else []
@@ -273,7 +273,7 @@ def heat_colours(heat: np.ndarray, scale: float, cmap: str = "bwr", pixels: np.n
 
     With ``pixels`` the heatmap is drawn over the input as `lrp explain --overlay` draws it
     (render.overlay_rgb: ``style`` colour keeps the input's colours, grey greys them)."""
-    from .render.heatmaps import colormap, overlay_rgb
+    from ..render.heatmaps import colormap, overlay_rgb
 
     heat = np.asarray(heat, dtype=np.float64)
     if pixels is not None:
@@ -459,8 +459,8 @@ def compare_images(
 ) -> CompareReport:
     """Write one figure per input under ``out`` (``<input path>.png``), or, with ``sheet``, one
     figure with a row per input to that path. Files are written atomically."""
-    from .outputs import inside, write_atomic, write_output
-    from .render.heatmaps import png_bytes
+    from ..outputs import inside, write_atomic, write_output
+    from ..render.heatmaps import png_bytes
 
     started = time.perf_counter()
     if len(labels) != len(explainers):

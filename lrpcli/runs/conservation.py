@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .engine.explainer import Explainer
+from ..engine.explainer import Explainer
 
 #: rules that conserve exactly on bias-free nets: for these the whole gap counts
 EXACT_RULES = ("z", "pass")

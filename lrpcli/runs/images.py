@@ -21,23 +21,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .data.images import ImageDataset, ImageInput, Preprocessing, collate
-from .engine.explainer import Explainer
-from .errors import ConfigError, InputError, LrpError, ModelError, OutputError, UnsupportedOpError, UsageError
-from .outputs import (
-    SummaryLog,
-    file_labels,
-    inside,
-    output_errors,
-    read_summary,
-    refuse_links_out,
-    safe_label,
-    save_array,
-    write_json,
-    write_summary,
-)
-from .registry import suggest
-from .render.heatmaps import COLORMAPS, Scale, relevance_map, save_heatmap
+from ..data.images import ImageDataset, ImageInput, Preprocessing, collate
+from ..engine.explainer import Explainer
+from ..errors import ConfigError, InputError, LrpError, ModelError, OutputError, UnsupportedOpError, UsageError
+from ..outputs import SummaryLog, file_labels, inside, output_errors, read_summary, refuse_links_out, safe_label, save_array, write_json, write_summary
+from ..registry import suggest
+from ..render.heatmaps import COLORMAPS, Scale, relevance_map, save_heatmap
 from .shards import Manifest, Shard, fingerprint, output_lock, suffix
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -500,7 +489,7 @@ def _input_roots(items: list[ImageInput], out: Path) -> dict[str, Any]:
 def _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report):
     x = torch.stack([tensor for _, tensor, _ in good]).to(device=device, dtype=dtype)
     if options.layers:  # named before any target is explained, so that the message names the option
-        from .engine.explainer import layer_outputs
+        from ..engine.explainer import layer_outputs
 
         try:
             layer_outputs(explainer.prepare(x)[0], options.layers)
@@ -628,7 +617,7 @@ def _label(index: int, classes: list[str] | None, blank: bool = False) -> str:
 
 
 def _run_json(explainer, preprocessing, options, targets, report, run_info) -> dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     return {
         "lrpcli": __version__,

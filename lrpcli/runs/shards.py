@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
-from .errors import InputError, UsageError
-from .outputs import write_json, write_summary
+from ..errors import InputError, UsageError
+from ..outputs import write_json, write_summary
 
 T = TypeVar("T")
 
@@ -71,7 +71,7 @@ def read_inputs_list(source: str) -> list[str]:
     needs is an InputError naming the file and line, not a read that grows until memory runs out."""
     import sys
 
-    from .limits import MAX_LIST_BYTES, MAX_LIST_LINE_BYTES, MAX_LISTED_INPUTS
+    from ..limits import MAX_LIST_BYTES, MAX_LIST_LINE_BYTES, MAX_LISTED_INPUTS
 
     name = "<stdin>" if source == "-" else source
     hint = "give a text file with one input path per line"

@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
-from .engine import ops
-from .engine.passes.canonizers import canonize, prune_dead
-from .engine.composite import Composite, load_composite
-from .engine.explainer import Explainer
-from .errors import LrpError
+from ..engine import ops
+from ..engine.passes.canonizers import canonize, prune_dead
+from ..engine.composite import Composite, load_composite
+from ..engine.explainer import Explainer
+from ..engine.listings import jsonable
+from ..errors import LrpError
 
 
 @dataclass
@@ -49,12 +50,6 @@ class InspectReport:
         return asdict(self)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def inspect_model(model: Any, example: torch.Tensor, composite: Any = "epsilon_plus_flat") -> InspectReport:
@@ -108,7 +103,7 @@ def inspect_model(model: Any, example: torch.Tensor, composite: Any = "epsilon_p
                 output_shape=shapes.get(node.name, []),
                 parameters=parameters,
                 rule=choice.rule.name if choice else None,
-                rule_params={k: _jsonable(v) for k, v in choice.rule.values.items()} if choice else {},
+                rule_params={k: jsonable(v) for k, v in choice.rule.values.items()} if choice else {},
                 matched_by=matched,
             )
         )
@@ -128,28 +123,3 @@ def inspect_model(model: Any, example: torch.Tensor, composite: Any = "epsilon_p
     )
 
 
-def composites_text() -> str:
-    """What ``lrp composites`` prints; the CLI prints the copy in ``rules/composites.txt`` (no torch to import;
-    tests/test_registry.py holds the two equal, ``python -m lrpcli.engine.rules`` writes it again)."""
-    from .engine.composite import builtin_names
-
-    lines = []
-    for name in builtin_names():
-        summary = composite_summary(name)
-        lines.append(f"{name}: {summary['description']}")
-        lines += [f"    {rule}" for rule in summary["rules"]]
-        params = ", ".join(f"{k}={v}" for k, v in summary["params"].items())
-        lines.append(f"    params: {params}; canonizers: {', '.join(summary['canonizers']) or '-'}")
-    return "\n".join(lines) + "\n"
-
-
-def composite_summary(composite: Any) -> dict[str, Any]:
-    """A built-in's rules per layer type and its parameters (for `lrp composites`)."""
-    comp = load_composite(composite)
-    return {
-        "name": comp.name,
-        "description": comp.description,
-        "params": {k: _jsonable(v) for k, v in comp.params.items()},
-        "rules": [entry.describe() for entry in comp.entries],
-        "canonizers": list(comp.canonizers),
-    }
