@@ -1,5 +1,8 @@
 """The ``lrp`` command line. Only this package prints, exits or imports click/rich.
 
+May import every layer (runs, report, evaluate, render, data, sources, engine, the ground); nothing
+imports it.
+
 Commands import torch lazily, so ``lrp --help`` stays fast. One exception boundary
 (:class:`LrpGroup`) turns every ``LrpError`` into its message and exit code.
 """

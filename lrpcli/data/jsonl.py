@@ -19,7 +19,7 @@ import torch
 
 from ..errors import InputError
 from .chunks import LineChunks
-from .tabular import Row, RowBatch, TabularColumns
+from .tabular import ColumnBatch, Row, RowBatch, TabularColumns
 
 SUFFIXES = (".jsonl", ".ndjson")
 
@@ -154,8 +154,6 @@ class _FastJson:
     def __call__(self, chunk: bytes, lines: int, done: int):
         import pyarrow as pa
         import pyarrow.compute as pc
-
-        from .columnar import ColumnBatch
 
         if chunk.count(b"\r") != chunk.count(b"\r\n"):
             return None

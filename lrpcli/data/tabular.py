@@ -13,8 +13,9 @@ import io
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import IO, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import InputError, UsageError
@@ -101,6 +102,49 @@ class RowBatch:
         if columns.std is not None:
             x = x / torch.tensor(columns.std, dtype=torch.float64)
         return x
+
+
+@dataclass
+class ColumnBatch:
+    """Rows that all parsed: their row numbers (header = 1), ids and labels (pyarrow string arrays) and
+    the raw feature values (float64, not yet standardised)."""
+
+    numbers: np.ndarray
+    ids: Any
+    labels: Any | None
+    x: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def take(self, keep: np.ndarray) -> "ColumnBatch":
+        import pyarrow as pa
+
+        index = pa.array(np.flatnonzero(keep))
+        return ColumnBatch(
+            self.numbers[keep], self.ids.take(index), None if self.labels is None else self.labels.take(index), self.x[torch.from_numpy(keep)]
+        )
+
+    def tensor(self, columns: TabularColumns) -> torch.Tensor:
+        x = self.x
+        if columns.mean is not None:
+            x = x - torch.tensor(columns.mean, dtype=torch.float64)
+        if columns.std is not None:
+            x = x / torch.tensor(columns.std, dtype=torch.float64)
+        return x
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Row], columns: TabularColumns) -> "ColumnBatch":
+        import pyarrow as pa
+
+        x = torch.tensor([row.values for row in rows], dtype=torch.float64).reshape(len(rows), len(columns.features))
+        labels = pa.array([row.label for row in rows], pa.string()) if columns.label_col else None
+        return cls(np.array([row.number for row in rows], dtype=np.int64), pa.array([row.id for row in rows], pa.string()), labels, x)
+
+    def to_rows(self) -> RowBatch:
+        ids = self.ids.to_pylist()
+        labels = self.labels.to_pylist() if self.labels is not None else [None] * len(ids)
+        return RowBatch([Row(int(n), i, l, v) for n, i, l, v in zip(self.numbers.tolist(), ids, labels, self.x.tolist())])
 
 
 @contextlib.contextmanager

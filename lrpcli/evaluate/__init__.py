@@ -3,6 +3,9 @@
 Small pure functions on tensors, and one driver (:class:`Evaluator`) that the CLI's
 ``lrp evaluate`` feeds batch by batch. Nothing here prints; errors are ``LrpError`` kinds.
 
+May import: the engine (explainers to score), sources (a model given as a path), data, render and the
+ground. Never runs, report or cli.
+
 Definitions (N inputs, L steps, k = 0..L; see ``docs`` in each function):
 
 - **Units** are what is removed together: a pixel (all its channels), a ``patch x patch``

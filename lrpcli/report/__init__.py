@@ -2,7 +2,11 @@
 
 One module per kind of run (images.py for image folders, evaluation.py for `lrp evaluate`, table.py for CSV-row results, text.py for text results,
 conservation.py for `lrp check-conservation --report`); page.py holds the shared template
-environment, charts.py the matplotlib charts embedded as data: URIs, and templates/ the pages. Pages are self-contained and link only files inside OUT."""
+environment and templates/ the pages; the charts are render/charts.py's. Pages are self-contained and
+link only files inside OUT.
+
+May import: render, data and the ground: a page is built from a run's files, never by running one (so
+nothing of the engine, sources, runs or cli)."""
 
 from pathlib import Path
 
