@@ -23,7 +23,7 @@ _EXPORTS = {
     "LayerRelevance": "lrpcli.engine.explainer",
     "load_model": "lrpcli.sources.files",
     "evaluate": "lrpcli.evaluate",
-    "capture": "lrpcli.engine.graph",
+    "capture": "lrpcli.engine.capture",
     "Graph": "lrpcli.engine.graph",
     "load_composite": "lrpcli.engine.composite",
     "Composite": "lrpcli.engine.composite",
@@ -44,7 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine.explainer import Explanation, LayerRelevance
     from .evaluate import evaluate
     from .errors import CheckFailed, ConfigError, InputError, LrpError, ModelError, UnsupportedOpError, UsageError
-    from .engine.graph import Graph, capture
+    from .engine.capture import capture
+    from .engine.graph import Graph
     from .sources.files import load_model
 
 

@@ -246,7 +246,7 @@ def test_torchscript_conversion_falls_back_to_fewer_dynamic_dims_and_says_so(mon
     with only the batch dim free, then with the exact shape; the graph's notes say which."""
     import torch._export.converter as converter
 
-    from lrpcli.engine.graph import torchscript_conversion
+    from lrpcli.engine.capture import torchscript_conversion
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).eval()

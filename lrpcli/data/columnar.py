@@ -18,15 +18,14 @@ import csv
 import io
 import itertools
 import sys
-from dataclasses import dataclass
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Iterator
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from .chunks import LineChunks
-from .tabular import ColumnBatch, Row, RowBatch, TabularColumns, open_rows, read_batches
+from .tabular import ColumnBatch, RowBatch, TabularColumns, open_rows, read_batches
 
 
 def is_parquet(path: str) -> bool:

@@ -21,7 +21,8 @@ from .passes.canonizers import canonize, keep_pool_indices, prune_dead
 from .composite import Assigned, Composite, load_composite
 from ..errors import InputError, ModelError, UnsupportedOpError, UsageError
 from .weights import loaded_model, model_tensors
-from .graph import Graph, Node, Ref, capture, map_leaves
+from .capture import capture
+from .graph import Graph, Node, Ref, map_leaves
 from ..registry import suggest
 from .rules import Ledger
 from .transposes import vjp

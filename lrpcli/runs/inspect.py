@@ -16,7 +16,7 @@ import torch
 
 from ..engine import ops
 from ..engine.passes.canonizers import canonize, prune_dead
-from ..engine.composite import Composite, load_composite
+from ..engine.composite import Composite
 from ..engine.explainer import Explainer
 from ..engine.listings import jsonable
 from ..errors import LrpError

@@ -41,12 +41,13 @@ import torch
 
 from ..engine import ops
 from ..errors import LrpWarning
-from ..engine.graph import _ID_VIEWS, Graph, Node, Ref, _unsupported_hint, channel_affine
+from ..engine.builder import _ID_VIEWS, _unsupported_hint
+from ..engine.graph import Graph, Node, Ref, channel_affine
 from ..engine.passes.norms import normalize
 
 FORMAT = 2
 #: lrpcli's modules whose code decides what a captured graph looks like (part of the key)
-_GRAPH_CODE = ("engine/graph.py", "engine/ops.py", "engine/passes/norms.py", "sources/safety.py", "sources/cache.py")
+_GRAPH_CODE = ("engine/graph.py", "engine/builder.py", "engine/capture.py", "engine/ops.py", "engine/passes/norms.py", "sources/safety.py", "sources/cache.py")
 #: the op namespaces an entry may name
 _NAMESPACES = ("aten", "prims")
 

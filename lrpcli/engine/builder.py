@@ -1,0 +1,421 @@
+"""fx GraphModule (of an ExportedProgram) -> :class:`~lrpcli.engine.graph.Graph`: each ATen node translated,
+constants folded, weighted layers and norms brought into one form, each node given its kind."""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any
+
+import torch
+import torch.fx
+
+from . import ops
+from ..errors import ModelError
+from .graph import Graph, Node, Ref, _walk, channel_affine
+
+
+#: ops after which token ids are still the input's ids (an embedding of them ends the walk)
+_ID_VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unsqueeze", "squeeze", "expand", "contiguous", "clone", "_to_copy", "to", "alias", "detach"}
+
+_MODULE_TYPE_BY_OP = {
+    "conv1d": "Conv1d",
+    "conv2d": "Conv2d",
+    "conv3d": "Conv3d",
+    "conv_transpose1d": "ConvTranspose1d",
+    "conv_transpose2d": "ConvTranspose2d",
+    "conv_transpose3d": "ConvTranspose3d",
+    "linear": "Linear",
+    "addmm": "Linear",
+    "mm": "Linear",
+    "matmul": "Linear",
+}
+
+
+def _module_of(fx_node: torch.fx.Node) -> tuple[str, str]:
+    stack = fx_node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, type_name = list(stack.values())[-1]
+    type_name = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    if "<locals>" in type_name or path.startswith("_empty"):  # TorchScript converter's wrapper
+        return "", ""
+    return path, type_name.rsplit(".", 1)[-1]
+
+
+class _Builder:
+    """Turns an fx GraphModule (from ExportedProgram.module()) into a Graph."""
+
+    def __init__(self, gm: torch.fx.GraphModule, source: str):
+        self.gm = gm
+        self.source = source
+        self.consts: dict[str, Any] = {}  # fx name -> tensor or python value
+        self.const_origin: dict[str, str] = {}  # fx name -> parameter path ("features.0.weight")
+        self.alias: dict[str, str] = {}  # fx name -> node name whose value it is
+        self.nodes: list[Node] = []
+        self.live: set[str] = set()  # names whose value depends on the input
+        self.integral: dict[str, bool] = {}  # live names whose values are integers or booleans (ids, masks, indices)
+        self.batch_dims: dict[str, int | None] = {}  # fx name -> the dim of its output that holds the samples
+        self.meta: set[str] = set()  # live names that only carry sizes (sym_size and arithmetic on it)
+        self.id_views: set[str] = set()  # the input and its views (reshape, casts): an embedding of these is the input
+        self.extra_inputs: tuple[str, ...] = ()
+        self.fresh_storages: set[int] = set()  # storages of constants the model made itself (x.new_zeros(...))
+
+    def build(self, extras: bool = False) -> Graph:
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        if extras and placeholders:  # the first input is explained; the others carry no relevance
+            for extra in placeholders[1:]:
+                self.live.add(extra.name)
+                self.meta.add(extra.name)
+                self._note_dtype(extra)
+            self.extra_inputs = tuple(p.name for p in placeholders[1:])
+            placeholders = placeholders[:1]
+        if len(placeholders) != 1:
+            raise ModelError(
+                f"the model takes {len(placeholders)} inputs; lrpcli explains models with exactly one input tensor",
+                hint="wrap the model in a module whose forward takes one tensor",
+            )
+        inp = placeholders[0]
+        self.live.add(inp.name)
+        self._note_dtype(inp)
+        self.id_views.add(inp.name)
+        val = inp.meta.get("val")
+        shape = tuple(val.shape) if val is not None else ()
+        dynamic = bool(shape) and not isinstance(shape[0], int)
+        self.batch_symbol = shape[0].node.expr if dynamic and isinstance(shape[0], torch.SymInt) else None
+        self.batch_dims[inp.name] = 0
+        input_shape = tuple(int(s) if isinstance(s, int) else -1 for s in shape)
+        output_name = None
+        for fx_node in self.gm.graph.nodes:
+            if fx_node.op == "get_attr":
+                self.consts[fx_node.name] = _get_attr(self.gm, fx_node.target)
+                self.const_origin[fx_node.name] = str(fx_node.target)
+            elif fx_node.op == "call_function":
+                self._add(fx_node)
+            elif fx_node.op == "call_module":
+                continue  # export's _guards_fn: shape guards, no data
+            elif fx_node.op == "output":
+                outputs = fx_node.args[0]
+                if isinstance(outputs, (tuple, list)):
+                    if len(outputs) != 1:
+                        raise ModelError(
+                            f"the model returns {len(outputs)} outputs; lrpcli explains one output tensor",
+                            hint="wrap the model so that forward returns only the logits",
+                        )
+                    outputs = outputs[0]
+                if not isinstance(outputs, torch.fx.Node) or outputs.name not in self.live:
+                    raise ModelError("the model's output does not depend on its input")
+                output_name = self.alias.get(outputs.name, outputs.name)
+        assert output_name is not None
+        return Graph(
+            input=inp.name,
+            nodes=self.nodes,
+            output=output_name,
+            source=self.source,
+            input_shape=input_shape,
+            dynamic_batch=dynamic,
+            extra_inputs=self.extra_inputs,
+        )
+
+    # -- helpers
+
+    def _arg(self, obj: Any) -> Any:
+        if isinstance(obj, torch.fx.Node):
+            name = self.alias.get(obj.name, obj.name)
+            if name in self.live:
+                return Ref(name)
+            if name in self.consts:
+                return self.consts[name]
+            raise ModelError(f"graph node '{obj.name}' is used before it is defined")
+        if isinstance(obj, tuple):
+            return tuple(self._arg(item) for item in obj)
+        if isinstance(obj, list):
+            return [self._arg(item) for item in obj]
+        if isinstance(obj, dict):
+            return {key: self._arg(item) for key, item in obj.items()}
+        return obj
+
+    def _origin_module(self, weight_arg: Any) -> str:
+        if isinstance(weight_arg, torch.fx.Node):
+            origin = self.const_origin.get(weight_arg.name, "")
+            if origin:
+                return origin.rsplit(".", 1)[0] if "." in origin else ""
+        return ""
+
+    def _add(self, fx_node: torch.fx.Node) -> None:
+        target = ops.out_of_place(fx_node.target)
+        if target is torch.ops.aten.view.default:
+            # reshape is view where a view is possible; the engine's decompositions (attention) may hand a view
+            # a tensor laid out differently from the fused op the model was traced with
+            target = torch.ops.aten.reshape.default
+        args = self._arg(fx_node.args)
+        kwargs = self._arg(dict(fx_node.kwargs))
+        deps: list[str] = []
+        _walk(args, deps)
+        _walk(kwargs, deps)
+        if deps and self._fresh_constant(fx_node, args, deps):
+            return
+        if not deps:  # constant subgraph (e.g. a transposed weight): fold it now
+            self.consts[fx_node.name] = self._fold(fx_node, target, args, kwargs)
+            self.const_origin[fx_node.name] = self._const_origin_of(fx_node)
+            return
+        self.live.add(fx_node.name)
+        self._note_dtype(fx_node)
+        op_name = ops.op_name(fx_node.target)
+        kind = ops.kind_of(fx_node.target)
+        if all(dep in self.meta for dep in deps):
+            kind = "meta"  # arithmetic on sizes only (a traced 1/sqrt(head_dim)): no data
+        elif kind != "embedding" and self._reads_only_ids(fx_node, deps):
+            kind = "meta"  # a mask or count made from the token ids ((ids != pad).float().sum(1)): no relevance
+        if kind == "meta":
+            self.meta.add(fx_node.name)
+        module, module_type = _module_of(fx_node)
+        node = Node(
+            batch_dim=self._batch_dim(fx_node),
+            name=fx_node.name,
+            target=target,
+            kind=kind,
+            args=tuple(args),
+            kwargs=kwargs,
+            module=module,
+            module_type=module_type,
+            op=op_name,
+        )
+        if kind == "route" and op_name in _ID_VIEWS and deps and deps[0] in self.id_views:
+            self.id_views.add(fx_node.name)
+        if kind in ("conv", "linear", "batchnorm"):
+            # the weight's parameter name says which layer owns it; TorchScript graphs have nothing else
+            weight_fx = fx_node.args[2] if op_name == "addmm" else fx_node.args[1] if len(fx_node.args) > 1 else None
+            origin = self._origin_module(weight_fx)
+            if origin and origin != node.module:
+                node.module, node.module_type = origin, ""
+            node = self._normalise_weighted(node, fx_node)
+        elif kind == "scale":
+            node = self._check_scale(node)
+        elif kind == "layernorm":
+            node = self._normalise_norm(node)
+        elif kind == "embedding":
+            node = self._check_embedding(node)
+        elif kind is None:
+            node.hint = _unsupported_hint(op_name)
+        if not node.module_type:
+            node.module_type = _guess_module_type(node)
+        if node.kind != "embedding" and not self.integral.get(node.name):
+            # masks and indices (int/bool) read by a float op carry no relevance: held, whatever the rule
+            # (int ops on the ids themselves, such as a view before the embedding, pass relevance on)
+            integral = tuple(dict.fromkeys(ref for ref in node.refs if self.integral.get(ref)))
+            if integral:
+                node = dataclasses.replace(node, held=tuple(dict.fromkeys(node.held + integral)))
+        if fx_node.target is operator.getitem:
+            source = fx_node.args[0]
+            source_name = self.alias.get(source.name, source.name)
+            src_node = self._find(source_name)
+            if src_node is not None and src_node.kind in ("batchnorm", "layernorm") and fx_node.args[1] == 0:
+                self.alias[fx_node.name] = source_name  # getitem(batch_norm(...), 0) is the output itself
+                self.live.discard(fx_node.name)
+                return
+        self.nodes.append(node)
+
+    def _reads_only_ids(self, fx_node: torch.fx.Node, deps: list[str]) -> bool:
+        """Does this op compute from integer values only (ids, masks, indices; meta values aside)? Then its
+        result is no activation either, whatever its dtype. Views and casts of the ids stay live: they lead to
+        the embedding, where the ids' relevance is collected."""
+        if ops.op_name(fx_node.target) in _ID_VIEWS and deps and deps[0] in self.id_views:
+            return False
+        return all(dep in self.meta or self.integral.get(dep, False) for dep in deps)
+
+    def _fresh_constant(self, fx_node: torch.fx.Node, args: tuple, deps: list[str]) -> bool:
+        """``x.new_zeros(size)`` with a fixed size: a new constant that reads only x's dtype, not its data.
+
+        Swin builds its shift mask this way and fills it in place; the fills are folded onto it (see _fold).
+        A size that follows the batch (or any other live value) keeps the op live.
+        """
+        op = ops.op_name(fx_node.target)
+        if not (op.startswith("new_") and op in ops.FACTORY_OPS) or deps != [args[0].name]:
+            return False
+        template = fx_node.args[0].meta.get("val")
+        if template is None:
+            return False
+        value = fx_node.target(torch.empty((), dtype=template.dtype), *args[1:], **self._arg(dict(fx_node.kwargs)))
+        self.consts[fx_node.name] = value
+        self.fresh_storages.add(value.untyped_storage().data_ptr())
+        return True
+
+    def _fold(self, fx_node: torch.fx.Node, target: Any, args: tuple, kwargs: dict) -> Any:
+        """The value of an op on constants only.
+
+        An in-place op on (a view of) a constant made by the model itself (``mask[h0:h1, w0:w1] = count``)
+        is applied in place, as in the model, so the fills reach the tensor later nodes read. A parameter or
+        buffer of the model is never written: there the op runs out of place.
+        """
+        first = args[0] if args else None
+        if (
+            ops.is_inplace(fx_node.target)
+            and isinstance(first, torch.Tensor)
+            and first.untyped_storage().data_ptr() in self.fresh_storages
+        ):
+            return fx_node.target(*args, **kwargs)
+        return target(*args, **kwargs)  # views (slice, view) of a fresh constant share its storage
+
+    def _note_dtype(self, fx_node: torch.fx.Node) -> None:
+        val = fx_node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            self.integral[fx_node.name] = not (val.is_floating_point() or val.is_complex())
+
+    def _batch_dim(self, fx_node: torch.fx.Node) -> int | None:
+        """The dim of the node's output that holds the samples, for per-sample totals: the dim whose size is
+        the input's symbolic batch size. A dim merged from the batch and another one (batch * heads) counts
+        only where the samples are its outer part (the node's input had them first); else None (unknown)."""
+        val = fx_node.meta.get("val")
+        if self.batch_symbol is None or not isinstance(val, torch.Tensor):
+            return 0
+        for index, size in enumerate(val.shape):
+            if not isinstance(size, torch.SymInt) or self.batch_symbol not in size.node.expr.free_symbols:
+                continue
+            if size.node.expr == self.batch_symbol:
+                self.batch_dims[fx_node.name] = index
+                return index
+            first = next((a for a in fx_node.all_input_nodes if a.name in self.batch_dims), None)
+            outer = index == 0 and first is not None and self.batch_dims[first.name] == 0
+            self.batch_dims[fx_node.name] = 0 if outer else None
+            return 0 if outer else None
+        return 0
+
+    def _find(self, name: str) -> Node | None:
+        for node in reversed(self.nodes):
+            if node.name == name:
+                return node
+        return None
+
+    def _const_origin_of(self, fx_node: torch.fx.Node) -> str:
+        for arg in fx_node.all_input_nodes:
+            origin = self.const_origin.get(arg.name)
+            if origin:
+                return origin
+        return ""
+
+    def _normalise_weighted(self, node: Node, fx_node: torch.fx.Node) -> Node:
+        """Bring conv/linear/batch-norm into the (input, weight, bias, ...) form rules expect."""
+        args = list(node.args)
+        name = node.op
+        if node.kind == "linear":
+            if name == "linear":
+                x, weight, bias = (args + [None, None])[:3]
+            elif name == "addmm":
+                bias, x, weight_t = args[:3]
+                weight = weight_t.t() if isinstance(weight_t, torch.Tensor) else weight_t
+                if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+                    return self._unsupported(node, "addmm with alpha/beta is not supported")
+            else:  # mm, matmul: x @ W
+                x, weight_t = args[:2]
+                if isinstance(x, Ref) and isinstance(weight_t, Ref):
+                    return dataclasses.replace(node, kind="product")  # two activations (attention's Q K^T, A V)
+                weight = weight_t.t() if isinstance(weight_t, torch.Tensor) and weight_t.ndim == 2 else None
+                bias = None
+            if not isinstance(x, Ref) or not isinstance(weight, torch.Tensor) or isinstance(bias, Ref):
+                return self._unsupported(
+                    node,
+                    f"'{name}' multiplies two activations (or a constant on the left); "
+                    "LRP rules need one activation times a constant weight matrix",
+                )
+            return dataclasses.replace(node, target=torch.ops.aten.linear.default, args=(x, weight, bias), kwargs={})
+        if node.kind == "conv":
+            while len(args) < 3:
+                args.append(None)
+            if not isinstance(args[0], Ref) or isinstance(args[1], Ref) or isinstance(args[2], Ref):
+                return self._unsupported(node, "convolution with a weight computed from the input")
+            return dataclasses.replace(node, args=tuple(args))
+        # batch-norm (eval): fold running statistics into one per-channel affine map
+        if name == "batch_norm":
+            x, weight, bias, mean, var, training, _momentum, eps = args[:8]
+        elif name == "_native_batch_norm_legit_no_training":
+            x, weight, bias, mean, var, _momentum, eps = args[:7]
+            training = False
+        else:  # native_batch_norm
+            x, weight, bias, mean, var, training, _momentum, eps = args[:8]
+        if training:
+            raise ModelError(
+                f"batch-norm at {node.describe()} runs in training mode",
+                hint="put the model in eval mode (model.eval()) before saving or explaining it",
+            )
+        if not all(isinstance(t, torch.Tensor) for t in (mean, var)) or not isinstance(x, Ref):
+            return self._unsupported(node, "batch-norm without running statistics")
+        scale = 1.0 / torch.sqrt(var + eps)
+        if weight is not None:
+            scale = weight * scale
+        shift = -mean * scale
+        if bias is not None:
+            shift = shift + bias
+        # the tuple-returning variants become a plain tensor; their getitem(…, 0) is aliased away
+        return dataclasses.replace(node, target=channel_affine, args=(x, scale, shift), kwargs={})
+
+    def _check_scale(self, node: Node) -> Node:
+        refs = [a for a in node.args if isinstance(a, Ref) and a.name not in self.meta]
+        if len(refs) > 1 and node.op in ("mul", "div"):
+            return dataclasses.replace(node, kind="product")  # the canonizers decide: gate, normaliser or product
+        if len(refs) > 1 or (len(refs) == 1 and not isinstance(node.args[0], Ref) and node.op == "div"):
+            return self._unsupported(node, f"'{node.op}' with the activation as divisor has no LRP rule in lrpcli")
+        return node
+
+    def _normalise_norm(self, node: Node) -> Node:
+        """Every layer/group/RMS norm spelling as one ``norms.normalize(x, weight, bias, ...)`` node."""
+        from .passes import norms
+
+        form = norms.from_op(node.op, node.args, node.kwargs)
+        if form is None:
+            return self._unsupported(node, f"'{node.op}' is a normalisation lrpcli does not know")
+        args, kwargs = form
+        if not isinstance(args[0], Ref) or any(isinstance(a, Ref) for a in args[1:]):
+            return self._unsupported(node, f"'{node.op}' with a weight computed from the input")
+        return dataclasses.replace(node, target=norms.normalize, args=args, kwargs=kwargs)
+
+    def _check_embedding(self, node: Node) -> Node:
+        weight, ids = node.args[:2]
+        if isinstance(weight, Ref) or not isinstance(ids, Ref):
+            return self._unsupported(node, "an embedding whose table is computed from the input")
+        if ids.name not in self.id_views:
+            # indices computed from the ids (RoBERTa's position ids count the non-padding tokens): a lookup of
+            # positions, a constant for relevance like a bias, whatever its indices are
+            self.meta.add(node.name)
+            return dataclasses.replace(node, kind="meta")
+        return node
+
+    @staticmethod
+    def _unsupported(node: Node, hint: str) -> Node:
+        return dataclasses.replace(node, kind=None, hint=hint)
+
+
+def _unsupported_hint(op_name: str) -> str:
+    return (
+        f"lrpcli has no LRP rule for '{op_name}'. Rewrite that part of the model with supported "
+        "ops (`lrp rules` lists them), or explain a sub-model that stops before it."
+    )
+
+
+def _guess_module_type(node: Node) -> str:
+    if node.op in _MODULE_TYPE_BY_OP and node.kind in ("conv", "linear"):
+        return _MODULE_TYPE_BY_OP[node.op]
+    if node.kind == "conv":
+        weight = node.args[1]
+        dims = weight.ndim - 2 if isinstance(weight, torch.Tensor) else 2
+        return f"ConvTranspose{dims}d" if node.is_transposed_conv else f"Conv{dims}d"
+    if node.kind == "batchnorm":
+        return "BatchNorm"
+    return ""
+
+
+def _get_attr(gm: torch.nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, torch.nn.Parameter):
+        return obj.detach()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    return obj
+
+
+def from_graph_module(gm: torch.fx.GraphModule, source: str, extras: bool = False) -> Graph:
+    """Build a Graph from the fx GraphModule of an ExportedProgram (``ep.module()``); with ``extras``, inputs
+    after the first are extra inputs that are never explained."""
+    return _Builder(gm, source).build(extras)

@@ -1,0 +1,216 @@
+"""Model -> graph: torch.export for nn.Modules, TorchScript conversion, ``.pt2`` programs as they are.
+
+One function, :func:`capture`, whatever the model; the private TorchScript converter is wrapped in
+:func:`torchscript_conversion`, the one place to fix if torch moves it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from typing import Any
+
+import torch
+
+from ..errors import ModelError
+from .builder import from_graph_module
+from .graph import Graph
+
+
+def capture(model: Any, example: torch.Tensor, exact_batch: bool = False, extras: dict[str, torch.Tensor] | None = None) -> Graph:
+    """Capture ``model`` (nn.Module, ScriptModule or ExportedProgram) as a Graph.
+
+    ``example`` is one input batch; its shape fixes everything but the batch size,
+    unless the model itself fixes the batch size (then ``exact_batch`` captures for
+    exactly ``example``'s batch).
+    """
+    if isinstance(model, torch.export.ExportedProgram):
+        return from_graph_module(model.module(), "exported_program", extras=bool(extras))
+    if extras and isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(
+            "extra inputs are supported for nn.Modules and exported programs, not yet for TorchScript files",
+            hint="save the model with torch.export.save (.pt2), or wrap it so that forward takes one tensor",
+        )
+    if isinstance(model, torch.jit.ScriptModule):
+        program, note = torchscript_conversion(model, example, exact_batch)
+        graph = from_graph_module(program.module(), "torchscript")
+        return graph.replace(notes=graph.notes + [note]) if note else graph
+    if isinstance(model, torch.nn.Module):
+        return from_graph_module(export_module(model, example, exact_batch, extras).module(), "export", extras=bool(extras))
+    raise ModelError(
+        f"cannot explain an object of type {type(model).__name__}",
+        hint="pass an nn.Module, a ScriptModule, an ExportedProgram or a path to a saved model",
+    )
+
+
+@contextlib.contextmanager
+def _quiet_torch():
+    """torch.export logs pages of internals when tracing fails; our error says what matters."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _example_batch(example: torch.Tensor) -> torch.Tensor:
+    """A batch of two samples: export treats a batch of 1 as a constant size."""
+    example = example.detach()
+    if example.ndim == 0:
+        raise ModelError("the example input is a scalar; give a batch with a leading batch dimension")
+    if example.shape[0] >= 2:
+        return example[:2]
+    return example.expand(2, *example.shape[1:]).clone()
+
+
+def export_module(
+    model: torch.nn.Module, example: torch.Tensor, exact_batch: bool = False, extras: dict[str, torch.Tensor] | None = None
+) -> torch.export.ExportedProgram:
+    """torch.export an eager module in eval mode with a dynamic batch dimension; ``extras`` are further
+    keyword inputs (an attention mask), batch first like the example."""
+    was_training = model.training
+    model.eval()
+    extras = dict(extras or {})
+    try:
+        with _quiet_torch():
+            if not exact_batch:
+                try:
+                    batch = {name: _example_batch(value) for name, value in extras.items()}
+                    dims = ({0: torch.export.Dim.AUTO},) + tuple({0: torch.export.Dim.AUTO} for _ in batch)
+                    if batch:
+                        dims = _named_dims(model, dims, list(batch))
+                    return _without_vmap(torch.export.export(model, (_example_batch(example),), kwargs=batch or None, dynamic_shapes=dims))
+                except Exception:  # e.g. code that bakes the batch size in: capture for exactly this batch
+                    pass
+            fixed = {name: value.detach() for name, value in extras.items()}
+            return _without_vmap(torch.export.export(model, (example.detach(),), kwargs=fixed or None))
+    except Exception as exc:  # torch raises many kinds here; all mean "cannot capture"
+        hint = (
+            "the model's forward must be traceable by torch.export for an input shaped "
+            f"{tuple(example.shape)}; check the input shape (it holds a batch: (N, C, H, W) images, (N, F) rows, "
+            "x[None] for one input), or save the model with torch.jit.script"
+        )
+        if isinstance(exc, TypeError) and "argument" in str(exc):
+            hint = "give the model's other inputs (e.g. an attention mask) with inputs={name: tensor}, or wrap it so that forward takes one tensor"
+        raise ModelError(f"torch.export could not capture {type(model).__name__}: {_first_line(exc)}", hint=hint) from exc
+    finally:
+        model.train(was_training)
+
+
+def _named_dims(model: torch.nn.Module, dims: tuple, extras: list[str]) -> dict[str, Any]:
+    """torch.export wants dynamic shapes by parameter name once keyword inputs are given."""
+    import inspect
+
+    first = next(iter(inspect.signature(model.forward).parameters))
+    return {first: dims[0], **{name: spec for name, spec in zip(extras, dims[1:])}}
+
+
+def _without_vmap(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Code that uses torch.vmap (Hugging Face transformers 4.5x builds attention masks so) exports as
+    functorch nesting ops, which only run in order as one region; lowering to ATen inlines them."""
+    functorch = any(
+        node.op == "call_function" and str(getattr(node.target, "__module__", "")).startswith("torch._functorch")
+        for node in program.graph.nodes
+    )
+    recurrent = {node.target for node in program.graph.nodes if node.op == "call_function" and node.target in _RECURRENT}
+    if recurrent:  # nn.LSTM / nn.GRU run as one fused op: written out as their cells (linear, sigmoid gates, tanh)
+        from torch._decomp import decomposition_table
+
+        return program.run_decompositions({op: decomposition_table[op] for op in recurrent})
+    return program.run_decompositions({}) if functorch else program
+
+
+_RECURRENT = tuple(
+    getattr(getattr(torch.ops.aten, name), overload)
+    for name in ("lstm", "gru", "rnn_tanh", "rnn_relu")
+    for overload in ("input", "data")
+)
+
+
+def torchscript_to_exported(
+    scripted: torch.jit.ScriptModule, example: torch.Tensor, exact_batch: bool = False
+) -> torch.export.ExportedProgram:
+    """Convert a TorchScript module to an ExportedProgram (see :func:`torchscript_conversion`)."""
+    return torchscript_conversion(scripted, example, exact_batch)[0]
+
+
+#: TorchScript conversions, most general first: every dim dynamic (torch's default), only the batch dim,
+#: nothing (exactly the example's shape). Shape arithmetic such as Swin's window padding defeats the first.
+_CONVERSIONS = ("dynamic", "batch", "static")
+
+
+def torchscript_conversion(
+    scripted: torch.jit.ScriptModule, example: torch.Tensor, exact_batch: bool = False
+) -> tuple[torch.export.ExportedProgram, str | None]:
+    """Convert a TorchScript module to an ExportedProgram, and say how if not in the general way.
+
+    Wraps torch's private ``TS2EPConverter`` (checked on torch 2.13: traced and scripted
+    models convert, parameter names kept); if torch moves it, this is the one place to fix.
+    Where the conversion with dynamic shapes fails (data-dependent guards on the model's
+    shape arithmetic), it is retried with only the batch dim dynamic, then for exactly the
+    example's shape; the note says which.
+    """
+    try:
+        from torch._export.converter import TS2EPConverter
+    except ImportError as exc:  # pragma: no cover - depends on the torch version
+        raise ModelError(
+            f"this torch ({torch.__version__}) has no TorchScript converter",
+            hint="save the model with torch.export.save (.pt2) or as a state dict with its architecture",
+        ) from exc
+    scripted.eval()
+    first_error: Exception | None = None
+    for mode in _CONVERSIONS[2:] if exact_batch else _CONVERSIONS:
+        sample = example.detach() if mode == "static" else _example_batch(example)
+        try:
+            with _quiet_torch(), _dynamic_dims(mode):
+                program = TS2EPConverter(scripted, (sample,)).convert()
+        except Exception as exc:  # torch raises many kinds here; all mean "cannot convert this way"
+            first_error = first_error or exc
+            continue
+        note = {
+            "dynamic": None,
+            "batch": "the TorchScript model was converted with only its batch size free (its shape arithmetic fixes the rest)",
+            "static": f"the TorchScript model was converted for exactly inputs shaped {tuple(example.shape)} "
+            "(its shape arithmetic defeats a dynamic conversion); save it with torch.export for other batch sizes",
+        }[mode]
+        return program, (None if exact_batch else note)
+    raise ModelError(
+        f"could not convert the TorchScript model to a graph: {_first_line(first_error)}",
+        hint="check the input shape; or save the model with torch.export.save (.pt2)",
+    ) from first_error
+
+
+@contextlib.contextmanager
+def _dynamic_dims(mode: str):
+    """Make TS2EPConverter's retrace treat every dim as dynamic (its default), only the batch dim, or none.
+
+    The converter passes ``Dim.AUTO`` for every dim to ``torch.export._trace._export``; this swaps that
+    argument for one call (the converter has no option for it)."""
+    if mode == "dynamic":
+        yield
+        return
+    import torch.export._trace as trace
+
+    real = trace._export
+
+    def export(*args, **kwargs):
+        if "dynamic_shapes" in kwargs:
+            kwargs["dynamic_shapes"] = ({0: torch.export.Dim.AUTO},) if mode == "batch" else None
+            kwargs["prefer_deferred_runtime_asserts_over_guards"] = True  # sizes computed with .item(): checked when run
+        return real(*args, **kwargs)
+
+    trace._export = export
+    try:
+        yield
+    finally:
+        trace._export = real
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
