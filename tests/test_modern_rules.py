@@ -353,7 +353,7 @@ def test_attention_weights_are_not_kept_through_the_forward_pass():
     """The T x T parts of an attention are recomputed in the walk (what keeps attnlrp's memory within 1.5x the
     gradient's, benchmarks/transformers_results.md), and the relevance is what it is with them kept."""
     from lrpcli import Explainer
-    from lrpcli.engine.explainer import ATTENTION_PARTS, record
+    from lrpcli.engine.propagate import ATTENTION_PARTS, record
     from lrpcli.engine.ops import op_name
 
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lrpcli import Explainer, explain
-from lrpcli.engine import explainer as engine_module
+from lrpcli.engine import propagate as propagate_module
 from lrpcli.sources.architectures import MiniVGG, ResNet
 from lrpcli.engine.graph import Node, Ref
 from lrpcli.engine.transposes import _DIRECT, _autograd_vjp, vjp
@@ -139,8 +139,8 @@ def test_dropping_relu_outputs_changes_nothing(monkeypatch, composite):
     explainer = Explainer(model, composite)
     fast = explainer.explain(x).relevance
     graph, _ = explainer.prepare(x)
-    assert engine_module._recomputable(graph), "MiniVGG has ReLUs whose outputs should be dropped"
-    monkeypatch.setattr(engine_module, "_recomputable", lambda graph: {})  # keep every value
+    assert propagate_module._recomputable(graph), "MiniVGG has ReLUs whose outputs should be dropped"
+    monkeypatch.setattr(propagate_module, "_recomputable", lambda graph: {})  # keep every value
     kept = Explainer(model, composite).explain(x).relevance
     torch.testing.assert_close(fast, kept, rtol=0, atol=0)
 
@@ -151,7 +151,7 @@ def test_dropped_relu_outputs_are_really_dropped():
     explainer = Explainer(model.float(), "epsilon")
     graph, _ = explainer.prepare(x)
     with torch.inference_mode():
-        values = engine_module.record(graph, x)
+        values = propagate_module.record(graph, x)
     relus = [node.name for node in graph.nodes if node.op.startswith("relu")]
     assert relus and all(name not in dict(values) for name in relus[:-1])
     recomputed = values[relus[0]]  # recomputed on demand, equal to the real thing

@@ -1,0 +1,309 @@
+"""The walk: run the prepared graph forward once, keeping what the rules need (:func:`record`), then walk
+it backward from the output's relevance, each node's rule turning the relevance of its output into that
+of its inputs (:func:`propagate`). Explainer (explainer.py) prepares the graph and calls these."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import ops
+from ..errors import UnsupportedOpError
+from .composite import Assigned
+from .graph import Graph, Node, Ref, map_leaves
+from .rules import Ledger
+from .transposes import vjp
+
+
+@dataclass
+class LayerRelevance:
+    """Relevance totals (per sample) at one node: what reached its output, what it handed down."""
+
+    node: str
+    module: str
+    module_type: str
+    kind: str
+    op: str
+    rule: str  # the rule's name; "route" for shape/pooling ops, "pass" for element-wise ones
+    relevance_out: torch.Tensor  # (batch,)
+    relevance_in: torch.Tensor  # (batch,)
+    bias: torch.Tensor | None = None  # (batch,) what biases (and constants) absorbed
+    stabilizer: torch.Tensor | None = None  # (batch,) what epsilon / stabilisers absorbed
+    rule_share: torch.Tensor | None = None  # (batch,) what a non-conservative rule took (softmax's Taylor rule)
+
+    @property
+    def absorbed(self) -> torch.Tensor:
+        return self.relevance_out - self.relevance_in
+
+    @property
+    def other(self) -> torch.Tensor:
+        """Loss not explained by biases, stabilisers or the rule itself (e.g. relevance at z = 0)."""
+        explained = torch.zeros_like(self.absorbed)
+        for part in (self.bias, self.stabilizer, self.rule_share):
+            if part is not None:
+                explained = explained + part
+        return self.absorbed - explained
+
+
+
+# --------------------------------------------------------------------------- the forward pass
+
+#: element-wise ops cheap and deterministic enough to recompute in the backward walk instead of keeping
+RECOMPUTABLE = {
+    "relu", "leaky_relu", "relu6", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "elu", "selu", "celu",
+    "softplus", "mish", "hardswish", "hardsigmoid", "prelu",
+}
+
+
+class Recorded(dict):
+    """Node outputs of the forward pass, by name, for the backward walk.
+
+    Outputs of element-wise activations (ReLU, ...) are dropped as soon as the forward
+    pass is done with them and recomputed from their input when a rule asks for them:
+    the pre-activation is kept anyway (rules divide by it), so this keeps what is held
+    close to what autograd saves for a plain gradient.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: dropped outputs: the node that recomputes each, and a zero-memory stand-in of its shape and dtype
+        self.recomputable: dict[str, tuple[Node, torch.Tensor]] = {}
+
+    def drop(self, name: str, node: Node) -> None:
+        value = super().pop(name)
+        self.recomputable[name] = (node, torch.zeros((), dtype=value.dtype, device=value.device).expand(value.shape))
+
+    def stand_in(self, name: str) -> Any:
+        """The value, or for a dropped one that is not back yet its zero-memory stand-in
+        (for transposes that only read the input's shape, e.g. a max-pool's)."""
+        if dict.__contains__(self, name) or name not in self.recomputable:
+            return self[name]
+        return self.recomputable[name][1]
+
+    def __missing__(self, name: str) -> Any:
+        if name not in self.recomputable:
+            raise KeyError(name)
+        value = self[name] = self.recomputable[name][0].call(self)
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def pop(self, name: str, *default: Any) -> Any:
+        self.recomputable.pop(name, None)
+        return super().pop(name, *default)
+
+
+#: the parts of a decomposed attention (transformer_passes): the T x T scores, masked scores and weights are
+#: recomputed from q and k when the walk reaches them, as flash attention's backward does, instead of kept
+ATTENTION_PARTS = {"attention_scores", "apply_mask", "causal_fill", "attention_weights"}
+
+
+def _recomputable(graph: Graph) -> dict[str, int]:
+    """Nodes whose outputs can be dropped after the forward pass, mapped to the index of their last reader:
+    element-wise activations of one input, and the attention parts between q, k and the weights."""
+    last_reader: dict[str, int] = {}
+    for index, node in enumerate(graph.nodes):
+        for ref in node.refs:
+            last_reader[ref] = index
+    droppable = {}
+    for node in graph.nodes:
+        if node.name == graph.output or node.name not in last_reader:
+            continue
+        name = ops.op_name(ops.out_of_place(node.target))
+        activation = node.kind == "elementwise" and name in RECOMPUTABLE and len(node.refs) == 1
+        if activation or name in ATTENTION_PARTS:
+            droppable[node.name] = last_reader[node.name]
+    return droppable
+
+
+def record(graph: Graph, x: torch.Tensor, extras: dict[str, torch.Tensor] | None = None) -> Recorded:
+    """Run ``graph`` forward on ``x``, keeping what the backward walk needs."""
+    droppable = _recomputable(graph)
+    drop_after: dict[int, list[str]] = {}
+    for name, index in droppable.items():
+        drop_after.setdefault(index, []).append(name)
+    by_name = {node.name: node for node in graph.nodes}
+    values = Recorded()
+    values.update(graph.inputs(x, extras))
+    for index, node in enumerate(graph.nodes):
+        values[node.name] = node.call(values)
+        for name in drop_after.get(index, ()):
+            dropped = by_name[name]
+            if ops.op_name(dropped.target) in ATTENTION_PARTS:  # a chain of attention parts may all go
+                recomputable = all(dict.__contains__(values, s) or s in values.recomputable for s in dropped.refs)
+            else:  # an activation: only if its input is kept (no chains of recomputation)
+                recomputable = all(dict.__contains__(values, s) and s not in values.recomputable for s in dropped.refs)
+            if recomputable and isinstance(values[name], torch.Tensor):
+                values.drop(name, dropped)
+    return values
+
+
+# --------------------------------------------------------------------------- the backward walk
+
+
+def _activation_inputs(node: Node, values: Recorded, meta: set[str]) -> list[str]:
+    seen: list[str] = []
+    for ref in node.refs:
+        if ref in meta or ref in seen or ref in node.held:
+            continue
+        if ref in values.recomputable or isinstance(values.get(ref), (torch.Tensor, tuple, list)):
+            seen.append(ref)
+    return seen
+
+
+def _total(relevance: Any, batch: int, batch_dim: int = 0) -> torch.Tensor:
+    """Per-sample totals of a node's relevance, whichever dim holds the samples (a merged batch*heads dim too)."""
+    if isinstance(relevance, dict):
+        parts = [_total(r, batch, batch_dim) for r in relevance.values()]
+        return sum(parts[1:], parts[0])
+    if relevance.ndim == 0:
+        return relevance.reshape(1)
+    return relevance.movedim(min(batch_dim, relevance.ndim - 1), 0).reshape(batch, -1).sum(dim=1)
+
+
+def _same_storage(a: Any, b: Any) -> bool:
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _node_relevance(
+    node: Node,
+    assigned: Assigned | None,
+    values: Recorded,
+    inputs: list[str],
+    pending: dict[str, Any],
+    ledger: Ledger | None,
+    returned: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Relevance of each activation input of ``node``, taking the relevance of its output from ``pending``."""
+    kind = node.kind
+    if kind in ("conv", "linear", "batchnorm"):
+        # popped inline, so that the rule holds the only references to the output and its relevance and can
+        # free them as soon as it has divided one by the other (a layer's worth of memory at the peak)
+        # The rule may also overwrite the output (alpha-beta turns it into z-): nothing else reads it by now (its
+        # readers come later in the graph and were walked first), except the outputs handed back to the caller.
+        source = node.args[0].name
+        z = values.pop(node.name)
+        if returned is not None and _same_storage(z, returned):
+            z = z.clone()
+        return {source: assigned.rule.weighted(node, values[source], z, pending.pop(node.name), ledger=ledger)}
+    relevance = pending.pop(node.name)
+    if kind in ops.PROPORTIONAL_KINDS:
+        return assigned.rule.proportional(node, values, inputs, values[node.name], relevance, ledger=ledger)
+    if kind in ops.TRANSFORMER_KINDS:
+        return assigned.rule.propagate(node, values, inputs, values[node.name], relevance, ledger=ledger)
+    if kind == "embedding":  # the input ids: a token's relevance is its embedding's, summed over the hidden dim
+        return {inputs[0]: relevance.sum(dim=-1)}
+    if kind == "elementwise":
+        if len(inputs) == 1 and values.stand_in(inputs[0]).shape == relevance.shape:
+            return {inputs[0]: relevance}
+        return vjp(node, values, inputs, relevance)
+    if kind == "route":
+        if node.target is operator.getitem and isinstance(values[inputs[0]], (tuple, list)):
+            return {inputs[0]: {node.args[1]: relevance}}  # one part of a multi-output op
+        if isinstance(relevance, dict):  # the parts of this op's tuple output (None: no relevance reached it)
+            relevance = [relevance.get(i) for i in range(len(values[node.name]))]
+        return vjp(node, values, [name for name in inputs if isinstance(values.stand_in(name), torch.Tensor)], relevance)
+    raise UnsupportedOpError(node.op, node.name, node.module, node.module_type, hint=node.hint)
+
+
+def _reads_constants(node: Node, meta: set[str]) -> bool:
+    """Whether a route node moves constant values too (a concatenated class token, a padded border)."""
+    found: list[bool] = []
+
+    def visit(leaf: Any) -> Any:
+        if (isinstance(leaf, torch.Tensor) and leaf.numel() > 0) or (isinstance(leaf, Ref) and leaf.name in meta):
+            found.append(True)
+        return leaf
+
+    map_leaves(node.args, visit)
+    return bool(found)
+
+
+def _accumulate(store: dict[str, Any], name: str, relevance: Any) -> None:
+    current = store.get(name)
+    if current is None:
+        store[name] = relevance
+    elif isinstance(current, dict):
+        for index, part in relevance.items():
+            current[index] = current[index] + part if index in current else part
+    else:
+        store[name] = current + relevance
+
+
+def propagate(
+    graph: Graph,
+    assigned: dict[str, Assigned],
+    values: dict[str, Any],
+    initial: torch.Tensor,
+    record: bool = False,
+    kept: dict[str, torch.Tensor] | None = None,
+    watched: dict[str, str] | None = None,
+) -> tuple[torch.Tensor | None, dict[str, LayerRelevance] | None]:
+    """Walk ``graph`` backward from ``initial`` (relevance of the output), freeing values as it goes.
+
+    Returns the input's relevance and, with ``record``, the per-node totals in graph order. ``kept``
+    receives the relevance of the token embeddings (its "embedding" key) where the ids are looked up.
+    """
+    meta = {node.name for node in graph.nodes if node.kind == "meta"}
+    relevance: dict[str, Any] = {graph.output: initial}
+    layers: dict[str, LayerRelevance] = {}
+    returned = values.get(graph.output)  # the caller's outputs: rules get a copy if a layer's output is (a view of) them
+    batch = initial.shape[0]
+    batch_dims = {node.name: node.batch_dim for node in graph.nodes} if record else {}
+    for node in reversed(graph.nodes):
+        if relevance.get(node.name) is None or node.kind == "meta":
+            relevance.pop(node.name, None)
+            if node.kind != "meta":
+                values.pop(node.name, None)
+            continue
+        inputs = _activation_inputs(node, values, meta)
+        ledger = Ledger(batch, node.batch_dim or 0, features_last=node.kind == "linear") if record else None
+        # per-sample totals need each tensor's sample dim; where attention code has mixed the samples into
+        # another dim (seq*batch), the node is left out of the per-layer record (such nodes only move values)
+        countable = record and node.batch_dim is not None and all(batch_dims.get(name, 0) is not None for name in inputs)
+        total_out = _total(relevance[node.name], batch, node.batch_dim) if countable else None
+        if kept is not None and watched and node.name in watched and isinstance(relevance[node.name], torch.Tensor):
+            kept[f"layer:{watched[node.name]}"] = relevance[node.name]
+        if kept is not None and node.kind == "embedding":
+            previous = kept.get("embedding")
+            kept["embedding"] = relevance[node.name] if previous is None else previous + relevance[node.name]
+        outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, relevance, ledger, returned)
+        total_in = (
+            sum((_total(p, batch, batch_dims.get(name, 0)) for name, p in outgoing.items()), torch.zeros_like(total_out))
+            if countable
+            else None
+        )
+        absorbed = not outgoing
+        for name in list(outgoing):  # popped, so that the next step's rule holds the only reference
+            _accumulate(relevance, name, outgoing.pop(name))
+        if countable and node.held and absorbed and ledger.bias is None:
+            ledger.bias = total_out - total_in  # every live input held (a recurrent gate times a bias): absorbed
+        if countable and node.kind == "route" and _reads_constants(node, meta):
+            ledger.bias = total_out - total_in  # e.g. a ViT's class token, concatenated: a constant's share
+        if record and total_out is not None:
+            rule = assigned[node.name].rule.name if node.name in assigned else ("route" if node.kind == "route" else "pass")
+            layers[node.name] = LayerRelevance(
+                node=node.name,
+                module=node.module,
+                module_type=node.module_type,
+                kind=node.kind or "",
+                op=node.op,
+                rule=rule,
+                relevance_out=total_out,
+                relevance_in=total_in,
+                bias=ledger.bias,
+                stabilizer=ledger.stabilizer,
+                rule_share=ledger.rule,
+            )
+        values.pop(node.name, None)
+    result = relevance.get(graph.input)
+    if record:
+        layers = dict(reversed(list(layers.items())))
+    return result, (layers if record else None)
