@@ -266,7 +266,8 @@ def pipeline(count: int, log: Callable[[str], None]) -> dict[str, float]:
     from lrpcli.cli.options import build_composite, load_model_option, spec_preprocessing
     from lrpcli.data.images import ImageDataset, collect_images
     from lrpcli.sources.files import load_spec
-    from lrpcli.runs.images import ImageRunOptions, TargetSpec, explain_images
+    from lrpcli.runs.choices import TargetSpec
+    from lrpcli.runs.images import ImageRunOptions, explain_images
     from lrpcli.sources.samples import make_shapes
 
     spec_path = ROOT / "sample_models" / "shapes_minivgg" / "model.yaml"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lrpcli.runs import image_files
 from lrpcli.runs import images as runner
 
 from cli_support import lrp, minivgg, save_torchscript, write_image
@@ -43,7 +44,7 @@ def test_a_failed_write_stops_the_run_with_the_error(inputs, tmp_path, monkeypat
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(runner, "save_array", broken)
+    monkeypatch.setattr(image_files, "save_array", broken)
     result = lrp("explain", model, images, "--batch-size", "4", "-q", out=tmp_path / "o")
     assert result.result.exit_code != 0
     assert "disk full" in result.result.output + str(result.result.exception)

@@ -65,7 +65,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     from ..runs.conservation import check_conservation as run_check
     from ..runs.conservation import junit_xml, merge
     from ..errors import CheckFailed, InputError, UsageError
-    from ..runs.images import resolve_device
+    from ..runs.choices import resolve_device
     from ..sources.files import is_spec, load_spec
     from ..outputs import write_output
 
@@ -277,7 +277,7 @@ def _text_batches(explainer: Any, source: str, spec: Any, options: dict[str, Any
     from ..data.text import TextTokenizer, batch_length, pad_batch, read_texts, text_format
     from ..errors import InputError, UsageError
     from ..runs.texts import batches as in_batches
-    from ..runs.images import resolve_device
+    from ..runs.choices import resolve_device
     from ..runs.texts import check_vocabulary, fixed_length, mask_input
 
     spec_input = spec.input if spec else {}

@@ -58,11 +58,12 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     (0 is the colour map's centre: red for, blue against the target with bwr), scaled by
     each panel's largest |relevance|, or with --shared-scale by each row's.
     """
-    from ..runs.compare import DEFAULT_COMPOSITES, MAX_SHEET_ROWS, CompareOptions, CompositeChoice, compare_images
+    from ..runs.compare import DEFAULT_COMPOSITES, MAX_SHEET_ROWS, CompareOptions, compare_images
+    from ..runs.choices import CompositeChoice
     from ..data.images import collect_images
     from ..errors import ConfigError, InputError, UsageError
     from ..sources.files import is_spec, load_class_names, load_spec
-    from ..runs.images import TargetSpec
+    from ..runs.choices import TargetSpec
 
     if not inputs:
         raise UsageError("no INPUTS given", hint="give image files, folders or globs")

@@ -89,7 +89,7 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..errors import UsageError
     from ..evaluate import BASELINES, Evaluator, feature_stats, resolve_baseline
     from ..sources.files import is_spec, load_spec
-    from ..runs.images import resolve_device
+    from ..runs.choices import resolve_device
 
     if not inputs:
         raise UsageError("no INPUTS given", hint="give image files, folders, globs or one CSV file (or - for stdin)")
@@ -244,7 +244,7 @@ def _evaluate_texts(model: str, spec: Any, inputs: tuple[str, ...], options: dic
 
     from ..errors import UsageError
     from ..evaluate import BASELINES, TokenEvaluator, resolve_baseline
-    from ..runs.images import resolve_device
+    from ..runs.choices import resolve_device
     from ..runs.texts import check_vocabulary, mask_input
     from .evaluate_text import open_texts, text_batches
 

@@ -103,7 +103,8 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..data.images import collect_images
     from ..errors import InputError, UsageError
     from ..sources.files import file_hash, is_spec, load_class_names, load_spec
-    from ..runs.images import ImageRunOptions, TargetSpec, explain_images
+    from ..runs.images import ImageRunOptions, explain_images
+    from ..runs.choices import TargetSpec
 
     from ..runs.shards import Shard, read_inputs_list
 

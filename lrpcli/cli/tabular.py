@@ -138,7 +138,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     from ..errors import InputError, UsageError
     from ..sources.files import load_class_names
     from ..outputs import atomic_text, is_stream
-    from ..runs.images import TargetSpec
+    from ..runs.choices import TargetSpec
     from ..runs.shards import Shard
     from ..runs.rows import explain_rows
 

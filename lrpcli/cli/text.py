@@ -23,7 +23,7 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
     from ..errors import InputError, UsageError
     from ..sources.files import load_class_names
     from ..outputs import atomic_text
-    from ..runs.images import TargetSpec
+    from ..runs.choices import TargetSpec
     from ..runs.shards import Shard
     from ..render.text import HtmlWriter, TextWriter
     from ..runs.texts import explain_texts

@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import ConfigError, InputError, ModelError, UnsupportedOpError, UsageError
-from ..limits import BoundedLoader
 
 #: composites shown when none are given: plain LRP-0 (noisy, the baseline), the model's
 #: default (what ``lrp explain`` would draw) and the gamma composite -- seed 000's 0 / epsilon / gamma
@@ -35,62 +34,6 @@ FONT_SIZE = 13
 
 
 # --------------------------------------------------------------------------- choosing composites
-
-
-@dataclass(frozen=True)
-class CompositeChoice:
-    """One ``-c`` value: a composite name or file, with parameters for this column only."""
-
-    spec: str
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, text: str) -> "CompositeChoice":
-        """``NAME`` or ``NAME:KEY=VALUE[,KEY=VALUE...]`` (values in YAML: ``low=[-2,-2,-2]``)."""
-        import yaml
-
-        text = str(text).strip()
-        name, sep, rest = text.rpartition(":")
-        if not sep or "=" not in rest or not name:
-            return cls(text)
-        params: dict[str, Any] = {}
-        for item in _split_top_level(rest):
-            key, eq, raw = item.partition("=")
-            if not eq or not key.strip():
-                raise UsageError(f"-c {text}: expected NAME:KEY=VALUE[,KEY=VALUE], got {item!r}", hint="e.g. -c epsilon:epsilon=0.25")
-            try:
-                params[key.strip()] = yaml.load(raw, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader, bounded
-            except yaml.YAMLError as exc:
-                raise UsageError(f"-c {text}: bad value in {item!r}: {exc}") from exc
-        return cls(name.strip(), params)
-
-    def label(self, composite_name: str) -> str:
-        if not self.params:
-            return composite_name
-        return f"{composite_name} ({', '.join(f'{k}={_short(v)}' for k, v in self.params.items())})"
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas outside brackets: ``epsilon=0.25,low=[-2,-2]`` -> two items."""
-    items, depth, current = [], 0, ""
-    for char in text:
-        depth += char in "[{("
-        depth -= char in "]})"
-        if char == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += char
-    items.append(current)
-    return [item for item in (i.strip() for i in items) if item]
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_short(v) for v in value) + "]"
-    return str(value)
 
 
 # --------------------------------------------------------------------------- explaining
@@ -146,7 +89,7 @@ def explain_rows(
     """
     import torch
 
-    from .images import resolve_device, resolve_dtype
+    from .choices import resolve_device, resolve_dtype
 
     options = options or CompareOptions()
     failures = failures if failures is not None else []

@@ -7,14 +7,10 @@ reported through a callback so the library itself never prints.
 
 from __future__ import annotations
 
-import functools
 import os
-import platform
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,61 +20,11 @@ import torch
 from ..data.images import ImageDataset, ImageInput, Preprocessing, collate
 from ..engine.explainer import Explainer
 from ..errors import ConfigError, InputError, LrpError, ModelError, OutputError, UnsupportedOpError, UsageError
-from ..outputs import SummaryLog, file_labels, inside, output_errors, read_summary, refuse_links_out, safe_label, save_array, write_json, write_summary
-from ..registry import suggest
-from ..render.heatmaps import COLORMAPS, Scale, relevance_map, save_heatmap
+from ..outputs import SummaryLog, inside, output_errors, refuse_links_out, safe_label, save_array, write_json, write_summary
+from ..render.heatmaps import Scale, relevance_map, save_heatmap
+from .image_files import class_label, done_inputs, file_label, input_roots, output_paths, remove_if_only, remove_stale_temporaries, result_settings, run_json, save_outputs
+from .choices import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 from .shards import Manifest, Shard, fingerprint, output_lock, suffix
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """Which output units to explain per input: the prediction, one unit, the top k, or all."""
-
-    mode: str = "pred"  # "pred", "index", "topk", "all"
-    index: int | None = None
-    k: int = 1
-
-    @classmethod
-    def parse(cls, target: str | int | None, top_k: int | None = None, classes: list[str] | None = None) -> "TargetSpec":
-        if top_k is not None:
-            if top_k < 1:
-                raise UsageError(f"--top-k must be at least 1, got {top_k}")
-            if target not in (None, "pred"):
-                raise UsageError("--top-k and --target exclude each other")
-            return cls("topk", k=top_k)
-        if target is None or str(target).lower() in ("pred", "prediction", "predicted"):
-            return cls("pred")
-        text = str(target)
-        if text.lower() == "all":
-            return cls("all")
-        if text.lstrip("-").isdigit():
-            return cls("index", index=int(text))
-        if classes and text in classes:
-            return cls("index", index=classes.index(text))
-        if classes:
-            raise UsageError(f"--target '{text}' is not a class name", hint=suggest(text, classes) or f"classes: {', '.join(classes[:20])}")
-        raise UsageError(f"--target '{text}' is not a class index, and no class names are known", hint="use an index, pred, all, or give --classes")
-
-    @property
-    def single(self) -> bool:
-        """One target per input (file names carry no class suffix)."""
-        return self.mode in ("pred", "index") or (self.mode == "topk" and self.k == 1)
-
-    def choose(self, outputs: torch.Tensor) -> list[list[int]]:
-        scores = outputs if outputs.ndim == 2 else outputs.reshape(outputs.shape[0], -1)
-        classes = scores.shape[1]
-        if self.mode == "pred":
-            return [[int(i)] for i in scores.argmax(1)]
-        if self.mode == "index":
-            if not 0 <= int(self.index) < classes:
-                raise UsageError(f"--target {self.index} is out of range: the model has {classes} outputs (0..{classes - 1})")
-            return [[int(self.index)] for _ in range(scores.shape[0])]
-        if self.mode == "all":
-            return [list(range(classes)) for _ in range(scores.shape[0])]
-        k = min(self.k, classes)
-        return [[int(i) for i in row] for row in scores.topk(k, dim=1).indices]
 
 
 @dataclass
@@ -105,12 +51,6 @@ class ImageRunOptions:
 
 
 @dataclass
-class Failure:
-    input: str
-    message: str
-
-
-@dataclass
 class RunReport:
     out: Path
     total: int
@@ -121,24 +61,6 @@ class RunReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     scale: float | None = None  # the run's shared scale (--scale shared), once found
-
-
-def resolve_device(name: str) -> torch.device:
-    name = (name or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available here", hint="use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"unknown device '{name}'", hint="use auto, cpu or cuda") from exc
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise UsageError(f"unknown dtype '{name}' (known: {', '.join(DTYPES)})", hint=suggest(name, list(DTYPES)))
-    return DTYPES[name]
 
 
 def _workers(requested: int | None, count: int) -> int:
@@ -184,54 +106,6 @@ class _Inline:
         return future
 
 
-def output_paths(name: str, label: str | None) -> tuple[str, str]:
-    """Relative heatmap and relevance paths for an input (and a target's file label when several)."""
-    suffix = "" if label is None else f".{safe_label(label)}"
-    return f"heatmaps/{name}{suffix}.png", f"relevance/{name}{suffix}.npy"
-
-
-@functools.lru_cache(maxsize=4)
-def _file_labels(classes: tuple[str, ...]) -> list[str]:
-    return file_labels(classes)
-
-
-def _file_label(index: int, classes: list[str] | None) -> str:
-    """The class's name in file names, unique per class (see outputs.file_labels), else its index."""
-    labels = _file_labels(tuple(classes)) if classes else []
-    return labels[index] if 0 <= index < len(labels) else str(index)
-
-
-def _done_inputs(out: Path, sfx: str) -> dict[str, list[dict[str, str]]]:
-    """Rows of inputs whose outputs all exist, from a previous (possibly interrupted) run."""
-    done: dict[str, list[dict[str, str]]] = {}
-    for row in read_summary(out / f"summary{sfx}.csv") + read_summary(out / f"summary{sfx}.partial.csv"):
-        files = [row.get("heatmap"), row.get("relevance")]
-        if all((out / f).is_file() for f in files if f):
-            rows = done.setdefault(row["input"], [])
-            if not any(r.get("target") == row.get("target") for r in rows):
-                rows.append(row)
-    return done
-
-
-def _remove_stale_temporaries(out: Path, items: list[ImageInput], targets: TargetSpec) -> None:
-    """Temporary files a killed run left behind (outputs are renamed into place only when complete).
-
-    Only this run's own outputs are touched: other shards may be writing into the same folder.
-    """
-    stale = [p for folder in ("heatmaps", "relevance") if (out / folder).is_dir() for p in (out / folder).rglob(".*.tmp")]
-    if not stale:
-        return
-    mine = {item.output_name or item.name for item in items}
-    for path in stale:
-        folder = path.parent.relative_to(out).as_posix().split("/", 1)  # ["heatmaps", "sub/dir"]
-        target = path.name[1:].rsplit(".", 2)[0]  # ".name.png.RANDOM.tmp" -> "name.png"
-        stem = target.rsplit(".", 1)[0]  # drop .png / .npy
-        name = f"{folder[1]}/{stem}" if len(folder) > 1 else stem
-        owner = name if targets.single else name.rsplit(".", 1)[0]  # drop the class label suffix
-        if owner in mine:
-            path.unlink(missing_ok=True)
-
-
 def explain_images(
     explainer: Explainer,
     items: list[ImageInput],
@@ -257,7 +131,7 @@ def explain_images(
             "--scale shared finds the run's largest |relevance| in its relevance arrays, and --no-arrays writes none",
             hint="drop --no-arrays, or give the scale: --scale shared:VALUE",
         )
-    run_info = {**(run_info or {}), **_input_roots(items, out)}
+    run_info = {**(run_info or {}), **input_roots(items, out)}
     with output_errors(out):
         refuse_links_out(out, [f".lock{sfx}", f"manifest{sfx}.jsonl", f"summary{sfx}.partial.csv", "heatmaps", "relevance"])
         try:
@@ -265,41 +139,8 @@ def explain_images(
                 return _explain_images(explainer, items, preprocessing, options, targets, classes, run_info, progress)
         except LrpError as exc:
             if made and not isinstance(exc, InputError):  # a model or config error before anything was written
-                _remove_if_only(out, {f".lock{sfx}"})
+                remove_if_only(out, {f".lock{sfx}"})
             raise
-
-
-def _remove_if_only(out: Path, names: set[str]) -> None:
-    """Remove ``out`` (made by this run) if it holds nothing but ``names``."""
-    try:
-        entries = list(out.iterdir())
-        if all(entry.name in names and entry.is_file() for entry in entries):
-            for entry in entries:
-                entry.unlink()
-            out.rmdir()
-    except OSError:
-        pass
-
-
-def result_settings(preprocessing: Preprocessing, options: ImageRunOptions, targets: TargetSpec, classes: list[str] | None) -> dict[str, Any]:
-    """The options that change what a run writes, keyed by their flag: the manifest keeps them and a
-    --resume must repeat them (the model and composite are checked by their hashes)."""
-    return {
-        "--target": None if targets.mode == "topk" else targets.index if targets.mode == "index" else targets.mode,
-        "--top-k": targets.k if targets.mode == "topk" else None,
-        "--init": options.init,
-        "--dtype": options.dtype,
-        **{f"--{key}": value for key, value in preprocessing.to_dict().items()},
-        "--cmap": COLORMAPS.resolve(options.cmap) if options.heatmaps else None,
-        "--overlay": options.overlay if options.heatmaps else None,
-        "--no-heatmaps": not options.heatmaps,
-        "--no-arrays": not options.arrays,
-        "--classes": fingerprint(classes)[:16] if classes else None,
-        **({"--layers": ",".join(options.layers)} if options.layers else {}),
-        **({"--legend": True} if options.legend and options.heatmaps else {}),
-        **({"--scale": str(Scale.parse(options.scale))} if options.heatmaps and Scale.parse(options.scale).mode != "per-image" else {}),
-        **({"--overlay-style": options.overlay_style} if options.heatmaps and options.overlay and options.overlay_style != "colour" else {}),
-    }
 
 
 def _explain_images(explainer, items, preprocessing, options, targets, classes, run_info, progress) -> RunReport:
@@ -323,8 +164,8 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
         settings=result_settings(preprocessing, options, targets, classes),
     )
 
-    _remove_stale_temporaries(out, items, targets)
-    done = _done_inputs(out, sfx) if options.resume else {}
+    remove_stale_temporaries(out, items, targets)
+    done = done_inputs(out, sfx) if options.resume else {}
     if not options.resume:
         partial.unlink(missing_ok=True)
     todo = [item for item in items if item.name not in done]
@@ -423,67 +264,14 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
     if options.heatmaps and options.scale.mode == "shared":
         report.scale = options.scale.value
         if options.scale.found_by_run:  # before summary.csv: an interrupted re-render is redone by --resume
-            report.scale = _render_shared(out, rows, {item.name: item for item in items}, preprocessing, options, device, report)
+            report.scale = render_shared(out, rows, {item.name: item for item in items}, preprocessing, options, device, report)
     write_summary(out / f"summary{sfx}.csv", rows)
     partial.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - started
-    info = _run_json(explainer, preprocessing, options, targets, report, run_info or {})
+    info = run_json(explainer, preprocessing, options, targets, report, run_info or {})
     info["runs"] = manifest.runs()  # a resumed folder holds the results of all of them (same settings)
     write_json(out / f"run{sfx}.json", info)
     return report
-
-
-def _render_shared(out: Path, rows: list[dict[str, Any]], items: dict[str, ImageInput], preprocessing: Preprocessing, options, device, report) -> float:
-    """--scale shared: the largest |relevance| over all of the run's relevance arrays (those this run wrote
-    and those a resumed run found), then every heatmap drawn again at that scale. Two passes over the
-    arrays on disk, one array in memory at a time; inputs are decoded again only for overlays."""
-    listed = [(row, inside(out, row["relevance"]), inside(out, row["heatmap"])) for row in rows if row.get("relevance") and row.get("heatmap")]
-    scale = 0.0
-    for _, array_path, _ in listed:
-        heat = relevance_map(np.load(array_path, mmap_mode="r"))
-        finite = np.abs(heat[np.isfinite(heat)])
-        if finite.size:
-            scale = max(scale, float(finite.max()))
-    fixed = Scale("shared", value=scale) if scale > 0 else Scale()
-
-    def draw(row: dict[str, Any], array_path: Path, heatmap_path: Path) -> None:
-        pixels = None
-        if options.overlay:
-            item = items.get(row["input"])
-            try:
-                pixels = preprocessing.pixels(item.path) if item is not None else None
-            except InputError:
-                pixels = None
-            message = f"{row['input']}: the input could not be read again: its heatmap is drawn without the overlay"
-            if pixels is None and message not in report.notes:
-                report.notes.append(message)
-        save_heatmap(heatmap_path, np.load(array_path), pixels, options.cmap, options.overlay, options.legend, fixed, options.overlay_style)
-
-    writers = _writers(device)
-    with ThreadPoolExecutor(max_workers=writers) if writers else _Inline() as pool:
-        for future in [pool.submit(draw, *entry) for entry in listed]:
-            future.result()
-    return scale
-
-
-def _input_roots(items: list[ImageInput], out: Path) -> dict[str, Any]:
-    """Where the summary's input names are relative to, for run.json: the inputs' common folder (absolute,
-    resolved), the folder lrp ran in, and the common folder relative to OUT where it lies inside OUT, so
-    that `lrp report` finds input images inside OUT from any folder, and after OUT was moved."""
-    info: dict[str, Any] = {"working_folder": os.getcwd()}
-    if not items:
-        return info
-    try:
-        root = Path(os.path.commonpath([str(item.path.resolve().parent) for item in items]))
-    except (OSError, ValueError):
-        return info
-    if (root / items[0].name).resolve() != items[0].path.resolve():
-        return info  # names not relative to one folder (items made by hand)
-    info["input_root"] = str(root)
-    real_out = Path(os.path.realpath(out))
-    if root == real_out or root.is_relative_to(real_out):
-        info["input_root_in_out"] = root.relative_to(real_out).as_posix()
-    return info
 
 
 def _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report):
@@ -535,17 +323,17 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
                 continue
             item, _, pixels = good[sample]
             prediction = int(logits[row_index].argmax())
-            label = None if targets.single else _file_label(target, classes)
+            label = None if targets.single else file_label(target, classes)
             heat_rel, array_rel = output_paths(item.output_name or item.name, label)
             rel = relevance[row_index]
             total = float(rel.sum(dtype=np.float64))
             row = {
                 "input": item.name,
                 "prediction": prediction,
-                "prediction_label": _label(prediction, classes, blank=True),
+                "prediction_label": class_label(prediction, classes, blank=True),
                 "probability": float(probabilities[row_index, prediction]) if probabilities is not None else None,
                 "target": target,
-                "target_label": _label(target, classes, blank=True),
+                "target_label": class_label(target, classes, blank=True),
                 "logit": float(logits[row_index, target]),
                 "relevance_sum": total,
                 "conservation_gap": float(initial[row_index]) - total,
@@ -556,7 +344,7 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
             if options.arrays or options.heatmaps:
                 array_path = inside(out, array_rel) if options.arrays else None
                 heatmap_path = inside(out, heat_rel) if options.heatmaps else None
-                futures.append(pool.submit(_save_outputs, rel, pixels, array_path, heatmap_path, options))
+                futures.append(pool.submit(save_outputs, rel, pixels, array_path, heatmap_path, options))
             for layer, relevance_map in result.layer_maps.items():
                 layer_rel = f"layers/{safe_label(layer)}/" + array_rel.split("/", 1)[1]
                 layer_map = relevance_map[row_index].detach().to(torch.float32).cpu().numpy()
@@ -576,75 +364,40 @@ def _non_finite(results, items: list[ImageInput]) -> dict[int, str]:
     return bad
 
 
-def non_finite_reasons(result, targets: list[int]) -> list[str]:
-    """Per row of an explain result: '' when its logits and relevance are finite, else why not and what to do."""
-    rows = result.outputs.shape[0]
-    logits = torch.isfinite(result.outputs.detach().reshape(rows, -1)).all(1).tolist()
-    counts = (~torch.isfinite(result.relevance.detach().reshape(rows, -1))).sum(1).tolist()
-    size = result.relevance[0].numel() if rows else 0
-    reasons = []
-    for finite, count, target in zip(logits, counts, targets):
-        if not finite:
-            reasons.append("the model's outputs are NaN or infinite for this input; check the model's weights and the input scaling (mean/std)")
-        elif count:
-            reasons.append(
-                f"relevance for target {target} has {count} NaN/inf value(s) of {size}; "
-                "a larger epsilon or stabilizer (-p epsilon=..., -p stabilizer=...) may avoid it"
-            )
-        else:
-            reasons.append("")
-    return reasons
-
-
-def _save_outputs(relevance: np.ndarray, pixels: np.ndarray, array_path: Path | None, heatmap_path: Path | None, options: ImageRunOptions) -> None:
-    """One input's files (run in the writer pool)."""
-    if array_path is not None:
-        save_array(array_path, relevance)
-    if heatmap_path is not None:
-        save_heatmap(heatmap_path, relevance, pixels, options.cmap, options.overlay, options.legend, options.scale, options.overlay_style)
-
-
 def _first_line(exc: BaseException) -> str:
     message = getattr(exc, "message", None) or str(exc)
     lines = [line for line in message.strip().splitlines() if line.strip()]
     return lines[0][:300] if lines else type(exc).__name__
 
 
-def _label(index: int, classes: list[str] | None, blank: bool = False) -> str:
-    if classes and 0 <= index < len(classes):
-        return classes[index]
-    return "" if blank else str(index)
+def render_shared(out: Path, rows: list[dict[str, Any]], items: dict[str, ImageInput], preprocessing: Preprocessing, options, device, report) -> float:
+    """--scale shared: the largest |relevance| over all of the run's relevance arrays (those this run wrote
+    and those a resumed run found), then every heatmap drawn again at that scale. Two passes over the
+    arrays on disk, one array in memory at a time; inputs are decoded again only for overlays."""
+    listed = [(row, inside(out, row["relevance"]), inside(out, row["heatmap"])) for row in rows if row.get("relevance") and row.get("heatmap")]
+    scale = 0.0
+    for _, array_path, _ in listed:
+        heat = relevance_map(np.load(array_path, mmap_mode="r"))
+        finite = np.abs(heat[np.isfinite(heat)])
+        if finite.size:
+            scale = max(scale, float(finite.max()))
+    fixed = Scale("shared", value=scale) if scale > 0 else Scale()
 
+    def draw(row: dict[str, Any], array_path: Path, heatmap_path: Path) -> None:
+        pixels = None
+        if options.overlay:
+            item = items.get(row["input"])
+            try:
+                pixels = preprocessing.pixels(item.path) if item is not None else None
+            except InputError:
+                pixels = None
+            message = f"{row['input']}: the input could not be read again: its heatmap is drawn without the overlay"
+            if pixels is None and message not in report.notes:
+                report.notes.append(message)
+        save_heatmap(heatmap_path, np.load(array_path), pixels, options.cmap, options.overlay, options.legend, fixed, options.overlay_style)
 
-def _run_json(explainer, preprocessing, options, targets, report, run_info) -> dict[str, Any]:
-    from .. import __version__
-
-    return {
-        "lrpcli": __version__,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **run_info,
-        "composite": explainer.composite.to_dict(),
-        "preprocessing": preprocessing.to_dict(),
-        "targets": {"mode": targets.mode, "index": targets.index, "k": targets.k},
-        "init": options.init,
-        "heatmaps": {
-            "cmap": COLORMAPS.resolve(options.cmap),
-            "overlay": options.overlay_style if options.overlay else None,
-            "legend": options.legend,
-            "scale": {**options.scale.to_dict(), **({"value": report.scale} if report.scale is not None else {})},
-        }
-        if options.heatmaps
-        else None,
-        "shard": str(options.shard) if options.shard else None,
-        "device": str(resolve_device(options.device)),
-        "dtype": options.dtype,
-        "inputs": report.total,
-        "explained": report.explained,
-        "skipped_done": report.skipped,
-        "failures": [{"input": f.input, "message": f.message} for f in report.failures],
-        "notes": report.notes,
-        "seconds": round(report.seconds, 3),
-    }
+    writers = _writers(device)
+    with ThreadPoolExecutor(max_workers=writers) if writers else _Inline() as pool:
+        for future in [pool.submit(draw, *entry) for entry in listed]:
+            future.result()
+    return scale

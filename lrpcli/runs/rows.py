@@ -20,7 +20,7 @@ from ..data.tabular import RowBatch, TabularColumns, open_rows, read_batches
 from ..engine.explainer import Explainer
 from ..errors import InputError
 from ..engine.weights import model_tensors
-from .images import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
+from .choices import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 
 FORMATS = ("csv", "jsonl", "parquet", "arrow")
 FIXED = ("id", "label", "prediction", "prediction_label", "target", "target_label", "logit", "relevance_sum", "top_positive", "top_negative")

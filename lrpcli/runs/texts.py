@@ -18,7 +18,7 @@ from ..data.text import Encoded, TextRecord, TextTokenizer, batch_length, pad_ba
 from ..engine.explainer import Explainer
 from ..errors import InputError, ModelError
 from ..sources.files import saved_input
-from .images import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
+from .choices import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 from ..render.text import token_entries, top_words, word_entries
 
 MASK_NAMES = ("attention_mask", "mask")
