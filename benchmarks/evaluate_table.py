@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lrpcli import __version__  # noqa: E402
-from lrpcli.engine.composite import load_composite  # noqa: E402
+from lrpcli.engine.composite_yaml import load_composite  # noqa: E402
 from lrpcli.data.images import Preprocessing  # noqa: E402
 from lrpcli.evaluate import Evaluator, Settings  # noqa: E402
 from lrpcli.sources.files import load_model, load_spec  # noqa: E402

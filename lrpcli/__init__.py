@@ -25,7 +25,7 @@ _EXPORTS = {
     "evaluate": "lrpcli.evaluate",
     "capture": "lrpcli.engine.capture",
     "Graph": "lrpcli.engine.graph",
-    "load_composite": "lrpcli.engine.composite",
+    "load_composite": "lrpcli.engine.composite_yaml",
     "Composite": "lrpcli.engine.composite",
     "LrpError": "lrpcli.errors",
     "UsageError": "lrpcli.errors",
@@ -39,7 +39,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine.composite import Composite, load_composite
+    from .engine.composite import Composite
+    from .engine.composite_yaml import load_composite
     from .api import Explainer, explain
     from .engine.explainer import Explanation, LayerRelevance
     from .evaluate import evaluate

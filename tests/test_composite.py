@@ -11,7 +11,8 @@ from torch import nn
 
 from lrpcli import ConfigError, capture, explain, load_composite
 from lrpcli.engine.passes.canonizers import canonize
-from lrpcli.engine.composite import builtin_dir, builtin_names, first_layers
+from lrpcli.engine.composite import first_layers
+from lrpcli.engine.composite_yaml import builtin_dir, builtin_names
 
 BUILTINS = [
     "lrp_0",

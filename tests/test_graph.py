@@ -9,7 +9,7 @@ from torch import nn
 
 from lrpcli import ModelError, UnsupportedOpError, capture, explain, load_model
 from lrpcli.engine.passes.canonizers import canonize, fold_batchnorm
-from lrpcli.engine.composite import builtin_names
+from lrpcli.engine.composite_yaml import builtin_names
 
 
 def _forms(model, x, tmp_path):

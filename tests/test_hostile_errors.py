@@ -365,7 +365,7 @@ def scratch(tmp_path_factory) -> Path:
 
 
 def _composite_check(folder: Path):
-    from lrpcli.engine.composite import load_composite
+    from lrpcli.engine.composite_yaml import load_composite
 
     def load(text: str) -> None:
         path = folder / "c.yaml"
@@ -396,7 +396,7 @@ def _spec_check(folder: Path):
 
 def _params_check(values: list[str]) -> None:
     from lrpcli.cli.options import parse_params
-    from lrpcli.engine.composite import load_composite
+    from lrpcli.engine.composite_yaml import load_composite
 
     only_user_errors(lambda: load_composite("epsilon_gamma_box", **parse_params(tuple(values))))
 

@@ -263,7 +263,7 @@ def test_report_onto_its_own_result_file_is_a_usage_error(rows, tmp_path):
 
 
 def test_init_onto_its_composite_file_is_refused(rows, tmp_path):
-    from lrpcli.engine.composite import BUILTINS
+    from lrpcli.engine.composite_yaml import BUILTINS
 
     composite = tmp_path / "mine.yaml"
     composite.write_bytes(BUILTINS.get("epsilon").read_bytes())

@@ -13,7 +13,7 @@ from torch import nn
 from lrpcli import explain
 from lrpcli.sources.architectures import MLP, MiniVGG, ResNet
 from lrpcli.cli import main
-from lrpcli.engine.composite import BUILTINS, builtin_names, json_schema, load_composite
+from lrpcli.engine.composite_yaml import BUILTINS, builtin_names, json_schema, load_composite
 from lrpcli.runs.inspect import inspect_model
 
 from conftest import randomize_batchnorm

@@ -213,7 +213,7 @@ def test_rules_assigned_to_the_new_kinds():
 
 def test_se_net_under_every_cnn_composite_conserves_when_bias_free():
     """The CNN composites serve squeeze-and-excitation nets: the gate is held, the signal takes all."""
-    from lrpcli.engine.composite import builtin_names
+    from lrpcli.engine.composite_yaml import builtin_names
 
     torch.manual_seed(0)
     model = models.SENet(4, False).double().eval()

@@ -351,7 +351,7 @@ def test_import_zennit_leaves_no_fake_torchvision():
 def test_every_builtin_composite_has_a_zennit_counterpart():
     """A new built-in composite is parity-tested the day it is added (or this fails): against zennit, or,
     for the transformer composites zennit has no counterpart of, against the modified-gradient oracle."""
-    from lrpcli.engine.composite import builtin_names
+    from lrpcli.engine.composite_yaml import builtin_names
     from test_modern_rules import MODES
 
     oracle_tested = [composite for composite, _ in MODES]

@@ -8,7 +8,7 @@ from torch import nn
 
 from lrpcli import ConfigError, explain
 from lrpcli.engine.passes.canonizers import CANONIZERS
-from lrpcli.engine.composite import builtin_names
+from lrpcli.engine.composite_yaml import builtin_names
 from lrpcli.registry import Registry
 from lrpcli.engine.rules import RULES, make_rule
 

@@ -224,7 +224,7 @@ def composites_show(name: str) -> None:
     Example:
       lrp composites show epsilon-plus-flat
     """
-    from ..engine.composite import BUILTINS, load_composite
+    from ..engine.composite_yaml import BUILTINS, load_composite
 
     load_composite(name)  # resolves spellings, errors with suggestions
     click.echo(BUILTINS.get(name).read_text(encoding="utf-8"), nl=False)
@@ -240,7 +240,7 @@ def composites_schema() -> None:
     """
     import json
 
-    from ..engine.composite import json_schema
+    from ..engine.composite_yaml import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
 

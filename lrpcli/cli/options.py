@@ -200,7 +200,7 @@ def build_composite(name: str | None, spec: Any, params: dict[str, Any], preproc
     """The composite a command runs with: -c, else the spec's, else epsilon_plus_flat; -p overrides;
     z^B bounds from the preprocessing's mean/std unless the composite or -p set them."""
     from ..runs.choices import CompositeChoice
-    from ..engine.composite import load_composite
+    from ..engine.composite_yaml import load_composite
 
     choice = CompositeChoice.parse(name or (spec.composite if spec is not None and spec.composite else default))
     composite = load_composite(choice.spec)

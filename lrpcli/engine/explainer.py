@@ -16,7 +16,8 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from .passes.canonizers import canonize, keep_pool_indices, prune_dead
-from .composite import Assigned, Composite, load_composite
+from .composite import Assigned, Composite
+from .composite_yaml import load_composite
 from ..errors import InputError, ModelError, UsageError
 from .weights import loaded_model, model_tensors
 from .capture import capture

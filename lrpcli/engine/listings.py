@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .composite import builtin_names, load_composite
+from .composite_yaml import builtin_names, load_composite
 
 
 def jsonable(value: Any) -> Any:

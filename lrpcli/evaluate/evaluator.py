@@ -462,7 +462,7 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate composites and baselines on the inputs ``x`` (a tensor; the Python API of ``lrp evaluate``);
     ``model`` a model object or a path, as for ``lrpcli.explain``."""
-    from ..engine.composite import load_composite
+    from ..engine.composite_yaml import load_composite
     from ..sources.files import load_model
 
     model = load_model(model)
