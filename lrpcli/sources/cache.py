@@ -9,10 +9,10 @@ A cache entry is never trusted as code or as a result (issue 24):
 
 - It is data only: a JSON description of the nodes and a safetensors file of their constants. Node
   targets come from a closed vocabulary: ATen/prims op overloads looked up in ``torch.ops`` by name,
-  and the few Python functions of :data:`PYTHON_TARGETS` by their registered name. Nothing is
-  imported, nothing is looked up in ``operator`` or any other module.
+  and the few Python functions of ``cache_entry.PYTHON_TARGETS`` by their registered name. Nothing
+  is imported, nothing is looked up in ``operator`` or any other module (cache_entry.py).
 - Kinds are never read: they are derived again from the targets, the arguments and the dtypes the
-  graph computes (:func:`derive_kinds`, the same decisions the capture makes). A graph whose derived
+  graph computes (engine/kinds.py, the same decisions the capture makes). A graph whose derived
   kinds differ from its capture's is not written at all, so a loaded graph explains exactly as a
   fresh capture.
 - Before an entry is used, its output on the first batch must equal the model's own output;
@@ -26,55 +26,23 @@ turns it off.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
-import operator
 import os
 import stat
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from ..engine import ops
+from ..engine.graph import Graph
+from ..engine.kinds import derive_kinds
 from ..errors import LrpWarning
-from ..engine.builder import _ID_VIEWS, _unsupported_hint
-from ..engine.graph import Graph, Node, Ref, channel_affine
-from ..engine.passes.norms import normalize
+from .cache_entry import FORMAT, NotCacheable, Untrusted, _encode, _parse
 
-FORMAT = 2
 #: lrpcli's modules whose code decides what a captured graph looks like (part of the key)
-_GRAPH_CODE = ("engine/graph.py", "engine/builder.py", "engine/capture.py", "engine/ops.py", "engine/passes/norms.py", "sources/safety.py", "sources/cache.py")
-#: the op namespaces an entry may name
-_NAMESPACES = ("aten", "prims")
-
-#: every Python function a captured graph may call, by the name an entry gives it: tuple access, the
-#: arithmetic of traced sizes, and lrpcli's own ops (batch-norm and the norms in one form each)
-PYTHON_TARGETS: dict[str, Callable] = {
-    "getitem": operator.getitem,
-    **{f"operator.{name}": getattr(operator, name) for name in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "eq", "ne", "lt", "le", "gt", "ge")},
-    **{f"torch.{name}": getattr(torch, name) for name in ("sym_int", "sym_float", "sym_max", "sym_min", "sym_not")},
-    "channel_affine": channel_affine,
-    "normalize": normalize,
-}
-_NAME_OF_TARGET = {id(fn): name for name, fn in PYTHON_TARGETS.items()}
-#: the kind of lrpcli's own ops (the op table knows ATen's)
-_OWN_KINDS = {id(channel_affine): "batchnorm", id(normalize): "layernorm"}
-#: Python functions whose arguments must be plain numbers or references (no strings to multiply, no
-#: huge powers)
-_ARITHMETIC = {id(fn) for name, fn in PYTHON_TARGETS.items() if name.startswith(("operator.", "torch."))}
-_LARGEST_INT = 2**63  # (slices end at INT64_MAX)
-
-
-class NotCacheable(Exception):
-    """The graph holds a value the cache does not write (it is then simply not cached)."""
-
-
-class Untrusted(Exception):
-    """An entry that is damaged, foreign or does not reproduce the model: a miss."""
+_GRAPH_CODE = ("engine/graph.py", "engine/builder.py", "engine/capture.py", "engine/kinds.py", "engine/ops.py", "engine/passes/norms.py", "sources/safety.py", "sources/cache.py", "sources/cache_entry.py")
 
 
 _said: set[str] = set()
@@ -148,92 +116,6 @@ def entry_key(model_id: str, example: torch.Tensor, extras: dict[str, torch.Tens
 # --------------------------------------------------------------------------- kinds, derived as the capture does
 
 
-def _base_kind(target: Any) -> str | None:
-    return _OWN_KINDS.get(id(target)) or ops.kind_of(target)
-
-
-def _op_fits(node: Node) -> bool:
-    """Is the node's op name (shown in messages, read by some rules) one the capture gives its target?"""
-    target, op = node.target, node.op
-    if id(target) in _OWN_KINDS:
-        return ops.kind_of_name(op) == _OWN_KINDS[id(target)]
-    if target is torch.ops.aten.linear.default:
-        return op in ("linear", "addmm", "mm", "matmul")
-    if target is torch.ops.aten.reshape.default:
-        return op in ("reshape", "view")
-    name = ops.op_name(target)
-    return op in (name, name + "_") if isinstance(target, torch._ops.OpOverload) else op == name
-
-
-def _structural_kind(node: Node, kind: str, meta: set[str], id_views: set[str]) -> str | None:
-    """The capture's checks of a weighted, scale, norm or embedding node, on the form it leaves them in
-    (graph._Builder._normalise_weighted, _check_scale, _normalise_norm, _check_embedding)."""
-    args = node.args
-    if kind == "linear":
-        if node.target is torch.ops.aten.linear.default:
-            x, weight, bias = (tuple(args) + (None, None))[:3]
-            fits = isinstance(x, Ref) and isinstance(weight, torch.Tensor) and not isinstance(bias, Ref) and not node.kwargs
-            return "linear" if fits else None
-        if node.op in ("mm", "matmul") and len(args) >= 2 and isinstance(args[0], Ref) and isinstance(args[1], Ref):
-            return "product"
-        return None
-    if kind == "conv":
-        padded = tuple(args) + (None,) * max(0, 3 - len(args))
-        return "conv" if isinstance(padded[0], Ref) and not isinstance(padded[1], Ref) and not isinstance(padded[2], Ref) else None
-    if kind == "batchnorm":
-        fits = node.target is channel_affine and len(args) == 3 and isinstance(args[0], Ref)
-        return "batchnorm" if fits and all(isinstance(a, torch.Tensor) or a is None for a in args[1:]) else None
-    if kind == "scale":
-        refs = [a for a in args if isinstance(a, Ref) and a.name not in meta]
-        if len(refs) > 1 and node.op in ("mul", "div"):
-            return "product"
-        if len(refs) > 1 or (len(refs) == 1 and not isinstance(args[0], Ref) and node.op == "div"):
-            return None
-        return "scale"
-    if kind == "layernorm":
-        fits = node.target is normalize and args and isinstance(args[0], Ref)
-        return "layernorm" if fits and not any(isinstance(a, Ref) for a in args[1:]) else None
-    if kind == "embedding":
-        weight, ids = (tuple(args) + (None, None))[:2]
-        if isinstance(weight, Ref) or not isinstance(ids, Ref):
-            return None
-        if ids.name not in id_views:
-            meta.add(node.name)
-            return "meta"
-        return "embedding"
-    return kind
-
-
-def derive_kinds(graph: Graph, integral: dict[str, bool]) -> Graph:
-    """``graph`` with every node's kind, held inputs and hint decided again, from its targets, arguments
-    and the dtypes it computes (``integral``: node or input name -> holds integers or booleans): the
-    decisions graph._Builder makes during capture, never read from a file."""
-    meta: set[str] = set(graph.extra_inputs)
-    id_views = {graph.input}
-    derived = []
-    for node in graph.nodes:
-        deps = node.refs
-        kind = _base_kind(node.target)
-        if all(dep in meta for dep in deps):
-            kind = "meta"  # arithmetic on sizes only
-        elif kind != "embedding" and not (node.op in _ID_VIEWS and deps[0] in id_views) and all(
-            dep in meta or integral.get(dep, False) for dep in deps
-        ):
-            kind = "meta"  # computed from token ids or masks only
-        if kind == "meta":
-            meta.add(node.name)
-        elif kind is not None:
-            kind = _structural_kind(node, kind, meta, id_views)
-        if kind == "route" and node.op in _ID_VIEWS and deps[0] in id_views:
-            id_views.add(node.name)
-        held: tuple[str, ...] = ()
-        if kind != "embedding" and not integral.get(node.name):
-            held = tuple(dict.fromkeys(ref for ref in deps if integral.get(ref)))
-        hint = (node.hint or _unsupported_hint(node.op)) if kind is None else None
-        derived.append(dataclasses.replace(node, kind=kind, held=held, hint=hint, gates=(), gate_op=""))
-    return graph.replace(nodes=derived)
-
-
 # --------------------------------------------------------------------------- the model's own output
 
 
@@ -295,89 +177,6 @@ def checked_against_model(graph: Graph, model: Any, example: torch.Tensor, extra
 # --------------------------------------------------------------------------- writing
 
 
-class _Encoder:
-    def __init__(self) -> None:
-        self.tensors: dict[str, torch.Tensor] = {}
-        self._seen: dict[int, str] = {}
-
-    def value(self, obj: Any) -> Any:
-        if isinstance(obj, Ref):
-            return {"ref": obj.name}
-        if isinstance(obj, torch.Tensor):
-            key = self._seen.get(id(obj))
-            if key is None:
-                key = self._seen[id(obj)] = f"t{len(self.tensors)}"
-                self.tensors[key] = obj.detach().contiguous()
-            return {"tensor": key}
-        if obj is None or isinstance(obj, (bool, str, int)):
-            return obj
-        if isinstance(obj, float):
-            return obj if math.isfinite(obj) else {"float": repr(obj)}
-        if isinstance(obj, torch.Size):
-            return {"size": list(obj)}
-        if isinstance(obj, tuple):
-            return {"tuple": [self.value(item) for item in obj]}
-        if isinstance(obj, list):
-            return [self.value(item) for item in obj]
-        if isinstance(obj, dict):
-            if not all(isinstance(k, str) for k in obj):
-                raise NotCacheable("a dict with non-string keys")
-            return {"dict": {k: self.value(v) for k, v in obj.items()}}
-        if isinstance(obj, torch.dtype):
-            return {"dtype": str(obj).replace("torch.", "")}
-        if isinstance(obj, torch.device):
-            return {"device": str(obj)}
-        if isinstance(obj, (torch.layout, torch.memory_format)):
-            return {"torch": str(obj).replace("torch.", "")}
-        if isinstance(obj, slice):
-            return {"slice": [self.value(obj.start), self.value(obj.stop), self.value(obj.step)]}
-        if obj is Ellipsis:
-            return {"ellipsis": True}
-        raise NotCacheable(f"a value of type {type(obj).__name__}")
-
-
-def _target_name(target: Any) -> dict[str, str]:
-    if isinstance(target, torch._ops.OpOverload) and target.namespace in _NAMESPACES:
-        return {"op": f"{target.namespace}::{target._opname}.{target._overloadname}"}
-    name = _NAME_OF_TARGET.get(id(target))
-    if name is None:
-        raise NotCacheable(f"the op target {getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}")
-    return {"fn": name}
-
-
-def _encode(graph: Graph) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    encoder = _Encoder()
-    nodes = []
-    for node in graph.nodes:
-        if node.gates or node.gate_op:
-            raise NotCacheable("a graph already rewritten by canonizers")
-        nodes.append(
-            {
-                "name": node.name,
-                "target": _target_name(node.target),
-                "args": encoder.value(node.args),
-                "kwargs": encoder.value(node.kwargs),
-                "module": node.module,
-                "module_type": node.module_type,
-                "op": node.op,
-                "hint": node.hint,
-                "batch_dim": node.batch_dim,
-            }
-        )
-    meta = {
-        "format": FORMAT,
-        "input": graph.input,
-        "output": graph.output,
-        "source": graph.source,
-        "input_shape": list(graph.input_shape),
-        "dynamic_batch": graph.dynamic_batch,
-        "notes": list(graph.notes),
-        "extra_inputs": list(graph.extra_inputs),
-        "nodes": nodes,
-    }
-    return meta, encoder.tensors
-
-
 def save(graph: Graph, folder: Path, key: str, model: Any, example: torch.Tensor, extras: dict | None = None) -> None:
     """Write ``graph`` as ``folder/key.json`` + ``key.safetensors`` (atomically), if it reads back as the same
     graph: its kinds derived again equal the capture's (else NotCacheable). Errors are the caller's."""
@@ -414,129 +213,6 @@ def store(graph: Graph, folder: Path, key: str, model: Any, example: torch.Tenso
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise Untrusted(f"{what} is not plain text")
-    return value
-
-
-def _resolve_target(entry: Any) -> Any:
-    if not isinstance(entry, dict) or len(entry) != 1:
-        raise Untrusted("a node target is not an op name")
-    (tag, name), = entry.items()
-    if tag == "fn" and isinstance(name, str) and name in PYTHON_TARGETS:
-        return PYTHON_TARGETS[name]
-    if tag == "op" and isinstance(name, str):
-        namespace, _, rest = name.partition("::")
-        packet_name, _, overload = rest.rpartition(".")
-        if namespace in _NAMESPACES and packet_name and not packet_name.startswith("__"):
-            packet = getattr(getattr(torch.ops, namespace), packet_name, None)
-            if isinstance(packet, torch._ops.OpOverloadPacket) and overload in packet.overloads():
-                return getattr(packet, overload)
-    raise Untrusted(f"the node target {name!r} is outside lrpcli's vocabulary (ATen ops and {', '.join(PYTHON_TARGETS)})")
-
-
-def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if obj is None or isinstance(obj, (bool, str, float)):
-        return obj
-    if isinstance(obj, int):
-        if abs(obj) > _LARGEST_INT:
-            raise Untrusted("an integer too large")
-        return obj
-    if isinstance(obj, list):
-        return [_decode(item, tensors) for item in obj]
-    if not isinstance(obj, dict) or len(obj) != 1:
-        raise Untrusted("a value of unknown form")
-    (tag, value), = obj.items()
-    if tag == "ref" and isinstance(value, str):
-        return Ref(value)
-    if tag == "tensor" and value in tensors:
-        return tensors[value]
-    if tag == "float" and value in ("nan", "inf", "-inf"):
-        return float(value)
-    if tag == "size" and isinstance(value, list) and all(isinstance(v, int) and 0 <= v <= _LARGEST_INT for v in value):
-        return torch.Size(value)
-    if tag in ("tuple", "slice") and isinstance(value, list):
-        items = tuple(_decode(item, tensors) for item in value)
-        if tag == "tuple":
-            return items
-        if len(items) == 3:
-            return slice(*items)
-    if tag == "dict" and isinstance(value, dict):
-        return {k: _decode(v, tensors) for k, v in value.items()}
-    if tag in ("dtype", "torch") and isinstance(value, str) and not value.startswith("_"):
-        found = getattr(torch, value, None)
-        if isinstance(found, torch.dtype if tag == "dtype" else (torch.layout, torch.memory_format)):
-            return found
-    if tag == "device" and isinstance(value, str) and value.split(":")[0] in ("cpu", "cuda", "mps", "meta"):
-        return torch.device(value)
-    if tag == "ellipsis" and value is True:
-        return Ellipsis
-    raise Untrusted(f"a value tagged {tag!r} that lrpcli does not write")
-
-
-def _parse(meta: Any, tensors: dict[str, torch.Tensor]) -> Graph:
-    """The graph an entry describes, every name and value checked; kinds are left for derive_kinds."""
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise Untrusted("another format")
-    graph_input = _text(meta["input"], "the input name")
-    extra_inputs = tuple(_text(name, "an extra input name") for name in meta["extra_inputs"])
-    known = {graph_input, *extra_inputs}
-    nodes = []
-    for entry in meta["nodes"]:
-        name = _text(entry["name"], "a node name")
-        if name in known:
-            raise Untrusted(f"the node name {name!r} is used twice")
-        batch_dim = entry["batch_dim"]
-        if batch_dim is not None and (isinstance(batch_dim, bool) or not isinstance(batch_dim, int)):
-            raise Untrusted("a batch dim is not a number")
-        node = Node(
-            name=name,
-            target=_resolve_target(entry["target"]),
-            kind=None,
-            args=_decode(entry["args"], tensors),
-            kwargs=_decode(entry["kwargs"], tensors),
-            module=_text(entry["module"], "a module path"),
-            module_type=_text(entry["module_type"], "a module type"),
-            op=_text(entry["op"], "an op name"),
-            hint=None if entry["hint"] is None else _text(entry["hint"], "a hint"),
-            batch_dim=batch_dim,
-        )
-        if not isinstance(node.args, tuple) or not isinstance(node.kwargs, dict):
-            raise Untrusted("a node's arguments are not a tuple and a dict")
-        if not node.refs or any(ref not in known for ref in node.refs):
-            raise Untrusted(f"node {name!r} reads a value defined nowhere before it")
-        if not _op_fits(node):
-            raise Untrusted(f"node {name!r} names the op {node.op!r} for {node.target}")
-        if id(node.target) in _ARITHMETIC and any(
-            not isinstance(leaf, (Ref, bool, int, float)) for leaf in (*node.args, *node.kwargs.values())
-        ):
-            raise Untrusted(f"node {name!r} does arithmetic on something other than numbers")
-        known.add(name)
-        nodes.append(node)
-    output = _text(meta["output"], "the output name")
-    if output not in {node.name for node in nodes}:
-        raise Untrusted("the output is no node of the graph")
-    source = meta["source"]
-    if source not in ("export", "torchscript", "exported_program"):
-        raise Untrusted("an unknown source")
-    input_shape = meta["input_shape"]
-    if not isinstance(input_shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in input_shape):
-        raise Untrusted("the input shape is not a list of numbers")
-    if not isinstance(meta["dynamic_batch"], bool):
-        raise Untrusted("dynamic_batch is not true or false")
-    return Graph(
-        input=graph_input,
-        nodes=nodes,
-        output=output,
-        source=source,
-        input_shape=tuple(input_shape),
-        dynamic_batch=meta["dynamic_batch"],
-        notes=[_text(note, "a note") for note in meta["notes"]],
-        extra_inputs=extra_inputs,
-    )
 
 
 def _ours(path: Path) -> bool:
