@@ -27,7 +27,7 @@ def merge(sources: tuple[str, ...], out: str | None) -> None:
     shards of different models or composites, and missing or repeated shards.
     """
     from ..errors import CheckFailed, UsageError
-    from ..runs.shards import merge as merge_runs
+    from ..runs.merge import merge as merge_runs
 
     if out is None:
         if len(sources) != 1:
