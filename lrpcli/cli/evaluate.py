@@ -1,4 +1,9 @@
-"""``lrp evaluate``: how faithful are the explanations? Perturbation curves, AOPC, localisation, sanity."""
+"""``lrp evaluate``: how faithful are the explanations? Perturbation curves, AOPC, localisation, sanity.
+
+Past 500 lines for a reason: one command of some 30 options, whose run kinds (images and rows here, texts in
+_evaluate_texts) share the option handling below (_settings, _baselines, the cache, the report options);
+what texts need beyond that lives in evaluate_text.py.
+"""
 
 from __future__ import annotations
 
