@@ -30,6 +30,7 @@ from ..errors import ConfigError, ModelError
 from ..limits import MAX_CLASSES_BYTES, check_archive, check_pixels, load_yaml, read_text
 from ..registry import suggest
 from ..engine.weights import model_tensors
+from . import lightning
 from .safety import check_trusted_callable, load_exported, spec_arch
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -81,7 +82,8 @@ def load_model(
                 f"{path} is an exported program (.pt2), not a state dict: it carries its own graph",
                 hint="drop --arch (and the spec's arch) to load it as an exported program",
             )
-        return _build(arch, arch_kwargs or {}, load_state_dict(path), path)
+        state, hparams = load_checkpoint(path)
+        return _build(arch, arch_kwargs or {}, state, path, hparams)
     if exported:
         return load_exported(path, allow_pickle)
     return _load_pickled_or_explain(path, allow_pickle)
@@ -117,27 +119,35 @@ def load_spec_model(
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors only: safetensors, or torch.load with weights_only=True (no code runs)."""
+    return load_checkpoint(path)[0]
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors of a state dict and, for a checkpoint (Lightning's ``.ckpt``: the weights under
+    ``state_dict``), its hyper-parameters; read with safetensors or weights-only (no code runs)."""
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError as exc:  # pragma: no cover - safetensors is a dependency
             raise ModelError("reading .safetensors needs the safetensors package", hint="pip install safetensors") from exc
         try:
-            return load_file(str(path))
+            return load_file(str(path)), {}
         except Exception as exc:
             raise ModelError(f"{path}: not a readable safetensors file: {exc}") from exc
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with lightning.safe_globals():
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelError(
             f"{path}: not a state dict that loads safely: {_first_line(exc)}",
             hint="if it is a whole pickled module and you trust it, pass --allow-pickle (it runs code)",
         ) from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]  # common checkpoint layout
+    hparams: dict[str, Any] = {}
+    if lightning.is_checkpoint(state):  # Lightning's and the common checkpoint layout
+        hparams, state = lightning.hyper_parameters(state), state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
-    return state
+    return state, hparams
 
 
 def resolve_arch(arch: str | Callable) -> Callable:
@@ -180,8 +190,14 @@ def resolve_arch(arch: str | Callable) -> Callable:
     return factory
 
 
-def _build(arch: str | Callable, kwargs: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
+def _build(
+    arch: str | Callable, kwargs: dict[str, Any], state: dict[str, torch.Tensor], path: Path, hparams: dict[str, Any] | None = None
+) -> torch.nn.Module:
+    """The architecture called with ``kwargs`` (and the checkpoint's hyper-parameters that name its
+    parameters), the weights loaded strictly (a prefix such as a LightningModule's ``model.`` stripped where
+    that makes them fit)."""
     factory = resolve_arch(arch)
+    kwargs = lightning.arch_kwargs(factory, hparams or {}, kwargs)
     label = arch if isinstance(arch, str) else f"{getattr(arch, '__module__', '?')}:{getattr(arch, '__qualname__', arch)}"
     try:
         model = factory(**kwargs)
@@ -189,6 +205,7 @@ def _build(arch: str | Callable, kwargs: dict[str, Any], state: dict[str, torch.
         raise ModelError(f"--arch: calling {label} with {kwargs} failed: {type(exc).__name__}: {_first_line(exc)}", hint="check --arch-kwargs") from exc
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"--arch: {label} returned a {type(model).__name__}, not an nn.Module")
+    state = lightning.fit_keys(state, set(model.state_dict().keys()))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -212,9 +229,16 @@ def _state_dict_mismatch(exc: RuntimeError, limit: int = 6) -> str:
 def _load_pickled_or_explain(path: Path, allow_pickle: bool) -> torch.nn.Module:
     if not allow_pickle:
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            with lightning.safe_globals():
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception:
             state = None
+        if lightning.is_checkpoint(state):
+            raise ModelError(
+                f"{path} is a checkpoint (Lightning's .ckpt layout): its weights need the model's architecture",
+                hint="pass --arch MODULE:CALLABLE, the network the checkpoint's module holds (e.g. mypkg.nets:Net); "
+                "its hyper_parameters fill the arguments they name, and a prefix such as 'model.' is stripped",
+            )
         if isinstance(state, dict):
             raise ModelError(
                 f"{path} is a state dict: lrp needs the model's architecture to use it",
