@@ -22,7 +22,7 @@ Examples:
   lrp check-conservation sample_models/digits_cnn/model.yaml sample_models/digits_cnn/images -c lrp_0 --report conservation.html
 """,
 )
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=click.Path(exists=True))
 @click.argument("inputs", nargs=-1)
 @model_options
 @composite_options

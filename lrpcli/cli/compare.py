@@ -20,7 +20,7 @@ Examples:
   lrp compare model.ts photos/castle.jpg --size 224 -c lrp_0 -c epsilon_plus_flat --overlay --cmap coldnhot
 """
 )
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=click.Path(exists=True))
 @click.argument("inputs", nargs=-1)
 @model_options
 @click.option(

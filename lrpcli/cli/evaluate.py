@@ -43,7 +43,7 @@ a_batch_<method>.npy (N,C,H,W float32) and, with --masks, s_batch.npy
 (N,1,H,W uint8): the arrays Quantus's metrics take.
 """
 )
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=click.Path(exists=True))
 @click.argument("inputs", nargs=-1)
 @model_options
 @click.option("-c", "--composite", "composites", multiple=True, metavar="NAME|FILE", help="Composite to evaluate; repeat for several. Default: the model spec's, else epsilon_plus_flat (epsilon for CSV).")

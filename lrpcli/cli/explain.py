@@ -43,7 +43,7 @@ Examples:
   lrp explain my_model.pt2 reviews.csv --tokenizer tokenizer.json --text-col review --id-col id --html page.html
 """
 )
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=click.Path(exists=True))
 @click.argument("inputs", nargs=-1)
 @model_options
 @composite_options

@@ -36,7 +36,7 @@ Examples:
   lrp init model.pt2 texts.txt --tokenizer tokenizer.json --max-length 128 -o text.yaml
 """
 )
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=click.Path(exists=True))
 @click.argument("inputs", nargs=-1)
 @model_options
 @preprocessing_options

@@ -18,7 +18,7 @@ Examples:
   lrp inspect sample_models/digits_cnn/model.yaml --json
 """
 )
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=click.Path(exists=True))
 @model_options
 @composite_options
 @click.option("--input-shape", metavar="C,H,W", help="One input's shape without the batch (default: from the model spec).")

@@ -30,7 +30,7 @@ from ..errors import ConfigError, ModelError
 from ..limits import MAX_CLASSES_BYTES, check_archive, check_pixels, load_yaml, read_text
 from ..registry import suggest
 from ..engine.weights import model_tensors
-from . import lightning
+from . import hf, lightning
 from .safety import check_trusted_callable, load_exported, spec_arch
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -66,6 +66,13 @@ def load_model(
             hint="pass an nn.Module, a ScriptModule, an ExportedProgram or a path to a saved model",
         )
     path = Path(model)
+    if hf.is_folder(path):
+        return hf.load(path, allow_pickle=allow_pickle)
+    if path.is_dir():
+        raise ModelError(
+            f"{path} is a folder without config.json",
+            hint="give a model file (TorchScript, .pt2, a state dict with --arch, a spec .yaml) or a Hugging Face folder (config.json + model.safetensors)",
+        )
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     if path.suffix in (".yaml", ".yml"):
@@ -330,11 +337,17 @@ def input_channels(model: Any) -> int | None:
 
 
 def file_hash(path: str | Path) -> str:
-    """sha256 of a file, for run.json (which weights produced these heatmaps)."""
+    """sha256 of a file, for run.json (which weights produced these heatmaps); of a Hugging Face folder, its
+    config and weights files by name."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    path = Path(path)
+    files = [path] if not path.is_dir() else sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin") and p.is_file())
+    for file in files:
+        if path.is_dir():
+            digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -355,11 +368,14 @@ class ModelSpec:
 
 
 def is_spec(path: str | Path) -> bool:
-    return Path(path).suffix in (".yaml", ".yml")
+    """A spec .yaml, or a Hugging Face folder (which reads as one)."""
+    return Path(path).suffix in (".yaml", ".yml") or hf.is_folder(path)
 
 
 def load_spec(path: str | Path) -> ModelSpec:
     path = Path(path)
+    if hf.is_folder(path):
+        return hf.folder_spec(path)
     raw = load_yaml(read_text(path, "model spec"), str(path))
     if not isinstance(raw, dict) or "model" not in raw:
         raise ConfigError("a model spec needs a 'model:' entry (the weights file)", source=str(path), key="model")

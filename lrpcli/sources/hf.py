@@ -1,0 +1,140 @@
+"""Hugging Face folders (what ``save_pretrained`` writes) as MODEL: config.json, model.safetensors and the
+folder's own tokenizer.json.
+
+The folder reads as a model spec (:func:`folder_spec`): the class from ``config.architectures`` (a class of
+``transformers`` itself, never remote code), class names from ``id2label``, the tokenizer and its length,
+``attnlrp`` as the composite. The model is wrapped (:class:`Logits`) so that it takes the token ids and an
+attention mask and returns the logits as one tensor (``return_dict=False``): the export path behind it is
+lrpcli's job, not the user's. Weights load from safetensors; ``pytorch_model.bin`` (a pickle) only with
+``--allow-pickle``. Sequence classification in this slice; image classification and causal LMs come next.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelError
+
+INSTALL_HINT = "pip install 'lrpcli[hf]'"
+#: the longest sequence a text spec made from a folder asks for, whatever the tokenizer allows
+MAX_LENGTH = 512
+_TASKS = {"ForSequenceClassification": "text"}
+
+
+def is_folder(path: str | Path) -> bool:
+    """Is ``path`` a Hugging Face model folder (a directory with config.json)?"""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def _json(path: Path) -> dict[str, Any]:
+    from ..limits import read_text
+
+    try:
+        data = json.loads(read_text(path, path.name, 1 << 20))
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return data
+
+
+def _architecture(folder: Path, config: dict[str, Any]) -> tuple[str, str]:
+    names = config.get("architectures")
+    if not isinstance(names, list) or not names or not isinstance(names[0], str):
+        raise ModelError(f"{folder / 'config.json'} names no architecture ('architectures' is missing)", hint="save the model with save_pretrained, which writes it")
+    name = names[0]
+    task = next((kind for suffix, kind in _TASKS.items() if name.endswith(suffix)), None)
+    if task is None:
+        raise ModelError(
+            f"{folder}: lrp explains sequence classifiers from a Hugging Face folder so far; this one is a {name}",
+            hint="export the model yourself (torch.export.save with return_dict=False) and give the .pt2",
+        )
+    return name, task
+
+
+def class_names(config: dict[str, Any]) -> list[str] | None:
+    """``id2label`` as a list, where its keys are 0..n-1 (transformers writes LABEL_0... when none were set)."""
+    labels = config.get("id2label")
+    if not isinstance(labels, dict) or not labels:
+        return None
+    try:
+        by_index = {int(key): str(value) for key, value in labels.items()}
+    except (TypeError, ValueError):
+        return None
+    if sorted(by_index) != list(range(len(by_index))):
+        return None
+    return [by_index[i] for i in range(len(by_index))]
+
+
+def _max_length(folder: Path, config: dict[str, Any]) -> int:
+    lengths = [MAX_LENGTH]
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        value = _json(tokenizer_config).get("model_max_length")
+        if isinstance(value, int) and 0 < value:
+            lengths.append(value)
+    value = config.get("max_position_embeddings")
+    if isinstance(value, int) and 0 < value:
+        lengths.append(value)
+    return min(lengths)
+
+
+def folder_spec(folder: str | Path) -> Any:
+    """The model spec a Hugging Face folder amounts to (model, input, classes, composite)."""
+    from .files import ModelSpec
+
+    folder = Path(folder)
+    config = _json(folder / "config.json")
+    _, task = _architecture(folder, config)
+    tokenizer = folder / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise ModelError(
+            f"{folder} has no tokenizer.json: lrp tokenizes with the folder's own (fast) tokenizer",
+            hint="save the tokenizer into the folder too: AutoTokenizer.from_pretrained(...).save_pretrained(folder)",
+        )
+    inputs = {"kind": task, "tokenizer": str(tokenizer), "max_length": _max_length(folder, config), "mask": "attention_mask"}
+    return ModelSpec(model=folder, input=inputs, classes=class_names(config), composite="attnlrp", source=folder / "config.json")
+
+
+class Logits(torch.nn.Module):
+    """A transformers model as lrp explains it: token ids (and a mask) in, the logits out as one tensor."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+
+
+def load(folder: str | Path, *, allow_pickle: bool = False) -> torch.nn.Module:
+    """The folder's model, built by its transformers class from config.json, weights from safetensors."""
+    folder = Path(folder)
+    config = _json(folder / "config.json")
+    name, _ = _architecture(folder, config)
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ModelError(f"{folder} is a Hugging Face folder, which needs transformers", hint=INSTALL_HINT) from exc
+    cls = getattr(transformers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ModelError(
+            f"{folder}: '{name}' is no model class of transformers {transformers.__version__} (remote code is not run)",
+            hint="upgrade transformers if the class is newer, or export the model yourself to a .pt2",
+        )
+    safetensors = any(folder.glob("*.safetensors"))
+    if not safetensors and not allow_pickle:
+        raise ModelError(
+            f"{folder} holds no .safetensors weights; pytorch_model.bin is a pickle and unpickling runs code",
+            hint="re-save with save_pretrained(safe_serialization=True), or pass --allow-pickle if you trust the folder",
+        )
+    try:
+        model = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, use_safetensors=safetensors)
+    except Exception as exc:  # transformers raises many kinds for a folder it cannot read
+        raise ModelError(f"{folder}: transformers could not load the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    return Logits(model.eval()).eval()
