@@ -130,3 +130,9 @@ def test_without_transformers_the_message_names_the_extra(folder, tmp_path, monk
     texts.write_text("the film\n", encoding="utf-8")
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError
     refused(lrp("explain", path, texts, "-q", "--no-report", out=tmp_path / "o.jsonl"), 4, "pip install 'lrpcli[hf]'")
+
+
+def test_init_on_a_folder_says_it_needs_no_spec(folder, tmp_path):
+    path, _ = folder
+    refused(lrp("init", path, "texts.txt", "-o", tmp_path / "m.yaml"), 2, "no spec needed", f"lrp explain {path} texts.txt")
+    assert not (tmp_path / "m.yaml").exists()

@@ -60,6 +60,13 @@ def init(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..sources.files import load_class_names
     from ..outputs import write_output
 
+    from ..sources import hf
+
+    if hf.is_folder(model):
+        raise UsageError(
+            f"{model} is a Hugging Face folder: every command reads it as it is, no spec needed",
+            hint=f"lrp explain {model} {' '.join(inputs) or 'TEXTS'}",
+        )
     target = Path(options["spec_path"])
     if target.suffix not in (".yaml", ".yml"):
         raise UsageError(f"-o {target}: a model spec is a .yaml file")
