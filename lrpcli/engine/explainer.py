@@ -62,6 +62,23 @@ class Explanation:
             write_output(Path(path), png_bytes(image))
         return image
 
+    def plot(self, index: int = 0, cmap: str = "bwr", ax: Any = None) -> Any:
+        """Sample ``index``'s relevance drawn with matplotlib: an image with a colour bar (0 at the colour
+        map's centre), or a bar per feature or token; into ``ax`` where given. Returns the figure."""
+        from ..render.notebook import relevance_figure
+
+        relevance = self.relevance[index].detach().double().cpu().numpy()
+        return relevance_figure(relevance, cmap, title=f"sample {index}: target {int(self.targets[index])}", ax=ax)
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the heatmaps of images, or each row's most relevant features."""
+        from ..render.notebook import explanation_html
+
+        def array(t: torch.Tensor):
+            return t.detach().double().cpu().numpy()
+
+        return explanation_html(array(self.relevance), array(self.outputs), array(self.targets))
+
 
 def explain(
     model: Any,
