@@ -53,3 +53,26 @@ def test_init_keeps_a_state_dict_with_its_architecture_and_classes(tmp_path):
     explained = lrp("explain", spec, tmp_path / "imgs", "-q", out=tmp_path / "out")
     assert explained.code == 0, explained.stderr
     assert {r["prediction_label"] for r in read_csv(tmp_path / "out" / "summary.csv")} <= set(CLASSES)
+
+
+def test_the_next_command_init_prints_runs_as_printed(tmp_path):
+    """A Python-file arch needs --allow-code in every command that reads the spec: init says so and prints the
+    command with it (issue 26, item 5); a trusted arch gets the plain command. Each printed command is run."""
+    import shlex
+
+    torch.save(minivgg().state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "nets.py").write_text("from lrpcli.architectures import MiniVGG\n\n\ndef Net():\n    return MiniVGG(num_classes=4, width=4)\n")
+    write_image(tmp_path / "imgs" / "a.png", 3)
+    for arch, consent in ((f"{tmp_path / 'nets.py'}:Net", True), (ARCH, False)):
+        spec = tmp_path / f"spec-{consent}.yaml"
+        extra = () if consent else ("--arch-kwargs", ARCH_KWARGS)
+        run = lrp("init", tmp_path / "weights.pt", tmp_path / "imgs", "--arch", arch, *extra, "--mean", "0", "--std", "1", out=spec)
+        assert run.code == 0, run.describe()
+        printed = run.stderr + run.stdout
+        command = printed.split("next: ", 1)[1].splitlines()[0]
+        assert ("--allow-code" in command) == consent, printed
+        if consent:
+            assert "Python file" in printed
+        args = shlex.split(command)[1:]  # drop "lrp"
+        again = lrp(*args, "-q", out=tmp_path / f"out-{consent}")
+        assert again.code == 0, again.describe()

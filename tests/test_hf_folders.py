@@ -136,3 +136,13 @@ def test_init_on_a_folder_says_it_needs_no_spec(folder, tmp_path):
     path, _ = folder
     refused(lrp("init", path, "texts.txt", "-o", tmp_path / "m.yaml"), 2, "no spec needed", f"lrp explain {path} texts.txt")
     assert not (tmp_path / "m.yaml").exists()
+
+
+def test_an_onnx_file_is_named_as_such_not_answered_with_allow_pickle(tmp_path):
+    from cli_support import write_image
+
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")  # the start of an ONNX protobuf
+    write_image(tmp_path / "imgs" / "a.png", 1)
+    run = lrp("explain", tmp_path / "model.onnx", tmp_path / "imgs", "-q", out=tmp_path / "o")
+    refused(run, 4, "is an ONNX model", "torch.export.save")
+    assert "--allow-pickle" not in run.stderr

@@ -120,7 +120,27 @@ def init(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         note("no INPUTS given: the spec was not tried on an input; run lrp explain with it to check")
     header = f"# {target.name}: written by `lrp init`; paths are relative to this file\n"
     write_output(target, (header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, default_flow_style=None)).encode("utf-8"))
-    info(f"wrote {target}{tried}; next: lrp explain {target} {' '.join(inputs) or 'INPUTS'}")
+    consent = _consent_needed(spec.get("arch"), target)
+    if consent:
+        note(f"the spec's arch {consent}; commands that read this spec need --allow-code")
+    command = f"lrp explain {target} {' '.join(inputs) or 'INPUTS'}" + (" --allow-code" if consent else "")
+    info(f"wrote {target}{tried}; next: {command}")
+
+
+def _consent_needed(arch: str | None, spec_path: Path) -> str:
+    """Why a spec with this arch needs --allow-code ('' when it does not): the check every command makes."""
+    from ..errors import ModelError
+    from ..sources.files import resolve_arch
+    from ..sources.safety import check_trusted_callable, spec_arch
+
+    if not arch:
+        return ""
+    try:
+        text = spec_arch(arch, spec_path.resolve(), allow_code=False)
+        check_trusted_callable(text, resolve_arch(text))
+    except ModelError as exc:
+        return "is a Python file, whose code runs when imported" if ".py:" in arch else f"is outside the libraries a spec may name ({exc.message})"
+    return ""
 
 
 def _try_image(model: Any, preprocessing: Any, inputs: tuple[str, ...], composite: str | None) -> tuple[Any, str]:

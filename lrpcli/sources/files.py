@@ -75,6 +75,11 @@ def load_model(
         )
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        raise ModelError(
+            f"{path} is an ONNX model, which lrp does not read yet (ONNX through onnx2torch is planned)",
+            hint="give the PyTorch model it was exported from: torch.export.save (.pt2), torch.jit.save, or a state dict with --arch",
+        )
     if path.suffix in (".yaml", ".yml"):
         return load_spec_model(load_spec(path), arch=arch, arch_kwargs=arch_kwargs, allow_pickle=allow_pickle, allow_code=allow_code)
     if _is_torchscript(path):
