@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,3 +147,67 @@ def test_an_onnx_file_is_named_as_such_not_answered_with_allow_pickle(tmp_path):
     run = lrp("explain", tmp_path / "model.onnx", tmp_path / "imgs", "-q", out=tmp_path / "o")
     refused(run, 4, "is an ONNX model", "torch.export.save")
     assert "--allow-pickle" not in run.stderr
+
+
+@pytest.fixture(scope="module")
+def vit_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    labels = {0: "cat", 1: "dog"}
+    config = transformers.ViTConfig(
+        image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()},
+    )
+    model = transformers.ViTForImageClassification(config).eval()
+    path = tmp_path_factory.mktemp("hf") / "vit"
+    model.save_pretrained(path)
+    transformers.ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3]).save_pretrained(path)
+    return path, model
+
+
+def test_an_image_classifier_folder_prepares_images_as_its_processor_and_explains_them(vit_folder, tmp_path):
+    """The folder's processor output (resize 40x30 -> 16x16, rescale, normalise) equals lrp's input, and the
+    relevance equals explain() on the same model with the processor's pixel values."""
+    from PIL import Image
+
+    from lrpcli import explain
+    from lrpcli.cli.options import spec_preprocessing
+    from lrpcli.sources.files import load_spec
+
+    path, model = vit_folder
+    from cli_support import write_image
+
+    image_path = write_image(tmp_path / "imgs" / "a.png", 5, size=(40, 30))
+    processor = transformers.AutoImageProcessor.from_pretrained(path, use_fast=False)
+    with Image.open(image_path) as image:
+        expected_pixels = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+    spec = load_spec(path)
+    assert spec.classes == ["cat", "dog"] and spec.composite == "attnlrp"
+    preprocessing = spec_preprocessing(spec)
+    ours = preprocessing.tensor(preprocessing.pixels(image_path))[None]
+    torch.testing.assert_close(ours.float(), expected_pixels, rtol=0, atol=1e-5)
+    run = lrp("explain", path, tmp_path / "imgs", "-q", out=tmp_path / "out")
+    assert run.code == 0, run.describe()
+    (row,) = run.rows()
+    assert row["prediction_label"] in ("cat", "dog")
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).logits
+
+    expected = explain(Wrapped().eval(), expected_pixels, "attnlrp", target=int(row["target"]))
+    np.testing.assert_allclose(run.array(row["relevance"]), expected.relevance[0].numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_a_processor_lrp_cannot_follow_is_named(vit_folder, tmp_path):
+    from cli_support import write_image
+
+    path, model = vit_folder
+    other = tmp_path / "shortest"
+    model.save_pretrained(other)
+    transformers.ViTImageProcessor(size={"shortest_edge": 16}).save_pretrained(other)
+    write_image(tmp_path / "imgs" / "a.png", 5)
+    refused(lrp("explain", other, tmp_path / "imgs", "-q", out=tmp_path / "o"), 4, "fixed height and width", "input.resize")

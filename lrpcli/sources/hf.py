@@ -6,7 +6,9 @@ The folder reads as a model spec (:func:`folder_spec`): the class from ``config.
 ``attnlrp`` as the composite. The model is wrapped (:class:`Logits`) so that it takes the token ids and an
 attention mask and returns the logits as one tensor (``return_dict=False``): the export path behind it is
 lrpcli's job, not the user's. Weights load from safetensors; ``pytorch_model.bin`` (a pickle) only with
-``--allow-pickle``. Sequence classification in this slice; image classification and causal LMs come next.
+``--allow-pickle``. Sequence classifiers (texts with the folder's tokenizer) and image classifiers (images
+with the folder's image-processor settings: a fixed height and width, bilinear resampling, rescale by 1/255,
+normalise); causal LMs come next.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..errors import ModelError
 INSTALL_HINT = "pip install 'lrpcli[hf]'"
 #: the longest sequence a text spec made from a folder asks for, whatever the tokenizer allows
 MAX_LENGTH = 512
-_TASKS = {"ForSequenceClassification": "text"}
+_TASKS = {"ForSequenceClassification": "text", "ForImageClassification": "image"}
 
 
 def is_folder(path: str | Path) -> bool:
@@ -51,7 +53,7 @@ def _architecture(folder: Path, config: dict[str, Any]) -> tuple[str, str]:
     task = next((kind for suffix, kind in _TASKS.items() if name.endswith(suffix)), None)
     if task is None:
         raise ModelError(
-            f"{folder}: lrp explains sequence classifiers from a Hugging Face folder so far; this one is a {name}",
+            f"{folder}: lrp explains sequence and image classifiers from a Hugging Face folder so far; this one is a {name}",
             hint="export the model yourself (torch.export.save with return_dict=False) and give the .pt2",
         )
     return name, task
@@ -91,6 +93,9 @@ def folder_spec(folder: str | Path) -> Any:
     folder = Path(folder)
     config = _json(folder / "config.json")
     _, task = _architecture(folder, config)
+    composite = "attnlrp" if "num_attention_heads" in config else "epsilon_plus_flat"
+    if task == "image":
+        return ModelSpec(model=folder, input=image_input(folder), classes=class_names(config), composite=composite, source=folder / "config.json")
     tokenizer = folder / "tokenizer.json"
     if not tokenizer.is_file():
         raise ModelError(
@@ -98,11 +103,34 @@ def folder_spec(folder: str | Path) -> Any:
             hint="save the tokenizer into the folder too: AutoTokenizer.from_pretrained(...).save_pretrained(folder)",
         )
     inputs = {"kind": task, "tokenizer": str(tokenizer), "max_length": _max_length(folder, config), "mask": "attention_mask"}
-    return ModelSpec(model=folder, input=inputs, classes=class_names(config), composite="attnlrp", source=folder / "config.json")
+    return ModelSpec(model=folder, input=inputs, classes=class_names(config), composite=composite, source=folder / "config.json")
+
+
+def image_input(folder: Path) -> dict[str, Any]:
+    """The spec's ``input`` for the folder's image processor (preprocessor_config.json): what lrp's own
+    preprocessing does the same way, or a named refusal."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        raise ModelError(f"{folder} has no preprocessor_config.json: lrp prepares images as the folder's image processor does",
+                         hint="save the image processor into the folder too: AutoImageProcessor.from_pretrained(...).save_pretrained(folder)")
+    config = _json(path)
+    size = config.get("size") if config.get("do_resize", True) else None
+    if not (isinstance(size, dict) and isinstance(size.get("height"), int) and isinstance(size.get("width"), int)):
+        raise ModelError(f"{path}: lrp follows processors that resize to a fixed height and width; this one has size {size!r}",
+                         hint="give the preprocessing yourself: a spec .yaml with input.resize/crop/mean/std")
+    if config.get("resample", 2) != 2:
+        raise ModelError(f"{path}: resample {config.get('resample')} is not bilinear (2), the one lrp resizes with",
+                         hint="give the preprocessing yourself in a spec .yaml")
+    if config.get("do_rescale", True) and abs(float(config.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
+        raise ModelError(f"{path}: rescale_factor {config.get('rescale_factor')} is not 1/255", hint="give the preprocessing yourself in a spec .yaml")
+    normalise = config.get("do_normalize", True)
+    mean = [float(v) for v in config.get("image_mean", [0.5, 0.5, 0.5])] if normalise else [0.0]
+    std = [float(v) for v in config.get("image_std", [0.5, 0.5, 0.5])] if normalise else [1.0]
+    return {"mode": "RGB", "size": [size["height"], size["width"]], "mean": mean, "std": std}
 
 
 class Logits(torch.nn.Module):
-    """A transformers model as lrp explains it: token ids (and a mask) in, the logits out as one tensor."""
+    """A transformers text model as lrp explains it: token ids (and a mask) in, the logits out as one tensor."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -112,11 +140,22 @@ class Logits(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
 
 
+class ImageLogits(torch.nn.Module):
+    """A transformers image classifier as lrp explains it: pixel values in, the logits out as one tensor."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values, return_dict=False)[0]
+
+
 def load(folder: str | Path, *, allow_pickle: bool = False) -> torch.nn.Module:
     """The folder's model, built by its transformers class from config.json, weights from safetensors."""
     folder = Path(folder)
     config = _json(folder / "config.json")
-    name, _ = _architecture(folder, config)
+    name, task = _architecture(folder, config)
     try:
         import transformers
     except ImportError as exc:
@@ -137,4 +176,4 @@ def load(folder: str | Path, *, allow_pickle: bool = False) -> torch.nn.Module:
         model = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, use_safetensors=safetensors)
     except Exception as exc:  # transformers raises many kinds for a folder it cannot read
         raise ModelError(f"{folder}: transformers could not load the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
-    return Logits(model.eval()).eval()
+    return (ImageLogits if task == "image" else Logits)(model.eval()).eval()
