@@ -211,3 +211,42 @@ def test_a_processor_lrp_cannot_follow_is_named(vit_folder, tmp_path):
     transformers.ViTImageProcessor(size={"shortest_edge": 16}).save_pretrained(other)
     write_image(tmp_path / "imgs" / "a.png", 5)
     refused(lrp("explain", other, tmp_path / "imgs", "-q", out=tmp_path / "o"), 4, "fixed height and width", "input.resize")
+
+
+def test_a_causal_lm_folder_explains_the_next_token_after_each_texts_last_word(tmp_path):
+    """Texts of different lengths in one batch (padded on the right): each one's next-token logit and token
+    relevance equal explain() on that text alone through a user's own last-position wrapper."""
+    from lrpcli import explain
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=4 + len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    path = tmp_path / "lm"
+    model.save_pretrained(path)
+    _tokenizer().save_pretrained(path)
+    texts = ["the film was good", "bad boring not very great"]
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    run = lrp("explain", path, tmp_path / "t.txt", "-q", "--no-report", out=tmp_path / "next.jsonl")
+    assert run.code == 0, run.describe()
+    rows = [json.loads(line) for line in (tmp_path / "next.jsonl").read_text().splitlines()]
+
+    class LastToken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -1]
+
+    vocabulary = {v: k for k, v in _tokenizer().get_vocab().items()}
+    tokenizer = _tokenizer()
+    for row, text in zip(rows, texts):
+        encoded = tokenizer(text, return_tensors="pt")
+        expected = explain(LastToken().eval(), encoded["input_ids"], "attnlrp", target=row["target"], inputs={"attention_mask": encoded["attention_mask"]})
+        assert row["prediction"] == int(expected.outputs[0].argmax()) and row["prediction_label"] == vocabulary[row["prediction"]]
+        assert row["logit"] == pytest.approx(float(expected.outputs[0, row["target"]]), rel=1e-4)
+        got = torch.tensor([t["relevance"] for t in row["tokens"]], dtype=torch.float64)
+        torch.testing.assert_close(got, expected.relevance[0].double(), rtol=1e-4, atol=1e-6)

@@ -24,7 +24,7 @@ from ..errors import ModelError
 INSTALL_HINT = "pip install 'lrpcli[hf]'"
 #: the longest sequence a text spec made from a folder asks for, whatever the tokenizer allows
 MAX_LENGTH = 512
-_TASKS = {"ForSequenceClassification": "text", "ForImageClassification": "image"}
+_TASKS = {"ForSequenceClassification": "text", "ForImageClassification": "image", "ForCausalLM": "next-token"}
 
 
 def is_folder(path: str | Path) -> bool:
@@ -53,7 +53,7 @@ def _architecture(folder: Path, config: dict[str, Any]) -> tuple[str, str]:
     task = next((kind for suffix, kind in _TASKS.items() if name.endswith(suffix)), None)
     if task is None:
         raise ModelError(
-            f"{folder}: lrp explains sequence and image classifiers from a Hugging Face folder so far; this one is a {name}",
+            f"{folder}: lrp explains sequence and image classifiers and causal LMs (the next token) from a Hugging Face folder so far; this one is a {name}",
             hint="export the model yourself (torch.export.save with return_dict=False) and give the .pt2",
         )
     return name, task
@@ -102,8 +102,18 @@ def folder_spec(folder: str | Path) -> Any:
             f"{folder} has no tokenizer.json: lrp tokenizes with the folder's own (fast) tokenizer",
             hint="save the tokenizer into the folder too: AutoTokenizer.from_pretrained(...).save_pretrained(folder)",
         )
-    inputs = {"kind": task, "tokenizer": str(tokenizer), "max_length": _max_length(folder, config), "mask": "attention_mask"}
-    return ModelSpec(model=folder, input=inputs, classes=class_names(config), composite=composite, source=folder / "config.json")
+    inputs = {"kind": "text", "tokenizer": str(tokenizer), "max_length": _max_length(folder, config), "mask": "attention_mask"}
+    classes = token_names(tokenizer) if task == "next-token" else class_names(config)
+    return ModelSpec(model=folder, input=inputs, classes=classes, composite=composite, source=folder / "config.json")
+
+
+def token_names(tokenizer: Path) -> list[str] | None:
+    """A causal LM's classes are its vocabulary: each id's token, so a prediction reads as the next token."""
+    from tokenizers import Tokenizer
+
+    vocabulary = Tokenizer.from_file(str(tokenizer)).get_vocab(with_added_tokens=True)
+    names = {index: token for token, index in vocabulary.items()}
+    return [names.get(i, f"<{i}>") for i in range(max(names) + 1)] if names else None
 
 
 def image_input(folder: Path) -> dict[str, Any]:
@@ -138,6 +148,22 @@ class Logits(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+
+
+class NextTokenLogits(torch.nn.Module):
+    """A causal LM as lrp explains it: token ids (and a mask) in, the logits of the token after the last real
+    one out (texts are padded on the right, so that is the mask's last 1, not the last position)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+        if attention_mask is None:
+            return logits[:, -1]
+        last = attention_mask.sum(dim=1) - 1
+        return logits[torch.arange(logits.shape[0], device=logits.device), last]
 
 
 class ImageLogits(torch.nn.Module):
@@ -176,4 +202,5 @@ def load(folder: str | Path, *, allow_pickle: bool = False) -> torch.nn.Module:
         model = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, use_safetensors=safetensors)
     except Exception as exc:  # transformers raises many kinds for a folder it cannot read
         raise ModelError(f"{folder}: transformers could not load the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
-    return (ImageLogits if task == "image" else Logits)(model.eval()).eval()
+    wrapper = {"image": ImageLogits, "next-token": NextTokenLogits}.get(task, Logits)
+    return wrapper(model.eval()).eval()
