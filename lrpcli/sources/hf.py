@@ -24,7 +24,7 @@ from ..errors import ModelError
 INSTALL_HINT = "pip install 'lrpcli[hf]'"
 #: the longest sequence a text spec made from a folder asks for, whatever the tokenizer allows
 MAX_LENGTH = 512
-_TASKS = {"ForSequenceClassification": "text", "ForImageClassification": "image", "ForCausalLM": "next-token"}
+_TASKS = {"ForSequenceClassification": "text", "ForImageClassification": "image", "ForCausalLM": "next-token", "LMHeadModel": "next-token"}
 
 
 def is_folder(path: str | Path) -> bool:
