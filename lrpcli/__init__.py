@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "explain": "lrpcli.api",
     "Explainer": "lrpcli.api",
+    "LRPAttribution": "lrpcli.api",
+    "quantus_explain_func": "lrpcli.api",
     "Explanation": "lrpcli.engine.explainer",
     "LayerRelevance": "lrpcli.engine.explainer",
     "load_model": "lrpcli.sources.files",
@@ -41,7 +43,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:  # pragma: no cover
     from .engine.composite import Composite
     from .engine.composite_yaml import load_composite
-    from .api import Explainer, explain
+    from .api import Explainer, LRPAttribution, explain, quantus_explain_func
     from .engine.explainer import Explanation, LayerRelevance
     from .evaluate import evaluate
     from .errors import CheckFailed, ConfigError, InputError, LrpError, ModelError, UnsupportedOpError, UsageError
