@@ -249,3 +249,24 @@ def test_explain_in_a_loop_prepares_the_graph_once_per_composite(monkeypatch):
     torch.testing.assert_close(again.relevance, first.relevance, rtol=0, atol=0)
     other = explain(model, x, "epsilon", params={"epsilon": 0.5})  # another composite: prepared anew
     assert len(calls) == 2 and not torch.equal(other.relevance, first.relevance)
+
+
+def test_a_model_whose_output_batch_differs_from_its_input_batch_is_refused():
+    """Issue 27: a model that mixes the samples (a mean over the batch) was explained without a word."""
+    import pytest
+    from torch import nn
+
+    from lrpcli import explain
+    from lrpcli.errors import ModelError
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x).mean(0, keepdim=True)
+
+    torch.manual_seed(0)
+    with pytest.raises(ModelError, match=r"returns \(1, 3\) for a batch of 3 input"):
+        explain(Pooled().eval(), torch.rand(3, 4), "epsilon")

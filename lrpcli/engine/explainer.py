@@ -263,6 +263,13 @@ class Explainer:
             outputs = values[graph.output]
             if not isinstance(outputs, torch.Tensor):
                 raise ModelError("the model's output is not a tensor")
+            if outputs.ndim == 0 or outputs.shape[0] != x.shape[0]:
+                raise ModelError(
+                    f"the model returns {tuple(outputs.shape)} for a batch of {x.shape[0]} input(s): lrpcli explains "
+                    "models whose output has one row per input",
+                    hint="a model that mixes the samples of a batch (a mean over dim 0, a reshape across it) cannot be "
+                    "explained per input; wrap it so that each input gets its own output row",
+                )
             targets = _targets(outputs, target)
             initial = _initial_relevance(outputs, targets, init)
             watched = layer_outputs(graph, layers)
