@@ -139,24 +139,24 @@ def image_input(folder: Path) -> dict[str, Any]:
     return {"mode": "RGB", "size": [size["height"], size["width"]], "mean": mean, "std": std}
 
 
-class Logits(torch.nn.Module):
-    """A transformers text model as lrp explains it: token ids (and a mask) in, the logits out as one tensor."""
+class _Wrapped(torch.nn.Module):
+    """A transformers model held as ``model``, so that parameter names keep their ``model.`` prefix."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
+
+
+class Logits(_Wrapped):
+    """A transformers text model as lrp explains it: token ids (and a mask) in, the logits out as one tensor."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
 
 
-class NextTokenLogits(torch.nn.Module):
+class NextTokenLogits(_Wrapped):
     """A causal LM as lrp explains it: token ids (and a mask) in, the logits of the token after the last real
     one out (texts are padded on the right, so that is the mask's last 1, not the last position)."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
@@ -166,12 +166,8 @@ class NextTokenLogits(torch.nn.Module):
         return logits[torch.arange(logits.shape[0], device=logits.device), last]
 
 
-class ImageLogits(torch.nn.Module):
+class ImageLogits(_Wrapped):
     """A transformers image classifier as lrp explains it: pixel values in, the logits out as one tensor."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values, return_dict=False)[0]
