@@ -1,4 +1,5 @@
-"""The public API's doors that take a path as well as a model object: ``explain`` and ``Explainer``.
+"""The public API's doors that take a path as well as a model object: ``explain``, ``Explainer`` and
+``explain_texts``.
 
 The engine works on loaded models (it imports nothing that reads files); these load a path first with
 :func:`lrpcli.sources.files.load_model` (a TorchScript file, a ``.pt2``, a spec) and hand the engine the model.
@@ -6,11 +7,12 @@ The engine works on loaded models (it imports nothing that reads files); these l
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .engine import explainer as _engine
 from .engine.explainer import Explanation
-from .sources.files import load_model
+from .sources.files import is_spec, load_model, load_spec, load_spec_model
 
 
 class Explainer(_engine.Explainer):
@@ -25,6 +27,60 @@ def explain(model: Any, x: Any, composite: Any = "epsilon_plus_flat", target: An
 
 
 explain.__doc__ = _engine.explain.__doc__
+
+
+def explain_texts(
+    model: Any,
+    texts: str | list[str],
+    *,
+    tokenizer: str | None = None,
+    composite: Any = None,
+    target: Any = None,
+    classes: list[str] | None = None,
+    max_length: int | None = None,
+    top_k: int | None = None,
+    params: dict[str, Any] | None = None,
+    batch_size: int = 32,
+    init: str = "value",
+    device: str = "auto",
+    dtype: str = "float32",
+    allow_pickle: bool = False,
+    allow_code: bool = False,
+) -> Any:
+    """Explain texts as ``lrp explain MODEL TEXTS`` does, by the same code: a ``TextExplanation`` whose
+    ``rows`` are the JSON lines the CLI writes (tokens, words, prediction and target with class names).
+
+    ``model``: a text model's spec (.yaml), a Hugging Face folder, or any model with ``tokenizer``
+    (a ``tokenizer.json``), which then overrides the spec's. ``composite``: default the spec's, else
+    ``epsilon``. ``target``: None (the prediction), an index, a class name or "all". ``top_k`` adds each
+    row's K words most for and against the target. ``classes`` overrides the spec's class names.
+    """
+    from .runs.choices import TargetSpec
+    from .runs.texts import TEXT_COMPOSITE, explain_text_list, text_tokenizer
+
+    spec = load_spec(model) if isinstance(model, (str, Path)) and is_spec(model) else None
+    loaded = (
+        load_spec_model(spec, allow_pickle=allow_pickle, allow_code=allow_code)
+        if spec is not None
+        else load_model(model, allow_pickle=allow_pickle, allow_code=allow_code)
+    )
+    spec_input = spec.input if spec is not None else {}
+    words = text_tokenizer(spec_input, tokenizer, max_length)
+    classes = classes or (spec.classes if spec is not None else None)
+    explainer = _engine.Explainer(loaded, composite or (spec.composite if spec is not None else None) or TEXT_COMPOSITE, params=params)
+    return explain_text_list(
+        explainer,
+        [texts] if isinstance(texts, str) else list(texts),
+        words,
+        targets=TargetSpec.parse(target, None, classes),
+        classes=classes,
+        top_k=top_k,
+        batch_size=batch_size,
+        init=init,
+        device=device,
+        dtype=dtype,
+        mask=spec_input.get("mask"),
+    )
 
 
 def quantus_explain_func(model: Any, inputs: Any, targets: Any, composite: Any = "epsilon_plus_flat", **options: Any) -> Any:

@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "evaluate": {"engine", "sources", "data", "render"},
     "report": {"render", "data"},
     "runs": {"engine", "sources", "data", "render", "report", "evaluate"},
-    "api": {"engine", "sources", "evaluate"},
+    "api": {"engine", "sources", "evaluate", "runs"},  # runs for explain_texts: the text run lrp explain does
     "cli": {"engine", "sources", "data", "render", "report", "evaluate", "runs", "api"},
 }
 

@@ -16,12 +16,14 @@ import torch
 
 from ..data.text import Encoded, TextRecord, TextTokenizer, batch_length, pad_batch
 from ..engine.explainer import Explainer
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, UsageError
 from ..sources.files import saved_input
 from .choices import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 from ..render.text import token_entries, top_words, word_entries
 
 MASK_NAMES = ("attention_mask", "mask")
+#: the composite texts run with where neither the caller nor the model spec names one
+TEXT_COMPOSITE = "epsilon"
 #: share of a text's relevance that may land on padding before the run says the model does not mask it
 PADDING_LEAK = 1e-4
 
@@ -244,3 +246,78 @@ def _explain_batch(explainer, good, encoded, tokenizer, fixed, mask_name, target
             row["top_positive"], row["top_negative"] = top_words(words, top_k)
         rows.append(row)
     return rows
+
+
+def text_tokenizer(spec_input: dict[str, Any], path: str | None = None, max_length: int | None = None) -> TextTokenizer:
+    """The tokenizer texts run with: ``path`` (--tokenizer, ``tokenizer=``), else the model spec's, cut to
+    ``max_length`` tokens, else the spec's, else 256."""
+    path = path or spec_input.get("tokenizer")
+    if not path:
+        raise UsageError(
+            "texts need a tokenizer",
+            hint="give a Hugging Face tokenizer.json with --tokenizer (tokenizer= in Python), or name it in the model spec (input: {kind: text, tokenizer: ...})",
+        )
+    return TextTokenizer(path, max_length or spec_input.get("max_length") or 256)
+
+
+@dataclass
+class TextExplanation:
+    """Texts explained in Python: ``rows`` holds one dict per text and target, the JSON line ``lrp explain``
+    writes for it (id, text, prediction and target with their class names, logit, relevance_sum, truncated,
+    ``tokens`` with each token's relevance and character span, ``words``: subword pieces merged)."""
+
+    rows: list[dict[str, Any]]
+    composite: str
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    def tokens(self, index: int = 0) -> list[tuple[str, float]]:
+        """Row ``index``'s tokens and their relevance, special tokens included."""
+        return [(token["token"], token["relevance"]) for token in self.rows[index]["tokens"]]
+
+    def words(self, index: int = 0) -> list[tuple[str, float]]:
+        """Row ``index``'s words (as they stand in the text) and their relevance."""
+        return [(word["word"], word["relevance"]) for word in self.rows[index]["words"]]
+
+    def plot(self, index: int = 0, ax: Any = None) -> Any:
+        """Row ``index``'s words as bars (red for, blue against the target); returns the figure."""
+        from ..render.notebook import relevance_figure
+
+        row = self.rows[index]
+        values = [word["relevance"] for word in row["words"]]
+        title = f"text {row['id']}: target {row.get('target_label') or row['target']}"
+        return relevance_figure(values, title=title, ax=ax, labels=[word["word"] for word in row["words"]])
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: each text with its words shaded, and its tokens."""
+        from ..render.notebook import texts_html
+
+        return texts_html(self.rows, self.composite)
+
+
+class _Collect(list):
+    """A writer that keeps the rows (the Python side of the writers the CLI streams to)."""
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self.extend(rows)
+
+
+def explain_text_list(explainer: Explainer, texts: list[str], tokenizer: TextTokenizer, **options: Any) -> TextExplanation:
+    """``texts`` explained by the run ``lrp explain`` does (``explain_texts``, any text that fails is an
+    InputError); ``options`` as for ``explain_texts``. Ids are 1, 2, ... as for the lines of a .txt file."""
+    records = []
+    for number, text in enumerate(texts, 1):
+        if not isinstance(text, str):
+            raise UsageError(f"text {number} is a {type(text).__name__}, not a str", hint="give a string or a list of strings")
+        records.append(TextRecord(number, str(number), text))
+    rows = _Collect()
+    report = explain_texts(explainer, records, tokenizer, [rows], on_error="fail", **options)
+    return TextExplanation(list(rows), explainer.composite.name, report.notes)
