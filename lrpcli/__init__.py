@@ -22,6 +22,7 @@ _EXPORTS = {
     "LRPAttribution": "lrpcli.api",
     "quantus_explain_func": "lrpcli.api",
     "Explanation": "lrpcli.engine.explainer",
+    "Contrast": "lrpcli.engine.explainer",
     "LayerRelevance": "lrpcli.engine.explainer",
     "load_model": "lrpcli.sources.files",
     "evaluate": "lrpcli.evaluate",
@@ -44,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine.composite import Composite
     from .engine.composite_yaml import load_composite
     from .api import Explainer, LRPAttribution, explain, quantus_explain_func
-    from .engine.explainer import Explanation, LayerRelevance
+    from .engine.explainer import Contrast, Explanation, LayerRelevance
     from .evaluate import evaluate
     from .errors import CheckFailed, ConfigError, InputError, LrpError, ModelError, UnsupportedOpError, UsageError
     from .engine.capture import capture

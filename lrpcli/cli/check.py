@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, warn
-from .options import build_composite, composite_options, device_option, new_explainer, fit_preprocessing, json_option, on_error_option, target_option, write_json, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, report_option, spec_preprocessing
+from .options import build_composite, composite_options, contrast_option, device_option, new_explainer, fit_preprocessing, json_option, on_error_option, target_option, write_json, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, report_option, spec_preprocessing
 
 
 @click.command(
@@ -34,7 +34,8 @@ Examples:
 @click.option("--absolute", is_flag=True, help="Compare the absolute gap with the tolerance (default: relative to the logit).")
 @click.option("--count", type=click.Choice(["all", "unexplained"]), help="Count the whole gap, or only what biases and stabilisers do not explain (default: all for LRP-0, else unexplained).")
 @target_option("pred (default), a class index or a class name")
-@click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True)
+@click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
+@contrast_option
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @device_option
@@ -65,7 +66,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     from ..runs.conservation import check_conservation as run_check
     from ..runs.conservation import junit_xml, merge
     from ..errors import CheckFailed, InputError, UsageError
-    from ..runs.choices import resolve_device
+    from ..runs.choices import resolve_device, walk_start
     from ..sources.files import is_spec, load_spec
     from ..outputs import write_output
 
@@ -153,6 +154,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     if not batches:
         raise InputError(f"none of the {len(skipped)} input(s) could be read: {skipped[0] if skipped else ''}")
     device = resolve_device(options["device"])
+    start = walk_start(options["init"], options["contrast"], spec.classes if spec else None)
     reports = [
         run_check(
             explainer,
@@ -162,7 +164,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
             tolerance=options["tolerance"],
             relative=not options["absolute"],
             count=options["count"],
-            init=options["init"],
+            init=start,
             inputs={k: v.to(device) for k, v in extras[index].items()} if texts and extras[index] else None,
         )
         for index, (xb, names) in enumerate(batches)
@@ -171,7 +173,7 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     if options["junit"]:
         write_output(Path(options["junit"]), junit_xml(report).encode("utf-8"))
     if options["json_path"]:
-        write_json(options["json_path"], report.to_dict())
+        write_json(options["json_path"], {**report.to_dict(), **({"contrast": options["contrast"]} if options["contrast"] else {})})
     if options["report_path"]:
         _write_report(report, model, inputs, options)
     if not options["quiet"]:
@@ -212,6 +214,7 @@ def _write_report(report: Any, model: str, inputs: tuple[str, ...], options: dic
         "inputs": shown,
         "shard": options.get("shard"),
         "init": options.get("init"),
+        "contrast": options.get("contrast"),
         "target": options.get("target"),
         "versions": {"lrpcli": __version__, "torch": torch.__version__, "python": sys.version.split()[0], "platform": platform.platform()},
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

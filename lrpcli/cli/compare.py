@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, note, progress, warn
-from .options import graph_store, check_cmap, device_option, overlay_option, overlay_style_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, spec_preprocessing
+from .options import graph_store, check_cmap, contrast_option, device_option, overlay_option, overlay_style_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, spec_preprocessing
 
 
 @click.command(
@@ -43,6 +43,7 @@ Examples:
 @overlay_option
 @overlay_style_option
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
+@contrast_option
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Inputs per batch.")
 @device_option
 @click.option("--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]), default="float32", show_default=True)
@@ -63,7 +64,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..data.images import collect_images
     from ..errors import ConfigError, InputError, UsageError
     from ..sources.files import is_spec, load_class_names, load_spec
-    from ..runs.choices import TargetSpec
+    from ..runs.choices import TargetSpec, walk_start
 
     if not inputs:
         raise UsageError("no INPUTS given", hint="give image files, folders or globs")
@@ -132,7 +133,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     if shared:
         footer_parts.append("all composites: " + ", ".join(f"{k}={v}" for k, v in shared.items()))
     run_options = CompareOptions(
-        batch_size=options["batch_size"], device=options["device"], dtype=options["dtype"], init=options["init"], on_error=options["on_error"]
+        batch_size=options["batch_size"], device=options["device"], dtype=options["dtype"], init=walk_start(options["init"], options["contrast"], classes), on_error=options["on_error"]
     )
     quiet = options["quiet"]
     with progress(f"comparing {len(composites)} composites", len(items), quiet) as advance:

@@ -10,6 +10,7 @@ import click
 from .console import console, failed, info, note, progress, warn
 from .options import (
     check_cmap,
+    contrast_option,
     device_option,
     overlay_option,
     overlay_style_option,
@@ -61,6 +62,7 @@ Examples:
 @click.option("--max-length", type=click.IntRange(min=1), help="Texts: cut texts to this many tokens (default: the spec's, else 256); cut texts are reported.")
 @click.option("--html", type=click.Path(dir_okay=False), help="Texts: also write one script-free HTML page with every text's words shaded by relevance (the --report page shows them too, a sample of a large run, with the words for and against each class).")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
+@contrast_option
 @click.option("--cmap", default="bwr", show_default=True, help="Heatmap colour map: bwr, seismic, coldnhot, gray, coolwarm, ...")
 @overlay_option
 @overlay_style_option
@@ -104,7 +106,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..errors import InputError, UsageError
     from ..sources.files import file_hash, is_spec, load_class_names, load_spec
     from ..runs.images import ImageRunOptions, explain_images
-    from ..runs.choices import TargetSpec
+    from ..runs.choices import TargetSpec, walk_start
 
     from ..runs.shards import Shard, read_inputs_list
 
@@ -178,7 +180,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         on_error=options["on_error"],
         resume=options["resume"],
         workers=options["workers"],
-        init=options["init"],
+        init=walk_start(options["init"], options["contrast"], classes),
         shard=shard,
         overwrite=options["overwrite"],
         layers=tuple(name.strip() for name in (options["layers"] or "").split(",") if name.strip()),

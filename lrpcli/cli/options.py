@@ -315,3 +315,11 @@ def input_shape_option(text: str | None, spec: Any) -> tuple[int, ...] | None:
     if isinstance(features, list):
         return (len(features),)
     return None
+
+
+contrast_option = click.option(
+    "--contrast",
+    metavar="CLASS",
+    help="Explain the target rather than CLASS (a class name or index): the walk starts from the target's logit and "
+    "minus CLASS's, so the relevance sums to the logit difference. Inputs whose target is CLASS get zero relevance.",
+)

@@ -150,6 +150,8 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     if options["classes_file"]:
         classes = load_class_names(options["classes_file"])
     targets = TargetSpec.parse(options["target"], None, classes)
+    from ..runs.choices import walk_start
+
     # tabular inputs have no pixel neighbourhood: flat on the first layer would say nothing
     composite = build_composite(options["composite"], spec, parse_params(options["params"]), default="epsilon")
     loaded = load_model_option(model, spec, options)
@@ -177,7 +179,7 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
         on_error=options["on_error"],
         device=options["device"],
         dtype=options["dtype"],
-        init=options["init"],
+        init=walk_start(options["init"], options["contrast"], classes),
         shard=Shard.parse(options["shard"]),
     )
     if options["top_k"] is not None and options["top_k"] < 1:

@@ -23,7 +23,7 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
     from ..errors import InputError, UsageError
     from ..sources.files import load_class_names
     from ..outputs import atomic_text
-    from ..runs.choices import TargetSpec
+    from ..runs.choices import TargetSpec, walk_start
     from ..runs.shards import Shard
     from ..render.text import HtmlWriter, TextWriter
     from ..runs.texts import explain_texts
@@ -69,7 +69,7 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
         on_error=options["on_error"],
         device=options["device"],
         dtype=options["dtype"],
-        init=options["init"],
+        init=walk_start(options["init"], options["contrast"], classes),
         mask=spec_input.get("mask"),
         shard=Shard.parse(options["shard"]),
     )

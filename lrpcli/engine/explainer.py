@@ -28,6 +28,25 @@ from .propagate import LayerRelevance, propagate, record
 INITS = ("value", "one-hot")
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """A contrastive start: "the target rather than ``against``". The walk starts from the target's seed and the
+    negative seed of ``against`` (``z_t`` and ``-z_c`` with ``base="value"``, +1 and -1 with "one-hot"), so the
+    relevance sums to the logit difference ``z_t - z_c``: what a head returning that difference gives under the
+    epsilon rule at its last layer. Where a sample's target is ``against`` itself, its start is all zeros."""
+
+    against: Any  # an int, or one int per sample
+    base: str = "value"
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        flat = outputs if outputs.ndim == 2 else outputs[:, None]
+        against = _targets(flat, self.against)
+        start = _initial_relevance(flat, targets, self.base)
+        rows = torch.arange(flat.shape[0], device=flat.device)
+        start[rows, against] -= flat[rows, against] if self.base == "value" else 1.0
+        return start.reshape(outputs.shape)
+
+
 @dataclass
 class Explanation:
     """What ``explain`` returns."""
@@ -86,7 +105,8 @@ def explain(
     composite: Any = "epsilon_plus_flat",
     target: Any = None,
     *,
-    init: str = "value",
+    init: Any = "value",
+    contrast: Any = None,
     layer_relevance: bool = False,
     params: dict[str, Any] | None = None,
     inputs: dict[str, torch.Tensor] | None = None,
@@ -98,7 +118,13 @@ def explain(
     ``model``: nn.Module, ScriptModule, ExportedProgram or a path to a saved model.
     ``composite``: a built-in name, a YAML path, a dict of the YAML's shape or a Composite.
     ``target``: None (the argmax), an int, or a tensor/list of ints (one per sample).
-    ``init``: "value" starts from the target logit's value, "one-hot" from 1 (zennit's seed).
+    ``init``: where the walk starts. "value": the target logit's value; "one-hot": 1 (zennit's seed); a tensor
+    shaped like the outputs (the relevance of each output unit; ``target`` then only names what is reported, and
+    without it the unit each start weighs most); or a function ``init(outputs, targets)`` returning such a tensor
+    (``targets`` None where no target is given). Outputs of any shape take a custom start: a language model's
+    (batch, positions, vocabulary) logits seeded at chosen positions.
+    ``contrast``: an int (or one per sample): explain "the target rather than this class", the relevance of the
+    logit difference (see :class:`Contrast`); with init "value" or "one-hot".
     ``params``: composite-wide parameter overrides (epsilon, gamma, low, high, stabilizer).
     ``inputs``: further keyword inputs of the model (an ``attention_mask``), one row per sample: held
     constant, never explained (nn.Modules and exported programs).
@@ -108,7 +134,7 @@ def explain(
     relevance is returned in ``Explanation.layer_maps``, shaped like that output.
     """
     return Explainer(model, composite, params=params).explain(
-        x, target, init=init, layer_relevance=layer_relevance, inputs=inputs, embedding_relevance=embedding_relevance, layers=layers
+        x, target, init=init, contrast=contrast, layer_relevance=layer_relevance, inputs=inputs, embedding_relevance=embedding_relevance, layers=layers
     )
 
 
@@ -242,15 +268,15 @@ class Explainer:
         x: torch.Tensor,
         target: Any = None,
         *,
-        init: str = "value",
+        init: Any = "value",
+        contrast: Any = None,
         layer_relevance: bool = False,
         inputs: dict[str, torch.Tensor] | None = None,
         embedding_relevance: bool = False,
         layers: Sequence[str] = (),
     ) -> Explanation:
         x = _check_input(x)
-        if init not in INITS:
-            raise UsageError(f"unknown init '{init}' (known: {', '.join(INITS)})", hint=suggest(init, list(INITS)))
+        init = _start(init, contrast)
         graph, assigned = self.prepare(x, inputs)
         with torch.inference_mode():
             try:
@@ -270,8 +296,15 @@ class Explainer:
                     hint="a model that mixes the samples of a batch (a mean over dim 0, a reshape across it) cannot be "
                     "explained per input; wrap it so that each input gets its own output row",
                 )
-            targets = _targets(outputs, target)
-            initial = _initial_relevance(outputs, targets, init)
+            if isinstance(init, str):
+                targets = _targets(outputs, target)
+                initial = _initial_relevance(outputs, targets, init)
+            else:  # a custom start, on any outputs (a language model's (batch, positions, vocabulary) logits too)
+                flat = outputs if outputs.ndim <= 2 else outputs.reshape(outputs.shape[0], -1)
+                targets = _targets(flat, target) if target is not None else None
+                initial = _custom_start(init, outputs, targets)
+                if targets is None:  # reported: the unit each sample's start weighs most
+                    targets = initial.abs().reshape(outputs.shape[0], -1).argmax(1)
             watched = layer_outputs(graph, layers)
             kept: dict[str, torch.Tensor] | None = {} if embedding_relevance or watched else None
             relevance, totals = propagate(graph, assigned, values, initial, layer_relevance, kept, watched)
@@ -374,6 +407,40 @@ def _targets(outputs: torch.Tensor, target: Any) -> torch.Tensor:
     if bool(bad.any()):
         raise UsageError(f"target {int(targets[bad][0])} is out of range: the model has {classes} outputs (0..{classes - 1})")
     return targets.clone()
+
+
+def _start(init: Any, contrast: Any) -> Any:
+    """``init`` checked, and turned into a :class:`Contrast` where ``contrast`` is given."""
+    if isinstance(init, str) and init not in INITS:
+        raise UsageError(f"unknown init '{init}' (known: {', '.join(INITS)})", hint=suggest(init, list(INITS)))
+    if not isinstance(init, (str, torch.Tensor)) and not callable(init):
+        raise UsageError(
+            f"init must be 'value', 'one-hot', a tensor shaped like the outputs or a function of (outputs, targets), "
+            f"got {type(init).__name__}"
+        )
+    if contrast is None:
+        return init
+    if not isinstance(init, str):
+        raise UsageError("contrast= takes init 'value' or 'one-hot'; a custom init already says where the walk starts")
+    return Contrast(contrast, init)
+
+
+def _custom_start(init: Any, outputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """A user's start (a tensor, or what their function returns), checked against the outputs."""
+    start = init(outputs.clone(), None if targets is None else targets.clone()) if callable(init) and not isinstance(init, torch.Tensor) else init
+    if not isinstance(start, torch.Tensor):
+        raise UsageError(f"init returned {type(start).__name__}, not a tensor shaped like the outputs {tuple(outputs.shape)}")
+    if tuple(start.shape) != tuple(outputs.shape):
+        raise UsageError(
+            f"init is shaped {tuple(start.shape)}, the model's outputs {tuple(outputs.shape)}: give one start value per output",
+            hint="e.g. torch.zeros_like(outputs) with the units to explain set",
+        )
+    if not start.is_floating_point() and start.dtype != torch.bool:
+        start = start.to(outputs.dtype)
+    start = start.detach().to(device=outputs.device, dtype=outputs.dtype)
+    if not bool(torch.isfinite(start).all()):
+        raise UsageError("init holds NaN or infinite values")
+    return start.clone()
 
 
 def _initial_relevance(outputs: torch.Tensor, targets: torch.Tensor, init: str) -> torch.Tensor:

@@ -66,6 +66,22 @@ class TargetSpec:
         return [[int(i) for i in row] for row in scores.topk(k, dim=1).indices]
 
 
+def walk_start(init: str, contrast: str | int | None, classes: list[str] | None) -> Any:
+    """What ``Explainer.explain(init=...)`` is given for ``--init`` and ``--contrast CLASS``: the name, or a
+    :class:`~lrpcli.engine.explainer.Contrast` ("the target rather than CLASS") with that class's index."""
+    if contrast is None:
+        return init
+    from ..engine.explainer import Contrast
+
+    try:
+        spec = TargetSpec.parse(contrast, None, classes)
+    except UsageError as exc:
+        raise UsageError(exc.message.replace("--target", "--contrast"), hint=exc.hint) from None
+    if spec.mode != "index":
+        raise UsageError(f"--contrast {contrast}: give one class (a name or an index) to explain the target against")
+    return Contrast(int(spec.index), init)
+
+
 @dataclass
 class Failure:
     input: str
