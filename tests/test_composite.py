@@ -24,6 +24,10 @@ BUILTINS = [
     "epsilon_alpha2_beta1_flat",
     "attnlrp",
     "cp_lrp",
+    "excitation_backprop",
+    "guided_backprop",
+    "deconvnet",
+    "beta_smooth",
 ]
 
 
@@ -174,7 +178,7 @@ def test_unmatched_weighted_layers_fall_back_to_epsilon_and_say_so(mini_vgg):
         ("rulez:\n  - match: {type: conv}\n    rule: epsilon\n", 1, "rulez", "did you mean 'rules'"),
         ("params: {epsillon: 0.1}\nrules: []\n", 1, "epsillon", "did you mean 'epsilon'"),
         ("rules:\n  - match: {type: add}\n    rule: gamma\n", 3, "rule", "does not apply to type"),
-            ("rules:\n  - match: {type: softmax}\n    rule: uniform\n", 3, "rule", "rules for softmax: constant, taylor"),
+            ("rules:\n  - match: {type: softmax}\n    rule: uniform\n", 3, "rule", "rules for softmax: constant, gradient, pass, taylor"),
         ("canonizers: [fold_batchnrom]\nrules: []\n", 1, "canonizers", "fold_batchnorm"),
         ("extends: epsilon_plus_flatt\n", 1, "extends", "epsilon_plus_flat"),
         ("rules:\n  - match: {type: conv}\n    rule: zbox\n    low: [0, x]\n", 4, "low", "number"),

@@ -33,7 +33,13 @@ class Mixed(nn.Module):
 
 
 #: for each transformer kind, two rules whose results must differ
-ALTERNATIVES = {"layernorm": ("epsilon", "pass"), "product": ("uniform", "signal"), "softmax": ("taylor", "constant")}
+ALTERNATIVES = {
+    "layernorm": ("epsilon", "pass"),
+    "product": ("uniform", "signal"),
+    "softmax": ("taylor", "constant"),
+    # (guided_backprop and deconvnet agree on LRP relevance: a ReLU's zero outputs get none from above)
+    "elementwise": ("beta_smooth", "deconvnet"),
+}
 
 
 @pytest.mark.parametrize("name", [n for n in RULES.names() if "conv" not in RULES.get(n).kinds])

@@ -50,6 +50,10 @@ BUILTIN_COMPOSITES = (
     "epsilon_gamma_box",
     "epsilon_alpha2_beta1",
     "epsilon_alpha2_beta1_flat",
+    "excitation_backprop",
+    "guided_backprop",
+    "deconvnet",
+    "beta_smooth",
 )
 
 # zennit's defaults, which lrpcli's built-ins share.
@@ -139,6 +143,7 @@ def zennit_composite(
     low: Any = -3.0,
     high: Any = 3.0,
     input_ndim: int | None = None,
+    beta_smooth: float = 10.0,
 ):
     """zennit's composite for lrpcli's built-in composite ``name``.
 
@@ -147,11 +152,15 @@ def zennit_composite(
     """
     zennit = require_zennit()
     from zennit.composites import (
+        BetaSmooth,
+        DeconvNet,
         EpsilonAlpha2Beta1,
         EpsilonAlpha2Beta1Flat,
         EpsilonGammaBox,
         EpsilonPlus,
         EpsilonPlusFlat,
+        ExcitationBackprop,
+        GuidedBackprop,
         LayerMapComposite,
         layer_map_base,
     )
@@ -196,6 +205,14 @@ def zennit_composite(
             stabilizer=stabilizer,
             canonizers=canonizers,
         )
+    if key == "excitation_backprop":
+        return ExcitationBackprop(stabilizer=stabilizer, canonizers=canonizers)
+    if key == "guided_backprop":
+        return GuidedBackprop(canonizers=canonizers)
+    if key == "deconvnet":
+        return DeconvNet(canonizers=canonizers)
+    if key == "beta_smooth":
+        return BetaSmooth(beta_smooth=beta_smooth, canonizers=canonizers)
     raise KeyError(f"no zennit counterpart for composite '{name}' (known: {', '.join(BUILTIN_COMPOSITES)})")
 
 
@@ -287,6 +304,8 @@ def zennit_twin(model: nn.Module, exact: bool = True) -> tuple[nn.Module, list[A
       (explicit ``Sum``), batch-norms are merged with ``NamedMergeBatchNorm``;
     * anything else (MLP, MiniVGG, VGG): unchanged, ``SequentialMergeBatchNorm``.
 
+    Its ReLUs are not in-place (zennit's ``ReLUBetaSmooth`` would read the input the ReLU overwrote).
+
     With ``exact`` (the default) the merge canonizers are wrapped by
     :func:`exact_merge`; ``exact=False`` gives zennit's canonizers as they are.
     """
@@ -300,6 +319,9 @@ def zennit_twin(model: nn.Module, exact: bool = True) -> tuple[nn.Module, list[A
         SequentialMergeBatchNorm = exact_merge(SequentialMergeBatchNorm)  # noqa: N806
 
     twin = copy.deepcopy(model).eval()
+    for module in twin.modules():  # zennit's ReLUBetaSmooth reads its input after an in-place ReLU overwrote it
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
     if isinstance(twin, ResNet):
         for parent in list(twin.modules()):
             for child_name, child in list(parent.named_children()):

@@ -45,8 +45,8 @@ DEFAULT_CANONIZERS = ("fold_batchnorm",)
 
 #: layer types a ``match: {type: ...}`` may name, and the node kinds/conditions they stand for
 LAYER_TYPES = (
-    "add", "avgpool", "batchnorm", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "gate", "layernorm",
-    "linear", "product", "reduce", "scale", "softmax",
+    "activation", "add", "avgpool", "batchnorm", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "gate",
+    "layernorm", "linear", "product", "reduce", "relu", "scale", "softmax",
 )
 #: a product whose gate factor one of these made (squeeze-and-excitation, LSTM gates) is also of type `gate`
 GATE_OPS = ("sigmoid", "hardsigmoid")
@@ -73,6 +73,7 @@ _TYPE_ALIASES = {
     "avg_pool": "avgpool",
     "adaptiveavgpool2d": "avgpool",
     "avgpool2d": "avgpool",
+    "elementwise": "activation",
 }
 
 
@@ -127,8 +128,17 @@ class Entry:
 
 
 def _kind_of_type(layer_type: str) -> str:
-    """The node kind a match type names (conv1d and conv_transpose are convs, gates are products)."""
+    """The node kind a match type names (conv1d and conv_transpose are convs, gates are products, ReLUs
+    and other activations element-wise)."""
+    if layer_type in ("relu", "activation"):
+        return "elementwise"
     return "conv" if layer_type.startswith("conv") else "product" if layer_type == "gate" else layer_type
+
+
+def _takes_rule(node: Node) -> bool:
+    """Whether a composite line can give ``node`` a rule: the rule kinds, and element-wise activations
+    (which pass relevance on unchanged where no line gives them one)."""
+    return node.kind in ops.RULE_KINDS or (node.kind == "elementwise" and ops.activation_of(node.target) is not None)
 
 
 def _type_matches(layer_type: str, node: Node) -> bool:
@@ -140,6 +150,9 @@ def _type_matches(layer_type: str, node: Node) -> bool:
         return node.kind == "conv" and not node.is_transposed_conv and node.weight.ndim - 2 == int(layer_type[4])
     if layer_type == "gate":
         return node.kind == "product" and node.gate_op in GATE_OPS
+    if layer_type in ("relu", "activation"):
+        activation = ops.activation_of(node.target) if node.kind == "elementwise" else None
+        return activation == "relu" if layer_type == "relu" else activation is not None
     return node.kind == layer_type
 
 
@@ -202,7 +215,7 @@ class Composite:
         assigned: dict[str, Assigned] = {}
         used: set[int] = set()
         for node in graph.nodes:
-            if node.kind not in ops.RULE_KINDS:
+            if not _takes_rule(node):
                 continue
             chosen = None
             for index, entry in enumerate(self.entries):
@@ -213,6 +226,8 @@ class Composite:
                 chosen = (index, entry)
                 break
             if chosen is None:
+                if node.kind == "elementwise":
+                    continue  # no fallback: an activation passes relevance on unchanged
                 assigned[node.name] = Assigned(node.name, self.fallback_rule(node), None)
                 continue
             index, entry = chosen
@@ -222,7 +237,7 @@ class Composite:
             assigned[node.name] = Assigned(node.name, rules[index], entry)
         for index, entry in enumerate(self.entries):
             if entry.names is not None and not entry.inherited and not any(
-                entry.matches(node, node.name in first) for node in graph.nodes if node.kind in ops.RULE_KINDS
+                entry.matches(node, node.name in first) for node in graph.nodes if _takes_rule(node)
             ):
                 paths = sorted({n.path for n in graph.nodes if n.kind in ops.RULE_KINDS})
                 hint = suggest(entry.names[0], paths)

@@ -15,7 +15,8 @@ avgpool         avg / adaptive-avg pooling: proportional split
 reduce          mean / sum reductions: proportional split
 scale           mul / div by a constant: proportional split
 route           shape ops, cat, slicing, max-pool, max/amax: relevance moves with the values
-elementwise     relu-like nonlinearities, dropout, identity: relevance passes unchanged
+elementwise     relu-like nonlinearities, dropout, identity: relevance passes unchanged (activations
+                may get a rule: GuidedBackprop, DeconvNet, BetaSmooth, the gradient)
 layernorm       layer / group / RMS norm: rules see it with 1/sigma held constant
 product         products of two activations (mul, matmul, bmm, einsum): uniform or gated split
 softmax         softmax inside the model (a trailing one is stripped): AttnLRP's Taylor rule or constant
@@ -92,6 +93,9 @@ _add(
 
 #: ops whose relevance is routed without a rule: no dropout/identity semantics needed
 DROPOUT_OPS = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "identity"}
+#: element-wise activations: the ``elementwise`` ops that compute something. They pass relevance on unchanged
+#: unless a composite gives them a rule (the ReLU-gradient rules, ``gradient``: rules/gradient.py)
+ACTIVATION_OPS = frozenset(name for name, kind in _KIND_BY_NAME.items() if kind == "elementwise") - DROPOUT_OPS
 
 
 def op_name(target) -> str:
@@ -134,6 +138,12 @@ def kind_of(target) -> str | None:
         return "meta"
     name = op_name(out_of_place(target))
     return _KIND_BY_NAME.get(name)
+
+
+def activation_of(target) -> str | None:
+    """The base name of an element-wise activation op (``relu_`` -> ``relu``), or None for anything else."""
+    name = op_name(out_of_place(target))
+    return name if name in ACTIVATION_OPS else None
 
 
 def kind_of_name(name: str) -> str | None:

@@ -201,6 +201,8 @@ def _node_relevance(
     if kind == "embedding":  # the input ids: a token's relevance is its embedding's, summed over the hidden dim
         return {inputs[0]: relevance.sum(dim=-1)}
     if kind == "elementwise":
+        if assigned is not None:  # an activation a composite line gave a rule (GuidedBackprop, the gradient, ...)
+            return assigned.rule.propagate(node, values, inputs, values[node.name], relevance, ledger=ledger)
         if len(inputs) == 1 and values.stand_in(inputs[0]).shape == relevance.shape:
             return {inputs[0]: relevance}
         return vjp(node, values, inputs, relevance)

@@ -77,7 +77,7 @@ def inspect_model(model: Any, example: torch.Tensor, composite: Any = "epsilon_p
     for node in graph.nodes:
         if node.name not in relevant:
             continue
-        if node.kind in ("route", "elementwise", "meta"):
+        if node.kind in ("route", "elementwise", "meta") and node.name not in assigned:  # an activation with a rule is a layer
             if node.kind != "meta" and layers:
                 layers[-1].routed_after.append(node.op)
             continue

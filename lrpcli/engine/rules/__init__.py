@@ -5,6 +5,7 @@
 - ``weighted``: z+, alpha-beta, gamma, flat, w², z^B: layers with weights
 - ``transformer``: uniform and signal (products), taylor and constant (softmax), and the
   LayerNorm form of the epsilon rules (AttnLRP, CP-LRP)
+- ``gradient``: the plain gradient and the ReLU-gradient rules (GuidedBackprop, DeconvNet, BetaSmooth)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from ...registry import Registry
 from .base import Derived, Ledger, Param, Rule, divide, stabilise, stabilise_
 from .epsilon import Epsilon, Norm, Pass, Z
+from .gradient import BetaSmooth, DeconvNet, Gradient, GuidedBackprop
 from .transformer import Constant, Signal, Taylor, Uniform
 from .weighted import AlphaBeta, Flat, Gamma, WSquare, ZBox, ZPlus
 
@@ -34,6 +36,10 @@ RULES.register("uniform", Uniform, aliases=("uniform_epsilon", "attnlrp_product"
 RULES.register("signal", Signal, aliases=("gate", "signal_only", "signal_take_all"))
 RULES.register("taylor", Taylor, aliases=("softmax_taylor",))
 RULES.register("constant", Constant, aliases=("detach", "hold"))
+RULES.register("gradient", Gradient, aliases=("grad",))
+RULES.register("guided_backprop", GuidedBackprop, aliases=("guidedbackprop", "guided"))
+RULES.register("deconvnet", DeconvNet, aliases=("deconv_net",))
+RULES.register("beta_smooth", BetaSmooth, aliases=("betasmooth",))
 
 
 def rules_text() -> str:

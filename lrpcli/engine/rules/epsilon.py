@@ -67,7 +67,7 @@ class Norm(Epsilon):
 class Pass(Rule):
     name = "pass"
     formula = "R_j = R_j   (relevance passes unchanged; input and output shapes must match)"
-    kinds = Epsilon.kinds
+    kinds = Epsilon.kinds + ("softmax",)  # a softmax inside the model too: its input gets its output's relevance
 
     def weighted(self, node, a, z, relevance, ledger=None):
         self._check(node, a, relevance)
