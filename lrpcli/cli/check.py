@@ -140,7 +140,9 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
             chunk = readable[start : start + options["batch_size"]]
             batches.append((torch.stack([tensor for _, tensor in chunk]), [name for name, _ in chunk]))
     else:
-        shape = input_shape_option(options["input_shape"], spec)
+        from ..sources.files import saved_input_shape
+
+        shape = input_shape_option(options["input_shape"], spec) or saved_input_shape(loaded)  # a .pt2 or .onnx says what it takes
         if shape is None:
             raise UsageError("the input shape is unknown", hint="pass --input-shape C,H,W (or F), or use a model spec with input.size")
         generator = torch.Generator().manual_seed(options["seed"])

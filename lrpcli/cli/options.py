@@ -227,12 +227,13 @@ def spec_preprocessing(spec: Any, options: dict[str, Any] | None = None) -> Any:
 
 def fit_preprocessing(preprocessing: Any, spec: Any, options: dict[str, Any], model: Any) -> tuple[Any, list[str]]:
     """The preprocessing fitted to what the model takes: grayscale for a model whose first layer reads one
-    channel (unless a mode was given), a clear error for a mode that contradicts it, and a warning when no
-    normalisation is given at all. Returns the preprocessing and the warnings to print."""
+    channel (unless a mode was given), a clear error for a mode that contradicts it, the height and width an ONNX
+    file declares where no size was given, and a warning when no normalisation is given at all. Returns the preprocessing and the warnings to print."""
     import dataclasses
 
     from ..errors import UsageError
     from ..sources.files import input_channels
+    from ..sources.onnx import input_shape as onnx_input_shape
 
     warnings: list[str] = []
     channels = input_channels(model)
@@ -245,6 +246,9 @@ def fit_preprocessing(preprocessing: Any, spec: Any, options: dict[str, Any], mo
                 hint=f"use {fix}" + (" (and fix input.mode in the model spec)" if spec is not None and spec.input.get("mode") else ""),
             )
         preprocessing = dataclasses.replace(preprocessing, mode="L" if channels == 1 else "RGB")
+    declared = onnx_input_shape(model)  # an ONNX file names its input's height and width: images are resized to them
+    if declared is not None and len(declared) == 3 and preprocessing.size is None and preprocessing.resize is None and preprocessing.crop is None:
+        preprocessing = dataclasses.replace(preprocessing, size=declared[1:])
     if preprocessing.mean is None and preprocessing.std is None:
         example = "--mean 0.5 --std 0.5" if preprocessing.channels == 1 else "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225"
         warnings.append(

@@ -1,5 +1,5 @@
 """Loading models: TorchScript, ExportedProgram (.pt2), state dicts with an architecture,
-safetensors, whole pickled modules (opt-in), and model spec files.
+safetensors, ONNX (onnx.py), whole pickled modules (opt-in), and model spec files.
 
 A *model spec* is a small YAML file a team can hand over with the weights::
 
@@ -30,7 +30,7 @@ from ..errors import ConfigError, ModelError
 from ..limits import MAX_CLASSES_BYTES, check_archive, check_pixels, load_yaml, read_text
 from ..registry import suggest
 from ..engine.weights import model_tensors
-from . import hf, lightning
+from . import hf, lightning, onnx
 from .safety import check_trusted_callable, load_exported, spec_arch
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -53,7 +53,7 @@ def load_model(
     """Return something ``graph.capture`` takes: an nn.Module, ScriptModule or ExportedProgram.
 
     ``model`` may already be one of those, or a path to: a ``.pt2`` ExportedProgram, a
-    TorchScript file, a state dict (``.pt``, ``.pth``, ``.safetensors``; needs ``arch``),
+    TorchScript file, an ``.onnx`` file (extra ``onnx``), a state dict (``.pt``, ``.pth``, ``.safetensors``; needs ``arch``),
     a model spec ``.yaml``, or — only with ``allow_pickle`` — a whole pickled module.
     ``arch`` is the caller's own choice and may name any callable; a spec's ``arch`` is
     limited to model libraries unless ``allow_code`` (see ``safety.py``).
@@ -75,11 +75,10 @@ def load_model(
         )
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
-    if path.suffix.lower() == ".onnx":
-        raise ModelError(
-            f"{path} is an ONNX model, which lrp does not read yet (ONNX through onnx2torch is planned)",
-            hint="give the PyTorch model it was exported from: torch.export.save (.pt2), torch.jit.save, or a state dict with --arch",
-        )
+    if onnx.is_onnx(path):
+        if arch is not None:
+            raise ModelError(f"{path} is an ONNX model: it carries its own graph", hint="drop --arch (and the spec's arch)")
+        return onnx.load(path)
     if path.suffix in (".yaml", ".yml"):
         return load_spec_model(load_spec(path), arch=arch, arch_kwargs=arch_kwargs, allow_pickle=allow_pickle, allow_code=allow_code)
     if _is_torchscript(path):
@@ -324,7 +323,10 @@ def saved_input(model: Any) -> Any:
 
 
 def saved_input_shape(model: Any) -> tuple[int, ...] | None:
-    """One input's shape (without the batch) where a saved program fixes it, e.g. (3, 224, 224); else None."""
+    """One input's shape (without the batch) where a saved program or an ONNX file fixes it, e.g. (3, 224, 224); else None."""
+    declared = onnx.input_shape(model)
+    if declared is not None:
+        return declared
     value = saved_input(model)
     if value is None or not value.is_floating_point() or not all(isinstance(s, int) for s in value.shape[1:]):
         return None
@@ -334,6 +336,9 @@ def saved_input_shape(model: Any) -> tuple[int, ...] | None:
 def input_channels(model: Any) -> int | None:
     """How many channels the model's image input has: a saved program's input signature, else the first
     4-D weight (the first convolution's (out, in, kh, kw)); None where neither says."""
+    declared = onnx.input_shape(model)
+    if declared is not None and len(declared) == 3:
+        return declared[0]
     value = saved_input(model)
     if value is not None and value.ndim == 4 and isinstance(value.shape[1], int):
         return int(value.shape[1])
