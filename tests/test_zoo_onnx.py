@@ -315,5 +315,8 @@ def test_a_damaged_file_and_arch_are_model_errors(nets, tmp_path):
     damaged.write_bytes(nets["dynamo"][1].read_bytes()[:200])
     with pytest.raises(ModelError, match="not a readable ONNX file"):
         load_model(damaged)
+    damaged.write_bytes(b"\x08\x07\x12\x07pytorch")  # parses as a protobuf: a model without a graph
+    with pytest.raises(ModelError, match="holds no ONNX graph"):
+        load_model(damaged)
     with pytest.raises(ModelError, match="carries its own graph"):
         load_model(nets["dynamo"][1], arch="lrpcli.architectures:MiniVGG")

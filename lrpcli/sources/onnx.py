@@ -121,6 +121,8 @@ def _pairing(exc: BaseException) -> ModelError:
 def _input(path: Path, model: Any) -> tuple[str, tuple[int | str, ...]]:
     """The one input the graph takes (initializers listed as inputs by old exporters are weights) and its
     dims, ints or the names of symbolic ones."""
+    if not model.graph.node:
+        raise ModelError(f"{path}: holds no ONNX graph (an empty or truncated file, or not ONNX at all)", hint="export or copy the model again")
     weights = {tensor.name for tensor in model.graph.initializer}
     inputs = [value for value in model.graph.input if value.name not in weights]
     if len(inputs) != 1:
