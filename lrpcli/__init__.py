@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "explain": "lrpcli.api",
+    "explain_texts": "lrpcli.api",
+    "TextExplanation": "lrpcli.runs.texts",
     "Explainer": "lrpcli.api",
     "LRPAttribution": "lrpcli.api",
     "quantus_explain_func": "lrpcli.api",
@@ -44,7 +46,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:  # pragma: no cover
     from .engine.composite import Composite
     from .engine.composite_yaml import load_composite
-    from .api import Explainer, LRPAttribution, explain, quantus_explain_func
+    from .api import Explainer, LRPAttribution, explain, explain_texts, quantus_explain_func
+    from .runs.texts import TextExplanation
     from .engine.explainer import Contrast, Explanation, LayerRelevance
     from .evaluate import evaluate
     from .errors import CheckFailed, ConfigError, InputError, LrpError, ModelError, UnsupportedOpError, UsageError

@@ -19,30 +19,27 @@ def is_text_run(spec: Any, options: dict[str, Any]) -> bool:
 
 def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) -> None:
     from ..data.tabular import open_csv
-    from ..data.text import TextTokenizer, read_texts, text_format
+    from ..data.text import read_texts, text_format
     from ..errors import InputError, UsageError
     from ..sources.files import load_class_names
     from ..outputs import atomic_text
     from ..runs.choices import TargetSpec, walk_start
     from ..runs.shards import Shard
     from ..render.text import HtmlWriter, TextWriter
-    from ..runs.texts import explain_texts
+    from ..runs.texts import TEXT_COMPOSITE, explain_texts, text_tokenizer
 
     spec_input = spec.input if spec else {}
     for flag in ("size", "resize", "crop", "mode", "mean", "std", "features", "drop"):
         if options.get(flag):
             raise UsageError(f"--{flag} applies to images or CSV rows, not texts")
-    tokenizer_path = options["tokenizer"] or spec_input.get("tokenizer")
-    if not tokenizer_path:
-        raise UsageError("texts need a tokenizer", hint="give a Hugging Face tokenizer.json with --tokenizer, or name it in the model spec (input: {kind: text, tokenizer: ...})")
-    tokenizer = TextTokenizer(tokenizer_path, options["max_length"] or spec_input.get("max_length") or 256)
+    tokenizer = text_tokenizer(spec_input, options["tokenizer"], options["max_length"])
     classes = spec.classes if spec else None
     if options["classes_file"]:
         classes = load_class_names(options["classes_file"])
     if options["top_k"] is not None and options["top_k"] < 1:
         raise UsageError(f"--top-k must be at least 1, got {options['top_k']}")
     targets = TargetSpec.parse(options["target"], None, classes)  # (--top-k picks words here, not classes)
-    composite = build_composite(options["composite"], spec, parse_params(options["params"]), default="epsilon")
+    composite = build_composite(options["composite"], spec, parse_params(options["params"]), default=TEXT_COMPOSITE)
     explainer = new_explainer(load_model_option(model, spec, options), composite, model, spec, options)
     text_col = options["text_col"] or spec_input.get("text_col")
     name = "<stdin>" if source == "-" else source
