@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import re
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -57,3 +59,34 @@ def test_a_notebook_shows_rows_as_their_most_relevant_features():
     page = result._repr_html_()
     top = int(result.relevance[0].abs().argmax())
     assert f"<td>{top}: " in page.split("</tr>")[1] and page.count("<tr>") == 3
+
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "quickstart.ipynb"
+
+
+def test_the_quickstart_notebook_runs_and_shows_heatmaps_rows_and_texts():
+    """docs/quickstart.ipynb executed as a user would (a kernel of this Python; nbclient fails on any cell's
+    error), each tagged output holding what it should: the heatmaps as inline PNGs, the rows' table, the shaded
+    texts, and a PNG figure for every plot()."""
+    nbformat = pytest.importorskip("nbformat", reason="the test extra brings nbformat, nbclient and ipykernel")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    outputs = {tag: cell.outputs for cell in notebook.cells for tag in cell.metadata.get("tags", [])}
+    assert set(outputs) == {"images-html", "images-plot", "rows-html", "rows-plot", "texts-html", "texts-plot"}
+
+    def data(tag: str, kind: str) -> str:
+        found = [out["data"][kind] for out in outputs[tag] if kind in out.get("data", {})]
+        assert len(found) == 1, f"{tag}: {len(found)} outputs of {kind}"
+        return found[0]
+
+    images = data("images-html", "text/html")
+    assert "lrpcli Explanation" in images and images.count('src="data:image/png;base64,') == 4
+    rows = data("rows-html", "text/html")
+    assert "most relevant features" in rows and rows.count("<tr>") == 6  # the header and five rows
+    texts = data("texts-html", "text/html")
+    assert "lrpcli TextExplanation</b>: 2 text(s) with attnlrp" in texts and texts.count('title="') > 20
+    for tag in ("images-plot", "rows-plot", "texts-plot"):
+        with Image.open(io.BytesIO(base64.b64decode(data(tag, "image/png")))) as figure:
+            assert min(figure.size) > 100

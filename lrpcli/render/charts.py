@@ -58,6 +58,13 @@ def _plain_figure() -> type:
             with matplotlib.rc_context(PLAIN_TEXT):
                 return super().get_tightbbox(*args, **kwargs)
 
+        def _repr_png_(self) -> bytes:
+            """The figure as PNG bytes: a notebook shows it when it is a cell's value (made without pyplot,
+            the inline backend would not show it by itself)."""
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", bbox_inches="tight")
+            return buffer.getvalue()
+
     return PlainFigure
 
 
