@@ -38,9 +38,15 @@ def write(tmp_path, text, name="composite.yaml"):
 
 
 def assigned_rules(model, x, composite):
+    """path -> (rule, its values, fallback?); the values without the options left at their defaults."""
     comp = load_composite(composite)
     graph = canonize(capture(model, x), comp.canonizers)
-    return {graph.node(name).path: (a.rule.name, a.rule.values, a.fallback) for name, a in comp.assign(graph).items()}
+    return {graph.node(name).path: (a.rule.name, _set_values(a.rule), a.fallback) for name, a in comp.assign(graph).items()}
+
+
+def _set_values(rule):
+    defaults = {"stabilizer_mode": "sign", "zero_params": ()}  # tests/test_rule_options.py tests these
+    return {key: value for key, value in rule.values.items() if key not in defaults or value != defaults[key]}
 
 
 def test_all_builtins_exist_as_yaml_files_and_load():

@@ -35,11 +35,15 @@ from ..errors import ConfigError
 from .graph import Graph, Node
 from ..registry import suggest
 from .rules import RULES, Rule
+from .rules.base import STABILIZER_MODE, ZERO_PARAMS_PARAM
 
 TOP_KEYS = ("name", "description", "extends", "canonizers", "params", "rules")
 ENTRY_KEYS = ("match", "rule")
 MATCH_KEYS = ("type", "name", "first")
-PARAM_KEYS = ("epsilon", "gamma", "low", "high", "stabilizer")
+#: composite-wide options, passed to every rule that takes them (as zennit's composites pass zero_params);
+#: unset, each rule keeps its own default
+OPTION_PARAMS = {"stabilizer_mode": STABILIZER_MODE, "zero_params": ZERO_PARAMS_PARAM}
+PARAM_KEYS = ("epsilon", "gamma", "low", "high", "stabilizer", *OPTION_PARAMS)
 DEFAULT_PARAMS: dict[str, Any] = {"epsilon": 1e-6, "gamma": 0.25, "stabilizer": 1e-6, "low": 0.0, "high": 1.0}
 DEFAULT_CANONIZERS = ("fold_batchnorm",)
 
@@ -196,17 +200,20 @@ class Composite:
             raise ConfigError(exc.message, source=entry.source, line=entry.line, key=exc.key, hint=exc.hint) from exc
 
     def fallback_rule(self, node: Node) -> Rule:
-        if node.kind in ops.WEIGHTED_KINDS:
-            return RULES.get("epsilon")(epsilon=self.params["epsilon"])
+        if node.kind in ops.WEIGHTED_KINDS or node.kind == "layernorm":
+            return self._default_rule("epsilon")
         if node.kind == "batchnorm":
             return RULES.get("pass")()
-        if node.kind == "layernorm":
-            return RULES.get("epsilon")(epsilon=self.params["epsilon"])
         if node.kind == "product":  # a gate's signal takes all (SE nets); factors that cannot be told apart split evenly
-            return RULES.get("signal")(epsilon=self.params["epsilon"])
+            return self._default_rule("signal")
         if node.kind == "softmax":
             return RULES.get("taylor")()
-        return RULES.get("norm")(stabilizer=self.params["stabilizer"])
+        return self._default_rule("norm")
+
+    def _default_rule(self, name: str) -> Rule:
+        """Rule ``name`` with the composite-wide params it inherits (its stabiliser, the options set)."""
+        cls = RULES.get(name)
+        return cls(**{key: self.params[key] for key in cls.inherits if key in self.params})
 
     def assign(self, graph: Graph) -> dict[str, Assigned]:
         """The rule for every rule-bearing node of ``graph`` (first matching entry, else a fallback)."""
@@ -308,7 +315,13 @@ def _check_params(params: Any, source: str, mapping: Any) -> dict[str, Any]:
         line = _line(params, key)
         if key not in PARAM_KEYS:
             raise _unknown_key(key, PARAM_KEYS, "params", source, line)
-        if key in ("low", "high"):
+        if key in OPTION_PARAMS:
+            try:
+                value = OPTION_PARAMS[key].check("*", key, value)
+            except ConfigError as exc:
+                raise ConfigError(exc.message.replace("rule '*': ", ""), source=source, line=line, key=key, hint=exc.hint) from exc
+            checked[key] = list(value) if isinstance(value, tuple) else value  # YAML/JSON-shaped in to_dict
+        elif key in ("low", "high"):
             items = value if isinstance(value, list) else [value]
             if hasattr(value, "shape"):  # a tensor from Python code
                 if not bool(torch.isfinite(torch.as_tensor(value)).all()):

@@ -21,6 +21,7 @@ from .composite import (
     ENTRY_KEYS,
     LAYER_TYPES,
     MATCH_KEYS,
+    OPTION_PARAMS,
     TOP_KEYS,
     Composite,
     Entry,
@@ -120,7 +121,7 @@ def _parse_entry(raw: Any, index: int, source: str, inherited: bool) -> Entry:
         )
     entry = Entry(rule=rule, values=values, types=types, names=names, first=first, source=source, line=line, inherited=inherited)
     try:  # validate the rule's own values now, so errors point here and not at run time
-        cls(**{**{k: DEFAULT_PARAMS[k] for k in cls.inherits}, **values})
+        cls(**{**{k: DEFAULT_PARAMS[k] for k in cls.inherits if k in DEFAULT_PARAMS}, **values})
     except ConfigError as exc:
         key_line = _line(raw, exc.key) if exc.key else line
         raise ConfigError(exc.message, source=source, line=key_line, key=exc.key, hint=exc.hint) from exc
@@ -261,8 +262,14 @@ def json_schema() -> dict[str, Any]:
     """A JSON Schema for composite files, built from the registries (so it never goes stale)."""
     number = {"type": "number", "minimum": 0}
     bound = {"oneOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}, "minItems": 1}]}
-    param_schema = {"epsilon": number, "gamma": number, "stabilizer": number, "low": bound, "high": bound}
     one_or_many = lambda item: {"oneOf": [item, {"type": "array", "items": item, "minItems": 1}]}  # noqa: E731
+
+    def choice(spec: Any) -> dict[str, Any]:  # a named option: one name, or a list of names (zero_params: [bias])
+        names = {"enum": list(spec.choices)}
+        return {"oneOf": [names, {"type": "array", "items": names, "uniqueItems": True}]} if spec.many else names
+
+    param_schema = {"epsilon": number, "gamma": number, "stabilizer": number, "low": bound, "high": bound}
+    param_schema.update({key: {**choice(spec), "description": spec.help} for key, spec in OPTION_PARAMS.items()})
     match = {
         "type": "object",
         "additionalProperties": False,
@@ -277,7 +284,12 @@ def json_schema() -> dict[str, Any]:
         cls = RULES.get(name)
         properties: dict[str, Any] = {"match": match, "rule": {"const": name}}
         for key, spec in cls.params.items():
-            properties[key] = bound if key in ("low", "high") else ({"type": "number", "minimum": spec.minimum} if spec.minimum is not None else {"type": "number"})
+            if spec.choices is not None:
+                properties[key] = choice(spec)
+            elif key in ("low", "high"):
+                properties[key] = dict(bound)
+            else:
+                properties[key] = {"type": "number", "minimum": spec.minimum} if spec.minimum is not None else {"type": "number"}
             properties[key]["description"] = spec.help
         entries.append({"type": "object", "required": ["rule"], "additionalProperties": False, "properties": properties, "description": cls.formula})
     return {

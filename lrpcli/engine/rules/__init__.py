@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...registry import Registry
-from .base import Derived, Ledger, Param, Rule, divide, stabilise, stabilise_
+from .base import Derived, Ledger, Param, Rule, divide, options_text, stabilise, stabilise_
 from .epsilon import Epsilon, Norm, Pass, Z
 from .gradient import BetaSmooth, DeconvNet, Gradient, GuidedBackprop
 from .transformer import Constant, Signal, Taylor, Uniform
@@ -51,6 +51,7 @@ def rules_text() -> str:
         cls = RULES.get(name)
         params = ", ".join(f"{key}={spec.default!r}" for key, spec in cls.params.items()) or "-"
         lines.append(f"{name:<11} {cls.formula}\n{'':<11} parameters: {params}")
+    lines.append(options_text())
     return "\n".join(lines) + "\n"
 
 

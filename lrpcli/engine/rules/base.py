@@ -25,6 +25,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from ...errors import ConfigError
+from ...registry import suggest
 from ..graph import Node
 
 
@@ -56,18 +57,86 @@ def stabilise_(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     return z
 
 
-def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float, reuse: bool = False) -> torch.Tensor:
-    """``R / stabilise(z)``; where the denominator is exactly 0 the result is 0 (only possible for epsilon 0).
+def divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: "float | Stabiliser", reuse: bool = False) -> torch.Tensor:
+    """``R / stabilise(z)``; where the denominator is exactly 0 the result is 0 (for epsilon 0, or a mode that can
+    reach 0: ``norm_scale`` on an all-zero sample, ``unsigned`` at z = -epsilon).
 
-    ``reuse``: ``z`` is the caller's own and not needed afterwards, so the result is written into it."""
-    if epsilon != 0:
+    ``epsilon``: a number (the sign mode) or a :class:`Stabiliser`. ``reuse``: ``z`` is the caller's own and not
+    needed afterwards, so the result is written into it."""
+    stabiliser = Stabiliser.ensure(epsilon)
+    if stabiliser.epsilon != 0 and stabiliser.mode in ("sign", "clip"):  # these never give a zero denominator
         same = z.shape == relevance.shape and z.dtype == relevance.dtype
-        denominator = stabilise_(z, epsilon) if reuse and same else stabilise(z, epsilon)
+        denominator = stabiliser.apply_(z) if reuse and same else stabiliser(z)
         if same:
             return torch.div(relevance, denominator, out=denominator)  # reuses the buffer: one tensor less at the peak
         return relevance / denominator
+    z = stabiliser(z)
     safe = torch.where(z == 0, torch.ones_like(z), z)
     return torch.where(z == 0, torch.zeros_like(relevance), relevance / safe)
+
+
+#: how a stabiliser makes a denominator safe, by name; the rules' ``stabilizer_mode``
+STABILIZER_MODES: dict[str, str] = {
+    "sign": "z + eps*sign(z), sign(0) = +1 (the default; zennit's Stabilizer)",
+    "clip": "sign(z) * max(|z|, eps) (zennit's Stabilizer(clip=True))",
+    "norm_scale": "z + eps*rms(z)*sign(z), rms over each sample's z (zennit's Stabilizer(norm_scale=True))",
+    "norm_scale_clip": "sign(z) * max(|z|, eps*rms(z)) (zennit's Stabilizer(clip=True, norm_scale=True))",
+    "unsigned": "z + eps (LXT's epsilon rule)",
+}
+#: the parameters ``zero_params`` may leave out of a rule
+ZERO_PARAMS: dict[str, str] = {"bias": "the bias neither takes nor gives relevance (zennit's zero_params, captum's set_bias_to_zero)"}
+
+
+def options_text() -> str:
+    """The rule options shared by many rules, explained once under ``lrp rules``."""
+    lines = ["", "stabilizer_mode (the rules with epsilon or stabilizer): how eps makes the denominator z safe"]
+    lines += [f"  {name:<16} {text}" for name, text in STABILIZER_MODES.items()]
+    lines += ["zero_params (the rules for layers with weights): parameters left out of the modified forward"]
+    lines += [f"  [{name}]{'':<{13 - len(name)}} {text}" for name, text in ZERO_PARAMS.items()]
+    lines += ["Both also go under a composite's params, for every rule that takes them."]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Stabiliser:
+    """What makes a rule's denominator safe: ``epsilon`` applied as ``mode`` says (:data:`STABILIZER_MODES`).
+
+    ``batch_dim``: the dim that holds the samples, so that ``norm_scale`` takes each sample's own norm."""
+
+    epsilon: float
+    mode: str = "sign"
+    batch_dim: int = 0
+
+    @classmethod
+    def ensure(cls, value: "float | Stabiliser") -> "Stabiliser":
+        return value if isinstance(value, Stabiliser) else cls(float(value))
+
+    def _step(self, z: torch.Tensor) -> torch.Tensor | float:
+        """epsilon, or (norm_scale) epsilon times each sample's root mean square of z, shaped to broadcast."""
+        if not self.mode.startswith("norm_scale"):
+            return self.epsilon
+        dims = tuple(d for d in range(z.ndim) if d != min(self.batch_dim, z.ndim - 1))
+        return z.square().mean(dim=dims, keepdim=True).sqrt_().mul_(self.epsilon) if dims else z.abs() * self.epsilon
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """The stabilised denominator, as a new tensor (``z`` itself for epsilon 0)."""
+        if self.epsilon == 0:
+            return z
+        if self.mode == "sign":
+            return stabilise(z, self.epsilon)
+        step = self._step(z)
+        if self.mode == "unsigned":
+            return z + step
+        signs = z + 0.0  # -0.0 -> +0.0: sign(0) = +1, as zennit's (z == 0) + sign(z)
+        if self.mode.endswith("clip"):
+            return torch.copysign(z.abs().clamp_(min=step) if isinstance(step, float) else torch.maximum(z.abs(), step), signs)
+        return torch.copysign(torch.as_tensor(step, dtype=z.dtype, device=z.device).expand_as(z), signs).add_(z)
+
+    def apply_(self, z: torch.Tensor) -> torch.Tensor:
+        """:meth:`__call__`, written into ``z`` (the sign mode without a whole temporary)."""
+        if self.mode == "sign":
+            return stabilise_(z, self.epsilon)
+        return z.copy_(self(z))
 
 
 def positive(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -140,10 +209,14 @@ class Ledger:
         current = getattr(self, name)
         setattr(self, name, value if current is None else current + value)
 
-    def record(self, s: torch.Tensor, z_mod: torch.Tensor, bias: torch.Tensor | None, epsilon: float, weight: float = 1.0) -> None:
-        """For R = s * stabilise(z_mod): the share of R the (modified) bias and the stabiliser took."""
-        if epsilon:
-            self._add("stabilizer", weight * self.per_sample(s * (stabilise(z_mod, epsilon) - z_mod)))
+    def record(
+        self, s: torch.Tensor, z_mod: torch.Tensor, bias: torch.Tensor | None, epsilon: "float | Stabiliser", weight: float = 1.0
+    ) -> None:
+        """For R = s * stabilise(z_mod) (the stabiliser as the divide had it): the share of R the (modified) bias and
+        the stabiliser took. ``bias`` is None where the rule left the bias out."""
+        stabiliser = Stabiliser.ensure(epsilon)
+        if stabiliser.epsilon:
+            self._add("stabilizer", weight * self.per_sample(s * (stabiliser(z_mod) - z_mod)))
         if bias is not None:  # a linear layer's bias runs along the last dim (tokens x features), a conv's along dim 1
             shape = (-1,) if self.features_last else (1, -1) + (1,) * (s.ndim - 2)
             self._add("bias", weight * self.per_sample(s * bias.reshape(shape)))
@@ -157,6 +230,27 @@ class Param:
     default: Any
     help: str
     minimum: float | None = None
+    choices: tuple[str, ...] | None = None  #: the names the value may take
+    many: bool = False  #: with choices: a list of them (a single name counts as a list of one)
+
+    def check(self, rule: str, key: str, value: Any) -> Any:
+        """The value, checked against ``choices`` (a tuple of names where ``many``); ConfigError naming the allowed ones."""
+        if self.choices is None:
+            return value
+        items = [value] if self.many and isinstance(value, str) else value if self.many else [value]
+        if not isinstance(items, (list, tuple)):
+            items = [items]
+        allowed = ", ".join(self.choices)
+        for item in items:
+            if not isinstance(item, str) or item not in self.choices:
+                hint = suggest(str(item), list(self.choices)) if isinstance(item, str) else None
+                what = f"a list of {allowed}" if self.many else f"one of {allowed}"
+                raise ConfigError(f"rule '{rule}': {key} takes {what}, got {value!r}", key=key, hint=hint or f"allowed: {allowed}")
+        return tuple(dict.fromkeys(items)) if self.many else value
+
+
+STABILIZER_MODE = Param("sign", "how the stabiliser makes the denominator safe: " + " | ".join(STABILIZER_MODES), choices=tuple(STABILIZER_MODES))
+ZERO_PARAMS_PARAM = Param([], "parameters left out of the rule: [bias] (the bias neither takes nor gives relevance)", choices=tuple(ZERO_PARAMS), many=True)
 
 
 class Rule:
@@ -177,7 +271,7 @@ class Rule:
         self.values = {key: spec.default for key, spec in self.params.items()}
         self.values.update(values)
         for key, spec in self.params.items():
-            value = self.values[key]
+            value = self.values[key] = spec.check(self.name, key, self.values[key])
             if spec.minimum is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -193,6 +287,28 @@ class Rule:
 
     def validate(self) -> None:
         """Cross-parameter checks; raise ConfigError."""
+
+    def stabiliser(self, node: Node, key: str = "stabilizer") -> Stabiliser:
+        """The stabiliser of this rule's denominators at ``node``: parameter ``key`` in the rule's stabilizer_mode."""
+        return Stabiliser(float(self.values[key]), self.values.get("stabilizer_mode", "sign"), node.batch_dim or 0)
+
+    @property
+    def zero_bias(self) -> bool:
+        """``zero_params: [bias]``: the bias is left out of the modified forward, so it neither takes nor gives."""
+        return "bias" in self.values.get("zero_params", ())
+
+    def bias_of(self, node: Node, key: str | None = None) -> torch.Tensor | None:
+        """The node's bias (``key``: a modified one, see :data:`MODIFIERS`), or None where the rule leaves it out."""
+        if self.zero_bias:
+            return None
+        return node.bias if key is None else self.modified(node, key)
+
+    def unbiased(self, node: Node, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The node's output ``z``, or where the rule leaves the bias out, ``W a`` computed again (not ``z - b``,
+        which would lose the digits the bias cancels)."""
+        if not self.zero_bias or node.bias is None:
+            return z
+        return forward(node, a, node.weight, None)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.values.items())

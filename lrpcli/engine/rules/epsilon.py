@@ -10,39 +10,45 @@ from typing import ClassVar
 
 from ...errors import ConfigError
 from ..transposes import transpose, vjp
-from .base import Param, Rule, divide
+from .base import STABILIZER_MODE, ZERO_PARAMS_PARAM, Param, Rule, divide
 from .transformer import layernorm_relevance
+
 
 class Epsilon(Rule):
     name = "epsilon"
     formula = "R_j = a_j * sum_k w_jk R_k / (z_k + eps*sign(z_k))"
-    params = {"epsilon": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0)}
-    inherits = ("epsilon",)
+    params = {
+        "epsilon": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0),
+        "stabilizer_mode": STABILIZER_MODE,
+        "zero_params": ZERO_PARAMS_PARAM,
+    }
+    inherits = ("epsilon", "stabilizer_mode", "zero_params")
     kinds = ("conv", "linear", "batchnorm", "add", "avgpool", "reduce", "scale", "layernorm")
     #: which parameter is added to the denominator (z and norm call it "stabilizer")
     denominator_param: ClassVar[str] = "epsilon"
 
-    @property
-    def _epsilon(self) -> float:
-        return float(self.values[self.denominator_param])
-
     def weighted(self, node, a, z, relevance, ledger=None):
-        s = divide(relevance, z, self._epsilon, reuse=ledger is None)
+        stabiliser = self.stabiliser(node, self.denominator_param)
+        z = self.unbiased(node, a, z)
+        s = divide(relevance, z, stabiliser, reuse=ledger is None)
         if ledger is not None:
-            ledger.record(s, z, node.bias, self._epsilon)
+            ledger.record(s, z, self.bias_of(node), stabiliser)
         del relevance, z  # the walk handed over the only references: free them before the transpose
         return transpose(node, s, a, node.weight).mul_(a)
 
     def propagate(self, node, values, inputs, z, relevance, ledger=None):
         """A layer/group/RMS norm, linear once 1/sigma is held constant (AttnLRP Prop. 3.4, CP-LRP)."""
-        return layernorm_relevance(self, node, values, inputs, z, relevance, ledger, self._epsilon)
+        stabiliser = self.stabiliser(node, self.denominator_param)
+        return layernorm_relevance(self, node, values, inputs, z, relevance, ledger, stabiliser, self.zero_bias)
 
     def proportional(self, node, values, inputs, z, relevance, ledger=None):
-        s = divide(relevance, z, self._epsilon)
+        """Parameter-free nodes have no bias parameter to leave out: ``zero_params`` does not apply."""
+        stabiliser = self.stabiliser(node, self.denominator_param)
+        s = divide(relevance, z, stabiliser)
         grads = vjp(node, values, inputs, s)
         result = {name: values[name] * grad for name, grad in grads.items()}
         if ledger is not None:  # constants added by the op (x + c) act as a bias
-            ledger.record(s, z, None, self._epsilon)
+            ledger.record(s, z, None, stabiliser)
             handed = sum(ledger.per_sample(r) for r in result.values())
             ledger.bias = ledger.per_sample(s * z) - handed
         return result
@@ -51,16 +57,20 @@ class Epsilon(Rule):
 class Z(Epsilon):
     name = "z"
     formula = "R_j = a_j * sum_k w_jk R_k / z_k   (LRP-0; R/0 := 0)"
-    params = {"stabilizer": Param(0.0, "added to the denominator with the sign of z", minimum=0.0)}
-    inherits = ()
+    params = {
+        "stabilizer": Param(0.0, "added to the denominator with the sign of z", minimum=0.0),
+        "stabilizer_mode": STABILIZER_MODE,
+        "zero_params": ZERO_PARAMS_PARAM,
+    }
+    inherits = ("stabilizer_mode", "zero_params")  # not the stabilizer: LRP-0 stays LRP-0 in any composite
     denominator_param = "stabilizer"
 
 
 class Norm(Epsilon):
     name = "norm"
     formula = "R_j = a_j * sum_k dz_k/da_j R_k / (z_k + stab*sign(z_k))   (proportional split, pooling and sums)"
-    params = {"stabilizer": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0)}
-    inherits = ("stabilizer",)
+    params = {"stabilizer": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0), "stabilizer_mode": STABILIZER_MODE}
+    inherits = ("stabilizer", "stabilizer_mode")
     denominator_param = "stabilizer"
 
 

@@ -22,15 +22,15 @@ from typing import Any
 import torch
 
 from ..transposes import vjp
-from .base import Ledger, Param, Rule, divide
+from .base import STABILIZER_MODE, Ledger, Param, Rule, Stabiliser, divide
 
 
 def _split(rule: Rule, node, values, factors: list[str], z, relevance, ledger: Ledger | None) -> dict[str, torch.Tensor]:
     """``R_i = x_i * d z/d x_i^T (R / (n * stabilise(z)))`` for each of the n ``factors``."""
-    eps = float(rule.values["epsilon"])
-    s = divide(relevance, z, eps)
+    stabiliser = rule.stabiliser(node, "epsilon")
+    s = divide(relevance, z, stabiliser)
     if ledger is not None:
-        ledger.record(s, z, None, eps)
+        ledger.record(s, z, None, stabiliser)
     if len(factors) > 1:
         s = s / len(factors)
     grads = vjp(node, values, factors, s)
@@ -40,8 +40,8 @@ def _split(rule: Rule, node, values, factors: list[str], z, relevance, ledger: L
 class Uniform(Rule):
     name = "uniform"
     formula = "R_i = x_i * dz/dx_i^T R / (n (z + eps*sign(z)))   (products of n activations: equal shares; AttnLRP)"
-    params = {"epsilon": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0)}
-    inherits = ("epsilon",)
+    params = {"epsilon": Param(1e-6, "added to the denominator with the sign of z", minimum=0.0), "stabilizer_mode": STABILIZER_MODE}
+    inherits = ("epsilon", "stabilizer_mode")
     kinds = ("product",)
 
     def propagate(self, node, values, inputs, z, relevance, ledger=None):
@@ -90,16 +90,21 @@ class Constant(Rule):
         return {}
 
 
-def layernorm_relevance(rule: Any, node, values, inputs, z, relevance, ledger: Ledger | None, epsilon: float) -> dict[str, torch.Tensor]:
-    """The epsilon rule on a normalisation with 1/sigma held constant: ``R_in = x * J^T (R / stabilise(y))``."""
+def layernorm_relevance(
+    rule: Any, node, values, inputs, z, relevance, ledger: Ledger | None, epsilon: "float | Stabiliser", zero_bias: bool = False
+) -> dict[str, torch.Tensor]:
+    """The epsilon rule on a normalisation with 1/sigma held constant: ``R_in = x * J^T (R / stabilise(y))``;
+    ``zero_bias``: the denominator is ``y - b`` (the bias neither takes nor gives relevance)."""
     from ..passes import norms
 
     x = values[inputs[0]]
     weight, bias = node.args[1], node.args[2]
+    shape = None if bias is None else (1, -1) + (1,) * (z.ndim - 2) if node.kwargs["variant"] == "group" else bias.shape
+    if zero_bias and bias is not None:
+        z, bias = z - bias.reshape(shape), None
     s = divide(relevance, z, epsilon)
     if ledger is not None:
         ledger.record(s, z, None, epsilon)
         if bias is not None:
-            shape = (1, -1) + (1,) * (s.ndim - 2) if node.kwargs["variant"] == "group" else bias.shape
             ledger.bias = ledger.per_sample(s * bias.reshape(shape))
     return {inputs[0]: x * norms.transpose(x, s, weight, **node.kwargs)}

@@ -13,18 +13,21 @@ import torch
 from ...errors import ConfigError
 from ..graph import Node
 from ..transposes import transpose
-from .base import Param, Rule, _split_sign, divide, forward
+from .base import STABILIZER_MODE, ZERO_PARAMS_PARAM, Param, Rule, _split_sign, divide, forward
+
+#: the options every rule here takes (base.py: stabiliser modes; zero_params: [bias] leaves the bias out)
+OPTIONS = {"stabilizer_mode": STABILIZER_MODE, "zero_params": ZERO_PARAMS_PARAM}
 
 class ZPlus(Rule):
     name = "zplus"
     formula = "R_j = sum_k (a_j w_jk)^+ R_k / sum_j (a_j w_jk)^+   (alpha=1, beta=0; z+ = W+ a+ + W- a- + b+)"
-    params = {"stabilizer": Param(1e-6, "added to the denominator", minimum=0.0)}
-    inherits = ("stabilizer",)
+    params = {"stabilizer": Param(1e-6, "added to the denominator", minimum=0.0), **OPTIONS}
+    inherits = ("stabilizer", *OPTIONS)
 
     def weighted(self, node, a, z, relevance, ledger=None):
         del z  # not needed: free it (the walk handed over the only reference)
-        eps = float(self.values["stabilizer"])
-        w_pos, b_pos = self.modified(node, "w+"), self.modified(node, "b+")
+        eps = self.stabiliser(node)
+        w_pos, b_pos = self.modified(node, "w+"), self.bias_of(node, "b+")
         a_pos, a_neg = _split_sign(a)
         z_pos = forward(node, a_pos, w_pos, b_pos)
         if a_neg is not None:
@@ -46,8 +49,9 @@ class AlphaBeta(Rule):
         "alpha": Param(2.0, "weight of positive contributions", minimum=0.0),
         "beta": Param(1.0, "weight of negative contributions", minimum=0.0),
         "stabilizer": Param(1e-6, "added to the denominators", minimum=0.0),
+        **OPTIONS,
     }
-    inherits = ("stabilizer",)
+    inherits = ("stabilizer", *OPTIONS)
 
     def validate(self):
         alpha, beta = float(self.values["alpha"]), float(self.values["beta"])
@@ -60,7 +64,7 @@ class AlphaBeta(Rule):
 
     def weighted(self, node, a, z, relevance, ledger=None):
         alpha, beta = float(self.values["alpha"]), float(self.values["beta"])
-        eps = float(self.values["stabilizer"])
+        eps = self.stabiliser(node)
         a_pos, a_neg = _split_sign(a)
         if a_neg is not None:
             del z  # not needed: free it (the walk handed over the only reference)
@@ -70,8 +74,9 @@ class AlphaBeta(Rule):
         # Both quotients are made (in place) before the transposes, so that the relevance is freed first; all of
         # this stays in this frame, as a helper's caller would hold z and the relevance until it returned.
         reuse = ledger is None
-        w_pos, b_pos = self.modified(node, "w+"), self.modified(node, "b+")
+        w_pos, b_pos = self.modified(node, "w+"), self.bias_of(node, "b+")
         z_pos = forward(node, a, w_pos, b_pos)
+        z = self.unbiased(node, a, z)  # without the bias where zero_params leaves it out: W a = W+ a + W- a
         z_neg = z.sub_(z_pos) if beta != 0 else None  # in place: the walk hands over the only reference to z
         del z
         s_pos = divide(relevance, z_pos, eps, reuse=reuse)
@@ -82,7 +87,7 @@ class AlphaBeta(Rule):
         if z_neg is not None:
             s_neg = divide(relevance, z_neg, eps, reuse=reuse)
             if ledger is not None:
-                ledger.record(s_neg, z_neg, self.modified(node, "b-"), eps, -beta)
+                ledger.record(s_neg, z_neg, self.bias_of(node, "b-"), eps, -beta)
             del z_neg
         del relevance
         result = transpose(node, s_pos.mul_(alpha), a, w_pos)
@@ -105,9 +110,9 @@ class AlphaBeta(Rule):
             r = transpose(node, s, a, self.modified(node, w_for_pos)).mul_(a_pos)
             return r.add_(transpose(node, s, a, self.modified(node, w_for_neg)).mul_(a_neg))
 
-        result = part("w+", "w-", self.modified(node, "b+"), alpha)
+        result = part("w+", "w-", self.bias_of(node, "b+"), alpha)
         if beta != 0:
-            result.add_(part("w-", "w+", self.modified(node, "b-"), -beta))
+            result.add_(part("w-", "w+", self.bias_of(node, "b-"), -beta))
         return result
 
 
@@ -117,15 +122,16 @@ class Gamma(Rule):
     params = {
         "gamma": Param(0.25, "how much positive contributions are favoured", minimum=0.0),
         "stabilizer": Param(1e-6, "added to the denominators", minimum=0.0),
+        **OPTIONS,
     }
-    inherits = ("gamma", "stabilizer")
+    inherits = ("gamma", "stabilizer", *OPTIONS)
 
     def _up_down(self, node: Node, key: str) -> torch.Tensor | None:
         """W + gamma W+ ("w_up", favours positive weights), W + gamma W- ("w_down"), and the biases alike."""
         gamma = float(self.values["gamma"])
 
         def make():
-            param = node.weight if key.startswith("w") else node.bias
+            param = node.weight if key.startswith("w") else self.bias_of(node)
             if param is None:
                 return None
             return param + gamma * (param.clamp(min=0) if key.endswith("up") else param.clamp(max=0))
@@ -133,7 +139,7 @@ class Gamma(Rule):
         return self.derived.get(node, key, make)
 
     def weighted(self, node, a, z, relevance, ledger=None):
-        gamma, eps = float(self.values["gamma"]), float(self.values["stabilizer"])
+        gamma, eps = float(self.values["gamma"]), self.stabiliser(node)
         a_pos, a_neg = _split_sign(a)
         b_up, b_down = self._up_down(node, "b_up"), self._up_down(node, "b_down")
         # where z > 0 the positive contributions count (a+ with w_up, a- with w_down); where z < 0 the negative ones.
@@ -144,8 +150,10 @@ class Gamma(Rule):
         needs_down = masked and bool((down & (relevance != 0)).any())
         if a_neg is None:
             # one modified forward gives both denominators: with a >= 0, W a + b = (W+ a + b+) + (W- a + b-), so
-            # z_up = z + gamma z+ and z_down = z + gamma (z - z+), where z+ = W+ a + b+
-            z_plus = forward(node, a, self.modified(node, "w+"), self.modified(node, "b+"))
+            # z_up = z + gamma z+ and z_down = z + gamma (z - z+), where z+ = W+ a + b+ (both without the bias
+            # where zero_params leaves it out; the masks above stay those of the layer's own output, as zennit's)
+            z = self.unbiased(node, a, z)
+            z_plus = forward(node, a, self.modified(node, "w+"), self.bias_of(node, "b+"))
             z_down = torch.sub(z, z_plus).mul_(gamma).add_(z) if needs_down else None
             z_up = z_plus.mul_(gamma).add_(z)
             del z_plus
@@ -183,9 +191,9 @@ class Gamma(Rule):
 
 class Flat(Rule):
     name = "flat"
-    formula = "R_j = sum_k 1 * R_k / sum_j 1   (uniform over the receptive field; inputs and weights set to 1)"
-    params = {"stabilizer": Param(1e-6, "added to the denominator", minimum=0.0)}
-    inherits = ("stabilizer",)
+    formula = "R_j = sum_k 1 * R_k / sum_j 1   (uniform over the receptive field; inputs and weights set to 1; no bias, as zennit)"
+    params = {"stabilizer": Param(1e-6, "added to the denominator", minimum=0.0), **OPTIONS}
+    inherits = ("stabilizer", *OPTIONS)
 
     def _weight(self, node: Node) -> torch.Tensor:
         return self.derived.get(node, "ones", lambda: torch.ones_like(node.weight))
@@ -195,8 +203,8 @@ class Flat(Rule):
 
     def weighted(self, node, a, z, relevance, ledger=None):
         del z  # not needed: free it (the walk handed over the only reference)
-        eps = float(self.values["stabilizer"])
-        weight, bias = self._weight(node), self._bias(node)
+        eps = self.stabiliser(node)
+        weight, bias = self._weight(node), None if self.zero_bias else self._bias(node)
         # the denominator is the same for every sample: computed once per input shape, for a batch of one
         key = ("z", tuple(a.shape[1:]), a.dtype, a.device)
         z_mod = self.derived.get(node, key, lambda: forward(node, torch.ones_like(a[:1]), weight, bias))
@@ -243,8 +251,9 @@ class ZBox(Rule):
         "low": Param(0.0, "lowest possible input value (number or one per channel)"),
         "high": Param(1.0, "highest possible input value (number or one per channel)"),
         "stabilizer": Param(1e-6, "added to the denominator", minimum=0.0),
+        **OPTIONS,
     }
-    inherits = ("low", "high", "stabilizer")
+    inherits = ("low", "high", "stabilizer", *OPTIONS)
 
     def validate(self):
         for key in ("low", "high"):
@@ -256,7 +265,8 @@ class ZBox(Rule):
                 raise ConfigError(f"rule 'zbox': {key} must be a number or a list of numbers, got {value!r}", key=key)
 
     def weighted(self, node, a, z, relevance, ledger=None):
-        eps = float(self.values["stabilizer"])
+        """The biases cancel in z - (l W+ + b+) - (h W- + b-), so ``zero_params: [bias]`` changes nothing here."""
+        eps = self.stabiliser(node)
         w_pos, w_neg = self.modified(node, "w+"), self.modified(node, "w-")
 
         def bounds_term():
