@@ -126,3 +126,31 @@ def test_clear_errors(tokenizer):
     with pytest.raises(lrpcli.UsageError, match="not a class name"):
         lrpcli.explain_texts(Bag().eval(), "good", tokenizer=str(tokenizer), classes=CLASSES, target="pos itive")
     assert "explain_texts" in dir(lrpcli) and "TextExplanation" in dir(lrpcli)
+
+
+def test_a_hugging_face_folder_gives_its_tokenizer_labels_and_composite(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = "the film was good bad".split()
+    labels = {0: "negative", 1: "positive"}
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=4 + len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32, num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()},
+    )
+    folder = tmp_path / "sentiment"
+    transformers.BertForSequenceClassification(config).eval().save_pretrained(folder)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", model_max_length=16).save_pretrained(folder)
+    (tmp_path / "texts.txt").write_text("the film was good\nbad\n")
+    cli = CliRunner().invoke(main, ["explain", str(folder), str(tmp_path / "texts.txt"), "--format", "jsonl", "--no-cache", "-q", "--no-report"])
+    assert cli.exit_code == 0, cli.output
+    result = lrpcli.explain_texts(str(folder), ["the film was good", "bad"])
+    assert result.composite == "attnlrp"
+    assert [t for t, _ in result.tokens(0)] == ["[CLS]", "the", "film", "was", "good", "[SEP]"]
+    for got, want in zip(result.rows, (json.loads(line) for line in cli.stdout.splitlines())):
+        assert got["prediction_label"] == labels[got["prediction"]] == want["prediction_label"]
+        assert [t["relevance"] for t in got["tokens"]] == pytest.approx([t["relevance"] for t in want["tokens"]], rel=1e-5, abs=1e-7)
