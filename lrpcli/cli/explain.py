@@ -60,6 +60,7 @@ Examples:
 @click.option("--tokenizer", type=click.Path(dir_okay=False), help="Texts: a Hugging Face tokenizer.json (default: the spec's input.tokenizer).")
 @click.option("--text-col", metavar="NAME", help="Texts in a CSV or JSONL file: the column / key holding the text.")
 @click.option("--max-length", type=click.IntRange(min=1), help="Texts: cut texts to this many tokens (default: the spec's, else 256); cut texts are reported.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), metavar="N", help="Texts, a language model: generate N tokens per prompt (greedy; fewer where it stops) and explain each over every token before it, one JSON line per prompt.")
 @click.option("--html", type=click.Path(dir_okay=False), help="Texts: also write one script-free HTML page with every text's words shaded by relevance (the --report page shows them too, a sample of a large run, with the words for and against each class).")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
 @contrast_option
@@ -123,12 +124,17 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     if is_text_run(spec, options) or any(str(i).lower().endswith(".txt") for i in inputs):
         if len(inputs) != 1:
             raise UsageError("give one file of texts (or - for stdin)")
-        explain_text(model, spec, inputs[0], options)
+        if options["max_new_tokens"] is not None:
+            from .generate import explain_generation
+
+            explain_generation(model, spec, inputs[0], options)
+        else:
+            explain_text(model, spec, inputs[0], options)
         return
     tabular = [i for i in inputs if str(i).lower().endswith((".csv", ".parquet", ".pq", ".jsonl", ".ndjson")) or str(i) == "-"]
     if tabular and len(inputs) > 1:
         raise UsageError("give one CSV, JSON-lines or Parquet file (or - for stdin), or image inputs, not several or both")
-    for flag in ("tokenizer", "text_col", "max_length", "html"):
+    for flag in ("tokenizer", "text_col", "max_length", "html", "max_new_tokens"):
         if options.get(flag):
             raise UsageError(f"--{flag.replace('_', '-')} applies to texts", hint="a text model's spec says input: {kind: text}; or give --tokenizer")
     if tabular:

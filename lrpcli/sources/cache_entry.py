@@ -57,6 +57,7 @@ class _Encoder:
     def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
         self._seen: dict[int, str] = {}
+        self._storages: set[int] = set()
 
     def value(self, obj: Any) -> Any:
         if isinstance(obj, Ref):
@@ -65,7 +66,12 @@ class _Encoder:
             key = self._seen.get(id(obj))
             if key is None:
                 key = self._seen[id(obj)] = f"t{len(self.tensors)}"
-                self.tensors[key] = obj.detach().contiguous()
+                tensor = obj.detach().contiguous()
+                storage = tensor.untyped_storage().data_ptr()
+                if storage in self._storages:  # a view of a tensor already stored (safetensors refuses shared memory)
+                    tensor = tensor.clone()
+                self._storages.add(tensor.untyped_storage().data_ptr())
+                self.tensors[key] = tensor
             return {"tensor": key}
         if obj is None or isinstance(obj, (bool, str, int)):
             return obj

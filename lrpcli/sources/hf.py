@@ -93,7 +93,7 @@ def folder_spec(folder: str | Path) -> Any:
     folder = Path(folder)
     config = _json(folder / "config.json")
     _, task = _architecture(folder, config)
-    composite = "attnlrp" if "num_attention_heads" in config else "epsilon_plus_flat"
+    composite = "attnlrp" if is_transformer(config) else "epsilon_plus_flat"
     if task == "image":
         return ModelSpec(model=folder, input=image_input(folder), classes=class_names(config), composite=composite, source=folder / "config.json")
     tokenizer = folder / "tokenizer.json"
@@ -105,6 +105,17 @@ def folder_spec(folder: str | Path) -> Any:
     inputs = {"kind": "text", "tokenizer": str(tokenizer), "max_length": _max_length(folder, config), "mask": "attention_mask"}
     classes = token_names(tokenizer) if task == "next-token" else class_names(config)
     return ModelSpec(model=folder, input=inputs, classes=classes, composite=composite, source=folder / "config.json")
+
+
+#: config keys that give a transformer's number of attention heads, across the families' spellings (GPT-2: n_head;
+#: Swin: num_heads, per stage)
+_HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads", "decoder_attention_heads")
+
+
+def is_transformer(config: dict[str, Any]) -> bool:
+    """Does the config describe attention layers? Such models get AttnLRP; a nested text or vision config counts too."""
+    nested = [value for key, value in config.items() if key.endswith("_config") and isinstance(value, dict)]
+    return any(key in part for part in (config, *nested) for key in _HEAD_KEYS)
 
 
 def token_names(tokenizer: Path) -> list[str] | None:
@@ -200,3 +211,22 @@ def load(folder: str | Path, *, allow_pickle: bool = False) -> torch.nn.Module:
         raise ModelError(f"{folder}: transformers could not load the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
     wrapper = {"image": ImageLogits, "next-token": NextTokenLogits}.get(task, Logits)
     return wrapper(model.eval()).eval()
+
+
+def all_positions(model: Any) -> Any:
+    """A causal LM's logits at every position (batch, positions, vocabulary), as a generation is explained
+    (one forward holds what each generated token was predicted from); other models as they are."""
+    return Logits(model.model).eval() if isinstance(model, NextTokenLogits) else model
+
+
+def stop_ids(folder: str | Path) -> list[int]:
+    """The ids that end a generation: ``eos_token_id`` of generation_config.json, else of config.json."""
+    folder = Path(folder)
+    for name in ("generation_config.json", "config.json"):
+        if (folder / name).is_file():
+            value = _json(folder / name).get("eos_token_id")
+            values = value if isinstance(value, list) else [value]
+            found = [int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
+            if found:
+                return found
+    return []

@@ -1,0 +1,171 @@
+"""A language model's generation explained token by token (issue 28 item 1): ``lrp explain LM PROMPTS
+--max-new-tokens N`` on Hugging Face causal-LM folders (Llama, GPT-2) saved here from tiny random configs.
+
+Independent references: the greedy tokens are transformers' own ``generate(do_sample=False)``; each generated
+token's relevance is ``explain()`` on a user's last-position wrapper fed exactly the prefix that predicted it
+(the prompt and the tokens generated before), a separate capture and a one-hot target instead of the batched
+seeds of one padded sequence.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from cli_support import lrp  # noqa: E402
+
+WORDS = "the film was good bad great boring not very".split()
+PROMPTS = ["the film was", "not very good bad boring"]
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[EOS]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]", model_max_length=32)
+
+
+def _model(family: str):
+    torch.manual_seed(3)
+    size = 4 + len(WORDS)
+    if family == "llama":
+        config = transformers.LlamaConfig(
+            vocab_size=size, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0, eos_token_id=3,
+        )
+        return transformers.LlamaForCausalLM(config).eval()
+    config = transformers.GPT2Config(vocab_size=size, n_embd=16, n_layer=2, n_head=2, n_positions=64, pad_token_id=0, eos_token_id=3)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def folder(request, tmp_path_factory):
+    model = _model(request.param)
+    path = tmp_path_factory.mktemp("lm") / request.param
+    model.save_pretrained(path)
+    _tokenizer().save_pretrained(path)
+    prompts = path.parent / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    return path, model, prompts
+
+
+class _LastToken(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -1]
+
+
+def _generate(folder, prompts, out, *extra):
+    run = lrp("explain", folder, prompts, "--max-new-tokens", "3", "--dtype", "float64", "-q", *extra, out=out)
+    assert run.code == 0, run.describe()
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_each_generated_token_is_explained_over_its_own_prefix(folder, tmp_path):
+    from lrpcli import explain
+
+    path, model, prompts = folder
+    rows = _generate(path, prompts, tmp_path / "g.jsonl")
+    tokenizer = _tokenizer()
+    assert [row["text"] for row in rows] == PROMPTS
+    checked = 0
+    for row in rows:
+        encoded = tokenizer(row["text"], return_tensors="pt", return_token_type_ids=False)
+        prompt = encoded["input_ids"][0].tolist()
+        assert row["prompt_tokens"] == tokenizer.convert_ids_to_tokens(prompt)
+        greedy = model.generate(**encoded, max_new_tokens=3, do_sample=False, pad_token_id=0)[0, len(prompt) :].tolist()
+        assert [g["id"] for g in row["generated"]] == greedy  # transformers' own greedy decoding (it stops at [EOS] too)
+        assert row["stopped"] == (greedy[-1] == 3)
+        sequence = prompt + greedy
+        if row is not rows[0]:
+            continue  # (each prefix is a capture of its own: the first prompt's tokens are enough to compare)
+        for k, generated in enumerate(row["generated"]):
+            prefix = torch.tensor([sequence[: len(prompt) + k]])
+            expected = explain(_LastToken(model.double()).eval(), prefix, "attnlrp", target=generated["id"])
+            logits = expected.outputs[0]
+            assert generated["position"] == len(prompt) + k and generated["token"] == tokenizer.convert_ids_to_tokens(generated["id"])
+            # (1e-6: Llama computes its rotary angles in float32 whatever the model's dtype; the CLI's float64 graph
+            # computes them in float64)
+            assert generated["logit"] == pytest.approx(float(logits[generated["id"]]), rel=1e-6)
+            assert generated["probability"] == pytest.approx(float(torch.softmax(logits, 0)[generated["id"]]), rel=1e-6)
+            got = torch.tensor(generated["relevance"], dtype=torch.float64)
+            assert got.shape == (len(prompt) + k,)  # one number per token before it, prompt first
+            torch.testing.assert_close(got, expected.relevance[0], rtol=0, atol=2e-5 * float(expected.relevance.abs().max()))  # (the rotary angles again)
+            words = [w["relevance"] for w in generated["words"]]
+            assert words == pytest.approx(got[: len(prompt)].tolist())  # word-level merges of the prompt part
+            checked += 1
+        model.float()
+    assert checked >= 2
+
+
+def test_batched_seeds_equal_one_walk_per_token_and_a_next_token_model(folder, tmp_path):
+    if folder[0].name != "llama":
+        pytest.skip("the walk does not depend on the family: Llama alone keeps the suite short")
+    """The N seeds walked together (the padded sequence repeated) equal one seed per walk, and equal a model
+    that returns only the next token's logits (explained prefix by prefix)."""
+    from lrpcli.data.text import TextRecord, TextTokenizer
+    from lrpcli.engine.explainer import Explainer
+    from lrpcli.runs.generate import explain_generations
+
+    path, model, _ = folder
+    tokenizer = TextTokenizer(path / "tokenizer.json", 32)
+    records = [TextRecord(1, "1", PROMPTS[1])]
+
+    def run(module, **options):
+        rows = []
+
+        class Keep:
+            def write(self, batch):
+                rows.extend(batch)
+
+        explain_generations(Explainer(module, "attnlrp"), records, tokenizer, [Keep()], max_new_tokens=2, dtype="float64", **options)
+        return rows[0]["generated"]
+
+    from lrpcli.sources.hf import Logits
+
+    sequence_model = Logits(model).double().eval()
+    together = run(sequence_model)
+    one_by_one = run(sequence_model, seeds_per_walk=1)
+    next_only = run(_LastToken(model).double().eval())
+    model.float()
+    assert [g["id"] for g in together] == [g["id"] for g in one_by_one] == [g["id"] for g in next_only]
+    for a, b, c in zip(together, one_by_one, next_only):
+        scale = max(abs(v) for v in a["relevance"])
+        assert a["relevance"] == pytest.approx(b["relevance"], abs=1e-12 * scale)
+        assert a["relevance"] == pytest.approx(c["relevance"], abs=1e-9 * scale)
+
+
+def test_the_graph_cache_holds_the_generation_graph(folder, tmp_path, monkeypatch):
+    """A second run reads the captured graph from the cache (a Llama graph holds views of one tensor, which
+    safetensors refuses to write as they are) and gives the same lines, with no warning."""
+    if folder[0].name != "llama":
+        pytest.skip("Llama's graph is the one with shared tensors")
+    monkeypatch.setenv("LRP_CACHE_DIR", str(tmp_path / "cache"))
+    path, _, prompts = folder
+    first = lrp("explain", path, prompts, "--max-new-tokens", "2", out=tmp_path / "a.jsonl")
+    second = lrp("explain", path, prompts, "--max-new-tokens", "2", out=tmp_path / "b.jsonl")
+    assert first.code == second.code == 0, first.describe() + second.describe()
+    assert "warning" not in first.stderr + second.stderr
+    assert any((tmp_path / "cache").rglob("*.safetensors"))
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+
+
+def test_generation_refuses_what_does_not_apply(folder, tmp_path):
+    path, _, prompts = folder
+    for extra, words in ((("--target", "good"), "--target"), (("--top-k", "2"), "--top-k"), (("--format", "csv"), "JSON lines")):
+        run = lrp("explain", path, prompts, "--max-new-tokens", "2", *extra, out=tmp_path / "x.jsonl")
+        assert run.code == 2 and words in run.stderr, run.describe()
+    images = tmp_path / "images"
+    images.mkdir()
+    run = lrp("explain", path.parent / "nothing.png", "--max-new-tokens", "2")
+    assert run.code == 2
