@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, warn
-from .options import build_composite, composite_options, contrast_option, device_option, new_explainer, fit_preprocessing, json_option, on_error_option, target_option, write_json, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, report_option, spec_preprocessing
+from .options import build_composite, composite_options, contrast_option, device_option, new_explainer, fit_preprocessing, json_option, on_error_option, target_option, write_json, input_shape_option, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, report_option, spec_preprocessing, model_spec
 
 
 @click.command(
@@ -67,14 +67,13 @@ def check_conservation(model: str, inputs: tuple[str, ...], **options: Any) -> N
     from ..runs.conservation import junit_xml, merge
     from ..errors import CheckFailed, InputError, UsageError
     from ..runs.choices import resolve_device, walk_start
-    from ..sources.files import is_spec, load_spec
     from ..outputs import write_output
 
     from ..runs.shards import Shard, read_inputs_list
 
     if options["report_path"] == "-":
         raise UsageError("--report takes a file name, not -", hint="the page is a file to open in a browser")
-    spec = load_spec(model) if is_spec(model) else None
+    spec = model_spec(model, options)
     shard = Shard.parse(options["shard"])
     if options["inputs_from"]:
         inputs = tuple(inputs) + tuple(read_inputs_list(options["inputs_from"]))

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, note, progress, warn
-from .options import graph_store, check_cmap, contrast_option, device_option, overlay_option, overlay_style_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, spec_preprocessing
+from .options import graph_store, check_cmap, contrast_option, device_option, overlay_option, overlay_style_option, fit_preprocessing, on_error_option, target_option, build_composite, load_model_option, model_options, parse_params, preprocessing_options, refuse_overwriting_inputs, spec_preprocessing, model_spec
 
 
 @click.command(
@@ -63,7 +63,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..runs.choices import CompositeChoice
     from ..data.images import collect_images
     from ..errors import ConfigError, InputError, UsageError
-    from ..sources.files import is_spec, load_class_names, load_spec
+    from ..sources.files import load_class_names
     from ..runs.choices import TargetSpec, walk_start
 
     if not inputs:
@@ -86,7 +86,7 @@ def compare(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out}: exists and is not a folder", hint="give a folder, or a .png file for a sheet")
 
-    spec = load_spec(model) if is_spec(model) else None
+    spec = model_spec(model, options)
     refuse_overwriting_inputs(model, spec, inputs, options)  # -o sheet.png onto one of the images
     preprocessing = spec_preprocessing(spec, options)
     classes = spec.classes if spec else None

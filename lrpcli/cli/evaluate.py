@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from .console import console, failed, info, note, progress, warn
-from .options import build_composite, device_option, fit_preprocessing, json_option, on_error_option, load_model_option, model_options, no_report_option, parse_params, preprocessing_options, refuse_overwriting_inputs, report_option, spec_preprocessing
+from .options import build_composite, device_option, fit_preprocessing, json_option, on_error_option, load_model_option, model_options, no_report_option, parse_params, preprocessing_options, refuse_overwriting_inputs, report_option, spec_preprocessing, model_spec
 
 DEFAULT_OUT = "lrp-eval"
 IMAGE_BATCH, CSV_BATCH = 16, 256
@@ -93,12 +93,11 @@ def evaluate(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     """
     from ..errors import UsageError
     from ..evaluate import BASELINES, Evaluator, feature_stats, resolve_baseline
-    from ..sources.files import is_spec, load_spec
     from ..runs.choices import resolve_device
 
     if not inputs:
         raise UsageError("no INPUTS given", hint="give image files, folders, globs or one CSV file (or - for stdin)")
-    spec = load_spec(model) if is_spec(model) else None
+    spec = model_spec(model, options)
     refuse_overwriting_inputs(model, spec, inputs, options)
     from .text import is_text_run
 

@@ -21,6 +21,7 @@ from .options import (
     composite_options,
     load_model_option,
     model_options,
+    model_spec,
     new_explainer,
     no_report_option,
     parse_params,
@@ -68,6 +69,7 @@ Examples:
 @overlay_option
 @overlay_style_option
 @click.option("--scale", default="per-image", show_default=True, metavar="per-image|shared[:V]|percentile[:P]", help="Heatmap colour scale (|R| at the colour map's ends): each image's own max |R|; shared: one scale for the run, the max |R| over all its inputs (found from OUT/relevance/*.npy after the last batch, heatmaps then redrawn; per shard with --shard), or shared:V for a given V; percentile: each image's P-th percentile of |R| (default 99.5), larger values clipped.")
+@click.option("--heatmap-size", type=click.Choice(["model", "input"]), default="model", show_default=True, help="Images: draw heatmaps at the model's input size, or at each input file's own size (the relevance resampled into the part of the file the model saw; 0 outside a crop).")
 @click.option("--legend", is_flag=True, help="Add a colour bar with the heatmap's scale (-S .. +S, S the scale used, see --scale) under each heatmap.")
 @report_option("OUT/report.html for images, FILE.report.html beside -o FILE for CSV rows and texts; none on stdout")
 @no_report_option
@@ -105,7 +107,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     """
     from ..data.images import collect_images
     from ..errors import InputError, UsageError
-    from ..sources.files import file_hash, is_spec, load_class_names, load_spec
+    from ..sources.files import file_hash, load_class_names
     from ..runs.images import ImageRunOptions, explain_images
     from ..runs.choices import TargetSpec, walk_start
 
@@ -114,9 +116,9 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     shard = Shard.parse(options["shard"])
     if options["inputs_from"]:
         inputs = tuple(inputs) + tuple(read_inputs_list(options["inputs_from"]))
+    spec = model_spec(model, options)  # (first: --weights with a folder as MODEL is a forgotten weights file)
     if not inputs:
         raise UsageError("no INPUTS given", hint="give image files, folders, globs or one CSV file (or --inputs-from FILE)")
-    spec = load_spec(model) if is_spec(model) else None
     refuse_overwriting_inputs(model, spec, inputs, options)
     from .text import explain_text, is_text_run
 
@@ -124,6 +126,8 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     if is_text_run(spec, options) or any(str(i).lower().endswith(".txt") for i in inputs):
         if len(inputs) != 1:
             raise UsageError("give one file of texts (or - for stdin)")
+        if options["heatmap_size"] != "model":
+            raise UsageError("--heatmap-size applies to images", hint="drop it for texts")
         if options["max_new_tokens"] is not None:
             from .generate import explain_generation
 
@@ -134,6 +138,8 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     tabular = [i for i in inputs if str(i).lower().endswith((".csv", ".parquet", ".pq", ".jsonl", ".ndjson")) or str(i) == "-"]
     if tabular and len(inputs) > 1:
         raise UsageError("give one CSV, JSON-lines or Parquet file (or - for stdin), or image inputs, not several or both")
+    if tabular and options["heatmap_size"] != "model":
+        raise UsageError("--heatmap-size applies to images", hint="drop it for CSV rows")
     for flag in ("tokenizer", "text_col", "max_length", "html", "max_new_tokens"):
         if options.get(flag):
             raise UsageError(f"--{flag.replace('_', '-')} applies to texts", hint="a text model's spec says input: {kind: text}; or give --tokenizer")
@@ -193,6 +199,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         legend=options["legend"],
         scale=heat_scale,
         overlay_style=options["overlay_style"],
+        heatmap_size=options["heatmap_size"],
     )
     weights = spec.model if spec else Path(model)
     run_options.model_sha256 = file_hash(weights)

@@ -19,6 +19,7 @@ from .options import (
     fit_preprocessing,
     load_model_option,
     model_options,
+    model_spec,
     parse_mapping,
     parse_params,
     preprocessing_options,
@@ -79,8 +80,9 @@ def init(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         return os.path.relpath(Path(path).resolve(), folder)
 
     spec: dict[str, Any] = {"model": relative(model)}
-    if options["arch"]:
-        arch = options["arch"]
+    library = model_spec(model, options)  # what --arch timm:NAME or --weights ENUM give (None otherwise)
+    if options["arch"] or (library is not None and library.arch):
+        arch = options["arch"] or library.arch
         where, sep, name = arch.rpartition(":")
         if where.endswith(".py"):  # a Python file is looked up next to the spec
             arch = f"{relative(where)}:{name}"
@@ -88,15 +90,17 @@ def init(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         kwargs = parse_mapping(options["arch_kwargs"], "--arch-kwargs")
         if kwargs:
             spec["arch_kwargs"] = kwargs
-    loaded = load_model_option(model, None, options)
+    if options["weights_enum"]:
+        spec["weights"] = options["weights_enum"]
+    loaded = load_model_option(model, library, options)
     composite_name = options["composite"]
     tried = ""
     if options["tokenizer"]:
         spec["input"] = {"kind": "text", "tokenizer": relative(options["tokenizer"]), "max_length": options["max_length"] or 256}
         tried = _try_text(loaded, spec["input"], options, inputs, composite_name)
     else:
-        preprocessing = spec_preprocessing(None, options)
-        preprocessing, cautions = fit_preprocessing(preprocessing, None, options, loaded)
+        preprocessing = spec_preprocessing(library, options)
+        preprocessing, cautions = fit_preprocessing(preprocessing, library, options, loaded)
         for caution in cautions:
             warn(caution)
         entry: dict[str, Any] = {"mode": preprocessing.mode}
@@ -110,6 +114,10 @@ def init(model: str, inputs: tuple[str, ...], **options: Any) -> None:
             value = getattr(preprocessing, key)
             if value is not None:
                 entry[key] = list(value)
+        if preprocessing.short_side is not None:
+            entry["short_side"] = preprocessing.short_side
+        if preprocessing.interpolation != "bilinear":
+            entry["interpolation"] = preprocessing.interpolation
         spec["input"] = entry
     if options["classes_file"]:
         spec["classes"] = load_class_names(options["classes_file"])
@@ -154,7 +162,7 @@ def _try_image(model: Any, preprocessing: Any, inputs: tuple[str, ...], composit
 
     items = collect_images(inputs)
     first = items[0]
-    if preprocessing.size is None and preprocessing.resize is None and preprocessing.crop is None:
+    if preprocessing.size is None and preprocessing.resize is None and preprocessing.short_side is None and preprocessing.crop is None:
         pixels = preprocessing.pixels(first.path)
         preprocessing = dataclasses.replace(preprocessing, size=(int(pixels.shape[0]), int(pixels.shape[1])))
     x = preprocessing.tensor(preprocessing.pixels(first.path))[None]

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from .console import console, warn
-from .options import build_composite, composite_options, input_shape_option, json_option, load_model_option, model_options, parse_params, refuse_overwriting_inputs, spec_preprocessing, write_json
+from .options import build_composite, composite_options, input_shape_option, json_option, load_model_option, model_options, parse_params, refuse_overwriting_inputs, spec_preprocessing, write_json, model_spec
 
 
 @click.command(
@@ -35,9 +35,8 @@ def inspect(model: str, composite: str | None, input_shape: str | None, json_pat
 
     from ..errors import UsageError
     from ..runs.inspect import inspect_model
-    from ..sources.files import is_spec, load_spec
 
-    spec = load_spec(model) if is_spec(model) else None
+    spec = model_spec(model, options)
     refuse_overwriting_inputs(model, spec, (), {**options, "composite": composite, "json_path": None if json_path == "-" else json_path})
     from ..sources.files import saved_input_shape
 

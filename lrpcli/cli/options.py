@@ -78,7 +78,8 @@ model_options = _stack(
         click.option("--arch-kwargs", metavar="MAPPING", help="Keyword arguments for --arch, as JSON/YAML: '{num_classes: 4}'."),
         click.option("--allow-pickle", is_flag=True, help="Load a whole pickled module, or a .pt2 that asks for pickled payloads. Unpickling RUNS CODE from the file: only for files you trust."),
         click.option("--no-cache", is_flag=True, help="Capture the model again instead of loading its graph from the disk cache (LRP_CACHE_DIR, default ~/.cache/lrpcli; LRP_CACHE_DIR=off turns it off)."),
-        click.option("--allow-code", is_flag=True, help="Let a model spec's arch import a Python file or any module (it RUNS that code); without it a spec may name lrpcli.architectures and torchvision.models only."),
+        click.option("--allow-code", is_flag=True, help="Let a model spec's arch import a Python file or any module (it RUNS that code); without it a spec may name lrpcli.architectures, torchvision.models and timm:NAME only."),
+        click.option("--weights", "weights_enum", metavar="ENUM", help="A torchvision weight enum (ResNet18_Weights.IMAGENET1K_V1): its transforms and category names, and its builder as --arch for a state dict. Nothing is downloaded: MODEL is the weights file."),
     ]
 )
 
@@ -177,6 +178,9 @@ preprocessing_options = _stack(
         click.option("--crop", metavar="H[,W]", help="Centre-crop to this after --resize."),
         click.option("--mean", metavar="M[,M,M]", help="Per-channel mean subtracted after scaling pixels to [0, 1]."),
         click.option("--std", metavar="S[,S,S]", help="Per-channel std divided by after the mean."),
+        click.option("--short-side", metavar="N", type=click.IntRange(min=1), help="Resize so that the shorter side is N, keeping the aspect ratio (torchvision's Resize(N)); then --crop. Instead of --resize."),
+        click.option("--crop-pct", type=click.FloatRange(0, 1, min_open=True), help="With --size S: resize the shorter side to S / crop_pct, then centre-crop S (timm's eval recipe)."),
+        click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"], case_sensitive=False), help="Resampling filter of every resize (default: timm's or the weight enum's, else bilinear)."),
         click.option("--mode", type=click.Choice(["rgb", "gray", "l"], case_sensitive=False), help="Colour mode the model takes (default: the spec's, else RGB)."),
         click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="Class names, one per line (or a JSON list)."),
     ]
@@ -210,19 +214,56 @@ def build_composite(name: str | None, spec: Any, params: dict[str, Any], preproc
     return composite.with_params(**params) if params else composite
 
 
+def given_preprocessing(options: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing options given on the command line, parsed (None where not given)."""
+    from ..errors import UsageError
+
+    given: dict[str, Any] = {key: parse(options.get(key), f"--{key}") for key, parse in (("size", ints), ("resize", ints), ("crop", ints), ("mean", floats), ("std", floats))}
+    given.update({key: options.get(key) for key in ("short_side", "crop_pct")})
+    given["interpolation"] = options["interpolation"].lower() if options.get("interpolation") else None
+    if given["crop_pct"] is not None and any(given[key] is not None for key in ("resize", "short_side", "crop")):
+        raise UsageError("--crop-pct sets the resize and the crop itself", hint="give --crop-pct with --size, or --resize/--short-side and --crop, not both")
+    return given
+
+
 def spec_preprocessing(spec: Any, options: dict[str, Any] | None = None) -> Any:
-    """Preprocessing from the model spec's input section, overridden by command-line flags."""
+    """Preprocessing from the model spec's input section, overridden by command-line flags. ``crop_pct``
+    becomes timm's recipe at the size (the shorter side to size / crop_pct, then the crop) where nothing
+    else (timm's or a weight enum's resolution, see model_spec) has placed the resize already."""
+    import math
+
     from ..data.images import Preprocessing
+    from ..errors import UsageError
 
     values = dict(spec.input) if spec is not None else {}
-    options = options or {}
-    for key, parse in (("size", ints), ("resize", ints), ("crop", ints), ("mean", floats), ("std", floats)):
-        value = parse(options.get(key), f"--{key}")
-        if value is not None:
-            values[key] = value
-    if options.get("mode"):
+    given = given_preprocessing(options or {})
+    if any(given[key] is not None for key in ("resize", "short_side")):
+        for key in ("resize", "short_side"):  # the command line's resize replaces the spec's
+            values.pop(key, None)
+    values.update({key: value for key, value in given.items() if value is not None})
+    if (options or {}).get("mode"):
         values["mode"] = options["mode"]
-    return Preprocessing.from_options(**{k: v for k, v in values.items() if k in ("mode", "size", "resize", "crop", "mean", "std")})
+    pct = values.pop("crop_pct", None)
+    if pct is not None and values.get("resize") is None and values.get("short_side") is None:
+        size = values.get("size")
+        size = list(size) if isinstance(size, (list, tuple)) else [size] if size is not None else []
+        if not size or size[0] != size[-1]:
+            raise UsageError(f"--crop-pct needs a square --size (got {size or 'none'})", hint="e.g. --size 224 --crop-pct 0.875 (resize to 256, crop 224)")
+        values["short_side"], values["crop"] = math.floor(size[0] / float(pct)), [size[0], size[0]]
+    keys = ("mode", "size", "resize", "crop", "mean", "std", "short_side", "interpolation")
+    return Preprocessing.from_options(**{k: v for k, v in values.items() if k in keys})
+
+
+def model_spec(model: str, options: dict[str, Any]) -> Any:
+    """The spec a command works from: MODEL's own (a spec .yaml, a Hugging Face folder) or None, with the input
+    and class names that ``--arch timm:NAME`` or ``--weights ENUM`` (or the spec's arch/weights) give where the
+    spec and the options say nothing of them (sources/zoo.py)."""
+    from ..sources.files import is_spec, load_spec
+    from ..sources.zoo import library_spec
+
+    spec = load_spec(model) if is_spec(model) else None
+    kwargs = parse_mapping(options.get("arch_kwargs"), "--arch-kwargs") or None
+    return library_spec(spec, model, options.get("arch"), kwargs, options.get("weights_enum"), given_preprocessing(options))
 
 
 def fit_preprocessing(preprocessing: Any, spec: Any, options: dict[str, Any], model: Any) -> tuple[Any, list[str]]:

@@ -1,8 +1,11 @@
 """Image inputs: finding them (files, folders, globs), decoding and preprocessing.
 
 Preprocessing follows the usual torchvision recipe without needing torchvision:
-convert the mode (RGB or grayscale), resize, centre-crop, scale to [0, 1],
-normalise with mean/std. Errors name the file and say what to do.
+convert the mode (RGB or grayscale), resize (to a fixed size, or the shorter side to a
+length as ``Resize(N)`` does), centre-crop (offsets rounded as ``CenterCrop`` rounds them),
+scale to [0, 1], normalise with mean/std. On the same PIL image this gives the tensors
+torchvision's and timm's eval transforms give (tests/test_zoo_timm.py). Errors name the
+file and say what to do.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from ..limits import check_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 MODES = {"rgb": "RGB", "l": "L", "gray": "L", "grey": "L", "grayscale": "L"}
+#: resampling filters by the names torchvision and timm give them (Pillow does the resampling in both)
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,23 @@ def _pair(value: Any, what: str) -> tuple[int, int] | None:
     return int(items[0]), int(items[1])
 
 
+def _side(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(items) != 1 or not isinstance(items[0], int) or isinstance(items[0], bool) or items[0] <= 0:
+        raise UsageError(f"{what} must be one positive integer (the shorter side's length), got {value!r}")
+    check_pixels((items[0], items[0]), f"--{what}", UsageError)
+    return int(items[0])
+
+
+def _interpolation(value: Any) -> str:
+    name = str(value or "bilinear").lower()
+    if name not in INTERPOLATIONS:
+        raise UsageError(f"unknown interpolation '{value}'", hint=f"use one of {', '.join(INTERPOLATIONS)}")
+    return name
+
+
 def _floats(value: Any, what: str) -> list[float] | None:
     if value is None:
         return None
@@ -140,6 +169,8 @@ class Preprocessing:
     mean: list[float] | None = None
     std: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    short_side: int | None = None  # or resize first so that the shorter side is this long (aspect ratio kept)
+    interpolation: str = "bilinear"  # the resampling filter of every resize (INTERPOLATIONS)
 
     @classmethod
     def from_options(cls, **options: Any) -> "Preprocessing":
@@ -154,13 +185,18 @@ class Preprocessing:
                 raise UsageError(f"{name} has {len(values)} values for {channels}-channel ({MODES[key]}) images")
         if std is not None and any(s <= 0 for s in std):
             raise UsageError(f"std must be positive, got {std}")
+        resize, short_side = _pair(options.get("resize"), "resize"), _side(options.get("short_side"), "short-side")
+        if resize is not None and short_side is not None:
+            raise UsageError("--resize and --short-side exclude each other", hint="--resize H,W resizes to a fixed size; --short-side N keeps the aspect ratio")
         return cls(
             mode=MODES[key],
             size=_pair(options.get("size"), "size"),
-            resize=_pair(options.get("resize"), "resize"),
+            resize=resize,
             crop=_pair(options.get("crop"), "crop"),
             mean=mean,
             std=std,
+            short_side=short_side,
+            interpolation=_interpolation(options.get("interpolation")),
         )
 
     @property
@@ -196,29 +232,59 @@ class Preprocessing:
             reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
             raise InputError(f"{path}: cannot decode image ({reason})") from exc
 
-    def geometry(self, image: Image.Image, path: Path) -> Image.Image:
+    def steps(self, height: int, width: int, path: Path | str = "the image") -> list[tuple[str, tuple[int, int, int, int]]]:
+        """What geometry does to a ``height`` x ``width`` image, in order: ("resize", (0, 0, h, w)) and
+        ("crop", (top, left, h, w)). One plan for :meth:`geometry` and :meth:`source_box`."""
+        steps: list[tuple[str, tuple[int, int, int, int]]] = []
         if self.resize is not None:
-            image = image.resize((self.resize[1], self.resize[0]), Image.BILINEAR)
+            height, width = self.resize
+            steps.append(("resize", (0, 0, height, width)))
+        elif self.short_side is not None:  # torchvision's Resize(N): the longer side truncated, as it does
+            short, long = (width, height) if width <= height else (height, width)
+            new_long = int(self.short_side * long / short)
+            height, width = (new_long, self.short_side) if width <= height else (self.short_side, new_long)
+            steps.append(("resize", (0, 0, height, width)))
         if self.crop is not None:
-            height, width = self.crop
-            if image.height < height or image.width < width:
-                raise InputError(f"{path}: image is {image.height}x{image.width}, smaller than the crop {height}x{width}")
-            top, left = (image.height - height) // 2, (image.width - width) // 2
-            image = image.crop((left, top, left + width, top + height))
-        if self.size is not None and (image.height, image.width) != self.size:
-            if self.resize is None and self.crop is None:
-                image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
-            else:
+            crop_h, crop_w = self.crop
+            if height < crop_h or width < crop_w:
+                raise InputError(f"{path}: image is {height}x{width}, smaller than the crop {crop_h}x{crop_w}")
+            top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))  # CenterCrop's offsets
+            steps.append(("crop", (top, left, crop_h, crop_w)))
+            height, width = crop_h, crop_w
+        if self.size is not None and (height, width) != self.size:
+            if steps:
                 raise InputError(
-                    f"{path}: after resize/crop the image is {image.height}x{image.width}, "
+                    f"{path}: after resize/crop the image is {height}x{width}, "
                     f"but the model takes {self.size[0]}x{self.size[1]}"
                 )
+            steps.append(("resize", (0, 0, *self.size)))
+        return steps
+
+    def geometry(self, image: Image.Image, path: Path) -> Image.Image:
+        resample = INTERPOLATIONS[self.interpolation]
+        for kind, (top, left, height, width) in self.steps(image.height, image.width, path):
+            if kind == "resize":
+                image = image.resize((width, height), resample)
+            else:
+                image = image.crop((left, top, left + width, top + height))
         return image
+
+    def source_box(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """The part of a ``height`` x ``width`` image that the model's input shows, in that image's pixels:
+        (top, left, bottom, right). What a heatmap drawn at the input's own size maps the relevance into."""
+        top, left, step_y, step_x = 0.0, 0.0, 1.0, 1.0  # input pixel edge (i, j) <-> image (top + i*step_y, left + j*step_x)
+        current = (height, width)
+        for kind, (dy, dx, h, w) in self.steps(height, width):
+            if kind == "resize":
+                step_y, step_x = step_y * current[0] / h, step_x * current[1] / w
+            else:
+                top, left = top + dy * step_y, left + dx * step_x
+            current = (h, w)
+        return top, left, top + current[0] * step_y, left + current[1] * step_x
 
     def pixels(self, path: Path) -> np.ndarray:
         """The image after mode conversion and geometry, uint8 (H, W, C): what heatmap overlays show."""
-        array = np.array(self.geometry(self.decode(path), path), dtype=np.uint8)
-        return array[:, :, None] if array.ndim == 2 else array
+        return _array(self.geometry(self.decode(path), path))
 
     def tensor(self, pixels: np.ndarray) -> torch.Tensor:
         """(H, W, C) uint8 -> (C, H, W) float32 in [0, 1], normalised by mean/std (in numpy: a few torch ops
@@ -230,8 +296,26 @@ class Preprocessing:
             x /= np.asarray(self.std, dtype=np.float32).reshape(-1, 1, 1)
         return torch.from_numpy(x)
 
+    def original(self, path: Path) -> np.ndarray:
+        """The image in the model's colour mode at its own size, uint8 (H, W, C): what heatmaps drawn at the
+        input's size (``--heatmap-size input``) show overlays on."""
+        return _array(self.decode(path))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "size": self.size, "resize": self.resize, "crop": self.crop, "mean": self.mean, "std": self.std}
+        """The settings, as run.json and the manifest keep them (the newer ones only where they are not the
+        default, so that a folder written before them resumes)."""
+        data = {"mode": self.mode, "size": self.size, "resize": self.resize, "crop": self.crop, "mean": self.mean, "std": self.std}
+        if self.short_side is not None:
+            data["short_side"] = self.short_side
+        if self.interpolation != "bilinear":
+            data["interpolation"] = self.interpolation
+        return data
+
+
+def _array(image: Image.Image) -> np.ndarray:
+    """A decoded image as uint8 (H, W, C), a channel axis for grayscale too."""
+    array = np.array(image, dtype=np.uint8)
+    return array[:, :, None] if array.ndim == 2 else array
 
 
 def _to_8bit(image: Image.Image, path: Path) -> Image.Image:
@@ -247,9 +331,10 @@ def _to_8bit(image: Image.Image, path: Path) -> Image.Image:
 class ImageDataset(torch.utils.data.Dataset):
     """Decodes and preprocesses in DataLoader workers; a bad file yields its error, not an exception."""
 
-    def __init__(self, items: list[ImageInput], preprocessing: Preprocessing):
+    def __init__(self, items: list[ImageInput], preprocessing: Preprocessing, originals: bool = False):
         self.items = items
         self.preprocessing = preprocessing
+        self.originals = originals  # hand back the image at its own size (for heatmaps drawn at that size)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -257,8 +342,9 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, np.ndarray | None, str | None]:
         item = self.items[index]
         try:
-            pixels = self.preprocessing.pixels(item.path)
-            return index, self.preprocessing.tensor(pixels), pixels, None
+            image = self.preprocessing.decode(item.path)
+            pixels = _array(self.preprocessing.geometry(image, item.path))
+            return index, self.preprocessing.tensor(pixels), _array(image) if self.originals else pixels, None
         except InputError as exc:
             return index, None, None, exc.message
 

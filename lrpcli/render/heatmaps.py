@@ -50,6 +50,35 @@ def relevance_map(relevance: np.ndarray) -> np.ndarray:
     return relevance.sum(axis=0) if relevance.ndim == 3 else relevance
 
 
+def _linear_weights(length: int, start: float, stop: float, cells: int) -> np.ndarray:
+    """(length, cells): pixel i of an axis ``length`` long samples a map of ``cells`` cells that spans
+    [start, stop) of that axis, linearly between cell centres (edge cells held); rows outside: zero."""
+    centres = np.arange(length, dtype=np.float64) + 0.5
+    inside = (centres >= start) & (centres < stop)
+    u = np.clip((centres - start) / max(stop - start, 1e-12) * cells - 0.5, 0.0, cells - 1.0)
+    low = np.floor(u).astype(np.intp)
+    high = np.minimum(low + 1, cells - 1)
+    frac = u - low
+    weights = np.zeros((length, cells), dtype=np.float64)
+    rows = np.arange(length)
+    np.add.at(weights, (rows, low), 1.0 - frac)
+    np.add.at(weights, (rows, high), frac)
+    weights[~inside] = 0.0
+    return weights
+
+
+def at_input_size(heat: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    """A model-sized (H, W) relevance map drawn at the input file's own ``size`` (height, width): resampled
+    bilinearly into ``box`` (top, left, bottom, right: the part of the file the model saw, see
+    ``Preprocessing.source_box``), 0 where the model saw nothing (outside a centre crop). Values stay
+    relevance per model pixel, so the colour scale and a legend read as at the model's size."""
+    heat = relevance_map(heat)
+    top, left, bottom, right = box
+    rows = _linear_weights(size[0], top, bottom, heat.shape[0])
+    columns = _linear_weights(size[1], left, right, heat.shape[1])
+    return rows @ heat @ columns.T
+
+
 SCALE_MODES = ("per-image", "shared", "percentile")
 
 

@@ -18,7 +18,7 @@ import torch
 
 from ..data.images import ImageInput, Preprocessing
 from ..outputs import file_labels, read_summary, safe_label, save_array
-from ..render.heatmaps import COLORMAPS, Scale, save_heatmap
+from ..render.heatmaps import COLORMAPS, MIN_SIDE, Scale, at_input_size, relevance_map, save_heatmap
 from .choices import TargetSpec, resolve_device
 from .shards import fingerprint
 
@@ -104,6 +104,7 @@ def result_settings(preprocessing: Preprocessing, options: ImageRunOptions, targ
         **({"--legend": True} if options.legend and options.heatmaps else {}),
         **({"--scale": str(Scale.parse(options.scale))} if options.heatmaps and Scale.parse(options.scale).mode != "per-image" else {}),
         **({"--overlay-style": options.overlay_style} if options.heatmaps and options.overlay and options.overlay_style != "colour" else {}),
+        **({"--heatmap-size": options.heatmap_size} if options.heatmaps and options.heatmap_size != "model" else {}),
     }
 
 
@@ -127,12 +128,27 @@ def input_roots(items: list[ImageInput], out: Path) -> dict[str, Any]:
     return info
 
 
-def save_outputs(relevance: np.ndarray, pixels: np.ndarray, array_path: Path | None, heatmap_path: Path | None, options: ImageRunOptions) -> None:
-    """One input's files (run in the writer pool)."""
+def save_outputs(
+    relevance: np.ndarray, pixels: np.ndarray, array_path: Path | None, heatmap_path: Path | None, options: ImageRunOptions, preprocessing: Preprocessing | None = None
+) -> None:
+    """One input's files (run in the writer pool). With ``--heatmap-size input`` ``pixels`` is the file at its
+    own size and ``preprocessing`` says which part of it the model saw."""
     if array_path is not None:
         save_array(array_path, relevance)
     if heatmap_path is not None:
-        save_heatmap(heatmap_path, relevance, pixels, options.cmap, options.overlay, options.legend, options.scale, options.overlay_style)
+        draw_heatmap(heatmap_path, relevance, pixels, options, options.scale, preprocessing)
+
+
+def draw_heatmap(path: Path, relevance: np.ndarray, pixels: np.ndarray | None, options: ImageRunOptions, scale: Scale, preprocessing: Preprocessing | None) -> None:
+    """A heatmap at the model's input size, or (``--heatmap-size input``) at the size of ``pixels``, the input
+    file's own, with the colour scale of the model-sized map (a crop's zero border does not change it)."""
+    min_side = MIN_SIDE
+    if options.heatmap_size == "input" and pixels is not None and preprocessing is not None:
+        heat = relevance_map(relevance)
+        value = Scale.parse(scale).of(heat)
+        size = (int(pixels.shape[0]), int(pixels.shape[1]))
+        relevance, scale, min_side = at_input_size(heat, preprocessing.source_box(*size), size), value, 1  # the file's size, not enlarged
+    save_heatmap(path, relevance, pixels, options.cmap, options.overlay, options.legend, scale, options.overlay_style, min_side)
 
 
 def class_label(index: int, classes: list[str] | None, blank: bool = False) -> str:
@@ -160,6 +176,7 @@ def run_json(explainer, preprocessing, options, targets, report, run_info) -> di
             "overlay": options.overlay_style if options.overlay else None,
             "legend": options.legend,
             "scale": {**options.scale.to_dict(), **({"value": report.scale} if report.scale is not None else {})},
+            "size": options.heatmap_size,
         }
         if options.heatmaps
         else None,

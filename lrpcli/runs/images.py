@@ -21,8 +21,8 @@ from ..data.images import ImageDataset, ImageInput, Preprocessing, collate
 from ..engine.explainer import Explainer
 from ..errors import ConfigError, InputError, LrpError, ModelError, OutputError, UnsupportedOpError, UsageError
 from ..outputs import SummaryLog, inside, output_errors, refuse_links_out, safe_label, save_array, write_json, write_summary
-from ..render.heatmaps import Scale, relevance_map, save_heatmap
-from .image_files import class_label, done_inputs, file_label, input_roots, output_paths, remove_if_only, remove_stale_temporaries, result_settings, run_json, save_outputs
+from ..render.heatmaps import Scale, relevance_map
+from .image_files import class_label, done_inputs, draw_heatmap, file_label, input_roots, output_paths, remove_if_only, remove_stale_temporaries, result_settings, run_json, save_outputs
 from .choices import Failure, TargetSpec, non_finite_reasons, resolve_device, resolve_dtype
 from .shards import Manifest, Shard, fingerprint, output_lock, suffix
 
@@ -48,6 +48,7 @@ class ImageRunOptions:
     legend: bool = False  # a colour bar with the heatmap's scale under each heatmap
     scale: Scale = field(default_factory=Scale)  # per-image, shared (given or found after the last batch), percentile
     overlay_style: str = "colour"  # overlays over the input's own colours, or over a grey copy ("grey")
+    heatmap_size: str = "model"  # heatmaps at the model's input size, or at each input file's own ("input")
 
 
 @dataclass
@@ -185,7 +186,7 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
             manifest.path.unlink(missing_ok=True)
 
     loader = torch.utils.data.DataLoader(
-        ImageDataset(todo, preprocessing),
+        ImageDataset(todo, preprocessing, originals=options.heatmaps and options.heatmap_size == "input"),
         batch_size=options.batch_size,
         num_workers=_workers(options.workers, len(todo)),
         collate_fn=collate,
@@ -223,7 +224,7 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
                 for shape, good in groups.items():  # images of other sizes are tried as their own batch
                     if shape not in shape_errors:
                         try:
-                            futures, rows, non_finite = _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report)
+                            futures, rows, non_finite = _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report, preprocessing)
                         except (ModelError, RuntimeError) as exc:
                             if isinstance(exc, (UnsupportedOpError, ConfigError)):
                                 raise
@@ -274,7 +275,7 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
     return report
 
 
-def _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report):
+def _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report, preprocessing=None):
     x = torch.stack([tensor for _, tensor, _ in good]).to(device=device, dtype=dtype)
     if options.layers:  # named before any target is explained, so that the message names the option
         from ..engine.explainer import layer_outputs
@@ -344,7 +345,7 @@ def _explain_batch(explainer, good, targets, classes, options, device, dtype, ou
             if options.arrays or options.heatmaps:
                 array_path = inside(out, array_rel) if options.arrays else None
                 heatmap_path = inside(out, heat_rel) if options.heatmaps else None
-                futures.append(pool.submit(save_outputs, rel, pixels, array_path, heatmap_path, options))
+                futures.append(pool.submit(save_outputs, rel, pixels, array_path, heatmap_path, options, preprocessing))
             for layer, relevance_map in result.layer_maps.items():
                 layer_rel = f"layers/{safe_label(layer)}/" + array_rel.split("/", 1)[1]
                 layer_map = relevance_map[row_index].detach().to(torch.float32).cpu().numpy()
@@ -385,16 +386,17 @@ def render_shared(out: Path, rows: list[dict[str, Any]], items: dict[str, ImageI
 
     def draw(row: dict[str, Any], array_path: Path, heatmap_path: Path) -> None:
         pixels = None
-        if options.overlay:
+        at_input = options.heatmap_size == "input"
+        if options.overlay or at_input:
             item = items.get(row["input"])
             try:
-                pixels = preprocessing.pixels(item.path) if item is not None else None
+                pixels = (preprocessing.original if at_input else preprocessing.pixels)(item.path) if item is not None else None
             except InputError:
                 pixels = None
-            message = f"{row['input']}: the input could not be read again: its heatmap is drawn without the overlay"
+            message = f"{row['input']}: the input could not be read again: its heatmap is drawn " + ("at the model's input size" if at_input else "without the overlay")
             if pixels is None and message not in report.notes:
                 report.notes.append(message)
-        save_heatmap(heatmap_path, np.load(array_path), pixels, options.cmap, options.overlay, options.legend, fixed, options.overlay_style)
+        draw_heatmap(heatmap_path, np.load(array_path), pixels, options, fixed, preprocessing)
 
     writers = _writers(device)
     with ThreadPoolExecutor(max_workers=writers) if writers else _Inline() as pool:

@@ -34,10 +34,10 @@ from . import hf, lightning, onnx
 from .safety import check_trusted_callable, load_exported, spec_arch
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-SPEC_KEYS = ("model", "arch", "arch_kwargs", "input", "classes", "composite", "description")
+SPEC_KEYS = ("model", "arch", "arch_kwargs", "input", "classes", "composite", "description", "weights")
 INPUT_KEYS = (
     "kind", "mode", "size", "resize", "crop", "mean", "std", "features", "drop", "id_col", "label_col",
-    "tokenizer", "max_length", "text_col", "mask",
+    "tokenizer", "max_length", "text_col", "mask", "short_side", "interpolation", "crop_pct",
 )
 INPUT_KINDS = ("image", "tabular", "text")
 
@@ -171,6 +171,10 @@ def resolve_arch(arch: str | Callable) -> Callable:
             hint="e.g. torchvision.models:vgg16, mypkg.nets:MiniVGG or path/to/nets.py:MiniVGG",
         )
     where, _, name = str(arch).rpartition(":")
+    if where == "timm":  # timm.create_model(name, pretrained=False): a library of names, not a module of callables
+        from .zoo import TimmBuilder
+
+        return TimmBuilder(name)
     if where.endswith(".py") or "/" in where:
         file = Path(where)
         if not file.is_file():
@@ -191,6 +195,8 @@ def resolve_arch(arch: str | Callable) -> Callable:
             hint = None
             if where.split(".")[0] == "torchvision":
                 hint = "torchvision is an optional extra: pip install 'lrpcli[torchvision]'"
+            elif where.split(".")[0] == "timm":
+                hint = "timm is an optional extra: pip install 'lrpcli[timm]' (and name a model as --arch timm:NAME)"
             raise ModelError(f"--arch: cannot import module '{where}': {exc}", hint=hint) from exc
         except (Exception, SystemExit) as exc:  # the module's own code raised (or exited) while importing
             raise ModelError(f"--arch: importing module '{where}' failed: {type(exc).__name__}: {_first_line(exc)}") from exc
@@ -375,6 +381,7 @@ class ModelSpec:
     classes: list[str] | None = None
     composite: str | None = None
     source: Path | None = None
+    weights: str | None = None  # a torchvision weight enum whose transforms and category names to use (zoo.py)
 
 
 def is_spec(path: str | Path) -> bool:
@@ -418,7 +425,14 @@ def load_spec(path: str | Path) -> ModelSpec:
         classes=[str(c) for c in classes] if classes is not None else None,
         composite=raw.get("composite"),
         source=path,
+        weights=_weights_name(raw.get("weights"), path),
     )
+
+
+def _weights_name(value: Any, path: Path) -> str | None:
+    if value is not None and not (isinstance(value, str) and "." in value):
+        raise ConfigError(f"'weights' names a torchvision weight enum like ResNet18_Weights.IMAGENET1K_V1, got {value!r}", source=str(path), key="weights")
+    return value
 
 
 def _reject_unknown(mapping: dict, allowed: tuple[str, ...], where: str, path: Path) -> None:
@@ -444,6 +458,16 @@ def _check_input(inputs: dict, path: Path) -> None:
         if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
             raise ConfigError(f"input.{key} must be one or two positive integers (height, width), got {value!r}", source=str(path), key=key)
         check_pixels((items[0], items[1]), f"input.{key}", source=str(path), key=key)
+    side = inputs.get("short_side")
+    if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side <= 0):
+        raise ConfigError(f"input.short_side must be one positive integer, got {side!r}", source=str(path), key="short_side")
+    pct = inputs.get("crop_pct")
+    if pct is not None and (isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 1):
+        raise ConfigError(f"input.crop_pct must be a number in (0, 1], got {pct!r}", source=str(path), key="crop_pct")
+    if pct is not None and any(inputs.get(key) is not None for key in ("resize", "short_side", "crop")):
+        raise ConfigError("input.crop_pct sets the resize and the crop itself: give it or resize/short_side/crop, not both", source=str(path), key="crop_pct")
+    if inputs.get("resize") is not None and side is not None:
+        raise ConfigError("input.resize and input.short_side exclude each other", source=str(path), key="short_side")
     for key in ("mean", "std"):
         value = inputs.get(key)
         if value is None:

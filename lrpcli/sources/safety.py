@@ -26,8 +26,11 @@ import torch
 from ..errors import ModelError
 
 # Where a spec's ``arch`` may point without --allow-code: namespaces of model classes and model
-# builders whose arguments cannot make them read a file (timm's create_model can: checkpoint_path).
+# builders whose arguments cannot make them read a file. timm's create_model can (checkpoint_path), so a
+# spec names a timm model only as ``timm:NAME``, which lrp builds with pretrained=False and no checkpoint
+# (sources/zoo.py: TimmBuilder).
 TRUSTED_ARCH_MODULES = ("lrpcli.architectures", "lrpcli.sources.architectures", "torchvision.models")
+TIMM = "timm"
 PICKLE_HINT = "if you trust the file's source, pass --allow-pickle (unpickling runs code from the file)"
 
 
@@ -196,10 +199,12 @@ def spec_arch(arch: Any, spec_path: Path | None, allow_code: bool = False) -> st
             hint="if you trust the spec and its folder, pass --allow-code (or name the file yourself with --arch)",
         )
     private = any(part.startswith("_") for part in (*where.split("."), *name.split(".")))
+    if where == TIMM and name and not private:
+        return text  # a timm model name (checked against timm's registry when it is built)
     if not where or private or not any(where == m or where.startswith(m + ".") for m in TRUSTED_ARCH_MODULES):
         raise ModelError(
             f"{source}the spec's arch '{arch}' is outside the model libraries a spec may name "
-            f"({', '.join(TRUSTED_ARCH_MODULES)}); importing and calling it could run any code",
+            f"({', '.join(TRUSTED_ARCH_MODULES)}, timm:NAME); importing and calling it could run any code",
             hint="if you trust the spec, pass --allow-code (or name the architecture yourself with --arch)",
         )
     return text
@@ -208,6 +213,10 @@ def spec_arch(arch: Any, spec_path: Path | None, allow_code: bool = False) -> st
 def check_trusted_callable(arch: str, factory: Any) -> None:
     """For a spec's arch without consent: the callable must be a model class or a function
     defined in the trusted namespace itself (not something it imports, like torch.hub's)."""
+    from .zoo import TimmBuilder
+
+    if isinstance(factory, TimmBuilder):
+        return
     module = getattr(factory, "__module__", "") or ""
     defined_here = any(module == m or module.startswith(m + ".") for m in TRUSTED_ARCH_MODULES)
     is_class = isinstance(factory, type)
