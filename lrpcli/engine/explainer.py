@@ -112,6 +112,7 @@ def explain(
     inputs: dict[str, torch.Tensor] | None = None,
     embedding_relevance: bool = False,
     layers: Sequence[str] = (),
+    condition: dict[str, Any] | None = None,
 ) -> Explanation:
     """Explain ``model``'s output for the batch ``x`` with LRP.
 
@@ -132,9 +133,15 @@ def explain(
     hidden) as ``Explanation.embedding``.
     ``layers``: module paths (``features.3``, see ``lrp inspect``) or graph node names whose output's
     relevance is returned in ``Explanation.layer_maps``, shaped like that output.
+    ``condition``: ``{layer: mask}``, Concept Relevance Propagation: the relevance reaching each named layer's
+    output is multiplied by its mask before the walk goes on below it (``layer_maps`` still show what arrived).
+    A mask is a list of channel indices (kept in every row), a (batch, channels) tensor (per row, along dim 1),
+    or a tensor shaped like the layer's output. LRP is linear in the relevance at a layer, so the conditional
+    heatmaps of all channels sum to the full heatmap: K conditions of one input are K rows of ``x.repeat``.
     """
     return Explainer(model, composite, params=params).explain(
-        x, target, init=init, contrast=contrast, layer_relevance=layer_relevance, inputs=inputs, embedding_relevance=embedding_relevance, layers=layers
+        x, target, init=init, contrast=contrast, layer_relevance=layer_relevance, inputs=inputs, embedding_relevance=embedding_relevance, layers=layers,
+        condition=condition,
     )
 
 
@@ -274,7 +281,9 @@ class Explainer:
         inputs: dict[str, torch.Tensor] | None = None,
         embedding_relevance: bool = False,
         layers: Sequence[str] = (),
+        condition: dict[str, Any] | None = None,
     ) -> Explanation:
+        """See :func:`explain`."""
         x = _check_input(x)
         init = _start(init, contrast)
         graph, assigned = self.prepare(x, inputs)
@@ -307,7 +316,8 @@ class Explainer:
                     targets = initial.abs().reshape(outputs.shape[0], -1).argmax(1)
             watched = layer_outputs(graph, layers)
             kept: dict[str, torch.Tensor] | None = {} if embedding_relevance or watched else None
-            relevance, totals = propagate(graph, assigned, values, initial, layer_relevance, kept, watched)
+            masks = _condition_masks(graph, values, condition, x.shape[0]) if condition else None
+            relevance, totals = propagate(graph, assigned, values, initial, layer_relevance, kept, watched, masks)
         if totals is not None:
             totals = {name: _usable(layer) for name, layer in totals.items()}
         if relevance is None:
@@ -338,6 +348,40 @@ def layer_outputs(graph: Graph, layers: Sequence[str]) -> dict[str, str]:
             )
         found[node.name] = layer
     return found
+
+
+def _condition_masks(graph: Graph, values: Any, condition: dict[str, Any], batch: int) -> dict[str, torch.Tensor]:
+    """``condition`` ({layer: mask}, see :func:`explain`) as node name -> a mask that broadcasts to that node's output."""
+    if not isinstance(condition, dict):
+        raise UsageError(f"condition must be a mapping {{layer: channels}}, got {type(condition).__name__}", hint="e.g. condition={'features.3': [5, 17]}")
+    masks: dict[str, torch.Tensor] = {}
+    for node_name, layer in layer_outputs(graph, list(condition)).items():
+        output = values.stand_in(node_name)
+        if not isinstance(output, torch.Tensor) or output.ndim < 2:
+            raise UsageError(f"condition: layer '{layer}' has no (batch, channels, ...) output to mask")
+        shape, given = tuple(output.shape), condition[layer]
+        if isinstance(given, torch.Tensor) and (given.is_floating_point() or given.dtype == torch.bool):  # weights per row / element
+            mask = given.detach().to(device=output.device, dtype=output.dtype)
+            if tuple(mask.shape) == (batch, shape[1]):
+                mask = mask.reshape(batch, shape[1], *([1] * (len(shape) - 2)))
+            elif tuple(mask.shape) != shape:
+                raise UsageError(
+                    f"condition: the mask for '{layer}' is shaped {tuple(mask.shape)}; give (batch, channels) = {(batch, shape[1])} "
+                    f"or the layer's output shape {shape}",
+                    hint="or a list of channel indices, kept in every row",
+                )
+        else:
+            try:
+                channels = torch.as_tensor(given, dtype=torch.long).reshape(-1)
+            except (TypeError, ValueError, RuntimeError):
+                raise UsageError(f"condition: '{layer}' needs channel indices or a mask tensor, got {given!r}") from None
+            bad = (channels < 0) | (channels >= shape[1])
+            if bool(bad.any()):
+                raise UsageError(f"condition: channel {int(channels[bad][0])} is out of range: '{layer}' has {shape[1]} channels (0..{shape[1] - 1})")
+            mask = torch.zeros((1, shape[1]) + (1,) * (len(shape) - 2), dtype=output.dtype, device=output.device)
+            mask[0, channels.to(output.device)] = 1
+        masks[node_name] = mask
+    return masks
 
 
 def _usable(value: Any) -> Any:

@@ -247,11 +247,15 @@ def propagate(
     record: bool = False,
     kept: dict[str, torch.Tensor] | None = None,
     watched: dict[str, str] | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, dict[str, LayerRelevance] | None]:
     """Walk ``graph`` backward from ``initial`` (relevance of the output), freeing values as it goes.
 
     Returns the input's relevance and, with ``record``, the per-node totals in graph order. ``kept``
     receives the relevance of the token embeddings (its "embedding" key) where the ids are looked up.
+    ``masks``: node name -> a tensor the relevance reaching that node's output is multiplied by before its
+    rule runs (Concept Relevance Propagation: keep chosen channels, one mask per row); ``kept`` still gets
+    what arrived, unmasked.
     """
     meta = {node.name for node in graph.nodes if node.kind == "meta"}
     relevance: dict[str, Any] = {graph.output: initial}
@@ -273,6 +277,10 @@ def propagate(
         total_out = _total(relevance[node.name], batch, node.batch_dim) if countable else None
         if kept is not None and watched and node.name in watched and isinstance(relevance[node.name], torch.Tensor):
             kept[f"layer:{watched[node.name]}"] = relevance[node.name]
+        if masks and node.name in masks:
+            relevance[node.name] = relevance[node.name] * masks[node.name]
+            if countable:
+                total_out = _total(relevance[node.name], batch, node.batch_dim)
         if kept is not None and node.kind == "embedding":
             previous = kept.get("embedding")
             kept["embedding"] = relevance[node.name] if previous is None else previous + relevance[node.name]
