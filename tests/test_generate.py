@@ -169,3 +169,117 @@ def test_generation_refuses_what_does_not_apply(folder, tmp_path):
     images.mkdir()
     run = lrp("explain", path.parent / "nothing.png", "--max-new-tokens", "2")
     assert run.code == 2
+
+
+# --------------------------------------------------------------------------- a given answer, a contrast, a context (item 2, 3)
+
+
+def _only_llama(folder):
+    if folder[0].name != "llama":
+        pytest.skip("the options do not depend on the family: Llama alone keeps the suite short")
+
+
+def _qa(tmp_path, rows):
+    import csv
+
+    path = tmp_path / "qa.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_a_continuation_equal_to_the_greedy_answer_is_explained_as_the_generation(folder, tmp_path):
+    _only_llama(folder)
+    path, _, prompts = folder
+    generated = _generate(path, prompts, tmp_path / "g.jsonl")
+    answers = [" ".join(g["token"] for g in row["generated"]) for row in generated]
+    qa = _qa(tmp_path, [{"prompt": p, "answer": a} for p, a in zip(PROMPTS, answers)])
+    forced = _generate(path, qa, tmp_path / "f.jsonl", "--text-col", "prompt", "--continuation-col", "answer")
+    for g_row, f_row in zip(generated, forced):
+        assert f_row["continuation"] is True and g_row["continuation"] is False
+        assert [g["id"] for g in f_row["generated"]] == [g["id"] for g in g_row["generated"]]
+        for g, f in zip(g_row["generated"], f_row["generated"]):
+            assert f["greedy"] == f["id"]  # the model's own first choice, as it was when generated
+            assert f["logit"] == pytest.approx(g["logit"], rel=1e-12)
+            assert f["relevance"] == pytest.approx(g["relevance"], rel=1e-9, abs=1e-15)
+
+
+def test_a_forced_answer_that_is_not_greedy_is_explained_on_its_own_prefix(folder, tmp_path):
+    from lrpcli import explain
+
+    _only_llama(folder)
+    path, model, _ = folder
+    qa = _qa(tmp_path, [{"prompt": "the film was", "answer": "not boring"}])
+    row = _generate(path, qa, tmp_path / "f.jsonl", "--text-col", "prompt", "--continuation-col", "answer")[0]
+    tokenizer = _tokenizer()
+    prompt = tokenizer("the film was", return_token_type_ids=False)["input_ids"]
+    answer = tokenizer.convert_tokens_to_ids(["not", "boring"])
+    assert [g["id"] for g in row["generated"]] == answer
+    second = row["generated"][1]  # predicted from "the film was not": a prefix the model did not choose itself
+    expected = explain(_LastToken(model.double()).eval(), torch.tensor([prompt + answer[:1]]), "attnlrp", target=answer[1])
+    model.float()
+    assert second["greedy"] == int(expected.outputs[0].argmax())
+    got = torch.tensor(second["relevance"], dtype=torch.float64)
+    torch.testing.assert_close(got, expected.relevance[0], rtol=0, atol=2e-5 * float(expected.relevance.abs().max()))
+
+
+class _DifferenceHead(torch.nn.Module):
+    """A Llama whose head outputs z_t - z_c at the last position: one linear unit with weight W_t - W_c."""
+
+    def __init__(self, model, token, against):
+        super().__init__()
+        self.base = model.model
+        self.head = torch.nn.Linear(model.lm_head.in_features, 1, bias=False).to(model.lm_head.weight.dtype)
+        with torch.no_grad():
+            self.head.weight.copy_(model.lm_head.weight[token] - model.lm_head.weight[against])
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, -1])
+
+
+def test_contrast_token_equals_a_head_that_outputs_the_logit_difference(folder, tmp_path):
+    from lrpcli import explain
+
+    _only_llama(folder)
+    path, model, prompts = folder
+    run = lrp("explain", path, prompts, "--max-new-tokens", "2", "--dtype", "float64", "-q", "--contrast", "boring", "-p", "epsilon=1e-12", out=tmp_path / "c.jsonl")
+    assert run.code == 0, run.describe()
+    row = json.loads((tmp_path / "c.jsonl").read_text().splitlines()[0])
+    assert row["contrast"] == "boring"
+    tokenizer = _tokenizer()
+    prompt = tokenizer(PROMPTS[0], return_token_type_ids=False)["input_ids"]
+    against = tokenizer.convert_tokens_to_ids("boring")
+    first = row["generated"][0]
+    head = _DifferenceHead(model.double(), first["id"], against).eval()
+    expected = explain(head, torch.tensor([prompt]), "attnlrp", target=0, params={"epsilon": 1e-12})
+    model.float()
+    got = torch.tensor(first["relevance"], dtype=torch.float64)
+    torch.testing.assert_close(got, expected.relevance[0], rtol=0, atol=1e-4 * float(expected.relevance.abs().max()))
+    bad = lrp("explain", path, prompts, "--max-new-tokens", "1", "--contrast", "wonderful", out=tmp_path / "x.jsonl")
+    assert bad.code == 2 and "--contrast 'wonderful'" in bad.stderr, bad.describe()
+
+
+def test_context_relevance_is_summed_per_passage_and_sentence(folder, tmp_path):
+    _only_llama(folder)
+    path, _, _ = folder
+    context = "the film was good. not very boring.\n\nbad great film."
+    qa = _qa(tmp_path, [{"q": "the film was", "ctx": context}])
+    row = _generate(path, qa, tmp_path / "ctx.jsonl", "--text-col", "q", "--context-col", "ctx")[0]
+    assert row["context"] == context and row["prompt_tokens"][:5] == ["the", "film", "was", "good", "[UNK]"]
+    for generated in row["generated"]:
+        passages = generated["context"]
+        assert [p["text"] for p in passages] == ["the film was good. not very boring.", "bad great film."]
+        assert [s["text"] for s in passages[0]["sentences"]] == ["the film was good.", "not very boring."]
+        words = generated["words"]
+        for passage in passages:  # a passage's relevance: the words inside its span (no word crosses a passage)
+            inside = sum(w["relevance"] for w in words if passage["start"] <= w["start"] < passage["end"])
+            assert passage["relevance"] == pytest.approx(inside, abs=1e-12)
+            assert passage["relevance"] == pytest.approx(sum(s["relevance"] for s in passage["sentences"]), abs=1e-12)
+        prompt_part = sum(w["relevance"] for w in words if w["start"] >= len(context))
+        total = sum(p["relevance"] for p in passages) + prompt_part
+        prompt_length = len(row["prompt_tokens"])  # (the tokens generated before this one are no words of the text)
+        assert total == pytest.approx(sum(generated["relevance"][:prompt_length]), abs=1e-9)  # every token counted once
+    txt = lrp("explain", path, folder[2], "--continuation-col", "answer", out=tmp_path / "t.jsonl")
+    assert txt.code != 0 and "CSV or JSON-lines" in txt.stderr, txt.describe()

@@ -62,6 +62,8 @@ Examples:
 @click.option("--text-col", metavar="NAME", help="Texts in a CSV or JSONL file: the column / key holding the text.")
 @click.option("--max-length", type=click.IntRange(min=1), help="Texts: cut texts to this many tokens (default: the spec's, else 256); cut texts are reported.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), metavar="N", help="Texts, a language model: generate N tokens per prompt (greedy; fewer where it stops) and explain each over every token before it, one JSON line per prompt.")
+@click.option("--continuation-col", metavar="NAME", help="Texts, a language model: explain the answer in this column of the CSV/JSONL prompts, token by token (teacher forcing), instead of a generated one.")
+@click.option("--context-col", metavar="NAME", help="Texts, a language model: a column with the passage(s) the prompt follows (read first, then a blank line and the prompt); each answer token's relevance is also summed per passage (blank-line separated) and sentence.")
 @click.option("--html", type=click.Path(dir_okay=False), help="Texts: also write one script-free HTML page with every text's words shaded by relevance (the --report page shows them too, a sample of a large run, with the words for and against each class).")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
 @contrast_option
@@ -128,7 +130,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
             raise UsageError("give one file of texts (or - for stdin)")
         if options["heatmap_size"] != "model":
             raise UsageError("--heatmap-size applies to images", hint="drop it for texts")
-        if options["max_new_tokens"] is not None:
+        if options["max_new_tokens"] is not None or options["continuation_col"] or options["context_col"]:
             from .generate import explain_generation
 
             explain_generation(model, spec, inputs[0], options)

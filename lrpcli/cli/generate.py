@@ -27,7 +27,7 @@ def explain_generation(model: str, spec: Any, source: str, options: dict[str, An
     from ..sources import hf
     from ..sources.cache import DiskCache
 
-    for flag, why in (("top_k", "picks classes"), ("target", "names a class"), ("contrast", "names a class"), ("html", "draws classified texts"), ("shard", "splits texts")):
+    for flag, why in (("top_k", "picks classes"), ("target", "names a class"), ("html", "draws classified texts"), ("shard", "splits texts")):
         if options.get(flag) is not None and options.get(flag) is not False:
             raise UsageError(f"--{flag.replace('_', '-')} {why}; a generation explains each token it generates", hint="leave it out with --max-new-tokens")
     if options.get("fmt") not in (None, "jsonl"):
@@ -40,6 +40,16 @@ def explain_generation(model: str, spec: Any, source: str, options: dict[str, An
     store = graph_store(model, spec, options)
     if store is not None:  # the all-positions graph is not the next-token one: a key of its own
         explainer.graph_store = DiskCache(hashlib.sha256(f"{store.model_id}:all-positions".encode()).hexdigest())
+    contrast = None
+    if options.get("contrast") is not None:  # a token of the vocabulary: "this token rather than that one"
+        contrast = tokenizer.tokenizer.token_to_id(str(options["contrast"]))
+        if contrast is None:
+            pieces = tokenizer.tokenizer.encode(str(options["contrast"]), add_special_tokens=False).tokens
+            raise UsageError(
+                f"--contrast '{options['contrast']}' is not one token of the model's vocabulary"
+                + (f" (the tokenizer splits it into {', '.join(pieces)})" if len(pieces) > 1 else ""),
+                hint="give a single token as the tokenizer spells it (a generated row's 'token' field shows the spelling)",
+            )
     folder = spec.model if spec is not None and hf.is_folder(spec.model) else None
     stops = hf.stop_ids(folder) if folder else []
     text_col = options["text_col"] or spec_input.get("text_col")
@@ -54,8 +64,9 @@ def explain_generation(model: str, spec: Any, source: str, options: dict[str, An
             explainer.stages = advance.stage
             report = explain_generations(
                 explainer, records, tokenizer, [writer],
-                max_new_tokens=options["max_new_tokens"], stop_ids=stops, device=options["device"], dtype=options["dtype"],
-                init=options["init"], mask=spec_input.get("mask"), on_error=options["on_error"], progress=advance,
+                max_new_tokens=options["max_new_tokens"] or 1, stop_ids=stops, device=options["device"], dtype=options["dtype"],
+                init=options["init"], mask=spec_input.get("mask"), on_error=options["on_error"], progress=advance, contrast=contrast,
+                continuation_col=options.get("continuation_col"), context_col=options.get("context_col"),
             )
     for line in report.notes:
         note(line)

@@ -366,5 +366,6 @@ contrast_option = click.option(
     "--contrast",
     metavar="CLASS",
     help="Explain the target rather than CLASS (a class name or index): the walk starts from the target's logit and "
-    "minus CLASS's, so the relevance sums to the logit difference. Inputs whose target is CLASS get zero relevance.",
+    "minus CLASS's, so the relevance sums to the logit difference. Inputs whose target is CLASS get zero relevance. "
+    "A language model's generation (--max-new-tokens): a token, each answer token rather than it.",
 )

@@ -12,6 +12,7 @@ the batch, a few seeds at a time (``seeds_per_walk``). Models that return the ne
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -50,6 +51,29 @@ class Generation:
     logits: list[float] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)
     stopped: bool = False  # ended at a stop token before max_new_tokens
+    forced: bool = False  # the tokens were given (teacher forcing), not generated
+    greedy: list[int] = field(default_factory=list)  # per position, the token the model ranks first
+
+
+@dataclass
+class GenerationOptions:
+    """What a generation run is told besides the model and the prompts."""
+
+    max_new_tokens: int = 1
+    stop_ids: tuple[int, ...] = ()
+    init: str = "value"
+    #: a token id: explain each token rather than this one (relevance of the logit difference)
+    contrast: int | None = None
+    #: a column of the prompts file holding the answer to explain instead of a generated one (teacher forcing)
+    continuation_col: str | None = None
+    #: a column holding a passage or document the prompt follows; the answer's relevance is summed per passage
+    #: (blank-line separated) and per sentence of it
+    context_col: str | None = None
+    seeds_per_walk: int | None = None
+
+
+#: what joins a context and its prompt into the text the model reads
+CONTEXT_SEPARATOR = "\n\n"
 
 
 def explain_generations(
@@ -66,27 +90,30 @@ def explain_generations(
     mask: str | None = None,
     on_error: str = "skip",
     seeds_per_walk: int | None = None,
+    contrast: int | None = None,
+    continuation_col: str | None = None,
+    context_col: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> GenerationReport:
-    """Generate up to ``max_new_tokens`` tokens per prompt (greedy; a stop id ends it early), explain each
-    generated token, and hand one row per prompt to every writer as it is done."""
+    """Generate up to ``max_new_tokens`` tokens per prompt (greedy; a stop id ends it early), or take the
+    answer from ``continuation_col``, explain each of its tokens, and hand one row per prompt to every writer
+    as it is done."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise UsageError(f"max_new_tokens must be at least 1, got {max_new_tokens!r}")
     if init not in ("value", "one-hot"):
         raise UsageError(f"a generation starts each walk from the token's logit ('value') or 1 ('one-hot'), not {init!r}")
+    options = GenerationOptions(max_new_tokens, tuple(int(i) for i in stop_ids), init, contrast, continuation_col, context_col, seeds_per_walk)
     torch_device = resolve_device(device)
     explainer.float_dtype = resolve_dtype(dtype)
     mask_name = mask_input(explainer.model, mask)
     fixed = fixed_length(explainer.model)
-    stops = {int(i) for i in stop_ids}
     report = GenerationReport()
     for record in records:
         report.prompts_in += 1
         try:
             if record.error is not None:
                 raise InputError(record.error)
-            encoded = tokenizer.encode([record.text], [record.where])[0]
-            row = _explain_prompt(explainer, record, encoded, tokenizer, max_new_tokens, stops, torch_device, fixed, mask_name, init, seeds_per_walk, report)
+            row = _explain_prompt(explainer, record, tokenizer, options, torch_device, fixed, mask_name, report)
         except InputError as exc:
             if on_error == "fail":
                 raise
@@ -101,25 +128,48 @@ def explain_generations(
     return report
 
 
-def _explain_prompt(explainer, record, encoded: Encoded, tokenizer, max_new_tokens, stops, device, fixed, mask_name, init, seeds_per_walk, report) -> dict[str, Any]:
+def _column(record: TextRecord, column: str, option: str) -> str:
+    """A further column of the prompt's row (the continuation, the context), or an InputError naming it."""
+    if record.row is None:
+        raise InputError(f"{record.where}: {option} needs a CSV or JSON-lines file of prompts", hint="one row per prompt, with a column for the prompt (--text-col) and one for this")
+    value = record.row.get(column)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InputError(f"{record.where}: no value in column '{column}' ({option})", hint=f"the columns are: {', '.join(map(str, record.row))}")
+    return str(value)
+
+
+def _explain_prompt(explainer, record, tokenizer, options: GenerationOptions, device, fixed, mask_name, report) -> dict[str, Any]:
+    context = _column(record, options.context_col, "--context-col") if options.context_col else None
+    text = record.text if context is None else context + CONTEXT_SEPARATOR + record.text
+    encoded = tokenizer.encode([text], [record.where])[0]
     prompt = list(encoded.ids)
+    limit = fixed or tokenizer.max_length
     if encoded.truncated:
-        raise InputError(f"{record.where}: the prompt is longer than the model's {tokenizer.max_length} tokens", hint="shorten it, or raise --max-length where the model allows")
-    room = (fixed or tokenizer.max_length) - len(prompt)
+        raise InputError(f"{record.where}: the prompt{' and its context' if context else ''} is longer than the model's {tokenizer.max_length} tokens", hint="shorten it, or raise --max-length where the model allows")
+    forced = None
+    if options.continuation_col:
+        answer = _column(record, options.continuation_col, "--continuation-col")
+        forced = list(tokenizer.tokenizer.encode(answer, add_special_tokens=False).ids)
+        if not forced:
+            raise InputError(f"{record.where}: the continuation '{answer}' has no tokens")
+        if len(prompt) + len(forced) - 1 > limit:
+            raise InputError(f"{record.where}: the prompt and its continuation take {len(prompt) + len(forced)} tokens, more than the model's {limit}")
+    room = limit - len(prompt)
     if room < 1:
-        raise InputError(f"{record.where}: the prompt fills all {fixed or tokenizer.max_length} positions; no token can follow it")
-    if max_new_tokens > room:
-        report.note(f"generation stops at the model's {fixed or tokenizer.max_length} positions ({room} new token(s) after a {len(prompt)}-token prompt)")
-    length = batch_length(len(prompt) + min(max_new_tokens, room), tokenizer.max_length, fixed)
+        raise InputError(f"{record.where}: the prompt fills all {limit} positions; no token can follow it")
+    count = len(forced) if forced else min(options.max_new_tokens, room)
+    if not forced and options.max_new_tokens > room:
+        report.note(f"generation stops at the model's {limit} positions ({room} new token(s) after a {len(prompt)}-token prompt)")
+    length = batch_length(len(prompt) + count, tokenizer.max_length, fixed)
     ids = torch.full((1, length), tokenizer.pad_id, dtype=torch.int64, device=device)
     attention = torch.zeros((1, length), dtype=torch.int64, device=device)
     ids[0, : len(prompt)] = torch.tensor(prompt)
     attention[0, : len(prompt)] = 1
     inputs = (lambda a: {mask_name: a}) if mask_name else (lambda a: None)
     check_vocabulary(explainer, tokenizer, ids, inputs(attention))
-    generation = _generate(explainer, ids, attention, inputs, len(prompt), min(max_new_tokens, room), stops)
-    relevance = _relevance(explainer, ids, attention, inputs, generation, init, seeds_per_walk, report)
-    return _row(record, encoded, tokenizer, generation, relevance)
+    generation = _generate(explainer, ids, attention, inputs, len(prompt), count, set(options.stop_ids), forced)
+    relevance = _relevance(explainer, ids, attention, inputs, generation, options, report)
+    return _row(record, text, context, encoded, tokenizer, generation, relevance, options)
 
 
 def _next_token_scores(explainer: Explainer, ids: torch.Tensor, attention: torch.Tensor, inputs, position: int) -> torch.Tensor:
@@ -133,20 +183,22 @@ def _next_token_scores(explainer: Explainer, ids: torch.Tensor, attention: torch
     raise InputError(f"a language model returns (batch, positions, vocabulary) or (batch, vocabulary) logits, this one {tuple(outputs.shape)}")
 
 
-def _generate(explainer, ids, attention, inputs, prompt_length: int, count: int, stops: set[int]) -> Generation:
-    """Greedy decoding, written into ``ids``/``attention`` as it goes (the padded sequence the walk uses)."""
-    generation = Generation(prompt=ids[0, :prompt_length].tolist())
+def _generate(explainer, ids, attention, inputs, prompt_length: int, count: int, stops: set[int], forced: list[int] | None = None) -> Generation:
+    """Greedy decoding, or the ``forced`` tokens (teacher forcing), written into ``ids``/``attention`` as it
+    goes (the padded sequence the walk uses)."""
+    generation = Generation(prompt=ids[0, :prompt_length].tolist(), forced=forced is not None)
     for step in range(count):
         position = prompt_length + step - 1
         scores = _next_token_scores(explainer, *_prefix(explainer, ids, attention, position), inputs, position)
-        token = int(scores.argmax())
+        token = forced[step] if forced is not None else int(scores.argmax())
+        generation.greedy.append(int(scores.argmax()))
         generation.ids.append(token)
         generation.logits.append(float(scores[token]))
         generation.probabilities.append(float(torch.softmax(scores.double(), 0)[token]))
         if position + 1 < ids.shape[1]:
             ids[0, position + 1] = token
             attention[0, position + 1] = 1
-        if token in stops:
+        if forced is None and token in stops:
             generation.stopped = True
             break
     return generation
@@ -171,21 +223,22 @@ def _per_position(explainer: Explainer, ids: torch.Tensor, attention: torch.Tens
     return known
 
 
-def _relevance(explainer, ids, attention, inputs, generation: Generation, init, seeds_per_walk, report) -> list[list[float]]:
+def _relevance(explainer, ids, attention, inputs, generation: Generation, options: GenerationOptions, report) -> list[list[float]]:
     """Per generated token, the relevance of every token before it (prompt first)."""
     prompt_length, count = len(generation.prompt), len(generation.ids)
     positions = [prompt_length + k - 1 for k in range(count)]
+    init, contrast = options.init, options.contrast
     if not _per_position(explainer, ids, attention):
         report.note("the model returns the next token's logits only: each generated token is explained on its own prefix (one walk and one capture per length)")
         result = []
         for position, token in zip(positions, generation.ids):
             x, a = ids[:, : position + 1], attention[:, : position + 1]
-            explained = explainer.explain(x, token, init=init, inputs=inputs(a))
+            explained = explainer.explain(x, token, init=init, contrast=contrast, inputs=inputs(a))
             result.append(explained.relevance[0].double().cpu().tolist())
         return result
     vocabulary = None
     result: list[list[float]] = []
-    step = seeds_per_walk or 0
+    step = options.seeds_per_walk or 0
     start = 0
     while start < count:
         if not step:  # as many seeds per walk as SEED_BUDGET allows, learned from the first forward's logits
@@ -195,10 +248,13 @@ def _relevance(explainer, ids, attention, inputs, generation: Generation, init, 
         batch = len(chunk)
 
         def seed(outputs: torch.Tensor, targets: Any, chunk=chunk) -> torch.Tensor:
+            """Row r starts at its token's logit (minus the contrast token's), at the position that predicted it."""
             start_tensor = torch.zeros_like(outputs)
             for row, k in enumerate(chunk):
                 position, token = positions[k], generation.ids[k]
                 start_tensor[row, position, token] = outputs[row, position, token] if init == "value" else 1.0
+                if contrast is not None:
+                    start_tensor[row, position, contrast] -= outputs[row, position, contrast] if init == "value" else 1.0
             return start_tensor
 
         explained = explainer.explain(ids.expand(batch, -1).clone(), init=seed, inputs=inputs(attention.expand(batch, -1).clone()))
@@ -215,28 +271,66 @@ def _relevance(explainer, ids, attention, inputs, generation: Generation, init, 
     return result
 
 
-def _row(record: TextRecord, encoded: Encoded, tokenizer: TextTokenizer, generation: Generation, relevance: list[list[float]]) -> dict[str, Any]:
+def context_parts(context: str) -> list[dict[str, Any]]:
+    """The context's passages (separated by blank lines) and each passage's sentences, as character spans."""
+    passages = []
+    for match in re.finditer(r"\S(?:.*?\S)?(?=\n[ \t]*\n|\s*$)", context, flags=re.S):
+        sentences = [
+            {"text": m.group(), "start": match.start() + m.start(), "end": match.start() + m.end()}
+            for m in re.finditer(r"\S.*?(?:[.!?](?=\s|$)|$)", match.group(), flags=re.S)
+        ]
+        passages.append({"passage": len(passages), "text": match.group(), "start": match.start(), "end": match.end(), "sentences": sentences})
+    return passages
+
+
+def context_relevance(parts: list[dict[str, Any]], encoded: Encoded, values: list[float]) -> list[dict[str, Any]]:
+    """Each passage's and sentence's relevance: the sum over the tokens that start inside it."""
+    result = []
+    for passage in parts:
+        def total(start: int, end: int) -> float:
+            return float(sum(
+                value for value, (first, _), special in zip(values, encoded.offsets, encoded.special)
+                if not special and start <= first < end
+            ))
+
+        sentences = [{**sentence, "relevance": total(sentence["start"], sentence["end"])} for sentence in passage["sentences"]]
+        result.append({**passage, "relevance": total(passage["start"], passage["end"]), "sentences": sentences})
+    return result
+
+
+def _row(record: TextRecord, text: str, context: str | None, encoded: Encoded, tokenizer: TextTokenizer, generation: Generation,
+         relevance: list[list[float]], options: GenerationOptions) -> dict[str, Any]:
     """The JSON line of one prompt: its tokens, and per generated token its relevance over what came before."""
     prompt_length = len(generation.prompt)
     vocabulary = tokenizer.tokenizer
+    parts = context_parts(context) if context else None
     generated = []
     for k, (token, logit, probability, values) in enumerate(zip(generation.ids, generation.logits, generation.probabilities, relevance)):
-        generated.append(
-            {
-                "token": vocabulary.id_to_token(token) or f"<{token}>",
-                "text": vocabulary.decode([token], skip_special_tokens=False),
-                "id": token,
-                "position": prompt_length + k,
-                "logit": logit,
-                "probability": probability,
-                "relevance_sum": float(sum(values)),
-                "relevance": values,
-                "words": word_entries(record.text, encoded, values[:prompt_length]),
-            }
-        )
+        entry = {
+            "token": vocabulary.id_to_token(token) or f"<{token}>",
+            "text": vocabulary.decode([token], skip_special_tokens=False),
+            "id": token,
+            "position": prompt_length + k,
+            "logit": logit,
+            "probability": probability,
+        }
+        if generation.forced:  # what the model itself would have said here
+            entry["greedy"] = generation.greedy[k]
+            entry["greedy_token"] = vocabulary.id_to_token(generation.greedy[k]) or f"<{generation.greedy[k]}>"
+        entry["relevance_sum"] = float(sum(values))
+        entry["relevance"] = values
+        entry["words"] = word_entries(text, encoded, values[:prompt_length])
+        if parts is not None:
+            entry["context"] = context_relevance(parts, encoded, values[:prompt_length])
+        generated.append(entry)
     row: dict[str, Any] = {"id": record.id, "text": record.text}
-    row["prompt_tokens"] = [token["token"] for token in token_entries(encoded, [0.0] * prompt_length)]
+    if context is not None:
+        row["context"] = context
+    row["prompt_tokens"] = [entry["token"] for entry in token_entries(encoded, [0.0] * prompt_length)]
     row["generated_text"] = vocabulary.decode(generation.ids, skip_special_tokens=False)
     row["stopped"] = generation.stopped
+    row["continuation"] = generation.forced
+    if options.contrast is not None:
+        row["contrast"] = vocabulary.id_to_token(options.contrast) or f"<{options.contrast}>"
     row["generated"] = generated
     return row
