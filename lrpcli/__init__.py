@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "explain": "lrpcli.api",
     "explain_texts": "lrpcli.api",
+    "concepts": "lrpcli.api",
+    "Concepts": "lrpcli.runs.concepts",
     "TextExplanation": "lrpcli.runs.texts",
     "Explainer": "lrpcli.api",
     "LRPAttribution": "lrpcli.api",
@@ -46,7 +48,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:  # pragma: no cover
     from .engine.composite import Composite
     from .engine.composite_yaml import load_composite
-    from .api import Explainer, LRPAttribution, explain, explain_texts, quantus_explain_func
+    from .api import Explainer, LRPAttribution, concepts, explain, explain_texts, quantus_explain_func
+    from .runs.concepts import Concepts
     from .runs.texts import TextExplanation
     from .engine.explainer import Contrast, Explanation, LayerRelevance
     from .evaluate import evaluate

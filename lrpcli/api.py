@@ -112,3 +112,28 @@ class LRPAttribution:
                 hint="use lrpcli.Explainer(model).explain(x, target, inputs={name: tensor})",
             )
         return self.explainer.explain(inputs, target).relevance
+
+
+def concepts(
+    model: Any,
+    x: Any,
+    layer: str,
+    composite: Any = "epsilon_plus_flat",
+    target: Any = None,
+    *,
+    top: int | None = 5,
+    channels: Any = None,
+    init: Any = "value",
+    batch_size: int = 32,
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """Concept Relevance Propagation, as ``lrp concepts`` runs it: a ``Concepts`` with every channel's relevance at
+    ``layer`` (``relevance``, (N, C)) and largest activation (``activation``), and the conditional heatmaps
+    (``maps``, (N, K, *x.shape[1:])) of each input's ``top`` channels by relevance, or of the named ``channels``
+    (``channels``, (N, K)); ``table()`` gives the rows of concepts.csv. The K conditions of an input are walked as
+    K rows of one batch (``batch_size`` rows at a time)."""
+    from .runs.concepts import explain_concepts
+
+    return explain_concepts(
+        Explainer(model, composite, params=params), x, layer, target, top=top, channels=channels, init=init, batch_size=batch_size
+    )

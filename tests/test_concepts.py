@@ -10,6 +10,7 @@ pulled back to the input by hand with autograd.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -90,3 +91,88 @@ def test_bad_conditions_are_named(condition, words):
     with pytest.raises(UsageError, match=None) as caught:
         explain(_conv_net(), _x(2), target=0, condition=condition)
     assert words in caught.value.message
+
+
+# --------------------------------------------------------------------------- the Python API
+
+
+def test_api_concepts_of_every_channel_sum_to_the_heatmap_and_the_table_holds_every_channel():
+    import lrpcli
+
+    model, x = _conv_net(), _x(2)
+    found = lrpcli.concepts(model, x, "2", top=5, batch_size=4)  # 10 conditions in batches of 4
+    assert isinstance(found, lrpcli.Concepts) and "concepts" in dir(lrpcli)
+    full = explain(model, x, "epsilon_plus_flat", layers=["2"])
+    assert found.maps.shape == (2, 5, 3, 8, 8) and found.channels.shape == (2, 5)
+    assert torch.allclose(torch.from_numpy(found.maps.sum(1)), full.relevance, rtol=1e-5, atol=1e-5 * full.relevance.abs().max().item())
+    expected = full.layer_maps["2"].sum((2, 3)).numpy()
+    assert (found.relevance == expected).all()
+    # top channels come most relevant first
+    for i in range(2):
+        assert list(found.channels[i]) == sorted(range(5), key=lambda c: -expected[i, c])
+    # activation: the layer's largest value per channel (module "2" is the conv's output)
+    assert torch.allclose(torch.from_numpy(found.activation), model[:3](x).amax((2, 3)).detach())
+    rows = found.table(["a", "b"])
+    assert len(rows) == 10 and rows[0]["input"] == "a" and rows[0]["layer"] == "2" and rows[7]["channel"] == 2
+    named = lrpcli.concepts(model, x, "2", channels=[4, 1])
+    assert (named.channels == [[4, 1], [4, 1]]).all()
+    assert torch.allclose(torch.from_numpy(named.maps[:, 0]), explain(model, x, condition={"2": [4]}).relevance)
+
+
+def test_api_concepts_errors():
+    import lrpcli
+
+    with pytest.raises(UsageError, match="out of range"):
+        lrpcli.concepts(_conv_net(), _x(1), "2", channels=[9])
+    with pytest.raises(UsageError, match="no layer"):
+        lrpcli.concepts(_conv_net(), _x(1), "features.9")
+
+
+# --------------------------------------------------------------------------- relevance maximisation
+
+
+def test_top_k_equals_a_brute_force_ranking_and_survives_shards_merged():
+    from lrpcli.runs.concepts import TopK
+
+    generator = np.random.default_rng(0)
+    values = generator.integers(0, 5, size=(40, 6)).astype(float)  # many ties, broken by name
+    names = [f"img{i:02d}" for i in range(40)]
+    whole = TopK(5, 6)
+    for start in reversed(range(0, 40, 7)):  # names arriving out of order
+        whole.add(values[start : start + 7], names[start : start + 7])
+    brute = [sorted(((values[i, c], names[i]) for i in range(40)), key=lambda p: (-p[0], p[1]))[:5] for c in range(6)]
+    for c in range(6):
+        assert whole.ranking(c) == [(n, v) for v, n in brute[c]]
+    shards = [TopK(5, 6) for _ in range(3)]
+    for i in range(40):
+        shards[(i * 7) % 3].add(values[i : i + 1], names[i : i + 1])  # another order, another split
+    merged = shards[2].merge(shards[0]).merge(shards[1])
+    assert [merged.ranking(c) for c in range(6)] == [whole.ranking(c) for c in range(6)]
+
+
+def test_relevance_maximisation_ranks_inputs_by_the_channels_relevance_and_activation():
+    from lrpcli.engine.explainer import Explainer
+    from lrpcli.runs.concepts import relevance_maximisation
+
+    model, x = _conv_net(), _x(9)
+    names = [f"x{i}" for i in range(9)]
+    explainer = Explainer(model)
+    relevant, active = relevance_maximisation(explainer, [(names[:4], x[:4]), (names[4:], x[4:])], "2", 3)
+    full = explain(model, x, layers=["2"])
+    per_channel = full.layer_maps["2"].sum((2, 3))
+    activation = model[:3](x).amax((2, 3)).detach()
+    for c in range(5):
+        assert [n for n, _ in relevant.ranking(c)] == [names[i] for i in per_channel[:, c].argsort(descending=True)[:3]]
+        assert [n for n, _ in active.ranking(c)] == [names[i] for i in activation[:, c].argsort(descending=True)[:3]]
+
+
+def test_crop_box_holds_the_given_share_of_positive_relevance():
+    from lrpcli.runs.concepts import crop_box
+
+    heat = np.zeros((6, 8))
+    heat[1, 2], heat[3, 5], heat[5, 0] = 5.0, 4.0, 1.0  # 80 % of 10: the two largest
+    heat[0, 7] = -9.0  # negative: not counted
+    assert crop_box(heat, 0.8) == (1, 2, 4, 6)
+    assert crop_box(heat, 1.0) == (1, 0, 6, 6)
+    assert crop_box(-np.ones((2, 3))) == (0, 0, 2, 3)
+    assert crop_box(np.stack([heat, heat])) == (1, 2, 4, 6)  # channels summed
