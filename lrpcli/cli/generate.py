@@ -22,6 +22,8 @@ def explain_generation(model: str, spec: Any, source: str, options: dict[str, An
     from ..errors import InputError, UsageError
     from ..outputs import atomic_text
     from ..render.text import TextWriter
+    from ..report.generation import GenerationPage
+    from .tabular import report_page, run_metadata
     from ..runs.generate import explain_generations
     from ..runs.texts import text_tokenizer
     from ..sources import hf
@@ -56,24 +58,36 @@ def explain_generation(model: str, spec: Any, source: str, options: dict[str, An
     name = "<stdin>" if source == "-" else source
     if source != "-" and not Path(source).is_file():
         raise InputError(f"input not found: {source}")
+    page_path = report_page(options, options["out"])
+    page = GenerationPage() if page_path else None
     with contextlib.ExitStack() as stack:
         handle = stack.enter_context(open_csv(source))
         records = read_texts(handle, name, text_format(source, text_col), text_col=text_col, id_col=options["id_col"] or spec_input.get("id_col"))
-        writer = TextWriter(stack.enter_context(atomic_text(Path(options["out"]))) if options["out"] else sys.stdout, "jsonl")
+        writers: list[Any] = [TextWriter(stack.enter_context(atomic_text(Path(options["out"]))) if options["out"] else sys.stdout, "jsonl")]
+        if page is not None:
+            writers.append(page)
         with progress("explaining generations", None, options["quiet"]) as advance:
             explainer.stages = advance.stage
             report = explain_generations(
-                explainer, records, tokenizer, [writer],
+                explainer, records, tokenizer, writers,
                 max_new_tokens=options["max_new_tokens"] or 1, stop_ids=stops, device=options["device"], dtype=options["dtype"],
                 init=options["init"], mask=spec_input.get("mask"), on_error=options["on_error"], progress=advance, contrast=contrast,
                 continuation_col=options.get("continuation_col"), context_col=options.get("context_col"),
             )
+    wrote = False
+    if page is not None:  # the page is extra: one that cannot be written leaves the results as they are
+        try:
+            page.write_page(page_path, Path(options["out"]).name if options["out"] else name, run_metadata(model, composite, name, options))
+            wrote = True
+        except OSError as exc:
+            warn(f"could not write the report page {page_path}: {exc}")
     for line in report.notes:
         note(line)
     for failure in report.failures:
         warn(f"{failure.input}: {failure.message}")
     if not options["quiet"]:
         where = f" -> {options['out']}" if options["out"] else ""
+        where += f", report page {page_path}" if wrote else ""
         info(f"explained {report.tokens_out} generated token(s) of {report.rows_out} of {report.prompts_in} prompt(s) with {composite.name}{where}")
     if report.failures:
         raise InputError(f"{len(report.failures)} of {report.prompts_in} prompt(s) failed; the others were written")

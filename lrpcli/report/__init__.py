@@ -1,6 +1,6 @@
 """Static report pages that show a run: ``OUT/report.html``.
 
-One module per kind of run (images.py for image folders, evaluation.py for `lrp evaluate`, table.py for CSV-row results, text.py for text results,
+One module per kind of run (images.py for image folders, evaluation.py for `lrp evaluate`, table.py for CSV-row results, text.py for text results, generation.py for a language model's generations,
 conservation.py for `lrp check-conservation --report`); page.py holds the shared template
 environment and templates/ the pages; the charts are render/charts.py's. Pages are self-contained and
 link only files inside OUT.
@@ -22,8 +22,11 @@ def write_report(out: Path, page: Path | None = None) -> Path:
     out = Path(out)
     if out.is_file():
         from .table import ROW_SUFFIXES, write_table_report
+        from .generation import is_generation_results, write_generation_report
         from .text import is_text_results, write_text_report
 
+        if out.suffix.lower() in (".jsonl", ".ndjson") and is_generation_results(out):
+            return write_generation_report(out, page)
         if out.suffix.lower() in (".jsonl", ".ndjson") and is_text_results(out):
             return write_text_report(out, page)
         if out.suffix.lower() in ROW_SUFFIXES:
