@@ -231,14 +231,17 @@ def test_unfolded_batchnorm_gets_its_own_rule_and_conserves_under_lrp0():
     result = explain(model, x, spec)
     logits = result.outputs.gather(1, result.targets[:, None]).squeeze(1)
     torch.testing.assert_close(result.relevance.sum(1), logits, rtol=1e-10, atol=1e-12)
-    passed = explain(model, x, "lrp_0")  # built-ins: an unfolded batch-norm passes relevance on
+    pass_spec = {"params": {"stabilizer": 0.0}, "rules": [{"match": {"type": "batchnorm"}, "rule": "pass"}, {"match": {"type": "linear"}, "rule": "z"}]}
+    passed = explain(model, x, pass_spec)
     torch.testing.assert_close(passed.relevance, result.relevance)  # a pure scale: z == pass
     with torch.no_grad():
         model[0].bias.fill_(0.5)  # now the shift absorbs part of the relevance under z, none under pass
     shifted = explain(model, x, spec)
     logits = shifted.outputs.gather(1, shifted.targets[:, None]).squeeze(1)
     assert not torch.allclose(shifted.relevance.sum(1), logits, rtol=1e-3)
-    torch.testing.assert_close(explain(model, x, "lrp_0").relevance.sum(1), logits, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(explain(model, x, pass_spec).relevance.sum(1), logits, rtol=1e-10, atol=1e-12)
+    # the built-in lrp_0 gives an unfolded batch-norm z too (issue 27: it was pass)
+    torch.testing.assert_close(explain(model, x, "lrp_0").relevance, shifted.relevance, rtol=1e-10, atol=1e-12)
 
 
 def test_torchscript_conversion_falls_back_to_fewer_dynamic_dims_and_says_so(monkeypatch):

@@ -200,10 +200,8 @@ class Composite:
             raise ConfigError(exc.message, source=entry.source, line=entry.line, key=exc.key, hint=exc.hint) from exc
 
     def fallback_rule(self, node: Node) -> Rule:
-        if node.kind in ops.WEIGHTED_KINDS or node.kind == "layernorm":
+        if node.kind in ops.WEIGHTED_KINDS + ("batchnorm", "layernorm"):  # an unfolded batch-norm: the affine map it is
             return self._default_rule("epsilon")
-        if node.kind == "batchnorm":
-            return RULES.get("pass")()
         if node.kind == "product":  # a gate's signal takes all (SE nets); factors that cannot be told apart split evenly
             return self._default_rule("signal")
         if node.kind == "softmax":

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from ..errors import UnsupportedOpError
+from ..errors import ModelError, UnsupportedOpError
 
 
 class Ref(NamedTuple):
@@ -28,6 +28,40 @@ def channel_affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     shape = (1, -1) + (1,) * (x.ndim - 2)
     out = x * weight.reshape(shape)
     return out if bias is None else out + bias.reshape(shape)
+
+
+@dataclass(frozen=True)
+class Folded:
+    """A batch-norm folded into the conv/linear node before it (canonizers.fold_batchnorm).
+
+    The node's args hold the merged weight and bias, which the rules use. Its forward runs the layer's own
+    weight and bias and then the batch-norm's affine map, as the model does: recorded values, and the position
+    a max-pool picks among exact ties, are the model's own, not the merged weights' rounding.
+    """
+
+    weight: torch.Tensor  # the layer's own
+    bias: torch.Tensor | None
+    scale: torch.Tensor  # the batch-norm as y = scale * x + shift, per channel (dim 1 of the output)
+    shift: torch.Tensor
+    #: a transposed conv's groups (its weight is (in, out / groups, *kernel)); None: output channels in dim 0
+    transposed_groups: int | None = None
+
+    def merged(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The merged weight and bias: ``scale * (W a + b) + shift`` as one layer."""
+        weight, scale = self.weight, self.scale
+        if self.transposed_groups is None:
+            merged = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+        else:
+            groups = self.transposed_groups
+            per_group = weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
+            merged = (per_group * scale.reshape(groups, 1, weight.shape[1], *(1,) * (weight.ndim - 2))).reshape(weight.shape)
+        bias = self.shift if self.bias is None else self.bias * scale + self.shift
+        return merged, bias
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Folded":
+        return dataclasses.replace(
+            self, **{key: fn(getattr(self, key)) for key in ("weight", "bias", "scale", "shift") if getattr(self, key) is not None}
+        )
 
 
 @dataclass
@@ -51,6 +85,7 @@ class Node:
     gates: tuple[str, ...] = ()  # inputs of a product that gate the other (sigmoid, softmax): rules may hold them
     gate_op: str = ""  # the op that made the gate ("sigmoid", "softmax", ...): a composite's type `gate` is sigmoid-like
     batch_dim: int | None = 0  # the output's dim that holds the samples (attention code moves it); None: mixed in
+    folded: Folded | None = None  # a batch-norm merged into this conv/linear: args hold the merged weight and bias
 
     @property
     def refs(self) -> list[str]:
@@ -84,7 +119,22 @@ class Node:
 
     def call(self, values: dict[str, Any]) -> Any:
         """Run the op on recorded values."""
+        if self.folded is not None:
+            return self._call_folded(values[self.args[0].name])
         return self.target(*_resolve(self.args, values), **_resolve(self.kwargs, values))
+
+    def _call_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer with its own weight and bias, then the batch-norm folded into it (see :class:`Folded`)."""
+        folded = self.folded
+        out = self.call_with(x, folded.weight, folded.bias)
+        if self.kind == "linear" and out.ndim != 2:
+            raise ModelError(
+                f"the batch-norm after {self.describe()} normalises dim 1 of an output shaped {tuple(out.shape)}, "
+                "not the linear layer's features (the last dim), so it cannot be folded into it",
+                hint="explain with a composite whose canonizers leave out fold_batchnorm (canonizers: [])",
+            )
+        shape = (1, -1) + (1,) * (out.ndim - 2)  # channel_affine's arithmetic, in place on the layer's fresh output
+        return out.mul_(folded.scale.reshape(shape)).add_(folded.shift.reshape(shape))
 
     def call_with(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Run a weighted op with a substituted input, weight and bias (the rules' modified forward)."""
@@ -166,11 +216,14 @@ class Graph:
                 return tensor.to(device=device, dtype=dtype)
             return tensor.to(device=device)
 
-        nodes = [
-            dataclasses.replace(node, args=_map_tensors(node.args, convert), kwargs=_map_tensors(node.kwargs, convert))
-            for node in self.nodes
-        ]
-        return self.replace(nodes=nodes)
+        def move(node: Node) -> Node:
+            args, folded = _map_tensors(node.args, convert), node.folded
+            if folded is not None:  # merged again in the new dtype, from the layer's and the batch-norm's own tensors
+                folded = folded.map(convert)
+                args = (args[0], *folded.merged(), *args[3:])
+            return dataclasses.replace(node, args=args, kwargs=_map_tensors(node.kwargs, convert), folded=folded)
+
+        return self.replace(nodes=[move(node) for node in self.nodes])
 
     def relevant(self) -> set[str]:
         """Names of the nodes relevance can reach from the output (held inputs and meta values excluded)."""

@@ -93,6 +93,12 @@ def inspect_model(model: Any, example: torch.Tensor, composite: Any = "epsilon_p
                 warnings.append(f"layer {node.path} ({node.module_type or node.kind}) matches no composite line: falls back to {choice.rule!r}")
         else:
             matched = f"{choice.entry.where()} {choice.entry.describe()}"
+        if node.kind == "batchnorm" and choice is not None and choice.rule.name == "pass":
+            warnings.append(
+                f"layer {node.path} ({node.module_type or 'BatchNorm'}) gets 'pass', which does not conserve relevance: "
+                "its input also gets the share of the batch-norm's shift, and the layer before divides by its own "
+                "output, not the batch-norm's; give it 'epsilon' (as the built-in composites do)"
+            )
         layers.append(
             LayerInfo(
                 node=node.name,

@@ -3,9 +3,11 @@
 Each takes a Graph and returns a new one (graphs are never changed in place), and
 adds a line to ``graph.notes`` when it changed something the user should know.
 
-- ``fold_batchnorm``: a batch-norm right after a conv/linear (and used only by it)
-  is folded into that layer's weight and bias; exact in eval mode, and what
-  zennit's MergeBatchNorm canonizers do.
+- ``fold_batchnorm``: a batch-norm right after a conv/linear/transposed conv (and used
+  only by it) is folded into that layer's weight and bias, which the rules use; exact in
+  eval mode, and what zennit's MergeBatchNorm canonizers do. The forward still computes
+  the layer and then the batch-norm, as the model does (see ``graph.Folded``). A
+  batch-norm that cannot be folded (first in the net, after an add) is a node of its own.
 - ``drop_dropout``: dropout (identity in eval) and identity nodes are removed.
 - ``strip_softmax``: a trailing softmax/log-softmax is removed so the logits are
   explained.
@@ -22,7 +24,8 @@ from typing import Callable
 import torch
 
 from .. import ops
-from ..graph import Graph, Node, Ref, map_leaves
+from ..graph import Folded, Graph, Node, Ref, map_leaves
+from ..transposes import conv_spec
 from ...registry import Registry
 from .transformer import classify_products, collapse_elementwise, decompose_attention
 
@@ -66,17 +69,12 @@ def fold_batchnorm(graph: Graph) -> Graph:
         if bn.kind != "batchnorm" or not isinstance(bn.args[0], Ref):
             continue
         layer = by_name.get(bn.args[0].name)
-        if layer is None or layer.kind not in ("conv", "linear") or users.get(layer.name) != [bn.name]:
+        if layer is None or layer.kind not in ("conv", "linear") or users.get(layer.name) != [bn.name] or layer.folded:
+            continue  # (a second batch-norm in a row stays a node of its own, with its own rule)
+        fold = _folding(layer, bn)
+        if fold is None:
             continue
-        if layer.kind == "conv" and layer.is_transposed_conv:
-            continue  # the channel axis of a transposed conv's weight is dim 1; left unfolded
-        scale, shift = bn.args[1], bn.args[2]
-        weight, bias = layer.weight, layer.bias
-        if layer.kind == "linear" and layer.weight.shape[0] != scale.numel():
-            continue  # batch-norm over another axis than the linear's features
-        new_weight = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
-        new_bias = shift if bias is None else bias * scale + shift
-        new_layer = dataclasses.replace(layer, args=(layer.args[0], new_weight, new_bias) + tuple(layer.args[3:]))
+        new_layer = dataclasses.replace(layer, args=(layer.args[0], *fold.merged(), *layer.args[3:]), folded=fold)
         graph = graph.replace(nodes=[new_layer if n.name == layer.name else n for n in graph.nodes])
         graph = _remove(graph, bn, layer.name)
         by_name = {node.name: node for node in graph.nodes}
@@ -85,6 +83,27 @@ def fold_batchnorm(graph: Graph) -> Graph:
     if folded:
         graph = graph.replace(notes=graph.notes + [f"folded batch-norm into the preceding layer: {', '.join(folded)}"])
     return graph
+
+
+def _folding(layer: Node, bn: Node) -> Folded | None:
+    """How ``bn`` (per channel: dim 1 of ``layer``'s output) folds into ``layer``, or None where its channels are
+    not the layer's output channels. Those are dim 0 of a conv's or linear's weight; a transposed conv's weight
+    is (in, out / groups, *kernel), so its output channel ``g * out / groups + j`` is column ``j`` of group
+    ``g``'s rows."""
+    scale, shift = bn.args[1], bn.args[2]
+    weight = layer.weight
+    groups = None
+    if layer.kind == "conv" and layer.is_transposed_conv:
+        spec = conv_spec(layer)
+        if spec is None:
+            return None
+        groups = spec[5]
+        channels = weight.shape[1] * groups
+    else:
+        channels = weight.shape[0]
+    if scale.numel() != channels:
+        return None  # e.g. a batch-norm over another axis than the linear's features
+    return Folded(weight, layer.bias, scale, shift, transposed_groups=groups)
 
 
 def drop_dropout(graph: Graph) -> Graph:

@@ -81,6 +81,11 @@ class Pass(Rule):
 
     def weighted(self, node, a, z, relevance, ledger=None):
         self._check(node, a, relevance)
+        if ledger is not None and node.kind == "batchnorm" and node.bias is not None:
+            # not conservative: the input of y = scale * x + shift also gets the shift's share, R * shift / y under
+            # LRP-0, booked as the bias's and as made by the rule ("other"), so the conservation check names it
+            shape = (1, -1) + (1,) * (z.ndim - 2)
+            ledger.bias = ledger.per_sample(divide(relevance, z, 0.0) * node.bias.reshape(shape))
         return relevance
 
     def propagate(self, node, values, inputs, z, relevance, ledger=None):
