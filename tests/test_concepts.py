@@ -176,3 +176,79 @@ def test_crop_box_holds_the_given_share_of_positive_relevance():
     assert crop_box(heat, 1.0) == (1, 0, 6, 6)
     assert crop_box(-np.ones((2, 3))) == (0, 0, 2, 3)
     assert crop_box(np.stack([heat, heat])) == (1, 2, 4, 6)  # channels summed
+
+
+# --------------------------------------------------------------------------- lrp concepts
+
+
+@pytest.fixture
+def gray_world(tmp_path):
+    from cli_support import save_torchscript, tiny_gray, write_image
+
+    model = tiny_gray()
+    save_torchscript(model, tmp_path / "m.ts")
+    for i in range(5):
+        write_image(tmp_path / "imgs" / f"i{i}.png", 40 + i, size=(8, 8), mode="L")
+    return tmp_path, model
+
+
+def test_cli_concepts_writes_every_channel_and_the_chosen_maps_which_sum_to_the_heatmap(gray_world):
+    from cli_support import load_tensor, lrp, read_csv
+
+    tmp, model = gray_world
+    common = ["--mode", "l", "--mean", "0.5", "--std", "0.5", "-c", "epsilon", "--dtype", "float64", "-q"]
+    run = lrp("concepts", tmp / "m.ts", tmp / "imgs", "--layer", "conv", "--channels", "0,1,2,3", *common, out=tmp / "all")
+    assert run.code == 0, run.describe()
+    rows = read_csv(tmp / "all" / "concepts.csv")
+    assert len(rows) == 5 * 4 and set(rows[0]) >= {"input", "layer", "channel", "relevance", "activation"}
+    x = load_tensor(tmp / "imgs" / "i2.png", mode="L", mean=[0.5], std=[0.5]).double()[None]
+    full = explain(model.double(), x, "epsilon", layers=["conv"])
+    maps = [run.array(f"concepts/i2/conv/{c}.npy") for c in range(4)]
+    assert np.allclose(sum(maps), full.relevance[0].numpy(), rtol=1e-5, atol=1e-9)
+    per_channel = full.layer_maps["conv"][0].sum((1, 2)).numpy()
+    assert np.allclose([float(r["relevance"]) for r in rows if r["input"] == "i2.png"], per_channel, rtol=1e-9)
+    assert run.png("concepts/i2/conv/3.png").shape[2] == 3
+
+    top = lrp("concepts", tmp / "m.ts", tmp / "imgs", "--layer", "conv", "--top", "2", *common, out=tmp / "top")
+    assert top.code == 0, top.describe()
+    chosen = {p.stem for p in (tmp / "top" / "concepts" / "i2" / "conv").glob("*.npy")}
+    assert chosen == {str(c) for c in np.argsort(-per_channel)[:2]}
+
+
+def test_cli_reference_ranks_equal_the_ranking_of_concepts_csv(gray_world):
+    from cli_support import lrp, read_csv
+
+    tmp, _ = gray_world
+    common = ["--mode", "l", "--mean", "0.5", "--std", "0.5", "-q"]
+    assert lrp("concepts", tmp / "m.ts", tmp / "imgs", "--layer", "conv", "--channels", "0,1,2,3", *common, out=tmp / "c").code == 0
+    run = lrp("concepts", tmp / "m.ts", tmp / "imgs", "--layer", "conv", "--reference", "3", "-b", "2", *common, out=tmp / "r")
+    assert run.code == 0, run.describe()
+    concepts = read_csv(tmp / "c" / "concepts.csv")
+    references = read_csv(tmp / "r" / "references.csv")
+    assert len(references) == 2 * 4 * 3
+    for kind in ("relevance", "activation"):
+        for channel in range(4):
+            brute = sorted((r for r in concepts if int(r["channel"]) == channel), key=lambda r: (-float(r[kind]), r["input"]))[:3]
+            ranked = sorted((r for r in references if r["kind"] == kind and int(r["channel"]) == channel), key=lambda r: int(r["rank"]))
+            assert [r["input"] for r in ranked] == [r["input"] for r in brute], (kind, channel)
+            for r in ranked:
+                assert 0 <= int(r["top"]) < int(r["bottom"]) <= 8 and 0 <= int(r["left"]) < int(r["right"]) <= 8
+                assert run.png(r["crop"]).shape[2] == 3
+
+
+@pytest.mark.parametrize(
+    "extra, code, words",
+    [
+        (["--layer", "conv", "--top", "2", "--channels", "1"], 2, "exclude each other"),
+        (["--layer", "nope"], 2, "no layer 'nope'"),
+        (["--layer", "conv", "--channels", "7"], 2, "out of range"),
+        (["--layer", "conv", "--channels", "a,b"], 2, "channel indices"),
+        (["--layer", "conv", "--target", "all"], 2, "one output per input"),
+    ],
+)
+def test_cli_concepts_refuses_bad_options(gray_world, extra, code, words):
+    from cli_support import lrp, refused
+
+    tmp, _ = gray_world
+    run = lrp("concepts", tmp / "m.ts", tmp / "imgs", "--mode", "l", "-q", *extra, out=tmp / "o")
+    refused(run, code, words)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from lrpcli.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [[], ["explain"], ["inspect"], ["check-conservation"], ["composites"], ["composites", "show"], ["composites", "schema"], ["rules"], ["compare"], ["evaluate"], ["init"], ["report"]]
+COMMANDS = [[], ["explain"], ["inspect"], ["check-conservation"], ["composites"], ["composites", "show"], ["composites", "schema"], ["rules"], ["compare"], ["evaluate"], ["init"], ["report"], ["concepts"]]
 LRP = f"{shlex.quote(sys.executable)} -m lrpcli.cli.__main__"
 
 

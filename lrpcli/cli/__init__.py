@@ -266,6 +266,9 @@ main.add_command(init)
 from .report import report  # noqa: E402
 
 main.add_command(report)
+from .concepts import concepts  # noqa: E402
+
+main.add_command(concepts)
 
 for _command in main.commands.values():
     accept_verbose_everywhere(_command)

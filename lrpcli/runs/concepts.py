@@ -12,15 +12,22 @@ its conditional relevance (:func:`crop_box`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from ..data.images import ImageInput, Preprocessing
 from ..engine.explainer import Explainer, layer_outputs
 from ..engine.propagate import record
-from ..errors import UsageError
+from ..errors import InputError, UsageError
+from ..outputs import inside, safe_label, save_array, write_atomic
+from ..render.heatmaps import enlarge, heatmap_rgb, png_bytes
+from .choices import Failure, resolve_device, resolve_dtype
 
 
 @dataclass
@@ -209,12 +216,16 @@ def relevance_maximisation(
     k: int,
     target: Any = None,
     init: Any = "value",
+    targets: dict[str, int] | None = None,
 ) -> tuple[TopK, TopK]:
     """Over ``batches`` of (names, x): per channel the ``k`` inputs where it is most relevant for the target (its
-    summed relevance at the layer) and those where it is most active (its largest activation)."""
+    summed relevance at the layer) and those where it is most active (its largest activation). ``targets``, where
+    given, receives each input's explained target."""
     relevant = active = None
     for names, x in batches:
-        relevance, _ = channel_relevance(explainer, x, layer, target, init)
+        relevance, explained = channel_relevance(explainer, x, layer, target, init)
+        if targets is not None:
+            targets.update(zip(names, (int(t) for t in explained)))
         activation = layer_activation(explainer, x, layer)
         if relevant is None:
             relevant, active = TopK(k, relevance.shape[1]), TopK(k, relevance.shape[1])
@@ -223,3 +234,135 @@ def relevance_maximisation(
     if relevant is None:
         raise UsageError("no inputs to rank", hint="give a folder of images")
     return relevant, active
+
+
+# --------------------------------------------------------------------------- the runs behind `lrp concepts`
+
+
+@dataclass
+class ConceptRun:
+    """What ``lrp concepts`` writes into ``out``, and how."""
+
+    out: Path
+    layer: str
+    target: Any = None  # None: the prediction; an int: that output
+    init: Any = "value"
+    top: int | None = 5
+    channels: Sequence[int] | None = None
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: str = "float32"
+    cmap: str = "bwr"
+    share: float = 0.8  # of the positive conditional relevance a reference crop holds
+    failures: list[Failure] = field(default_factory=list)
+    written: int = 0
+
+
+def _load(items: Sequence[ImageInput], preprocessing: Preprocessing, run: ConceptRun) -> Iterator[tuple[list[ImageInput], torch.Tensor]]:
+    """Batches of decoded images on the run's device; a file that cannot be read is a failure, not the end."""
+    device, dtype = resolve_device(run.device), resolve_dtype(run.dtype)
+    for start in range(0, len(items), run.batch_size):
+        good, tensors = [], []
+        for item in items[start : start + run.batch_size]:
+            try:
+                tensors.append(preprocessing.tensor(preprocessing.pixels(item.path)))
+                good.append(item)
+            except InputError as exc:
+                run.failures.append(Failure(item.name, exc.message))
+        if good:
+            yield good, torch.stack(tensors).to(device=device, dtype=dtype)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue().encode("utf-8"))
+
+
+CONCEPT_COLUMNS = ("input", "layer", "channel", "target", "relevance", "activation")
+REFERENCE_COLUMNS = ("layer", "channel", "kind", "rank", "input", "value", "top", "left", "bottom", "right", "crop")
+
+
+def concept_paths(item: ImageInput, layer: str, channel: int) -> tuple[str, str]:
+    """The conditional heatmap's array and picture, relative to OUT: concepts/<input>/<layer>/<channel>.npy/.png."""
+    base = f"concepts/{item.output_name or item.name}/{safe_label(layer)}/{channel}"
+    return base + ".npy", base + ".png"
+
+
+def run_concepts(explainer: Explainer, items: Sequence[ImageInput], preprocessing: Preprocessing, run: ConceptRun, progress: Any = None) -> list[dict[str, Any]]:
+    """``lrp concepts MODEL INPUTS``: OUT/concepts.csv (every channel of every input) and the conditional heatmaps
+    of each input's top (or named) channels as OUT/concepts/<input>/<layer>/<channel>.npy and .png. Returns the
+    rows of the chosen channels, with their picture's path (for the page)."""
+    rows: list[dict[str, Any]] = []
+    shown: list[dict[str, Any]] = []
+    for good, x in _load(items, preprocessing, run):
+        found = explain_concepts(explainer, x, run.layer, run.target, top=run.top, channels=run.channels, init=run.init, batch_size=run.batch_size)
+        rows.extend(found.table([item.name for item in good]))
+        for i, item in enumerate(good):
+            for j, channel in enumerate(found.channels[i]):
+                array_path, picture_path = concept_paths(item, run.layer, int(channel))
+                heat = found.maps[i, j]
+                save_array(inside(run.out, array_path), heat)
+                write_atomic(inside(run.out, picture_path), png_bytes(enlarge(heatmap_rgb(heat, run.cmap))))
+                shown.append({"input": item.name, "channel": int(channel), "rank": j + 1, "relevance": float(found.relevance[i, channel]), "picture": picture_path})
+        run.written += len(good)
+        if progress:
+            progress(len(good))
+    _write_csv(run.out / "concepts.csv", rows, CONCEPT_COLUMNS)
+    return shown
+
+
+def run_references(explainer: Explainer, items: Sequence[ImageInput], preprocessing: Preprocessing, run: ConceptRun, k: int, progress: Any = None) -> list[dict[str, Any]]:
+    """``lrp concepts MODEL DATASET --reference K``: per channel (all, or the named ones) the K inputs where it is
+    most relevant and the K where it is most active, each with the crop of the input holding ``run.share`` of the
+    channel's positive conditional relevance there: OUT/references.csv and
+    OUT/references/<layer>/<channel>/<kind>-<rank>.png. Returns the rows."""
+    targets: dict[str, int] = {}
+
+    def counted() -> Iterator[tuple[list[str], torch.Tensor]]:
+        for good, x in _load(items, preprocessing, run):
+            yield [item.name for item in good], x
+            if progress:
+                progress(len(good))
+
+    relevant, active = relevance_maximisation(explainer, counted(), run.layer, k, run.target, run.init, targets)
+    channels = list(run.channels) if run.channels is not None else list(range(relevant.channels))
+    choose_channels(torch.zeros(1, relevant.channels), channels=channels)  # out-of-range channels named
+    by_name = {item.name: item for item in items}
+    wanted = [
+        (kind, channel, rank, name, value)
+        for kind, table in (("relevance", relevant), ("activation", active))
+        for channel in channels
+        for rank, (name, value) in enumerate(table.ranking(channel), 1)
+    ]
+    pairs = sorted({(name, channel) for _, channel, _, name, _ in wanted})
+    boxes: dict[tuple[str, int], tuple[int, int, int, int]] = {}
+    pixels: dict[str, np.ndarray] = {}
+    for start in range(0, len(pairs), run.batch_size):
+        chunk = pairs[start : start + run.batch_size]
+        names = sorted({name for name, _ in chunk})
+        batch = next(_load([by_name[name] for name in names], preprocessing, run))[1]
+        rows = torch.tensor([names.index(name) for name, _ in chunk], device=batch.device)
+        x = batch[rows]
+        conditions = torch.tensor([[channel] for _, channel in chunk])
+        explained = torch.tensor([targets[name] for name, _ in chunk], device=batch.device)
+        maps = conditional_maps(explainer, x, explained, run.layer, conditions, relevant.channels, run.init, run.batch_size)
+        for (name, channel), heat in zip(chunk, maps[:, 0].double().cpu().numpy()):
+            boxes[name, channel] = crop_box(heat, run.share)
+            if name not in pixels:
+                pixels[name] = preprocessing.pixels(by_name[name].path)
+    rows_out = []
+    for kind, channel, rank, name, value in wanted:
+        top, left, bottom, right = boxes[name, channel]
+        picture = f"references/{safe_label(run.layer)}/{channel}/{kind}-{rank}.png"
+        crop = pixels[name][top:bottom, left:right]
+        crop = crop if crop.shape[2] == 3 else crop.repeat(3, axis=2)
+        write_atomic(inside(run.out, picture), png_bytes(enlarge(np.ascontiguousarray(crop), 64)))
+        rows_out.append(
+            {"layer": run.layer, "channel": channel, "kind": kind, "rank": rank, "input": name, "value": value,
+             "top": top, "left": left, "bottom": bottom, "right": right, "crop": picture}
+        )
+    _write_csv(run.out / "references.csv", rows_out, REFERENCE_COLUMNS)
+    return rows_out
