@@ -10,6 +10,10 @@ from .console import console, warn
 from .options import build_composite, composite_options, input_shape_option, json_option, load_model_option, model_options, parse_params, refuse_overwriting_inputs, spec_preprocessing, write_json, model_spec
 
 
+#: rule options the table shows only where they are set (--json lists every parameter)
+QUIET_DEFAULTS = {"stabilizer_mode": "sign", "zero_params": []}
+
+
 @click.command(
     epilog="""\b
 Examples:
@@ -66,8 +70,9 @@ def inspect(model: str, composite: str | None, input_shape: str | None, json_pat
 
     for layer in report.layers:
         rule = layer.rule or "[red]none[/]"
-        if layer.rule_params:
-            rule += " (" + ", ".join(f"{k}={v}" for k, v in layer.rule_params.items()) + ")"
+        shown = {k: v for k, v in layer.rule_params.items() if QUIET_DEFAULTS.get(k, object()) != v}
+        if shown:
+            rule += " (" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
         table.add_row(
             escape(layer.module),
             escape(layer.type),
