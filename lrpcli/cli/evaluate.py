@@ -374,10 +374,11 @@ def _readable(chunk: list[Any], mask_paths: list[Path] | None, preprocessing: An
 
 
 def _image_batch(chunk: list[Any], preprocessing: Any, mask_paths: list[Path] | None) -> tuple[Any, Any]:
+    import dataclasses
+
     import numpy as np
     import torch
 
-    from ..data.images import Preprocessing
     from ..errors import InputError
 
     tensors = [preprocessing.tensor(preprocessing.pixels(item.path)) for item in chunk]
@@ -390,7 +391,7 @@ def _image_batch(chunk: list[Any], preprocessing: Any, mask_paths: list[Path] | 
     x = torch.stack(tensors)
     if mask_paths is None:
         return x, None
-    geometry = Preprocessing(mode="L", size=preprocessing.size, resize=preprocessing.resize, crop=preprocessing.crop)
+    geometry = dataclasses.replace(preprocessing, mode="L", mean=None, std=None)  # every step of the images' geometry
     masks = []
     for item, path in zip(chunk, mask_paths):
         mask = geometry.pixels(path)[:, :, 0] > 127

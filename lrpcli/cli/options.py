@@ -250,7 +250,7 @@ def spec_preprocessing(spec: Any, options: dict[str, Any] | None = None) -> Any:
         if not size or size[0] != size[-1]:
             raise UsageError(f"--crop-pct needs a square --size (got {size or 'none'})", hint="e.g. --size 224 --crop-pct 0.875 (resize to 256, crop 224)")
         values["short_side"], values["crop"] = math.floor(size[0] / float(pct)), [size[0], size[0]]
-    keys = ("mode", "size", "resize", "crop", "mean", "std", "short_side", "interpolation")
+    keys = ("mode", "size", "resize", "crop", "mean", "std", "short_side", "interpolation", "resize_with", "crop_anchor")
     return Preprocessing.from_options(**{k: v for k, v in values.items() if k in keys})
 
 

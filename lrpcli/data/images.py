@@ -4,8 +4,10 @@ Preprocessing follows the usual torchvision recipe without needing torchvision:
 convert the mode (RGB or grayscale), resize (to a fixed size, or the shorter side to a
 length as ``Resize(N)`` does), centre-crop (offsets rounded as ``CenterCrop`` rounds them),
 scale to [0, 1], normalise with mean/std. On the same PIL image this gives the tensors
-torchvision's and timm's eval transforms give (tests/test_zoo_timm.py). Errors name the
-file and say what to do.
+torchvision's and timm's eval transforms give (tests/test_zoo_timm.py). Hugging Face folders
+also ask for torch's antialiased resize of the uint8 tensor (``resize_with: torch``, what their
+fast processors run through torchvision) and floor-rounded crop offsets (``crop_anchor: floor``);
+tests/test_hf_images.py. Errors name the file and say what to do.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import platform
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,15 @@ INTERPOLATIONS = {
     "hamming": Image.Resampling.HAMMING,
     "lanczos": Image.Resampling.LANCZOS,
 }
+#: the filters torch resizes with: what torchvision's tensor resize runs for the names above (Hugging Face's
+#: fast image processors map Pillow's NEAREST to torch's nearest-exact)
+TORCH_MODES = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic"}
+#: who resizes: Pillow (torchvision's PIL path, timm, Hugging Face's slow processors) or torch on the uint8
+#: tensor (torchvision's tensor path, which Hugging Face's fast processors take)
+RESIZERS = ("pillow", "torch")
+#: a centre crop's offset, half the margin: Python's ``round`` (torchvision's CenterCrop: halves to even) or
+#: ``floor`` (Hugging Face's image processors)
+CROP_ANCHORS = ("round", "floor")
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,26 @@ def _interpolation(value: Any) -> str:
     return name
 
 
+def _choice(value: Any, choices: Sequence[str], what: str) -> str:
+    name = str(value or choices[0]).lower()
+    if name not in choices:
+        raise UsageError(f"unknown {what} '{value}'", hint=f"use one of {', '.join(choices)}")
+    return name
+
+
+def torch_resize(pixels: np.ndarray, height: int, width: int, interpolation: str) -> np.ndarray:
+    """(H, W, C) uint8 resized as torchvision's tensor resize resizes it on a CPU: ``interpolate`` with
+    antialiasing on the uint8 tensor (bilinear in float, rounded back, where the CPU lacks AVX2)."""
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    mode = TORCH_MODES[interpolation]
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].contiguous()
+    native = mode != "bilinear" or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+    smooth = mode != "nearest-exact"
+    y = torch.nn.functional.interpolate(x if native else x.float(), size=(height, width), mode=mode, align_corners=False if smooth else None, antialias=smooth)
+    return (y if native else y.round_().to(torch.uint8))[0].permute(1, 2, 0).numpy()
+
+
 def _floats(value: Any, what: str) -> list[float] | None:
     if value is None:
         return None
@@ -171,6 +203,8 @@ class Preprocessing:
     extra: dict[str, Any] = field(default_factory=dict)
     short_side: int | None = None  # or resize first so that the shorter side is this long (aspect ratio kept)
     interpolation: str = "bilinear"  # the resampling filter of every resize (INTERPOLATIONS)
+    resize_with: str = "pillow"  # who resizes (RESIZERS)
+    crop_anchor: str = "round"  # how a centre crop's offset is rounded (CROP_ANCHORS)
 
     @classmethod
     def from_options(cls, **options: Any) -> "Preprocessing":
@@ -188,7 +222,7 @@ class Preprocessing:
         resize, short_side = _pair(options.get("resize"), "resize"), _side(options.get("short_side"), "short-side")
         if resize is not None and short_side is not None:
             raise UsageError("--resize and --short-side exclude each other", hint="--resize H,W resizes to a fixed size; --short-side N keeps the aspect ratio")
-        return cls(
+        preprocessing = cls(
             mode=MODES[key],
             size=_pair(options.get("size"), "size"),
             resize=resize,
@@ -197,7 +231,12 @@ class Preprocessing:
             std=std,
             short_side=short_side,
             interpolation=_interpolation(options.get("interpolation")),
+            resize_with=_choice(options.get("resize_with"), RESIZERS, "resize_with"),
+            crop_anchor=_choice(options.get("crop_anchor"), CROP_ANCHORS, "crop_anchor"),
         )
+        if preprocessing.resize_with == "torch" and preprocessing.interpolation not in TORCH_MODES:
+            raise UsageError(f"torch resizes with {', '.join(TORCH_MODES)}, not {preprocessing.interpolation}", hint="resize with pillow for this filter")
+        return preprocessing
 
     @property
     def channels(self) -> int:
@@ -248,7 +287,10 @@ class Preprocessing:
             crop_h, crop_w = self.crop
             if height < crop_h or width < crop_w:
                 raise InputError(f"{path}: image is {height}x{width}, smaller than the crop {crop_h}x{crop_w}")
-            top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))  # CenterCrop's offsets
+            if self.crop_anchor == "floor":
+                top, left = (height - crop_h) // 2, (width - crop_w) // 2
+            else:
+                top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))  # CenterCrop's offsets
             steps.append(("crop", (top, left, crop_h, crop_w)))
             height, width = crop_h, crop_w
         if self.size is not None and (height, width) != self.size:
@@ -263,7 +305,10 @@ class Preprocessing:
     def geometry(self, image: Image.Image, path: Path) -> Image.Image:
         resample = INTERPOLATIONS[self.interpolation]
         for kind, (top, left, height, width) in self.steps(image.height, image.width, path):
-            if kind == "resize":
+            if kind == "resize" and self.resize_with == "torch":
+                resized = torch_resize(_array(image), height, width, self.interpolation)
+                image = Image.fromarray(resized[:, :, 0] if image.mode == "L" else resized)
+            elif kind == "resize":
                 image = image.resize((width, height), resample)
             else:
                 image = image.crop((left, top, left + width, top + height))
@@ -309,6 +354,10 @@ class Preprocessing:
             data["short_side"] = self.short_side
         if self.interpolation != "bilinear":
             data["interpolation"] = self.interpolation
+        if self.resize_with != "pillow":
+            data["resize_with"] = self.resize_with
+        if self.crop_anchor != "round":
+            data["crop_anchor"] = self.crop_anchor
         return data
 
 

@@ -6,9 +6,10 @@ The folder reads as a model spec (:func:`folder_spec`): the class from ``config.
 ``attnlrp`` as the composite. The model is wrapped (:class:`Logits`) so that it takes the token ids and an
 attention mask and returns the logits as one tensor (``return_dict=False``): the export path behind it is
 lrpcli's job, not the user's. Weights load from safetensors; ``pytorch_model.bin`` (a pickle) only with
-``--allow-pickle``. Sequence classifiers (texts with the folder's tokenizer) and image classifiers (images
-with the folder's image-processor settings: a fixed height and width, bilinear resampling, rescale by 1/255,
-normalise); causal LMs come next.
+``--allow-pickle``. Sequence classifiers (texts with the folder's tokenizer), image classifiers (images
+prepared as the folder's image processor prepares them: the ViT, DeiT, BEiT, BiT, CLIP, MobileNet, ConvNeXt,
+LeViT, PoolFormer and EfficientNet processors, slow (Pillow) or fast (torch); others are refused by name) and
+causal LMs (the next token).
 """
 
 from __future__ import annotations
@@ -127,27 +128,139 @@ def token_names(tokenizer: Path) -> list[str] | None:
     return [names.get(i, f"<{i}>") for i in range(max(names) + 1)] if names else None
 
 
+#: Pillow's filters by the numbers configs give as ``resample``
+_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+#: the image processors whose steps lrp repeats (slow class names; a ``...Fast`` one runs the same steps on
+#: torch tensors): resize, centre crop, rescale, normalise, each as the class does it
+_PROCESSORS = (
+    "ViTImageProcessor", "DeiTImageProcessor", "BeitImageProcessor", "BitImageProcessor", "CLIPImageProcessor",
+    "MobileNetV1ImageProcessor", "MobileNetV2ImageProcessor", "ConvNextImageProcessor", "LevitImageProcessor",
+    "PoolFormerImageProcessor", "EfficientNetImageProcessor",
+)
+#: slow processors whose resize takes a fixed height and width only, and those without a crop step
+_FIXED_SIZE_ONLY = ("ViTImageProcessor", "DeiTImageProcessor", "BeitImageProcessor", "EfficientNetImageProcessor")
+_NO_CROP = ("ViTImageProcessor", "ConvNextImageProcessor")
+
+
+def _own_preprocessing(folder: Path) -> str:
+    return f"write a spec .yaml with model: {folder} and input.resize/short_side, crop, interpolation, mean and std that match it"
+
+
+def _processor_settings(folder: Path, path: Path, config: dict[str, Any]) -> tuple[str, bool, dict[str, Any]]:
+    """The processor's class name (without Fast), whether the folder names the fast one, and its settings: the
+    JSON's, with the class's own defaults and size forms filled in by the (slow) class itself. A ``...Fast``
+    folder is what ``AutoImageProcessor.from_pretrained`` loads where torchvision is installed, so lrp follows it."""
+    kind = config.get("image_processor_type") or str(config.get("feature_extractor_type") or "").replace("FeatureExtractor", "ImageProcessor")
+    if not isinstance(kind, str) or not kind:
+        raise ModelError(f"{path} names no image processor (image_processor_type)", hint="save the image processor with save_pretrained, which writes it")
+    name, fast = kind.removesuffix("Fast"), kind.endswith("Fast")
+    if name not in _PROCESSORS:
+        raise ModelError(
+            f"{path}: lrp repeats the steps of {', '.join(p.removesuffix('ImageProcessor') for p in _PROCESSORS)} image processors; this folder's is {kind}",
+            hint=_own_preprocessing(folder),
+        )
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ModelError(f"{folder} is a Hugging Face folder, which needs transformers", hint=INSTALL_HINT) from exc
+    try:
+        processor = getattr(transformers, name).from_dict({k: v for k, v in config.items() if k != "auto_map"})
+    except Exception as exc:  # transformers raises many kinds for settings it cannot take
+        raise ModelError(f"{path}: transformers' {name} does not take these settings: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    return name, fast, vars(processor)
+
+
+def _size(value: Any) -> dict[str, int]:
+    return {k: v for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)} if isinstance(value, dict) else {}
+
+
+def _geometry(folder: Path, path: Path, name: str, fast: bool, settings: dict[str, Any]) -> dict[str, Any]:
+    """Resize, crop and filter as the spec's ``input`` says them: ``resize`` [h, w] or ``short_side`` N (the
+    shorter side to N, the aspect kept), ``crop`` [h, w] and its rounding, the filter, Pillow or torch."""
+    kind = name + ("Fast" if fast else "")
+    resample = _FILTERS.get(int(settings.get("resample", 2)) if isinstance(settings.get("resample", 2), int) else -1)
+    if resample is None or (fast and resample not in ("nearest", "bilinear", "bicubic")):
+        raise ModelError(f"{path}: {kind} resamples with {settings.get('resample')!r}, which lrp does not repeat", hint=_own_preprocessing(folder))
+    if settings.get("do_pad") or settings.get("do_flip_channel_order"):
+        raise ModelError(f"{path}: {kind} pads or reorders channels (do_pad, do_flip_channel_order), which lrp does not repeat", hint=_own_preprocessing(folder))
+    steps: dict[str, Any] = {"interpolation": resample, "resize_with": "torch" if fast else "pillow", "crop_anchor": "floor"}
+    size = _size(settings.get("size")) if settings.get("do_resize", True) else {}
+    height, width, edge = size.get("height"), size.get("width"), size.get("shortest_edge")
+    refused = ModelError(
+        f"{path}: lrp follows {kind} resizing to a fixed height and width"
+        + (" or the shortest edge" if fast or name not in _FIXED_SIZE_ONLY else "") + f"; this one has size {settings.get('size')!r}",
+        hint=_own_preprocessing(folder),
+    )
+    crop_pct = settings.get("crop_pct")
+    if not size:
+        pass
+    elif set(size) - {"height", "width", "shortest_edge"} or (height is None) != (width is None) or (edge is None) == (height is None):
+        raise refused
+    elif name == "ConvNextImageProcessor":  # below 384: the shorter side to edge / crop_pct, then a square crop
+        if edge is None:
+            raise refused
+        if edge < 384:
+            steps.update(short_side=int(edge / crop_pct), crop=[edge, edge], crop_anchor="round" if fast else "floor")  # torchvision's center_crop rounds
+        else:
+            steps["resize"] = [edge, edge]
+    elif name == "LevitImageProcessor" and edge is not None:
+        steps["short_side"] = int((256 / 224) * edge)
+    elif name == "PoolFormerImageProcessor" and crop_pct is not None:
+        if edge is not None or height == width:
+            steps["short_side"] = int((edge or height) / crop_pct)
+        else:
+            steps["resize"] = [int(height / crop_pct), int(width / crop_pct)]
+    elif edge is not None:
+        if name in _FIXED_SIZE_ONLY and not fast:
+            raise refused
+        steps["short_side"] = edge
+    else:
+        steps["resize"] = [height, width]
+    crop = _size(settings.get("crop_size"))
+    if settings.get("do_center_crop") and (fast or name not in _NO_CROP):
+        if "crop" in steps or set(crop) != {"height", "width"}:
+            raise ModelError(f"{path}: {kind} crops with crop_size {settings.get('crop_size')!r}, which lrp does not repeat", hint=_own_preprocessing(folder))
+        steps["crop"] = [crop["height"], crop["width"]]
+    final = steps.get("crop") or steps.get("resize")
+    return {**steps, **({"size": final} if final else {})}
+
+
+def _channels(value: Any, default: list[float]) -> list[float]:
+    values = default if value is None else value if isinstance(value, (list, tuple)) else [value]
+    return [float(v) for v in values]
+
+
+def _normalisation(path: Path, name: str, settings: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """The processor's rescale (x * factor, minus 1 with EfficientNet's rescale_offset), normalise ((x - mean) /
+    std) and EfficientNet's include_top (/ std again), one affine map per channel, as mean and std for pixels
+    scaled to [0, 1]: y = (x * factor - offset - mean) / (std * top) = (x / 255 - mean') / std'."""
+    rescale = settings.get("do_rescale", True)
+    factor = float(settings.get("rescale_factor", 1 / 255)) if rescale else 1.0
+    if not factor > 0:
+        raise ModelError(f"{path}: rescale_factor {settings.get('rescale_factor')!r} is not a positive number")
+    offset = 1.0 if rescale and settings.get("rescale_offset") else 0.0
+    normalise = settings.get("do_normalize", True)
+    mean = _channels(settings.get("image_mean"), [0.5]) if normalise else [0.0]
+    std = _channels(settings.get("image_std"), [0.5]) if normalise else [1.0]
+    top = _channels(settings.get("image_std"), [0.5]) if name == "EfficientNetImageProcessor" and settings.get("include_top") else [1.0]
+    n = max(len(mean), len(std), len(top))
+    mean, std, top = ([v[0]] * n if len(v) == 1 else v for v in (mean, std, top))
+    if not all(s > 0 for s in std + top):
+        raise ModelError(f"{path}: image_std {settings.get('image_std')!r} must be positive")
+    return [(offset + m) / (255 * factor) for m in mean], [s * t / (255 * factor) for s, t in zip(std, top)]
+
+
 def image_input(folder: Path) -> dict[str, Any]:
-    """The spec's ``input`` for the folder's image processor (preprocessor_config.json): what lrp's own
-    preprocessing does the same way, or a named refusal."""
+    """The spec's ``input`` for the folder's image processor (preprocessor_config.json): the steps it takes,
+    as lrp's own preprocessing takes them (the same pixels within float rounding), or a named refusal."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         raise ModelError(f"{folder} has no preprocessor_config.json: lrp prepares images as the folder's image processor does",
                          hint="save the image processor into the folder too: AutoImageProcessor.from_pretrained(...).save_pretrained(folder)")
-    config = _json(path)
-    size = config.get("size") if config.get("do_resize", True) else None
-    if not (isinstance(size, dict) and isinstance(size.get("height"), int) and isinstance(size.get("width"), int)):
-        raise ModelError(f"{path}: lrp follows processors that resize to a fixed height and width; this one has size {size!r}",
-                         hint="give the preprocessing yourself: a spec .yaml with input.resize/crop/mean/std")
-    if config.get("resample", 2) != 2:
-        raise ModelError(f"{path}: resample {config.get('resample')} is not bilinear (2), the one lrp resizes with",
-                         hint="give the preprocessing yourself in a spec .yaml")
-    if config.get("do_rescale", True) and abs(float(config.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
-        raise ModelError(f"{path}: rescale_factor {config.get('rescale_factor')} is not 1/255", hint="give the preprocessing yourself in a spec .yaml")
-    normalise = config.get("do_normalize", True)
-    mean = [float(v) for v in config.get("image_mean", [0.5, 0.5, 0.5])] if normalise else [0.0]
-    std = [float(v) for v in config.get("image_std", [0.5, 0.5, 0.5])] if normalise else [1.0]
-    return {"mode": "RGB", "size": [size["height"], size["width"]], "mean": mean, "std": std}
+    name, fast, settings = _processor_settings(folder, path, _json(path))
+    geometry = _geometry(folder, path, name, fast, settings)
+    mean, std = _normalisation(path, name, settings)
+    return {"mode": "RGB", **geometry, "mean": mean, "std": std}
 
 
 class _Wrapped(torch.nn.Module):
