@@ -19,7 +19,7 @@ from PIL import Image
 from lrpcli.sources.samples import SHAPE_CLASSES, digits_split, load_digits, make_shapes
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
-MODELS = ("digits_cnn", "shapes_minivgg", "digits_vit")
+MODELS = ("digits_cnn", "shapes_minivgg", "digits_vit", "clever_hans_digits")
 # Seeds the shapes model never saw: it trained on 100..104, was evaluated on 1, samples use 2.
 FRESH_SEED = 2024
 
