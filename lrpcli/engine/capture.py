@@ -15,6 +15,7 @@ import torch
 
 from ..errors import ModelError
 from .builder import from_graph_module
+from .experts import dense_experts
 from .graph import Graph
 
 
@@ -37,11 +38,35 @@ def capture(model: Any, example: torch.Tensor, exact_batch: bool = False, extras
         graph = from_graph_module(program.module(), "torchscript")
         return graph.replace(notes=graph.notes + [note]) if note else graph
     if isinstance(model, torch.nn.Module):
-        return from_graph_module(export_module(model, example, exact_batch, extras).module(), "export", extras=bool(extras))
+        with dense_experts(model) as swapped:  # mixture-of-experts blocks: every expert on every token
+            program = export_module(model, example, exact_batch, extras).module()
+        graph = from_graph_module(program, "export", extras=bool(extras))
+        if swapped:
+            _check_dense(graph, model, example, extras, swapped)
+            graph = graph.replace(notes=graph.notes + [f"mixture-of-experts blocks computed densely, the router's weights held constant: {', '.join(swapped)}"])
+        return graph
     raise ModelError(
         f"cannot explain an object of type {type(model).__name__}",
         hint="pass an nn.Module, a ScriptModule, an ExportedProgram or a path to a saved model",
     )
+
+
+def _check_dense(graph: Graph, model: torch.nn.Module, example: Any, extras: dict | None, swapped: list[str]) -> None:
+    """The graph captured with dense expert blocks must compute what the model computes with its own sparse
+    ones (a block whose routing differs from Mixtral's is refused, not explained wrongly)."""
+    with torch.inference_mode():
+        captured = graph.run(example, extras)[graph.output]
+        own = model(*(example if isinstance(example, tuple) else (example,)), **(extras or {}))
+    own = own if isinstance(own, torch.Tensor) else next((v for v in (own.values() if isinstance(own, dict) else own) if isinstance(v, torch.Tensor)), None)
+    if not isinstance(captured, torch.Tensor) or own is None or captured.shape != own.shape:
+        return  # a model with several outputs: the explainer checks the one it explains
+    scale = float(own.abs().max()) or 1.0
+    if not torch.allclose(captured.to(own.dtype), own, rtol=1e-4, atol=1e-5 * scale):
+        raise ModelError(
+            f"the mixture-of-experts block(s) {', '.join(swapped)} route differently from Mixtral's top-k: computed densely they "
+            f"give other outputs (largest difference {float((captured.to(own.dtype) - own).abs().max()):.3g})",
+            hint="lrpcli captures Mixtral-style routers (softmax, top-k, renormalised where norm_topk_prob says so); export the model yourself with a dense expert loop",
+        )
 
 
 @contextlib.contextmanager

@@ -88,7 +88,8 @@ _add("embedding", "embedding")
 _add(
     "meta",
     "sym_size sym_numel sym_stride size numel dim _assert_scalar _assert_tensor_metadata "
-    "sym_constrain_range_for_size sym_constrain_range _assert_async",
+    "sym_constrain_range_for_size sym_constrain_range _assert_async "
+    "held",  # routing weights held constant (experts.py): computed, but carrying no relevance
 )
 
 #: ops whose relevance is routed without a rule: no dropout/identity semantics needed

@@ -13,6 +13,7 @@ import torch
 
 from ..engine.graph import Graph, Node, Ref, channel_affine
 from ..engine.kinds import _op_fits
+from ..engine.experts import held
 from ..engine.passes.norms import normalize
 
 
@@ -31,6 +32,7 @@ PYTHON_TARGETS: dict[str, Callable] = {
     **{f"torch.{name}": getattr(torch, name) for name in ("sym_int", "sym_float", "sym_max", "sym_min", "sym_not")},
     "channel_affine": channel_affine,
     "normalize": normalize,
+    "held": held,
 }
 
 
