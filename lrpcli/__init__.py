@@ -30,6 +30,8 @@ _EXPORTS = {
     "LayerRelevance": "lrpcli.engine.explainer",
     "load_model": "lrpcli.sources.files",
     "evaluate": "lrpcli.evaluate",
+    "spray": "lrpcli.runs.spray",
+    "SprayResult": "lrpcli.runs.spray",
     "capture": "lrpcli.engine.capture",
     "Graph": "lrpcli.engine.graph",
     "load_composite": "lrpcli.engine.composite_yaml",
@@ -53,6 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runs.texts import TextExplanation
     from .engine.explainer import Contrast, Explanation, LayerRelevance
     from .evaluate import evaluate
+    from .runs.spray import spray
+    from .runs.spray import SprayResult
     from .errors import CheckFailed, ConfigError, InputError, LrpError, ModelError, UnsupportedOpError, UsageError
     from .engine.capture import capture
     from .engine.graph import Graph

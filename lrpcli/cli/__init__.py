@@ -269,6 +269,9 @@ main.add_command(report)
 from .concepts import concepts  # noqa: E402
 
 main.add_command(concepts)
+from .spray import spray  # noqa: E402
+
+main.add_command(spray)
 
 for _command in main.commands.values():
     accept_verbose_everywhere(_command)
