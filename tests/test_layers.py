@@ -37,8 +37,8 @@ ONLY_IN = {"click": "cli", "rich": "cli"}
 
 def layer_of(module: str) -> str:
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] in ("api", "__init__"):
-        return "api"  # lrpcli/__init__.py (the lazy public API) and api.py
+    if len(parts) == 1 or parts[1] in ("api", "__init__", "ray"):
+        return "api"  # lrpcli/__init__.py (the lazy public API), api.py and ray.py (explain_dataset)
     if parts[1] == "architectures":
         return "sources"  # the alias of sources.architectures that specs name
     if parts[1] in GROUND or parts[1] == "__version__":

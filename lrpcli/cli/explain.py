@@ -81,7 +81,8 @@ Examples:
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), help="Inputs per batch (default: 16 images, 1024 CSV rows).")
 @device_option
 @click.option("--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]), default="float32", show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes (default: by input count and CPUs).")
+@click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes (default: by input count and CPUs); with --ray, the number of Ray actors (default 1).")
+@click.option("--ray", "ray", is_flag=True, help="Run on Ray (extra ray): the cluster RAY_ADDRESS names, else a local one; --workers N actors, each loading the model once. CSV/Parquet rows; same outputs as a plain run.")
 @on_error_option
 @click.option("--resume", is_flag=True, help="Skip inputs whose outputs already exist in OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace results of another model or composite in OUT (refused otherwise).")
@@ -128,6 +129,8 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     if is_text_run(spec, options) or any(str(i).lower().endswith(".txt") for i in inputs):
         if len(inputs) != 1:
             raise UsageError("give one file of texts (or - for stdin)")
+        if options["ray"]:
+            raise UsageError("--ray runs CSV, JSON-lines and Parquet rows for now", hint="drop --ray for texts")
         if options["heatmap_size"] != "model":
             raise UsageError("--heatmap-size applies to images", hint="drop it for texts")
         if options["max_new_tokens"] is not None or options["continuation_col"] or options["context_col"]:
@@ -152,6 +155,8 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
 
         explain_csv(model, spec, inputs[0], options)
         return
+    if options["ray"]:
+        raise UsageError("--ray runs CSV, JSON-lines and Parquet rows for now", hint="drop --ray for images, or use --shard K/N and lrp merge")
     check_cmap(options["cmap"])
     if options["report_path"] and options["no_report"]:
         raise UsageError("--report and --no-report exclude each other")

@@ -191,23 +191,28 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
         raise UsageError(f"{fmt.capitalize()} results are binary: give -o FILE.{fmt} or redirect stdout")
     stream = bool(out) and is_stream(out)  # a FIFO, a device, /dev/stdout: written into, not read back
     page = report_page(options, out)
+    run = explain_rows
+    if options.get("ray"):  # the same rows, explained by a pool of Ray actors
+        from .ray_hooks import ray_rows
+
+        run = ray_rows(model, options)
     # read by path, stdin too (column-wise by pyarrow; stdin as its lines arrive)
     if out and not stream:
         with atomic_text(Path(out)) as target:  # streamed to a temporary file, renamed at the end
-            report = explain_rows(explainer, None, name, target, path=source, **kwargs)
+            report = run(explainer, None, name, target, path=source, **kwargs)
     elif page:  # stdout (or a stream), and a copy of the rows for the page (removed once it is written)
         copy = _rows_copy(page, fmt)
         try:
             with contextlib.ExitStack() as stack:
                 first = stack.enter_context(atomic_text(Path(out))) if out else sys.stdout
                 second = stack.enter_context(open(copy, "w", encoding="utf-8", newline=""))
-                report = explain_rows(explainer, None, name, _Tee(first, second), path=source, **kwargs)
+                report = run(explainer, None, name, _Tee(first, second), path=source, **kwargs)
             wrote = _write_rows_page(page, copy, run_metadata(model, composite, name, options))
         finally:
             copy.unlink(missing_ok=True)
     else:
         with atomic_text(Path(out)) if out else contextlib.nullcontext(sys.stdout) as target:
-            report = explain_rows(explainer, None, name, target, path=source, **kwargs)
+            report = run(explainer, None, name, target, path=source, **kwargs)
     if out and page and not stream:
         wrote = _write_rows_page(page, Path(out), run_metadata(model, composite, name, options))
     for line in report.notes:

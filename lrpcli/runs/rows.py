@@ -137,10 +137,8 @@ def explain_rows(
         )
 
 
-def _explain_rows(
-    explainer, header, batches, source, output, *, fast, fmt, features, drop, id_col, label_col, optional_columns,
-    mean, std, targets, classes, top_k, on_error, device, dtype, init, shard, progress,
-) -> RowReport:
+def row_columns(header, model, source, *, features, drop, id_col, label_col, mean, std, optional) -> TabularColumns:
+    """The table's columns resolved, and checked against the model's input width (shared with the Ray run)."""
     columns = TabularColumns.resolve(
         header,
         features=features,
@@ -150,9 +148,9 @@ def _explain_rows(
         mean=mean,
         std=std,
         source=source,
-        optional=optional_columns,
+        optional=optional,
     )
-    width = expected_features(explainer.model)
+    width = expected_features(model)
     if width is not None and width != len(columns.features):
         raise InputError(
             f"{source}: {len(columns.features)} feature columns ({', '.join(columns.features[:8])}"
@@ -160,6 +158,14 @@ def _explain_rows(
             hint="choose the model's columns with --features, or leave out others with --drop / --id-col / --label-col"
             + ("; for texts give --tokenizer and --text-col" if source.lower().endswith((".jsonl", ".ndjson")) else ""),
         )
+    return columns
+
+
+def _explain_rows(
+    explainer, header, batches, source, output, *, fast, fmt, features, drop, id_col, label_col, optional_columns,
+    mean, std, targets, classes, top_k, on_error, device, dtype, init, shard, progress,
+) -> RowReport:
+    columns = row_columns(header, explainer.model, source, features=features, drop=drop, id_col=id_col, label_col=label_col, mean=mean, std=std, optional=optional_columns)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     writer = RowWriter(output, fmt, columns, top_k, classes) if fmt == "jsonl" or not (fast or fmt in ("parquet", "arrow")) else None
     bulk = None
