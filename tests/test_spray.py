@@ -100,6 +100,18 @@ def test_spectrum_eigengap_and_mean_maps(runs):
     assert spray(out, classes=["7"], clusters=3, write=False).classes["7"].clusters == 3
 
 
+def test_the_page_shows_the_clusters(runs):
+    from lrpcli.report import write_report
+
+    out = runs["plain"]
+    (out / "spray" / "spray.json").unlink(missing_ok=True)
+    assert 'id="spray"' not in write_report(out).read_text()  # no spray, no section
+    spray(out, classes=["7"])
+    html = write_report(out).read_text()
+    section = html[html.index('id="spray"'):]
+    assert "spray/7/cluster-1.png" in section and "24 input(s)" in section and "35 input(s)" in section
+
+
 def test_by_target_groups_every_row(runs):
     result = spray(runs["plain"], by="target", classes=["7"], write=False)
     summary = read_csv(runs["plain"] / "summary.csv")

@@ -50,6 +50,8 @@ def spray(out: str, by: str, clusters: str, grid: int, neighbors: int, classes: 
     """
     from pathlib import Path
 
+    from ..report import write_report
+    from ..report.images import REPORT_NAME
     from ..runs.spray import SPRAY, spray as run_spray
 
     result = run_spray(Path(out), by=by, clusters=_clusters(clusters), grid=grid, neighbors=neighbors, classes=list(classes) or None, cmap=cmap)
@@ -59,3 +61,5 @@ def spray(out: str, by: str, clusters: str, grid: int, neighbors: int, classes: 
     if result.left_out:
         warn(f"{result.left_out} input(s) left out (relevance array missing, unreadable or of another size)")
     info(f"wrote {Path(out) / SPRAY}/ (clusters.csv, eigenvalues.csv, the clusters' mean maps)")
+    if (Path(out) / REPORT_NAME).is_file():  # the page shows the clusters: rebuild it (a run with --no-report has none)
+        info(f"updated {write_report(Path(out))}")

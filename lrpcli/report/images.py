@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import InputError
 from ..outputs import file_labels, output_errors, write_atomic
 from .page import finite_number, render_page
+from .spray import spray_section
 
 REPORT_NAME = "report.html"
 CLASS_MAPS = "report"  # OUT/report/class-<class>.png: the per-class mean relevance maps
@@ -305,6 +306,7 @@ def report_data(out: Path, summaries: list[Path], runs_paths: list[Path]) -> dic
         "cards": cards,
         "class_maps": class_maps,
         "class_note": class_note,
+        "spray": spray_section(out, locator.output),
     }
 
 

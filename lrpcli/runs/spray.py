@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UsageError
-from ..outputs import file_labels, output_errors, save_array, write_atomic
+from ..outputs import file_labels, output_errors, save_array, write_atomic, write_json
 
 SPRAY = "spray"  # OUT/spray/: clusters.csv, eigenvalues.csv, <class>/cluster-<k>.npy and .png
+SUMMARY = "spray.json"  # per class: its folder, cluster sizes, eigenvalues (read by the report page)
 INSTALL_HINT = "pip install 'lrpcli[spray]' (scikit-learn)"
 MAX_AUTO_CLUSTERS = 8
 
@@ -144,11 +145,18 @@ def spectrum(points: np.ndarray, neighbors: int, count: int) -> tuple[np.ndarray
     count = min(count, n)
     if n <= 1000 or count >= n - 1:
         values, vectors = np.linalg.eigh(lap.toarray())
-        return np.clip(values[:count], 0.0, 2.0), vectors[:, :count]
+        return _tidy(values[:count]), vectors[:, :count]
     # the largest of 2I - L are the smallest of L: a well-conditioned Lanczos problem, no shift-invert
     values, vectors = eigsh(2.0 * sparse.identity(n, format="csr") - lap, k=count, which="LA", v0=np.ones(n))
     order = np.argsort(2.0 - values)
-    return np.clip(2.0 - values[order], 0.0, 2.0), vectors[:, order]
+    return _tidy(2.0 - values[order]), vectors[:, order]
+
+
+def _tidy(values: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a normalised Laplacian lie in [0, 2]; round-off below 1e-12 is a zero."""
+    values = np.clip(values, 0.0, 2.0)
+    values[values < 1e-12] = 0.0
+    return values
 
 
 def eigengap(eigenvalues: np.ndarray, most: int) -> int:
@@ -249,7 +257,7 @@ def _csv(rows: list[list[Any]]) -> bytes:
 
 
 def write_spray(out: Path, result: SprayResult, cmap: str = "bwr") -> Path:
-    """OUT/spray/clusters.csv, eigenvalues.csv and per class and cluster the mean map (.npy and .png)."""
+    """OUT/spray/clusters.csv, eigenvalues.csv, spray.json and per class and cluster the mean map (.npy and .png)."""
     from ..render.heatmaps import save_heatmap
 
     folder = Path(out) / SPRAY
@@ -261,7 +269,17 @@ def write_spray(out: Path, result: SprayResult, cmap: str = "bwr") -> Path:
             [cls.name, i, f"{value:.9g}"] for cls in result.classes.values() for i, value in enumerate(cls.eigenvalues)
         ]
         write_atomic(folder / "eigenvalues.csv", _csv(spectra))
-        for label, cls in zip(file_labels(list(result.classes)), result.classes.values()):
+        labels = file_labels(list(result.classes))
+        summary = {
+            "by": result.by,
+            "left_out": result.left_out,
+            "classes": [
+                {"name": cls.name, "folder": label, "inputs": len(cls.inputs), "sizes": cls.sizes(), "eigenvalues": [float(v) for v in cls.eigenvalues]}
+                for label, cls in zip(labels, result.classes.values())
+            ],
+        }
+        write_json(folder / SUMMARY, summary)  # what the report page shows
+        for label, cls in zip(labels, result.classes.values()):
             (folder / label).mkdir(exist_ok=True)
             for stale in (folder / label).glob("cluster-*.*"):  # an earlier spray that found more clusters
                 stale.unlink(missing_ok=True)
