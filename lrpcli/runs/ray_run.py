@@ -177,15 +177,15 @@ def explain_rows_ray(
                 if shard is not None:
                     batch = batch.take(np.array([shard.owns(str(n)) for n in batch.numbers.tolist()], dtype=bool))
                 report.rows_in += len(batch)
-            if len(batch):
-                blocks.append(_block(len(blocks), batch))
+            if len(batch):  # into the object store at once: the driver keeps a reference per batch, not the rows
+                blocks.append(ray.put(_block(len(blocks), batch)))
     finally:
         table.close()
     fields = RowWriter(_Discard(), "jsonl", columns, top_k, classes)
     bulk = columnar.ArrowWriter(output, fmt, fields.fields, fields.relevance_names, classes, resolve_dtype(dtype).itemsize <= 4)
     if blocks:
         options = dict(targets=targets, classes=classes, device=device, dtype=dtype, init=init, source=source, top_k=top_k)
-        results = ray.data.from_arrow(blocks).map_batches(
+        results = ray.data.from_arrow_refs(blocks).map_batches(
             RowActor,
             fn_constructor_args=(make_explainer, columns, options),
             batch_size=None,
