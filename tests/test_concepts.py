@@ -252,3 +252,26 @@ def test_cli_concepts_refuses_bad_options(gray_world, extra, code, words):
     tmp, _ = gray_world
     run = lrp("concepts", tmp / "m.ts", tmp / "imgs", "--mode", "l", "-q", *extra, out=tmp / "o")
     refused(run, code, words)
+
+
+def test_cli_reference_shards_merge_to_the_single_runs_references_exactly(gray_world):
+    from cli_support import lrp, read_csv, refused, write_image
+
+    tmp, _ = gray_world
+    for i in range(5, 12):
+        write_image(tmp / "imgs" / f"i{i}.png", 40 + i, size=(8, 8), mode="L")
+    common = [tmp / "m.ts", tmp / "imgs", "--mode", "l", "--layer", "conv", "--reference", "3", "-q"]
+    single = lrp("concepts", *common, out=tmp / "one")
+    assert single.code == 0, single.describe()
+    for index in (1, 2, 3):
+        shard = lrp("concepts", *common, "--shard", f"{index}/3", out=tmp / "parts")
+        assert shard.code == 0, shard.describe()
+    merged = lrp("merge", tmp / "parts")
+    assert merged.code == 0, merged.describe()
+    expected, joined = read_csv(tmp / "one" / "references.csv"), read_csv(tmp / "parts" / "references.csv")
+    assert joined == expected
+    for row in expected:
+        assert (tmp / "parts" / row["crop"]).read_bytes() == (tmp / "one" / row["crop"]).read_bytes()
+    (tmp / "parts" / "references.shard-2-of-3.json").unlink()
+    refused(lrp("merge", tmp / "parts"), 5, "shard(s) 2/3 missing")
+    refused(lrp("concepts", tmp / "m.ts", tmp / "imgs", "--mode", "l", "--layer", "conv", "--shard", "1/2", out=tmp / "x"), 2, "--shard applies to --reference")

@@ -44,6 +44,7 @@ Examples:
   lrp concepts sample_models/shapes_minivgg/model.yaml sample_models/shapes_minivgg/images --layer features.3 --top 3 -o concepts
   lrp concepts sample_models/digits_cnn/model.yaml sample_models/digits_cnn/images --layer features.0 --channels 2,5
   lrp concepts sample_models/digits_cnn/model.yaml sample_models/digits_cnn/images --layer features.0 --reference 4
+  lrp concepts sample_models/digits_cnn/model.yaml sample_models/digits_cnn/images --layer features.0 --reference 2 --shard 1/2 -o refs
 """
 )
 @click.argument("model", type=click.Path(exists=True))
@@ -55,6 +56,7 @@ Examples:
 @click.option("--top", type=click.IntRange(min=1), help="Draw the conditional heatmaps of each input's K most relevant channels (default 5).")
 @click.option("--channels", metavar="C,C,...", help="Draw the conditional heatmaps of these channels (instead of --top); with --reference, rank only these.")
 @click.option("--reference", type=click.IntRange(min=1), metavar="K", help="Relevance maximisation: per channel the K inputs where it is most relevant (and most active), with the crop holding most of its conditional relevance: OUT/references.csv, OUT/references/<layer>/<channel>/<kind>-<rank>.png.")
+@click.option("--shard", metavar="K/N", help="With --reference: rank only shard K of N of the inputs (deterministic; for array jobs), written with a .shard-K-of-N suffix; `lrp merge OUT` joins the shards into the exact global top K.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="lrp-concepts", show_default=True, help="Output folder.")
 @target_option("pred (default), a class index, or a class name")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
@@ -79,6 +81,7 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     from ..errors import InputError, UsageError
     from ..runs.choices import TargetSpec, walk_start
     from ..runs.concepts import ConceptRun, run_concepts, run_references
+    from ..runs.shards import Shard
     from ..sources.files import load_class_names
 
     if not inputs:
@@ -87,6 +90,9 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         raise UsageError("--top and --channels exclude each other")
     if options["reference"] is not None and options["top"] is not None:
         raise UsageError("--top applies to conditional heatmaps; --reference ranks every channel (or --channels)")
+    if options["shard"] is not None and options["reference"] is None:
+        raise UsageError("--shard applies to --reference (ranking a dataset in parts)")
+    shard = Shard.parse(options["shard"])
     check_cmap(options["cmap"])
     spec = model_spec(model, options)
     preprocessing = spec_preprocessing(spec, options)
@@ -118,17 +124,20 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         device=options["device"],
         dtype=options["dtype"],
         cmap=options["cmap"],
+        shard=shard,
     )
-    with progress("ranking" if options["reference"] else "explaining", len(items), options["quiet"]) as advance:
+    count = len(shard.select(items)) if shard else len(items)
+    with progress("ranking" if options["reference"] else "explaining", count, options["quiet"]) as advance:
         explainer.stages = advance.stage
         if options["reference"]:
             rows = run_references(explainer, items, preprocessing, run, options["reference"], progress=advance)
-            written = f"references.csv, references/ ({len(rows)} crops)"
+            written = f"references{shard.suffix if shard else ''}.csv, references/ ({len(rows)} crops)"
         else:
             rows = run_concepts(explainer, items, preprocessing, run, progress=advance)
             written = f"concepts.csv, concepts/ ({len(rows)} conditional heatmaps)"
     if not options["quiet"]:
-        info(f"layer {run.layer}: {run.written if not options['reference'] else len(items) - len(run.failures)} of {len(items)} input(s) -> {out}/ ({written})")
+        done = run.written if not options["reference"] else count - len(run.failures)
+        info(f"layer {run.layer}: {done} of {count} input(s){f' (shard {shard})' if shard else ''} -> {out}/ ({written})")
     if run.failures:
         for failure in run.failures:
             failed("failed", f"{failure.input}: {failure.message}")

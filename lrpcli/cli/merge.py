@@ -27,12 +27,18 @@ def merge(sources: tuple[str, ...], out: str | None) -> None:
     shards of different models or composites, and missing or repeated shards.
     """
     from ..errors import CheckFailed, UsageError
+    from ..runs.concepts import merge_references, reference_shards
     from ..runs.merge import merge as merge_runs
 
     if out is None:
         if len(sources) != 1:
             raise UsageError("give -o OUT when merging several folders")
         out = sources[0]
+    if any(reference_shards(Path(s)) for s in sources):  # `lrp concepts --reference K --shard I/N`
+        joined = merge_references([Path(s) for s in sources], Path(out))
+        info(f"merged the references of {joined['shards']} shard(s) -> {out}/references.csv")
+        if not any(any(Path(s).glob("summary*.csv")) for s in sources):
+            return
     result = merge_runs([Path(s) for s in sources], Path(out))
     shards = f" from shards {', '.join(result['shards'])}" if result["shards"] else ""
     info(f"merged {result['rows']} row(s){shards} -> {out}/summary.csv, {out}/conservation.json")

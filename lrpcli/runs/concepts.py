@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -28,6 +29,7 @@ from ..errors import InputError, UsageError
 from ..outputs import inside, safe_label, save_array, write_atomic
 from ..render.heatmaps import enlarge, heatmap_rgb, png_bytes
 from .choices import Failure, resolve_device, resolve_dtype
+from .shards import Shard, suffix
 
 
 @dataclass
@@ -179,6 +181,10 @@ class TopK:
                 keep = np.flatnonzero(column >= np.partition(column, len(column) - self.k)[len(column) - self.k])
             self.best[c] = self._top(self.best[c] + [(float(column[i]), str(names[i])) for i in keep])
 
+    def extend(self, channel: int, pairs: Sequence[tuple[float, str]]) -> None:
+        """Offer (value, input) pairs for one channel (e.g. read back from a shard's file)."""
+        self.best[channel] = self._top(self.best[channel] + list(pairs))
+
     def merge(self, other: "TopK") -> "TopK":
         if (other.k, other.channels) != (self.k, self.channels):
             raise UsageError(f"cannot merge a top-{other.k} of {other.channels} channels into a top-{self.k} of {self.channels}")
@@ -254,6 +260,7 @@ class ConceptRun:
     dtype: str = "float32"
     cmap: str = "bwr"
     share: float = 0.8  # of the positive conditional relevance a reference crop holds
+    shard: Shard | None = None  # --reference: rank this shard's inputs only (merged exactly by merge_references)
     failures: list[Failure] = field(default_factory=list)
     written: int = 0
 
@@ -318,8 +325,17 @@ def run_references(explainer: Explainer, items: Sequence[ImageInput], preprocess
     """``lrp concepts MODEL DATASET --reference K``: per channel (all, or the named ones) the K inputs where it is
     most relevant and the K where it is most active, each with the crop of the input holding ``run.share`` of the
     channel's positive conditional relevance there: OUT/references.csv and
-    OUT/references/<layer>/<channel>/<kind>-<rank>.png. Returns the rows."""
+    OUT/references/<layer>/<channel>/<kind>-<rank>.png. Returns the rows.
+
+    With ``run.shard``: only that shard's inputs, written as references.shard-I-of-N.csv (with a .json saying K,
+    the layer and its channel count) and <kind>-<rank>.shard-I-of-N.png; :func:`merge_references` joins them.
+    A crop depends only on the input and the channel, so the merged top K takes its crops from the shards."""
     targets: dict[str, int] = {}
+    sfx = suffix(run.shard)
+    if run.shard is not None:
+        total, items = len(items), run.shard.select(items)
+        if not items:
+            raise InputError(f"shard {run.shard} holds none of the {total} input(s)", hint="use fewer shards")
 
     def counted() -> Iterator[tuple[list[str], torch.Tensor]]:
         for good, x in _load(items, preprocessing, run):
@@ -356,7 +372,7 @@ def run_references(explainer: Explainer, items: Sequence[ImageInput], preprocess
     rows_out = []
     for kind, channel, rank, name, value in wanted:
         top, left, bottom, right = boxes[name, channel]
-        picture = f"references/{safe_label(run.layer)}/{channel}/{kind}-{rank}.png"
+        picture = f"references/{safe_label(run.layer)}/{channel}/{kind}-{rank}{sfx}.png"
         crop = pixels[name][top:bottom, left:right]
         crop = crop if crop.shape[2] == 3 else crop.repeat(3, axis=2)
         write_atomic(inside(run.out, picture), png_bytes(enlarge(np.ascontiguousarray(crop), 64)))
@@ -364,5 +380,57 @@ def run_references(explainer: Explainer, items: Sequence[ImageInput], preprocess
             {"layer": run.layer, "channel": channel, "kind": kind, "rank": rank, "input": name, "value": value,
              "top": top, "left": left, "bottom": bottom, "right": right, "crop": picture}
         )
-    _write_csv(run.out / "references.csv", rows_out, REFERENCE_COLUMNS)
+    _write_csv(run.out / f"references{sfx}.csv", rows_out, REFERENCE_COLUMNS)
+    if run.shard is not None:
+        about = {"layer": run.layer, "k": k, "channels": channels, "shard": str(run.shard)}
+        write_atomic(run.out / f"references{sfx}.json", json.dumps(about).encode("utf-8"))
     return rows_out
+
+
+def reference_shards(folder: Path) -> list[Path]:
+    """The references.shard-I-of-N.json files a sharded ``--reference`` run left in ``folder``."""
+    return sorted(Path(folder).glob("references.shard-*-of-*.json"))
+
+
+def merge_references(sources: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Join the shards of a ``--reference`` run: per channel and kind the global top K (ties to the input name
+    sorting first, as in one run), exactly, from the shards' own top K; each crop copied from its shard.
+    Refuses missing or repeated shards and shards of different layers, K or channels."""
+    abouts: dict[int, tuple[Path, dict[str, Any]]] = {}
+    for source in sources:
+        for path in reference_shards(source):
+            about = json.loads(path.read_text(encoding="utf-8"))
+            index, count = (int(v) for v in about["shard"].split("/"))
+            if index in abouts:
+                raise InputError(f"shard {about['shard']} is in both {abouts[index][0].parent} and {path.parent}")
+            abouts[index] = (path, {**about, "count": count})
+    if not abouts:
+        raise InputError(f"no references.shard-*.json in {', '.join(map(str, sources))}", hint="run lrp concepts ... --reference K --shard I/N first")
+    first = next(iter(abouts.values()))[1]
+    for path, about in abouts.values():
+        for key in ("layer", "k", "channels", "count"):
+            if about[key] != first[key]:
+                raise InputError(f"{path}: {key} {about[key]!r}, another shard has {first[key]!r}", hint="merge shards of one run")
+    missing = sorted(set(range(1, first["count"] + 1)) - set(abouts))
+    if missing:
+        named = ", ".join(f"{i}/{first['count']}" for i in missing)
+        raise InputError(f"shard(s) {named} missing", hint="run them, or give their folders")
+    channels, k = first["channels"], first["k"]
+    tables = {kind: TopK(k, len(channels)) for kind in ("relevance", "activation")}
+    found: dict[tuple[str, int, str], tuple[Path, dict[str, str]]] = {}
+    for path, _ in abouts.values():
+        with path.with_suffix(".csv").open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                tables[row["kind"]].extend(channels.index(int(row["channel"])), [(float(row["value"]), row["input"])])
+                found[row["kind"], int(row["channel"]), row["input"]] = (path.parent, row)
+    rows_out = []
+    out.mkdir(parents=True, exist_ok=True)
+    for kind, table in tables.items():
+        for slot, channel in enumerate(channels):
+            for rank, (name, value) in enumerate(table.ranking(slot), 1):
+                folder, row = found[kind, channel, name]
+                picture = f"references/{safe_label(first['layer'])}/{channel}/{kind}-{rank}.png"
+                write_atomic(inside(out, picture), (folder / row["crop"]).read_bytes())
+                rows_out.append({**row, "rank": rank, "value": value, "crop": picture})
+    _write_csv(out / "references.csv", rows_out, REFERENCE_COLUMNS)
+    return {"rows": len(rows_out), "shards": len(abouts)}
