@@ -213,6 +213,16 @@ def test_cli_concepts_writes_every_channel_and_the_chosen_maps_which_sum_to_the_
     assert top.code == 0, top.describe()
     chosen = {p.stem for p in (tmp / "top" / "concepts" / "i2" / "conv").glob("*.npy")}
     assert chosen == {str(c) for c in np.argsort(-per_channel)[:2]}
+    _page_shows_every_picture(tmp / "top", {f"concepts/i{i}/conv/{p.stem}.png" for i in range(5) for p in (tmp / "top" / "concepts" / f"i{i}" / "conv").glob("*.npy")})
+
+
+def _page_shows_every_picture(out, pictures):
+    import re
+
+    html = (out / "concepts.html").read_text(encoding="utf-8")
+    shown = set(re.findall(r'<img src="([^"]+)"', html))
+    assert shown == pictures and all((out / p).is_file() for p in shown)
+    assert "<script" not in html and "http" not in html.split("Content-Security-Policy")[1].split(">")[1]
 
 
 def test_cli_reference_ranks_equal_the_ranking_of_concepts_csv(gray_world):
@@ -234,6 +244,7 @@ def test_cli_reference_ranks_equal_the_ranking_of_concepts_csv(gray_world):
             for r in ranked:
                 assert 0 <= int(r["top"]) < int(r["bottom"]) <= 8 and 0 <= int(r["left"]) < int(r["right"]) <= 8
                 assert run.png(r["crop"]).shape[2] == 3
+    _page_shows_every_picture(tmp / "r", {r["crop"] for r in references})
 
 
 @pytest.mark.parametrize(

@@ -135,6 +135,13 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         else:
             rows = run_concepts(explainer, items, preprocessing, run, progress=advance)
             written = f"concepts.csv, concepts/ ({len(rows)} conditional heatmaps)"
+    from ..report.concepts import write_concepts_page
+
+    if shard is None:
+        try:  # the page is extra: failing to write it leaves the results as they are
+            write_concepts_page(out, None if options["reference"] else rows)
+        except Exception as exc:  # noqa: BLE001
+            warn(f"could not write {out}/concepts.html: {getattr(exc, 'message', None) or exc}")
     if not options["quiet"]:
         done = run.written if not options["reference"] else count - len(run.failures)
         info(f"layer {run.layer}: {done} of {count} input(s){f' (shard {shard})' if shard else ''} -> {out}/ ({written})")
