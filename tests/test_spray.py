@@ -137,6 +137,15 @@ def test_spectrum_counts_connected_components():
     assert eigengap(values, 5) == 3
 
 
+def test_the_sparse_spectrum_of_a_larger_class_counts_components_too():
+    """Above 300 maps the spectrum comes from sparse Lanczos (eigsh), which must find a repeated zero as well."""
+    rng = np.random.default_rng(1)
+    points = np.concatenate([centre + 0.01 * rng.standard_normal((100, 6)) for centre in np.eye(6)[:4] * 10])
+    values, _ = spectrum(points, neighbors=10, count=9)
+    np.testing.assert_allclose(values[:4], 0.0, atol=1e-8)
+    assert values[4] > 0.05 and eigengap(values, 8) == 4
+
+
 def test_not_an_image_run_is_a_named_error(tmp_path):
     with pytest.raises(InputError, match="not a folder"):
         spray(tmp_path / "missing")

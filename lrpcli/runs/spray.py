@@ -143,7 +143,7 @@ def spectrum(points: np.ndarray, neighbors: int, count: int) -> tuple[np.ndarray
     graph = ((graph + graph.T) > 0).astype(np.float64)  # symmetric: i and j are neighbours if either is the other's
     lap = laplacian(sparse.csr_matrix(graph), normed=True)
     count = min(count, n)
-    if n <= 1000 or count >= n - 1:
+    if n <= 300 or count >= n - 1:  # small: dense is exact and quick; larger: sparse Lanczos, memory ~ n * count
         values, vectors = np.linalg.eigh(lap.toarray())
         return _tidy(values[:count]), vectors[:, :count]
     # the largest of 2I - L are the smallest of L: a well-conditioned Lanczos problem, no shift-invert
