@@ -286,3 +286,16 @@ def test_cli_reference_shards_merge_to_the_single_runs_references_exactly(gray_w
     (tmp / "parts" / "references.shard-2-of-3.json").unlink()
     refused(lrp("merge", tmp / "parts"), 5, "shard(s) 2/3 missing")
     refused(lrp("concepts", tmp / "m.ts", tmp / "imgs", "--mode", "l", "--layer", "conv", "--shard", "1/2", out=tmp / "x"), 2, "--shard applies to --reference")
+
+
+def test_cli_concepts_skips_a_bad_image_and_exits_5_or_stops_with_on_error_fail(gray_world):
+    from cli_support import lrp, read_csv, refused
+
+    tmp, _ = gray_world
+    (tmp / "imgs" / "broken.png").write_bytes(b"not a png")
+    skipped = lrp("concepts", tmp / "m.ts", tmp / "imgs", "--mode", "l", "--layer", "conv", "--top", "1", "-q", out=tmp / "s")
+    refused(skipped, 5, "broken.png", "1 of 6 input(s) failed")
+    assert {r["input"] for r in read_csv(tmp / "s" / "concepts.csv")} == {f"i{i}.png" for i in range(5)}
+    stopped = lrp("concepts", tmp / "m.ts", tmp / "imgs", "--mode", "l", "--layer", "conv", "--on-error", "fail", "-q", out=tmp / "f")
+    refused(stopped, 5, "broken.png")
+    assert not (tmp / "f" / "concepts.csv").exists()

@@ -13,10 +13,10 @@ from lrpcli.cli import main
 #: option -> the commands that must take it (issue #16's table)
 SHARED = {
     "--json": ["inspect", "check-conservation", "evaluate"],
-    "--on-error": ["explain", "compare", "evaluate", "check-conservation"],
-    "--device": ["explain", "compare", "evaluate", "check-conservation"],
-    "--target": ["explain", "compare", "check-conservation"],
-    "--composite": ["explain", "inspect", "check-conservation", "compare", "evaluate"],
+    "--on-error": ["explain", "compare", "evaluate", "check-conservation", "concepts"],
+    "--device": ["explain", "compare", "evaluate", "check-conservation", "concepts"],
+    "--target": ["explain", "compare", "check-conservation", "concepts"],
+    "--composite": ["explain", "inspect", "check-conservation", "compare", "evaluate", "concepts"],
 }
 
 

@@ -15,6 +15,7 @@ from .options import (
     contrast_option,
     device_option,
     fit_preprocessing,
+    on_error_option,
     load_model_option,
     model_options,
     model_spec,
@@ -65,6 +66,7 @@ Examples:
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Rows per batch: inputs, or an input's conditions (one per channel).")
 @device_option
 @click.option("--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]), default="float32", show_default=True)
+@on_error_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     """Which channels of a layer MODEL's decision used on image INPUTS, and where (Concept Relevance Propagation).
@@ -125,6 +127,7 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         dtype=options["dtype"],
         cmap=options["cmap"],
         shard=shard,
+        on_error=options["on_error"],
     )
     count = len(shard.select(items)) if shard else len(items)
     with progress("ranking" if options["reference"] else "explaining", count, options["quiet"]) as advance:

@@ -260,6 +260,7 @@ class ConceptRun:
     dtype: str = "float32"
     cmap: str = "bwr"
     share: float = 0.8  # of the positive conditional relevance a reference crop holds
+    on_error: str = "skip"  # "fail": stop at the first input that cannot be read
     shard: Shard | None = None  # --reference: rank this shard's inputs only (merged exactly by merge_references)
     failures: list[Failure] = field(default_factory=list)
     written: int = 0
@@ -275,6 +276,8 @@ def _load(items: Sequence[ImageInput], preprocessing: Preprocessing, run: Concep
                 tensors.append(preprocessing.tensor(preprocessing.pixels(item.path)))
                 good.append(item)
             except InputError as exc:
+                if run.on_error == "fail":
+                    raise
                 run.failures.append(Failure(item.name, exc.message))
         if good:
             yield good, torch.stack(tensors).to(device=device, dtype=dtype)
