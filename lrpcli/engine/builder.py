@@ -62,9 +62,17 @@ class _Builder:
         self.extra_inputs: tuple[str, ...] = ()
         self.fresh_storages: set[int] = set()  # storages of constants the model made itself (x.new_zeros(...))
 
-    def build(self, extras: bool = False) -> Graph:
+    def build(self, extras: bool = False, explained: int = 1) -> Graph:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
-        if extras and placeholders:  # the first input is explained; the others carry no relevance
+        if explained > 1 and len(placeholders) < explained:
+            raise ModelError(f"the model takes {len(placeholders)} input(s); {explained} were given to explain")
+        more = placeholders[1:explained]  # further explained inputs: live, each a start of token ids' views too
+        for extra in more:
+            self.live.add(extra.name)
+            self._note_dtype(extra)
+            self.id_views.add(extra.name)
+        placeholders = placeholders[:1] + placeholders[explained:]
+        if extras and placeholders:  # the explained inputs come first; the others carry no relevance
             for extra in placeholders[1:]:
                 self.live.add(extra.name)
                 self.meta.add(extra.name)
@@ -85,6 +93,8 @@ class _Builder:
         dynamic = bool(shape) and not isinstance(shape[0], int)
         self.batch_symbol = shape[0].node.expr if dynamic and isinstance(shape[0], torch.SymInt) else None
         self.batch_dims[inp.name] = 0
+        for extra in more:
+            self.batch_dims[extra.name] = 0
         input_shape = tuple(int(s) if isinstance(s, int) else -1 for s in shape)
         output_name = None
         for fx_node in self.gm.graph.nodes:
@@ -116,6 +126,7 @@ class _Builder:
             input_shape=input_shape,
             dynamic_batch=dynamic,
             extra_inputs=self.extra_inputs,
+            more_inputs=tuple(p.name for p in more),
         )
 
     # -- helpers
@@ -418,7 +429,7 @@ def _get_attr(gm: torch.nn.Module, target: str) -> Any:
     return obj
 
 
-def from_graph_module(gm: torch.fx.GraphModule, source: str, extras: bool = False) -> Graph:
-    """Build a Graph from the fx GraphModule of an ExportedProgram (``ep.module()``); with ``extras``, inputs
-    after the first are extra inputs that are never explained."""
-    return _Builder(gm, source).build(extras)
+def from_graph_module(gm: torch.fx.GraphModule, source: str, extras: bool = False, explained: int = 1) -> Graph:
+    """Build a Graph from the fx GraphModule of an ExportedProgram (``ep.module()``): its first ``explained``
+    inputs get relevance; with ``extras``, the inputs after them are extra inputs that are never explained."""
+    return _Builder(gm, source).build(extras, explained)

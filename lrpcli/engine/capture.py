@@ -19,15 +19,23 @@ from .experts import dense_experts
 from .graph import Graph
 
 
-def capture(model: Any, example: torch.Tensor, exact_batch: bool = False, extras: dict[str, torch.Tensor] | None = None) -> Graph:
+def capture(
+    model: Any, example: torch.Tensor | tuple[torch.Tensor, ...], exact_batch: bool = False, extras: dict[str, torch.Tensor] | None = None
+) -> Graph:
     """Capture ``model`` (nn.Module, ScriptModule or ExportedProgram) as a Graph.
 
     ``example`` is one input batch; its shape fixes everything but the batch size,
     unless the model itself fixes the batch size (then ``exact_batch`` captures for
-    exactly ``example``'s batch).
+    exactly ``example``'s batch). A tuple of batches: the model's first positional inputs, each explained.
     """
+    explained = len(example) if isinstance(example, tuple) else 1
     if isinstance(model, torch.export.ExportedProgram):
-        return from_graph_module(model.module(), "exported_program", extras=bool(extras))
+        return from_graph_module(model.module(), "exported_program", extras=bool(extras), explained=explained)
+    if explained > 1 and isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(
+            "several explained inputs are supported for nn.Modules and exported programs, not yet for TorchScript files",
+            hint="save the model with torch.export.save (.pt2), or pass the architecture and its state dict",
+        )
     if extras and isinstance(model, torch.jit.ScriptModule):
         raise ModelError(
             "extra inputs are supported for nn.Modules and exported programs, not yet for TorchScript files",
@@ -40,7 +48,7 @@ def capture(model: Any, example: torch.Tensor, exact_batch: bool = False, extras
     if isinstance(model, torch.nn.Module):
         with dense_experts(model) as swapped:  # mixture-of-experts blocks: every expert on every token
             program = export_module(model, example, exact_batch, extras).module()
-        graph = from_graph_module(program, "export", extras=bool(extras))
+        graph = from_graph_module(program, "export", extras=bool(extras), explained=explained)
         if swapped:
             _check_dense(graph, model, example, extras, swapped)
             graph = graph.replace(notes=graph.notes + [f"mixture-of-experts blocks computed densely, the router's weights held constant: {', '.join(swapped)}"])
@@ -94,45 +102,79 @@ def _example_batch(example: torch.Tensor) -> torch.Tensor:
 
 
 def export_module(
-    model: torch.nn.Module, example: torch.Tensor, exact_batch: bool = False, extras: dict[str, torch.Tensor] | None = None
+    model: torch.nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    exact_batch: bool = False,
+    extras: dict[str, torch.Tensor] | None = None,
 ) -> torch.export.ExportedProgram:
     """torch.export an eager module in eval mode with a dynamic batch dimension; ``extras`` are further
-    keyword inputs (an attention mask), batch first like the example."""
+    keyword inputs (an attention mask), batch first like the example. A tuple ``example``: the first
+    positional inputs, their batch dims one shared dim (the samples of every input are the same samples)."""
     was_training = model.training
     model.eval()
     extras = dict(extras or {})
+    examples = example if isinstance(example, tuple) else (example,)
+    names = _explained_names(model, extras, len(examples))
+    by_name = names is not None and _held_before(model, extras, names)
+
+    def export(args: tuple, kwargs: dict, dims: Any) -> torch.export.ExportedProgram:
+        if by_name:  # an input held with inputs= comes before an explained one: all by name, the explained first
+            kwargs, args = {**dict(zip(names, args)), **kwargs}, ()
+        return _without_vmap(torch.export.export(model, args, kwargs=kwargs or None, dynamic_shapes=dims))
+
     try:
         with _quiet_torch():
             if not exact_batch:
                 try:
                     batch = {name: _example_batch(value) for name, value in extras.items()}
-                    dims = ({0: torch.export.Dim.AUTO},) + tuple({0: torch.export.Dim.AUTO} for _ in batch)
+                    first = {0: torch.export.Dim("batch")} if len(examples) > 1 else {0: torch.export.Dim.AUTO}
+                    dims = tuple(first for _ in examples) + tuple({0: torch.export.Dim.AUTO} for _ in batch)
                     if batch:
-                        dims = _named_dims(model, dims, list(batch))
-                    return _without_vmap(torch.export.export(model, (_example_batch(example),), kwargs=batch or None, dynamic_shapes=dims))
+                        dims = {**dict(zip(names or [], dims)), **dict(zip(batch, dims[len(examples):]))}
+                    return export(tuple(_example_batch(value) for value in examples), batch, dims)
                 except Exception:  # e.g. code that bakes the batch size in: capture for exactly this batch
                     pass
             fixed = {name: value.detach() for name, value in extras.items()}
-            return _without_vmap(torch.export.export(model, (example.detach(),), kwargs=fixed or None))
+            return export(tuple(value.detach() for value in examples), fixed, None)
     except Exception as exc:  # torch raises many kinds here; all mean "cannot capture"
+        shapes = " and ".join(str(tuple(value.shape)) for value in examples)
         hint = (
-            "the model's forward must be traceable by torch.export for an input shaped "
-            f"{tuple(example.shape)}; check the input shape (it holds a batch: (N, C, H, W) images, (N, F) rows, "
+            "the model's forward must be traceable by torch.export for inputs shaped "
+            f"{shapes}; check the input shape (it holds a batch: (N, C, H, W) images, (N, F) rows, "
             "x[None] for one input), or save the model with torch.jit.script"
         )
-        if isinstance(exc, TypeError) and "argument" in str(exc):
+        if isinstance(exc, TypeError) and "too many positional" in str(exc) and len(examples) > 1:
+            hint = f"x holds {len(examples)} inputs; give as many as forward takes, in its order (held ones with inputs=)"
+        elif isinstance(exc, TypeError) and "argument" in str(exc):
             hint = "give the model's other inputs (e.g. an attention mask) with inputs={name: tensor}, or wrap it so that forward takes one tensor"
         raise ModelError(f"torch.export could not capture {type(model).__name__}: {_first_line(exc)}", hint=hint) from exc
     finally:
         model.train(was_training)
 
 
-def _named_dims(model: torch.nn.Module, dims: tuple, extras: list[str]) -> dict[str, Any]:
-    """torch.export wants dynamic shapes by parameter name once keyword inputs are given."""
+def _parameters(model: torch.nn.Module) -> list[str]:
+    """The names of forward's parameters that take one value each (not ``*args``/``**kwargs``)."""
     import inspect
 
-    first = next(iter(inspect.signature(model.forward).parameters))
-    return {first: dims[0], **{name: spec for name, spec in zip(extras, dims[1:])}}
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _explained_names(model: torch.nn.Module, extras: dict, count: int) -> list[str] | None:
+    """The parameters the explained inputs fill: forward's first ``count`` parameters that ``extras`` (the
+    inputs held constant) do not name; None where forward's signature does not say."""
+    free = [name for name in _parameters(model) if name not in extras]
+    return free[:count] if len(free) >= count else None
+
+
+def _held_before(model: torch.nn.Module, extras: dict, names: list[str]) -> bool:
+    """Whether a held input comes before an explained one in forward's signature (then positions do not fit)."""
+    parameters = _parameters(model)
+    last = max(parameters.index(name) for name in names)
+    return any(name in extras for name in parameters[:last])
 
 
 def _without_vmap(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:

@@ -51,7 +51,8 @@ class Contrast:
 class Explanation:
     """What ``explain`` returns."""
 
-    relevance: torch.Tensor  # shaped like the input
+    #: shaped like the input; a tuple with one relevance per input where ``explain`` was given a tuple of inputs
+    relevance: torch.Tensor | tuple[torch.Tensor, ...]
     outputs: torch.Tensor  # the model's outputs (logits)
     targets: torch.Tensor  # (batch,) the explained output unit per sample
     initial: torch.Tensor  # the relevance the walk started from, shaped like outputs
@@ -63,15 +64,23 @@ class Explanation:
     #: with layers=[...]: the relevance at the output of each named layer (module path or node name)
     layer_maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def heatmap(self, index: int = 0, cmap: str = "bwr", path: str | Path | None = None) -> "np.ndarray":
+    def of_input(self, input: int = 0) -> torch.Tensor:
+        """The relevance of one input: ``relevance`` itself for one input, else its ``input``-th part."""
+        if isinstance(self.relevance, tuple):
+            return self.relevance[input]
+        if input != 0:
+            raise UsageError(f"this explanation has one input; input {input} does not exist")
+        return self.relevance
+
+    def heatmap(self, index: int = 0, cmap: str = "bwr", path: str | Path | None = None, input: int = 0) -> "np.ndarray":
         """Sample ``index``'s relevance as an RGB image (H, W, 3, uint8; channels summed, red for and blue
         against the target, scaled to its own largest |R|), the picture `lrp explain` writes; saved as a PNG
-        too where ``path`` is given."""
+        too where ``path`` is given. ``input``: which input's relevance, where several were explained."""
         import numpy as np
 
         from ..render.heatmaps import heatmap_rgb, png_bytes
 
-        relevance = self.relevance[index].detach().double().cpu().numpy()
+        relevance = self.of_input(input)[index].detach().double().cpu().numpy()
         if relevance.ndim not in (2, 3):
             raise UsageError(f"a heatmap needs an image's relevance (C, H, W), got shape {relevance.shape}")
         image = np.ascontiguousarray(heatmap_rgb(relevance, cmap))
@@ -81,27 +90,29 @@ class Explanation:
             write_output(Path(path), png_bytes(image))
         return image
 
-    def plot(self, index: int = 0, cmap: str = "bwr", ax: Any = None) -> Any:
+    def plot(self, index: int = 0, cmap: str = "bwr", ax: Any = None, input: int = 0) -> Any:
         """Sample ``index``'s relevance drawn with matplotlib: an image with a colour bar (0 at the colour
-        map's centre), or a bar per feature or token; into ``ax`` where given. Returns the figure."""
+        map's centre), or a bar per feature or token; into ``ax`` where given. Returns the figure.
+        ``input``: which input's relevance, where several were explained."""
         from ..render.notebook import relevance_figure
 
-        relevance = self.relevance[index].detach().double().cpu().numpy()
+        relevance = self.of_input(input)[index].detach().double().cpu().numpy()
         return relevance_figure(relevance, cmap, title=f"sample {index}: target {int(self.targets[index])}", ax=ax)
 
     def _repr_html_(self) -> str:
-        """What a notebook shows: the heatmaps of images, or each row's most relevant features."""
+        """What a notebook shows: the heatmaps of images, or each row's most relevant features (of the first
+        input, where several were explained)."""
         from ..render.notebook import explanation_html
 
         def array(t: torch.Tensor):
             return t.detach().double().cpu().numpy()
 
-        return explanation_html(array(self.relevance), array(self.outputs), array(self.targets))
+        return explanation_html(array(self.of_input(0)), array(self.outputs), array(self.targets))
 
 
 def explain(
     model: Any,
-    x: torch.Tensor,
+    x: torch.Tensor | tuple[torch.Tensor, ...],
     composite: Any = "epsilon_plus_flat",
     target: Any = None,
     *,
@@ -117,6 +128,10 @@ def explain(
     """Explain ``model``'s output for the batch ``x`` with LRP.
 
     ``model``: nn.Module, ScriptModule, ExportedProgram or a path to a saved model.
+    ``x``: a batch, or a tuple (or list) of batches, the model's first positional inputs (an image and a table
+    row, an image and token ids), each batch first with the same samples: every one gets relevance, from one
+    walk, and ``Explanation.relevance`` is then a tuple shaped like ``x`` (captum's convention). Only
+    ``inputs=`` are held constant. (Such graphs are not kept in the CLI's disk cache.)
     ``composite``: a built-in name, a YAML path, a dict of the YAML's shape or a Composite.
     ``target``: None (the argmax), an int, or a tensor/list of ints (one per sample).
     ``init``: where the walk starts. "value": the target logit's value; "one-hot": 1 (zennit's seed); a tensor
@@ -128,7 +143,8 @@ def explain(
     logit difference (see :class:`Contrast`); with init "value" or "one-hot".
     ``params``: composite-wide parameter overrides (epsilon, gamma, low, high, stabilizer).
     ``inputs``: further keyword inputs of the model (an ``attention_mask``), one row per sample: held
-    constant, never explained (nn.Modules and exported programs).
+    constant, never explained (nn.Modules and exported programs). To hold an input constant, pass it here
+    by its parameter name rather than in ``x``.
     ``embedding_relevance``: for token ids, also return the token embeddings' relevance (batch, tokens,
     hidden) as ``Explanation.embedding``.
     ``layers``: module paths (``features.3``, see ``lrp inspect``) or graph node names whose output's
@@ -189,38 +205,51 @@ class Explainer:
 
     # -- graph preparation
 
-    def captured(self, x: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> Graph:
-        """The raw captured graph for inputs shaped like ``x`` (and the extra ``inputs``)."""
-        key = tuple(x.shape[1:]) + tuple((name, tuple(t.shape[1:]), t.dtype) for name, t in sorted((inputs or {}).items()))
+    def captured(self, x: torch.Tensor | tuple[torch.Tensor, ...], inputs: dict[str, torch.Tensor] | None = None) -> Graph:
+        """The raw captured graph for inputs shaped like ``x`` (a tensor or a tuple of them; and the extra ``inputs``)."""
+        several = isinstance(x, tuple)
+        if several:
+            key: tuple = ("explained",) + tuple((tuple(t.shape[1:]), t.dtype) for t in x)
+            exact_key: tuple = ("explained",) + tuple(tuple(t.shape) for t in x)
+        else:
+            key, exact_key = tuple(x.shape[1:]), tuple(x.shape)
+        key += tuple((name, tuple(t.shape[1:]), t.dtype) for name, t in sorted((inputs or {}).items()))
         try:
             cache = _CAPTURED.setdefault(self.model, {})
         except TypeError:  # not weak-referenceable
             cache = {}
         fingerprint = _fingerprint(self.model)
-        for graph_key in (key, tuple(x.shape)):
+        for graph_key in (key, exact_key):
             hit = cache.get(graph_key)
             if hit is not None and hit[0] == fingerprint:
                 return hit[1]
-        example = x.detach().to("cpu") if _on_cpu(self.model) else x.detach()
-        if example.is_floating_point():  # capture in the weights' dtype (token ids stay integers)
-            example = example.to(_model_dtype(self.model) or example.dtype)
-        extras = {name: t.detach().to(example.device) for name, t in (inputs or {}).items()} or None
-        graph = self._cached_on_disk(example, extras)
+        example = tuple(self._example(t) for t in x) if several else self._example(x)
+        lead = _lead(example)
+        extras = {name: t.detach().to(lead.device) for name, t in (inputs or {}).items()} or None
+        graph = None if several else self._cached_on_disk(example, extras)  # the disk cache keeps one-input graphs
         if graph is None:
             if self.stages:
                 self.stages("capturing the model")
             graph = capture(self.model, example, extras=extras)
             exact = False
-            if not graph.dynamic_batch and graph.input_shape[:1] != x.shape[:1] and not isinstance(
+            if not graph.dynamic_batch and graph.input_shape[:1] != _lead(x).shape[:1] and not isinstance(
                 self.model, torch.export.ExportedProgram
             ):
                 graph = capture(self.model, example, exact_batch=True, extras=extras)  # the model's code fixes the batch size
                 exact = True
-            self._keep_on_disk(graph, example, extras, exact or not graph.dynamic_batch)
+            if not several:
+                self._keep_on_disk(graph, example, extras, exact or not graph.dynamic_batch)
             if self.stages:
                 self.stages(None)
-        cache[key if graph.dynamic_batch else tuple(graph.input_shape)] = (fingerprint, graph)
+        cache[key if graph.dynamic_batch else (exact_key if several else tuple(graph.input_shape))] = (fingerprint, graph)
         return graph
+
+    def _example(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the capture's example: on the weights' device, in their dtype (token ids stay integers)."""
+        example = x.detach().to("cpu") if _on_cpu(self.model) else x.detach()
+        if example.is_floating_point():
+            example = example.to(_model_dtype(self.model) or example.dtype)
+        return example
 
     def _cached_on_disk(self, example: torch.Tensor, extras: dict | None) -> Graph | None:
         if self.graph_store is None:
@@ -235,9 +264,11 @@ class Explainer:
         if self.graph_store is not None:
             self.graph_store.store(graph, self.model, example, extras, exact)
 
-    def prepare(self, x: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> tuple[Graph, dict[str, Assigned]]:
-        """The canonized graph on x's device/dtype and the rule of every node."""
+    def prepare(self, x: torch.Tensor | tuple[torch.Tensor, ...], inputs: dict[str, torch.Tensor] | None = None) -> tuple[Graph, dict[str, Assigned]]:
+        """The canonized graph on x's device/dtype (the first floating input's, for several) and the rule of every node."""
         raw = self.captured(x, inputs)
+        floating = next((t for t in (x if isinstance(x, tuple) else (x,)) if t.is_floating_point()), None)
+        x = floating if floating is not None else _lead(x)
         if not raw.dynamic_batch and raw.input_shape and raw.input_shape[0] != x.shape[0]:
             raise InputError(
                 f"this model was saved for batches of exactly {raw.input_shape[0]}, got {x.shape[0]}",
@@ -260,7 +291,7 @@ class Explainer:
             hit = self._prepared[key] = (raw, *prepared)
         return hit[1], hit[2]
 
-    def forward(self, x: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...], inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The model's outputs for ``x`` (through the prepared graph), e.g. to choose targets."""
         x = _check_input(x)
         graph, _ = self.prepare(x, inputs)
@@ -272,7 +303,7 @@ class Explainer:
 
     def explain(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | tuple[torch.Tensor, ...],
         target: Any = None,
         *,
         init: Any = "value",
@@ -285,6 +316,7 @@ class Explainer:
     ) -> Explanation:
         """See :func:`explain`."""
         x = _check_input(x)
+        batch = _lead(x).shape[0]
         init = _start(init, contrast)
         graph, assigned = self.prepare(x, inputs)
         with torch.inference_mode():
@@ -292,15 +324,15 @@ class Explainer:
                 values = record(graph, x, inputs)
             except RuntimeError as exc:  # a shape torch rejects inside the model (often: no batch dimension)
                 raise ModelError(
-                    f"the model failed on an input shaped {tuple(x.shape)}: {str(exc).splitlines()[0][:200]}",
+                    f"the model failed on an input shaped {_shapes(x)}: {str(exc).splitlines()[0][:200]}",
                     hint="x holds a batch: (N, C, H, W) images, (N, F) rows, (N, T) token ids; x[None] for one input",
                 ) from exc
             outputs = values[graph.output]
             if not isinstance(outputs, torch.Tensor):
                 raise ModelError("the model's output is not a tensor")
-            if outputs.ndim == 0 or outputs.shape[0] != x.shape[0]:
+            if outputs.ndim == 0 or outputs.shape[0] != batch:
                 raise ModelError(
-                    f"the model returns {tuple(outputs.shape)} for a batch of {x.shape[0]} input(s): lrpcli explains "
+                    f"the model returns {tuple(outputs.shape)} for a batch of {batch} input(s): lrpcli explains "
                     "models whose output has one row per input",
                     hint="a model that mixes the samples of a batch (a mean over dim 0, a reshape across it) cannot be "
                     "explained per input; wrap it so that each input gets its own output row",
@@ -316,12 +348,15 @@ class Explainer:
                     targets = initial.abs().reshape(outputs.shape[0], -1).argmax(1)
             watched = layer_outputs(graph, layers)
             kept: dict[str, torch.Tensor] | None = {} if embedding_relevance or watched else None
-            masks = _condition_masks(graph, values, condition, x.shape[0]) if condition else None
+            masks = _condition_masks(graph, values, condition, batch) if condition else None
             relevance, totals = propagate(graph, assigned, values, initial, layer_relevance, kept, watched, masks)
         if totals is not None:
             totals = {name: _usable(layer) for name, layer in totals.items()}
-        if relevance is None:
-            relevance = torch.zeros(x.shape, dtype=outputs.dtype, device=x.device)
+        if isinstance(x, tuple):  # one relevance per input; zeros where none reached it
+            parts = relevance if isinstance(relevance, tuple) else (relevance,)
+            relevance = tuple(_usable(r) if r is not None else _no_relevance(t, outputs) for r, t in zip(parts, x))
+        elif relevance is None:
+            relevance = _no_relevance(x, outputs)
         return Explanation(
             relevance=_usable(relevance),
             outputs=_usable(outputs),
@@ -404,7 +439,39 @@ def _on_cpu(model: Any) -> bool:
     return all(t.device.type == "cpu" for t in model_tensors(model))
 
 
-def _check_input(x: Any) -> torch.Tensor:
+def _lead(x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The first input: its batch size is every input's."""
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _shapes(x: torch.Tensor | tuple[torch.Tensor, ...]) -> str:
+    return " and ".join(str(tuple(t.shape)) for t in x) if isinstance(x, tuple) else str(tuple(x.shape))
+
+
+def _no_relevance(x: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(x.shape, dtype=outputs.dtype, device=x.device)
+
+
+def _check_input(x: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """A batch checked; a tuple or list of batches checked one by one, with the same number of samples."""
+    if isinstance(x, (tuple, list)):
+        if len(x) == 0:
+            raise InputError("got an empty tuple of inputs", hint="give a tensor, or a tuple of tensors (one per model input)")
+        xs = []
+        for index, item in enumerate(x):
+            try:
+                if not isinstance(item, torch.Tensor):
+                    raise InputError(f"the input must be a torch.Tensor, got {type(item).__name__}", hint="convert it with torch.as_tensor")
+                xs.append(_check_input(item))
+            except InputError as exc:
+                raise InputError(f"input {index}: {exc.message}", hint=exc.hint) from None
+        sizes = [t.shape[0] for t in xs]
+        if len(set(sizes)) > 1:
+            raise InputError(
+                f"the inputs hold different numbers of samples ({', '.join(map(str, sizes))}): each is a batch of the same samples",
+                hint="give every input batch first with one row per sample",
+            )
+        return tuple(xs)
     if not isinstance(x, torch.Tensor):
         raise InputError(f"the input must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point() and x.dtype not in (torch.int64, torch.int32):

@@ -190,6 +190,13 @@ class Graph:
     dynamic_batch: bool = True
     notes: list[str] = field(default_factory=list)  # what canonizers did, for the user
     extra_inputs: tuple[str, ...] = ()  # further inputs (an attention mask): given per batch, never explained
+    #: further explained inputs after ``input`` (``explain(model, (x1, x2))``): each gets its own relevance
+    more_inputs: tuple[str, ...] = ()
+
+    @property
+    def explained(self) -> tuple[str, ...]:
+        """The inputs that get relevance, in the model's order."""
+        return (self.input,) + self.more_inputs
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -198,7 +205,7 @@ class Graph:
         raise KeyError(name)
 
     def consumers(self) -> dict[str, list[str]]:
-        users: dict[str, list[str]] = {self.input: []}
+        users: dict[str, list[str]] = {name: [] for name in self.explained}
         for node in self.nodes:
             users.setdefault(node.name, [])
             for ref in node.refs:
@@ -244,15 +251,16 @@ class Graph:
         for node in self.unsupported():
             raise UnsupportedOpError(node.op, node.name, node.module, node.module_type, hint=node.hint)
 
-    def run(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+    def run(self, x: Any, extras: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run the graph forward, keeping every node's output (names -> values)."""
         values: dict[str, Any] = self.inputs(x, extras)
         for node in self.nodes:
             values[node.name] = node.call(values)
         return values
 
-    def inputs(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The input and the extra inputs, by graph name (extras are matched by name, else in order)."""
+    def inputs(self, x: Any, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The input(s) and the extra inputs, by graph name (extras are matched by name, else in order); ``x`` is
+        a tuple of tensors where the graph explains several inputs."""
         extras = dict(extras or {})
         if len(extras) != len(self.extra_inputs):
             from ..errors import InputError
@@ -261,11 +269,16 @@ class Graph:
                 f"the model takes the extra input(s) {', '.join(self.extra_inputs) or '(none)'}; got {', '.join(extras) or 'none'}",
                 hint="pass them as inputs={name: tensor}, one row per sample",
             )
-        values: dict[str, Any] = {self.input: x}
+        xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        if len(xs) != len(self.explained):
+            from ..errors import InputError
+
+            raise InputError(f"the graph explains {len(self.explained)} input(s), got {len(xs)}", hint="give one tensor per explained input, in the model's order")
+        values: dict[str, Any] = dict(zip(self.explained, xs))
         given = list(extras.values())
         for index, name in enumerate(self.extra_inputs):
             values[name] = extras[name] if name in extras else given[index]
         return values
 
-    def __call__(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> torch.Tensor:
+    def __call__(self, x: Any, extras: dict[str, Any] | None = None) -> torch.Tensor:
         return self.run(x, extras)[self.output]

@@ -80,7 +80,7 @@ def derive_kinds(graph: Graph, integral: dict[str, bool]) -> Graph:
     and the dtypes it computes (``integral``: node or input name -> holds integers or booleans): the
     decisions graph._Builder makes during capture, never read from a file."""
     meta: set[str] = set(graph.extra_inputs)
-    id_views = {graph.input}
+    id_views = set(graph.explained)
     derived = []
     for node in graph.nodes:
         deps = node.refs

@@ -251,7 +251,7 @@ def propagate(
 ) -> tuple[torch.Tensor | None, dict[str, LayerRelevance] | None]:
     """Walk ``graph`` backward from ``initial`` (relevance of the output), freeing values as it goes.
 
-    Returns the input's relevance and, with ``record``, the per-node totals in graph order. ``kept``
+    Returns the input's relevance (a tuple, one per input, where the graph explains several) and, with ``record``, the per-node totals in graph order. ``kept``
     receives the relevance of the token embeddings (its "embedding" key) where the ids are looked up.
     ``masks``: node name -> a tensor the relevance reaching that node's output is multiplied by before its
     rule runs (Concept Relevance Propagation: keep chosen channels, one mask per row); ``kept`` still gets
@@ -314,6 +314,8 @@ def propagate(
             )
         values.pop(node.name, None)
     result = relevance.get(graph.input)
+    if graph.more_inputs:  # several explained inputs: one relevance each (None where none reached it)
+        result = tuple(relevance.get(name) for name in graph.explained)
     if record:
         layers = dict(reversed(list(layers.items())))
     return result, (layers if record else None)
