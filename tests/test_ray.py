@@ -29,9 +29,10 @@ def test_without_ray_the_message_names_the_extra(tmp_path, monkeypatch):
     assert not (tmp_path / "r.csv").exists()
 
 
-def test_ray_refuses_images_for_now(tmp_path):
-    images = SAMPLE.parent / "shapes_minivgg" / "images"
-    refused(lrp("explain", SAMPLE.parent / "shapes_minivgg" / "model.yaml", images, "--ray", "-q", "-o", tmp_path / "o"), 2, "--ray runs CSV")
+def test_ray_refuses_what_it_does_not_take_yet(tmp_path):
+    shapes = SAMPLE.parent / "shapes_minivgg"
+    run = lrp("explain", shapes / "model.yaml", shapes / "images", "--ray", "--resume", "-q", "-o", tmp_path / "o")
+    refused(run, 2, "--ray does not take --resume")
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +178,31 @@ def test_explain_dataset_names_a_bad_composite_before_it_starts(ray):
 
     with pytest.raises(ConfigError, match="unknown composite 'z'"):
         explain_dataset(ray.data.from_items([{"a": 1.0}]), "model.ts", "z", features=["a"])
+
+
+def test_images_through_ray_equal_a_plain_run(ray, tmp_path):
+    """The shapes sample's images: the same summary rows in the same order, the same relevance arrays (to float32
+    rounding: actors run torch with other thread counts), a heatmap per input, one run.json."""
+    import numpy as np
+
+    shapes = SAMPLE.parent / "shapes_minivgg"
+    bad = tmp_path / "images"
+    bad.mkdir()
+    for image in sorted((shapes / "images").iterdir())[:12]:
+        (bad / image.name).write_bytes(image.read_bytes())
+    (bad / "broken.png").write_bytes(b"not a png")
+    count = len(list(bad.iterdir()))
+    plain = lrp("explain", shapes / "model.yaml", bad, "-q", "-b", "5", "--no-report", "-o", tmp_path / "plain")
+    run = lrp("explain", shapes / "model.yaml", bad, "-q", "-b", "5", "--no-report", "--ray", "--workers", "2", "-o", tmp_path / "ray")
+    assert plain.code == run.code == 5, (plain.describe(), run.describe())
+    assert "broken.png" in run.stderr and f"1 of {count} input(s) failed" in run.stderr, run.describe()
+    with (tmp_path / "plain" / "summary.csv").open() as a, (tmp_path / "ray" / "summary.csv").open() as b:
+        rows_a, rows_b = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert len(rows_a) == count - 1 > 4 and [r["input"] for r in rows_b] == [r["input"] for r in rows_a]
+    for ra, rb in zip(rows_a, rows_b):
+        assert {k: ra[k] for k in ("prediction", "target", "heatmap", "relevance")} == {k: rb[k] for k in ("prediction", "target", "heatmap", "relevance")}
+        np.testing.assert_allclose(float(rb["relevance_sum"]), float(ra["relevance_sum"]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.load(tmp_path / "ray" / rb["relevance"]), np.load(tmp_path / "plain" / ra["relevance"]), rtol=1e-4, atol=1e-6)
+        assert (tmp_path / "ray" / rb["heatmap"]).is_file()
+    assert (tmp_path / "ray" / "run.json").is_file() and (tmp_path / "ray" / "manifest.jsonl").is_file()
+    assert not list((tmp_path / "ray").rglob("*.tmp*")), "a temporary file was left"

@@ -82,7 +82,7 @@ Examples:
 @device_option
 @click.option("--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes (default: by input count and CPUs); with --ray, the number of Ray actors (default 1).")
-@click.option("--ray", "ray", is_flag=True, help="Run on Ray (extra ray): the cluster RAY_ADDRESS names, else a local one; --workers N actors, each loading the model once. CSV/Parquet rows; same outputs as a plain run.")
+@click.option("--ray", "ray", is_flag=True, help="Run on Ray (extra ray): the cluster RAY_ADDRESS names, else a local one; --workers N actors, each loading the model once. Images and CSV/Parquet rows; the same outputs as a plain run.")
 @on_error_option
 @click.option("--resume", is_flag=True, help="Skip inputs whose outputs already exist in OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace results of another model or composite in OUT (refused otherwise).")
@@ -130,7 +130,7 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         if len(inputs) != 1:
             raise UsageError("give one file of texts (or - for stdin)")
         if options["ray"]:
-            raise UsageError("--ray runs CSV, JSON-lines and Parquet rows for now", hint="drop --ray for texts")
+            raise UsageError("--ray runs images and CSV, JSON-lines and Parquet rows for now", hint="drop --ray for texts")
         if options["heatmap_size"] != "model":
             raise UsageError("--heatmap-size applies to images", hint="drop it for texts")
         if options["max_new_tokens"] is not None or options["continuation_col"] or options["context_col"]:
@@ -155,8 +155,6 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
 
         explain_csv(model, spec, inputs[0], options)
         return
-    if options["ray"]:
-        raise UsageError("--ray runs CSV, JSON-lines and Parquet rows for now", hint="drop --ray for images, or use --shard K/N and lrp merge")
     check_cmap(options["cmap"])
     if options["report_path"] and options["no_report"]:
         raise UsageError("--report and --no-report exclude each other")
@@ -219,7 +217,12 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     quiet = options["quiet"]
     with progress("explaining", len(shard.select(items)) if shard else len(items), quiet) as advance:
         explainer.stages = advance.stage  # "capturing the model" while the first batch waits for the graph
-        report = explain_images(explainer, items, preprocessing, run_options, targets, classes, run_info, progress=advance)
+        run = explain_images
+        if options["ray"]:  # the same batches, explained by a pool of Ray actors
+            from .ray_hooks import ray_images
+
+            run = ray_images(model, options)
+        report = run(explainer, items, preprocessing, run_options, targets, classes, run_info, progress=advance)
     try:  # the page is extra: failing to write it leaves the run's results as they are
         from ..report import write_report
 

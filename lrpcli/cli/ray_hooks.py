@@ -20,13 +20,14 @@ class ExplainerFactory:
     model: str
     options: dict[str, Any]
     default: str = "epsilon_plus_flat"
+    composite: Any = None  # the driver's resolved composite (z^B bounds from the preprocessing included), if built
     cwd: str = field(default_factory=os.getcwd)
 
     def __call__(self) -> Any:
         if os.path.isdir(self.cwd):  # relative paths in the options are the driver's
             os.chdir(self.cwd)
         spec = model_spec(self.model, self.options)
-        composite = build_composite(self.options["composite"], spec, parse_params(self.options["params"]), default=self.default)
+        composite = self.composite or build_composite(self.options["composite"], spec, parse_params(self.options["params"]), default=self.default)
         return new_explainer(load_model_option(self.model, spec, self.options), composite, self.model, spec, self.options)
 
 
@@ -35,9 +36,22 @@ def ray_rows(model: str, options: dict[str, Any]) -> Callable[..., Any]:
     from ..runs.ray_run import explain_rows_ray
 
     options = {k: v for k, v in options.items()}
-    factory = ExplainerFactory(model, options, default="epsilon")
 
     def run(explainer: Any, handle: Any, source: str, output: Any, *, path: str, **kwargs: Any) -> Any:
+        factory = ExplainerFactory(model, options, composite=explainer.composite)
         return explain_rows_ray(factory, explainer.model, path, source, output, workers=options.get("workers"), **kwargs)
+
+    return run
+
+
+def ray_images(model: str, options: dict[str, Any]) -> Callable[..., Any]:
+    """A stand-in for :func:`lrpcli.runs.images.explain_images` (its call as ``lrp explain`` makes it) on Ray."""
+    from ..runs.ray_run import explain_images_ray
+
+    options = {k: v for k, v in options.items()}
+
+    def run(explainer: Any, items: Any, preprocessing: Any, run_options: Any, targets: Any, classes: Any, run_info: Any, progress: Any = None) -> Any:
+        factory = ExplainerFactory(model, options, composite=explainer.composite)
+        return explain_images_ray(factory, explainer, items, preprocessing, run_options, targets, classes, run_info, workers=options.get("workers"), progress=progress)
 
     return run

@@ -217,3 +217,145 @@ def explain_rows_ray(
             raise ModelError(f"the Ray run returned {following} of {len(blocks)} batches", hint="run again; report it if it repeats")
     bulk.close()
     return report
+
+
+class ImageActor:
+    """One actor of an image run: its explainer built once; each call decodes and explains whole batches of the
+    input list and writes their heatmaps and arrays itself (atomically, as the plain run does)."""
+
+    def __init__(self, make_explainer: Callable[[], Any], items: Any, preprocessing: Any, options: Any, targets: Any, classes: Any):
+        import ray
+
+        self.explainer = make_explainer()
+        items = ray.get(items) if isinstance(items, ray.ObjectRef) else items  # the input list, shipped once per run
+        self.items, self.preprocessing, self.options, self.targets, self.classes = items, preprocessing, options, targets, classes
+
+    def __call__(self, block: dict[str, Any]) -> dict[str, Any]:
+        import pickle
+
+        from ..data.images import ImageDataset
+        from .images import RunReport, _explain_batch, _first_line, _Inline
+
+        o = self.options
+        device, dtype = resolve_device(o.device), resolve_dtype(o.dtype)
+        out: dict[str, list[Any]] = {"seq": [], "result": []}
+        for seq, start in zip(block["seq"].tolist(), block["start"].tolist()):
+            items = self.items[start : start + o.batch_size]
+            data = ImageDataset(items, self.preprocessing, originals=o.heatmaps and o.heatmap_size == "input")
+            report = RunReport(out=o.out, total=len(items))
+            rows: list[dict[str, Any]] = []
+            failed: list[tuple[str, str]] = []
+            groups: dict[tuple[int, ...], list[Any]] = {}
+            for k in range(len(items)):
+                _, tensor, pixels, error = data[k]
+                if error is not None:
+                    failed.append((items[k].name, error))
+                else:
+                    groups.setdefault(tuple(tensor.shape), []).append((items[k], tensor, pixels))
+            for shape, good in groups.items():  # images of other sizes are tried as their own batch, as in a plain run
+                try:
+                    _, found, non_finite = _explain_batch(self.explainer, good, self.targets, self.classes, o, device, dtype, o.out, _Inline(), report, self.preprocessing)
+                except LrpError:
+                    raise
+                except RuntimeError as exc:
+                    why = _first_line(exc)
+                    failed += [(item.name, f"{item.path}: the model does not take a {'x'.join(map(str, shape))} input ({why}); pass --size H,W to resize images") for item, _, _ in good]
+                    continue
+                rows += found
+                failed += [(item.name, message) for item, message in non_finite]
+            out["seq"].append(seq)
+            out["result"].append(pickle.dumps((rows, failed, report.notes, report.explained)))
+        return out
+
+
+def explain_images_ray(
+    make_explainer: Callable[[], Any],
+    explainer: Any,
+    items: list[Any],
+    preprocessing: Any,
+    options: Any,
+    targets: TargetSpec,
+    classes: list[str] | None = None,
+    run_info: dict[str, Any] | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Any:
+    """:func:`lrpcli.runs.images.explain_images` on Ray: batches of ``options.batch_size`` inputs explained by
+    ``workers`` actors (default 1) that write the heatmaps and arrays; the driver keeps the manifest and writes one
+    summary.csv (rows in input order) and run.json at the end. ``explainer`` is the driver's (for run.json)."""
+    import pickle
+    import time
+
+    from ..outputs import output_errors, write_json, write_summary
+    from .image_files import input_roots, remove_stale_temporaries, result_settings, run_json
+    from .images import RunReport
+    from .shards import Manifest, fingerprint, output_lock
+    from ..render.heatmaps import Scale
+
+    options.scale = Scale.parse(options.scale)
+    if options.resume or options.shard is not None or options.scale.found_by_run or options.layers:
+        raise UsageError("--ray does not take --resume, --shard, --layers or --scale shared (found by the run) yet", hint="drop --ray for them, or give the scale: --scale shared:VALUE")
+    out = options.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out} is a file: image results go to a folder")
+    ray = require_ray()
+    connect(ray)
+    started = time.perf_counter()
+    run_info = {**(run_info or {}), **input_roots(items, out)}
+    report = RunReport(out=out, total=len(items))
+    with output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        with output_lock(out, None):
+            manifest = Manifest(out, None)
+            manifest.open(options.model_sha256, fingerprint(explainer.composite.to_dict()), len(items), resume=False, overwrite=options.overwrite, settings=result_settings(preprocessing, options, targets, classes))
+            try:
+                remove_stale_temporaries(out, items, targets)
+                starts = list(range(0, len(items), options.batch_size))
+                rows: list[dict[str, Any]] = []
+                if starts:
+                    results = ray.data.from_items([{"seq": k, "start": s} for k, s in enumerate(starts)]).map_batches(
+                        ImageActor,
+                        fn_constructor_args=(make_explainer, ray.put(items), preprocessing, options, targets, classes),
+                        batch_size=1,
+                        batch_format="numpy",
+                        concurrency=max(1, workers or 1),
+                        num_cpus=1,
+                        max_restarts=RETRIES,
+                        max_task_retries=RETRIES,
+                    )
+                    pending: dict[int, bytes] = {}
+                    following = 0
+                    for part in _surfacing(results.iter_batches(batch_size=None, batch_format="numpy")):
+                        for seq, result in zip(part["seq"].tolist(), part["result"]):
+                            pending.setdefault(seq, result)  # a batch redone after a restart counts once
+                        while following in pending:
+                            found, failed, notes, explained = pickle.loads(pending.pop(following))
+                            following += 1
+                            report.notes += [n for n in notes if n not in report.notes]
+                            for name, message in failed:
+                                manifest.record([name], "failed")
+                                if options.on_error == "fail":
+                                    raise InputError(message)
+                                report.failures.append(Failure(name, message))
+                            manifest.record(dict.fromkeys(row["input"] for row in found), "done")
+                            rows += found
+                            report.explained += explained
+                            if progress:
+                                progress(min(options.batch_size, len(items) - starts[following - 1]))
+                    if following != len(starts):
+                        raise ModelError(f"the Ray run returned {following} of {len(starts)} batches", hint="run again; report it if it repeats")
+            finally:
+                manifest.close()
+            by_input: dict[str, list[dict[str, Any]]] = {}
+            for row in rows:  # in input order, as a plain run writes them (a batch of mixed sizes is explained per size)
+                by_input.setdefault(row["input"], []).append(row)
+            rows = [row for item in items for row in by_input.get(item.name, [])]
+            report.rows = rows
+            if options.heatmaps and options.scale.mode == "shared":
+                report.scale = options.scale.value
+            write_summary(out / "summary.csv", rows)
+            report.seconds = time.perf_counter() - started
+            info = run_json(explainer, preprocessing, options, targets, report, run_info)
+            info["runs"] = manifest.runs()
+            write_json(out / "run.json", info)
+    return report
