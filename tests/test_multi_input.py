@@ -234,6 +234,19 @@ def test_the_explainer_and_the_captum_style_attribute_take_tuples():
     assert isinstance(parts, tuple) and parts[1].shape == x2.shape
 
 
+def test_an_exported_program_with_two_inputs():
+    model = _net(ConcatNet)
+    x1, x2 = _pair()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (x1, x2), dynamic_shapes=({0: batch}, {0: batch}))
+    eager = explain(model, (x1, x2), "epsilon")
+    saved = explain(program, (x1[:3], x2[:3]), "epsilon")
+    for mine, reference in zip(saved.relevance, eager.relevance):
+        torch.testing.assert_close(mine, reference[:3], rtol=0, atol=1e-15)
+    held = explain(program, x1, "epsilon", target=eager.targets, inputs={"x2": x2})
+    torch.testing.assert_close(held.relevance, eager.relevance[0], rtol=0, atol=1e-15)
+
+
 def test_clear_errors():
     model = _net(ConcatNet)
     x1, x2 = _pair()
@@ -245,6 +258,9 @@ def test_clear_errors():
         explain(model, ())
     with pytest.raises(ModelError, match="could not capture Linear"):  # more inputs than forward takes
         explain(nn.Linear(4, 3).double(), (x1, x1))
+    program = torch.export.export(model, (x1, x2), dynamic_shapes=({0: torch.export.Dim("b")}, {0: torch.export.Dim("b")}))
+    with pytest.raises(ModelError, match=r"takes 2 inputs; 1 given(.|\n)*explain\(model, \(x1, x2\)\)"):
+        explain(program, x1)
     scripted = torch.jit.trace(model, (x1, x2))
     with pytest.raises(ModelError, match="TorchScript"):
         explain(scripted, (x1, x2))

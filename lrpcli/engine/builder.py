@@ -81,8 +81,8 @@ class _Builder:
             placeholders = placeholders[:1]
         if len(placeholders) != 1:
             raise ModelError(
-                f"the model takes {len(placeholders)} inputs; lrpcli explains models with exactly one input tensor",
-                hint="wrap the model in a module whose forward takes one tensor",
+                f"the model takes {len(placeholders) + len(self.extra_inputs) + explained - 1} inputs; {explained} given",
+                hint="give them all as a tuple, explain(model, (x1, x2)), to explain each, or hold some with inputs={name: tensor}",
             )
         inp = placeholders[0]
         self.live.add(inp.name)
