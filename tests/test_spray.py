@@ -109,7 +109,8 @@ def test_the_page_shows_the_clusters(runs):
     spray(out, classes=["7"])
     html = write_report(out).read_text()
     section = html[html.index('id="spray"'):]
-    assert "spray/7/cluster-1.png" in section and "24 input(s)" in section and "35 input(s)" in section
+    assert "spray/7/cluster-1.png" in section and "spray/7/layout.png" in section
+    assert "24 input(s)" in section and "35 input(s)" in section
 
 
 def test_by_target_groups_every_row(runs):

@@ -45,8 +45,10 @@ def spray(out: str, by: str, clusters: str, grid: int, neighbors: int, classes: 
     a nearest-neighbour graph; its spectrum gives the clusters and a 2-D layout. A small,
     well-separated cluster is a distinct strategy, often a spurious one (a watermark, a
     border, a tag). Writes OUT/spray/clusters.csv (input, class, cluster, x, y: cluster 0
-    is the largest), OUT/spray/eigenvalues.csv and OUT/spray/<class>/cluster-<k>.npy and
-    .png (each cluster's mean map). Needs scikit-learn: pip install 'lrpcli[spray]'.
+    is the largest), OUT/spray/eigenvalues.csv, OUT/spray/<class>/cluster-<k>.npy and .png
+    (each cluster's mean map) and OUT/spray/<class>/layout.png (the inputs in 2-D, coloured
+    by cluster); an existing OUT/report.html gets a section with them. Needs scikit-learn:
+    pip install 'lrpcli[spray]'.
     """
     from pathlib import Path
 

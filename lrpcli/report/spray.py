@@ -39,5 +39,6 @@ def spray_section(out: Path, url: Callable[[str], str | None]) -> dict[str, Any]
             for index, size in enumerate(sizes)
         ]
         values = [float(v) for v in entry.get("eigenvalues") or [] if isinstance(v, (int, float))][:EIGENVALUES_SHOWN]
-        classes.append({"name": str(entry.get("name", "")), "inputs": sum(sizes), "clusters": clusters, "eigenvalues": values})
+        layout = url(f"spray/{entry['folder']}/layout.png")
+        classes.append({"name": str(entry.get("name", "")), "inputs": sum(sizes), "clusters": clusters, "eigenvalues": values, "layout": layout})
     return {"by": str(data.get("by", "prediction")), "classes": classes, "csv": quote("spray/clusters.csv")} if classes else None

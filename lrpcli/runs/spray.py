@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import InputError, UsageError
 from ..outputs import file_labels, output_errors, save_array, write_atomic, write_json
 
-SPRAY = "spray"  # OUT/spray/: clusters.csv, eigenvalues.csv, <class>/cluster-<k>.npy and .png
+SPRAY = "spray"  # OUT/spray/: clusters.csv, eigenvalues.csv, spray.json, <class>/cluster-<k>.npy and .png, <class>/layout.png
 SUMMARY = "spray.json"  # per class: its folder, cluster sizes, eigenvalues (read by the report page)
 INSTALL_HINT = "pip install 'lrpcli[spray]' (scikit-learn)"
 MAX_AUTO_CLUSTERS = 8
@@ -259,6 +259,7 @@ def _csv(rows: list[list[Any]]) -> bytes:
 def write_spray(out: Path, result: SprayResult, cmap: str = "bwr") -> Path:
     """OUT/spray/clusters.csv, eigenvalues.csv, spray.json and per class and cluster the mean map (.npy and .png)."""
     from ..render.heatmaps import save_heatmap
+    from ..render.spray import save_layout
 
     folder = Path(out) / SPRAY
     with output_errors(out):
@@ -283,6 +284,7 @@ def write_spray(out: Path, result: SprayResult, cmap: str = "bwr") -> Path:
             (folder / label).mkdir(exist_ok=True)
             for stale in (folder / label).glob("cluster-*.*"):  # an earlier spray that found more clusters
                 stale.unlink(missing_ok=True)
+            save_layout(folder / label / "layout.png", cls.layout, cls.labels, f"class {cls.name}: {len(cls.inputs)} inputs, {cls.clusters} cluster(s)")
             for cluster, mean in cls.means.items():
                 save_array(folder / label / f"cluster-{cluster}.npy", mean)
                 save_heatmap(folder / label / f"cluster-{cluster}.png", mean, cmap=cmap, legend=True, min_side=128)
