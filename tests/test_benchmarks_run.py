@@ -1,0 +1,72 @@
+"""The language-model and GPU benchmarks run (issue 28 item 5): ``benchmarks/gpu.py --toy`` and
+``benchmarks/llm_speed.py --toy`` at tiny sizes on the CPU, so that neither rots before a GPU is lent.
+
+Both run at once, each in a process of its own (they start LXT in processes of their own too). Their numbers
+are not checked (tiny models on a shared CPU); that every method of every model printed a row without failing is.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+
+pytest.importorskip("transformers")
+
+
+def _rows(out: str) -> dict[tuple[str, ...], list[str]]:
+    """Markdown table rows -> their cells, keyed by the cells before the numbers (model, dtype, method)."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and not set(cells[0]) <= {"-"} and cells[0] not in ("method", "model"):
+            key = tuple(cells[:3]) if len(cells) >= 8 else (cells[0],)
+            rows[key] = cells
+    return rows
+
+
+@pytest.fixture(scope="module")
+def runs():
+    started = {
+        name: subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / name), "--toy"], cwd=str(ROOT), env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("gpu.py", "llm_speed.py")
+    }
+    done = {}
+    for name, process in started.items():
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, f"benchmarks/{name} --toy failed:\n{err[-3000:]}"
+        done[name] = out
+    return done
+
+
+def test_llm_speed_prints_each_method(runs):
+    rows = _rows(runs["llm_speed.py"])
+    assert "Llama-shaped" in runs["llm_speed.py"] and "12-token prompt, 3 generated tokens" in runs["llm_speed.py"]
+    for method in ("gradient", "lrpcli", "lrpcli 1 seed/walk"):
+        cells = rows[(method,)]
+        assert float(cells[1]) > 0 and cells[2].endswith("x"), cells  # seconds per token and the ratio
+    assert ("lxt",) in rows or ("lxt (does not import)",) in rows
+
+
+def test_gpu_prints_every_model_and_method(runs):
+    out = runs["gpu.py"]
+    assert "lrpcli against the gradient and LXT on cpu" in out
+    rows = _rows(out)
+    failed = [cells for cells in rows.values() if cells[3].startswith("failed")]
+    assert not failed, failed
+    expected = [("VGG16 (toy)", "float32", "epsilon_plus_flat"), ("ResNet (toy)", "float32", "epsilon_plus_flat"),
+                ("ViT (toy)", "float32", "attnlrp"), ("BERT (toy)", "float32", "cp_lrp"), ("BERT (toy)", "bfloat16", "attnlrp"),
+                ("Llama (toy)", "float32", "attnlrp"), ("Llama (toy)", "bfloat16", "attnlrp")]
+    for key in expected:
+        assert key in rows, (key, sorted(rows))
+        assert float(rows[key][3]) > 0  # ms
+    # on the CPU the float32 rows are the CPU reference itself; bfloat16 differs from it, but not wildly
+    assert float(rows[("ViT (toy)", "float32", "attnlrp")][7]) == 0
+    assert 0 < float(rows[("BERT (toy)", "bfloat16", "attnlrp")][7]) < 0.5
