@@ -96,6 +96,7 @@ def test_spectrum_eigengap_and_mean_maps(runs):
     share = [np.clip(m, 0, None)[PATCH].sum() / np.clip(m, 0, None).sum() for m in (clean, patched)]
     assert share[1] > 0.2 > 0.05 > share[0], share
     assert (out / "spray" / "7" / "cluster-1.png").stat().st_size > 0
+    assert sorted(p.name for p in (out / "spray").iterdir() if p.is_dir()) == ["7"]  # earlier classes' maps are gone
     # a fixed number of clusters
     assert spray(out, classes=["7"], clusters=3, write=False).classes["7"].clusters == 3
 

@@ -280,6 +280,12 @@ def write_spray(out: Path, result: SprayResult, cmap: str = "bwr") -> Path:
             ],
         }
         write_json(folder / SUMMARY, summary)  # what the report page shows
+        for old in folder.iterdir():  # classes an earlier spray analysed and this one did not (--class)
+            if old.is_dir() and not old.is_symlink() and old.name not in labels:
+                for stale in [*old.glob("cluster-*.*"), old / "layout.png"]:
+                    stale.unlink(missing_ok=True)
+                if not any(old.iterdir()):
+                    old.rmdir()
         for label, cls in zip(labels, result.classes.values()):
             (folder / label).mkdir(exist_ok=True)
             for stale in (folder / label).glob("cluster-*.*"):  # an earlier spray that found more clusters
