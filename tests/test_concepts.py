@@ -299,3 +299,68 @@ def test_cli_concepts_skips_a_bad_image_and_exits_5_or_stops_with_on_error_fail(
     stopped = lrp("concepts", tmp / "m.ts", tmp / "imgs", "--mode", "l", "--layer", "conv", "--on-error", "fail", "-q", out=tmp / "f")
     refused(stopped, 5, "broken.png")
     assert not (tmp / "f" / "concepts.csv").exists()
+
+
+class _Residual(nn.Module):
+    """Bias-free ReLU net with a residual block: relu(conv1 x) -> conv3(relu(conv2 .)) + skip(.) -> relu, pool, linear.
+    conv2 is not a cut of the graph (the skip goes around it); the block's output is."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1, bias=False)
+        self.conv3 = nn.Conv2d(5, 4, 3, padding=1, bias=False)
+        self.skip = nn.Conv2d(4, 4, 1, bias=False)
+        self.head = nn.Linear(16, 3, bias=False)
+
+    def parts(self, x):
+        a1 = torch.relu(self.conv1(x))
+        a2 = self.conv2(a1)
+        block = torch.relu(self.conv3(torch.relu(a2)) + self.skip(a1))
+        return a2, block, self.head(nn.functional.adaptive_avg_pool2d(block, 2).flatten(1))
+
+    def forward(self, x):
+        return self.parts(x)[2]
+
+
+def _masked_backward(model, x, target, which, channel):
+    """x * (d a/dx)^T (g * m): the gradient of the target at layer output ``a`` masked to ``channel``, pulled back
+    through what ``a`` is computed from only (autograd follows no path around it)."""
+    inputs = x.clone().requires_grad_(True)
+    parts = model.parts(inputs)
+    (g,) = torch.autograd.grad(parts[2][:, target].sum(), parts[which], retain_graph=True)
+    mask = torch.zeros_like(g)
+    mask[:, channel] = 1
+    (pulled,) = torch.autograd.grad(parts[which], inputs, g * mask)
+    return x * pulled
+
+
+@pytest.mark.parametrize("layer, which, channels", [("conv2", 0, 5), ("", 1, 4)])
+def test_conditioning_a_layer_a_residual_goes_around_counts_only_relevance_through_it(layer, which, channels):
+    """LRP-0 on the bias-free residual net = gradient x input; the conditional map of channel c is the masked
+    backward through the layer; the maps of all channels sum to the heatmap only where the layer is a cut."""
+    model = _Residual().double().eval()
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    name = layer or "relu_2"  # the block's output: the relu after the add (a node name)
+    full = explain(model, x, "lrp_0", target=1)
+    total = torch.zeros_like(full.relevance)
+    for channel in range(channels):
+        got = explain(model, x, "lrp_0", target=1, condition={name: [channel]}).relevance
+        expected = _masked_backward(model, x, 1, which, channel)
+        assert torch.allclose(got, expected, rtol=1e-8, atol=1e-10), (name, channel)
+        total += got
+    through = _masked_backward(model, x, 1, which, list(range(channels)))
+    assert torch.allclose(total, through, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(total, full.relevance, rtol=1e-8, atol=1e-10) == (layer == "")
+
+
+@pytest.mark.parametrize("layer", ["layer1.0", "layer2.0", "conv1"])
+def test_concept_maps_sum_to_the_heatmap_through_residual_joins_and_folded_batch_norm(small_resnet, layer):
+    model = small_resnet.double()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    full = explain(model, x, "epsilon_plus_flat", layers=[layer])
+    channels = full.layer_maps[layer].shape[1]
+    conditioned = explain(model, x.repeat(channels, 1, 1, 1), "epsilon_plus_flat", target=full.targets[0], condition={layer: torch.eye(channels, dtype=x.dtype)})
+    scale = full.relevance.abs().max().item()
+    assert scale > 0 and torch.allclose(conditioned.relevance.sum(0), full.relevance[0], rtol=1e-5, atol=1e-5 * scale)

@@ -239,6 +239,21 @@ def _accumulate(store: dict[str, Any], name: str, relevance: Any) -> None:
         store[name] = current + relevance
 
 
+def _ancestors(graph: Graph, name: str) -> set[str]:
+    """Every node ``name``'s output is computed from (the input included)."""
+    by_name = {node.name: node for node in graph.nodes}
+    found: set[str] = set()
+    stack = list(by_name[name].refs)
+    while stack:
+        ref = stack.pop()
+        if ref in found:
+            continue
+        found.add(ref)
+        if ref in by_name:
+            stack.extend(by_name[ref].refs)
+    return found
+
+
 def propagate(
     graph: Graph,
     assigned: dict[str, Assigned],
@@ -255,7 +270,8 @@ def propagate(
     receives the relevance of the token embeddings (its "embedding" key) where the ids are looked up.
     ``masks``: node name -> a tensor the relevance reaching that node's output is multiplied by before its
     rule runs (Concept Relevance Propagation: keep chosen channels, one mask per row); ``kept`` still gets
-    what arrived, unmasked.
+    what arrived, unmasked. Below a masked node only relevance that went through it counts: what a branch
+    around it (a residual's other path) hands to the nodes it reads from is dropped.
     """
     meta = {node.name for node in graph.nodes if node.kind == "meta"}
     relevance: dict[str, Any] = {graph.output: initial}
@@ -263,6 +279,7 @@ def propagate(
     returned = values.get(graph.output)  # the caller's outputs: rules get a copy if a layer's output is (a view of) them
     batch = initial.shape[0]
     batch_dims = {node.name: node.batch_dim for node in graph.nodes} if record else {}
+    below = {name: _ancestors(graph, name) for name in masks} if masks else {}
     for node in reversed(graph.nodes):
         if relevance.get(node.name) is None or node.kind == "meta":
             relevance.pop(node.name, None)
@@ -292,7 +309,10 @@ def propagate(
         )
         absorbed = not outgoing
         for name in list(outgoing):  # popped, so that the next step's rule holds the only reference
-            _accumulate(relevance, name, outgoing.pop(name))
+            part = outgoing.pop(name)
+            if below and any(name in nodes and node.name != masked and node.name not in nodes for masked, nodes in below.items()):
+                continue  # around a masked node: not relevance that went through it
+            _accumulate(relevance, name, part)
         if countable and node.held and absorbed and ledger.bias is None:
             ledger.bias = total_out - total_in  # every live input held (a recurrent gate times a bias): absorbed
         if countable and node.kind == "route" and _reads_constants(node, meta):
