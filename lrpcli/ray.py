@@ -79,7 +79,7 @@ def explain_dataset(
         raise UsageError(f"workers and batch_size must be at least 1 (got {workers}, {batch_size})")
     from .runs.ray_run import RETRIES, require_ray
 
-    require_ray()
+    ray = require_ray()
     if isinstance(composite, str):  # a bad name is said here, not by an actor that fails to start
         from .engine.composite_yaml import load_composite
 
@@ -90,7 +90,7 @@ def explain_dataset(
         fn_constructor_args=(model, composite, params, features, target, dtype, device, init),
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         max_restarts=RETRIES,
         max_task_retries=RETRIES,
         **({"num_gpus": num_gpus} if num_gpus else {}),

@@ -56,28 +56,26 @@ def with_bad_row(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("suffix", ["csv", "parquet"])
-def test_rows_through_ray_equal_a_plain_run(ray, tmp_path, suffix):
-    plain = lrp("explain", SPEC, ROWS, "-q", "--no-report", "-b", "16", "--top-k", "3", "-o", tmp_path / f"plain.{suffix}")
-    assert plain.code == 0, plain.describe()
-    run = lrp("explain", SPEC, ROWS, "-q", "--no-report", "-b", "16", "--top-k", "3", "--ray", "--workers", "2", "-o", tmp_path / f"ray.{suffix}")
-    assert run.code == 0, run.describe()
-    if suffix == "csv":  # the same bytes: rows in input order, the same float32 relevance texts
-        assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
-        assert len((tmp_path / "ray.csv").read_text().splitlines()) == 101
-    else:
-        import pyarrow.parquet as pq
+def test_parquet_rows_through_ray_equal_a_plain_run(ray, tmp_path):
+    import pyarrow.parquet as pq
 
-        assert pq.read_table(tmp_path / "ray.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
+    plain = lrp("explain", SPEC, ROWS, "-q", "--no-report", "-b", "16", "-o", tmp_path / "plain.parquet")
+    run = lrp("explain", SPEC, ROWS, "-q", "--no-report", "-b", "16", "--ray", "--workers", "2", "-o", tmp_path / "ray.parquet")
+    assert plain.code == run.code == 0, (plain.describe(), run.describe())
+    assert pq.read_table(tmp_path / "ray.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
+    assert pq.read_table(tmp_path / "ray.parquet").num_rows == 100
 
 
-def test_failing_rows_are_named_and_exit_5_as_in_a_plain_run(ray, tmp_path):
+def test_csv_rows_through_ray_equal_a_plain_run_failing_rows_included(ray, tmp_path):
+    """The same bytes (rows in input order, the same float32 relevance texts, --top-k's columns), the same two rows
+    failed and named, exit 5 in both."""
     bad = with_bad_row(tmp_path)
-    plain = lrp("explain", SPEC, bad, "--no-report", "-b", "8", "-o", tmp_path / "plain.csv")
-    run = lrp("explain", SPEC, bad, "--no-report", "-b", "8", "--ray", "-o", tmp_path / "ray.csv")
+    plain = lrp("explain", SPEC, bad, "--no-report", "-b", "8", "--top-k", "3", "-o", tmp_path / "plain.csv")
+    run = lrp("explain", SPEC, bad, "--no-report", "-b", "8", "--top-k", "3", "--ray", "--workers", "2", "-o", tmp_path / "ray.csv")
     assert plain.code == run.code == 5, (plain.describe(), run.describe())
     assert "row 7" in run.stderr and "2 of 100 row(s) failed" in run.stderr, run.describe()
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
+    assert len((tmp_path / "ray.csv").read_text().splitlines()) == 1 + 98
 
 
 class SlowExplainer:
