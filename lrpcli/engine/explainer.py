@@ -152,8 +152,10 @@ def explain(
     ``condition``: ``{layer: mask}``, Concept Relevance Propagation: the relevance reaching each named layer's
     output is multiplied by its mask before the walk goes on below it (``layer_maps`` still show what arrived).
     A mask is a list of channel indices (kept in every row), a (batch, channels) tensor (per row, along dim 1),
-    or a tensor shaped like the layer's output. LRP is linear in the relevance at a layer, so the conditional
-    heatmaps of all channels sum to the full heatmap: K conditions of one input are K rows of ``x.repeat``.
+    or a tensor shaped like the layer's output. Below the layer only relevance that went through it counts (a
+    residual's path around it gives none). LRP is linear in the relevance at a layer, so the conditional heatmaps
+    of all channels sum to the relevance through it, the full heatmap where everything passes through it (a
+    block's output): K conditions of one input are K rows of ``x.repeat``.
     """
     return Explainer(model, composite, params=params).explain(
         x, target, init=init, contrast=contrast, layer_relevance=layer_relevance, inputs=inputs, embedding_relevance=embedding_relevance, layers=layers,
