@@ -1,7 +1,7 @@
 """Static report pages that show a run: ``OUT/report.html``.
 
 One module per kind of run (images.py for image folders, evaluation.py for `lrp evaluate`, table.py for CSV-row results, text.py for text results, generation.py for a language model's generations,
-conservation.py for `lrp check-conservation --report`); page.py holds the shared template
+conservation.py for `lrp check-conservation --report`, concepts.py for `lrp concepts`' concepts.html); page.py holds the shared template
 environment and templates/ the pages; the charts are render/charts.py's. Pages are self-contained and
 link only files inside OUT.
 
