@@ -26,7 +26,7 @@ from ..data.images import ImageInput, Preprocessing
 from ..engine.explainer import Explainer, layer_outputs
 from ..engine.propagate import record
 from ..errors import InputError, UsageError
-from ..outputs import inside, safe_label, save_array, write_atomic
+from ..outputs import atomic_text, inside, safe_label, save_array, write_atomic
 from ..render.heatmaps import enlarge, heatmap_rgb, png_bytes
 from .choices import Failure, resolve_device, resolve_dtype
 from .shards import Shard, suffix
@@ -302,25 +302,27 @@ def concept_paths(item: ImageInput, layer: str, channel: int) -> tuple[str, str]
 
 
 def run_concepts(explainer: Explainer, items: Sequence[ImageInput], preprocessing: Preprocessing, run: ConceptRun, progress: Any = None) -> list[dict[str, Any]]:
-    """``lrp concepts MODEL INPUTS``: OUT/concepts.csv (every channel of every input) and the conditional heatmaps
-    of each input's top (or named) channels as OUT/concepts/<input>/<layer>/<channel>.npy and .png. Returns the
-    rows of the chosen channels, with their picture's path (for the page)."""
-    rows: list[dict[str, Any]] = []
+    """``lrp concepts MODEL INPUTS``: OUT/concepts.csv (every channel of every input, streamed batch by batch and
+    put in place at the end) and the conditional heatmaps of each input's top (or named) channels as
+    OUT/concepts/<input>/<layer>/<channel>.npy and .png. Returns the rows of the chosen channels, with their
+    picture's path (for the page)."""
     shown: list[dict[str, Any]] = []
-    for good, x in _load(items, preprocessing, run):
-        found = explain_concepts(explainer, x, run.layer, run.target, top=run.top, channels=run.channels, init=run.init, batch_size=run.batch_size)
-        rows.extend(found.table([item.name for item in good]))
-        for i, item in enumerate(good):
-            for j, channel in enumerate(found.channels[i]):
-                array_path, picture_path = concept_paths(item, run.layer, int(channel))
-                heat = found.maps[i, j]
-                save_array(inside(run.out, array_path), heat)
-                write_atomic(inside(run.out, picture_path), png_bytes(enlarge(heatmap_rgb(heat, run.cmap))))
-                shown.append({"input": item.name, "channel": int(channel), "rank": j + 1, "relevance": float(found.relevance[i, channel]), "picture": picture_path})
-        run.written += len(good)
-        if progress:
-            progress(len(good))
-    _write_csv(run.out / "concepts.csv", rows, CONCEPT_COLUMNS)
+    with atomic_text(run.out / "concepts.csv") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(CONCEPT_COLUMNS), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for good, x in _load(items, preprocessing, run):
+            found = explain_concepts(explainer, x, run.layer, run.target, top=run.top, channels=run.channels, init=run.init, batch_size=run.batch_size)
+            writer.writerows(found.table([item.name for item in good]))
+            for i, item in enumerate(good):
+                for j, channel in enumerate(found.channels[i]):
+                    array_path, picture_path = concept_paths(item, run.layer, int(channel))
+                    heat = found.maps[i, j]
+                    save_array(inside(run.out, array_path), heat)
+                    write_atomic(inside(run.out, picture_path), png_bytes(enlarge(heatmap_rgb(heat, run.cmap))))
+                    shown.append({"input": item.name, "channel": int(channel), "rank": j + 1, "relevance": float(found.relevance[i, channel]), "picture": picture_path})
+            run.written += len(good)
+            if progress:
+                progress(len(good))
     return shown
 
 
