@@ -364,3 +364,32 @@ def test_concept_maps_sum_to_the_heatmap_through_residual_joins_and_folded_batch
     conditioned = explain(model, x.repeat(channels, 1, 1, 1), "epsilon_plus_flat", target=full.targets[0], condition={layer: torch.eye(channels, dtype=x.dtype)})
     scale = full.relevance.abs().max().item()
     assert scale > 0 and torch.allclose(conditioned.relevance.sum(0), full.relevance[0], rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_cli_reference_resumes_an_interrupted_ranking_to_the_same_result(gray_world, monkeypatch):
+    from cli_support import lrp, read_csv, refused
+
+    import lrpcli.runs.concepts as runs
+
+    tmp, _ = gray_world
+    common = [tmp / "m.ts", tmp / "imgs", "--mode", "l", "--layer", "conv", "--reference", "2", "-b", "2", "-q"]
+    assert lrp("concepts", *common, out=tmp / "whole").code == 0
+    monkeypatch.setattr(runs, "CHECKPOINT_SECONDS", 0.0)
+    add, calls = runs.Ranking.add, []
+
+    def interrupted(self, explainer, names, *args):
+        if len(calls) == 2:
+            raise runs.InputError("interrupted here")
+        calls.append(list(names))
+        add(self, explainer, names, *args)
+
+    monkeypatch.setattr(runs.Ranking, "add", interrupted)
+    refused(lrp("concepts", *common, out=tmp / "cut"), 5, "interrupted here")
+    assert (tmp / "cut" / "references.partial.json").exists() and not (tmp / "cut" / "references.csv").exists()
+    monkeypatch.setattr(runs.Ranking, "add", lambda self, explainer, names, *args: (calls.append(list(names)), add(self, explainer, names, *args)))
+    resumed = lrp("concepts", *common, "--resume", out=tmp / "cut")
+    assert resumed.code == 0, resumed.describe()
+    assert sorted(sum(calls, [])) == [f"i{i}.png" for i in range(5)]  # each input ranked once, over both runs
+    assert read_csv(tmp / "cut" / "references.csv") == read_csv(tmp / "whole" / "references.csv")
+    assert not (tmp / "cut" / "references.partial.json").exists()
+    refused(lrp("concepts", tmp / "m.ts", tmp / "imgs", "--mode", "l", "--layer", "conv", "--resume", out=tmp / "x"), 2, "--resume applies to --reference")

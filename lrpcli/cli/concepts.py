@@ -58,6 +58,7 @@ Examples:
 @click.option("--channels", metavar="C,C,...", help="Draw the conditional heatmaps of these channels (instead of --top); with --reference, rank only these.")
 @click.option("--reference", type=click.IntRange(min=1), metavar="K", help="Relevance maximisation: per channel the K inputs where it is most relevant (and most active), with the crop holding most of its conditional relevance: OUT/references.csv, OUT/references/<layer>/<channel>/<kind>-<rank>.png.")
 @click.option("--shard", metavar="K/N", help="With --reference: rank only shard K of N of the inputs (deterministic; for array jobs), written with a .shard-K-of-N suffix; `lrp merge OUT` joins the shards into the exact global top K.")
+@click.option("--resume", is_flag=True, help="With --reference: go on from where an interrupted ranking into OUT stopped (it saves what it has every 10 s).")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="lrp-concepts", show_default=True, help="Output folder.")
 @target_option("pred (default), a class index, or a class name")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")
@@ -94,6 +95,8 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         raise UsageError("--top applies to conditional heatmaps; --reference ranks every channel (or --channels)")
     if options["shard"] is not None and options["reference"] is None:
         raise UsageError("--shard applies to --reference (ranking a dataset in parts)")
+    if options["resume"] and options["reference"] is None:
+        raise UsageError("--resume applies to --reference (a ranking of a dataset)")
     shard = Shard.parse(options["shard"])
     check_cmap(options["cmap"])
     spec = model_spec(model, options)
@@ -128,6 +131,7 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         cmap=options["cmap"],
         shard=shard,
         on_error=options["on_error"],
+        resume=options["resume"],
     )
     count = len(shard.select(items)) if shard else len(items)
     with progress("ranking" if options["reference"] else "explaining", count, options["quiet"]) as advance:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -215,6 +216,42 @@ def crop_box(heat: np.ndarray, share: float = 0.8) -> tuple[int, int, int, int]:
     return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
 
 
+class Ranking:
+    """A relevance maximisation under way: the two running top-K tables, each input's target and the inputs
+    done; saved and loaded as JSON so that an interrupted run resumes where it stopped."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.relevant: TopK | None = None
+        self.active: TopK | None = None
+        self.targets: dict[str, int] = {}
+
+    def add(self, explainer: Explainer, names: Sequence[str], x: torch.Tensor, layer: str, target: Any = None, init: Any = "value") -> None:
+        relevance, explained = channel_relevance(explainer, x, layer, target, init)
+        activation = layer_activation(explainer, x, layer)
+        if self.relevant is None:
+            self.relevant, self.active = TopK(self.k, relevance.shape[1]), TopK(self.k, relevance.shape[1])
+        self.relevant.add(relevance.double().cpu().numpy(), names)
+        self.active.add(activation.double().cpu().numpy(), names)
+        self.targets.update(zip(names, (int(t) for t in explained)))
+
+    def to_json(self) -> bytes:
+        tables = {kind: table.best for kind, table in (("relevant", self.relevant), ("active", self.active)) if table is not None}
+        return json.dumps({"k": self.k, "targets": self.targets, **tables}).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Ranking":
+        saved = json.loads(data)
+        ranking = cls(int(saved["k"]))
+        ranking.targets = {str(name): int(t) for name, t in saved["targets"].items()}
+        for kind in ("relevant", "active"):
+            if kind in saved:
+                table = TopK(ranking.k, len(saved[kind]))
+                table.best = [[(float(v), str(n)) for v, n in pairs] for pairs in saved[kind]]
+                setattr(ranking, kind, table)
+        return ranking
+
+
 def relevance_maximisation(
     explainer: Explainer,
     batches: Iterable[tuple[Sequence[str], torch.Tensor]],
@@ -222,24 +259,15 @@ def relevance_maximisation(
     k: int,
     target: Any = None,
     init: Any = "value",
-    targets: dict[str, int] | None = None,
 ) -> tuple[TopK, TopK]:
     """Over ``batches`` of (names, x): per channel the ``k`` inputs where it is most relevant for the target (its
-    summed relevance at the layer) and those where it is most active (its largest activation). ``targets``, where
-    given, receives each input's explained target."""
-    relevant = active = None
+    summed relevance at the layer) and those where it is most active (its largest activation)."""
+    ranking = Ranking(k)
     for names, x in batches:
-        relevance, explained = channel_relevance(explainer, x, layer, target, init)
-        if targets is not None:
-            targets.update(zip(names, (int(t) for t in explained)))
-        activation = layer_activation(explainer, x, layer)
-        if relevant is None:
-            relevant, active = TopK(k, relevance.shape[1]), TopK(k, relevance.shape[1])
-        relevant.add(relevance.double().cpu().numpy(), names)
-        active.add(activation.double().cpu().numpy(), names)
-    if relevant is None:
+        ranking.add(explainer, names, x, layer, target, init)
+    if ranking.relevant is None:
         raise UsageError("no inputs to rank", hint="give a folder of images")
-    return relevant, active
+    return ranking.relevant, ranking.active
 
 
 # --------------------------------------------------------------------------- the runs behind `lrp concepts`
@@ -260,6 +288,7 @@ class ConceptRun:
     dtype: str = "float32"
     cmap: str = "bwr"
     share: float = 0.8  # of the positive conditional relevance a reference crop holds
+    resume: bool = False  # --reference: go on from the last checkpoint of an interrupted ranking
     on_error: str = "skip"  # "fail": stop at the first input that cannot be read
     shard: Shard | None = None  # --reference: rank this shard's inputs only (merged exactly by merge_references)
     failures: list[Failure] = field(default_factory=list)
@@ -291,6 +320,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -
     write_atomic(path, buffer.getvalue().encode("utf-8"))
 
 
+CHECKPOINT_SECONDS = 10.0  # how often a ranking saves what it has (references.partial.json)
 CONCEPT_COLUMNS = ("input", "layer", "channel", "target", "relevance", "activation")
 REFERENCE_COLUMNS = ("layer", "channel", "kind", "rank", "input", "value", "top", "left", "bottom", "right", "crop")
 
@@ -335,20 +365,31 @@ def run_references(explainer: Explainer, items: Sequence[ImageInput], preprocess
     With ``run.shard``: only that shard's inputs, written as references.shard-I-of-N.csv (with a .json saying K,
     the layer and its channel count) and <kind>-<rank>.shard-I-of-N.png; :func:`merge_references` joins them.
     A crop depends only on the input and the channel, so the merged top K takes its crops from the shards."""
-    targets: dict[str, int] = {}
     sfx = suffix(run.shard)
     if run.shard is not None:
         total, items = len(items), run.shard.select(items)
         if not items:
             raise InputError(f"shard {run.shard} holds none of the {total} input(s)", hint="use fewer shards")
-
-    def counted() -> Iterator[tuple[list[str], torch.Tensor]]:
-        for good, x in _load(items, preprocessing, run):
-            yield [item.name for item in good], x
-            if progress:
-                progress(len(good))
-
-    relevant, active = relevance_maximisation(explainer, counted(), run.layer, k, run.target, run.init, targets)
+    state = run.out / f"references{sfx}.partial.json"
+    ranking = Ranking(k)
+    if run.resume and state.exists():
+        ranking = Ranking.from_json(state.read_bytes())
+        if ranking.k != k:
+            raise UsageError(f"--resume: the run in {run.out} ranks the top {ranking.k}, not {k}", hint=f"give --reference {ranking.k}, or drop --resume")
+    todo = [item for item in items if item.name not in ranking.targets]
+    if progress and len(todo) < len(items):
+        progress(len(items) - len(todo))
+    saved = time.monotonic()
+    for good, x in _load(todo, preprocessing, run):
+        ranking.add(explainer, [item.name for item in good], x, run.layer, run.target, run.init)
+        if time.monotonic() - saved > CHECKPOINT_SECONDS:  # what an interrupted run resumes from (--resume)
+            write_atomic(state, ranking.to_json())
+            saved = time.monotonic()
+        if progress:
+            progress(len(good))
+    if ranking.relevant is None:
+        raise InputError("no input could be ranked", hint="give a folder of readable images")
+    relevant, active, targets = ranking.relevant, ranking.active, ranking.targets
     channels = list(run.channels) if run.channels is not None else list(range(relevant.channels))
     choose_channels(torch.zeros(1, relevant.channels), channels=channels)  # out-of-range channels named
     by_name = {item.name: item for item in items}
@@ -386,6 +427,7 @@ def run_references(explainer: Explainer, items: Sequence[ImageInput], preprocess
              "top": top, "left": left, "bottom": bottom, "right": right, "crop": picture}
         )
     _write_csv(run.out / f"references{sfx}.csv", rows_out, REFERENCE_COLUMNS)
+    state.unlink(missing_ok=True)
     if run.shard is not None:
         about = {"layer": run.layer, "k": k, "channels": channels, "shard": str(run.shard)}
         write_atomic(run.out / f"references{sfx}.json", json.dumps(about).encode("utf-8"))
