@@ -374,7 +374,6 @@ def test_cli_reference_resumes_an_interrupted_ranking_to_the_same_result(gray_wo
     tmp, _ = gray_world
     common = [tmp / "m.ts", tmp / "imgs", "--mode", "l", "--layer", "conv", "--reference", "2", "-b", "2", "-q"]
     assert lrp("concepts", *common, out=tmp / "whole").code == 0
-    monkeypatch.setattr(runs, "CHECKPOINT_SECONDS", 0.0)
     add, calls = runs.Ranking.add, []
 
     def interrupted(self, explainer, names, *args):

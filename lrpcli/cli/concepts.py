@@ -58,7 +58,7 @@ Examples:
 @click.option("--channels", metavar="C,C,...", help="Draw the conditional heatmaps of these channels (instead of --top); with --reference, rank only these.")
 @click.option("--reference", type=click.IntRange(min=1), metavar="K", help="Relevance maximisation: per channel the K inputs where it is most relevant (and most active), with the crop holding most of its conditional relevance: OUT/references.csv, OUT/references/<layer>/<channel>/<kind>-<rank>.png.")
 @click.option("--shard", metavar="K/N", help="With --reference: rank only shard K of N of the inputs (deterministic; for array jobs), written with a .shard-K-of-N suffix; `lrp merge OUT` joins the shards into the exact global top K.")
-@click.option("--resume", is_flag=True, help="With --reference: go on from where an interrupted ranking into OUT stopped (it saves what it has every 10 s).")
+@click.option("--resume", is_flag=True, help="With --reference: go on from where an interrupted ranking into OUT stopped (it saves what it has every 10 s and when stopped).")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="lrp-concepts", show_default=True, help="Output folder.")
 @target_option("pred (default), a class index, or a class name")
 @click.option("--init", type=click.Choice(["value", "one-hot"]), default="value", show_default=True, help="Start from the target logit's value, or from 1 (zennit's seed).")

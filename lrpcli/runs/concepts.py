@@ -380,13 +380,18 @@ def run_references(explainer: Explainer, items: Sequence[ImageInput], preprocess
     if progress and len(todo) < len(items):
         progress(len(items) - len(todo))
     saved = time.monotonic()
-    for good, x in _load(todo, preprocessing, run):
-        ranking.add(explainer, [item.name for item in good], x, run.layer, run.target, run.init)
-        if time.monotonic() - saved > CHECKPOINT_SECONDS:  # what an interrupted run resumes from (--resume)
+    try:
+        for good, x in _load(todo, preprocessing, run):
+            ranking.add(explainer, [item.name for item in good], x, run.layer, run.target, run.init)
+            if time.monotonic() - saved > CHECKPOINT_SECONDS:  # what an interrupted run resumes from (--resume)
+                write_atomic(state, ranking.to_json())
+                saved = time.monotonic()
+            if progress:
+                progress(len(good))
+    except BaseException:  # Ctrl-C, a failed input with --on-error fail: keep what is done for --resume
+        if ranking.targets:
             write_atomic(state, ranking.to_json())
-            saved = time.monotonic()
-        if progress:
-            progress(len(good))
+        raise
     if ranking.relevant is None:
         raise InputError("no input could be ranked", hint="give a folder of readable images")
     relevant, active, targets = ranking.relevant, ranking.active, ranking.targets
