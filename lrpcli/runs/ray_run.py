@@ -42,8 +42,14 @@ def connect(ray: Any) -> None:
     """Join the cluster RAY_ADDRESS names (Ray's own convention), else start a local one (once per process)."""
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+    import logging
+    import warnings
+
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the library never prints
+    context.enable_progress_bars = False  # the library never prints: no bars, no plan at each start
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")  # max_restarts= as map_batches takes it
 
 
 class RowActor:
