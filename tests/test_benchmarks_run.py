@@ -19,6 +19,9 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMER
 
 pytest.importorskip("transformers")
 
+# about a minute of subprocesses (LXT side by side): `.ci/run` runs it in its `-m slow` step
+pytestmark = pytest.mark.slow
+
 
 def _rows(out: str) -> dict[tuple[str, ...], list[str]]:
     """Markdown table rows -> their cells, keyed by the cells before the numbers (model, dtype, method)."""
