@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from ..errors import InputError
 from ..outputs import refuse_inputs_as_outputs, write_output
-from .page import finite_number, render_page
+from .page import finite_number, render_page, result_lines
 
 SAMPLE_SIZE = 500  # prompts shown
 PAGE_SIZE = 20
@@ -133,23 +133,11 @@ def write_generation_report(path: Path, page: Path | None = None, run: dict[str,
         run = previous_run(page)
         carried = run is not None
     hint = "give the JSONL output of `lrp explain LM PROMPTS --max-new-tokens N`, as the run wrote it"
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the results: {exc.strerror or exc}") from exc
-    with handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                raise InputError(f"{path}:{number}: not a line of JSON text", hint=hint) from None
-            try:
-                gathered.add(row)
-            except InputError as exc:
-                raise InputError(f"{path}:{number}: {exc.message}", hint=hint) from exc
+    for number, row in result_lines(path, hint):
+        try:
+            gathered.add(row)
+        except InputError as exc:
+            raise InputError(f"{path}:{number}: {exc.message}", hint=hint) from exc
     data = gathered.data(path.name, run)
     data["run_carried"] = carried
     data["rebuilt"] = True

@@ -68,3 +68,30 @@ def finite_number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def result_lines(path: Any, hint: str) -> Any:
+    """The rows of a JSON-lines result file, one (line number, row) at a time; a line that is not UTF-8 or not
+    JSON is an InputError naming the file and line (``hint`` says what file is wanted). Blank lines are skipped."""
+    import json
+
+    from ..errors import InputError
+
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the results: {exc.strerror or exc}") from exc
+    with handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x})", hint=hint) from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as exc:
+                reason = "nested too deep" if isinstance(exc, RecursionError) else f"{exc.msg}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise InputError(f"{path}:{number}: not JSON ({reason})", hint=hint) from None
+            yield number, row

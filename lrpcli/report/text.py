@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from ..errors import InputError
 from ..outputs import refuse_inputs_as_outputs, write_output
 from ..render.text import text_pieces, top_words, word_style
-from .page import finite_number, render_page
+from .page import finite_number, render_page, result_lines
 
 SAMPLE_SIZE = 2000  # texts shown
 TOP_WORDS = 5  # words for and against counted per text
@@ -223,30 +223,14 @@ def write_text_report(path: Path, page: Path | None = None, run: dict[str, Any] 
         run = previous_run(page)
         carried = run is not None
     hint = "give the JSONL output of `lrp explain` on texts, as the run wrote it"
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the results: {exc.strerror or exc}") from exc
-    with handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x})", hint=hint) from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except (ValueError, RecursionError) as exc:
-                reason = "nested too deep" if isinstance(exc, RecursionError) else f"{exc.msg}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-                raise InputError(f"{path}:{number}: not JSON ({reason})", hint=hint) from None
-            problem = text_row_problem(row)
-            if problem:
-                raise InputError(f"{path}:{number}: {problem}", hint=hint)
-            try:
-                report.add(row)
-            except InputError as exc:
-                raise InputError(f"{path}:{number}: {exc.message}", hint=exc.hint) from exc
+    for number, row in result_lines(path, hint):
+        problem = text_row_problem(row)
+        if problem:
+            raise InputError(f"{path}:{number}: {problem}", hint=hint)
+        try:
+            report.add(row)
+        except InputError as exc:
+            raise InputError(f"{path}:{number}: {exc.message}", hint=exc.hint) from exc
     data = report.data(path.name, run)
     data["run_carried"] = carried
     data["rebuilt"] = True
