@@ -134,7 +134,7 @@ def test_batched_seeds_equal_one_walk_per_token_and_a_next_token_model(folder, t
     from lrpcli.sources.hf import Logits
 
     sequence_model = Logits(model).double().eval()
-    together = run(sequence_model)
+    together = run(sequence_model, seeds_per_walk=4)
     one_by_one = run(sequence_model, seeds_per_walk=1)
     next_only = run(_LastToken(model).double().eval())
     model.float()

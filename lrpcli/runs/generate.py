@@ -4,10 +4,10 @@ Per prompt: greedy decoding through the prepared graph (the same numbers the wal
 explanation of every generated token over every token before it (the prompt and the tokens generated
 earlier). A causal model's logits at position p depend on positions <= p only, so one sequence (the prompt
 and the generated tokens, right-padded to a bucket length) holds what every generated token was predicted
-from: one capture serves the whole generation and all its walks, and the N seeds (the generated token's
-logit at the position that predicted it) are walked back together, the sequence repeated once per seed in
-the batch, a few seeds at a time (``seeds_per_walk``). Models that return the next token's logits only
-(batch, vocabulary) are explained prefix by prefix, one walk per generated token.
+from: one capture serves the whole generation and all its walks. Each seed (the generated token's logit at the
+position that predicted it) is walked back on that sequence, ``seeds_per_walk`` at a time (the sequence repeated
+once per seed in the batch; one by default, which keeps the memory at the gradient's). Models that return the
+next token's logits only (batch, vocabulary) are explained prefix by prefix, one walk per generated token.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from ..render.text import token_entries, word_entries
 from .choices import Failure, resolve_device, resolve_dtype
 from .texts import check_vocabulary, fixed_length, mask_input
 
-#: floats of (seeds x positions x vocabulary) logits a walk may hold at once (about 256 MiB in float32)
-SEED_BUDGET = 1 << 26
+#: seeds walked back together by default: one. Batching N seeds repeats the sequence N times, so every recorded
+#: activation is held N times (23x the gradient's peak memory at N = 8) for little time saved on a CPU
+#: (benchmarks/llm_speed_results.md); ``seeds_per_walk`` asks for more where memory is plentiful (a GPU)
+SEEDS_PER_WALK = 1
 
 
 @dataclass
@@ -236,14 +238,10 @@ def _relevance(explainer, ids, attention, inputs, generation: Generation, option
             explained = explainer.explain(x, token, init=init, contrast=contrast, inputs=inputs(a))
             result.append(explained.relevance[0].double().cpu().tolist())
         return result
-    vocabulary = None
     result: list[list[float]] = []
-    step = options.seeds_per_walk or 0
+    step = options.seeds_per_walk or SEEDS_PER_WALK
     start = 0
     while start < count:
-        if not step:  # as many seeds per walk as SEED_BUDGET allows, learned from the first forward's logits
-            vocabulary = vocabulary or int(explainer.forward(ids, inputs(attention)).shape[-1])
-            step = max(1, min(count, SEED_BUDGET // max(1, ids.shape[1] * vocabulary)))
         chunk = list(range(start, min(start + step, count)))
         batch = len(chunk)
 
