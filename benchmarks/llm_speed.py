@@ -52,7 +52,7 @@ SIZES = {
     "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=688, vocab=4000, prompt=64, new=8),
     "toy": dict(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vocab=64, prompt=12, new=3),
 }
-IN_PROCESS = ("gradient", "lrpcli", "lrpcli 1 seed/walk")
+IN_PROCESS = ("gradient", "lrpcli", "lrpcli 1 seed/walk", "lrpcli recorded once")
 METHODS = IN_PROCESS + ("lxt",)
 TARGET = 1.5
 NOT_IMPORTABLE = 77  # a probe's exit code where LXT does not import
@@ -94,6 +94,24 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 def make_method(method: str, model, sequence: torch.Tensor, positions: list[int], tokens: list[int]) -> Callable[[], torch.Tensor]:
     """A call that explains every generated token: (tokens, sequence length) relevance per token before it."""
+    if method == "lrpcli recorded once":  # runs/generate.py's default: one forward, one walk per seed on a copy
+        from lrpcli import Explainer
+        from lrpcli.sources.hf import Logits
+
+        explainer = Explainer(Logits(model).eval(), "attnlrp")
+
+        def seed_of(k):
+            def seed(outputs):
+                initial = torch.zeros_like(outputs)
+                initial[0, positions[k], tokens[k]] = outputs[0, positions[k], tokens[k]]
+                return initial
+            return seed
+
+        def recorded_once() -> torch.Tensor:
+            _, maps = explainer.explain_starts(sequence, [seed_of(k) for k in range(len(tokens))])
+            return torch.cat(maps)
+
+        return recorded_once
     if method.startswith("lrpcli"):
         from lrpcli import Explainer
         from lrpcli.sources.hf import Logits

@@ -58,6 +58,8 @@ def read_text(path: str | Path, what: str, limit: int = MAX_CONFIG_BYTES) -> str
             data = handle.read(limit + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read {what}: {exc.strerror}", source=str(path)) from exc
+    except ValueError as exc:  # a NUL character in the name: os.stat refuses it before the OS sees it
+        raise ConfigError(f"cannot read {what}: {exc}", source=repr(str(path)), hint="give the path of a file") from exc
     if len(data) > limit:
         raise ConfigError(f"{what} is more than the limit of {limit:,} bytes", source=str(path))
     try:

@@ -370,6 +370,33 @@ class Explainer:
             layer_maps={name: _usable(kept[f"layer:{name}"]) for name in layers if f"layer:{name}" in (kept or {})},
         )
 
+    def recorded_bytes(self, x: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> int:
+        """What one recorded forward of ``x`` holds for the walk, in bytes (one forward, to size batches of seeds)."""
+        x = _check_input(x)
+        graph, _ = self.prepare(x, inputs)
+        with torch.inference_mode():
+            values = record(graph, x, inputs)
+            return sum(value.numel() * value.element_size() for value in dict.values(values) if isinstance(value, torch.Tensor))
+
+    def explain_starts(self, x: torch.Tensor, starts: Sequence[Any], *, inputs: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One recorded forward of ``x``, then one walk per start (each a tensor shaped like the outputs, or a
+        function ``start(outputs)``): the outputs and each walk's input relevance. For many seeds on one input
+        (a generation's tokens): the forward is not repeated, and no walk holds more than one copy of the
+        recorded values (each walk consumes a copy of them, as a walk frees what it has used)."""
+        x = _check_input(x)
+        graph, assigned = self.prepare(x, inputs)
+        results: list[torch.Tensor] = []
+        with torch.inference_mode():
+            values = record(graph, x, inputs)
+            outputs = values[graph.output]
+            for start in starts:
+                initial = _custom_start((lambda o, t, f=start: f(o)) if callable(start) and not isinstance(start, torch.Tensor) else start, outputs, None)
+                walked = values.copy_for_walk()
+                relevance, _ = propagate(graph, assigned, walked, initial)
+                del walked
+                results.append(_usable(relevance) if relevance is not None else _no_relevance(x, outputs))
+        return _usable(outputs), results
+
 
 def layer_outputs(graph: Graph, layers: Sequence[str]) -> dict[str, str]:
     """Node name -> the layer asked for: a module path's last node (its output), or a node of that name."""

@@ -72,6 +72,15 @@ class Recorded(dict):
         #: dropped outputs: the node that recomputes each, and a zero-memory stand-in of its shape and dtype
         self.recomputable: dict[str, tuple[Node, torch.Tensor]] = {}
 
+    def copy_for_walk(self) -> "Recorded":
+        """A copy a walk may consume (it frees and overwrites what it has used), the recorded values kept for
+        the next walk: tensors cloned, dropped outputs still recomputable."""
+        copy = Recorded()
+        for name, value in dict.items(self):
+            dict.__setitem__(copy, name, value.clone() if isinstance(value, torch.Tensor) else value)
+        copy.recomputable = dict(self.recomputable)
+        return copy
+
     def drop(self, name: str, node: Node) -> None:
         value = super().pop(name)
         self.recomputable[name] = (node, torch.zeros((), dtype=value.dtype, device=value.device).expand(value.shape))

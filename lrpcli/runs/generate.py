@@ -5,8 +5,8 @@ explanation of every generated token over every token before it (the prompt and 
 earlier). A causal model's logits at position p depend on positions <= p only, so one sequence (the prompt
 and the generated tokens, right-padded to a bucket length) holds what every generated token was predicted
 from: one capture serves the whole generation and all its walks. Each seed (the generated token's logit at the
-position that predicted it) is walked back on that sequence, ``seeds_per_walk`` at a time (the sequence repeated
-once per seed in the batch; one by default, which keeps the memory at the gradient's). Models that return the
+position that predicted it) is walked back on that sequence, as many at a time as SEED_MEMORY holds (the sequence repeated
+once per seed in the batch), else one at a time on copies of one recorded forward. Models that return the
 next token's logits only (batch, vocabulary) are explained prefix by prefix, one walk per generated token.
 """
 
@@ -25,10 +25,11 @@ from ..render.text import token_entries, word_entries
 from .choices import Failure, resolve_device, resolve_dtype
 from .texts import check_vocabulary, fixed_length, mask_input
 
-#: seeds walked back together by default: one. Batching N seeds repeats the sequence N times, so every recorded
-#: activation is held N times (23x the gradient's peak memory at N = 8) for little time saved on a CPU
-#: (benchmarks/llm_speed_results.md); ``seeds_per_walk`` asks for more where memory is plentiful (a GPU)
-SEEDS_PER_WALK = 1
+#: what the seeds walked together may hold at once, in bytes: N seeds in one walk hold N copies of the recorded
+#: forward (fast: 1.8x the gradient's time on a 5M Llama, against 6.7x walking them one by one, Python's share of a
+#: walk being large), so as many as fit go together; where one copy alone is larger, each seed is walked on a copy
+#: of one recorded forward (Explainer.explain_starts), near the gradient's memory (benchmarks/llm_speed_results.md)
+SEED_MEMORY = 512 << 20
 
 
 @dataclass
@@ -239,7 +240,17 @@ def _relevance(explainer, ids, attention, inputs, generation: Generation, option
             result.append(explained.relevance[0].double().cpu().tolist())
         return result
     result: list[list[float]] = []
-    step = options.seeds_per_walk or SEEDS_PER_WALK
+    step = options.seeds_per_walk or max(1, min(count, SEED_MEMORY // max(1, explainer.recorded_bytes(ids, inputs(attention)))))
+    if step == 1:  # one recorded forward, one walk per seed on a copy of its values
+        def one_seed(k: int) -> Any:
+            def start(outputs: torch.Tensor) -> torch.Tensor:
+                return _seed_row(outputs, 0, positions[k], generation.ids[k], contrast, init)
+            return start
+
+        outputs, maps = explainer.explain_starts(ids, [one_seed(k) for k in range(count)], inputs=inputs(attention))
+        for k, relevance in enumerate(maps):
+            result.append(_kept(relevance.double().cpu()[0], positions[k], report))
+        return result
     start = 0
     while start < count:
         chunk = list(range(start, min(start + step, count)))
@@ -249,10 +260,7 @@ def _relevance(explainer, ids, attention, inputs, generation: Generation, option
             """Row r starts at its token's logit (minus the contrast token's), at the position that predicted it."""
             start_tensor = torch.zeros_like(outputs)
             for row, k in enumerate(chunk):
-                position, token = positions[k], generation.ids[k]
-                start_tensor[row, position, token] = outputs[row, position, token] if init == "value" else 1.0
-                if contrast is not None:
-                    start_tensor[row, position, contrast] -= outputs[row, position, contrast] if init == "value" else 1.0
+                start_tensor += _seed_row(outputs, row, positions[k], generation.ids[k], contrast, init)
             return start_tensor
 
         explained = explainer.explain(ids.expand(batch, -1).clone(), init=seed, inputs=inputs(attention.expand(batch, -1).clone()))
@@ -260,13 +268,27 @@ def _relevance(explainer, ids, attention, inputs, generation: Generation, option
             report.note(note)
         relevance = explained.relevance.double().cpu()
         for row, k in enumerate(chunk):
-            position = positions[k]
-            beyond = relevance[row, position + 1 :].abs().sum()
-            if float(beyond) > 1e-6 * max(float(relevance[row].abs().sum()), 1e-30):
-                report.note("relevance reached tokens after the one being predicted: the model is not causal, so a token's explanation depends on what followed it")
-            result.append(relevance[row, : position + 1].tolist())
+            result.append(_kept(relevance[row], positions[k], report))
         start += batch
     return result
+
+
+def _seed_row(outputs: torch.Tensor, row: int, position: int, token: int, contrast: int | None, init: str) -> torch.Tensor:
+    """A start shaped like ``outputs``: row ``row`` at the token's logit (minus the contrast token's) at the
+    position that predicted it, zero elsewhere."""
+    start = torch.zeros_like(outputs)
+    start[row, position, token] = outputs[row, position, token] if init == "value" else 1.0
+    if contrast is not None:
+        start[row, position, contrast] -= outputs[row, position, contrast] if init == "value" else 1.0
+    return start
+
+
+def _kept(relevance: torch.Tensor, position: int, report: GenerationReport) -> list[float]:
+    """The relevance of the tokens up to ``position`` (a causal model gives none to the later ones: said if it does)."""
+    beyond = relevance[position + 1 :].abs().sum()
+    if float(beyond) > 1e-6 * max(float(relevance.abs().sum()), 1e-30):
+        report.note("relevance reached tokens after the one being predicted: the model is not causal, so a token's explanation depends on what followed it")
+    return relevance[: position + 1].tolist()
 
 
 def context_parts(context: str) -> list[dict[str, Any]]:
