@@ -270,3 +270,30 @@ def test_a_model_whose_output_batch_differs_from_its_input_batch_is_refused():
     torch.manual_seed(0)
     with pytest.raises(ModelError, match=r"returns \(1, 3\) for a batch of 3 input"):
         explain(Pooled().eval(), torch.rand(3, 4), "epsilon")
+
+
+def test_a_model_converted_in_place_is_captured_again():
+    """model.to(dtype) swaps its parameters' data in place (same tensors, same versions): the graph captured before
+    must not be reused. A BERT explained in float32, then converted to bfloat16, failed inside the old graph
+    ('expected m1 and m2 to have the same dtype'); found by benchmarks/gpu.py."""
+    transformers = pytest.importorskip("transformers")
+    from lrpcli import Explainer
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=16, num_labels=3)
+
+    class Embeds(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = transformers.BertForSequenceClassification(config).eval()
+
+        def forward(self, embeds):
+            return self.model(inputs_embeds=embeds).logits
+
+    model = Embeds().eval()
+    x = torch.rand(2, 5, 16)
+    first = Explainer(model, "attnlrp").explain(x)
+    model.to(torch.bfloat16)
+    again = Explainer(model, "attnlrp").explain(x.bfloat16())
+    assert again.relevance.dtype == torch.bfloat16 and torch.isfinite(again.relevance.float()).all()
+    assert torch.allclose(again.outputs.float(), first.outputs, atol=0.05)

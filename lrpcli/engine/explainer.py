@@ -182,7 +182,9 @@ class GraphStore(Protocol):
 
 
 def _fingerprint(model: Any) -> tuple:
-    return tuple((id(t), getattr(t, "_version", 0)) for t in model_tensors(model))
+    """The model's tensors as they are now: identity and version, and dtype and device, which ``model.to(...)``
+    changes in place without a new tensor or a new version (its graph must then be captured again)."""
+    return tuple((id(t), getattr(t, "_version", 0), t.dtype, t.device) for t in model_tensors(model))
 
 
 class Explainer:
