@@ -10,6 +10,7 @@ seeds of one padded sequence.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,10 +166,9 @@ def test_generation_refuses_what_does_not_apply(folder, tmp_path):
     for extra, words in ((("--target", "good"), "--target"), (("--top-k", "2"), "--top-k"), (("--format", "csv"), "JSON lines")):
         run = lrp("explain", path, prompts, "--max-new-tokens", "2", *extra, out=tmp_path / "x.jsonl")
         assert run.code == 2 and words in run.stderr, run.describe()
-    images = tmp_path / "images"
-    images.mkdir()
-    run = lrp("explain", path.parent / "nothing.png", "--max-new-tokens", "2")
-    assert run.code == 2
+    shapes = Path(__file__).resolve().parents[1] / "sample_models" / "shapes_minivgg"
+    run = lrp("explain", shapes / "model.yaml", shapes / "images", "--max-new-tokens", "2", out=tmp_path / "out")
+    assert run.code == 2 and "--max-new-tokens applies to texts" in run.stderr, run.describe()
 
 
 # --------------------------------------------------------------------------- a given answer, a contrast, a context (item 2, 3)

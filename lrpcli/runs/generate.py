@@ -13,6 +13,7 @@ next token's logits only (batch, vocabulary) are explained prefix by prefix, one
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -26,7 +27,7 @@ from .choices import Failure, resolve_device, resolve_dtype
 from .texts import check_vocabulary, fixed_length, mask_input
 
 #: what the seeds walked together may hold at once, in bytes: N seeds in one walk hold N copies of the recorded
-#: forward (fast: 1.8x the gradient's time on a 5M Llama, against 6.7x walking them one by one, Python's share of a
+#: forward (fast: 1.8x the gradient's time on a 5M Llama, against 3.2x walking them one by one, Python's share of a
 #: walk being large), so as many as fit go together; where one copy alone is larger, each seed is walked on a copy
 #: of one recorded forward (Explainer.explain_starts), near the gradient's memory (benchmarks/llm_speed_results.md)
 SEED_MEMORY = 512 << 20
@@ -215,15 +216,29 @@ def _prefix(explainer: Explainer, ids: torch.Tensor, attention: torch.Tensor, po
     return ids[:, : position + 1], attention[:, : position + 1]
 
 
+#: what a generation learns about an explainer's model once: whether it returns logits per position, and
+#: the bytes of one recorded forward per sequence shape (each costs a forward, not to be paid per prompt)
+_PROBED: "weakref.WeakKeyDictionary[Explainer, dict[Any, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _probed(explainer: Explainer, key: Any, measure: Callable[[], Any]) -> Any:
+    known = _PROBED.setdefault(explainer, {})
+    if key not in known:
+        known[key] = measure()
+    return known[key]
+
+
 def _per_position(explainer: Explainer, ids: torch.Tensor, attention: torch.Tensor) -> bool:
     """Does the model return logits per position (batch, positions, vocabulary)? Asked once per explainer."""
-    known = getattr(explainer, "_lrpcli_per_position", None)
-    if known is None:
-        mask_name = mask_input(explainer.model)
-        outputs = explainer.forward(ids, {mask_name: attention} if mask_name else None)  # the shape generation uses
-        known = outputs.ndim == 3
-        explainer._lrpcli_per_position = known
-    return known
+    mask_name = mask_input(explainer.model)
+    # (on the shape generation uses: no capture of another length)
+    return _probed(explainer, "per_position", lambda: explainer.forward(ids, {mask_name: attention} if mask_name else None).ndim == 3)
+
+
+def _seeds_per_walk(explainer: Explainer, ids: torch.Tensor, inputs: dict | None, count: int) -> int:
+    """As many seeds as SEED_MEMORY holds copies of one recorded forward (measured once per sequence shape)."""
+    recorded = _probed(explainer, ("recorded_bytes", tuple(ids.shape)), lambda: explainer.recorded_bytes(ids, inputs))
+    return max(1, min(count, SEED_MEMORY // max(1, recorded)))
 
 
 def _relevance(explainer, ids, attention, inputs, generation: Generation, options: GenerationOptions, report) -> list[list[float]]:
@@ -240,11 +255,11 @@ def _relevance(explainer, ids, attention, inputs, generation: Generation, option
             result.append(explained.relevance[0].double().cpu().tolist())
         return result
     result: list[list[float]] = []
-    step = options.seeds_per_walk or max(1, min(count, SEED_MEMORY // max(1, explainer.recorded_bytes(ids, inputs(attention)))))
+    step = options.seeds_per_walk or _seeds_per_walk(explainer, ids, inputs(attention), count)
     if step == 1:  # one recorded forward, one walk per seed on a copy of its values
         def one_seed(k: int) -> Any:
             def start(outputs: torch.Tensor) -> torch.Tensor:
-                return _seed_row(outputs, 0, positions[k], generation.ids[k], contrast, init)
+                return _seed(torch.zeros_like(outputs), outputs, 0, positions[k], generation.ids[k], contrast, init)
             return start
 
         outputs, maps = explainer.explain_starts(ids, [one_seed(k) for k in range(count)], inputs=inputs(attention))
@@ -260,7 +275,7 @@ def _relevance(explainer, ids, attention, inputs, generation: Generation, option
             """Row r starts at its token's logit (minus the contrast token's), at the position that predicted it."""
             start_tensor = torch.zeros_like(outputs)
             for row, k in enumerate(chunk):
-                start_tensor += _seed_row(outputs, row, positions[k], generation.ids[k], contrast, init)
+                _seed(start_tensor, outputs, row, positions[k], generation.ids[k], contrast, init)
             return start_tensor
 
         explained = explainer.explain(ids.expand(batch, -1).clone(), init=seed, inputs=inputs(attention.expand(batch, -1).clone()))
@@ -273,10 +288,9 @@ def _relevance(explainer, ids, attention, inputs, generation: Generation, option
     return result
 
 
-def _seed_row(outputs: torch.Tensor, row: int, position: int, token: int, contrast: int | None, init: str) -> torch.Tensor:
-    """A start shaped like ``outputs``: row ``row`` at the token's logit (minus the contrast token's) at the
-    position that predicted it, zero elsewhere."""
-    start = torch.zeros_like(outputs)
+def _seed(start: torch.Tensor, outputs: torch.Tensor, row: int, position: int, token: int, contrast: int | None, init: str) -> torch.Tensor:
+    """``start`` (shaped like ``outputs``) with row ``row`` seeded: the token's logit (minus the contrast token's)
+    at the position that predicted it."""
     start[row, position, token] = outputs[row, position, token] if init == "value" else 1.0
     if contrast is not None:
         start[row, position, contrast] -= outputs[row, position, contrast] if init == "value" else 1.0
