@@ -23,7 +23,7 @@ def explain_generation(model: str, spec: Any, source: str, options: dict[str, An
     from ..outputs import atomic_text
     from ..render.text import TextWriter
     from ..report.generation import GenerationPage
-    from .tabular import report_page, run_metadata
+    from .tabular import report_page, write_run_page
     from ..runs.generate import explain_generations
     from ..runs.texts import text_tokenizer
     from ..sources import hf
@@ -74,13 +74,7 @@ def explain_generation(model: str, spec: Any, source: str, options: dict[str, An
                 init=options["init"], mask=spec_input.get("mask"), on_error=options["on_error"], progress=advance, contrast=contrast,
                 continuation_col=options.get("continuation_col"), context_col=options.get("context_col"),
             )
-    wrote = False
-    if page is not None:  # the page is extra: one that cannot be written leaves the results as they are
-        try:
-            page.write_page(page_path, Path(options["out"]).name if options["out"] else name, run_metadata(model, composite, name, options))
-            wrote = True
-        except OSError as exc:
-            warn(f"could not write the report page {page_path}: {exc}")
+    wrote = page is not None and write_run_page(page, page_path, model, composite, name, options)
     for line in report.notes:
         note(line)
     for failure in report.failures:

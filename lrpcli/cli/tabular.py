@@ -39,6 +39,17 @@ def report_page(options: dict[str, Any], out: str | None) -> Path | None:
     return page
 
 
+def write_run_page(gathered: Any, page: Path, model: str, composite: Any, source: str, options: dict[str, Any]) -> bool:
+    """Write the page a texts or generation run gathered; whether it was written. The page is extra: one that cannot
+    be written is a warning and leaves the results as they are."""
+    try:
+        gathered.write_page(page, Path(options["out"]).name if options["out"] else source, run_metadata(model, composite, source, options))
+    except OSError as exc:
+        warn(f"could not write the report page {page}: {exc}")
+        return False
+    return True
+
+
 def run_metadata(model: str, composite: Any, source: str, options: dict[str, Any]) -> dict[str, Any]:
     """What the page says about the run (the rows output holds none of it)."""
     import platform

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .console import console, info, note, progress, warn
+from .console import console, info, note, progress
 from .options import build_composite, load_model_option, new_explainer, parse_params
 
 
@@ -52,7 +52,7 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
     if out_format == "pretty" and options["out"]:
         raise UsageError("--format pretty draws on the terminal; with -o FILE choose jsonl or csv")
     from ..report.text import TextReport
-    from .tabular import report_page, run_metadata
+    from .tabular import report_page, write_run_page
 
     page_path = report_page(options, options["out"])
     if page_path and options["html"] and page_path.resolve() == Path(options["html"]).resolve():
@@ -97,13 +97,7 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
             report = explain_texts(explainer, records, tokenizer, writers, progress=advance, **kwargs)
         if options["html"]:
             html.close()
-    wrote = False
-    if page_report is not None:  # the page is extra: one that cannot be written leaves the results as they are
-        try:
-            page_report.write_page(page_path, Path(options["out"]).name if options["out"] else name, run_metadata(model, composite, name, options))
-            wrote = True
-        except OSError as exc:
-            warn(f"could not write the report page {page_path}: {exc}")
+    wrote = page_report is not None and write_run_page(page_report, page_path, model, composite, name, options)
     for line in report.notes:
         note(line)
     if report.truncated:

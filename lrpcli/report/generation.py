@@ -9,15 +9,14 @@ bounded: the first prompts up to a fixed count, then a uniform reservoir sample 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import InputError
-from ..outputs import refuse_inputs_as_outputs, write_output
-from .page import finite_number, render_page, result_lines
+from ..outputs import write_output
+from .page import finite_number, first_result, rebuild_page, render_page
 
 SAMPLE_SIZE = 500  # prompts shown
 PAGE_SIZE = 20
@@ -109,37 +108,12 @@ class GenerationPage:
 
 def is_generation_results(path: Path) -> bool:
     """Whether a JSONL file holds generation results (its first line has prompt_tokens and generated)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    first = json.loads(line)
-                    return isinstance(first, dict) and "prompt_tokens" in first and "generated" in first
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return False
+    first = first_result(path)
+    return isinstance(first, dict) and "prompt_tokens" in first and "generated" in first
 
 
 def write_generation_report(path: Path, page: Path | None = None, run: dict[str, Any] | None = None) -> Path:
     """Rebuild the page of a generation JSONL output file (default: beside it, ``g.report.html``)."""
-    from .table import previous_run, report_path_for
-
-    path = Path(path)
-    page = Path(page) if page else report_path_for(path)
-    refuse_inputs_as_outputs([("the page", page)], [("result file it shows", path)])
     gathered = GenerationPage()
-    carried = False
-    if run is None:
-        run = previous_run(page)
-        carried = run is not None
     hint = "give the JSONL output of `lrp explain LM PROMPTS --max-new-tokens N`, as the run wrote it"
-    for number, row in result_lines(path, hint):
-        try:
-            gathered.add(row)
-        except InputError as exc:
-            raise InputError(f"{path}:{number}: {exc.message}", hint=hint) from exc
-    data = gathered.data(path.name, run)
-    data["run_carried"] = carried
-    data["rebuilt"] = True
-    write_output(page, render_page("generation.html.j2", **data).encode("utf-8"))
-    return page
+    return rebuild_page(path, page, run, "generation.html.j2", gathered, gathered.add, hint)

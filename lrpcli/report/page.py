@@ -95,3 +95,47 @@ def result_lines(path: Any, hint: str) -> Any:
                 reason = "nested too deep" if isinstance(exc, RecursionError) else f"{exc.msg}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
                 raise InputError(f"{path}:{number}: not JSON ({reason})", hint=hint) from None
             yield number, row
+
+
+def first_result(path: Any) -> Any:
+    """The first row of a JSON-lines result file, or None where it cannot be read or is not JSON: enough to tell
+    which kind of results a file holds."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    return json.loads(line)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return None
+
+
+def rebuild_page(path: Any, page: Any, run: Any, template: str, gathered: Any, add: Any, hint: str) -> Any:
+    """Rebuild the page of a JSON-lines result file (``lrp report FILE``): each row given to ``add`` (which raises
+    an InputError for a row it cannot show; the error gets the file and line), then ``gathered.data`` rendered into
+    ``template``. The page defaults to one beside the file; without ``run`` the page's previous run facts are carried."""
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..outputs import refuse_inputs_as_outputs, write_output
+    from .table import previous_run, report_path_for
+
+    path = Path(path)
+    page = Path(page) if page else report_path_for(path)
+    refuse_inputs_as_outputs([("the page", page)], [("result file it shows", path)])
+    carried = False
+    if run is None:
+        run = previous_run(page)
+        carried = run is not None
+    for number, row in result_lines(path, hint):
+        try:
+            add(row)
+        except InputError as exc:
+            raise InputError(f"{path}:{number}: {exc.message}", hint=exc.hint or hint) from exc
+    data = gathered.data(path.name, run)
+    data["run_carried"] = carried
+    data["rebuilt"] = True
+    write_output(page, render_page(template, **data).encode("utf-8"))
+    return page

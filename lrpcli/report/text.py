@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import InputError
-from ..outputs import refuse_inputs_as_outputs, write_output
+from ..outputs import write_output
 from ..render.text import text_pieces, top_words, word_style
-from .page import finite_number, render_page, result_lines
+from .page import finite_number, first_result, rebuild_page, render_page
 
 SAMPLE_SIZE = 2000  # texts shown
 TOP_WORDS = 5  # words for and against counted per text
@@ -199,40 +199,19 @@ def text_row_problem(row: Any) -> str | None:
 
 def is_text_results(path: Path) -> bool:
     """Whether a JSONL file holds text results (its first line has text and words)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    first = json.loads(line)
-                    return isinstance(first, dict) and "words" in first and "text" in first
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return False
+    first = first_result(path)
+    return isinstance(first, dict) and "words" in first and "text" in first
 
 
 def write_text_report(path: Path, page: Path | None = None, run: dict[str, Any] | None = None, sample_size: int = SAMPLE_SIZE) -> Path:
     """Rebuild the page of a text JSONL output file (default: beside it, ``words.report.html``)."""
-    from .table import previous_run, report_path_for
-
-    path = Path(path)
-    page = Path(page) if page else report_path_for(path)
-    refuse_inputs_as_outputs([("the page", page)], [("result file it shows", path)])
     report = TextReport(sample_size)
-    carried = False
-    if run is None:
-        run = previous_run(page)
-        carried = run is not None
     hint = "give the JSONL output of `lrp explain` on texts, as the run wrote it"
-    for number, row in result_lines(path, hint):
+
+    def add(row: Any) -> None:
         problem = text_row_problem(row)
         if problem:
-            raise InputError(f"{path}:{number}: {problem}", hint=hint)
-        try:
-            report.add(row)
-        except InputError as exc:
-            raise InputError(f"{path}:{number}: {exc.message}", hint=exc.hint) from exc
-    data = report.data(path.name, run)
-    data["run_carried"] = carried
-    data["rebuilt"] = True
-    write_output(page, render_page("text.html.j2", **data).encode("utf-8"))
-    return page
+            raise InputError(problem, hint=hint)
+        report.add(row)
+
+    return rebuild_page(path, page, run, "text.html.j2", report, add, hint)
