@@ -1,0 +1,353 @@
+"""Every architecture of transformers' Auto mappings, built tiny and explained (issue 27, item 6).
+
+    python benchmarks/hf_zoo.py                              # everything, writes benchmarks/hf_zoo_results.md
+    python benchmarks/hf_zoo.py --list                       # the keys (task:model_type)
+    python benchmarks/hf_zoo.py --only causal:llama --only seq:bert --out /tmp/hf.md
+    python benchmarks/hf_zoo.py --task image --jobs 2
+    python benchmarks/hf_zoo.py --toy                        # three models, for CI (tests/test_benchmarks_run.py)
+
+Tasks: the model classes of transformers' ``MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES`` (``seq``),
+``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` (``causal``, explained at the last position),
+``MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES`` (``image``) and ``MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES``
+(``audio``), in the installed transformers. Each is built from its config class's defaults with every size
+attribute shrunk (two layers, width 32, two heads, a 256-token vocabulary, 32x32 images: ``shrink``), random weights
+(seed 0), eval mode, a batch of two (8 token ids, a 32x32 image, 4000 audio samples or 16 feature frames). A config
+that still makes more than ``MAX_PARAMETERS`` parameters is not run (``too large``).
+
+Each model runs in a child process of its own (a crash or a time-out costs that model alone) and is explained once
+through the Python API, ``lrpcli.explain(wrapper, x, composite)``, with lrpcli's own choice of composite for a
+Hugging Face folder of that config (``attnlrp`` for transformers, else ``epsilon_plus_flat``). Outcomes:
+
+- ``explains``: relevance came back. The row says whether it is finite, the input relevance's sum over the target
+  logit (per sample, the worse of the two: attnlrp is not exactly conservative, but far from 1 means lost relevance),
+  how far the captured graph's logits are from the model's own (largest difference over the largest |logit|), and the
+  time of one explain call after the capture.
+- ``export``: torch.export could not capture the model (a torch capture limit; the cause names the guard).
+- ``rule``: an op without an LRP rule (the cause names the op): lrpcli's to add.
+- ``lrpcli``: another lrpcli error (the cause is its message).
+- ``error``: a raw exception from inside lrpcli: lrpcli should name it.
+- ``model``: the model's own forward fails on this input (nothing of lrpcli's ran), ``build``: the tiny config does
+  not build, ``too large``, ``timeout``, ``crash``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "hf_zoo_results.md"
+TASKS = {
+    "seq": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "causal": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "image": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    "audio": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
+}
+TOY = ("seq:bert", "causal:llama", "image:vit")
+MAX_PARAMETERS = 20_000_000
+TIMEOUT = 240
+BATCH, TOKENS, IMAGE, SAMPLES, FRAMES = 2, 8, 32, 4000, 16
+VOCABULARY = 256
+
+#: size attributes and the small value each gets where the config has it as an int
+SMALL = {
+    "hidden_size": 32, "d_model": 32, "n_embd": 32, "n_embed": 32, "dim": 32, "embed_dim": 32, "emb_dim": 32,
+    "word_embed_proj_dim": 32, "embedding_size": 32, "projection_dim": 32, "d_embed": 32, "hidden_dim": 64,
+    "intermediate_size": 64, "ffn_dim": 64, "d_ff": 64, "n_inner": 64, "ffn_hidden_size": 64, "mlp_dim": 64,
+    "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32,
+    "num_hidden_layers": 2, "num_layers": 2, "n_layer": 2, "n_layers": 2, "encoder_layers": 2, "decoder_layers": 2,
+    "num_decoder_layers": 2, "num_encoder_layers": 2,
+    "num_attention_heads": 2, "n_head": 2, "n_heads": 2, "num_heads": 2, "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2, "num_key_value_heads": 1, "multi_query_group_num": 1, "num_kv_heads": 1,
+    "head_dim": 16, "d_kv": 16, "kv_channels": 16,
+    "vocab_size": VOCABULARY, "max_position_embeddings": 64, "n_positions": 64, "n_ctx": 64, "max_seq_len": 64,
+    "image_size": IMAGE, "patch_size": 8, "num_channels": 3,
+    "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_topk": 2,
+    "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1,
+    "kv_lora_rank": 16, "q_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
+    "state_size": 8, "d_state": 8, "expand": 2, "conv_kernel": 4, "time_step_rank": 4, "n_groups": 1,
+    "num_mel_bins": 16, "feature_size": 16, "input_feat_per_channel": 16,
+    "tdnn_dim": None, "proj_codevector_dim": 16, "codevector_dim": 16, "classifier_proj_size": 16,
+    "conv_dim": None, "conv_kernel_sizes": None,
+}
+#: list attributes (per stage) and their small values
+SMALL_LISTS = {
+    "depths": [1, 1], "hidden_sizes": [16, 32], "num_heads": [2, 2], "embed_dims": [16, 32], "embed_dim_list": [16, 32],
+    "sr_ratios": [2, 1], "mlp_ratios": [2, 2], "strides": [4, 2], "patch_sizes": [4, 2], "kernel_sizes": [3, 3],
+    "num_attention_heads": [1, 2], "num_encoder_blocks": 2, "layer_types": None, "block_types": None,
+}
+
+
+def keys() -> list[str]:
+    from transformers.models.auto import modeling_auto
+
+    found = []
+    for task, name in TASKS.items():
+        found.extend(f"{task}:{model_type}" for model_type in sorted(getattr(modeling_auto, name)))
+    return found
+
+
+def class_name(key: str) -> str:
+    from transformers.models.auto import modeling_auto
+
+    task, model_type = key.split(":", 1)
+    name = getattr(modeling_auto, TASKS[task])[model_type]
+    return name[0] if isinstance(name, (tuple, list)) else name
+
+
+def shrink(config: Any) -> Any:
+    """The config with its sizes made tiny (see SMALL): what keeps 300 builds to minutes."""
+    for name, value in SMALL.items():
+        current = getattr(config, name, None)
+        if value is None or isinstance(current, bool) or not isinstance(current, int):
+            continue
+        setattr(config, name, value)
+    stages = None
+    for name, value in SMALL_LISTS.items():
+        current = getattr(config, name, None)
+        if value is None or not isinstance(current, (list, tuple)) or not current:
+            continue
+        stages = stages or len(value)
+        setattr(config, name, list(value))
+    if stages and isinstance(getattr(config, "stage_names", None), list):
+        config.stage_names = ["stem"] + [f"stage{i + 1}" for i in range(stages)]
+        if hasattr(config, "out_features"):
+            config.out_features = [config.stage_names[-1]]
+        if hasattr(config, "out_indices"):
+            config.out_indices = [stages]
+    for name in ("layer_types", "block_types"):  # per-layer lists follow the layer count
+        current = getattr(config, name, None)
+        layers = getattr(config, "num_hidden_layers", None)
+        if isinstance(current, list) and current and isinstance(layers, int):
+            config.__dict__[name] = (current * layers)[:layers]
+    for name in ("text_config", "vision_config", "audio_config", "encoder", "decoder"):
+        inner = getattr(config, name, None)
+        if inner is not None and hasattr(inner, "to_dict"):
+            shrink(inner)
+    if hasattr(config, "num_labels"):
+        config.num_labels = 3
+    if getattr(config, "pad_token_id", None) is None or getattr(config, "pad_token_id", 0) >= VOCABULARY:
+        config.pad_token_id = 0
+    for name in ("bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id", "cls_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value >= VOCABULARY:
+            setattr(config, name, 1)
+    if hasattr(config, "_attn_implementation"):
+        try:
+            config._attn_implementation = "eager"
+        except Exception:
+            pass
+    return config
+
+
+class _Audio:
+    """Built lazily: a torch Module wrapping an audio classifier (its main input by name, logits out)."""
+
+    @staticmethod
+    def make(model: Any) -> Any:
+        import torch
+
+        class AudioLogits(torch.nn.Module):
+            def __init__(self, inner: Any):
+                super().__init__()
+                self.model = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.model(**{inner_name: x}, return_dict=False)[0]
+
+        inner_name = model.main_input_name
+        return AudioLogits(model).eval()
+
+
+def _first_line(exc: BaseException, limit: int = 220) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
+def run_child(key: str) -> dict[str, Any]:
+    """Build, run and explain one model; one result row."""
+    import torch
+    import transformers
+
+    import lrpcli
+    from lrpcli.errors import LrpError, ModelError, UnsupportedOpError
+    from lrpcli.sources import hf
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    task, model_type = key.split(":", 1)
+    row: dict[str, Any] = {"key": key, "task": task, "model_type": model_type, "class": class_name(key)}
+    try:
+        config = shrink(transformers.CONFIG_MAPPING[model_type]())
+        cls = getattr(transformers, row["class"])
+        with torch.device("meta"):
+            size = sum(p.numel() for p in cls(config).parameters())
+        if size > MAX_PARAMETERS:
+            return {**row, "outcome": "too large", "cause": f"{size / 1e6:.0f}M parameters after shrinking"}
+        model = cls(config).eval()
+    except Exception as exc:
+        return {**row, "outcome": "build", "cause": _first_line(exc)}
+    row["parameters"] = sum(p.numel() for p in model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    if task in ("seq", "causal"):
+        vocabulary = min(VOCABULARY, getattr(config, "vocab_size", VOCABULARY) or VOCABULARY)
+        x = torch.randint(2, vocabulary, (BATCH, TOKENS), generator=generator)
+        wrapper = (hf.NextTokenLogits if task == "causal" else hf.Logits)(model).eval()
+    elif task == "image":
+        channels = getattr(config, "num_channels", 3)
+        size = getattr(config, "image_size", IMAGE)
+        size = size if isinstance(size, int) else IMAGE
+        x = torch.randn(BATCH, channels, size, size, generator=generator)
+        wrapper = hf.ImageLogits(model).eval()
+    else:
+        if model.main_input_name == "input_features":
+            bins = getattr(config, "num_mel_bins", None) or getattr(config, "feature_size", 16)
+            x = torch.randn(BATCH, bins, FRAMES, generator=generator)
+        else:
+            x = torch.randn(BATCH, SAMPLES, generator=generator)
+        wrapper = _Audio.make(model)
+    try:
+        with torch.no_grad():
+            logits = wrapper(x)
+        if not isinstance(logits, torch.Tensor) or logits.shape[0] != BATCH:
+            return {**row, "outcome": "model", "cause": f"the model's output is not (batch, classes): {type(logits).__name__}"}
+    except Exception as exc:
+        return {**row, "outcome": "model", "cause": _first_line(exc)}
+    composite = "attnlrp" if hf.is_transformer(config.to_dict()) else "epsilon_plus_flat"
+    row["composite"] = composite
+    try:
+        start = time.perf_counter()
+        result = lrpcli.explain(wrapper, x, composite)
+        row["first_s"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+        result = lrpcli.explain(wrapper, x, composite)
+        row["time_s"] = round(time.perf_counter() - start, 3)
+    except UnsupportedOpError as exc:
+        return {**row, "outcome": "rule", "cause": _first_line(exc)}
+    except ModelError as exc:
+        capture = "torch.export could not capture" in exc.message or "could not convert the TorchScript" in exc.message
+        return {**row, "outcome": "export" if capture else "lrpcli", "cause": _first_line(exc, 300)}
+    except LrpError as exc:
+        return {**row, "outcome": "lrpcli", "cause": _first_line(exc, 300)}
+    except Exception as exc:
+        return {**row, "outcome": "error", "cause": _first_line(exc, 300)}
+    relevance = result.relevance.detach().double()
+    targets = result.targets
+    picked = logits.double().flatten(1)[torch.arange(BATCH), targets.flatten()]
+    sums = relevance.reshape(BATCH, -1).sum(dim=1)
+    ratio = sums / picked
+    worst = ratio[(ratio - 1).abs().argmax()].item()
+    scale = max(logits.double().abs().max().item(), 1e-12)
+    graph_gap = (result.outputs.detach().double() - logits.double()).abs().max().item() / scale
+    return {
+        **row, "outcome": "explains", "finite": bool(torch.isfinite(relevance).all()), "sum_over_logit": round(worst, 4),
+        "graph_gap": float(f"{graph_gap:.2e}"),
+    }
+
+
+def run_key(key: str, timeout: int) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    try:
+        done = subprocess.run([sys.executable, __file__, "--child", key], capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+    except subprocess.TimeoutExpired:
+        return {"key": key, "task": key.split(":")[0], "model_type": key.split(":", 1)[1], "outcome": "timeout", "cause": f"over {timeout} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:220]
+    return {"key": key, "task": key.split(":")[0], "model_type": key.split(":", 1)[1], "outcome": "crash", "cause": f"exit {done.returncode}: {tail}"}
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def table(rows: list[dict[str, Any]], command: str, seconds: float) -> str:
+    import torch
+    import transformers
+
+    counts = Counter(row["outcome"] for row in rows)
+    built = [row for row in rows if row["outcome"] not in ("build", "too large")]
+    explains = [row for row in built if row["outcome"] == "explains"]
+    good = [row for row in explains if row.get("finite") and row.get("graph_gap", 1) <= 1e-4]
+    lines = [
+        "# transformers' Auto mappings, built tiny and explained",
+        "",
+        f"`{command}` on {datetime.date.today()} ({platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}; {seconds / 60:.1f} min). How each model is built and what each outcome "
+        "means: the docstring of benchmarks/hf_zoo.py.",
+        "",
+        f"**{len(explains)} of {len(built)} buildable architectures explain** ({len(good)} with finite relevance and the "
+        f"captured graph's logits within 1e-4 of the model's); {len(rows)} keys in all.",
+        "",
+        "| outcome | models |",
+        "|---|---:|",
+    ]
+    lines += [f"| {outcome} | {count} |" for outcome, count in counts.most_common()]
+    by_task = Counter((row["task"], row["outcome"] == "explains") for row in built)
+    lines += ["", "| task | buildable | explain |", "|---|---:|---:|"]
+    for task in TASKS:
+        lines.append(f"| {task} | {by_task[(task, True)] + by_task[(task, False)]} | {by_task[(task, True)]} |")
+    causes = Counter((row["outcome"], row.get("cause", "")) for row in built if row["outcome"] != "explains")
+    lines += ["", "## What stops the others, by cause", "", "| outcome | cause | models | which |", "|---|---|---:|---|"]
+    for (outcome, cause), count in causes.most_common():
+        which = ", ".join(row["key"] for row in built if row["outcome"] == outcome and row.get("cause", "") == cause)
+        lines.append(f"| {outcome} | {_cell(cause)} | {count} | {which} |")
+    lines += ["", "## Every model", "", "| key | class | outcome | finite | sum / logit | graph vs model | explain s | cause |",
+              "|---|---|---|---|---:|---:|---:|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['key']} | {row.get('class', '')} | {row['outcome']} | {row.get('finite', '')} | {row.get('sum_over_logit', '')} "
+            f"| {row.get('graph_gap', '')} | {row.get('time_s', '')} | {_cell(row.get('cause', ''))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--list", action="store_true", help="print the keys and stop")
+    parser.add_argument("--only", action="append", default=[], help="a key (task:model_type); repeat for more")
+    parser.add_argument("--task", action="append", choices=sorted(TASKS), help="only these tasks")
+    parser.add_argument("--toy", action="store_true", help=f"only {', '.join(TOY)} (CI)")
+    parser.add_argument("--jobs", type=int, default=1, help="models at a time (each in its own process)")
+    parser.add_argument("--timeout", type=int, default=TIMEOUT, help="seconds per model")
+    parser.add_argument("--out", type=Path, default=None, help=f"the table (default {OUT.relative_to(ROOT)}; with --toy/--only: printed)")
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_child(args.child)))
+        return 0
+    chosen = list(TOY) if args.toy else args.only or keys()
+    if args.task:
+        chosen = [key for key in chosen if key.split(":")[0] in args.task]
+    if args.list:
+        print("\n".join(chosen))
+        return 0
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        rows = []
+        for row in pool.map(lambda key: run_key(key, args.timeout), chosen):
+            rows.append(row)
+            print(f"{row['key']:40s} {row['outcome']:9s} {row.get('cause', '')[:100]}", file=sys.stderr, flush=True)
+    command = "python benchmarks/hf_zoo.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
+    text = table(rows, command.strip(), time.perf_counter() - started)
+    out = args.out or (None if (args.toy or args.only) else OUT)
+    if out:
+        out.write_text(text, encoding="utf-8")
+    else:
+        print(text)
+    return 0 if all(row["outcome"] == "explains" for row in rows) or not args.toy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
