@@ -1,5 +1,6 @@
 """The language-model and GPU benchmarks run (issue 28 item 5): ``benchmarks/gpu.py --toy`` and
-``benchmarks/llm_speed.py --toy`` at tiny sizes on the CPU, so that neither rots before a GPU is lent.
+``benchmarks/llm_speed.py --toy`` at tiny sizes on the CPU, so that neither rots before a GPU is lent; and
+``benchmarks/hf_zoo.py --toy`` (issue 27 item 6) on three of transformers' families, so the sweep does not rot.
 
 Both run at once, each in a process of its own (they start LXT in processes of their own too). Their numbers
 are not checked (tiny models on a shared CPU); that every method of every model printed a row without failing is.
@@ -39,7 +40,7 @@ def runs():
     started = {
         name: subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / name), "--toy"], cwd=str(ROOT), env=ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name in ("gpu.py", "llm_speed.py")
+        for name in ("gpu.py", "llm_speed.py", "hf_zoo.py")
     }
     done = {}
     for name, process in started.items():
@@ -73,3 +74,11 @@ def test_gpu_prints_every_model_and_method(runs):
     # on the CPU the float32 rows are the CPU reference itself; bfloat16 differs from it, but not wildly
     assert float(rows[("ViT (toy)", "float32", "attnlrp")][7]) == 0
     assert 0 < float(rows[("BERT (toy)", "bfloat16", "attnlrp")][7]) < 0.5
+
+
+def test_hf_zoo_explains_its_toy_families(runs):
+    out = runs["hf_zoo.py"]
+    assert "**3 of 3 buildable architectures explain** (3 with finite relevance" in out, out
+    for key in ("seq:bert", "causal:llama", "image:vit"):
+        cells = [c.strip() for c in next(line for line in out.splitlines() if line.startswith(f"| {key} |")).strip("|").split("|")]
+        assert cells[2] == "explains" and cells[3] == "True" and float(cells[5]) <= 1e-4, cells
