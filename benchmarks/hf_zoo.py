@@ -11,7 +11,7 @@ Tasks: the model classes of transformers' ``MODEL_FOR_SEQUENCE_CLASSIFICATION_MA
 ``MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES`` (``image``) and ``MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES``
 (``audio``), in the installed transformers. Each is built from its config class's defaults with every size
 attribute shrunk (two layers, width 32, two heads, a 256-token vocabulary, 32x32 images: ``shrink``), random weights
-(seed 0), eval mode, a batch of two (8 token ids, a 32x32 image, 4000 audio samples or 16 feature frames). A config
+(seed 0), eval mode, a batch of two (8 token ids, the last one <eos> for classifiers whose config names one, a 32x32 image, 4000 audio samples or 16 feature frames). A config
 that still makes more than ``MAX_PARAMETERS`` parameters is not run (``too large``).
 
 Each model runs in a child process of its own (a crash or a time-out costs that model alone) and is explained once
@@ -202,6 +202,9 @@ def run_child(key: str) -> dict[str, Any]:
     if task in ("seq", "causal"):
         vocabulary = min(VOCABULARY, getattr(config, "vocab_size", VOCABULARY) or VOCABULARY)
         x = torch.randint(2, vocabulary, (BATCH, TOKENS), generator=generator)
+        eos = getattr(config, "eos_token_id", None)
+        if task == "seq" and isinstance(eos, int) and 0 <= eos < vocabulary:
+            x[:, -1] = eos  # encoder-decoder classifiers (BART, T5) pool at the <eos> token: a text ends with one
         wrapper = (hf.NextTokenLogits if task == "causal" else hf.Logits)(model).eval()
     elif task == "image":
         channels = getattr(config, "num_channels", 3)
