@@ -14,7 +14,8 @@ attribute shrunk (two layers, width 32, two heads, a 256-token vocabulary, 32x32
 (seed 0), eval mode, a batch of two (8 token ids, the last one <eos> for classifiers whose config names one, a 32x32 image, 4000 audio samples or 16 feature frames). A config
 that still makes more than ``MAX_PARAMETERS`` parameters is not run (``too large``).
 
-Each model runs in a child process of its own (a crash or a time-out costs that model alone) and is explained once
+Models run in child processes, one after another (``--jobs`` children at once; a crash or a time-out costs that
+model alone: the rest go on in a new child) and is explained once
 through the Python API, ``lrpcli.explain(wrapper, x, composite)``, with lrpcli's own choice of composite for a
 Hugging Face folder of that config (``attnlrp`` for transformers, else ``epsilon_plus_flat``). Outcomes:
 
@@ -258,17 +259,48 @@ def run_child(key: str) -> dict[str, Any]:
     }
 
 
-def run_key(key: str, timeout: int) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    try:
-        done = subprocess.run([sys.executable, __file__, "--child", key], capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
-    except subprocess.TimeoutExpired:
-        return {"key": key, "task": key.split(":")[0], "model_type": key.split(":", 1)[1], "outcome": "timeout", "cause": f"over {timeout} s"}
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:220]
-    return {"key": key, "task": key.split(":")[0], "model_type": key.split(":", 1)[1], "outcome": "crash", "cause": f"exit {done.returncode}: {tail}"}
+def _timeout(signum: int, frame: Any) -> None:
+    raise TimeoutError("time-out")
+
+
+def run_children(keys: list[str], timeout: int) -> Any:
+    """In a child process, one model after another, one JSON line each (a model over ``timeout`` s is a row)."""
+    import gc
+    import signal
+
+    signal.signal(signal.SIGALRM, _timeout)
+    for key in keys:
+        signal.alarm(timeout)
+        try:
+            row = run_child(key)
+        except TimeoutError:
+            row = {"key": key, "task": key.split(":")[0], "model_type": key.split(":", 1)[1], "outcome": "timeout", "cause": f"over {timeout} s"}
+        finally:
+            signal.alarm(0)
+        print(json.dumps(row), flush=True)
+        gc.collect()
+
+
+def run_keys(keys: list[str], timeout: int) -> list[dict[str, Any]]:
+    """Run ``keys`` in child processes, several models each (importing torch and transformers once per child, not
+    per model); a child that dies costs the model it was on (a row ``crash``) and the rest go to a new child."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
+           "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
+    rows: list[dict[str, Any]] = []
+    left = list(keys)
+    while left:
+        done = subprocess.run([sys.executable, __file__, "--children", ",".join(left), "--timeout", str(timeout)],
+                              capture_output=True, text=True, env=env, cwd=str(ROOT))
+        finished = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        for row in finished:
+            print(f"{row['key']:40s} {row['outcome']:9s} {row.get('cause', '')[:100]}", file=sys.stderr, flush=True)
+        rows.extend(finished)
+        left = left[len(finished):]
+        if left:  # the child died on left[0]
+            key = left.pop(0)
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:220]
+            rows.append({"key": key, "task": key.split(":")[0], "model_type": key.split(":", 1)[1], "outcome": "crash", "cause": f"exit {done.returncode}: {tail}"})
+    return rows
 
 
 def _cell(text: Any) -> str:
@@ -318,7 +350,7 @@ def table(rows: list[dict[str, Any]], command: str, seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--children", help=argparse.SUPPRESS)
     parser.add_argument("--list", action="store_true", help="print the keys and stop")
     parser.add_argument("--only", action="append", default=[], help="a key (task:model_type); repeat for more")
     parser.add_argument("--task", action="append", choices=sorted(TASKS), help="only these tasks")
@@ -327,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=TIMEOUT, help="seconds per model")
     parser.add_argument("--out", type=Path, default=None, help=f"the table (default {OUT.relative_to(ROOT)}; with --toy/--only: printed)")
     args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(run_child(args.child)))
+    if args.children:
+        run_children(args.children.split(","), args.timeout)
         return 0
     chosen = list(TOY) if args.toy else args.only or keys()
     if args.task:
@@ -337,11 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(chosen))
         return 0
     started = time.perf_counter()
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        rows = []
-        for row in pool.map(lambda key: run_key(key, args.timeout), chosen):
-            rows.append(row)
-            print(f"{row['key']:40s} {row['outcome']:9s} {row.get('cause', '')[:100]}", file=sys.stderr, flush=True)
+    jobs = max(1, args.jobs)
+    with ThreadPoolExecutor(jobs) as pool:  # the keys dealt round-robin to ``jobs`` children
+        parts = pool.map(lambda part: run_keys(part, args.timeout), [chosen[i::jobs] for i in range(jobs)])
+        found = {row["key"]: row for part in parts for row in part}
+    rows = [found[key] for key in chosen]
     command = "python benchmarks/hf_zoo.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     text = table(rows, command.strip(), time.perf_counter() - started)
     out = args.out or (None if (args.toy or args.only) else OUT)
