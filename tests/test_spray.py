@@ -22,7 +22,7 @@ pytest.importorskip("sklearn", reason="lrp spray needs scikit-learn (the spray e
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
 from lrpcli.cli import main  # noqa: E402
-from lrpcli.errors import InputError, UsageError  # noqa: E402
+from lrpcli.errors import InputError, ModelError, UsageError  # noqa: E402
 from lrpcli.runs.spray import eigengap, pool, spectrum, spray  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_models" / "clever_hans_digits"
@@ -167,6 +167,8 @@ def test_bad_options_and_missing_scikit_learn(runs, monkeypatch):
         spray(runs["plain"], clusters=0, write=False)
     assert CliRunner().invoke(main, ["spray", str(runs["plain"]), "--clusters", "many"]).exit_code == 2
     monkeypatch.setitem(sys.modules, "sklearn", None)
-    with pytest.raises(UsageError) as caught:
+    with pytest.raises(ModelError) as caught:  # a missing extra: exit 4, as for the hf, ray and onnx extras
         spray(runs["plain"], write=False)
     assert "lrpcli[spray]" in caught.value.hint
+    refused = CliRunner().invoke(main, ["spray", str(runs["plain"])])
+    assert refused.exit_code == 4 and "pip install 'lrpcli[spray]'" in refused.output, refused.output

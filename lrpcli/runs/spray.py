@@ -11,7 +11,8 @@ is a distinct strategy, often a spurious one (the Clever Hans of the paper).
 
 The arrays are read one at a time from ``relevance/*.npy`` as the summaries list them (plain, resumed,
 sharded or merged runs alike); only the pooled grids are held. scikit-learn and SciPy do the graph work:
-they come with the ``spray`` extra. The library never prints: errors are raised.
+they come with the ``spray`` extra (without it: a ModelError, exit 4, like the other missing extras). The
+library never prints: errors are raised.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, ModelError, UsageError
 from ..outputs import file_labels, output_errors, save_array, write_atomic, write_json
 
 SPRAY = "spray"  # OUT/spray/: clusters.csv, eigenvalues.csv, spray.json, <class>/cluster-<k>.npy and .png, <class>/layout.png
@@ -74,7 +75,7 @@ def _sklearn():
         import scipy.sparse  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as exc:
-        raise UsageError(f"lrp spray needs scikit-learn, which is not installed ({exc})", hint=INSTALL_HINT) from exc
+        raise ModelError(f"lrp spray needs scikit-learn, which is not installed ({exc})", hint=INSTALL_HINT) from exc
 
 
 def _run_rows(out: Path, by: str) -> list[tuple[str, str, str]]:
