@@ -383,8 +383,8 @@ class Explainer:
     def explain_starts(self, x: torch.Tensor, starts: Sequence[Any], *, inputs: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One recorded forward of ``x``, then one walk per start (each a tensor shaped like the outputs, or a
         function ``start(outputs)``): the outputs and each walk's input relevance. For many seeds on one input
-        (a generation's tokens): the forward is not repeated, and no walk holds more than one copy of the
-        recorded values (each walk consumes a copy of them, as a walk frees what it has used)."""
+        (a generation's tokens): the forward is not repeated, and the walks read the recorded values without
+        copying them (a read-only walk: what a rule would overwrite is copied one value at a time)."""
         x = _check_input(x)
         graph, assigned = self.prepare(x, inputs)
         results: list[torch.Tensor] = []
@@ -393,9 +393,7 @@ class Explainer:
             outputs = values[graph.output]
             for start in starts:
                 initial = _custom_start((lambda o, t, f=start: f(o)) if callable(start) and not isinstance(start, torch.Tensor) else start, outputs, None)
-                walked = values.copy_for_walk()
-                relevance, _ = propagate(graph, assigned, walked, initial)
-                del walked
+                relevance, _ = propagate(graph, assigned, values.read_only(), initial)
                 results.append(_usable(relevance) if relevance is not None else _no_relevance(x, outputs))
         return _usable(outputs), results
 

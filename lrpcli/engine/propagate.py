@@ -72,14 +72,15 @@ class Recorded(dict):
         #: dropped outputs: the node that recomputes each, and a zero-memory stand-in of its shape and dtype
         self.recomputable: dict[str, tuple[Node, torch.Tensor]] = {}
 
-    def copy_for_walk(self) -> "Recorded":
-        """A copy a walk may consume (it frees and overwrites what it has used), the recorded values kept for
-        the next walk: tensors cloned, dropped outputs still recomputable."""
-        copy = Recorded()
-        for name, value in dict.items(self):
-            dict.__setitem__(copy, name, value.clone() if isinstance(value, torch.Tensor) else value)
-        copy.recomputable = dict(self.recomputable)
-        return copy
+    def read_only(self) -> "ReadOnlyWalk":
+        """A view for one walk that leaves these values as they are, so that further walks (other seeds) can
+        start from the same recorded forward: no copy of it is made (see :class:`ReadOnlyWalk`)."""
+        return ReadOnlyWalk(self)
+
+    def take(self, name: str) -> tuple[Any, bool]:
+        """A value the walk is done with after this step, and whether the walk owns it (may overwrite it): a
+        consuming walk removes it from here, so it does."""
+        return self.pop(name), True
 
     def drop(self, name: str, node: Node) -> None:
         value = super().pop(name)
@@ -107,6 +108,43 @@ class Recorded(dict):
     def pop(self, name: str, *default: Any) -> Any:
         self.recomputable.pop(name, None)
         return super().pop(name, *default)
+
+
+class ReadOnlyWalk(Recorded):
+    """One walk's view of a recorded forward that must stay as it is (N seeds walked on one forward,
+    Explainer.explain_starts): reads fall through to the recorded values; what the walk recomputes (a dropped
+    activation, attention weights) is held here and freed as the walk passes it, as a consuming walk frees it;
+    ``pop`` of a recorded value hands it out and keeps it, and :meth:`take` says the walk does not own it, so
+    that a rule that would overwrite it gets a copy of that one value (a layer's worth, for one step)."""
+
+    def __init__(self, recorded: Recorded) -> None:
+        super().__init__()
+        self.recorded = recorded
+        self.recomputable = recorded.recomputable  # shared: read here, never changed
+
+    def __missing__(self, name: str) -> Any:
+        if dict.__contains__(self.recorded, name):
+            return dict.__getitem__(self.recorded, name)
+        if name not in self.recomputable:
+            raise KeyError(name)
+        value = self[name] = self.recomputable[name][0].call(self)  # this walk's own, freed when it is passed
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or dict.__contains__(self.recorded, name)
+
+    def pop(self, name: str, *default: Any) -> Any:
+        if dict.__contains__(self, name):
+            return dict.pop(self, name)
+        if dict.__contains__(self.recorded, name):
+            return dict.__getitem__(self.recorded, name)
+        if default:
+            return default[0]
+        raise KeyError(name)
+
+    def take(self, name: str) -> tuple[Any, bool]:
+        own = dict.__contains__(self, name)
+        return self.pop(name), own
 
 
 #: the parts of a decomposed attention (transformer_passes): the T x T scores, masked scores and weights are
@@ -197,11 +235,13 @@ def _node_relevance(
         # free them as soon as it has divided one by the other (a layer's worth of memory at the peak)
         # The rule may also overwrite the output (alpha-beta turns it into z-): nothing else reads it by now (its
         # readers come later in the graph and were walked first), except the outputs handed back to the caller.
+        # A read-only walk (several seeds on one forward) keeps the recorded z: a rule that overwrites z gets a copy.
         source = node.args[0].name
-        z = values.pop(node.name)
-        if returned is not None and _same_storage(z, returned):
+        z, own = values.take(node.name)
+        rule = assigned.rule
+        if (not own and rule.overwrites_z) or (returned is not None and _same_storage(z, returned)):
             z = z.clone()
-        return {source: assigned.rule.weighted(node, values[source], z, pending.pop(node.name), ledger=ledger)}
+        return {source: rule.weighted(node, values[source], z, pending.pop(node.name), ledger=ledger)}
     relevance = pending.pop(node.name)
     if kind in ops.PROPORTIONAL_KINDS:
         return assigned.rule.proportional(node, values, inputs, values[node.name], relevance, ledger=ledger)

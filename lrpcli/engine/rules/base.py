@@ -263,6 +263,9 @@ class Rule:
     inherits: ClassVar[tuple[str, ...]] = ()
     #: the node kinds the rule can serve (a composite entry skips other kinds it matches)
     kinds: ClassVar[tuple[str, ...]] = ("conv", "linear", "batchnorm")
+    #: whether ``weighted`` may write into the ``z`` it is handed (to save a layer's worth of memory): a walk that
+    #: keeps the recorded forward for further seeds hands such a rule a copy of z (propagate.ReadOnlyWalk)
+    overwrites_z: ClassVar[bool] = True
 
     def __init__(self, **values: Any):
         unknown = set(values) - set(self.params)
@@ -319,7 +322,8 @@ class Rule:
     ) -> torch.Tensor:
         """Relevance of the input ``a`` of a weighted node with output ``z``.
 
-        The walk hands over the only references to ``z`` and ``relevance``: a rule may free or overwrite them."""
+        The walk hands over the only references to ``z`` and ``relevance``: a rule may free them, and overwrite
+        them where its class says ``overwrites_z`` (``relevance`` always)."""
         raise NotImplementedError
 
     def proportional(

@@ -76,6 +76,7 @@ class Norm(Epsilon):
 
 class Pass(Rule):
     name = "pass"
+    overwrites_z = False
     formula = "R_j = R_j   (relevance passes unchanged; input and output shapes must match)"
     kinds = Epsilon.kinds + ("softmax",)  # a softmax inside the model too: its input gets its output's relevance
 

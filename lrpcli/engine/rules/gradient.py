@@ -50,6 +50,7 @@ def _activation_backward(node, values, inputs, signal: torch.Tensor) -> dict[str
 
 class Gradient(Rule):
     name = "gradient"
+    overwrites_z = False
     formula = "R_in = J^T R   (the plain gradient of the node: no division by z, no multiplication by the input)"
     kinds = ops.RULE_KINDS + ("elementwise",)
 

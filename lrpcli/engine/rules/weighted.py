@@ -20,6 +20,7 @@ OPTIONS = {"stabilizer_mode": STABILIZER_MODE, "zero_params": ZERO_PARAMS_PARAM}
 
 class ZPlus(Rule):
     name = "zplus"
+    overwrites_z = False  # z is not read
     formula = "R_j = sum_k (a_j w_jk)^+ R_k / sum_j (a_j w_jk)^+   (alpha=1, beta=0; z+ = W+ a+ + W- a- + b+)"
     params = {"stabilizer": Param(1e-6, "added to the denominator", minimum=0.0), **OPTIONS}
     inherits = ("stabilizer", *OPTIONS)
@@ -118,6 +119,7 @@ class AlphaBeta(Rule):
 
 class Gamma(Rule):
     name = "gamma"
+    overwrites_z = False  # z only read: the modified denominators are new tensors
     formula = "R_j = a_j sum_k (w_jk + gamma w_jk^+) R_k / sum_j a_j (w_jk + gamma w_jk^+)   (zennit's sign-aware form)"
     params = {
         "gamma": Param(0.25, "how much positive contributions are favoured", minimum=0.0),
@@ -191,6 +193,7 @@ class Gamma(Rule):
 
 class Flat(Rule):
     name = "flat"
+    overwrites_z = False  # z is not read
     formula = "R_j = sum_k 1 * R_k / sum_j 1   (uniform over the receptive field; inputs and weights set to 1; no bias, as zennit)"
     params = {"stabilizer": Param(1e-6, "added to the denominator", minimum=0.0), **OPTIONS}
     inherits = ("stabilizer", *OPTIONS)
