@@ -65,19 +65,20 @@ def explain_dataset(
     device: str = "cpu",
     dtype: str = "float32",
     init: str = "value",
-    num_gpus: float = 0,
+    num_gpus: float | None = None,
 ) -> Any:
     """A Ray Dataset of ``ds``'s rows with the model's prediction, target, logit, relevance_sum and relevance.
 
     ``features`` are the columns fed to the model, in its order (each gets a ``relevance_<name>`` column), or the
     name of one column holding an array per row (images, sequences; its relevance is the ``relevance`` column).
     ``target`` is a class index (default: each row's prediction). ``workers`` actors each load ``model`` once;
-    give ``num_gpus`` (per actor) with ``device="cuda"``. Nothing runs until the dataset is consumed."""
+    ``device="cuda"`` asks each actor for a GPU (``num_gpus`` to ask for another share). Nothing runs until the
+    dataset is consumed."""
     if not features:
         raise UsageError("explain_dataset needs features: the model's input columns, or one column of arrays")
     if workers < 1 or batch_size < 1:
         raise UsageError(f"workers and batch_size must be at least 1 (got {workers}, {batch_size})")
-    from .runs.ray_run import RETRIES, require_ray
+    from .runs.ray_run import actor_options, require_ray
 
     ray = require_ray()
     if isinstance(composite, str):  # a bad name is said here, not by an actor that fails to start
@@ -90,8 +91,13 @@ def explain_dataset(
         fn_constructor_args=(model, composite, params, features, target, dtype, device, init),
         batch_size=batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        max_restarts=RETRIES,
-        max_task_retries=RETRIES,
-        **({"num_gpus": num_gpus} if num_gpus else {}),
+        **with_gpus(actor_options(ray, workers, device), num_gpus),
     )
+
+
+def with_gpus(options: dict[str, Any], num_gpus: float | None) -> dict[str, Any]:
+    """The actor options with ``num_gpus`` per actor where the caller gives it (in place of a whole GPU or a CPU)."""
+    if num_gpus is None:
+        return options
+    options = {k: v for k, v in options.items() if k not in ("num_gpus", "num_cpus")}
+    return {**options, "num_gpus": num_gpus} if num_gpus else {**options, "num_cpus": 1}

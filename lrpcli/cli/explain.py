@@ -82,7 +82,7 @@ Examples:
 @device_option
 @click.option("--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes (default: by input count and CPUs); with --ray, the number of Ray actors (default 1).")
-@click.option("--ray", "ray", is_flag=True, help="Run on Ray (extra ray): the cluster RAY_ADDRESS names, else a local one; --workers N actors, each loading the model once. Images and CSV/Parquet rows; the same outputs as a plain run.")
+@click.option("--ray", "ray", is_flag=True, help="Run on Ray (extra ray): the cluster RAY_ADDRESS names, else a local one; --workers N actors, each loading the model once (a GPU each with --device cuda). Images and CSV/JSON-lines/Parquet rows; the same outputs as a plain run. --resume continues an interrupted Ray run (rows: with -o FILE, whose finished blocks wait in FILE.ray-parts/); --shard K/N puts shard K's inputs on the cluster (the same split as without Ray; `lrp merge` joins the shards), for one Ray job per shard.")
 @on_error_option
 @click.option("--resume", is_flag=True, help="Skip inputs whose outputs already exist in OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace results of another model or composite in OUT (refused otherwise).")
@@ -129,11 +129,11 @@ def explain(model: str, inputs: tuple[str, ...], **options: Any) -> None:
     if is_text_run(spec, options) or any(str(i).lower().endswith(".txt") for i in inputs):
         if len(inputs) != 1:
             raise UsageError("give one file of texts (or - for stdin)")
-        if options["ray"]:
-            raise UsageError("--ray runs images and CSV, JSON-lines and Parquet rows for now", hint="drop --ray for texts")
         if options["heatmap_size"] != "model":
             raise UsageError("--heatmap-size applies to images", hint="drop it for texts")
         if options["max_new_tokens"] is not None or options["continuation_col"] or options["context_col"]:
+            if options["ray"]:
+                raise UsageError("--ray explains images, rows and texts, not generated tokens yet", hint="drop --ray for --max-new-tokens / --continuation-col / --context-col")
             from .generate import explain_generation
 
             explain_generation(model, spec, inputs[0], options)

@@ -94,7 +94,12 @@ def explain_text(model: str, spec: Any, source: str, options: dict[str, Any]) ->
             writers.append(page_report)
         with progress("explaining texts", None, options["quiet"]) as advance:
             explainer.stages = advance.stage
-            report = explain_texts(explainer, records, tokenizer, writers, progress=advance, **kwargs)
+            run = explain_texts
+            if options.get("ray"):  # the same batches, explained by a pool of Ray actors
+                from .ray_hooks import ray_texts
+
+                run = ray_texts(model, spec_input, options)
+            report = run(explainer, records, tokenizer, writers, progress=advance, **kwargs)
         if options["html"]:
             html.close()
     wrote = page_report is not None and write_run_page(page_report, page_path, model, composite, name, options)

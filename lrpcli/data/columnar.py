@@ -39,7 +39,10 @@ def _careful(cells: Iterator[list[str]], header: list[str], columns: TabularColu
 
 class CsvSource:
     """CSV rows read column-wise from ``lines`` (a file or stdin) whose first line, ``first``, is the
-    header; :attr:`header` as :func:`open_rows` reads it."""
+    header; :attr:`header` as :func:`open_rows` reads it. ``done`` counts the rows before ``lines`` (the
+    header included): a reader of a byte range of the file (the Ray executor's) numbers rows as the whole file does."""
+
+    done = 1
 
     def __init__(self, lines: LineChunks, first: bytes, source: str):
         self.lines, self.source = lines, source
@@ -61,14 +64,14 @@ class CsvSource:
             return
         roles = [name for name in (columns.id_col, columns.label_col) if name]
         if set(roles) & set(columns.features) or len(set(roles)) != len(roles) or "" in header:
-            yield from _careful(csv.reader(self.lines.rest()), header, columns, batch_size, source, 1)
+            yield from _careful(csv.reader(self.lines.rest()), header, columns, batch_size, source, self.done)
             return
         types = {name: pa.float64() for name in columns.features} | {name: pa.string() for name in roles}
         read_options = pacsv.ReadOptions(column_names=header, use_threads=False)
         convert = pacsv.ConvertOptions(
             include_columns=list(columns.features) + roles, column_types=types, null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False
         )
-        done = 1  # rows read so far, the header included
+        done = self.done  # rows read so far, the header included
         for chunk in self.lines.chunks(batch_size):
             lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
             if b'"' in chunk or chunk.count(b"\r") != chunk.count(b"\r\n"):
@@ -99,7 +102,10 @@ class CsvSource:
 
 
 class ParquetSource:
-    """A Parquet file read in record batches; its column names are the header."""
+    """A Parquet file read in record batches; its column names are the header. ``rows`` (start, stop) reads only
+    those rows (the Ray executor's blocks), numbered as in the whole file."""
+
+    rows: tuple[int, int] | None = None
 
     def __init__(self, path: str, source: str):
         import pyarrow as pa
@@ -126,9 +132,9 @@ class ParquetSource:
         used = list(dict.fromkeys(list(columns.features) + roles))
         names = self.file.schema_arrow.names
         raw = [names[self.header.index(name)] for name in used]
-        done = 1
+        done = 1 + (self.rows[0] if self.rows else 0)
         try:
-            for record in self.file.iter_batches(batch_size=batch_size, columns=raw, use_threads=False):
+            for record in self._records(raw, batch_size):
                 n = record.num_rows
                 numbers = np.arange(done + 1, done + 1 + n, dtype=np.int64)
                 batch = None
@@ -152,6 +158,25 @@ class ParquetSource:
                 done += n
         except (OSError, pa.ArrowInvalid) as exc:
             raise InputError(f"{self.source}: cannot read the Parquet data ({exc})") from exc
+
+    def _records(self, raw: list[str], batch_size: int) -> Iterator[Any]:
+        """Record batches of ``batch_size`` rows (of :attr:`rows` only, where set)."""
+        if self.rows is None:
+            yield from self.file.iter_batches(batch_size=batch_size, columns=raw, use_threads=False)
+            return
+        start, stop = self.rows
+        sizes = [self.file.metadata.row_group(k).num_rows for k in range(self.file.num_row_groups)]
+        ends = np.cumsum(sizes)
+        groups = [k for k in range(len(sizes)) if ends[k] > start and ends[k] - sizes[k] < stop]
+        first = int(ends[groups[0]] - sizes[groups[0]]) if groups else start
+        import pyarrow as pa
+
+        parts = list(self.file.iter_batches(batch_size=1 << 16, row_groups=groups, columns=raw, use_threads=False))
+        if not parts:
+            return
+        table = pa.Table.from_batches(parts).slice(start - first, stop - start)
+        for offset in range(0, table.num_rows, batch_size):
+            yield table.slice(offset, batch_size).combine_chunks().to_batches()[0]
 
 
 def _cells(record: Any, names: list[str]) -> Iterator[list[str]]:

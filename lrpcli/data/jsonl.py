@@ -90,7 +90,10 @@ def read_json_batches(lines: Iterator[bytes], columns: TabularColumns, batch_siz
 
 
 class JsonlSource:
-    """A JSON-lines file, or stdin (``-``), read in batches; :attr:`header` is the first object's keys."""
+    """A JSON-lines file, or stdin (``-``), read in batches; :attr:`header` is the first object's keys. ``done``
+    counts the lines before ``lines`` (a reader of a byte range of the file numbers lines as the whole file does)."""
+
+    done = 0
 
     def __init__(self, lines: LineChunks, first: bytes, source: str):
         self.lines, self.source = lines, source
@@ -113,7 +116,7 @@ class JsonlSource:
 
     def batches(self, columns: TabularColumns, batch_size: int) -> Iterator[RowBatch | Any]:
         parse = _FastJson(columns, self.first)
-        done = 0  # lines read so far
+        done = self.done  # lines read so far
         for chunk in self.lines.chunks(batch_size):
             lines = _lines(chunk)
             batch = parse(chunk, len(lines), done)

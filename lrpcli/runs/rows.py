@@ -32,6 +32,7 @@ class RowReport:
     rows_out: int = 0
     failures: list[Failure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    skipped: int = 0  # batches a resumed Ray run found finished (lrpcli.runs.ray_run)
 
 
 def expected_features(model: Any) -> int | None:
