@@ -21,6 +21,8 @@ _EXPORTS = {
     "explain_texts": "lrpcli.api",
     "concepts": "lrpcli.api",
     "Concepts": "lrpcli.runs.concepts",
+    "references": "lrpcli.api",
+    "References": "lrpcli.runs.concepts",
     "TextExplanation": "lrpcli.runs.texts",
     "Explainer": "lrpcli.api",
     "LRPAttribution": "lrpcli.api",
@@ -50,8 +52,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:  # pragma: no cover
     from .engine.composite import Composite
     from .engine.composite_yaml import load_composite
-    from .api import Explainer, LRPAttribution, concepts, explain, explain_texts, quantus_explain_func
-    from .runs.concepts import Concepts
+    from .api import Explainer, LRPAttribution, concepts, explain, explain_texts, quantus_explain_func, references
+    from .runs.concepts import Concepts, References
     from .runs.texts import TextExplanation
     from .engine.explainer import Contrast, Explanation, LayerRelevance
     from .evaluate import evaluate

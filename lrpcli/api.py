@@ -137,3 +137,34 @@ def concepts(
     return explain_concepts(
         Explainer(model, composite, params=params), x, layer, target, top=top, channels=channels, init=init, batch_size=batch_size
     )
+
+
+def references(
+    model: Any,
+    x: Any,
+    layer: str,
+    k: int = 8,
+    composite: Any = "epsilon_plus_flat",
+    target: Any = None,
+    *,
+    names: Any = None,
+    channels: Any = None,
+    init: Any = "value",
+    batch_size: int = 32,
+    share: float = 0.8,
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """Relevance maximisation, as ``lrp concepts --reference K`` runs it on a folder: a ``References`` with, per
+    channel of ``layer`` (or per named ``channels``), the ``k`` inputs of ``x`` (N, ...) where the channel is most
+    relevant for the target (``relevant``: indices, best first; ``relevance``: the values) and the ``k`` where it
+    is most active (``active``, ``activation``), each with the crop holding ``share`` of the channel's positive
+    conditional relevance (``relevant_boxes``, ``active_boxes``: top, left, bottom, right). ``names`` label the
+    inputs (ties go to the name sorting first); ``table()`` gives the rows of references.csv."""
+    import torch
+
+    from .runs.concepts import find_references
+
+    return find_references(
+        Explainer(model, composite, params=params), torch.as_tensor(x), layer, k, target,
+        names=names, channels=channels, init=init, batch_size=batch_size, share=share,
+    )

@@ -166,6 +166,52 @@ def test_relevance_maximisation_ranks_inputs_by_the_channels_relevance_and_activ
         assert [n for n, _ in active.ranking(c)] == [names[i] for i in activation[:, c].argsort(descending=True)[:3]]
 
 
+def test_api_references_equal_a_brute_force_ranking_with_each_crop_from_its_own_conditional_map():
+    import lrpcli
+    from lrpcli.runs.concepts import crop_box
+
+    model, x = _conv_net(), _x(9)
+    found = lrpcli.references(model, x, "2", k=3, batch_size=4)  # 9 inputs ranked in batches of 4
+    assert isinstance(found, lrpcli.References) and "references" in dir(lrpcli)
+    full = explain(model, x, layers=["2"])
+    per_channel = full.layer_maps["2"].sum((2, 3))
+    activation = model[:3](x).amax((2, 3)).detach()
+    assert (found.channels == range(5)).all() and (found.targets == full.targets.numpy()).all()
+    for c in range(5):
+        for index, values, boxes, truth in (
+            (found.relevant, found.relevance, found.relevant_boxes, per_channel),
+            (found.active, found.activation, found.active_boxes, activation),
+        ):
+            assert list(index[c]) == truth[:, c].argsort(descending=True)[:3].tolist()
+            np.testing.assert_allclose(values[c], truth[index[c], c].numpy(), rtol=1e-12)
+            for rank, i in enumerate(index[c]):  # each crop from a walk of its own, not the batched one
+                heat = explain(model, x[i : i + 1], target=full.targets[i : i + 1], condition={"2": [c]}).relevance[0]
+                assert tuple(boxes[c, rank]) == crop_box(heat.numpy()), (c, rank)
+    rows = found.table()
+    assert len(rows) == 2 * 5 * 3 and rows[0] == {
+        "layer": "2", "channel": 0, "kind": "relevance", "rank": 1, "input": found.names[found.relevant[0, 0]],
+        "value": found.relevance[0, 0], **dict(zip(("top", "left", "bottom", "right"), found.relevant_boxes[0, 0].tolist())),
+    }
+    names = [f"img{i}" for i in range(9)]
+    named = lrpcli.references(model, x, "2", k=12, channels=[4], names=names)
+    assert named.relevant.shape == (1, 12) and (named.relevant[0, 9:] == -1).all()  # fewer inputs than k
+    assert list(named.relevant[0, :3]) == list(found.relevant[4]) and len(named.table()) == 2 * 9
+    assert {r["input"] for r in named.table()} == set(names)
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [({"channels": [7]}, "out of range"), ({"names": ["a"]}, "1 names for 3 inputs"), ({"names": ["a", "a", "b"]}, "repeat"),
+     ({"k": 0}, "at least 1"), ({"target": [0, 1]}, "2 targets for 3 inputs")],
+)
+def test_api_references_errors(options, words):
+    import lrpcli
+
+    with pytest.raises(UsageError) as caught:
+        lrpcli.references(_conv_net(), _x(3), "2", **options)
+    assert words in caught.value.message
+
+
 def test_crop_box_holds_the_given_share_of_positive_relevance():
     from lrpcli.runs.concepts import crop_box
 

@@ -252,6 +252,128 @@ class Ranking:
         return ranking
 
 
+def crop_boxes(
+    explainer: Explainer,
+    pairs: Sequence[tuple[str, int]],
+    fetch: Any,
+    targets: dict[str, int],
+    layer: str,
+    count: int,
+    init: Any = "value",
+    batch_size: int = 32,
+    share: float = 0.8,
+) -> dict[tuple[str, int], tuple[int, int, int, int]]:
+    """The crop (:func:`crop_box`) of each (input, channel) pair: the box holding ``share`` of the channel's
+    positive conditional relevance in that input for its target. ``fetch(names)`` returns those inputs as one
+    batch; pairs are walked ``batch_size`` at a time, so only that many inputs are held."""
+    boxes: dict[tuple[str, int], tuple[int, int, int, int]] = {}
+    pairs = sorted(set(pairs))
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        names = sorted({name for name, _ in chunk})
+        batch = fetch(names)
+        x = batch[torch.tensor([names.index(name) for name, _ in chunk], device=batch.device)]
+        conditions = torch.tensor([[channel] for _, channel in chunk])
+        explained = torch.tensor([targets[name] for name, _ in chunk], device=batch.device)
+        maps = conditional_maps(explainer, x, explained, layer, conditions, count, init, batch_size)
+        for pair, heat in zip(chunk, maps[:, 0].double().cpu().numpy()):
+            boxes[pair] = crop_box(heat, share)
+    return boxes
+
+
+@dataclass
+class References:
+    """What :func:`find_references` returns: per ranked channel the K inputs where it is most relevant and the K
+    where it is most active (indices into the inputs, best first; -1 where fewer than K inputs were given), their
+    values and crops ((top, left, bottom, right), end exclusive)."""
+
+    layer: str
+    names: list[str]  # the inputs' names, as given (or "0", "1", ...)
+    channels: np.ndarray  # (C,) the channels ranked
+    relevant: np.ndarray  # (C, K) input indices, most relevant first
+    relevance: np.ndarray  # (C, K) the channel's relevance there (its summed relevance at the layer for the target)
+    relevant_boxes: np.ndarray  # (C, K, 4)
+    active: np.ndarray  # (C, K) input indices, most active first
+    activation: np.ndarray  # (C, K) the channel's largest activation there
+    active_boxes: np.ndarray  # (C, K, 4)
+    targets: np.ndarray  # (N,) the output each input was explained for
+
+    def table(self) -> list[dict[str, Any]]:
+        """The rows of references.csv (without the crop pictures): layer, channel, kind, rank, input, value, top,
+        left, bottom, right."""
+        rows = []
+        for kind, index, values, boxes in (
+            ("relevance", self.relevant, self.relevance, self.relevant_boxes),
+            ("activation", self.active, self.activation, self.active_boxes),
+        ):
+            for slot, channel in enumerate(self.channels):
+                for rank, i in enumerate(index[slot]):
+                    if i < 0:
+                        break
+                    top, left, bottom, right = (int(v) for v in boxes[slot, rank])
+                    rows.append({"layer": self.layer, "channel": int(channel), "kind": kind, "rank": rank + 1, "input": self.names[i],
+                                 "value": float(values[slot, rank]), "top": top, "left": left, "bottom": bottom, "right": right})
+        return rows
+
+
+def find_references(
+    explainer: Explainer,
+    x: torch.Tensor,
+    layer: str,
+    k: int,
+    target: Any = None,
+    *,
+    names: Sequence[str] | None = None,
+    channels: Sequence[int] | None = None,
+    init: Any = "value",
+    batch_size: int = 32,
+    share: float = 0.8,
+) -> References:
+    """Relevance maximisation over the inputs ``x`` (N, ...), ranked ``batch_size`` at a time, as ``lrp concepts
+    --reference K`` ranks a folder: per channel (all, or the named ``channels``) the ``k`` inputs where it is most
+    relevant and the ``k`` where it is most active, each with its crop. Ties go to the name sorting first."""
+    n = len(x)
+    if names is None:
+        names = [f"{i:0{len(str(max(n - 1, 0)))}d}" for i in range(n)]  # zero-padded: ties go to the lower index
+    names = [str(name) for name in names]
+    if len(names) != n:
+        raise UsageError(f"{len(names)} names for {n} inputs", hint="give one name per input, or none")
+    if len(set(names)) != n:
+        raise UsageError("the inputs' names repeat", hint="give each input its own name")
+    per_input = target is not None and not isinstance(target, int) and torch.as_tensor(target).ndim > 0
+    if per_input and len(torch.as_tensor(target)) != n:
+        raise UsageError(f"{len(torch.as_tensor(target))} targets for {n} inputs", hint="give one target per input, or one for all")
+    ranking = Ranking(k)
+    for start in range(0, n, batch_size):
+        part = torch.as_tensor(target)[start : start + batch_size] if per_input else target
+        ranking.add(explainer, names[start : start + batch_size], x[start : start + batch_size], layer, part, init)
+    if ranking.relevant is None:
+        raise UsageError("no inputs to rank", hint="give a batch of inputs (N, ...)")
+    relevant, active = ranking.relevant, ranking.active
+    ranked = list(channels) if channels is not None else list(range(relevant.channels))
+    choose_channels(torch.zeros(1, relevant.channels), channels=ranked)  # out-of-range channels named
+    index = {name: i for i, name in enumerate(names)}
+    pairs = [(name, c) for table in (relevant, active) for c in ranked for name, _ in table.ranking(c)]
+    boxes = crop_boxes(explainer, pairs, lambda chosen: x[[index[name] for name in chosen]], ranking.targets, layer, relevant.channels, init, batch_size, share)
+
+    def arrays(table: TopK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        found = np.full((len(ranked), k), -1, dtype=np.int64)
+        values = np.full((len(ranked), k), np.nan)
+        where = np.zeros((len(ranked), k, 4), dtype=np.int64)
+        for slot, c in enumerate(ranked):
+            for rank, (name, value) in enumerate(table.ranking(c)):
+                found[slot, rank], values[slot, rank], where[slot, rank] = index[name], value, boxes[name, c]
+        return found, values, where
+
+    (relevant_at, relevance, relevant_boxes), (active_at, activation, active_boxes) = arrays(relevant), arrays(active)
+    return References(
+        layer=layer, names=names, channels=np.asarray(ranked, dtype=np.int64),
+        relevant=relevant_at, relevance=relevance, relevant_boxes=relevant_boxes,
+        active=active_at, activation=activation, active_boxes=active_boxes,
+        targets=np.array([ranking.targets[name] for name in names], dtype=np.int64),
+    )
+
+
 def relevance_maximisation(
     explainer: Explainer,
     batches: Iterable[tuple[Sequence[str], torch.Tensor]],
@@ -404,26 +526,16 @@ def run_references(explainer: Explainer, items: Sequence[ImageInput], preprocess
         for channel in channels
         for rank, (name, value) in enumerate(table.ranking(channel), 1)
     ]
-    pairs = sorted({(name, channel) for _, channel, _, name, _ in wanted})
-    boxes: dict[tuple[str, int], tuple[int, int, int, int]] = {}
+    pairs = [(name, channel) for _, channel, _, name, _ in wanted]
+    fetch = lambda names: next(_load([by_name[name] for name in names], preprocessing, run))[1]  # noqa: E731
+    boxes = crop_boxes(explainer, pairs, fetch, targets, run.layer, relevant.channels, run.init, run.batch_size, run.share)
     pixels: dict[str, np.ndarray] = {}
-    for start in range(0, len(pairs), run.batch_size):
-        chunk = pairs[start : start + run.batch_size]
-        names = sorted({name for name, _ in chunk})
-        batch = next(_load([by_name[name] for name in names], preprocessing, run))[1]
-        rows = torch.tensor([names.index(name) for name, _ in chunk], device=batch.device)
-        x = batch[rows]
-        conditions = torch.tensor([[channel] for _, channel in chunk])
-        explained = torch.tensor([targets[name] for name, _ in chunk], device=batch.device)
-        maps = conditional_maps(explainer, x, explained, run.layer, conditions, relevant.channels, run.init, run.batch_size)
-        for (name, channel), heat in zip(chunk, maps[:, 0].double().cpu().numpy()):
-            boxes[name, channel] = crop_box(heat, run.share)
-            if name not in pixels:
-                pixels[name] = preprocessing.pixels(by_name[name].path)
     rows_out = []
     for kind, channel, rank, name, value in wanted:
         top, left, bottom, right = boxes[name, channel]
         picture = f"references/{safe_label(run.layer)}/{channel}/{kind}-{rank}{sfx}.png"
+        if name not in pixels:
+            pixels[name] = preprocessing.pixels(by_name[name].path)
         crop = pixels[name][top:bottom, left:right]
         crop = crop if crop.shape[2] == 3 else crop.repeat(3, axis=2)
         write_atomic(inside(run.out, picture), png_bytes(enlarge(np.ascontiguousarray(crop), 64)))
