@@ -24,6 +24,7 @@ BUILTINS = [
     "epsilon_alpha2_beta1_flat",
     "attnlrp",
     "cp_lrp",
+    "mambalrp",
     "excitation_backprop",
     "guided_backprop",
     "deconvnet",

@@ -3,13 +3,13 @@ folder's own tokenizer.json.
 
 The folder reads as a model spec (:func:`folder_spec`): the class from ``config.architectures`` (a class of
 ``transformers`` itself, never remote code), class names from ``id2label``, the tokenizer and its length,
-``attnlrp`` as the composite. The model is wrapped (:class:`Logits`) so that it takes the token ids and an
-attention mask and returns the logits as one tensor (``return_dict=False``): the export path behind it is
-lrpcli's job, not the user's. Weights load from safetensors; ``pytorch_model.bin`` (a pickle) only with
-``--allow-pickle``. Sequence classifiers (texts with the folder's tokenizer), image classifiers (images
-prepared as the folder's image processor prepares them: the ViT, DeiT, BEiT, BiT, CLIP, MobileNet, ConvNeXt,
-LeViT, PoolFormer and EfficientNet processors, slow (Pillow) or fast (torch); others are refused by name) and
-causal LMs (the next token).
+``attnlrp`` as the composite (``mambalrp`` for state-space models). The model is wrapped (:class:`Logits`) so that
+it takes the token ids and an attention mask and returns the logits as one tensor (``return_dict=False``): the
+export path behind it is lrpcli's job, not the user's. Weights load from safetensors; ``pytorch_model.bin`` (a
+pickle) only with ``--allow-pickle``. Sequence classifiers (texts with the folder's tokenizer), image classifiers
+(images prepared as the folder's image processor prepares them: the ViT, DeiT, BEiT, BiT, CLIP, MobileNet,
+ConvNeXt, LeViT, PoolFormer and EfficientNet processors, slow (Pillow) or fast (torch); others are refused by name)
+and causal LMs (the next token).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def folder_spec(folder: str | Path) -> Any:
     folder = Path(folder)
     config = _json(folder / "config.json")
     _, task = _architecture(folder, config)
-    composite = "attnlrp" if is_transformer(config) else "epsilon_plus_flat"
+    composite = "mambalrp" if is_state_space(config) else "attnlrp" if is_transformer(config) else "epsilon_plus_flat"
     if task == "image":
         return ModelSpec(model=folder, input=image_input(folder), classes=class_names(config), composite=composite, source=folder / "config.json")
     tokenizer = folder / "tokenizer.json"
@@ -117,6 +117,17 @@ def is_transformer(config: dict[str, Any]) -> bool:
     """Does the config describe attention layers? Such models get AttnLRP; a nested text or vision config counts too."""
     nested = [value for key, value in config.items() if key.endswith("_config") and isinstance(value, dict)]
     return any(key in part for part in (config, *nested) for key in _HEAD_KEYS)
+
+
+#: config keys that give a selective SSM's state size (Mamba, FalconMamba, Mamba2: state_size; Jamba, Zamba, Bamba:
+#: mamba_d_state)
+_STATE_KEYS = ("state_size", "mamba_d_state")
+
+
+def is_state_space(config: dict[str, Any]) -> bool:
+    """Does the config describe selective state-space (Mamba) layers? Such models get MambaLRP (hybrids too: its
+    rules for attention are AttnLRP's)."""
+    return any(key in config for key in _STATE_KEYS)
 
 
 def token_names(tokenizer: Path) -> list[str] | None:

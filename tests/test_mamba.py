@@ -1,0 +1,223 @@
+"""Hugging Face Mamba explained with MambaLRP's rules (issue 27, item 6: state-space models).
+
+MambaLRP (Rezaei Jafari, Montavon, Müller, Eberle, NeurIPS 2024, Sec. 4) as the authors' code states it for
+transformers' slow path (github.com/FarnoushRJ/MambaLRP, ``mamba_lrp/model/mamba_huggingface.py``,
+``ModifiedMambaMixer.slow_forward`` and ``ModifiedMambaRMSNorm``; ``lrp/core.py`` ``ModifiedAct``):
+
+- the selective SSM: ``discrete_A``, ``discrete_B`` and ``C`` detached (Δ, Ā = exp(ΔA), B, C held constant);
+- SiLU: ``x * (silu(x) / x).data``, relevance passes unchanged (the identity rule);
+- the gate ``y * silu(z)``: ``y/2 + (y/2).data`` before ``out_proj``, each factor gets half the relevance;
+- RMSNorm: ``x * rsqrt(mean(x^2) + eps).detach()``;
+- everything else the plain gradient (LRP-0), relevance = gradient x input at the token embeddings.
+
+:func:`mambalrp_oracle` writes exactly that as forward hooks on the eager model (none of lrpcli's code), and
+lrpcli's walk over its captured graph must give the same token relevance.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gradient_oracle import identity_rule, scale_grad
+
+transformers = pytest.importorskip("transformers")
+
+D64 = torch.float64
+EXACT = {"epsilon": 0.0, "stabilizer": 0.0}
+TARGET = 3
+
+
+def tiny_mamba(seed: int = 0, layers: int = 2, vocab: int = 20) -> torch.nn.Module:
+    """A random MambaForCausalLM small enough for seconds (d_model 8, d_inner 16, state 4, conv kernel 3), every
+    parameter moved off its initial value so that conv biases, D and the norms' weights are not 0 or 1."""
+    torch.manual_seed(seed)
+    config = transformers.MambaConfig(
+        vocab_size=vocab, hidden_size=8, state_size=4, num_hidden_layers=layers, expand=2, conv_kernel=3,
+        time_step_rank=2, pad_token_id=0,
+    )
+    model = transformers.MambaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+class LastToken(torch.nn.Module):
+    """The next-token logits after the last position (no cache: the sequential scan over the whole text)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits[:, -1]
+
+
+def mambalrp_oracle(model: torch.nn.Module, ids: torch.Tensor, target: int, half_gate: bool = True) -> torch.Tensor:
+    """MambaLRP as a modified gradient times input on the eager model (the authors' modifications as hooks):
+    per-token relevance (batch, tokens) for the next-token logit ``target``. ``half_gate=False`` leaves the gate's
+    product to the plain gradient (both factors take the whole relevance: not conservative)."""
+    backbone = model.backbone
+    sinks: list[torch.Tensor] = []
+    hooks = []
+
+    def embedding_sink(_module, _args, out):
+        sink = out.detach().requires_grad_(True)
+        sinks.append(sink)
+        return sink
+
+    def rms_norm(module, args, _out):  # transformers' MambaRMSNorm with its normaliser detached
+        x = args[0]
+        xf = x.to(torch.float32)
+        normaliser = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + module.variance_epsilon).detach()
+        return module.weight * (xf * normaliser).to(x.dtype)
+
+    hooks.append(backbone.embeddings.register_forward_hook(embedding_sink))
+    for module in model.modules():
+        if type(module).__name__ == "MambaRMSNorm":
+            hooks.append(module.register_forward_hook(rms_norm))
+    for layer in backbone.layers:
+        mixer = layer.mixer
+        hooks.append(mixer.x_proj.register_forward_hook(lambda _m, _a, out: out.detach()))  # Δ, B, C (and so Ā, B̄)
+        hooks.append(mixer.act.register_forward_hook(lambda _m, args, out: identity_rule(args[0], out)))
+        if half_gate:
+            hooks.append(mixer.out_proj.register_forward_pre_hook(lambda _m, args: (scale_grad(args[0], 0.5),)))
+    try:
+        with torch.enable_grad():
+            logits = model(input_ids=ids, use_cache=False).logits[:, -1]
+            (grad,) = torch.autograd.grad(logits[:, target].sum(), sinks[0])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return (sinks[0] * grad).sum(-1).detach()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_mamba().double()
+
+
+@pytest.fixture(scope="module")
+def wrapped(model):
+    """One wrapper for the module, so that its captured graph is reused (capturing takes seconds)."""
+    return LastToken(model)
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.tensor([[5, 1, 7, 3, 9, 2, 4], [2, 8, 6, 6, 1, 3, 11]])
+
+
+def test_mambalrp_equals_the_modified_gradient_oracle(model, wrapped, ids):
+    from lrpcli import explain
+
+    ours = explain(wrapped, ids, "mambalrp", target=TARGET, params=EXACT)
+    expected = mambalrp_oracle(model, ids, TARGET)
+    assert torch.isfinite(ours.relevance).all()
+    torch.testing.assert_close(ours.outputs, model(input_ids=ids, use_cache=False).logits[:, -1].detach())
+    scale = expected.abs().max()
+    assert scale > 1e-3
+    # the SSM runs in float32 inside a float64 model (transformers casts B, Δ and the state): float32's rounding
+    assert (ours.relevance - expected).abs().max() <= 1e-5 * scale, (ours.relevance, expected)
+    # the tolerance tells the rules apart: the gate held (CP-LRP's choice), or not split, gives other maps
+    assert (explain(wrapped, ids, "cp_lrp", target=TARGET, params=EXACT).relevance - expected).abs().max() > 1e-2 * scale
+    assert (mambalrp_oracle(model, ids, TARGET, half_gate=False) - expected).abs().max() > 1e-2 * scale
+
+
+def test_the_scan_conserves_and_the_ledger_names_every_bias(wrapped, ids):
+    """Every MambaLRP rule conserves. With the conv biases (the only biases on relevance's path: in_proj,
+    out_proj and lm_head have none) at zero, the tokens' relevance sums to the logit; with them, the ledger's
+    bias shares make up the difference and nothing is left unexplained at any node."""
+    from lrpcli import explain
+
+    result = explain(wrapped, ids, "mambalrp", target=TARGET, params=EXACT, layer_relevance=True)
+    logit = result.outputs[:, TARGET].double()  # transformers returns float32 logits
+    biases = sum(layer.bias.double() for layer in result.layers.values() if layer.bias is not None)
+    assert biases.abs().min() > 1e-4
+    torch.testing.assert_close(result.relevance.sum(1) + biases, logit, rtol=1e-6, atol=1e-8)
+    for layer in result.layers.values():
+        assert layer.other.abs().max() < 1e-6 * logit.abs().max(), (layer.node, layer.op, layer.rule)
+
+    bias_free = tiny_mamba().double()
+    with torch.no_grad():
+        for layer in bias_free.backbone.layers:
+            layer.mixer.conv1d.bias.zero_()
+    result = explain(LastToken(bias_free), ids, "mambalrp", target=TARGET, params=EXACT)
+    torch.testing.assert_close(result.relevance.sum(1), result.outputs[:, TARGET].double(), rtol=1e-6, atol=1e-8)
+
+
+def test_the_selection_is_held_and_the_gates_split(model, wrapped, ids):
+    """What the graph says: Δ, the discretisation's exp, Ā, B̄ and C carry no relevance (kind meta), the gate
+    products take the uniform rule, the SiLUs pass relevance on, and the note names every mixer; the model's own
+    x_proj has no hook left afterwards."""
+    from lrpcli import Explainer
+
+    explainer = Explainer(wrapped, "mambalrp", params=EXACT)
+    graph, assigned = explainer.prepare(ids)
+    relevant = graph.relevant()
+    exps = [node for node in graph.nodes if node.op == "exp"]
+    assert exps and all(node.kind == "meta" and node.name not in relevant for node in exps)
+    x_proj = [node for node in graph.nodes if node.module.endswith("mixer.x_proj") and node.kind == "linear"]
+    assert len(x_proj) == 2 and not any(node.name in relevant for node in x_proj)
+    gates = [node for node in graph.nodes if node.kind == "product" and node.gate_op == "silu"]
+    assert len(gates) == 2 and {assigned[node.name].rule.name for node in gates} == {"uniform"}
+    assert any("MambaLRP" in note and "layers.0.mixer" in note and "layers.1.mixer" in note for note in graph.notes)
+    assert not model.backbone.layers[0].mixer.x_proj._forward_hooks
+
+
+def test_float32_and_a_batch_of_one(ids):
+    from lrpcli import explain
+
+    model = tiny_mamba()
+    result = explain(LastToken(model), ids[:1], "mambalrp", target=TARGET)
+    expected = mambalrp_oracle(model, ids[:1], TARGET)
+    assert torch.isfinite(result.relevance).all()
+    torch.testing.assert_close(result.relevance, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
+
+
+# --------------------------------------------------------------------------- a Mamba folder through lrp explain
+
+WORDS = "the film was good bad great boring not very".split()
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", model_max_length=16)
+
+
+def test_a_mamba_folder_explains_with_mambalrp_end_to_end(tmp_path):
+    """save_pretrained of a tiny Mamba and an offline tokenizer; `lrp explain FOLDER texts.txt` picks MambaLRP and
+    gives, per text (padded on the right in one batch), the next-token logit and the token relevance of
+    explain() on that text alone."""
+    pytest.importorskip("tokenizers")
+    from cli_support import lrp
+    from lrpcli import explain
+    from lrpcli.sources.hf import folder_spec
+
+    model = tiny_mamba(layers=1, vocab=2 + len(WORDS))
+    path = tmp_path / "mamba"
+    model.save_pretrained(path)
+    _tokenizer().save_pretrained(path)
+    assert folder_spec(path).composite == "mambalrp"
+    texts = ["the film was good", "bad boring not very great"]
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    run = lrp("explain", path, tmp_path / "t.txt", "-q", "--no-report", out=tmp_path / "next.jsonl")
+    assert run.code == 0, run.describe()
+    rows = [json.loads(line) for line in (tmp_path / "next.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    tokenizer = _tokenizer()
+    for row, text in zip(rows, texts):
+        encoded = tokenizer(text, return_tensors="pt")
+        expected = explain(LastToken(model), encoded["input_ids"], "mambalrp", target=row["target"])
+        assert row["prediction"] == int(expected.outputs[0].argmax())
+        assert row["logit"] == pytest.approx(float(expected.outputs[0, row["target"]]), rel=1e-4)
+        got = torch.tensor([t["relevance"] for t in row["tokens"]], dtype=torch.float64)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, expected.relevance[0].double(), rtol=1e-4, atol=1e-6)
