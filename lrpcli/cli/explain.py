@@ -82,7 +82,7 @@ Examples:
 @device_option
 @click.option("--dtype", type=click.Choice(["float32", "float64", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes (default: by input count and CPUs); with --ray, the number of Ray actors (default 1).")
-@click.option("--ray", "ray", is_flag=True, help="Run on Ray (extra ray): the cluster RAY_ADDRESS names, else a local one; --workers N actors, each loading the model once (a GPU each with --device cuda). Images and CSV/JSON-lines/Parquet rows; the same outputs as a plain run. --resume continues an interrupted Ray run (rows: with -o FILE, whose finished blocks wait in FILE.ray-parts/); --shard K/N puts shard K's inputs on the cluster (the same split as without Ray; `lrp merge` joins the shards), for one Ray job per shard.")
+@click.option("--ray", "ray", is_flag=True, help="Run on Ray (extra ray): the cluster RAY_ADDRESS names, else a local one; --workers N actors, each loading the model once (a GPU each with --device cuda). Images, CSV/JSON-lines/Parquet rows and texts; the same outputs as a plain run. --resume continues an interrupted Ray run (rows: with -o FILE, whose finished blocks wait in FILE.ray-parts/); --shard K/N puts shard K's inputs on the cluster (the same split as without Ray; `lrp merge` joins the shards), for one Ray job per shard.")
 @on_error_option
 @click.option("--resume", is_flag=True, help="Skip inputs whose outputs already exist in OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace results of another model or composite in OUT (refused otherwise).")

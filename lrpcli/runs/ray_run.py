@@ -275,6 +275,9 @@ class Parts:
                 hint="run again with the same options, or without --resume to start over",
             )
         if found is None:
+            ours = (folder / "settings.json").is_file()
+            if folder.is_symlink() or (folder.exists() and not ours and (not folder.is_dir() or any(folder.iterdir()))):
+                raise UsageError(f"{folder} exists and is not a Ray run's parts folder", hint="move it away: a --ray run keeps its finished blocks there")
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True, exist_ok=True)
             write_atomic(folder / "settings.json", json.dumps(mark, default=str).encode("utf-8"))
@@ -348,7 +351,7 @@ def explain_rows_ray(
         if plan is None and resume and path == "-":
             raise UsageError("--resume with --ray reads the input again: give a file, not stdin")
         options = dict(targets=targets, classes=classes, device=device, dtype=dtype, init=init, source=source, top_k=top_k, path=path, batch_size=batch_size, shard=shard)
-        key = {**(settings or {}), "input": os.path.abspath(path), "input_size": os.path.getsize(path) if path != "-" else None}
+        key = {**(settings or {}), "input": os.path.abspath(path), "input_size": os.path.getsize(path) if path != "-" else None, "input_mtime_ns": os.stat(path).st_mtime_ns if path != "-" else None}
         key.update({k: options[k] for k in ("targets", "classes", "dtype", "init", "top_k", "batch_size", "shard")}, columns=columns)
         kept = Parts(parts, key, resume) if parts is not None else None
         finished = kept.done if kept else set()
