@@ -79,6 +79,9 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
 
     With --reference K, INPUTS is a dataset: per channel the K inputs where it is most relevant, and the K where
     it is most active, with the part of each input that holds most of its conditional relevance.
+
+    OUT/concepts.html shows what OUT holds of both; where OUT is an image run's folder (lrp explain -o OUT),
+    its report.html gets a concepts section linking to it.
     """
     from ..data.images import collect_images
     from ..errors import InputError, UsageError
@@ -142,13 +145,8 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         else:
             rows = run_concepts(explainer, items, preprocessing, run, progress=advance)
             written = f"concepts.csv, concepts/ ({len(rows)} conditional heatmaps)"
-    from ..report.concepts import write_concepts_page
-
     if shard is None:
-        try:  # the page is extra: failing to write it leaves the results as they are
-            write_concepts_page(out, None if options["reference"] else rows)
-        except Exception as exc:  # noqa: BLE001
-            warn(f"could not write {out}/concepts.html: {getattr(exc, 'message', None) or exc}")
+        _pages(out)
     if not options["quiet"]:
         done = run.written if not options["reference"] else count - len(run.failures)
         info(f"layer {run.layer}: {done} of {count} input(s){f' (shard {shard})' if shard else ''} -> {out}/ ({written})")
@@ -156,3 +154,19 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         for failure in run.failures:
             failed("failed", f"{failure.input}: {failure.message}")
         raise InputError(f"{len(run.failures)} of {len(items)} input(s) failed; the others were written to {out}/")
+
+
+def _pages(out: Path) -> None:
+    """OUT/concepts.html from what OUT holds (this run's results and an earlier run's of the other kind), and
+    OUT/report.html rebuilt with its concepts section where OUT is an image run's folder. The pages are extra:
+    failing to write them leaves the results as they are."""
+    from ..report import write_report
+    from ..report.concepts import write_concepts_page
+    from ..report.images import REPORT_NAME
+
+    try:
+        write_concepts_page(out)
+        if (out / REPORT_NAME).is_file():
+            write_report(out)
+    except Exception as exc:  # noqa: BLE001
+        warn(f"could not write the pages in {out}: {getattr(exc, 'message', None) or exc}")

@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import InputError
 from ..outputs import file_labels, output_errors, write_atomic
 from .page import finite_number, render_page
+from .concepts import concepts_section
 from .spray import spray_section
 
 REPORT_NAME = "report.html"
@@ -307,6 +308,7 @@ def report_data(out: Path, summaries: list[Path], runs_paths: list[Path]) -> dic
         "class_maps": class_maps,
         "class_note": class_note,
         "spray": spray_section(out, locator.output),
+        "concepts": concepts_section(out, locator.output),
     }
 
 

@@ -443,7 +443,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -
 
 
 CHECKPOINT_SECONDS = 10.0  # how often a ranking saves what it has (references.partial.json)
-CONCEPT_COLUMNS = ("input", "layer", "channel", "target", "relevance", "activation")
+CONCEPT_COLUMNS = ("input", "layer", "channel", "target", "relevance", "activation", "heatmap")  # heatmap: the drawn map's PNG
 REFERENCE_COLUMNS = ("layer", "channel", "kind", "rank", "input", "value", "top", "left", "bottom", "right", "crop")
 
 
@@ -455,7 +455,7 @@ def concept_paths(item: ImageInput, layer: str, channel: int) -> tuple[str, str]
 
 def run_concepts(explainer: Explainer, items: Sequence[ImageInput], preprocessing: Preprocessing, run: ConceptRun, progress: Any = None) -> list[dict[str, Any]]:
     """``lrp concepts MODEL INPUTS``: OUT/concepts.csv (every channel of every input, streamed batch by batch and
-    put in place at the end) and the conditional heatmaps of each input's top (or named) channels as
+    put in place at the end; a drawn channel's row names its picture in ``heatmap``) and the conditional heatmaps of each input's top (or named) channels as
     OUT/concepts/<input>/<layer>/<channel>.npy and .png. Returns the rows of the chosen channels, with their
     picture's path (for the page)."""
     shown: list[dict[str, Any]] = []
@@ -464,14 +464,16 @@ def run_concepts(explainer: Explainer, items: Sequence[ImageInput], preprocessin
         writer.writeheader()
         for good, x in _load(items, preprocessing, run):
             found = explain_concepts(explainer, x, run.layer, run.target, top=run.top, channels=run.channels, init=run.init, batch_size=run.batch_size)
-            writer.writerows(found.table([item.name for item in good]))
+            rows = found.table([item.name for item in good])
             for i, item in enumerate(good):
                 for j, channel in enumerate(found.channels[i]):
                     array_path, picture_path = concept_paths(item, run.layer, int(channel))
                     heat = found.maps[i, j]
                     save_array(inside(run.out, array_path), heat)
                     write_atomic(inside(run.out, picture_path), png_bytes(enlarge(heatmap_rgb(heat, run.cmap))))
+                    rows[i * found.relevance.shape[1] + int(channel)]["heatmap"] = picture_path
                     shown.append({"input": item.name, "channel": int(channel), "rank": j + 1, "relevance": float(found.relevance[i, channel]), "picture": picture_path})
+            writer.writerows(rows)
             run.written += len(good)
             if progress:
                 progress(len(good))
