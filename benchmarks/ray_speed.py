@@ -7,7 +7,7 @@ that fills the graph cache. Row outputs are checked byte-equal, image summaries 
 the process itself (getrusage; Ray's own processes are not counted), at --rows and at a tenth of them. Needs the ray
 extra. Writes benchmarks/ray_results.md.
 
-    python benchmarks/ray_speed.py [--rows 200000] [--images 2000] [--batch-size 4096]
+    python benchmarks/ray_speed.py [--rows 200000] [--images 2000] [--batch-size 4096] [--no-images] [--out FILE]
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--no-images", action="store_true", help="the rows table only")
+    parser.add_argument("--out", type=Path, default=OUT)
     options = parser.parse_args()
     lines = []
     with tempfile.TemporaryDirectory() as folder:
@@ -105,7 +107,7 @@ def main() -> None:
             plain = (tmp / f"plain-{count}.csv").read_bytes()
             for name in ("--ray_--workers_1", "--ray_--workers_2"):
                 assert (tmp / f"{name}-{count}.csv").read_bytes() == plain, f"{name} differs from the plain run at {count} rows"
-        images = image_runs(tmp, options.images)
+        images = image_runs(tmp, options.images) if not options.no_images else None
     n = options.rows
     lines += [
         "# lrp explain --ray: the overhead against a plain run",
@@ -121,6 +123,10 @@ def main() -> None:
     for name in ("plain", "--ray --workers 1", "--ray --workers 2"):
         seconds, peak = results[name, n]
         lines.append(f"| {name} | {seconds:.2f} | {n / seconds:,.0f} | {seconds / results['plain', n][0]:.2f}x | {results[name, n // 10][1]:.0f} | {peak:.0f} |")
+    if images is None:
+        options.out.write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     lines += [
         "",
         f"{options.images:,} images of sample_models/shapes_minivgg (its 8 images copied), -b 16, heatmaps and arrays written:",
@@ -131,7 +137,7 @@ def main() -> None:
     for name in ("plain", "--ray --workers 1", "--ray --workers 2"):
         seconds, peak = images[name]
         lines.append(f"| {name} | {seconds:.2f} | {options.images / seconds:,.0f} | {seconds / images['plain'][0]:.2f}x | {peak:.0f} |")
-    OUT.write_text("\n".join(lines) + "\n")
+    options.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
