@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # lxt_support: LXT's import with the to
 
 SIZES = {
     "100M": dict(hidden=768, layers=12, heads=12, kv_heads=4, intermediate=2048, vocab=16000, prompt=128, new=16),
+    "medium": dict(hidden=512, layers=6, heads=8, kv_heads=4, intermediate=1376, vocab=8000, prompt=128, new=16),
     "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=688, vocab=4000, prompt=64, new=8),
     "toy": dict(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vocab=64, prompt=12, new=3),
 }
@@ -258,6 +259,7 @@ def measure(size: str, reps: int, toy: bool = False) -> tuple[dict, list[tuple[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="~8M parameters, 64 + 8 tokens")
+    parser.add_argument("--medium", action="store_true", help="~26M parameters, the issue's 128 + 16 tokens (a quarter of the 100M run's time)")
     parser.add_argument("--toy", action="store_true", help="tiny sizes, seconds (the test's run)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, help="the results file (default: benchmarks/llm_speed_results.md for the full size)")
@@ -273,7 +275,7 @@ def main() -> None:
         return None
     if args.memory_probe:
         return memory_probe(*args.memory_probe)
-    size = "toy" if args.toy else "small" if args.small else "100M"
+    size = "toy" if args.toy else "small" if args.small else "medium" if args.medium else "100M"
     s = SIZES[size]
     print(f"Llama {size}: {s['prompt']}-token prompt, {s['new']} generated tokens ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
@@ -288,7 +290,7 @@ def main() -> None:
     out = args.out or (None if size != "100M" else ROOT / "benchmarks" / "llm_speed_results.md")
     if out is None:
         return
-    command = "python benchmarks/llm_speed.py" + (" --small" if args.small else "") + (f" --reps {args.reps}" if args.reps != 3 else "")
+    command = "python benchmarks/llm_speed.py" + (" --small" if args.small else " --medium" if args.medium else "") + (f" --reps {args.reps}" if args.reps != 3 else "")
     text = [
         "# A language model's generated tokens explained: time and memory per token against the gradient",
         "",

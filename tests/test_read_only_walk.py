@@ -114,3 +114,57 @@ def test_a_read_only_walk_leaves_the_recorded_values_as_they_were(conv_net, monk
     monkeypatch.setattr(RULES.get("alpha_beta"), "overwrites_z", False)
     before, after, _, _ = _walk_read_only(model, x, "epsilon_alpha2_beta1")
     assert _changed(before, after), "alpha-beta writes z - z+ into the z it is handed"
+
+
+# --------------------------------------------------------------------------- the walk's direct route transposes
+
+
+def _route_cases():
+    aten = torch.ops.aten
+    big = 9223372036854775807  # what export writes for an open end
+    r = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 5, 4, generator=r, dtype=torch.float64)
+    c = torch.randn(2, 3, 5, 2, generator=r, dtype=torch.float64)
+    return [
+        ("transpose", aten.transpose.int, {"x": x}, (1, 2)),
+        ("transpose, negative dims", aten.transpose.int, {"x": x}, (-1, -3)),
+        ("permute", aten.permute.default, {"x": x}, ([0, 2, 3, 1],)),
+        ("slice, first half", aten.slice.Tensor, {"x": x}, (3, 0, 2)),
+        ("slice, open end", aten.slice.Tensor, {"x": x}, (3, 2, big)),
+        ("slice, step and negative start", aten.slice.Tensor, {"x": x}, (2, -4, big, 2)),
+        ("slice, dim only", aten.slice.Tensor, {"x": x}, (1,)),
+        ("expand", aten.expand.default, {"x": x[:, :1]}, ([2, 6, 5, 4],)),
+        ("expand, new leading dim", aten.expand.default, {"x": x[0]}, ([3, 3, 5, 4],)),
+        ("neg", aten.neg.default, {"x": x}, ()),
+        ("cat, two activations", aten.cat.default, {"x": x, "y": c}, "xy"),
+        ("cat, an activation and a constant", aten.cat.default, {"x": x}, "xc"),
+        ("cat, the same activation twice", aten.cat.default, {"x": x}, "xx"),
+    ]
+
+
+@pytest.mark.parametrize("case", _route_cases(), ids=lambda case: case[0])
+def test_route_transposes_equal_autograd(case):
+    """The routes of a Llama's attention (rotary halves, heads moved, keys repeated) are walked without autograd:
+    each direct transpose must give autograd's vector-Jacobian product of the same op, bit for bit."""
+    from lrpcli.engine.graph import Node, Ref
+    from lrpcli.engine.ops import op_name
+    from lrpcli.engine.transposes import _DIRECT, _autograd_vjp
+
+    label, target, values, extra = case
+    if target is torch.ops.aten.cat.default:
+        constant = values.get("y", torch.randn(2, 3, 5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5)))
+        parts = {"x": Ref("x"), "y": Ref("y"), "c": constant}
+        args = ([parts[key] for key in extra], -1)
+    else:
+        args = (Ref("x"), *extra)
+    node = Node(name="n", target=target, kind="route", args=args, kwargs={}, op=op_name(target))
+    values = dict(values)
+    values["n"] = node.call(values)
+    inputs = [name for name in ("x", "y") if name in values]
+    grad = torch.randn(values["n"].shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    assert op_name(target) in _DIRECT, "the op must have a direct transpose, or this test tests nothing"
+    direct = _DIRECT[op_name(target)](node, values, inputs, grad)
+    assert direct is not None, "the direct transpose declined this op"
+    expected = _autograd_vjp(node, values, inputs, grad)
+    for name in inputs:
+        torch.testing.assert_close(direct[name], expected[name], rtol=0, atol=0)

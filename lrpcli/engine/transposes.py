@@ -186,6 +186,71 @@ def _mul_back(node, values, inputs, grad):
     return result if len(result) == len(inputs) else None
 
 
+def _args(node: Node, values: Any) -> list:
+    """The node's arguments after its first, sizes read from meta nodes resolved."""
+    return [values[arg.name] if isinstance(arg, Ref) else arg for arg in node.args[1:]]
+
+
+# Routes of a language model's attention (rotary halves, heads moved, keys repeated): the gradient directly,
+# without autograd's graph and its copy of the input (the walk's Python time on small models; the same numbers).
+@_direct("transpose", "swapaxes", "swapdims")
+def _transpose_back(node, values, inputs, grad):
+    if len(inputs) != 1 or node.kwargs or len(node.args) != 3 or not isinstance(node.args[0], Ref):
+        return None
+    dim0, dim1 = _args(node, values)
+    return {inputs[0]: grad.transpose(dim0, dim1)}
+
+
+@_direct("permute")
+def _permute_back(node, values, inputs, grad):
+    if len(inputs) != 1 or node.kwargs or len(node.args) != 2 or not isinstance(node.args[0], Ref):
+        return None
+    dims = [d % grad.ndim for d in _args(node, values)[0]]
+    return {inputs[0]: grad.permute(sorted(range(len(dims)), key=dims.__getitem__))}
+
+
+@_direct("slice")
+def _slice_back(node, values, inputs, grad):
+    if len(inputs) != 1 or node.kwargs or not isinstance(node.args[0], Ref):
+        return None
+    dim, start, end, step = (_args(node, values) + [0, None, None, 1][len(node.args) - 1 :])[:4]
+    source = _shaped(values, inputs[0])
+    start = 0 if start is None else start
+    end = source.shape[dim] if end is None else end
+    return {inputs[0]: aten.slice_backward(grad, source.shape, dim, start, end, step)}
+
+
+@_direct("expand")
+def _expand_back(node, values, inputs, grad):
+    if len(inputs) != 1 or node.kwargs or not isinstance(node.args[0], Ref):
+        return None
+    return {inputs[0]: grad.sum_to_size(_shaped(values, inputs[0]).shape)}
+
+
+@_direct("neg")
+def _neg_back(node, values, inputs, grad):
+    if len(inputs) != 1 or node.kwargs or len(node.args) != 1:
+        return None
+    return {inputs[0]: -grad}
+
+
+@_direct("cat", "concat", "concatenate")
+def _cat_back(node, values, inputs, grad):
+    """The gradient split back along the joined dim (legacy empty 1-D parts, which cat skips: autograd)."""
+    if node.kwargs or not isinstance(node.args[0], (list, tuple)) or len(node.args) > 2:
+        return None
+    parts = [_shaped(values, part.name) if isinstance(part, Ref) else part for part in node.args[0]]
+    if not all(isinstance(part, torch.Tensor) and part.ndim == grad.ndim for part in parts):
+        return None
+    dim = (_args(node, values)[0] if len(node.args) == 2 else 0) % grad.ndim
+    pieces = grad.split([part.shape[dim] for part in parts], dim)
+    result = {}
+    for part, piece in zip(node.args[0], pieces):
+        if isinstance(part, Ref) and part.name in inputs:
+            result[part.name] = piece if part.name not in result else result[part.name] + piece
+    return result if len(result) == len(inputs) else None
+
+
 def _matmul_grads(a, b, grad, scale: float = 1.0, want: tuple[bool, bool] = (True, True)) -> tuple:
     """``(d/dA, d/dB)`` of ``scale * A @ B`` for matrices or batches of them (broadcast batch dims summed);
     None for a factor not in ``want`` (CP-LRP asks only for the values' share)."""
