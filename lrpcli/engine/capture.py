@@ -17,6 +17,7 @@ from ..errors import ModelError
 from .builder import from_graph_module
 from .experts import dense_experts
 from .graph import Graph
+from .patterns import rewritten, writes_live_values
 from .state_space import held_selection, note as state_space_note
 
 
@@ -31,7 +32,8 @@ def capture(
     """
     explained = len(example) if isinstance(example, tuple) else 1
     if isinstance(model, torch.export.ExportedProgram):
-        return from_graph_module(model.module(), "exported_program", extras=bool(extras), explained=explained)
+        program = model.run_decompositions({}) if writes_live_values(model) else model  # see _without_vmap
+        return from_graph_module(program.module(), "exported_program", extras=bool(extras), explained=explained)
     if explained > 1 and isinstance(model, torch.jit.ScriptModule):
         raise ModelError(
             "several explained inputs are supported for nn.Modules and exported programs, not yet for TorchScript files",
@@ -48,9 +50,10 @@ def capture(
         return graph.replace(notes=graph.notes + [note]) if note else graph
     if isinstance(model, torch.nn.Module):
         # mixture-of-experts blocks: every expert on every token; selective SSMs: their Δ, A, B, C held
-        with dense_experts(model) as swapped, held_selection(model) as mixers:
+        with dense_experts(model) as swapped, held_selection(model) as mixers, rewritten(model) as rewrites:
             program = export_module(model, example, exact_batch, extras).module()
         graph = from_graph_module(program, "export", extras=bool(extras), explained=explained)
+        graph = rewrites.checked(graph, model, example, extras)  # patterns.py: code torch.export cannot capture
         if mixers:
             graph = graph.replace(notes=graph.notes + [state_space_note(mixers)])
         if swapped:
@@ -193,7 +196,8 @@ def _without_vmap(program: torch.export.ExportedProgram) -> torch.export.Exporte
         from torch._decomp import decomposition_table
 
         return program.run_decompositions({op: decomposition_table[op] for op in recurrent})
-    return program.run_decompositions({}) if functorch else program
+    # in-place writes into computed values (a slice of a mask, shifted ids): functional ops, or the graph loses them
+    return program.run_decompositions({}) if functorch or writes_live_values(program) else program
 
 
 _RECURRENT = tuple(

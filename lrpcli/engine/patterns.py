@@ -1,0 +1,216 @@
+"""Capture rewrites: model code that torch.export cannot capture, computed another way with the same result.
+
+transformers' encoder-decoder classifiers (T5, mT5, UMT5, BART, mBART, PLBart, LED, MVP, BigBird-Pegasus) pool the
+decoder's hidden state at the last ``<eos>`` of each row by counting: ``len(torch.unique_consecutive(
+eos_mask.sum(1))) > 1`` (every row must hold as many ``<eos>`` as the others) and ``hidden[eos_mask, :]`` (a
+boolean selection, whose size is only known at run time). torch.export stops at both. The math does not need
+them: the pooled vector is the hidden state at each row's last ``<eos>``, a gather at an index computed from the
+token ids. While the model is captured, such a classifier's ``forward`` is swapped for :func:`_eos_pooled`,
+which computes exactly that (each row on its own, so rows may hold different numbers of ``<eos>``); the captured
+graph's outputs are checked against the model's own (:func:`check_rewrite`), and the forward is put back.
+
+The gather's index is computed from the ids only, so it carries no relevance (a held index, like a mask); the
+pooled vector takes the relevance of the classification head as it arrives. A row without ``<eos>`` has nothing
+to pool (the model itself raises there): its logits come out NaN, so a run names it instead of explaining the
+last position silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import ModelError
+
+#: forward arguments the rewrite computes with; any other argument given a value keeps the model's own forward
+_POOLED_ARGS = ("input_ids", "attention_mask")
+#: arguments that do not change the logits (the output_* ones only when False)
+_INERT = ("return_dict", "use_cache", "output_attentions", "output_hidden_states")
+
+
+def is_eos_classifier(module: torch.nn.Module) -> bool:
+    """A transformers encoder-decoder sequence classifier that pools at ``<eos>`` by counting (see the module
+    docstring): a ``classification_head`` over the hidden states of its base model (``transformer`` for the T5
+    family, ``model`` for the BART family), and that counting in its forward."""
+    if not (type(module).__name__.endswith("ForSequenceClassification") and hasattr(module, "classification_head")):
+        return False
+    if _base(module) is None or not isinstance(getattr(getattr(module, "config", None), "eos_token_id", None), int):
+        return False
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return False
+    return "unique_consecutive(eos_mask" in source
+
+
+def _base(module: torch.nn.Module) -> torch.nn.Module | None:
+    for name in ("transformer", "model"):
+        base = getattr(module, name, None)
+        if isinstance(base, torch.nn.Module):
+            return base
+    return None
+
+
+def last_eos(hidden: torch.Tensor, input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Each row's hidden state (batch, length, width) at its last ``<eos>``: (batch, width); NaN where a row has
+    none. What ``hidden[eos_mask, :].view(batch, -1, width)[:, -1, :]`` computes, without the boolean selection."""
+    eos = input_ids.eq(eos_token_id)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = torch.where(eos, positions, -1).amax(dim=1)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    pooled = hidden[rows, last.clamp(min=0)]
+    missing = torch.where(eos.any(dim=1), 1.0, float("nan")).to(hidden.dtype)
+    return pooled * missing[:, None]
+
+
+def _eos_pooled(module: torch.nn.Module, own: Any) -> Any:
+    """``module``'s forward with the pooling of :func:`last_eos`: the base model on the ids (and mask), the
+    decoder fed the shifted ids as the model feeds them, the classification head on the pooled vector. Calls
+    that give other arguments (labels, embeddings, decoder inputs) go to the model's own forward."""
+    signature = inspect.signature(own)
+    base = _base(module)
+
+    @functools.wraps(own)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        given = {name: value for name, value in bound.arguments.items() if value is not None}
+        others = [n for n, v in given.items() if n not in _POOLED_ARGS and not (n in _INERT and (v is False or n in _INERT[:2]))]
+        input_ids = given.get("input_ids")
+        if others or not isinstance(input_ids, torch.Tensor):
+            return own(*args, **kwargs)
+        feed: dict[str, Any] = {"attention_mask": given.get("attention_mask"), "use_cache": False, "return_dict": False}
+        if getattr(base, "decoder", None) is not None and hasattr(module, "_shift_right"):
+            feed["decoder_input_ids"] = module._shift_right(input_ids)  # T5's classifiers shift; BART's base does
+        hidden = base(input_ids, **feed)[0]
+        logits = module.classification_head(last_eos(hidden, input_ids, module.config.eos_token_id))
+        return_dict = given.get("return_dict", getattr(module.config, "use_return_dict", True))
+        if not return_dict:
+            return (logits,)
+        from transformers.modeling_outputs import Seq2SeqSequenceClassifierOutput
+
+        return Seq2SeqSequenceClassifierOutput(logits=logits)
+
+    return forward
+
+
+@contextlib.contextmanager
+def eos_pooling(model: Any) -> Iterator[list[str]]:
+    """Swap the forward of every ``<eos>``-counting classifier in ``model`` (itself included) for
+    :func:`_eos_pooled` while the block is open; yields their paths (the class name for the model itself). The
+    model is as it was afterwards, whatever happens."""
+    found: list[tuple[torch.nn.Module, str]] = []
+    if isinstance(model, torch.nn.Module):
+        found = [(module, path) for path, module in model.named_modules() if is_eos_classifier(module)]
+    try:
+        for module, _ in found:
+            module.forward = _eos_pooled(module, module.forward)
+        yield [path or type(module).__name__ for module, path in found]
+    finally:
+        for module, _ in found:
+            vars(module).pop("forward", None)
+
+
+#: ops whose output is a view of their first argument: a write into it writes into that argument
+_VIEWS = {
+    "slice", "select", "view", "_unsafe_view", "reshape", "unsqueeze", "squeeze", "expand", "transpose", "t", "permute",
+    "narrow", "diagonal", "as_strided", "unflatten", "flatten", "alias", "detach", "view_as", "unfold", "split", "chunk",
+    "unbind", "getitem",
+}
+
+
+def writes_live_values(program: torch.export.ExportedProgram) -> bool:
+    """Does the exported graph write in place into a value computed from the inputs, where the write is read
+    back (a write through a view, ``mask[:, :n] = ...``; or a tensor read again after ``x.masked_fill_(...)``)?
+
+    lrpcli's graph computes every op out of place (it keeps each node's output for the walk), which loses such
+    writes: transformers' ``shift_tokens_right`` / ``_shift_right`` (the decoder of every BART- and T5-family
+    model then reads ``[0, 0, ...]`` instead of the shifted ids) and the 2D-to-4D padding mask of their causal
+    decoders (``causal_mask[..., :n] = causal_mask[..., :n].masked_fill(...)``: the padding left out) are such
+    writes. Where this says True, the program is functionalised (``run_decompositions({})``: the writes become
+    ``slice_scatter`` / ``copy`` values). Writes into constants the model builds itself (Swin's shift mask) are
+    folded at capture (builder._fold) and do not count."""
+    from . import ops
+
+    live: set[str] = set(program.graph_signature.user_inputs)
+    order = {node: index for index, node in enumerate(program.graph.nodes)}
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        inputs = [arg for arg in node.all_input_nodes if arg.name in live]
+        name = ops.op_name(node.target)
+        if name in ops.FACTORY_OPS and inputs == [node.args[0]]:
+            continue  # x.new_zeros(fixed size): a fresh constant
+        if not inputs:
+            continue
+        live.add(node.name)
+        if not (ops.is_inplace(node.target) and isinstance(node.args[0], torch.fx.Node) and node.args[0].name in live):
+            continue
+        target = node.args[0]
+        if target.op == "call_function" and ops.op_name(target.target) in _VIEWS:
+            return True  # a write through a view reaches the view's base
+        if any(order[user] > order[node] for user in target.users):
+            return True  # the written tensor is read again under its old name
+    return False
+
+
+class Rewrites:
+    """What :func:`rewritten` changed while a model was captured; :meth:`checked` holds the graph to the model."""
+
+    def __init__(self) -> None:
+        self.pooled: list[str] = []
+
+    def checked(self, graph: Any, model: torch.nn.Module, example: Any, extras: dict | None) -> Any:
+        """``graph``, checked against the model's own outputs and noted, where a rewrite was made."""
+        if not self.pooled:
+            return graph
+        check_rewrite(
+            graph, model, example, extras, f"the <eos> pooling of {', '.join(self.pooled)} computed as a gather",
+            hint="lrpcli pools at each row's last <eos> as transformers' classifiers do; end every row with the eos token, "
+            "or export the model yourself (torch.export) with a pooling it can capture",
+        )
+        note = f"pooled at each row's last <eos> by a gather (the model's counting cannot be captured): {', '.join(self.pooled)}"
+        return graph.replace(notes=graph.notes + [note])
+
+
+@contextlib.contextmanager
+def rewritten(model: Any) -> Iterator[Rewrites]:
+    """Every capture rewrite of this module applied to ``model`` while the block is open."""
+    rewrites = Rewrites()
+    with eos_pooling(model) as pooled:
+        rewrites.pooled = pooled
+        yield rewrites
+
+
+def own_outputs(model: torch.nn.Module, example: Any, extras: dict | None) -> torch.Tensor | None:
+    """The model's own output tensor for ``example`` (its first tensor where it returns several), or None."""
+    with torch.inference_mode():
+        own = model(*(example if isinstance(example, tuple) else (example,)), **(extras or {}))
+    if isinstance(own, torch.Tensor):
+        return own
+    values = own.values() if isinstance(own, dict) else own
+    return next((v for v in values if isinstance(v, torch.Tensor)), None)
+
+
+def check_rewrite(graph: Any, model: torch.nn.Module, example: Any, extras: dict | None, what: str, hint: str) -> None:
+    """The graph captured with a rewrite must compute what the model computes with its own code, on the example:
+    else a ModelError naming ``what`` was rewritten (a model whose code differs from the pattern is refused, not
+    explained wrongly)."""
+    try:
+        own = own_outputs(model, example, extras)
+    except Exception as exc:  # the model's own forward refuses the example (e.g. rows without <eos>)
+        raise ModelError(f"the model's own forward fails on this input ({type(exc).__name__}: {str(exc).strip()[:200]})", hint=hint) from exc
+    with torch.inference_mode():
+        captured = graph.run(example, extras)[graph.output]
+    if not isinstance(captured, torch.Tensor) or own is None or captured.shape != own.shape:
+        return  # a model with several outputs: the explainer checks the one it explains
+    scale = float(own.abs().max()) or 1.0
+    if not torch.allclose(captured.to(own.dtype), own, rtol=1e-4, atol=1e-5 * scale, equal_nan=True):
+        raise ModelError(
+            f"{what}: the captured graph gives other outputs than the model (largest difference "
+            f"{float((captured.to(own.dtype) - own).abs().max()):.3g})",
+            hint=hint,
+        )
