@@ -130,7 +130,7 @@ def export_module(
         return _without_vmap(torch.export.export(model, args, kwargs=kwargs or None, dynamic_shapes=dims))
 
     try:
-        with _quiet_torch():
+        with _quiet_torch(), _plain_buffers(model):
             if not exact_batch:
                 try:
                     batch = {name: _example_batch(value) for name, value in extras.items()}
@@ -157,6 +157,24 @@ def export_module(
         raise ModelError(f"torch.export could not capture {type(model).__name__}: {_first_line(exc)}", hint=hint) from exc
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def _plain_buffers(model: torch.nn.Module):
+    """Buffers registered as Parameters (FalconMamba's ``register_buffer("b_c_rms", nn.Parameter(...))``) held
+    as plain tensors while exporting: torch.export lifts such a tensor twice and its program's ``module()`` then
+    fails ("attribute 'b_c_rms' already exists"). Same storage, so the values are the model's; put back after."""
+    swapped = []
+    for module in model.modules():
+        for name, buffer in list(module._buffers.items()):
+            if isinstance(buffer, torch.nn.Parameter):
+                swapped.append((module, name, buffer))
+                module._buffers[name] = buffer.detach()
+    try:
+        yield
+    finally:
+        for module, name, buffer in swapped:
+            module._buffers[name] = buffer
 
 
 def _parameters(model: torch.nn.Module) -> list[str]:

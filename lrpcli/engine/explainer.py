@@ -460,8 +460,13 @@ def _usable(value: Any) -> Any:
 
 
 def _model_dtype(model: Any) -> torch.dtype | None:
-    """The floating dtype of the model's weights (None if it has none)."""
-    return next((t.dtype for t in model_tensors(model) if t.is_floating_point()), None)
+    """The floating dtype of the model's weights: the one most of its floating elements have (a float32 buffer of
+    rotary frequencies beside float64 weights does not decide it); None if it has none."""
+    counts: dict[torch.dtype, int] = {}
+    for t in model_tensors(model):
+        if t.is_floating_point():
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    return max(counts, key=counts.get) if counts else None
 
 
 def _on_cpu(model: Any) -> bool:

@@ -216,21 +216,44 @@ class Graph:
         return dataclasses.replace(self, **changes)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Graph":
-        """A copy whose constants live on ``device`` with floating dtype ``dtype``."""
+        """A copy whose constants live on ``device``, those in the model's floating dtype (the one most constant
+        elements have: its weights') in ``dtype``, and its casts to the model's dtype cast to ``dtype``.
+
+        Constants the model keeps in another floating dtype on purpose (rotary frequencies in float32 beside
+        float64 weights, ModernBERT) stay in it, as do casts to it: the graph computes what the model does."""
+        source = self.float_dtype() if dtype is not None else None
 
         def convert(tensor: torch.Tensor) -> torch.Tensor:
-            if tensor.is_floating_point() and dtype is not None:
+            if tensor.is_floating_point() and tensor.dtype == source:
                 return tensor.to(device=device, dtype=dtype)
             return tensor.to(device=device)
 
+        def leaf(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return convert(value)
+            return dtype if isinstance(value, torch.dtype) and value == source else value
+
         def move(node: Node) -> Node:
-            args, folded = _map_tensors(node.args, convert), node.folded
+            args, folded = map_leaves(node.args, leaf), node.folded
             if folded is not None:  # merged again in the new dtype, from the layer's and the batch-norm's own tensors
                 folded = folded.map(convert)
                 args = (args[0], *folded.merged(), *args[3:])
-            return dataclasses.replace(node, args=args, kwargs=_map_tensors(node.kwargs, convert), folded=folded)
+            return dataclasses.replace(node, args=args, kwargs=map_leaves(node.kwargs, leaf), folded=folded)
 
         return self.replace(nodes=[move(node) for node in self.nodes])
+
+    def float_dtype(self) -> torch.dtype | None:
+        """The floating dtype most constant elements have (the model's weights'), or None without float constants."""
+        counts: dict[torch.dtype, int] = {}
+
+        def count(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                counts[value.dtype] = counts.get(value.dtype, 0) + value.numel()
+            return value
+
+        for node in self.nodes:
+            map_leaves((node.args, node.kwargs), count)
+        return max(counts, key=counts.get) if counts else None
 
     def relevant(self) -> set[str]:
         """Names of the nodes relevance can reach from the output (held inputs and meta values excluded)."""

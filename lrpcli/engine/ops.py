@@ -70,7 +70,8 @@ _add(
     "max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d "
     "adaptive_max_pool3d alias detach lift_fresh_copy _to_copy to type_as pad constant_pad_nd "
     "index masked_fill where roll swapaxes swapdims movedim reshape_as view_as flip "
-    "amax amin max min",  # max over time (text CNNs): like max-pooling, the winners take the relevance
+    "amax amin max min "  # max over time (text CNNs): like max-pooling, the winners take the relevance
+    "gather",  # values picked by constant (or held) indices: relevance goes back to where each came from
 )
 #: ops whose value depends only on another tensor's shape, dtype and device, not its values: constants
 FACTORY_OPS = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like", "empty_like"}
@@ -78,7 +79,8 @@ _add(
     "elementwise",
     "relu leaky_relu rrelu gelu silu sigmoid tanh hardtanh relu6 elu selu celu softplus mish "
     "hardswish hardsigmoid dropout feature_dropout alpha_dropout feature_alpha_dropout identity "
-    "prelu",
+    "prelu "
+    "square",  # ReLU² (Primer; Nemotron, Persimmon, Arcee, BitNet): x*x split in two equal halves gives x all, the identity
 )
 _add("softmax", "softmax log_softmax _softmax _log_softmax")
 _add("layernorm", "layer_norm native_layer_norm group_norm native_group_norm rms_norm _fused_rms_norm")

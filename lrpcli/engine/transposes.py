@@ -330,12 +330,28 @@ def vjp(node: Node, values: dict[str, Any], inputs: list[str], grad_outputs: Any
     Moves relevance "with the values" for shape ops, cat, slicing and max-pool (the
     gradient routes to the winners), and gives the transpose for proportional rules.
     """
+    grad_outputs = _in_dtype(grad_outputs, values, node.name)
     direct = _DIRECT.get(op_name(node.target))
     if direct is not None and node.target is not operator.getitem:
         result = direct(node, values, inputs, grad_outputs)
         if result is not None:
             return result
     return _autograd_vjp(node, values, inputs, grad_outputs)
+
+
+def _in_dtype(grad: Any, values: Any, name: str) -> Any:
+    """``grad`` in the floating dtype of the node's output. Relevance reaches a node in its reader's dtype: a
+    float32 part of a float64 model (CodeGen computes attention scores in float32, then adds a float64 mask)
+    hands back float64, which the float32 part's transposes cannot multiply with its own values."""
+    if not isinstance(grad, torch.Tensor) or not grad.is_floating_point():
+        return grad
+    try:
+        out = _shaped(values, name)
+    except KeyError:
+        return grad
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != grad.dtype:
+        return grad.to(out.dtype)
+    return grad
 
 
 def _autograd_vjp(node: Node, values: dict[str, Any], inputs: list[str], grad_outputs: Any) -> dict[str, torch.Tensor]:
