@@ -18,7 +18,7 @@ from .builder import from_graph_module
 from .experts import dense_experts
 from .graph import Graph
 from .patterns import rewritten, writes_live_values
-from .state_space import held_selection, note as state_space_note
+from .state_space import held_selection
 
 
 def capture(
@@ -50,12 +50,11 @@ def capture(
         return graph.replace(notes=graph.notes + [note]) if note else graph
     if isinstance(model, torch.nn.Module):
         # mixture-of-experts blocks: every expert on every token; selective SSMs: their Δ, A, B, C held
-        with dense_experts(model) as swapped, held_selection(model) as mixers, rewritten(model) as rewrites:
+        with dense_experts(model) as swapped, held_selection(model) as held, rewritten(model) as rewrites:
             program = export_module(model, example, exact_batch, extras).module()
         graph = from_graph_module(program, "export", extras=bool(extras), explained=explained)
         graph = rewrites.checked(graph, model, example, extras)  # patterns.py: code torch.export cannot capture
-        if mixers:
-            graph = graph.replace(notes=graph.notes + [state_space_note(mixers)])
+        graph = held.applied(graph)  # Mamba-2 mixers' Δ, B, C held in the graph, and the note
         if swapped:
             _check_dense(graph, model, example, extras, swapped)
             graph = graph.replace(notes=graph.notes + [f"mixture-of-experts blocks computed densely, the router's weights held constant: {', '.join(swapped)}"])

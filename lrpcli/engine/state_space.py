@@ -14,7 +14,13 @@ rule needed; the products ``Ā h``, ``B̄ x`` and ``h C`` have one live factor a
 the existing rules (configs/mambalrp.yaml): SiLU passes relevance unchanged, the gate ``y * silu(z)`` splits it
 half/half (``uniform``), RMSNorm holds its normaliser.
 
-The hook only marks a value: the captured graph computes what the model computes.
+Mamba-2 mixers (transformers' Mamba2, Bamba, Falcon-H1: the chunked "SSD" form) have no module whose output is
+Δ, B and C: Δ is the last slice of ``in_proj``'s output, B and C slices of the convolution's. There,
+:func:`hold_ssd_parameters` inserts the held op after those slices in the captured graph (and after a
+``zeros_like`` of the states, the first chunk's initial state: a constant of that shape), and everything computed
+from them alone becomes "meta" as above.
+
+The hook and the inserted ops only mark values: the captured graph computes what the model computes.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ from typing import Any, Iterator
 
 import torch
 
-from . import experts  # noqa: F401  (registers the lrpcli::held op)
+import dataclasses
+
+from . import experts
+from .graph import Graph, Node, Ref, map_leaves
+from .ops import FACTORY_OPS
 
 #: the mixers' submodule whose output holds Δ, B and C (transformers' Mamba, FalconMamba, Jamba, Zamba mixers)
 SELECTION = "x_proj"
@@ -44,22 +54,113 @@ def _hold(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.T
     return torch.ops.lrpcli.held(output)
 
 
+def is_ssd_mixer(module: torch.nn.Module) -> bool:
+    """A transformers Mamba-2 style mixer: ``A_log`` and ``dt_bias`` per head, B and C in ``n_groups`` groups."""
+    return all(hasattr(module, name) for name in ("A_log", "dt_bias", "n_groups", "ssm_state_size", "num_heads", "intermediate_size"))
+
+
+class Held:
+    """What :func:`held_selection` found: the Mamba-1 mixers (hooked) and the Mamba-2 mixers' sizes (for
+    :meth:`applied`), by module path."""
+
+    def __init__(self) -> None:
+        self.hooked: list[str] = []
+        self.ssd: dict[str, tuple[int, int, int]] = {}  # path -> (d_inner, n_groups * d_state, heads)
+
+    def applied(self, graph: Graph) -> Graph:
+        """``graph`` with the Mamba-2 mixers' Δ, B and C held and a note naming every mixer held."""
+        if self.ssd:
+            graph = hold_ssd_parameters(graph, self.ssd)
+        paths = self.hooked + list(self.ssd)
+        return graph.replace(notes=graph.notes + [note(paths)]) if paths else graph
+
+
 @contextlib.contextmanager
-def held_selection(model: Any) -> Iterator[list[str]]:
+def held_selection(model: Any) -> Iterator[Held]:
     """While open, the ``x_proj`` output of every selective mixer of ``model`` (an nn.Module) passes
-    lrpcli::held; yields the mixers' paths. The hooks are removed afterwards, whatever happens."""
+    lrpcli::held; yields a :class:`Held`, whose ``applied`` finishes the captured graph. The hooks are removed
+    afterwards, whatever happens."""
+    found = Held()
     handles = []
-    paths: list[str] = []
     if isinstance(model, torch.nn.Module):
         for path, module in model.named_modules():
             if is_selective_mixer(module):
                 handles.append(getattr(module, SELECTION).register_forward_hook(_hold))
-                paths.append(path)
+                found.hooked.append(path)
+            elif is_ssd_mixer(module):
+                found.ssd[path] = (int(module.intermediate_size), int(module.n_groups * module.ssm_state_size), int(module.num_heads))
     try:
-        yield paths
+        yield found
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _slices_to_hold(graph: Graph, mixers: dict[str, tuple[int, int, int]]) -> set[str]:
+    """The graph names of each Mamba-2 mixer's Δ, B and C slices, and of its ``zeros_like`` nodes."""
+    holds: dict[str, set[int]] = {}  # split node -> the indices of its parts to hold
+    found: set[str] = set()
+    for node in graph.nodes:
+        sizes = mixers.get(node.module)
+        if sizes is None:
+            continue
+        inner, grouped, heads = sizes
+        if node.op == "split_with_sizes" and len(node.args) > 1 and isinstance(node.args[1], (list, tuple)):
+            parts = list(node.args[1])
+            if parts == [inner, grouped, grouped]:  # hidden_states, B, C out of the convolution
+                holds[node.name] = {1, 2}
+            elif len(parts) == 5 and parts[2] == inner and parts[-1] == heads:  # in_proj: ..., gate, xBC, dt
+                holds[node.name] = {4}
+        elif node.op == "getitem" and isinstance(node.args[0], Ref) and node.args[1] in holds.get(node.args[0].name, ()):
+            found.add(node.name)
+        elif node.op in FACTORY_OPS:
+            found.add(node.name)
+    return found
+
+
+def hold_ssd_parameters(graph: Graph, mixers: dict[str, tuple[int, int, int]]) -> Graph:
+    """Insert lrpcli::held after each Mamba-2 mixer's Δ, B and C (see the module docstring); nodes computed
+    only from held values become "meta", and a product with one live factor left a scaling of it."""
+    names = _slices_to_hold(graph, mixers)
+    if not names:
+        return graph
+    taken = {node.name for node in graph.nodes}
+    renamed: dict[str, str] = {}
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        node = dataclasses.replace(node, args=_renamed(node.args, renamed), kwargs=_renamed(node.kwargs, renamed))
+        nodes.append(node)
+        if node.name in names:
+            name = node.name + "_held"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            renamed[node.name] = name
+            nodes.append(dataclasses.replace(node, name=name, target=experts.held, args=(Ref(node.name),), kwargs={}, kind="meta", op="held", hint=None, held=(), gates=(), gate_op=""))
+    return graph.replace(nodes=_spread_meta(nodes, set(graph.extra_inputs)))
+
+
+def _renamed(obj: Any, renamed: dict[str, str]) -> Any:
+    return map_leaves(obj, lambda leaf: Ref(renamed[leaf.name]) if isinstance(leaf, Ref) and leaf.name in renamed else leaf)
+
+
+def _spread_meta(nodes: list[Node], meta: set[str]) -> list[Node]:
+    """The builder's rules for held values, again: a node that reads only meta values is meta; a product of
+    one live factor and held ones scales that factor."""
+    meta = meta | {node.name for node in nodes if node.kind == "meta"}
+    result = []
+    for node in nodes:
+        refs = list(dict.fromkeys(node.refs))
+        if node.kind != "meta" and refs and all(ref in meta for ref in refs):
+            node = dataclasses.replace(node, kind="meta", hint=None)
+        elif node.kind == "product" and node.op in ("mul", "div"):
+            live = [ref for ref in refs if ref not in meta]
+            if len(live) == 1 and (node.op == "mul" or node.args[0] == Ref(live[0])):
+                node = dataclasses.replace(node, kind="scale")
+        if node.kind == "meta":
+            meta.add(node.name)
+        result.append(node)
+    return result
 
 
 def note(paths: list[str]) -> str:
