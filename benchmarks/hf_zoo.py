@@ -40,6 +40,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -289,17 +290,25 @@ def run_keys(keys: list[str], timeout: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     left = list(keys)
     while left:
-        done = subprocess.run([sys.executable, __file__, "--children", ",".join(left), "--timeout", str(timeout)],
-                              capture_output=True, text=True, env=env, cwd=str(ROOT))
-        finished = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-        for row in finished:
-            print(f"{row['key']:40s} {row['outcome']:9s} {row.get('cause', '')[:100]}", file=sys.stderr, flush=True)
+        log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a child's warnings cannot fill it and stall it
+        child = subprocess.Popen([sys.executable, __file__, "--children", ",".join(left), "--timeout", str(timeout)],
+                                 stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=str(ROOT))
+        finished = []
+        for line in child.stdout:  # one line a model, as each finishes: progress on stderr
+            if line.startswith("{"):
+                row = json.loads(line)
+                finished.append(row)
+                print(f"{row['key']:40s} {row['outcome']:9s} {row.get('cause', '')[:100]}", file=sys.stderr, flush=True)
+        child.wait()
+        log.seek(0)
+        errors = log.read()
+        log.close()
         rows.extend(finished)
         left = left[len(finished):]
         if left:  # the child died on left[0]
             key = left.pop(0)
-            tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:220]
-            rows.append({"key": key, "task": key.split(":")[0], "model_type": key.split(":", 1)[1], "outcome": "crash", "cause": f"exit {done.returncode}: {tail}"})
+            tail = (errors.strip().splitlines() or ["no output"])[-1][:220]
+            rows.append({"key": key, "task": key.split(":")[0], "model_type": key.split(":", 1)[1], "outcome": "crash", "cause": f"exit {child.returncode}: {tail}"})
     return rows
 
 
