@@ -272,6 +272,7 @@ def test_images_through_ray_equal_a_plain_run(ray, tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / "ray" / layer), np.load(tmp_path / "plain" / layer), rtol=1e-4, atol=1e-6)
     scales = [json.loads((tmp_path / name / "run.json").read_text())["heatmaps"]["scale"]["value"] for name in ("plain", "ray")]
     assert scales[0] > 0 and np.isclose(scales[1], scales[0], rtol=1e-5), scales  # one shared scale over all inputs
+    assert json.loads((tmp_path / "ray" / "run.json").read_text())["device"] == "cpu"  # where the actors ran
     assert (tmp_path / "ray" / "run.json").is_file() and (tmp_path / "ray" / "manifest.jsonl").is_file()
     assert not list((tmp_path / "ray").rglob("*.tmp*")), "a temporary file was left"
 

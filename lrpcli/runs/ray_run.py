@@ -102,7 +102,8 @@ def plan_blocks(path: str, batch_size: int) -> list[dict[str, Any]] | None:
         base = 0
         if not jsonl:
             header = handle.readline()
-            if b'"' in header or header.rstrip(b"\r\n").count(b"\r") or (header.endswith(b"\r\n") and header.count(b"\r") > 1):
+            body = header[:-2] if header.endswith(b"\r\n") else header
+            if b'"' in header or b"\r" in body:  # as CsvSource: the careful reader, for all of the file
                 return None
             base = len(header)
         starts.append(base)
@@ -485,7 +486,7 @@ class ImageActor:
                 rows += found
                 failed += [(item.name, message) for item, message in non_finite]
             out["seq"].append(seq)
-            out["result"].append(pickle.dumps((rows, failed, report.notes, report.explained)))
+            out["result"].append(pickle.dumps((rows, failed, report.notes, report.explained, str(device))))
         return out
 
 
@@ -507,6 +508,7 @@ def explain_images_ray(
     summary.csv (rows in input order) and run.json at the end. ``--shard K/N`` takes the shard's inputs, as a plain
     run does. ``--scale shared`` is found from the arrays on disk after the last batch (the largest |R| of all of
     them) and the heatmaps drawn again, as in a plain run. ``explainer`` is the driver's (for run.json)."""
+    import dataclasses
     import pickle
     import time
 
@@ -551,6 +553,7 @@ def explain_images_ray(
                 log = SummaryLog(partial)
                 starts = list(range(0, len(todo), options.batch_size))
                 new_rows: dict[str, list[dict[str, Any]]] = {}
+                devices: set[str] = set()  # where the actors explained (a head node may have no GPU)
                 if starts:
                     results = ray.data.from_items([{"seq": k, "start": s} for k, s in enumerate(starts)]).map_batches(
                         ImageActor,
@@ -565,7 +568,8 @@ def explain_images_ray(
                             if seq in received:
                                 continue  # a batch redone after a restart counts once
                             received.add(seq)
-                            found, failed, notes, explained = pickle.loads(result)
+                            found, failed, notes, explained, device = pickle.loads(result)
+                            devices.add(device)
                             report.notes += [n for n in notes if n not in report.notes]
                             for name, message in failed:
                                 manifest.record([name], "failed")
@@ -596,7 +600,8 @@ def explain_images_ray(
             write_summary(out / f"summary{sfx}.csv", rows)
             partial.unlink(missing_ok=True)
             report.seconds = time.perf_counter() - started
-            info = run_json(explainer, preprocessing, options, targets, report, run_info)
+            info = run_json(explainer, preprocessing, dataclasses.replace(options, device="cpu"), targets, report, run_info)
+            info["device"] = ", ".join(sorted(devices)) or str(options.device)  # the actors', not this node's
             info["runs"] = manifest.runs()
             write_json(out / f"run{sfx}.json", info)
     return report
