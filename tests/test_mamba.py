@@ -234,17 +234,20 @@ def _tokenizer():
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", model_max_length=16)
 
 
-def test_a_mamba_folder_explains_with_mambalrp_end_to_end(tmp_path):
-    """save_pretrained of a tiny Mamba and an offline tokenizer; `lrp explain FOLDER texts.txt` picks MambaLRP and
-    gives, per text (padded on the right in one batch), the next-token logit and the token relevance of
-    explain() on that text alone."""
+@pytest.mark.parametrize("family", ["mamba", "mamba2"])
+def test_a_mamba_folder_explains_with_mambalrp_end_to_end(family, tmp_path):
+    """save_pretrained of a tiny Mamba (Mamba-2) and an offline tokenizer; `lrp explain FOLDER texts.txt` picks
+    MambaLRP and gives, per text (padded on the right in one batch), the next-token logit and the token relevance
+    of explain() on that text alone. A second run reads the captured graph from the disk cache (the held values'
+    kinds derived again from the stored graph) and writes the same rows."""
     pytest.importorskip("tokenizers")
     from cli_support import lrp
     from lrpcli import explain
+    from lrpcli.sources.cache import cache_dir
     from lrpcli.sources.hf import folder_spec
 
-    model = tiny_mamba(layers=1, vocab=2 + len(WORDS))
-    path = tmp_path / "mamba"
+    model = tiny_mamba(layers=1, vocab=2 + len(WORDS), family=family)
+    path = tmp_path / family
     model.save_pretrained(path)
     _tokenizer().save_pretrained(path)
     assert folder_spec(path).composite == "mambalrp"
@@ -252,6 +255,11 @@ def test_a_mamba_folder_explains_with_mambalrp_end_to_end(tmp_path):
     (tmp_path / "t.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     run = lrp("explain", path, tmp_path / "t.txt", "-q", "--no-report", out=tmp_path / "next.jsonl")
     assert run.code == 0, run.describe()
+    entries = {entry: entry.stat().st_mtime_ns for entry in cache_dir().glob("*.json")}
+    again = lrp("explain", path, tmp_path / "t.txt", "-q", "--no-report", out=tmp_path / "again.jsonl")
+    assert again.code == 0, again.describe()
+    assert {entry: entry.stat().st_mtime_ns for entry in cache_dir().glob("*.json")} == entries  # read, not written
+    assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "next.jsonl").read_text()
     rows = [json.loads(line) for line in (tmp_path / "next.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     tokenizer = _tokenizer()

@@ -333,6 +333,8 @@ def load(folder: str | Path, *, allow_pickle: bool = False) -> torch.nn.Module:
         model = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, use_safetensors=safetensors)
     except Exception as exc:  # transformers raises many kinds for a folder it cannot read
         raise ModelError(f"{folder}: transformers could not load the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    if is_state_space(config):  # one forward over the whole text: no cache, whose position checks torch.export cannot pass
+        model.config.use_cache = False
     wrapper = {"image": ImageLogits, "next-token": NextTokenLogits}.get(task, Logits)
     return wrapper(model.eval()).eval()
 
