@@ -314,6 +314,7 @@ def test_rows_resume_after_an_interrupted_ray_run(ray, tmp_path, monkeypatch):
     assert sorted(first + second) == list(range(13)), (first, second)  # each block explained once over both runs
     assert out.read_bytes() == (tmp_path / "plain.csv").read_bytes()
     assert "row 7" in resumed.stderr and "2 of 100 row(s) failed" in resumed.stderr, resumed.describe()
+    assert "(4 batch(es) from the interrupted run)" in resumed.stderr, resumed.describe()
     assert not parts.exists()
 
 

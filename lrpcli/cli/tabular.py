@@ -231,7 +231,8 @@ def explain_csv(model: str, spec: Any, source: str, options: dict[str, Any]) -> 
     if not options["quiet"]:
         where = f" -> {out}" if out else ""
         where += f", page {page}" if page and wrote else ""
-        info(f"explained {report.rows_out} result row(s) from {report.rows_in - len(report.failures)} of {report.rows_in} input row(s) with {composite.name}{where}")
+        resumed = f" ({report.skipped} batch(es) from the interrupted run)" if report.skipped else ""
+        info(f"explained {report.rows_out} result row(s) from {report.rows_in - len(report.failures)} of {report.rows_in} input row(s){resumed} with {composite.name}{where}")
     if report.failures:
         shown = report.failures[:20]
         for failure in shown:

@@ -351,9 +351,11 @@ def explain_rows_ray(
         plan = plan_blocks(path, batch_size)
         if plan is None and resume and path == "-":
             raise UsageError("--resume with --ray reads the input again: give a file, not stdin")
-        options = dict(targets=targets, classes=classes, device=device, dtype=dtype, init=init, source=source, top_k=top_k, path=path, batch_size=batch_size, shard=shard)
-        key = {**(settings or {}), "input": os.path.abspath(path), "input_size": os.path.getsize(path) if path != "-" else None, "input_mtime_ns": os.stat(path).st_mtime_ns if path != "-" else None}
-        key.update({k: options[k] for k in ("targets", "classes", "dtype", "init", "top_k", "batch_size", "shard")}, columns=columns)
+        where = os.path.abspath(path) if path != "-" else path  # the same file on every node, not relative to an actor's folder
+        options = dict(targets=targets, classes=classes, device=device, dtype=dtype, init=init, source=source, top_k=top_k, path=where, batch_size=batch_size, shard=shard)
+        stat = os.stat(path) if path != "-" else None
+        key = {**(settings or {}), "input": where, "input_size": stat and stat.st_size, "input_mtime_ns": stat and stat.st_mtime_ns, "columns": columns}
+        key.update({k: options[k] for k in ("targets", "classes", "dtype", "init", "top_k", "batch_size", "shard")})
         kept = Parts(parts, key, resume) if parts is not None else None
         finished = kept.done if kept else set()
         inline: dict[int, dict[str, Any]] = {}  # the rows in and bad rows of each batch the driver read
