@@ -8,12 +8,14 @@ routing weight (0 where not chosen). That is what "the router's choice held cons
 gates as constants; LXT holds MoE routers so).
 
 For the other families (PhiMoE, DeepSeek-V2/V3, dots1, GLM4-MoE, GraniteMoE(Shared), JetMoE, GPT-OSS, HunYuan,
-ERNIE 4.5, MiniMax, FlexOlmo, DBRX, Llama 4, Qwen3-Next, Qwen3-VL-MoE, Aria) the routing itself is checked
+ERNIE 4.5, MiniMax, FlexOlmo, DBRX, Llama 4, Qwen3-Next, Qwen3-VL-MoE, Qwen3-Omni, Aria, Jamba, GraniteMoeHybrid,
+LongCat-Flash, GLM4V-MoE) the routing itself is checked
 against the model: the captured graph's outputs equal the model's own sparse forward (1e-6 of the largest logit).
 Relevance is then checked against the oracle run on lrpcli's dense blocks with the hold replaced by
 ``.detach()`` (so the oracle walks the same function by plain modified gradients, no lrpcli rule involved).
 Families whose other parts stop torch.export (DeepSeek-V2 and Llama 4: complex RoPE; Qwen3-Next: its linear
-attention; Qwen3-VL-MoE, Aria: multimodal wrappers) are tested on their MoE block between an embedding and a
+attention; Jamba, GraniteMoeHybrid: their Mamba layers' cache checks, issue 27), multimodal ones (Qwen3-VL/Omni,
+GLM4V, Aria) and LongCat-Flash (whole model not tried) are tested on their MoE block between an embedding and a
 linear head.
 """
 
@@ -201,7 +203,8 @@ class _BlockModel(nn.Module):
 
 def _block(module, cls, config, **kwargs):
     def build():
-        cfg = getattr(transformers, config)(**kwargs)
+        configs = __import__(f"transformers.models.{module}.configuration_{module}", fromlist=[config])
+        cfg = getattr(configs, config)(**kwargs)
         block = getattr(__import__(f"transformers.models.{module}.modeling_{module}", fromlist=[cls]), cls)(cfg)
         for parameter in block.parameters():  # fused expert tensors are created empty (torch.empty)
             nn.init.normal_(parameter, std=0.3)
@@ -222,6 +225,14 @@ BLOCKS = {
                           num_experts=4, num_experts_per_tok=2, norm_topk_prob=True), torch.float64),
     "qwen3_vl_moe": (_block("qwen3_vl_moe", "Qwen3VLMoeTextSparseMoeBlock", "Qwen3VLMoeTextConfig", hidden_size=16, moe_intermediate_size=12, num_experts=4,
                             num_experts_per_tok=2), torch.float64),
+    "jamba": (_block("jamba", "JambaSparseMoeBlock", "JambaConfig", hidden_size=16, intermediate_size=12, num_experts=4, num_experts_per_tok=2), torch.float64),
+    "granitemoehybrid": (_block("granitemoehybrid", "GraniteMoeHybridMoE", "GraniteMoeHybridConfig", hidden_size=16, intermediate_size=12, num_local_experts=4, mamba_n_heads=8,
+                                num_experts_per_tok=2), torch.float64),
+    "longcat_flash": (_block("longcat_flash", "LongcatFlashMoE", "LongcatFlashConfig", hidden_size=16, expert_ffn_hidden_size=12, n_routed_experts=4, zero_expert_num=2,
+                             moe_topk=2), torch.float32),
+    "glm4v_moe": (_block("glm4v_moe", "Glm4vMoeTextMoE", "Glm4vMoeTextConfig", hidden_size=16, intermediate_size=24, **ROUTED), torch.float32),
+    "qwen3_omni_moe": (_block("qwen3_omni_moe", "Qwen3OmniMoeThinkerTextSparseMoeBlock", "Qwen3OmniMoeTextConfig", hidden_size=16, moe_intermediate_size=12,
+                              num_experts=4, num_experts_per_tok=2, norm_topk_prob=False), torch.float64),
     "aria": (_block("aria", "AriaTextMoELayer", "AriaTextConfig", hidden_size=16, intermediate_size=12, moe_num_experts=4, moe_topk=2, moe_num_shared_experts=1), torch.float64),
 }
 
@@ -252,7 +263,7 @@ def test_every_moe_family_explains_as_the_oracle_with_its_router_held(family, mo
     for hook in hooks:
         hook.remove()
     assert torch.isfinite(result.relevance).all() and expected.abs().max() > 0
-    tolerance = 1e-6 if dtype == torch.float64 else 1e-4
+    tolerance = 1e-6 if dtype == torch.float64 else 1e-5  # measured: up to 1.5e-7 and 2.7e-7
     assert (result.relevance - expected).abs().max() <= tolerance * expected.abs().max()
     assert not any(type(m).__module__ == experts.__name__ for m in model.modules())  # the model is as it was
 

@@ -87,11 +87,11 @@ class SoftmaxTopK(_Dense):
     """Mixtral's router and its kin: softmax over the experts, top-k, renormalised where the block does so;
     a shared expert with its sigmoid gate (Qwen2-MoE) or without (HunYuan) where the block has one.
 
-    ``normalise``: True, False, or the name of the block's flag; ``router``: the block's router attribute;
+    ``normalise``: True, False, or the name of the block's flag; ``router_attribute``: the name of the block's router;
     ``logits_out``: whether the block returns ``(hidden, router_logits)`` or the hidden states alone."""
 
     normalise: bool | str = "norm_topk_prob"
-    router = "gate"
+    router_attribute = "gate"
     logits_out = True
 
     def forward(self, hidden_states: torch.Tensor) -> Any:
@@ -110,7 +110,7 @@ class SoftmaxTopK(_Dense):
         return (out, router_logits) if self.logits_out else out
 
     def _logits(self, hidden_states: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return getattr(self, self.router)(x)
+        return getattr(self, self.router_attribute)(x)
 
     def _shared(self, hidden_states: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         shared = getattr(self, "shared_expert", None)
@@ -130,7 +130,7 @@ class Jamba(SoftmaxTopK):
     """Jamba: the router is ``router``, the top-k weights not renormalised."""
 
     normalise = False
-    router = "router"
+    router_attribute = "router"
 
 
 class HunYuan(SoftmaxTopK):
@@ -186,11 +186,11 @@ class RouterModule(_Dense):
     (softmax or sigmoid scores, group-limited top-k, normalised and scaled as configured); shared experts added.
     The experts are mixed in the weights' precision, as the block does, and cast back."""
 
-    router = "gate"
+    router_attribute = "gate"
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
-        chosen, top = getattr(self, self.router)(hidden_states)
+        chosen, top = getattr(self, self.router_attribute)(hidden_states)
         x = hidden_states.reshape(-1, shape[-1])
         out = _mix(x, _dense(top, chosen, len(self.experts)), _module_experts(self.experts)).to(x.dtype).reshape(shape)
         if getattr(self, "shared_experts", None) is not None:
@@ -201,7 +201,7 @@ class RouterModule(_Dense):
 class RouterAttribute(RouterModule):
     """LongCat-Flash: the router is ``router`` (its zero-compute experts are identities, mixed like the others)."""
 
-    router = "router"
+    router_attribute = "router"
 
 
 def _parallel_expert(block: Any) -> Callable[[int, torch.Tensor], torch.Tensor]:
