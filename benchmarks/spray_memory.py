@@ -8,7 +8,8 @@ in the centre, or in a corner as well, 1 in 5), one class, summary.csv as `lrp e
 runs in a fresh process (imports done first), which reports its peak resident memory (ru_maxrss) beyond what
 the imports took, the seconds, the clusters found and their agreement with the planted strategies (adjusted
 Rand index). The maps are read one at a time, so memory grows only with what is kept per map: its pooled
-8x8 grid, its k neighbours and its eigenvector rows (about 1 KB a map), not with the maps (4 KB each here).
+8x8 grid, its k neighbours, its eigenvector rows, its name and path (about 0.8 KB a map), not with the maps
+(4 KB each here). Results: benchmarks/spray_results.md.
 """
 
 from __future__ import annotations

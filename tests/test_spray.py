@@ -148,6 +148,21 @@ def test_the_sparse_spectrum_of_a_larger_class_counts_components_too():
     assert values[4] > 0.05 and eigengap(values, 8) == 4
 
 
+def test_the_sparse_spectrum_equals_the_dense_laplacians():
+    """Above 300 maps the eigenvalues come from D^-1/2 A D^-1/2 applied as a product (no Laplacian built); they
+    must equal those of SciPy's normalised Laplacian of the same symmetric kNN graph, by dense eigh."""
+    import scipy.sparse as sparse
+    from scipy.sparse.csgraph import laplacian
+    from sklearn.neighbors import kneighbors_graph
+
+    points = np.random.default_rng(2).standard_normal((400, 8)).astype(np.float32)
+    values, vectors = spectrum(points, neighbors=10, count=6)
+    graph = kneighbors_graph(points, n_neighbors=10, include_self=False)
+    lap = laplacian(sparse.csr_matrix(((graph + graph.T) > 0).astype(np.float64)), normed=True).toarray()
+    np.testing.assert_allclose(values, np.linalg.eigvalsh(lap)[:6], atol=1e-8)
+    np.testing.assert_allclose(lap @ vectors, vectors * values, atol=1e-6)  # and they are its eigenvectors
+
+
 def test_not_an_image_run_is_a_named_error(tmp_path):
     with pytest.raises(InputError, match="not a folder"):
         spray(tmp_path / "missing")

@@ -19,7 +19,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import quote
 
 import numpy as np
@@ -85,7 +85,13 @@ def write_report(out: Path) -> Path:
 
 def _read_rows(paths: list[Path]) -> tuple[list[str], list[dict[str, str]]]:
     columns: list[str] = []
-    rows: list[dict[str, str]] = []
+    return columns, list(summary_rows(paths, columns))
+
+
+def summary_rows(paths: list[Path], columns: list[str] | None = None) -> Iterator[dict[str, str]]:
+    """The summaries' rows one at a time (rows cut short skipped), the columns seen added to ``columns``; a file
+    that is not a summary, cannot be read or holds a NUL byte is an InputError naming it."""
+    columns = columns if columns is not None else []
     for path in paths:
         try:
             with path.open(newline="", encoding="utf-8") as handle:
@@ -100,10 +106,9 @@ def _read_rows(paths: list[Path]) -> tuple[list[str], list[dict[str, str]]]:
                         continue  # a row cut short
                     if any("\0" in value for value in row.values() if isinstance(value, str)):
                         raise InputError(f"{path}:{reader.line_num}: a NUL byte in the row: not a summary written by `lrp explain`")
-                    rows.append(row)
+                    yield row
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise InputError(f"{path}: cannot read the summary: {exc}") from exc
-    return columns, rows
 
 
 def _read_runs(paths: list[Path]) -> list[dict[str, Any]]:

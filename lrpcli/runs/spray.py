@@ -80,8 +80,9 @@ def _sklearn():
 
 def _run_rows(out: Path, by: str) -> list[tuple[str, str, str]]:
     """(group, input, relevance path) per input of the run: its row for the prediction (else its first), or with
-    ``by="target"`` every row, grouped by its target."""
-    from ..report.images import _read_rows, summary_files
+    ``by="target"`` every row, grouped by its target. The summaries are read a row at a time; only these three
+    strings are kept per row."""
+    from ..report.images import summary_files, summary_rows
 
     if not out.is_dir():
         raise InputError(f"{out} is not a folder", hint="give the output folder of an `lrp explain` image run (its -o)")
@@ -89,18 +90,26 @@ def _run_rows(out: Path, by: str) -> list[tuple[str, str, str]]:
     if not summaries:
         raise InputError(f"{out}: no summary.csv: not the output folder of a finished `lrp explain` image run",
                          hint="run `lrp explain MODEL IMAGES -o OUT` (or `lrp merge` its shards), then `lrp spray OUT`")
-    columns, rows = _read_rows(summaries)
-    if "relevance" not in columns or not any(row.get("relevance") for row in rows):
+    found: list[tuple[str, str, str]] = []
+    chosen: dict[str, tuple[bool, int]] = {}  # input -> (its kept row is for the prediction, where it is in found)
+    for row in summary_rows(summaries):
+        relevance = row.get("relevance") or ""
+        if by == "target":
+            found.append((row.get("target_label") or row.get("target", ""), row["input"], relevance))
+            continue
+        for_prediction = row.get("target") == row.get("prediction")
+        entry = (row.get("prediction_label") or row.get("prediction", ""), row["input"], relevance)
+        first = chosen.get(row["input"])
+        if first is None:
+            chosen[row["input"]] = (for_prediction, len(found))
+            found.append(entry)
+        elif for_prediction and not first[0]:
+            chosen[row["input"]] = (True, first[1])
+            found[first[1]] = entry
+    if not any(relevance for _, _, relevance in found):
         raise InputError(f"{out}: the run wrote no relevance arrays (relevance/*.npy), which spray clusters",
                          hint="run `lrp explain` on images without --no-arrays (rows and texts have no maps to cluster)")
-    if by == "target":
-        return [(row.get("target_label") or row.get("target", ""), row["input"], row.get("relevance") or "") for row in rows]
-    chosen: dict[str, dict[str, str]] = {}
-    for row in rows:
-        first = chosen.get(row["input"])
-        if first is None or (row.get("target") == row.get("prediction") and first.get("target") != first.get("prediction")):
-            chosen[row["input"]] = row
-    return [(row.get("prediction_label") or row.get("prediction", ""), name, row.get("relevance") or "") for name, row in chosen.items()]
+    return found
 
 
 def _class_order(name: str) -> tuple:
@@ -135,22 +144,27 @@ def pool(heat: np.ndarray, grid: int) -> np.ndarray:
 def spectrum(points: np.ndarray, neighbors: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (ascending) and eigenvectors of the normalised Laplacian of the symmetric kNN graph, ``count`` of them."""
     import scipy.sparse as sparse
-    from scipy.sparse.csgraph import laplacian
-    from scipy.sparse.linalg import eigsh
     from sklearn.neighbors import kneighbors_graph
 
     n = len(points)
     graph = kneighbors_graph(points, n_neighbors=min(neighbors, n - 1), mode="connectivity", include_self=False)
-    graph = ((graph + graph.T) > 0).astype(np.float64)  # symmetric: i and j are neighbours if either is the other's
-    lap = laplacian(sparse.csr_matrix(graph), normed=True)
+    graph = sparse.csr_matrix(graph.maximum(graph.T))  # symmetric: i and j are neighbours if either is the other's
     count = min(count, n)
-    if n <= 300 or count >= n - 1:  # small: dense is exact and quick; larger: sparse Lanczos, memory ~ n * count
-        values, vectors = np.linalg.eigh(lap.toarray())
+    if n <= 300 or count >= n - 1:  # small: dense is exact and quick
+        from scipy.sparse.csgraph import laplacian
+
+        values, vectors = np.linalg.eigh(laplacian(graph, normed=True).toarray())
         return _tidy(values[:count]), vectors[:, :count]
-    # the largest of 2I - L are the smallest of L: a well-conditioned Lanczos problem, no shift-invert
-    values, vectors = eigsh(2.0 * sparse.identity(n, format="csr") - lap, k=count, which="LA", v0=np.ones(n))
-    order = np.argsort(2.0 - values)
-    return _tidy(2.0 - values[order]), vectors[:, order]
+    # larger: sparse Lanczos (memory ~ n * (k + 20)). L = I - D^-1/2 A D^-1/2, so the smallest eigenvalues of L are
+    # 1 - the largest of D^-1/2 A D^-1/2, applied as a product (no scaled copy of the graph, no shift-invert)
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    scale = 1.0 / np.sqrt(np.asarray(graph.sum(axis=1)).ravel())  # every node has a neighbour: degree >= 1
+
+    operator = LinearOperator((n, n), matvec=lambda v: scale * (graph @ (scale * v.ravel())), dtype=np.float64)
+    values, vectors = eigsh(operator, k=count, which="LA", v0=np.ones(n))
+    order = np.argsort(1.0 - values)
+    return _tidy(1.0 - values[order]), vectors[:, order]
 
 
 def _tidy(values: np.ndarray) -> np.ndarray:
@@ -222,27 +236,30 @@ def spray(
     _sklearn()
     result = SprayResult(classes={}, by=by)
     for group, members in sorted(groups.items(), key=lambda item: _class_order(item[0])):
-        names, paths, points, shape = [], [], [], None
-        for name, relevance in members:  # one array in memory at a time; only its pooled grid is kept
+        # one array in memory at a time; per map only its pooled grid (float32) and its row in members are kept
+        points = np.empty((len(members), grid * grid), dtype=np.float32)
+        kept: list[int] = []
+        shape = None
+        for index, (_, relevance) in enumerate(members):
             path = _inside(out, relevance)
             heat = _load_map(path) if path is not None else None
             if heat is None or (shape is not None and heat.shape != shape):
                 result.left_out += 1
                 continue
             shape = heat.shape
-            names.append(name)
-            paths.append(path)
-            points.append(pool(heat, grid))
-        if not names:
+            pooled = pool(heat, grid)
+            points[len(kept), : pooled.size] = pooled
+            kept.append(index)
+        if not kept:
             continue
-        labels, layout, values = _cluster(np.stack(points), clusters, neighbors, seed)
-        found = ClassSpray(group, names, labels, layout, values)
-        for cluster in range(found.clusters):  # a second pass: one running sum per cluster
-            chosen = [p for p, label in zip(paths, labels) if label == cluster]
-            total = np.zeros(shape)
-            for path in chosen:
-                total += _load_map(path)
-            found.means[cluster] = total / len(chosen)
+        cells = pooled.size  # fewer than grid * grid where the maps are smaller than the grid
+        labels, layout, values = _cluster(points[: len(kept), :cells], clusters, neighbors, seed)
+        del points
+        found = ClassSpray(group, [members[i][0] for i in kept], labels, layout, values)
+        sums = {cluster: np.zeros(shape) for cluster in range(found.clusters)}  # a second pass: a running sum per cluster
+        for index, label in zip(kept, labels):
+            sums[int(label)] += _load_map(_inside(out, members[index][1]))
+        found.means = {cluster: total / int((labels == cluster).sum()) for cluster, total in sums.items()}
         result.classes[group] = found
     if not result.classes:
         raise InputError(f"{out}: none of the run's relevance arrays could be read", hint="the arrays were removed or damaged: run `lrp explain` again")
