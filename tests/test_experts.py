@@ -289,3 +289,12 @@ def test_a_block_lrpcli_cannot_compute_densely_is_refused_by_name():
     block = transformers.models.switch_transformers.modeling_switch_transformers.SwitchTransformersSparseMLP(config)
     with pytest.raises(ModelError, match=r"block block \(SwitchTransformersSparseMLP\) is not supported: .*capacity"):
         explain(_BlockModel(block).eval(), torch.randint(1, 40, (2, 5)), "attnlrp")
+
+
+def test_a_model_whose_own_forward_fails_is_a_model_error_naming_it():
+    """DeepSeek-V3 in float64: its router computes in float32 and its own expert sum then index_adds float64 into
+    float32, so the model cannot run; the dense capture has nothing to be checked against: a ModelError, not torch's."""
+    torch.manual_seed(4)
+    model = CASES["deepseek_v3"][0]().double().eval()
+    with pytest.raises(ModelError, match=r"own forward fails.*\n.*hint: run the model in a dtype it supports"):
+        explain(_LastToken(model).eval(), torch.randint(1, 40, (2, 5)), "attnlrp")

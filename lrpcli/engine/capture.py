@@ -67,19 +67,25 @@ def capture(
 
 def _check_dense(graph: Graph, model: torch.nn.Module, example: Any, extras: dict | None, swapped: list[str]) -> None:
     """The graph captured with dense expert blocks must compute what the model computes with its own sparse
-    ones (a block whose routing differs from Mixtral's is refused, not explained wrongly)."""
+    ones (a block whose routing differs from its family's dense form is refused, not explained wrongly)."""
     with torch.inference_mode():
         captured = graph.run(example, extras)[graph.output]
-        own = model(*(example if isinstance(example, tuple) else (example,)), **(extras or {}))
+        try:
+            own = model(*(example if isinstance(example, tuple) else (example,)), **(extras or {}))
+        except Exception as exc:  # the model's own (sparse) forward: nothing to check the dense capture against
+            raise ModelError(
+                f"the model's own forward fails, so its mixture-of-experts blocks ({', '.join(swapped)}) cannot be checked: {type(exc).__name__}: {exc}",
+                hint="run the model in a dtype it supports (DeepSeek-V3, dots1, GLM4-MoE and ERNIE route in float32, and their own forward fails in float64)",
+            ) from exc
     own = own if isinstance(own, torch.Tensor) else next((v for v in (own.values() if isinstance(own, dict) else own) if isinstance(v, torch.Tensor)), None)
     if not isinstance(captured, torch.Tensor) or own is None or captured.shape != own.shape:
         return  # a model with several outputs: the explainer checks the one it explains
     scale = float(own.abs().max()) or 1.0
     if not torch.allclose(captured.to(own.dtype), own, rtol=1e-4, atol=1e-5 * scale):
         raise ModelError(
-            f"the mixture-of-experts block(s) {', '.join(swapped)} route differently from Mixtral's top-k: computed densely they "
+            f"the mixture-of-experts block(s) {', '.join(swapped)} route differently from their family's dense form: computed densely they "
             f"give other outputs (largest difference {float((captured.to(own.dtype) - own).abs().max()):.3g})",
-            hint="lrpcli captures Mixtral-style routers (softmax, top-k, renormalised where norm_topk_prob says so); export the model yourself with a dense expert loop",
+            hint="lrpcli computes transformers' MoE blocks as their families route (lrpcli.engine.experts.FAMILIES); a block changed since, or configured otherwise, is not covered: export the model yourself with a dense expert loop",
         )
 
 
