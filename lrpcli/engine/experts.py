@@ -16,6 +16,11 @@ Relevance treats the routing weights as constants (AttnLRP's treatment of gates,
 weights pass :func:`held`, an identity the graph builder marks as carrying no relevance, so each expert's output
 is a scaling of a live activation by a constant and all relevance goes through the experts. The router, its
 softmax and its top-k are then off the relevance's path and need no rules.
+
+The price: every expert on every token is E/k times the sparse forward's expert compute and recorded activations
+(8 experts top-2: 4x; DeepSeek-V3's 256 top-8: 32x). Blocks whose output for a token depends on the batch's other
+tokens (capacity-limited routers: Switch Transformers, NLLB-MoE) or that have no dense form here (Doge's
+product-key CDMoE) are refused by name (:data:`REFUSED`).
 """
 
 from __future__ import annotations
