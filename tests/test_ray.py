@@ -360,6 +360,14 @@ def test_a_shard_through_ray_equals_the_plain_shard(ray, tmp_path):
     assert plain.code == run.code == 0, run.describe()
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
     assert 10 < len((tmp_path / "ray.csv").read_text().splitlines()) - 1 < 60
+    images = SAMPLE.parent / "shapes_minivgg"
+    common = ("explain", images / "model.yaml", images / "images", "-q", "--no-report", "-b", "2", "--shard", "1/2")
+    plain, run = lrp(*common, "-o", tmp_path / "plain"), lrp(*common, "--ray", "-o", tmp_path / "ray")
+    assert plain.code == run.code == 0, run.describe()
+    name = "summary.shard-1-of-2.csv"
+    chosen = [(r["input"], r["prediction"]) for r in read_rows(tmp_path / "plain" / name)]
+    assert [(r["input"], r["prediction"]) for r in read_rows(tmp_path / "ray" / name)] == chosen and 0 < len(chosen) < 8
+    assert (tmp_path / "ray" / "run.shard-1-of-2.json").is_file() and (tmp_path / "ray" / "manifest.shard-1-of-2.jsonl").is_file()
 
 
 @pytest.mark.parametrize("fmt", ["txt", "csv", "jsonl"])
