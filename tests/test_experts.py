@@ -233,6 +233,9 @@ BLOCKS = {
     "glm4v_moe": (_block("glm4v_moe", "Glm4vMoeTextMoE", "Glm4vMoeTextConfig", hidden_size=16, intermediate_size=24, **ROUTED), torch.float32),
     "qwen3_omni_moe": (_block("qwen3_omni_moe", "Qwen3OmniMoeThinkerTextSparseMoeBlock", "Qwen3OmniMoeTextConfig", hidden_size=16, moe_intermediate_size=12,
                               num_experts=4, num_experts_per_tok=2, norm_topk_prob=False), torch.float64),
+    "qwen3_omni_moe_talker": (_block("qwen3_omni_moe", "Qwen3OmniMoeTalkerTextSparseMoeBlock", "Qwen3OmniMoeTalkerTextConfig", hidden_size=16,
+                                     moe_intermediate_size=12, shared_expert_intermediate_size=20, num_experts=4, num_experts_per_tok=2,
+                                     norm_topk_prob=True), torch.float64),
     "aria": (_block("aria", "AriaTextMoELayer", "AriaTextConfig", hidden_size=16, intermediate_size=12, moe_num_experts=4, moe_topk=2, moe_num_shared_experts=1), torch.float64),
 }
 
