@@ -169,6 +169,41 @@ def test_falcon_mamba_and_mamba2_equal_the_oracle_too(family, ids):
     assert all(layer.other.abs().max() < 1e-6 * logit.abs().max() for layer in result.layers.values())
 
 
+def test_a_hybrid_with_attention_and_padding_explains(ids):
+    """Bamba (Mamba-2 mixers and an attention layer): its mixers' mask check (``cache_position[0] > 0 or
+    torch.all(mask == 1)``, which torch.export cannot pass) is captured as the mask itself; with a padded row the
+    captured graph's logits are the model's, the relevance is finite, and what the tokens do not get is named by
+    the ledger (conv biases, the attention softmax's Taylor share)."""
+    from lrpcli import explain
+
+    torch.manual_seed(0)
+    config = transformers.BambaConfig(
+        vocab_size=20, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=32, attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=1, mamba_d_state=4,
+        mamba_d_conv=3, mamba_expand=2, mamba_chunk_size=4, pad_token_id=0,
+    )
+    model = transformers.BambaForCausalLM(config).eval().double()
+
+    class Padded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, -1]
+
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding in the second row
+    result = explain(Padded(), ids, "mambalrp", target=TARGET, params=EXACT, inputs={"attention_mask": mask}, layer_relevance=True)
+    own = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -1].detach()
+    torch.testing.assert_close(result.outputs, own)
+    assert torch.isfinite(result.relevance).all()
+    logit = result.outputs[:, TARGET].double()
+    named = sum(part.double() for layer in result.layers.values() for part in (layer.bias, layer.rule_share) if part is not None)
+    torch.testing.assert_close(result.relevance.sum(1) + named, logit, rtol=1e-5, atol=1e-6)
+    assert all(layer.other.abs().max() < 1e-6 * logit.abs().max() for layer in result.layers.values())
+
+
 def test_the_scan_conserves_and_the_ledger_names_every_bias(wrapped, ids):
     """Every MambaLRP rule conserves. With the conv biases (the only biases on relevance's path: in_proj,
     out_proj and lm_head have none) at zero, the tokens' relevance sums to the logit; with them, the ledger's

@@ -20,6 +20,11 @@ Mamba-2 mixers (transformers' Mamba2, Bamba, Falcon-H1: the chunked "SSD" form) 
 ``zeros_like`` of the states, the first chunk's initial state: a constant of that shape), and everything computed
 from them alone becomes "meta" as above.
 
+Hybrid models (Jamba, Bamba, Falcon-H1, GraniteMoeHybrid) decide whether their mixers mask padding with
+``cache_position[0] > 0 or torch.all(attention_mask == 1)``, a check on values torch.export cannot pass. In one
+forward without a cache ``cache_position[0]`` is 0, and multiplying by an all-ones mask changes nothing: while
+captured, their ``_update_mamba_mask`` returns the mask as it is (:func:`plain_mamba_mask`).
+
 The hook and the inserted ops only mark values: the captured graph computes what the model computes.
 """
 
@@ -82,8 +87,12 @@ def held_selection(model: Any) -> Iterator[Held]:
     afterwards, whatever happens."""
     found = Held()
     handles = []
+    masked = []
     if isinstance(model, torch.nn.Module):
         for path, module in model.named_modules():
+            if callable(getattr(type(module), "_update_mamba_mask", None)) and "_update_mamba_mask" not in vars(module):
+                module._update_mamba_mask = plain_mamba_mask
+                masked.append(module)
             if is_selective_mixer(module):
                 handles.append(getattr(module, SELECTION).register_forward_hook(_hold))
                 found.hooked.append(path)
@@ -94,6 +103,14 @@ def held_selection(model: Any) -> Iterator[Held]:
     finally:
         for handle in handles:
             handle.remove()
+        for module in masked:
+            del module._update_mamba_mask
+
+
+def plain_mamba_mask(attention_mask: torch.Tensor | None, cache_position: torch.Tensor) -> torch.Tensor | None:
+    """A hybrid model's mask for its mixers in one forward without a cache: the attention mask itself (see the
+    module docstring)."""
+    return attention_mask
 
 
 def _slices_to_hold(graph: Graph, mixers: dict[str, tuple[int, int, int]]) -> set[str]:
@@ -109,8 +126,8 @@ def _slices_to_hold(graph: Graph, mixers: dict[str, tuple[int, int, int]]) -> se
             parts = list(node.args[1])
             if parts == [inner, grouped, grouped]:  # hidden_states, B, C out of the convolution
                 holds[node.name] = {1, 2}
-            elif len(parts) == 5 and parts[2] == inner and parts[-1] == heads:  # in_proj: ..., gate, xBC, dt
-                holds[node.name] = {4}
+            elif len(parts) >= 3 and inner in parts[:-1] and parts[-1] == heads:  # in_proj: [..., gate, xBC, dt]
+                holds[node.name] = {len(parts) - 1}
         elif node.op == "getitem" and isinstance(node.args[0], Ref) and node.args[1] in holds.get(node.args[0].name, ()):
             found.add(node.name)
         elif node.op in FACTORY_OPS:
