@@ -33,7 +33,6 @@ def test_without_ray_the_message_names_the_extra(tmp_path, monkeypatch):
 def test_ray_refuses_what_it_does_not_take(tmp_path):
     """--resume of rows keeps the finished blocks beside -o FILE: on stdout there is nowhere to keep them."""
     refused(lrp("explain", SPEC, ROWS, "--ray", "--resume", "-q"), 2, "--resume with --ray needs -o FILE")
-    refused(lrp("explain", SPEC, ROWS, "--ray", "-q", "-o", tmp_path / "r.jsonl"), 2, "--ray writes rows as csv, parquet or arrow")
 
 
 def _batches_as_read(batches):
@@ -141,6 +140,16 @@ def test_csv_rows_through_ray_equal_a_plain_run_failing_rows_included(ray, tmp_p
     assert "row 7" in run.stderr and "2 of 100 row(s) failed" in run.stderr, run.describe()
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
     assert len((tmp_path / "ray.csv").read_text().splitlines()) == 1 + 98
+
+
+def test_json_lines_rows_through_ray_equal_a_plain_run(ray, tmp_path):
+    """-o FILE.jsonl: the plain run's JSON lines byte for byte (its row path: --top-k's pairs, the failing rows named)."""
+    bad = with_bad_row(tmp_path)
+    plain = lrp("explain", SPEC, bad, "--no-report", "-b", "8", "--top-k", "3", "-o", tmp_path / "plain.jsonl")
+    run = lrp("explain", SPEC, bad, "--no-report", "-b", "8", "--top-k", "3", "--ray", "--workers", "2", "-o", tmp_path / "ray.jsonl")
+    assert plain.code == run.code == 5, (plain.describe(), run.describe())
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "plain.jsonl").read_bytes()
+    assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 98
 
 
 class SlowExplainer:

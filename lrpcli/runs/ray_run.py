@@ -330,11 +330,9 @@ def explain_rows_ray(
 ) -> RowReport:
     """:func:`lrpcli.runs.rows.explain_rows` for a file at ``path``, explained on Ray by ``workers`` actors (default 1),
     each building its explainer with ``make_explainer()``. ``model`` is the driver's model, used only to check the
-    table's width before anything starts. Writes the same CSV, Parquet or Arrow output as the plain run. With
+    table's width before anything starts. Writes the same CSV, JSON-lines, Parquet or Arrow output as the plain run. With
     ``parts`` (a folder beside the output) finished blocks are kept there until the end, and ``resume`` explains only
     the blocks it lacks (``settings``: what must be the same for that, beside the run's own options)."""
-    if fmt == "jsonl":
-        raise UsageError("--ray writes rows as csv, parquet or arrow", hint="drop --ray for JSON lines, or give -o FILE.csv / FILE.parquet")
     if resume and parts is None:
         raise UsageError("--resume with --ray needs -o FILE: the finished blocks are kept beside it (FILE.ray-parts/)", hint="give -o FILE.csv or FILE.parquet")
     ray = require_ray()
@@ -375,7 +373,10 @@ def explain_rows_ray(
         table.close()
     report.skipped = len(finished)
     fields = RowWriter(_Discard(), "jsonl", columns, top_k, classes)
-    bulk = columnar.ArrowWriter(output, fmt, fields.fields, fields.relevance_names, classes, resolve_dtype(dtype).itemsize <= 4)
+    if fmt == "jsonl":  # row by row, as the plain run writes JSON lines
+        bulk: Any = _JsonLines(RowWriter(output, "jsonl", columns, top_k, classes))
+    else:
+        bulk = _Columns(columnar.ArrowWriter(output, fmt, fields.fields, fields.relevance_names, classes, resolve_dtype(dtype).itemsize <= 4), fields.fields)
     pending: dict[int, tuple[bytes, str]] = {}
     following = 0
 
@@ -393,7 +394,7 @@ def explain_rows_ray(
                 raise InputError(report.failures[-1].message)
             if payload:
                 data = pa.ipc.open_stream(payload).read_all()
-                bulk.write({name: _plain(data.column(name)) for name in fields.fields if name in data.column_names})
+                bulk.write(data)
                 report.rows_out += data.num_rows
             if progress:
                 progress(found["rows_in"])
@@ -425,6 +426,36 @@ def explain_rows_ray(
     if kept is not None:
         kept.remove()
     return report
+
+
+class _Columns:
+    """Result tables handed to the plain run's ArrowWriter (CSV, Parquet, Arrow) as it takes them."""
+
+    def __init__(self, writer: Any, fields: list[str]):
+        self.writer, self.fields = writer, fields
+
+    def write(self, table: Any) -> None:
+        self.writer.write({name: _plain(table.column(name)) for name in self.fields if name in table.column_names})
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _JsonLines:
+    """Result tables written as the plain run's JSON lines: each row as its row path builds it, by its RowWriter."""
+
+    def __init__(self, writer: RowWriter):
+        self.writer = writer
+
+    def write(self, table: Any) -> None:
+        names = self.writer.relevance_names
+        rows = []
+        for row in table.to_pylist():
+            rows.append({k: v for k, v in row.items() if k not in names and k not in ("top_positive", "top_negative")} | {"_relevance": [row[n] for n in names]})
+        self.writer.write(rows)
+
+    def close(self) -> None:
+        pass
 
 
 def _driver_batch(batch: Any, columns: Any, shard: Any) -> tuple[ColumnBatch, dict[str, Any]]:
