@@ -153,11 +153,22 @@ def test_falcon_mamba_and_mamba2_equal_the_oracle_too(family, ids):
     """FalconMamba's mixer normalises Δ, B and C (an RMS norm without weight) after x_proj: held with them.
     Mamba-2 (the chunked SSD form, two chunks here) has Δ, B and C as slices of in_proj's and the conv's outputs,
     held in the captured graph; its gate sits in the gated RMS norm (y * silu(z), then normalised): split
-    half/half as MambaLRP's gate (the paper's rules, applied to Mamba-2's same components)."""
+    half/half as MambaLRP's gate (the paper's rules, applied to Mamba-2's same components). The model is called
+    as a user would, with its default cache on (Mamba-2 checks ``cache_position[0] > 0`` then)."""
     from lrpcli import explain
 
     model = tiny_mamba(family=family).double()
-    result = explain(LastToken(model), ids, "mambalrp", target=TARGET, params=EXACT, layer_relevance=True)
+
+    class Default(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids):
+            return self.model(input_ids=input_ids).logits[:, -1]
+
+    result = explain(Default(), ids, "mambalrp", target=TARGET, params=EXACT, layer_relevance=True)
+    assert model.config.use_cache  # as it was
     ours, expected = result.relevance, mambalrp_oracle(model, ids, TARGET)
     assert torch.isfinite(ours).all() and expected.abs().max() > 1e-3
     # float32 inside: measured 1.1e-7 (FalconMamba) and 4.3e-7 (Mamba-2); a wrong rule is off by 10 % or more

@@ -23,7 +23,9 @@ from them alone becomes "meta" as above.
 Hybrid models (Jamba, Bamba, Falcon-H1, GraniteMoeHybrid) decide whether their mixers mask padding with
 ``cache_position[0] > 0 or torch.all(attention_mask == 1)``, a check on values torch.export cannot pass. In one
 forward without a cache ``cache_position[0]`` is 0, and multiplying by an all-ones mask changes nothing: while
-captured, their ``_update_mamba_mask`` returns the mask as it is (:func:`plain_mamba_mask`).
+captured, their ``_update_mamba_mask`` returns the mask as it is (:func:`plain_mamba_mask`). Mamba-2 mixers make
+the same check when the model makes itself a cache (``use_cache``, on by default in eval): models with such mixers
+are captured with their config's ``use_cache`` off (one forward; the logits are the same).
 
 The hook and the inserted ops only mark values: the captured graph computes what the model computes.
 """
@@ -98,6 +100,13 @@ def held_selection(model: Any) -> Iterator[Held]:
                 found.hooked.append(path)
             elif is_ssd_mixer(module):
                 found.ssd[path] = (int(module.intermediate_size), int(module.n_groups * module.ssm_state_size), int(module.num_heads))
+    configs = []
+    if found.ssd:
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if getattr(config, "use_cache", None) is True and not any(config is seen for seen in configs):
+                config.use_cache = False
+                configs.append(config)
     try:
         yield found
     finally:
@@ -105,6 +114,8 @@ def held_selection(model: Any) -> Iterator[Held]:
             handle.remove()
         for module in masked:
             del module._update_mamba_mask
+        for config in configs:
+            config.use_cache = True
 
 
 def plain_mamba_mask(attention_mask: torch.Tensor | None, cache_position: torch.Tensor) -> torch.Tensor | None:
