@@ -64,7 +64,7 @@ VOCABULARY = 256
 #: size attributes and the small value each gets where the config has it as an int
 SMALL = {
     "hidden_size": 32, "d_model": 32, "n_embd": 32, "n_embed": 32, "dim": 32, "embed_dim": 32, "emb_dim": 32,
-    "word_embed_proj_dim": 32, "embedding_size": 32, "projection_dim": 32, "d_embed": 32, "hidden_dim": 64,
+    "word_embed_proj_dim": 32, "pooler_hidden_size": 32, "rotary_dim": 8, "entity_vocab_size": 64, "entity_emb_size": 32, "embedding_size": 32, "projection_dim": 32, "d_embed": 32, "hidden_dim": 64,
     "intermediate_size": 64, "ffn_dim": 64, "d_ff": 64, "n_inner": 64, "ffn_hidden_size": 64, "mlp_dim": 64,
     "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32,
     "num_hidden_layers": 2, "num_layers": 2, "n_layer": 2, "n_layers": 2, "encoder_layers": 2, "decoder_layers": 2,
@@ -107,13 +107,29 @@ def class_name(key: str) -> str:
     return name[0] if isinstance(name, (tuple, list)) else name
 
 
+def _get(config: Any, name: str, default: Any = None) -> Any:
+    try:  # some configs raise for what they do not have (XLNet's max_position_embeddings)
+        return getattr(config, name, default)
+    except Exception:
+        return default
+
+
+def _set(config: Any, name: str, value: Any) -> None:
+    try:  # some sizes are read-only properties computed from others (Falcon's head_dim)
+        setattr(config, name, value)
+    except (AttributeError, TypeError):
+        pass
+
+
 def shrink(config: Any) -> Any:
     """The config with its sizes made tiny (see SMALL): what keeps 300 builds to minutes."""
     for name, value in SMALL.items():
-        current = getattr(config, name, None)
+        current = _get(config, name)
         if value is None or isinstance(current, bool) or not isinstance(current, int):
             continue
-        setattr(config, name, value)
+        _set(config, name, value)
+    if _get(config, "vocab_size", 0) is None:  # ESM's default: no vocabulary
+        _set(config, "vocab_size", VOCABULARY)
     stages = None
     for name, value in SMALL_LISTS.items():
         current = getattr(config, name, None)
@@ -136,6 +152,8 @@ def shrink(config: Any) -> Any:
         inner = getattr(config, name, None)
         if inner is not None and hasattr(inner, "to_dict"):
             shrink(inner)
+    if getattr(config, "is_encoder_decoder", False) and _get(config, "decoder_start_token_id") is None:
+        config.decoder_start_token_id = 0  # T5's classifier needs it to shift its decoder's inputs
     if hasattr(config, "num_labels"):
         config.num_labels = 3
     if getattr(config, "pad_token_id", None) is None or getattr(config, "pad_token_id", 0) >= VOCABULARY:
