@@ -142,6 +142,23 @@ def test_csv_rows_through_ray_equal_a_plain_run_failing_rows_included(ray, tmp_p
     assert len((tmp_path / "ray.csv").read_text().splitlines()) == 1 + 98
 
 
+def test_a_csv_the_driver_reads_equals_a_plain_run(ray, tmp_path):
+    """A CSV with quoted cells (a record may span lines: not cut into byte ranges) is read by the driver and its batches
+    handed to the actors: the same bytes as a plain run, bad rows named in order, resumable like the others."""
+    from lrpcli.runs.ray_run import plan_blocks
+
+    rows = list(csv.reader(with_bad_row(tmp_path).open(newline="")))
+    path = tmp_path / "quoted.csv"
+    with path.open("w", newline="") as handle:
+        csv.writer(handle, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(rows)
+    assert plan_blocks(str(path), 8) is None
+    plain = lrp("explain", SPEC, path, "--no-report", "-b", "8", "-o", tmp_path / "plain.csv")
+    run = lrp("explain", SPEC, path, "--no-report", "-b", "8", "--ray", "--workers", "2", "-o", tmp_path / "ray.csv")
+    assert plain.code == run.code == 5, (plain.describe(), run.describe())
+    assert "row 7" in run.stderr and "2 of 100 row(s) failed" in run.stderr, run.describe()
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
+
+
 def test_json_lines_rows_through_ray_equal_a_plain_run(ray, tmp_path):
     """-o FILE.jsonl: the plain run's JSON lines byte for byte (its row path: --top-k's pairs, the failing rows named)."""
     bad = with_bad_row(tmp_path)
