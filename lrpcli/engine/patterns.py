@@ -114,6 +114,69 @@ def eos_pooling(model: Any) -> Iterator[list[str]]:
             vars(module).pop("forward", None)
 
 
+#: what transformers' text stacks (BART, mBART, Marian, Pegasus, Blenderbot, PLBart, M2M-100, the T5 family, ...)
+#: say where they make the all-ones mask themselves, except under torch.export
+_MASK_MADE_OUTSIDE_EXPORT = "attention_mask is None and not is_torchdynamo_compiling()"
+
+
+@functools.lru_cache(maxsize=None)
+def _makes_mask_outside_export(cls: type) -> bool:
+    try:
+        return _MASK_MADE_OUTSIDE_EXPORT in inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+
+
+def _all_ones_mask(module: torch.nn.Module) -> Any:
+    """A forward pre-hook giving ``module`` the mask it makes itself when run eagerly: ``torch.ones(batch,
+    length)``, where it is called without one (and without a cache)."""
+    signature = inspect.signature(module.forward)
+    names = list(signature.parameters)
+
+    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        try:
+            given = signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            return None
+        past = given.get("past_key_values")
+        if given.get("attention_mask") is not None or (past is not None and past.get_seq_length() != 0):
+            return None
+        ids, embeds = given.get("input_ids"), given.get("inputs_embeds")
+        source = ids if isinstance(ids, torch.Tensor) else embeds
+        if not isinstance(source, torch.Tensor) or source.ndim < 2:
+            return None
+        mask = torch.ones(source.shape[0], source.shape[1], device=source.device)  # as the eager forward makes it
+        position = names.index("attention_mask")
+        if position < len(args):
+            return args[:position] + (mask,) + args[position + 1 :], kwargs
+        return args, {**kwargs, "attention_mask": mask}
+
+    return hook
+
+
+@contextlib.contextmanager
+def default_masks(model: Any) -> Iterator[list[str]]:
+    """While the block is open, every text stack of ``model`` that makes its all-ones attention mask only outside
+    torch.export is given that mask where it is called without one; yields their paths.
+
+    Under export, such a stack keeps ``attention_mask=None``; BART's decoder then builds its causal mask for
+    ``length + 1`` keys (the width meant for a static cache: ``past_seen_tokens + sequence_length + 1``), and
+    eager attention adds that (length, length + 1) mask to (length, length) scores: "Attempting to broadcast a
+    dimension of length 8" (SDPA slices the mask to the keys and hides it). LongT5's local attention fails on the
+    missing mask outright. With the mask the eager forward makes, the captured graph computes what the model
+    computes (checked by :meth:`Rewrites.checked`)."""
+    hooked: list[tuple[str, Any]] = []
+    if isinstance(model, torch.nn.Module):
+        for path, module in model.named_modules():
+            if "attention_mask" in inspect.signature(module.forward).parameters and _makes_mask_outside_export(type(module)):
+                hooked.append((path, module.register_forward_pre_hook(_all_ones_mask(module), with_kwargs=True)))
+    try:
+        yield [path or type(model).__name__ for path, _ in hooked]
+    finally:
+        for _, handle in hooked:
+            handle.remove()
+
+
 #: ops whose output is a view of their first argument: a write into it writes into that argument
 _VIEWS = {
     "slice", "select", "view", "_unsafe_view", "reshape", "unsqueeze", "squeeze", "expand", "transpose", "t", "permute",
@@ -131,8 +194,9 @@ def writes_live_values(program: torch.export.ExportedProgram) -> bool:
     model then reads ``[0, 0, ...]`` instead of the shifted ids) and the 2D-to-4D padding mask of their causal
     decoders (``causal_mask[..., :n] = causal_mask[..., :n].masked_fill(...)``: the padding left out) are such
     writes. Where this says True, the program is functionalised (``run_decompositions({})``: the writes become
-    ``slice_scatter`` / ``copy`` values). Writes into constants the model builds itself (Swin's shift mask) are
-    folded at capture (builder._fold) and do not count."""
+    ``slice_scatter`` / ``copy`` values). Constants written into constants the model builds itself (Swin's shift
+    mask) are folded at capture (builder._fold) and do not count; a live value written into such a constant (T5's
+    ``_shift_right`` into ``input_ids.new_zeros(shape)`` of a fixed shape) does."""
     from . import ops
 
     live: set[str] = set(program.graph_signature.user_inputs)
@@ -141,13 +205,11 @@ def writes_live_values(program: torch.export.ExportedProgram) -> bool:
         if node.op != "call_function":
             continue
         inputs = [arg for arg in node.all_input_nodes if arg.name in live]
-        name = ops.op_name(node.target)
-        if name in ops.FACTORY_OPS and inputs == [node.args[0]]:
-            continue  # x.new_zeros(fixed size): a fresh constant
         if not inputs:
             continue
-        live.add(node.name)
-        if not (ops.is_inplace(node.target) and isinstance(node.args[0], torch.fx.Node) and node.args[0].name in live):
+        if not (ops.op_name(node.target) in ops.FACTORY_OPS and inputs == [node.args[0]]):
+            live.add(node.name)  # (x.new_zeros(fixed size) is a fresh constant; a live value written into it is not)
+        if not (ops.is_inplace(node.target) and isinstance(node.args[0], torch.fx.Node)):
             continue
         target = node.args[0]
         if target.op == "call_function" and ops.op_name(target.target) in _VIEWS:
@@ -162,26 +224,32 @@ class Rewrites:
 
     def __init__(self) -> None:
         self.pooled: list[str] = []
+        self.masked: list[str] = []
 
     def checked(self, graph: Any, model: torch.nn.Module, example: Any, extras: dict | None) -> Any:
         """``graph``, checked against the model's own outputs and noted, where a rewrite was made."""
-        if not self.pooled:
-            return graph
-        check_rewrite(
-            graph, model, example, extras, f"the <eos> pooling of {', '.join(self.pooled)} computed as a gather",
-            hint="lrpcli pools at each row's last <eos> as transformers' classifiers do; end every row with the eos token, "
-            "or export the model yourself (torch.export) with a pooling it can capture",
-        )
-        note = f"pooled at each row's last <eos> by a gather (the model's counting cannot be captured): {', '.join(self.pooled)}"
-        return graph.replace(notes=graph.notes + [note])
+        if self.pooled:
+            check_rewrite(
+                graph, model, example, extras, f"the <eos> pooling of {', '.join(self.pooled)} computed as a gather",
+                hint="lrpcli pools at each row's last <eos> as transformers' classifiers do; end every row with the eos token, "
+                "or export the model yourself (torch.export) with a pooling it can capture",
+            )
+            note = f"pooled at each row's last <eos> by a gather (the model's counting cannot be captured): {', '.join(self.pooled)}"
+            graph = graph.replace(notes=graph.notes + [note])
+        elif self.masked:
+            check_rewrite(
+                graph, model, example, extras, f"the all-ones attention mask given to {', '.join(self.masked)}",
+                hint="give the attention mask yourself (inputs={'attention_mask': mask}), or export the model yourself (torch.export)",
+            )
+        return graph
 
 
 @contextlib.contextmanager
 def rewritten(model: Any) -> Iterator[Rewrites]:
     """Every capture rewrite of this module applied to ``model`` while the block is open."""
     rewrites = Rewrites()
-    with eos_pooling(model) as pooled:
-        rewrites.pooled = pooled
+    with eos_pooling(model) as pooled, default_masks(model) as masked:
+        rewrites.pooled, rewrites.masked = pooled, masked
         yield rewrites
 
 
@@ -195,14 +263,31 @@ def own_outputs(model: torch.nn.Module, example: Any, extras: dict | None) -> to
     return next((v for v in values if isinstance(v, torch.Tensor)), None)
 
 
+def _row_by_row(model: torch.nn.Module, example: Any, extras: dict | None, hint: str) -> torch.Tensor | None:
+    """The model's own outputs for each sample of ``example`` alone, stacked; a ModelError where it refuses one."""
+    lead = example[0] if isinstance(example, tuple) else example
+    rows = []
+    for index in range(lead.shape[0]):
+        pick = (lambda t: t[index : index + 1])
+        sample = tuple(pick(t) for t in example) if isinstance(example, tuple) else pick(example)
+        try:
+            row = own_outputs(model, sample, {name: pick(t) for name, t in (extras or {}).items()})
+        except Exception as exc:  # the model refuses this input (a row without <eos>): no reference to check against
+            raise ModelError(f"the model's own forward fails on sample {index} of this input ({type(exc).__name__}: {str(exc).strip()[:200]})", hint=hint) from exc
+        if row is None:
+            return None
+        rows.append(row)
+    return torch.cat(rows)
+
+
 def check_rewrite(graph: Any, model: torch.nn.Module, example: Any, extras: dict | None, what: str, hint: str) -> None:
     """The graph captured with a rewrite must compute what the model computes with its own code, on the example:
     else a ModelError naming ``what`` was rewritten (a model whose code differs from the pattern is refused, not
     explained wrongly)."""
     try:
         own = own_outputs(model, example, extras)
-    except Exception as exc:  # the model's own forward refuses the example (e.g. rows without <eos>)
-        raise ModelError(f"the model's own forward fails on this input ({type(exc).__name__}: {str(exc).strip()[:200]})", hint=hint) from exc
+    except Exception:  # e.g. rows with different numbers of <eos>: each row on its own, as the rewrite takes them
+        own = _row_by_row(model, example, extras, hint)
     with torch.inference_mode():
         captured = graph.run(example, extras)[graph.output]
     if not isinstance(captured, torch.Tensor) or own is None or captured.shape != own.shape:
