@@ -282,11 +282,16 @@ class _Wrapped(torch.nn.Module):
         self.model = model
 
 
+def _mask(attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The mask as a keyword where there is one: some models take none (FNet mixes tokens by a Fourier transform)."""
+    return {} if attention_mask is None else {"attention_mask": attention_mask}
+
+
 class Logits(_Wrapped):
     """A transformers text model as lrp explains it: token ids (and a mask) in, the logits out as one tensor."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+        return self.model(input_ids=input_ids, **_mask(attention_mask), return_dict=False)[0]
 
 
 class NextTokenLogits(_Wrapped):
@@ -294,7 +299,7 @@ class NextTokenLogits(_Wrapped):
     one out (texts are padded on the right, so that is the mask's last 1, not the last position)."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+        logits = self.model(input_ids=input_ids, **_mask(attention_mask), return_dict=False)[0]
         if attention_mask is None:
             return logits[:, -1]
         last = attention_mask.sum(dim=1) - 1
