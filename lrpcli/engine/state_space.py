@@ -33,17 +33,16 @@ The hook and the inserted ops only mark values: the captured graph computes what
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Iterator
 
 import torch
-
-import dataclasses
 
 from . import experts
 from .graph import Graph, Node, Ref, map_leaves
 from .ops import FACTORY_OPS
 
-#: the mixers' submodule whose output holds Δ, B and C (transformers' Mamba, FalconMamba, Jamba, Zamba mixers)
+#: the mixers' submodule whose output holds Δ, B and C (transformers' Mamba, FalconMamba and Jamba mixers)
 SELECTION = "x_proj"
 
 
@@ -85,8 +84,9 @@ class Held:
 @contextlib.contextmanager
 def held_selection(model: Any) -> Iterator[Held]:
     """While open, the ``x_proj`` output of every selective mixer of ``model`` (an nn.Module) passes
-    lrpcli::held; yields a :class:`Held`, whose ``applied`` finishes the captured graph. The hooks are removed
-    afterwards, whatever happens."""
+    lrpcli::held, a hybrid's mixer mask is the attention mask, and a model with Mamba-2 mixers makes no cache;
+    yields a :class:`Held`, whose ``applied`` finishes the captured graph. The model is as it was afterwards,
+    whatever happens."""
     found = Held()
     handles = []
     masked = []
@@ -99,7 +99,8 @@ def held_selection(model: Any) -> Iterator[Held]:
                 handles.append(getattr(module, SELECTION).register_forward_hook(_hold))
                 found.hooked.append(path)
             elif is_ssd_mixer(module):
-                found.ssd[path] = (int(module.intermediate_size), int(module.n_groups * module.ssm_state_size), int(module.num_heads))
+                sizes = (module.intermediate_size, module.n_groups * module.ssm_state_size, module.num_heads)
+                found.ssd[path] = tuple(int(size) for size in sizes)
     configs = []
     if found.ssd:
         for module in model.modules():
@@ -164,7 +165,8 @@ def hold_ssd_parameters(graph: Graph, mixers: dict[str, tuple[int, int, int]]) -
                 name += "_"
             taken.add(name)
             renamed[node.name] = name
-            nodes.append(dataclasses.replace(node, name=name, target=experts.held, args=(Ref(node.name),), kwargs={}, kind="meta", op="held", hint=None, held=(), gates=(), gate_op=""))
+            held = dataclasses.replace(node, name=name, target=experts.held, args=(Ref(node.name),), kwargs={}, kind="meta", op="held")
+            nodes.append(dataclasses.replace(held, hint=None, held=(), gates=(), gate_op=""))
     return graph.replace(nodes=_spread_meta(nodes, set(graph.extra_inputs)))
 
 
