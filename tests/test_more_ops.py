@@ -6,6 +6,10 @@ the modified-gradient oracle (tests/gradient_oracle.py), then the Hugging Face f
   product rule on ``x * x`` gives each of the two equal factors half, both halves return to x: the identity.
 - ``gather`` with constant indices (DeBERTa's relative attention): a route; relevance goes back where each value
   came from (summed where an index repeats), as the gradient routes it.
+- ``zeros_like`` (RecurrentGemma): a constant. ``glu`` (Wav2Vec2-BERT): a sigmoid gate, as every other gate.
+  ``linalg_vector_norm`` (ConvNeXt V2's GRN): a normaliser, held as LayerNorm's sigma. An activation times a
+  constant batch of matrices (DeBERTa's relative positions): a linear map. ``view_as_complex`` times a constant
+  (Llama 4's RoPE): a rotation by constant angles, a linear map written in real pairs.
 - a float32 part of a float64 model (CodeGen's attention scores), constants a model keeps in float32 on purpose
   (ModernBERT's rotary frequencies), a Parameter registered as a buffer (FalconMamba): no raw torch errors.
 """
@@ -200,3 +204,247 @@ def test_a_parameter_registered_as_a_buffer_is_captured():
     plain.load_state_dict(model.state_dict())
     plain._buffers["scale"] = own.detach().clone()
     _close(ours, explain(plain, x, "epsilon", target=0).relevance, rtol=0)
+
+
+# --------------------------------------------------------------------------- zeros_like (a constant)
+
+
+class ShapedConstants(nn.Module):
+    """RecurrentGemma's zeros_like(x) (its scan's output buffer), and ones_like: values made from x's shape only."""
+
+    def __init__(self, twin: bool = False):
+        super().__init__()
+        self.twin = twin
+        self.lin, self.head = nn.Linear(4, 5), nn.Linear(5, 3)
+        self.register_buffer("ones", torch.ones(1, 5))
+
+    def forward(self, x):
+        h = F.relu(self.lin(x))
+        if self.twin:  # the same constants as a buffer
+            return self.head(h + 0.0 * self.ones + self.ones)
+        return self.head(h + torch.zeros_like(h) + torch.ones_like(h))
+
+
+def test_zeros_like_is_a_constant():
+    """Relevance as with the same constants given as a buffer: they take their share as a bias does, x the rest.
+    Was 'no LRP rule for zeros_like'."""
+    torch.manual_seed(13)
+    model = ShapedConstants().double().eval()
+    twin = ShapedConstants(twin=True).double().eval()
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(3, 4, dtype=D64)
+    _close(explain(model, x, "epsilon", target=0).relevance, explain(twin, x, "epsilon", target=0).relevance, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- glu (a sigmoid gate)
+
+
+class Glu(nn.Module):
+    """Wav2Vec2-BERT's convolution module: a pointwise conv doubling the channels, then glu over them."""
+
+    def __init__(self, explicit: bool = False):
+        super().__init__()
+        self.explicit = explicit
+        self.conv, self.head = nn.Conv1d(4, 8, 1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        if self.explicit:  # the same function written out: the oracle holds a sigmoid gate (its 'mul(signal, sigmoid)')
+            a, b = h.chunk(2, dim=1)
+            h = a * torch.sigmoid(b)
+        else:
+            h = F.glu(h, dim=1)
+        return self.head(h.mean(2))
+
+
+@pytest.mark.parametrize("composite, mode", [("attnlrp", "attnlrp"), ("cp_lrp", "cp")])
+def test_glu_is_a_held_sigmoid_gate_as_the_oracle_holds_it(composite, mode):
+    """glu(x) = a * sigmoid(b) (Dauphin et al. 2017): the gate b held, the signal a takes all, as for every sigmoid
+    gate (AttnLRP and CP-LRP alike; the oracle's rule for mul(signal, sigmoid)). The oracle runs the explicit twin."""
+    torch.manual_seed(7)
+    model = Glu().double().eval()
+    twin = Glu(explicit=True).double().eval()
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(3, 4, 5, dtype=D64)
+    ours = explain(model, x, composite, target=1, params=EXACT).relevance
+    _close(ours, modified_gradient_relevance(twin, x, 1, mode))
+
+
+# --------------------------------------------------------------------------- linalg_vector_norm (ConvNeXt V2's GRN)
+
+
+class GRN(nn.Module):
+    """ConvNeXt V2's global response normalisation (Woo et al. 2023, Alg. 1), channels last, then a head."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, c, 1), nn.Linear(c, 3)
+        self.gamma, self.beta = nn.Parameter(torch.randn(c)), nn.Parameter(torch.randn(c))
+
+    def forward(self, x):
+        h = self.stem(x).permute(0, 2, 3, 1)
+        gx = torch.linalg.vector_norm(h, ord=2, dim=(1, 2), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        h = self.gamma * (h * nx) + self.beta + h
+        return self.head(h.mean((1, 2)))
+
+
+def test_grn_holds_its_norm_as_layernorm_rules_hold_sigma():
+    """GRN's N(x) = ||x|| / mean ||x|| is a normaliser: held constant (AttnLRP Prop. 3.4's treatment of 1/sigma),
+    so x * N(x) is a scaling; the oracle detaches linalg_vector_norm. Was 'no LRP rule for linalg_vector_norm'."""
+    torch.manual_seed(8)
+    model = GRN().double().eval()
+    x = torch.randn(2, 3, 4, 4, dtype=D64)
+    ours = explain(model, x, "attnlrp", target=0, params=EXACT).relevance
+    _close(ours, modified_gradient_relevance(model, x, 0, "attnlrp"))
+
+
+# --------------------------------------------------------------------------- dropout after dropout
+
+
+def test_dropout_after_dropout_is_dropped():
+    """Wav2Vec2-BERT's feature projection's dropout feeds the encoder's: removing the second rewired its readers
+    to the first, already removed (KeyError 'dropout' while recording)."""
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.1), nn.Dropout(0.1), nn.ReLU(), nn.Linear(5, 3)).double().eval()
+    plain = nn.Sequential(model[0], model[3], model[4])
+    x = torch.randn(3, 4, dtype=D64)
+    _close(explain(model, x, "epsilon", target=0).relevance, explain(plain, x, "epsilon", target=0).relevance, rtol=0)
+
+
+# --------------------------------------------------------------------------- an activation times a constant batch of matrices
+
+
+class RelativeKeys(nn.Module):
+    """DeBERTa's content-to-position scores: queries times constant position keys (one matrix per head), and
+    Wav2Vec2-BERT's relative positions (the constant on the left)."""
+
+    def __init__(self, left: bool = False):
+        super().__init__()
+        self.left = left
+        self.lin, self.head = nn.Linear(4, 6, bias=False), nn.Linear(5 * 5, 3, bias=False)
+        self.register_buffer("keys", torch.randn(2, 3, 5))  # (heads, head dim, positions)
+
+    def forward(self, x):  # x: (batch, 5 tokens, 4)
+        q = F.relu(self.lin(x)).unflatten(-1, (2, 3)).transpose(1, 2)  # (batch, heads, 5, 3)
+        scores = torch.matmul(self.keys.transpose(-1, -2), q.transpose(-1, -2)) if self.left else torch.matmul(q, self.keys)
+        return self.head(scores.sum(1).flatten(1))
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_an_activation_times_constant_matrices_is_a_linear_map(left):
+    """A product with one live factor is a linear map of it: in a bias-free ReLU net LRP-0 is gradient x input.
+    Was "'matmul' multiplies two activations (or a constant on the left)"."""
+    torch.manual_seed(10)
+    model = RelativeKeys(left).double().eval()
+    x = torch.randn(3, 5, 4, dtype=D64, requires_grad=True)
+    out = model(x)
+    (grad,) = torch.autograd.grad(out[:, 2].sum(), x)
+    ours = explain(model, x.detach(), "lrp_0", target=2).relevance
+    _close(ours, (x * grad).detach())
+
+
+# --------------------------------------------------------------------------- view_as_complex (Llama 4's RoPE)
+
+
+class ComplexRope(nn.Module):
+    """Llama 4's rotary embedding: pairs of features as complex numbers, times constant unit phasors."""
+
+    def __init__(self, tokens: int = 5, width: int = 8):
+        super().__init__()
+        self.lin, self.head = nn.Linear(width, width, bias=False), nn.Linear(width, 3, bias=False)
+        angles = torch.arange(tokens)[:, None] * 10.0 ** -torch.arange(width // 2)[None, :]
+        self.register_buffer("phasors", torch.polar(torch.ones_like(angles), angles))  # complex (tokens, width / 2)
+
+    def forward(self, x):
+        h = self.lin(x)
+        rotated = torch.view_as_real(torch.view_as_complex(h.reshape(*h.shape[:-1], -1, 2)) * self.phasors).flatten(2)
+        return self.head(F.relu(rotated).mean(1))
+
+
+def test_a_rotation_by_constant_complex_phasors_is_a_linear_map():
+    """The rotation is linear in x with constant coefficients: LRP-0 in a bias-free ReLU net equals gradient x
+    input, and the rotated values equal the model's. Was 'no LRP rule for view_as_complex'."""
+    torch.manual_seed(11)
+    model = ComplexRope().double().eval()
+    x = torch.randn(3, 5, 8, dtype=D64, requires_grad=True)
+    out = model(x)
+    (grad,) = torch.autograd.grad(out[:, 0].sum(), x)
+    result = explain(model, x.detach(), "lrp_0", target=0)
+    assert torch.equal(result.outputs, out.detach())
+    _close(result.relevance, (x * grad).detach())
+    _close(explain(model, x.detach(), "attnlrp", target=0, params=EXACT).relevance, modified_gradient_relevance(model, x.detach(), 0, "attnlrp"))
+
+
+# --------------------------------------------------------------------------- transformers' families end to end
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, max_position_embeddings=32)
+
+
+class _Logits(nn.Module):
+    """A Hugging Face model's logits for one input (the last position's for a causal LM)."""
+
+    def __init__(self, model, key: str = "input_ids", last: bool = False):
+        super().__init__()
+        self.model, self.key, self.last = model, key, last
+
+    def forward(self, x):
+        logits = self.model(**{self.key: x}, return_dict=True).logits
+        return logits[:, -1] if self.last else logits
+
+
+def _lm(name: str, config: str, **kwargs):
+    return lambda: _Logits(getattr(transformers, name)(getattr(transformers, config)(**kwargs)), last=True)
+
+
+def _classifier(name: str, config: str, key: str = "input_ids", **kwargs):
+    return lambda: _Logits(getattr(transformers, name)(getattr(transformers, config)(num_labels=3, **kwargs)), key=key)
+
+
+#: family -> (the model, its input, what it stopped at before, compared with the oracle: the op is new there; the
+#: others only run, to keep the file fast)
+FAMILIES = {
+    "persimmon": (_lm("PersimmonForCausalLM", "PersimmonConfig", **SMALL), "ids", "square", True),
+    "arcee": (_lm("ArceeForCausalLM", "ArceeConfig", num_key_value_heads=1, **SMALL), "ids", "square", False),
+    "bitnet": (_lm("BitNetForCausalLM", "BitNetConfig", num_key_value_heads=1, **SMALL), "ids", "square", False),
+    "deberta": (_classifier("DebertaForSequenceClassification", "DebertaConfig", relative_attention=True, pos_att_type="c2p|p2c",
+                            max_relative_positions=-1, type_vocab_size=0, **SMALL), "ids", "matmul", True),
+    "deberta_v2": (_classifier("DebertaV2ForSequenceClassification", "DebertaV2Config", relative_attention=True, pos_att_type=["p2c", "c2p"],
+                               position_buckets=8, max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True,
+                               position_biased_input=False, type_vocab_size=0, **SMALL), "ids", "gather", True),
+    "convnextv2": (_classifier("ConvNextV2ForImageClassification", "ConvNextV2Config", key="pixel_values", num_channels=3,
+                               hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, image_size=32), "pixels", "linalg_vector_norm", True),
+    "wav2vec2_bert": (_classifier("Wav2Vec2BertForSequenceClassification", "Wav2Vec2BertConfig", key="input_features", hidden_size=16,
+                                  num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, feature_projection_input_dim=20,
+                                  output_hidden_size=16, conv_depthwise_kernel_size=3), "features", "glu", False),
+    "llama4": (_lm("Llama4ForCausalLM", "Llama4TextConfig", num_key_value_heads=1, head_dim=8, intermediate_size_mlp=24, num_local_experts=1,
+                   num_experts_per_tok=1, interleave_moe_layer_step=1, moe_layers=[], no_rope_layers=[1, 0], attention_chunk_size=4, **SMALL),
+               "ids", "view_as_complex", True),
+    "codegen": (_lm("CodeGenForCausalLM", "CodeGenConfig", vocab_size=40, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=32,
+                    n_ctx=32), "ids", "float/double", False),
+    "modernbert_decoder": (_lm("ModernBertDecoderForCausalLM", "ModernBertDecoderConfig", pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                               cls_token_id=1, sep_token_id=2, **SMALL), "ids", "replay dtype", False),
+}
+INPUTS = {"ids": lambda: torch.randint(3, 40, (2, 6)), "pixels": lambda: torch.randn(2, 3, 32, 32, dtype=D64),
+          "features": lambda: torch.randn(2, 7, 20, dtype=D64)}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_transformers_family_explains(family):
+    """A tiny random config in float64: finite relevance, the captured graph's logits equal the model's, and where
+    the op stopped it, AttnLRP equal to the oracle (to 1e-6 as tests/test_modern_rules.py; Llama 4 rotates in
+    float32, hence its tolerance)."""
+    make, kind, _before, oracle = FAMILIES[family]
+    torch.manual_seed(12)
+    model = make().double().eval()
+    x = INPUTS[kind]()
+    with torch.no_grad():
+        own = model(x)
+    result = explain(model, x, "attnlrp", target=1, params=EXACT)
+    assert torch.isfinite(result.relevance).all()
+    assert (result.outputs - own).abs().max() <= 1e-7 * own.abs().max()
+    if oracle:
+        reference = (embedding_relevance if kind == "ids" else modified_gradient_relevance)(model, x, 1, "attnlrp")
+        _close(result.relevance, reference, rtol=1e-4 if family == "llama4" else 1e-6)

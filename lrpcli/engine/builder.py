@@ -13,7 +13,7 @@ import torch.fx
 from . import ops
 from ..errors import ModelError
 from .experts import held
-from .graph import Graph, Node, Ref, _walk, channel_affine
+from .graph import Graph, Node, Ref, _walk, channel_affine, complex_mul
 
 
 #: ops after which token ids are still the input's ids (an embedding of them ends the walk)
@@ -97,6 +97,8 @@ class _Builder:
             self.batch_dims[extra.name] = 0
         input_shape = tuple(int(s) if isinstance(s, int) else -1 for s in shape)
         output_name = None
+        _write_out_glu(self.gm)
+        _write_out_complex_rotations(self.gm)
         for fx_node in self.gm.graph.nodes:
             if fx_node.op == "get_attr":
                 self.consts[fx_node.name] = _get_attr(self.gm, fx_node.target)
@@ -324,6 +326,8 @@ class _Builder:
                 x, weight_t = args[:2]
                 if isinstance(x, Ref) and isinstance(weight_t, Ref):
                     return dataclasses.replace(node, kind="product")  # two activations (attention's Q K^T, A V)
+                if constant_product(x, weight_t):
+                    return dataclasses.replace(node, kind="product")
                 weight = weight_t.t() if isinstance(weight_t, torch.Tensor) and weight_t.ndim == 2 else None
                 bias = None
             if not isinstance(x, Ref) or not isinstance(weight, torch.Tensor) or isinstance(bias, Ref):
@@ -397,6 +401,74 @@ class _Builder:
     @staticmethod
     def _unsupported(node: Node, hint: str) -> Node:
         return dataclasses.replace(node, kind=None, hint=hint)
+
+
+def constant_product(x: Any, y: Any) -> bool:
+    """Is ``x @ y`` an activation times a constant that is no linear layer's weight: a batch of matrices (DeBERTa's
+    and Wav2Vec2-BERT's queries times relative position keys), or the constant on the left? A product with one
+    live factor: its rules (uniform, signal) give that factor all, the epsilon rule of a linear map."""
+    live = [isinstance(x, Ref), isinstance(y, Ref)]
+    constant = y if live[0] else x
+    if sum(live) != 1 or not isinstance(constant, torch.Tensor) or not constant.is_floating_point():
+        return False
+    return not (live[0] and constant.ndim == 2)
+
+
+def _write_out_glu(gm: torch.fx.GraphModule) -> None:
+    """``glu(x, dim)`` as the gate it is, ``a * sigmoid(b)`` with ``a, b`` the halves of x along dim (Wav2Vec2-BERT's
+    convolution module), so that its product gets the rules of every other sigmoid gate (held, or split)."""
+    aten = torch.ops.aten
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or ops.op_name(node.target) != "glu" or not isinstance(node.meta.get("val"), torch.Tensor):
+            continue
+        x = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
+        half = node.meta["val"].shape[dim]  # the output's size along dim: half the input's
+        with gm.graph.inserting_before(node):
+            signal = gm.graph.call_function(aten.slice.Tensor, (x, dim, 0, half))
+            gate_input = gm.graph.call_function(aten.slice.Tensor, (x, dim, half, 2 * half))
+            gate = gm.graph.call_function(aten.sigmoid.default, (gate_input,))
+            product = gm.graph.call_function(aten.mul.Tensor, (signal, gate))
+        for new in (signal, gate_input, gate, product):
+            new.meta.update(node.meta)  # each is shaped like the output: the module, the value's shape and dtype
+        node.replace_all_uses_with(product)
+        gm.graph.erase_node(node)
+
+
+def _write_out_complex_rotations(gm: torch.fx.GraphModule) -> None:
+    """``view_as_real(view_as_complex(x) * c)`` with ``c`` computed from constants only (Llama 4's rotary
+    embedding: each pair of x rotated by constant angles) as one real op, ``complex_mul(x, view_as_real(c))``:
+    a linear map of x by constants (kind scale), whose rules need no complex numbers."""
+    aten = torch.ops.aten
+    constant: dict[torch.fx.Node, bool] = {}
+
+    def is_constant(node: torch.fx.Node) -> bool:
+        if node not in constant:
+            constant[node] = node.op == "get_attr" or (node.op == "call_function" and all(is_constant(a) for a in node.all_input_nodes))
+        return constant[node]
+
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.mul.Tensor or len(node.args) != 2 or node.kwargs:
+            continue
+        users = list(node.users)
+        for position in (0, 1):
+            source, factor = node.args[position], node.args[1 - position]
+            if not (isinstance(source, torch.fx.Node) and source.target is aten.view_as_complex.default and isinstance(factor, torch.fx.Node)):
+                continue
+            if not is_constant(factor) or not users or any(user.target is not aten.view_as_real.default for user in users):
+                continue
+            with gm.graph.inserting_before(node):
+                pairs = gm.graph.call_function(aten.view_as_real.default, (factor,))
+                real = gm.graph.call_function(complex_mul, (source.args[0], pairs))
+            pairs.meta.update(factor.meta)
+            real.meta.update(users[0].meta)  # the module, and the real value's shape and dtype
+            for user in users:
+                user.replace_all_uses_with(real)
+                gm.graph.erase_node(user)
+            gm.graph.erase_node(node)
+            if not source.users:
+                gm.graph.erase_node(source)
+            break
 
 
 def _unsupported_hint(op_name: str) -> str:

@@ -30,6 +30,15 @@ def channel_affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out if bias is None else out + bias.reshape(shape)
 
 
+def complex_mul(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``view_as_real(view_as_complex(x) * view_as_complex(factor))`` in real arithmetic: pairs (re, im) in the
+    last dim of ``x`` times a constant complex ``factor`` given as pairs too. A rotary embedding written with
+    complex numbers (Llama 4) rotates each pair by constant angles: a linear map of x, whose rules are real."""
+    re, im = x.unbind(-1)
+    factor_re, factor_im = factor.unbind(-1)
+    return torch.stack((re * factor_re - im * factor_im, re * factor_im + im * factor_re), dim=-1)
+
+
 @dataclass(frozen=True)
 class Folded:
     """A batch-norm folded into the conv/linear node before it (canonizers.fold_batchnorm).

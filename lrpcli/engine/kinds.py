@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from . import ops
-from .builder import _ID_VIEWS, _unsupported_hint
+from .builder import _ID_VIEWS, _unsupported_hint, constant_product
 from .graph import Graph, Node, Ref, channel_affine
 from .passes.norms import normalize
 
@@ -45,7 +45,9 @@ def _structural_kind(node: Node, kind: str, meta: set[str], id_views: set[str]) 
             x, weight, bias = (tuple(args) + (None, None))[:3]
             fits = isinstance(x, Ref) and isinstance(weight, torch.Tensor) and not isinstance(bias, Ref) and not node.kwargs
             return "linear" if fits else None
-        if node.op in ("mm", "matmul") and len(args) >= 2 and isinstance(args[0], Ref) and isinstance(args[1], Ref):
+        if node.op in ("mm", "matmul") and len(args) >= 2 and (
+            (isinstance(args[0], Ref) and isinstance(args[1], Ref)) or constant_product(args[0], args[1])
+        ):
             return "product"
         return None
     if kind == "conv":

@@ -61,7 +61,7 @@ _add(
     "_adaptive_avg_pool2d _adaptive_avg_pool3d",
 )
 _add("reduce", "mean sum")
-_add("scale", "mul div neg")
+_add("scale", "mul div neg complex_mul")  # complex_mul: a complex constant's rotation in real pairs (graph.py)
 _add(
     "route",
     "view reshape _unsafe_view flatten unflatten permute transpose t squeeze unsqueeze contiguous "
@@ -91,7 +91,10 @@ _add(
     "meta",
     "sym_size sym_numel sym_stride size numel dim _assert_scalar _assert_tensor_metadata "
     "sym_constrain_range_for_size sym_constrain_range _assert_async "
-    "held",  # routing weights held constant (experts.py): computed, but carrying no relevance
+    "held "  # routing weights held constant (experts.py): computed, but carrying no relevance
+    # a tensor made from another's shape and dtype only (RecurrentGemma's zeros_like(x) for its scan's outputs):
+    # a constant; the sizes a fixed new_zeros(...) takes are folded at capture (builder._fresh_constant)
+    "zeros_like ones_like full_like empty_like new_zeros new_ones new_full new_empty",
 )
 
 #: ops whose relevance is routed without a rule: no dropout/identity semantics needed

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..engine.graph import Graph, Node, Ref, channel_affine
+from ..engine.graph import Graph, Node, Ref, channel_affine, complex_mul
 from ..engine.kinds import _op_fits
 from ..engine.experts import held
 from ..engine.passes.norms import normalize
@@ -31,6 +31,7 @@ PYTHON_TARGETS: dict[str, Callable] = {
     **{f"operator.{name}": getattr(operator, name) for name in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "eq", "ne", "lt", "le", "gt", "ge")},
     **{f"torch.{name}": getattr(torch, name) for name in ("sym_int", "sym_float", "sym_max", "sym_min", "sym_not")},
     "channel_affine": channel_affine,
+    "complex_mul": complex_mul,
     "normalize": normalize,
     "held": held,
 }

@@ -107,9 +107,14 @@ def _folding(layer: Node, bn: Node) -> Folded | None:
 
 
 def drop_dropout(graph: Graph) -> Graph:
+    removed: dict[str, str] = {}  # a dropped node -> what its readers read now (dropout after dropout: Wav2Vec2-BERT)
     for node in list(graph.nodes):
         if node.kind == "elementwise" and ops.op_name(node.target) in ops.DROPOUT_OPS and isinstance(node.args[0], Ref):
-            graph = _remove(graph, node, node.args[0].name)
+            source = node.args[0].name
+            while source in removed:
+                source = removed[source]
+            removed[node.name] = source
+            graph = _remove(graph, node, source)
     return graph
 
 

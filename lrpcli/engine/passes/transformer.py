@@ -59,12 +59,12 @@ def is_normaliser(name: str, by_name: dict[str, Node], depth: int = 0) -> bool:
     if op in _SPREAD_OPS:
         return True
     refs = node.refs
-    if op in _REDUCTIONS and len(refs) == 1:
-        return _is_square(refs[0], by_name)
+    if op in _REDUCTIONS and len(refs) == 1:  # a mean of squares, or of a statistic (ConvNeXt V2's GRN)
+        return _is_square(refs[0], by_name) or is_normaliser(refs[0], by_name, depth + 1)
     if op in _SHAPED_LIKE and refs:  # F.normalize: norm.clamp_min(eps).expand_as(x): x only lends its shape
         return is_normaliser(refs[0], by_name, depth + 1)
-    if op in _NORMALISER_STEPS and len(set(refs)) == 1:
-        return is_normaliser(refs[0], by_name, depth + 1)
+    if op in _NORMALISER_STEPS and refs:  # GRN's ||x|| / (mean ||x|| + eps): statistics combined stay one
+        return all(is_normaliser(ref, by_name, depth + 1) for ref in dict.fromkeys(refs))
     return False
 
 
