@@ -122,3 +122,22 @@ def test_the_pages_in_a_browser(run, browser):
     assert watched.requests and not watched.outside(out), watched.outside(out)
     assert not watched.errors, watched.errors
     page.close()
+
+
+def test_reference_shards_merged_into_an_image_runs_folder_join_its_report(tmp_path):
+    """`lrp merge OUT` after `lrp concepts --reference K --shard I/N` into an image run's folder rebuilds OUT/report.html
+    with the concepts section (the merge wrote concepts.html only: the report had no section until a later run)."""
+    model = save_torchscript(tiny_gray(), tmp_path / "m.ts")
+    for i in range(6):
+        write_image(tmp_path / "imgs" / f"i{i}.png", 40 + i, size=(8, 8), mode="L")
+    out = tmp_path / "out"
+    assert lrp("explain", model, tmp_path / "imgs", *COMMON, out=out).code == 0
+    for index in (1, 2):
+        shard = lrp("concepts", model, tmp_path / "imgs", "--layer", "conv", "--reference", "2", "--shard", f"{index}/2", *COMMON, out=out)
+        assert shard.code == 0, shard.describe()
+    (out / "report.html").write_text((out / "report.html").read_text(encoding="utf-8").replace('id="concepts"', 'id="gone"'), encoding="utf-8")
+    merged = lrp("merge", out)
+    assert merged.code == 0, merged.describe()
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="concepts"' in html and "concepts.html" in _section(html)
+    assert {row["input"] for row in read_csv(out / "references.csv")} <= {f"i{i}.png" for i in range(6)}

@@ -146,7 +146,7 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
             rows = run_concepts(explainer, items, preprocessing, run, progress=advance)
             written = f"concepts.csv, concepts/ ({len(rows)} conditional heatmaps)"
     if shard is None:
-        _pages(out)
+        write_pages(out)
     if not options["quiet"]:
         done = run.written if not options["reference"] else count - len(run.failures)
         info(f"layer {run.layer}: {done} of {count} input(s){f' (shard {shard})' if shard else ''} -> {out}/ ({written})")
@@ -156,7 +156,7 @@ def concepts(model: str, inputs: tuple[str, ...], **options: Any) -> None:
         raise InputError(f"{len(run.failures)} of {len(items)} input(s) failed; the others were written to {out}/")
 
 
-def _pages(out: Path) -> None:
+def write_pages(out: Path) -> None:
     """OUT/concepts.html from what OUT holds (this run's results and an earlier run's of the other kind), and
     OUT/report.html rebuilt with its concepts section where OUT is an image run's folder. The pages are extra:
     failing to write them leaves the results as they are."""

@@ -35,10 +35,10 @@ def merge(sources: tuple[str, ...], out: str | None) -> None:
             raise UsageError("give -o OUT when merging several folders")
         out = sources[0]
     if any(reference_shards(Path(s)) for s in sources):  # `lrp concepts --reference K --shard I/N`
-        from ..report.concepts import write_concepts_page
+        from .concepts import write_pages
 
         joined = merge_references([Path(s) for s in sources], Path(out))
-        write_concepts_page(Path(out))
+        write_pages(Path(out))  # concepts.html, and report.html's concepts section where OUT is an image run's
         info(f"merged the references of {joined['shards']} shard(s) -> {out}/references.csv")
         if not any(any(Path(s).glob("summary*.csv")) for s in sources):
             return
