@@ -376,6 +376,38 @@ def test_a_rotation_by_constant_complex_phasors_is_a_linear_map():
     _close(explain(model, x.detach(), "attnlrp", target=0, params=EXACT).relevance, modified_gradient_relevance(model, x.detach(), 0, "attnlrp"))
 
 
+# --------------------------------------------------------------------------- autocast switched off
+
+
+class AutocastOff(nn.Module):
+    """Nemotron's LayerNorm1P: the norm computed under torch.autocast(enabled=False)."""
+
+    def __init__(self, off: bool = True):
+        super().__init__()
+        self.off = off
+        self.lin, self.norm, self.head = nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.off:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                h = F.layer_norm(h, (6,), self.norm.weight + 1, self.norm.bias, 1e-5)
+        else:
+            h = F.layer_norm(h, (6,), self.norm.weight + 1, self.norm.bias, 1e-5)
+        return self.head(F.relu(h))
+
+
+def test_a_block_under_disabled_autocast_is_explained_as_written():
+    """torch.export wraps it in the higher-order op wrap_with_autocast: was "no LRP rule for 'wrap_with_autocast'".
+    The relevance equals the same module without the autocast block."""
+    torch.manual_seed(14)
+    model = AutocastOff().double().eval()
+    plain = AutocastOff(off=False).double().eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(3, 4, dtype=D64)
+    _close(explain(model, x, "attnlrp", target=0).relevance, explain(plain, x, "attnlrp", target=0).relevance, rtol=0)
+
+
 # --------------------------------------------------------------------------- transformers' families end to end
 
 transformers = pytest.importorskip("transformers")
@@ -407,6 +439,8 @@ def _classifier(name: str, config: str, key: str = "input_ids", **kwargs):
 #: others only run, to keep the file fast)
 FAMILIES = {
     "persimmon": (_lm("PersimmonForCausalLM", "PersimmonConfig", **SMALL), "ids", "square", True),
+    "nemotron": (_lm("NemotronForCausalLM", "NemotronConfig", num_key_value_heads=1, head_dim=8, partial_rotary_factor=0.5, **SMALL), "ids",
+                 "wrap_with_autocast", False),
     "arcee": (_lm("ArceeForCausalLM", "ArceeConfig", num_key_value_heads=1, **SMALL), "ids", "square", False),
     "bitnet": (_lm("BitNetForCausalLM", "BitNetConfig", num_key_value_heads=1, **SMALL), "ids", "square", False),
     "deberta": (_classifier("DebertaForSequenceClassification", "DebertaConfig", relative_attention=True, pos_att_type="c2p|p2c",

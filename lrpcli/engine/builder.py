@@ -97,6 +97,7 @@ class _Builder:
             self.batch_dims[extra.name] = 0
         input_shape = tuple(int(s) if isinstance(s, int) else -1 for s in shape)
         output_name = None
+        _inline_disabled_autocast(self.gm)
         _write_out_glu(self.gm)
         _write_out_complex_rotations(self.gm)
         for fx_node in self.gm.graph.nodes:
@@ -412,6 +413,33 @@ def constant_product(x: Any, y: Any) -> bool:
     if sum(live) != 1 or not isinstance(constant, torch.Tensor) or not constant.is_floating_point():
         return False
     return not (live[0] and constant.ndim == 2)
+
+
+def _inline_disabled_autocast(gm: torch.fx.GraphModule) -> None:
+    """A block run under ``torch.autocast(enabled=False)`` (Nemotron's LayerNorm1P) reaches us as the higher-order
+    op ``wrap_with_autocast`` around a submodule; with autocast off its ops run as written, so they are put in
+    the graph in its place (an enabled autocast, which changes the ops' dtypes, stays and is refused)."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or type(node.target).__name__ != "WrapWithAutocast" or len(node.args) < 5:
+            continue
+        enabled, sub_node, operands = node.args[2], node.args[4], node.args[5:]
+        sub = getattr(gm, sub_node.target, None) if isinstance(sub_node, torch.fx.Node) and sub_node.op == "get_attr" else None
+        if enabled or not isinstance(sub, torch.fx.GraphModule):
+            continue
+        body = [n for n in sub.graph.nodes if n.op not in ("placeholder", "output")]
+        if any(n.op != "call_function" for n in body) or not all(user.target is operator.getitem for user in node.users):
+            continue
+        env = dict(zip((n for n in sub.graph.nodes if n.op == "placeholder"), operands))
+        with gm.graph.inserting_before(node):
+            for inner in body:
+                env[inner] = gm.graph.node_copy(inner, lambda arg: env[arg])
+                if "nn_module_stack" not in env[inner].meta and "nn_module_stack" in node.meta:
+                    env[inner].meta["nn_module_stack"] = node.meta["nn_module_stack"]
+        results = torch.fx.graph.map_arg(next(n for n in sub.graph.nodes if n.op == "output").args[0], lambda arg: env[arg])
+        for user in list(node.users):
+            user.replace_all_uses_with(results[user.args[1]])
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
 
 
 def _write_out_glu(gm: torch.fx.GraphModule) -> None:
