@@ -211,7 +211,7 @@ def model_rows(name: str, dtypes: list[str], device: str, toy: bool, reps: int) 
 
 
 def llm_rows(dtypes: list[str], device: str, toy: bool, reps: int) -> list[dict[str, Any]]:
-    """llm_speed.py's methods (the gradient and lrpcli's N seeds in one walk), per explained token."""
+    """llm_speed.py's methods (the gradient and lrpcli's default: one recorded forward, a walk per seed), per explained token."""
     cpu, sequence, positions, tokens = llm_speed.build_llm("toy" if toy else "100M")
     references = {m: llm_speed.make_method(m, cpu, sequence, positions, tokens)().detach() for m in ("gradient", "lrpcli")}
     rows = []

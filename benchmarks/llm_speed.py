@@ -2,7 +2,8 @@
 
     python benchmarks/llm_speed.py            # Llama-shaped, ~100M parameters, 128-token prompt, 16 generated
                                               # tokens; writes benchmarks/llm_speed_results.md
-    python benchmarks/llm_speed.py --small    # ~8M parameters, 64 + 8 tokens (a quick run)
+    python benchmarks/llm_speed.py --medium   # ~26M parameters, the same 128 + 16 tokens (a quarter of the time)
+    python benchmarks/llm_speed.py --small    # ~5M parameters, 64 + 8 tokens (a quick run)
     python benchmarks/llm_speed.py --toy      # tiny, seconds (tests/test_benchmarks_run.py runs it)
 
 The model is transformers' LlamaForCausalLM with random weights (eager attention). The prompt is random ids;
@@ -12,10 +13,12 @@ generated token is explained over every token before it, by:
 - ``gradient``: one forward over prompt + generated tokens (``inputs_embeds``, parameters frozen), then one
   ``torch.autograd.grad`` of each generated token's logit (at the position that predicted it), the graph
   retained between them; relevance ``grad * embedding`` summed over the hidden units.
-- ``lrpcli``: ``Explainer(Logits(model), "attnlrp").explain(ids, init=seed)`` as
-  ``lrpcli.runs.generate.explain_generations`` walks it: one recorded forward of the sequence repeated once per
-  seed, all N seeds walked back together (the N generated tokens fit its SEED_BUDGET here).
-- ``lrpcli 1 seed/walk``: the same, one seed per walk (N walks of batch 1: less memory, more time).
+- ``lrpcli``: ``Explainer(Logits(model), "attnlrp").explain_starts(ids, seeds)`` as
+  ``lrpcli.runs.generate.explain_generations`` walks it by default: one recorded forward of the sequence, then
+  one read-only walk per seed (N walks on the same recorded values, no copy of them).
+- ``lrpcli seeds batched``: ``explain(ids repeated N times, init=seed)``: the N seeds walked together on the
+  sequence repeated (``seeds_per_walk=N``; N times the memory).
+- ``lrpcli 1 seed/walk``: ``explain`` once per seed (N forwards and N walks of batch 1).
 - ``lxt``: LXT 2.1's efficient AttnLRP (``monkey_patch`` of transformers' Llama modules), then exactly the
   ``gradient`` code above; in a process of its own, since it patches classes process-wide.
 
@@ -53,7 +56,7 @@ SIZES = {
     "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=688, vocab=4000, prompt=64, new=8),
     "toy": dict(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vocab=64, prompt=12, new=3),
 }
-IN_PROCESS = ("gradient", "lrpcli", "lrpcli 1 seed/walk", "lrpcli recorded once")
+IN_PROCESS = ("gradient", "lrpcli", "lrpcli seeds batched", "lrpcli 1 seed/walk")
 METHODS = IN_PROCESS + ("lxt",)
 TARGET = 1.5
 NOT_IMPORTABLE = 77  # a probe's exit code where LXT does not import
@@ -95,7 +98,7 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 def make_method(method: str, model, sequence: torch.Tensor, positions: list[int], tokens: list[int]) -> Callable[[], torch.Tensor]:
     """A call that explains every generated token: (tokens, sequence length) relevance per token before it."""
-    if method == "lrpcli recorded once":  # runs/generate.py's default: one forward, one walk per seed on a copy
+    if method == "lrpcli":  # runs/generate.py's default: one recorded forward, one read-only walk per seed
         from lrpcli import Explainer
         from lrpcli.sources.hf import Logits
 

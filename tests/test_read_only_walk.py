@@ -168,3 +168,51 @@ def test_route_transposes_equal_autograd(case):
     expected = _autograd_vjp(node, values, inputs, grad)
     for name in inputs:
         torch.testing.assert_close(direct[name], expected[name], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- what the recorded forward holds
+
+
+def _storage_bytes(tensors, leave_out=()) -> int:
+    storages = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in leave_out:
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def test_the_recorded_forward_holds_about_what_autograd_saves_for_the_gradient(monkeypatch):
+    """A Llama's recorded forward keeps what the walk cannot cheaply recompute (the linear layers' outputs, the
+    residual stream) and drops the short-lived values of cheap ops (attention scores, rotary halves, norm parts,
+    recomputed when the walk gets there): it holds about what autograd saves for the plain gradient (the issue's
+    memory goal is 1.5x the gradient's peak; it held 3x before). Independent measure: autograd's own saved tensors
+    (``saved_tensors_hooks``) for the same model and sequence."""
+    transformers = pytest.importorskip("transformers")
+    from lrpcli.engine import propagate as walk
+    from lrpcli.sources.hf import Logits
+
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(
+        vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, attn_implementation="eager",
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(1, 40, (1, 48), generator=torch.Generator().manual_seed(2))
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = []
+    embedded = model.get_input_embeddings()(ids).detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        model(inputs_embeds=embedded, use_cache=False)
+    autograd_bytes = _storage_bytes(saved, params)
+
+    graph, _ = Explainer(Logits(model).eval(), "attnlrp").prepare(ids)
+
+    def recorded_bytes():
+        with torch.inference_mode():
+            values = record(graph, ids)
+            return _storage_bytes(v for v in dict.values(values) if isinstance(v, torch.Tensor) and v.is_floating_point())
+
+    assert recorded_bytes() <= autograd_bytes  # 0.67x here (2.45x with them kept)
+    monkeypatch.setattr(walk, "SHORT_LIVED", set())  # keeping the short-lived values: the check can fail
+    assert recorded_bytes() > 2 * autograd_bytes

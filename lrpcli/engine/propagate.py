@@ -151,21 +151,38 @@ class ReadOnlyWalk(Recorded):
 #: recomputed from q and k when the walk reaches them, as flash attention's backward does, instead of kept
 ATTENTION_PARTS = {"attention_scores", "apply_mask", "causal_fill", "attention_weights"}
 
+#: cheap, deterministic ops whose outputs are dropped after the forward pass where all their readers follow within
+#: SHORT_SPAN nodes: the walk recomputes them when it gets there (from kept values, or a short chain of dropped
+#: ones) and frees them a few steps later. An eager attention's scores, scaled, masked, softmaxed and copied (five
+#: T x T tensors per layer), a rotary embedding's halves and sums, a norm's x^2 and scaled x, a gated MLP's product
+#: are all such; autograd keeps none of them (issue 28: the recorded forward held 3x what autograd saves for a 26M
+#: Llama's gradient). Long-lived values (the residual stream) are kept: recomputing them would save nothing.
+SHORT_LIVED = RECOMPUTABLE | {
+    "mul", "div", "neg", "add", "sub", "pow", "rsqrt", "sqrt", "mean", "softmax", "_softmax", "matmul", "bmm",
+    "cat", "clone", "contiguous", "expand", "reshape", "view", "_unsafe_view", "slice", "transpose", "permute",
+    "unsqueeze", "squeeze", "_to_copy", "to", "alias",
+}
+SHORT_SPAN = 12
+#: the longest chain of dropped values a recomputation may walk back through
+MAX_CHAIN = 12
+
 
 def _recomputable(graph: Graph) -> dict[str, int]:
     """Nodes whose outputs can be dropped after the forward pass, mapped to the index of their last reader:
-    element-wise activations of one input, and the attention parts between q, k and the weights."""
+    element-wise activations of one input, the attention parts between q, k and the weights, and short-lived
+    values of cheap ops (:data:`SHORT_LIVED`)."""
     last_reader: dict[str, int] = {}
     for index, node in enumerate(graph.nodes):
         for ref in node.refs:
             last_reader[ref] = index
     droppable = {}
-    for node in graph.nodes:
-        if node.name == graph.output or node.name not in last_reader:
+    for index, node in enumerate(graph.nodes):
+        if node.name == graph.output or node.name not in last_reader or node.kind == "meta":
             continue
         name = ops.op_name(ops.out_of_place(node.target))
         activation = node.kind == "elementwise" and name in RECOMPUTABLE and len(node.refs) == 1
-        if activation or name in ATTENTION_PARTS:
+        short = name in SHORT_LIVED and node.folded is None and last_reader[node.name] - index <= SHORT_SPAN
+        if activation or short or name in ATTENTION_PARTS:
             droppable[node.name] = last_reader[node.name]
     return droppable
 
@@ -179,16 +196,22 @@ def record(graph: Graph, x: torch.Tensor, extras: dict[str, torch.Tensor] | None
     by_name = {node.name: node for node in graph.nodes}
     values = Recorded()
     values.update(graph.inputs(x, extras))
+    chain: dict[str, int] = {}  # dropped value -> how many dropped values its recomputation goes back through
     for index, node in enumerate(graph.nodes):
         values[node.name] = node.call(values)
         for name in drop_after.get(index, ()):
-            dropped = by_name[name]
-            if ops.op_name(dropped.target) in ATTENTION_PARTS:  # a chain of attention parts may all go
-                recomputable = all(dict.__contains__(values, s) or s in values.recomputable for s in dropped.refs)
-            else:  # an activation: only if its input is kept (no chains of recomputation)
-                recomputable = all(dict.__contains__(values, s) and s not in values.recomputable for s in dropped.refs)
-            if recomputable and isinstance(values[name], torch.Tensor):
-                values.drop(name, dropped)
+            dropped, value = by_name[name], values[name]
+            refs = dropped.refs
+            # every input at hand when the walk recomputes it: kept, or itself recomputable within MAX_CHAIN
+            if not all(dict.__contains__(values, s) or s in values.recomputable for s in refs):
+                continue
+            depth = 1 + max((chain.get(s, 0) for s in refs), default=0)
+            if depth > MAX_CHAIN or not isinstance(value, torch.Tensor):
+                continue
+            if any(s not in values.recomputable and _same_storage(value, values[s]) for s in refs):
+                continue  # a view of a kept value: dropping it frees nothing
+            values.drop(name, dropped)
+            chain[name] = depth
     return values
 
 

@@ -5,8 +5,9 @@ explanation of every generated token over every token before it (the prompt and 
 earlier). A causal model's logits at position p depend on positions <= p only, so one sequence (the prompt
 and the generated tokens, right-padded to a bucket length) holds what every generated token was predicted
 from: one capture serves the whole generation and all its walks. Each seed (the generated token's logit at the
-position that predicted it) is walked back on that sequence, as many at a time as SEED_MEMORY holds (the sequence repeated
-once per seed in the batch), else one at a time on copies of one recorded forward. Models that return the
+position that predicted it) is walked back on one recorded forward of that sequence, one read-only walk per seed
+(Explainer.explain_starts: no copy of the forward per seed; ``seeds_per_walk`` > 1 walks that many together on the
+sequence repeated, N times the memory). Models that return the
 next token's logits only (batch, vocabulary) are explained prefix by prefix, one walk per generated token.
 """
 
@@ -25,13 +26,6 @@ from ..errors import InputError, UsageError
 from ..render.text import token_entries, word_entries
 from .choices import Failure, resolve_device, resolve_dtype
 from .texts import check_vocabulary, fixed_length, mask_input
-
-#: what the seeds walked together may hold at once, in bytes: N seeds in one walk hold N copies of the recorded
-#: forward (fast: 1.8x the gradient's time on a 5M Llama, against 3.2x walking them one by one, Python's share of a
-#: walk being large), so as many as fit go together; where one copy alone is larger, each seed is walked on a copy
-#: of one recorded forward (Explainer.explain_starts), near the gradient's memory (benchmarks/llm_speed_results.md)
-SEED_MEMORY = 512 << 20
-
 
 @dataclass
 class GenerationReport:
@@ -216,8 +210,8 @@ def _prefix(explainer: Explainer, ids: torch.Tensor, attention: torch.Tensor, po
     return ids[:, : position + 1], attention[:, : position + 1]
 
 
-#: what a generation learns about an explainer's model once: whether it returns logits per position, and
-#: the bytes of one recorded forward per sequence shape (each costs a forward, not to be paid per prompt)
+#: what a generation learns about an explainer's model once: whether it returns logits per position (it costs
+#: a forward, not to be paid per prompt)
 _PROBED: "weakref.WeakKeyDictionary[Explainer, dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
 
@@ -235,12 +229,6 @@ def _per_position(explainer: Explainer, ids: torch.Tensor, attention: torch.Tens
     return _probed(explainer, "per_position", lambda: explainer.forward(ids, {mask_name: attention} if mask_name else None).ndim == 3)
 
 
-def _seeds_per_walk(explainer: Explainer, ids: torch.Tensor, inputs: dict | None, count: int) -> int:
-    """As many seeds as SEED_MEMORY holds copies of one recorded forward (measured once per sequence shape)."""
-    recorded = _probed(explainer, ("recorded_bytes", tuple(ids.shape)), lambda: explainer.recorded_bytes(ids, inputs))
-    return max(1, min(count, SEED_MEMORY // max(1, recorded)))
-
-
 def _relevance(explainer, ids, attention, inputs, generation: Generation, options: GenerationOptions, report) -> list[list[float]]:
     """Per generated token, the relevance of every token before it (prompt first)."""
     prompt_length, count = len(generation.prompt), len(generation.ids)
@@ -255,8 +243,10 @@ def _relevance(explainer, ids, attention, inputs, generation: Generation, option
             result.append(explained.relevance[0].double().cpu().tolist())
         return result
     result: list[list[float]] = []
-    step = options.seeds_per_walk or _seeds_per_walk(explainer, ids, inputs(attention), count)
-    if step == 1:  # one recorded forward, one walk per seed on a copy of its values
+    # One recorded forward, one read-only walk per seed: the gradient's memory, and faster than walking the seeds
+    # together on the sequence repeated from 26M parameters up (benchmarks/llm_speed_results.md)
+    step = options.seeds_per_walk or 1
+    if step == 1:
         def one_seed(k: int) -> Any:
             def start(outputs: torch.Tensor) -> torch.Tensor:
                 return _seed(torch.zeros_like(outputs), outputs, 0, positions[k], generation.ids[k], contrast, init)
