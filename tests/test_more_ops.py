@@ -478,7 +478,8 @@ def test_transformers_family_explains(family):
         own = model(x)
     result = explain(model, x, "attnlrp", target=1, params=EXACT)
     assert torch.isfinite(result.relevance).all()
-    assert (result.outputs - own).abs().max() <= 1e-7 * own.abs().max()
+    float32_inside = family in ("codegen", "llama4")  # attention scores, rotary angles
+    assert (result.outputs - own).abs().max() <= (1e-6 if float32_inside else 1e-10) * own.abs().max()
     if oracle:
         reference = (embedding_relevance if kind == "ids" else modified_gradient_relevance)(model, x, 1, "attnlrp")
         _close(result.relevance, reference, rtol=1e-4 if family == "llama4" else 1e-6)
