@@ -54,7 +54,7 @@ def capture(
             program = export_module(model, example, exact_batch, extras).module()
         graph = from_graph_module(program, "export", extras=bool(extras), explained=explained)
         graph = rewrites.checked(graph, model, example, extras)  # patterns.py: code torch.export cannot capture
-        graph = held.applied(graph)  # Mamba-2 mixers' Δ, B, C held in the graph, and the note
+        graph = held.applied(graph, model, example, extras)  # state_space.py: Mamba-2's Δ, B, C held; checks
         if swapped:
             _check_dense(graph, model, example, extras, swapped)
             graph = graph.replace(notes=graph.notes + [f"mixture-of-experts blocks computed densely, the router's weights held constant: {', '.join(swapped)}"])

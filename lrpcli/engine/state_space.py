@@ -27,6 +27,14 @@ captured, their ``_update_mamba_mask`` returns the mask as it is (:func:`plain_m
 the same check when the model makes itself a cache (``use_cache``, on by default in eval): models with such mixers
 are captured with their config's ``use_cache`` off (one forward; the logits are the same).
 
+transformers' Mamba-1 slow path is a Python loop over the tokens, which torch.export unrolls: capturing took
+73 s for 2 layers and 128 tokens here. While captured, a ``MambaMixer`` without a cache computes the same
+recurrence a chunk of :data:`CHUNK` tokens at a time instead (:func:`chunked_mamba_forward`: within a chunk,
+``h_t = sum_s exp(sum_{s<r<=t} Δ_r A) B̄_s x_s`` plus the carried state's decay, as Mamba-2's SSD computes it); the
+captured graph's outputs are checked against the model's own. The decays are computed from Δ alone, so they are
+held like Ā, and LRP through the chunked form is the loop's: both are the same linear map of x with held
+coefficients.
+
 The hook and the inserted ops only mark values: the captured graph computes what the model computes.
 """
 
@@ -42,6 +50,8 @@ from . import experts
 from .graph import Graph, Node, Ref, map_leaves
 from .ops import FACTORY_OPS
 
+#: tokens per chunk of the chunked Mamba-1 scan (a chunk holds batch x d_inner x CHUNK² x d_state decays)
+CHUNK = 16
 #: the mixers' submodule whose output holds Δ, B and C (transformers' Mamba, FalconMamba and Jamba mixers)
 SELECTION = "x_proj"
 
@@ -72,9 +82,18 @@ class Held:
     def __init__(self) -> None:
         self.hooked: list[str] = []
         self.ssd: dict[str, tuple[int, int, int]] = {}  # path -> (d_inner, n_groups * d_state, heads)
+        self.chunked: list[str] = []  # Mamba-1 mixers captured with the chunked scan
 
-    def applied(self, graph: Graph) -> Graph:
-        """``graph`` with the Mamba-2 mixers' Δ, B and C held and a note naming every mixer held."""
+    def applied(self, graph: Graph, model: Any = None, example: Any = None, extras: dict | None = None) -> Graph:
+        """``graph`` with the Mamba-2 mixers' Δ, B and C held and a note naming every mixer held; where mixers
+        were captured chunked, the graph's outputs checked against ``model``'s own on ``example``."""
+        if self.chunked and model is not None:
+            from .patterns import check_rewrite
+
+            check_rewrite(
+                graph, model, example, extras, f"the Mamba mixers {', '.join(self.chunked)} computed a chunk at a time",
+                hint="this transformers' MambaMixer.slow_forward differs from the one lrpcli repeats (4.57); please report it",
+            )
         if self.ssd:
             graph = hold_ssd_parameters(graph, self.ssd)
         paths = self.hooked + list(self.ssd)
@@ -98,6 +117,9 @@ def held_selection(model: Any) -> Iterator[Held]:
             if is_selective_mixer(module):
                 handles.append(getattr(module, SELECTION).register_forward_hook(_hold))
                 found.hooked.append(path)
+                if type(module).__name__ == "MambaMixer" and "slow_forward" not in vars(module):
+                    module.slow_forward = _chunked(module, module.slow_forward)
+                    found.chunked.append(path)
             elif is_ssd_mixer(module):
                 sizes = (module.intermediate_size, module.n_groups * module.ssm_state_size, module.num_heads)
                 found.ssd[path] = tuple(int(size) for size in sizes)
@@ -115,8 +137,55 @@ def held_selection(model: Any) -> Iterator[Held]:
             handle.remove()
         for module in masked:
             del module._update_mamba_mask
+        for path in found.chunked:
+            del model.get_submodule(path).slow_forward
         for config in configs:
             config.use_cache = True
+
+
+def _chunked(mixer: torch.nn.Module, original: Any) -> Any:
+    def slow_forward(input_states, cache_params=None, cache_position=None, attention_mask=None):
+        if cache_params is not None:
+            return original(input_states, cache_params, cache_position, attention_mask)
+        return chunked_mamba_forward(mixer, input_states, attention_mask)
+
+    return slow_forward
+
+
+def chunked_mamba_forward(mixer: Any, input_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """transformers 4.57's ``MambaMixer.slow_forward`` without a cache, its loop over the tokens computed
+    :data:`CHUNK` tokens at a time (see the module docstring)."""
+    self = mixer
+    seq_len, dtype = input_states.shape[1], input_states.dtype
+    hidden_states, gate = self.in_proj(input_states).transpose(1, 2).chunk(2, dim=1)
+    if attention_mask is not None:
+        hidden_states = hidden_states * attention_mask.unsqueeze(1)
+    hidden_states = self.act(self.conv1d(hidden_states)[..., :seq_len])
+    if attention_mask is not None:
+        hidden_states = hidden_states * attention_mask.unsqueeze(1)
+    ssm_parameters = self.x_proj(hidden_states.transpose(1, 2))
+    time_step, B, C = torch.split(ssm_parameters, [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1)
+    discrete_time_step = torch.nn.functional.softplus(self.dt_proj(time_step)).transpose(1, 2)
+    A = -torch.exp(self.A_log.float())
+    log_decay = A[None, :, None, :] * discrete_time_step[:, :, :, None]  # log of discrete_A
+    discrete_B = discrete_time_step[:, :, :, None] * B[:, None, :, :].float()
+    deltaB_u = discrete_B * hidden_states[:, :, :, None].float()
+    outputs, state = [], None
+    for start in range(0, seq_len, CHUNK):
+        part = slice(start, min(start + CHUNK, seq_len))
+        cumulative = torch.cumsum(log_decay[:, :, part], dim=2)  # (batch, d_inner, L, d_state)
+        length = cumulative.shape[2]
+        between = cumulative[:, :, :, None, :] - cumulative[:, :, None, :, :]  # [t, s]: the decay from s to t
+        causal = torch.ones(length, length, dtype=torch.bool, device=cumulative.device).tril()[:, :, None]
+        decay = torch.exp(between.masked_fill(causal.logical_not(), float("-inf")))
+        states = (decay * deltaB_u[:, :, None, part]).sum(dim=3)
+        if state is not None:
+            states = states + torch.exp(cumulative) * state[:, :, None, :]
+        state = states[:, :, -1]
+        outputs.append((states.to(dtype) * C[:, None, part, :]).sum(dim=-1))
+    scan_output = torch.cat(outputs, dim=-1) + hidden_states * self.D[None, :, None]
+    scan_output = scan_output * self.act(gate)
+    return self.out_proj(scan_output.transpose(1, 2))
 
 
 def plain_mamba_mask(attention_mask: torch.Tensor | None, cache_position: torch.Tensor) -> torch.Tensor | None:
