@@ -28,7 +28,7 @@ the same check when the model makes itself a cache (``use_cache``, on by default
 are captured with their config's ``use_cache`` off (one forward; the logits are the same).
 
 transformers' Mamba-1 slow path is a Python loop over the tokens, which torch.export unrolls: capturing took
-73 s for 2 layers and 128 tokens here. While captured, a ``MambaMixer`` without a cache computes the same
+73 s for 2 layers and 128 tokens here. While captured, a Mamba (FalconMamba) mixer without a cache computes the same
 recurrence a chunk of :data:`CHUNK` tokens at a time instead (:func:`chunked_mamba_forward`: within a chunk,
 ``h_t = sum_s exp(sum_{s<r<=t} Δ_r A) B̄_s x_s`` plus the carried state's decay, as Mamba-2's SSD computes it); the
 captured graph's outputs are checked against the model's own. The decays are computed from Δ alone, so they are
@@ -52,6 +52,8 @@ from .ops import FACTORY_OPS
 
 #: tokens per chunk of the chunked Mamba-1 scan (a chunk holds batch x d_inner x CHUNK² x d_state decays)
 CHUNK = 16
+#: the mixers whose slow path :func:`chunked_mamba_forward` repeats (FalconMamba's adds weightless RMS norms of Δ, B, C)
+CHUNKED = ("MambaMixer", "FalconMambaMixer")
 #: the mixers' submodule whose output holds Δ, B and C (transformers' Mamba, FalconMamba and Jamba mixers)
 SELECTION = "x_proj"
 
@@ -96,8 +98,10 @@ class Held:
             )
         if self.ssd:
             graph = hold_ssd_parameters(graph, self.ssd)
-        paths = self.hooked + list(self.ssd)
-        return graph.replace(notes=graph.notes + [note(paths)]) if paths else graph
+        notes = [note(self.hooked + list(self.ssd))] if self.hooked or self.ssd else []
+        if self.chunked:
+            notes.append(f"Mamba scans captured {CHUNK} tokens at a time (outputs checked equal): {', '.join(self.chunked)}")
+        return graph.replace(notes=graph.notes + notes)
 
 
 @contextlib.contextmanager
@@ -117,7 +121,7 @@ def held_selection(model: Any) -> Iterator[Held]:
             if is_selective_mixer(module):
                 handles.append(getattr(module, SELECTION).register_forward_hook(_hold))
                 found.hooked.append(path)
-                if type(module).__name__ == "MambaMixer" and "slow_forward" not in vars(module):
+                if type(module).__name__ in CHUNKED and "slow_forward" not in vars(module):
                     module.slow_forward = _chunked(module, module.slow_forward)
                     found.chunked.append(path)
             elif is_ssd_mixer(module):
@@ -153,8 +157,8 @@ def _chunked(mixer: torch.nn.Module, original: Any) -> Any:
 
 
 def chunked_mamba_forward(mixer: Any, input_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """transformers 4.57's ``MambaMixer.slow_forward`` without a cache, its loop over the tokens computed
-    :data:`CHUNK` tokens at a time (see the module docstring)."""
+    """transformers 4.57's ``MambaMixer.slow_forward`` (and FalconMamba's) without a cache, its loop over the tokens
+    computed :data:`CHUNK` tokens at a time (see the module docstring)."""
     self = mixer
     seq_len, dtype = input_states.shape[1], input_states.dtype
     hidden_states, gate = self.in_proj(input_states).transpose(1, 2).chunk(2, dim=1)
@@ -165,6 +169,8 @@ def chunked_mamba_forward(mixer: Any, input_states: torch.Tensor, attention_mask
         hidden_states = hidden_states * attention_mask.unsqueeze(1)
     ssm_parameters = self.x_proj(hidden_states.transpose(1, 2))
     time_step, B, C = torch.split(ssm_parameters, [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1)
+    if type(self).__name__ == "FalconMambaMixer":
+        B, C, time_step = (_rms(t, self.rms_eps) for t in (B, C, time_step))
     discrete_time_step = torch.nn.functional.softplus(self.dt_proj(time_step)).transpose(1, 2)
     A = -torch.exp(self.A_log.float())
     log_decay = A[None, :, None, :] * discrete_time_step[:, :, :, None]  # log of discrete_A
@@ -186,6 +192,12 @@ def chunked_mamba_forward(mixer: Any, input_states: torch.Tensor, attention_mask
     scan_output = torch.cat(outputs, dim=-1) + hidden_states * self.D[None, :, None]
     scan_output = scan_output * self.act(gate)
     return self.out_proj(scan_output.transpose(1, 2))
+
+
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """FalconMamba's ``rms_forward``: an RMS norm without weight, in float32."""
+    x32 = x.to(torch.float32)
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def plain_mamba_mask(attention_mask: torch.Tensor | None, cache_position: torch.Tensor) -> torch.Tensor | None:
