@@ -19,6 +19,13 @@ from .graph import Graph, Node, Ref, _walk, channel_affine, complex_mul
 #: ops after which token ids are still the input's ids (an embedding of them ends the walk)
 _ID_VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unsqueeze", "squeeze", "expand", "contiguous", "clone", "_to_copy", "to", "alias", "detach"}
 
+#: ops that may regroup or reorder the elements of a dim merged from the batch and another (batch * windows): after
+#: them the samples are its outer part only where they were at dim 0 before and still are (see _batch_dim)
+_REGROUPS = {
+    "view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as", "as_strided", "pixel_shuffle",
+    "pixel_unshuffle", "channel_shuffle", "unfold", "roll", "flip", "gather", "index", "index_select", "take_along_dim",
+}
+
 _MODULE_TYPE_BY_OP = {
     "conv1d": "Conv1d",
     "conv2d": "Conv2d",
@@ -281,10 +288,13 @@ class _Builder:
 
     def _batch_dim(self, fx_node: torch.fx.Node) -> int | None:
         """The dim of the node's output that holds the samples, for per-sample totals: the dim whose size is
-        the input's symbolic batch size. A dim merged from the batch and another one (batch * heads) counts
-        only where the samples are its outer part (the node's input had them first); else None (unknown)."""
-        val = fx_node.meta.get("val")
-        if self.batch_symbol is None or not isinstance(val, torch.Tensor):
+        the input's symbolic batch size. A dim merged from the batch and another one (batch * windows, batch *
+        heads) counts only where the samples are its outer part: the node's input had them first, or had the
+        same merged dim and the op moved it (a window attention's permute or unbind of q, k, v), not regrouped
+        it (a reshape); else None (unknown: the node's totals are left out of the per-layer ledger). A tuple
+        output (unbind, split) has its first part's."""
+        val = _first_tensor(fx_node.meta.get("val"))
+        if self.batch_symbol is None or val is None:
             return 0
         for index, size in enumerate(val.shape):
             if not isinstance(size, torch.SymInt) or self.batch_symbol not in size.node.expr.free_symbols:
@@ -293,9 +303,13 @@ class _Builder:
                 self.batch_dims[fx_node.name] = index
                 return index
             first = next((a for a in fx_node.all_input_nodes if a.name in self.batch_dims), None)
-            outer = index == 0 and first is not None and self.batch_dims[first.name] == 0
-            self.batch_dims[fx_node.name] = 0 if outer else None
-            return 0 if outer else None
+            at = None if first is None else self.batch_dims[first.name]
+            outer = index == 0 and at == 0
+            if not outer and at is not None and ops.op_name(fx_node.target) not in _REGROUPS:
+                source = _first_tensor(first.meta.get("val"))
+                outer = source is not None and at < source.ndim and _same_size(source.shape[at], size)
+            self.batch_dims[fx_node.name] = index if outer else None
+            return index if outer else None
         return 0
 
     def _find(self, name: str) -> Node | None:
@@ -516,6 +530,20 @@ def _guess_module_type(node: Node) -> str:
     if node.kind == "batchnorm":
         return "BatchNorm"
     return ""
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    """A node's value, or a tuple output's first tensor (its parts are shaped alike: unbind, split, chunk)."""
+    if isinstance(value, (tuple, list)):
+        value = next((part for part in value if isinstance(part, torch.Tensor)), None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _same_size(a: Any, b: Any) -> bool:
+    """Are two (symbolic) sizes the same expression?"""
+    if isinstance(a, torch.SymInt) and isinstance(b, torch.SymInt):
+        return a.node.expr == b.node.expr
+    return False
 
 
 def _get_attr(gm: torch.nn.Module, target: str) -> Any:
