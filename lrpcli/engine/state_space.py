@@ -24,8 +24,9 @@ Hybrid models (Jamba, Bamba, Falcon-H1, GraniteMoeHybrid) decide whether their m
 ``cache_position[0] > 0 or torch.all(attention_mask == 1)``, a check on values torch.export cannot pass. In one
 forward without a cache ``cache_position[0]`` is 0, and multiplying by an all-ones mask changes nothing: while
 captured, their ``_update_mamba_mask`` returns the mask as it is (:func:`plain_mamba_mask`). Mamba-2 mixers make
-the same check when the model makes itself a cache (``use_cache``, on by default in eval): models with such mixers
-are captured with their config's ``use_cache`` off (one forward; the logits are the same).
+the same check when the model makes itself a cache (``use_cache``, on by default in eval), and Mamba-1 mixers with
+a cache run their loop: models with such mixers are captured with their config's ``use_cache`` off (one forward;
+the logits are the same).
 
 transformers' Mamba-1 slow path is a Python loop over the tokens, which torch.export unrolls: capturing took
 73 s for 2 layers and 128 tokens here. While captured, a Mamba (FalconMamba) mixer without a cache computes the same
@@ -128,7 +129,7 @@ def held_selection(model: Any) -> Iterator[Held]:
                 sizes = (module.intermediate_size, module.n_groups * module.ssm_state_size, module.num_heads)
                 found.ssd[path] = tuple(int(size) for size in sizes)
     configs = []
-    if found.ssd:
+    if found.ssd or found.chunked:  # Mamba-2's cache check; a Mamba-1 cache would keep the loop
         for module in model.modules():
             config = getattr(module, "config", None)
             if getattr(config, "use_cache", None) is True and not any(config is seen for seen in configs):
