@@ -65,18 +65,32 @@ class Logits(nn.Module):
 
 
 class HandPooled(nn.Module):
-    """The oracle's model: the classifier's base and head, pooled at each row's last <eos> written here
-    (the position where the running count of <eos> first reaches its total)."""
+    """The oracle's model: the classifier's base and head, pooled at each row's last <eos> written here (the
+    position where the running count of <eos> first reaches its total). The decoder reads the ids shifted right
+    (the family's own shift); its token embeddings are given as the lookup of the ids, shifted, so that the tokens
+    are credited with what the decoder reads of them (the oracle's sinks are the lookups of the ids)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
+    def shifted(self, input_ids):
+        import inspect
+        import sys
+
+        m = self.model
+        if hasattr(m, "transformer"):
+            return m._shift_right(input_ids)
+        shift = sys.modules[type(m.model).__module__].shift_tokens_right
+        names = inspect.signature(shift).parameters
+        return shift(input_ids, *(getattr(m.config, n) for n in ("pad_token_id", "decoder_start_token_id") if n in names))
+
     def forward(self, input_ids, attention_mask=None):
         m = self.model
-        t5 = hasattr(m, "transformer")
-        base = m.transformer if t5 else m.model
-        decoder = {"decoder_input_ids": m._shift_right(input_ids)} if t5 else {}
+        base = m.transformer if hasattr(m, "transformer") else m.model
+        shifted = self.shifted(input_ids)
+        embed = base.decoder.embed_tokens
+        decoder = {"decoder_inputs_embeds": torch.cat([embed(shifted[:, :1]), embed(input_ids)[:, :-1]], dim=1)}
         hidden = base(input_ids, attention_mask=attention_mask, use_cache=False, return_dict=False, **decoder)[0]
         last = (input_ids == m.config.eos_token_id).long().cumsum(1).argmax(1)
         return m.classification_head(hidden[torch.arange(hidden.shape[0]), last])
@@ -169,7 +183,10 @@ def test_eos_classifiers_explain_as_the_oracle_and_conserve_with_the_ledger(fami
     assert any("last <eos>" in note for note in result.notes)
     own = _own_rows(model, ids, mask)
     torch.testing.assert_close(result.outputs, own, rtol=0, atol=1e-6 * float(own.abs().max()))
-    expected = embedding_relevance(HandPooled(model).eval(), ids, 2, "attnlrp", attention_mask=mask)
+    hand = HandPooled(model).eval()
+    assert torch.equal(hand.shifted(ids)[:, 1:], ids[:, :-1])  # the decoder reads the ids one position on
+    torch.testing.assert_close(hand(ids, mask), own, rtol=0, atol=1e-12)
+    expected = embedding_relevance(hand, ids, 2, "attnlrp", attention_mask=mask)
     assert torch.isfinite(result.relevance).all() and expected.abs().max() > 0
     # T5's softmax runs in float32 inside the float64 model: measured 3e-8 of the largest; a wrong rule is off by far more
     assert (result.relevance - expected).abs().max() <= 1e-6 * expected.abs().max()

@@ -12,7 +12,13 @@ graph's outputs are checked against the model's own (:func:`check_rewrite`), and
 The gather's index is computed from the ids only, so it carries no relevance (a held index, like a mask); the
 pooled vector takes the relevance of the classification head as it arrives. A row without ``<eos>`` has nothing
 to pool (the model itself raises there): its logits come out NaN, so a run names it instead of explaining the
-last position silently.
+last position silently. The decoder reads the ids shifted right; its lookup is computed as the lookup of the ids,
+shifted (:func:`_shifted_lookups`), so the tokens get what the decoder reads of them.
+
+Two more capture fixes live here: :func:`default_masks` gives text stacks the all-ones mask their eager forward
+makes (under export they keep none, and BART's decoder then builds its causal mask one key too wide), and
+:func:`writes_live_values` says when a program writes in place into computed values (capture.py then
+functionalises it, as lrpcli's out-of-place graph would lose the writes).
 """
 
 from __future__ import annotations
@@ -83,9 +89,11 @@ def _eos_pooled(module: torch.nn.Module, own: Any) -> Any:
         if others or not isinstance(input_ids, torch.Tensor):
             return own(*args, **kwargs)
         feed: dict[str, Any] = {"attention_mask": given.get("attention_mask"), "use_cache": False, "return_dict": False}
-        if getattr(base, "decoder", None) is not None and hasattr(module, "_shift_right"):
+        decoder = getattr(base, "decoder", None)
+        if decoder is not None and hasattr(module, "_shift_right"):
             feed["decoder_input_ids"] = module._shift_right(input_ids)  # T5's classifiers shift; BART's base does
-        hidden = base(input_ids, **feed)[0]
+        with _shifted_lookups(decoder, input_ids):
+            hidden = base(input_ids, **feed)[0]
         logits = module.classification_head(last_eos(hidden, input_ids, module.config.eos_token_id))
         return_dict = given.get("return_dict", getattr(module.config, "use_return_dict", True))
         if not return_dict:
@@ -95,6 +103,43 @@ def _eos_pooled(module: torch.nn.Module, own: Any) -> Any:
         return Seq2SeqSequenceClassifierOutput(logits=logits)
 
     return forward
+
+
+@contextlib.contextmanager
+def _shifted_lookups(decoder: Any, input_ids: torch.Tensor) -> Iterator[None]:
+    """While open, the decoder's lookup of its shifted ids (``[start, ids[:, :-1]]``) is computed as the start
+    token's lookup followed by the lookup of the ids themselves, shifted: the same values (every shift of these
+    families copies ``ids[:, :-1]`` into ``[:, 1:]``), but the decoder's token embeddings are then lookups of the
+    explained ids, so the relevance the decoder's tokens get reaches the tokens (one position back) instead of
+    staying with a lookup of computed indices, which counts as a constant."""
+    embedding = getattr(decoder, "embed_tokens", None)
+    if not isinstance(decoder, torch.nn.Module) or not isinstance(embedding, torch.nn.Embedding):
+        yield
+        return
+    inside = [False]  # only the decoder's own lookup (T5's encoder shares the table)
+
+    def enter(*_: Any) -> None:
+        inside[0] = True
+
+    def leave(*_: Any) -> None:
+        inside[0] = False
+
+    def shifted(_module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> Any:
+        ids = inputs[0] if inputs else None
+        if not inside[0] or not isinstance(ids, torch.Tensor) or ids.shape != input_ids.shape:
+            return None
+        inside[0] = False  # (the lookup below runs this hook again)
+        try:
+            return torch.cat([output[:, :1], embedding(input_ids)[:, :-1]], dim=1)
+        finally:
+            inside[0] = True
+
+    handles = [decoder.register_forward_pre_hook(enter), decoder.register_forward_hook(leave), embedding.register_forward_hook(shifted)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextlib.contextmanager
