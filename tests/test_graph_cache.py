@@ -114,3 +114,18 @@ def test_lrp_evaluate_uses_the_cache_too(cache, tmp_path, monkeypatch):
     assert lrp(*args, out=tmp_path / "e2").code == 0
     assert calls == []  # the second evaluation loaded the graph
     assert (tmp_path / "e1" / "evaluation.csv").read_text() == (tmp_path / "e2" / "evaluation.csv").read_text()
+
+
+def test_every_engine_module_the_capture_imports_is_part_of_the_cache_key():
+    """A change to the code that shapes a captured graph must miss the old cache entries: every engine module that
+    capture.py and builder.py import is in the code hash (experts.py and state_space.py were not)."""
+    import re
+    from pathlib import Path
+
+    from lrpcli.sources.cache import _GRAPH_CODE
+
+    engine = Path(__file__).resolve().parents[1] / "lrpcli" / "engine"
+    for source in ("capture.py", "builder.py"):
+        for module in re.findall(r"^from \.(\w+) import", (engine / source).read_text(encoding="utf-8"), re.M):
+            if (engine / f"{module}.py").is_file():
+                assert f"engine/{module}.py" in _GRAPH_CODE, (source, module)
