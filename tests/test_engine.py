@@ -297,3 +297,15 @@ def test_a_model_converted_in_place_is_captured_again():
     again = Explainer(model, "attnlrp").explain(x.bfloat16())
     assert again.relevance.dtype == torch.bfloat16 and torch.isfinite(again.relevance.float()).all()
     assert torch.allclose(again.outputs.float(), first.outputs, atol=0.05)
+
+
+def test_capture_puts_each_submodule_back_in_its_own_mode():
+    """A wrapper in training mode around a model in eval mode: capturing must not switch the inner model to training
+    (it did: ``model.train(was_training)`` on the wrapper set every submodule, so dropout came on in the model)."""
+    from lrpcli.engine.capture import export_module
+
+    inner = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.5)).eval()
+    wrapper = torch.nn.Sequential(inner)  # training mode: nn.Module's default
+    assert wrapper.training and not inner.training
+    export_module(wrapper, torch.randn(2, 4))
+    assert wrapper.training and not inner.training and not inner[1].training

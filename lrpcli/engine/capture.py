@@ -122,7 +122,7 @@ def export_module(
     """torch.export an eager module in eval mode with a dynamic batch dimension; ``extras`` are further
     keyword inputs (an attention mask), batch first like the example. A tuple ``example``: the first
     positional inputs, their batch dims one shared dim (the samples of every input are the same samples)."""
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}  # each put back as it was, not all as the top
     model.eval()
     extras = dict(extras or {})
     examples = example if isinstance(example, tuple) else (example,)
@@ -161,7 +161,8 @@ def export_module(
             hint = "give the model's other inputs (e.g. an attention mask) with inputs={name: tensor}, or wrap it so that forward takes one tensor"
         raise ModelError(f"torch.export could not capture {type(model).__name__}: {_first_line(exc)}", hint=hint) from exc
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
 
 
 @contextlib.contextmanager
