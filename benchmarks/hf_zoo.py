@@ -88,6 +88,27 @@ SMALL_LISTS = {
     "sr_ratios": [2, 1], "mlp_ratios": [2, 2], "strides": [4, 2], "patch_sizes": [4, 2], "kernel_sizes": [3, 3],
     "num_attention_heads": [1, 2], "num_encoder_blocks": 2, "layer_types": None, "block_types": None,
 }
+#: sizes a default config leaves None ("derive it") that the model still reads as a number (HunYuan, Ministral's
+#: head_dim; Nemotron's key/value heads; dots1's experts): given the small value too
+FILL = ("head_dim", "num_key_value_heads", "n_routed_experts", "n_shared_experts", "num_experts_per_tok")
+#: per-layer type lists: shrunk to one layer of each type (a hybrid keeps an attention and a mamba layer)
+PER_LAYER = ("layer_types", "block_types", "layers_block_type")
+#: sizes one family ties to others, for the small widths above (attribute: value)
+FAMILY = {
+    "lilt": {"hidden_size": 48},  # six box embeddings of hidden_size // 6 each make hidden_size again
+    "layoutlmv3": {"coordinate_size": 4, "shape_size": 8},  # 4 coordinates + 2 shapes = hidden_size
+    "codegen": {"n_head": 4},  # CodeGen splits its heads over mp_num = 4 partitions
+    "funnel": {"block_sizes": [1, 1], "block_repeats": [1, 1]},  # its layer count is the blocks' sum
+    "reformer": {"attn_layers": ["local", "lsh"], "axial_pos_shape": (8, 8), "axial_pos_embds_dim": (16, 16),
+                 "local_attn_chunk_length": 8, "lsh_attn_chunk_length": 8},  # axial factors: the width, 64 positions
+    "granitemoehybrid": {"layer_types": ["mamba", "attention"]},  # the default (None) fails its own layer lookup
+    "gemma3n_text": {"num_kv_shared_layers": 0, "vocab_size_per_layer_input": VOCABULARY, "hidden_size_per_layer_input": 8},
+    "deepseek_v2": {"num_key_value_heads": 2}, "deepseek_v3": {"num_key_value_heads": 2},  # MLA: a key per head
+    "zamba": {"use_mamba_kernels": False, "attention_hidden_size": 64, "attention_head_dim": 32, "n_mamba_heads": 2,
+              "mamba_dt_rank": 2},  # the CUDA kernels by default; sizes derived from the width at construction
+    "zamba2": {"use_mamba_kernels": False, "attention_hidden_size": 64, "attention_head_dim": 32, "n_mamba_heads": 2,
+               "mamba_headdim": 32, "kv_channels": 16},  # derived from the width at construction
+}
 
 
 def keys() -> list[str]:
@@ -115,18 +136,28 @@ def _get(config: Any, name: str, default: Any = None) -> Any:
 
 
 def _set(config: Any, name: str, value: Any) -> None:
-    try:  # some sizes are read-only properties computed from others (Falcon's head_dim)
+    try:  # some sizes are read-only properties computed from others (Falcon's head_dim), or refuse (Funnel's layers)
         setattr(config, name, value)
-    except (AttributeError, TypeError):
+    except (AttributeError, TypeError, NotImplementedError):
         pass
+
+
+def _per_layer(types: list[Any], layers: int) -> list[Any]:
+    """One layer of each type in order of first use, repeated to ``layers``: a hybrid keeps each kind of layer."""
+    kinds = list(dict.fromkeys(types))
+    return (kinds * layers)[:max(layers, len(kinds))]
 
 
 def shrink(config: Any) -> Any:
     """The config with its sizes made tiny (see SMALL): what keeps 300 builds to minutes."""
     for name, value in SMALL.items():
         current = _get(config, name)
+        if current is None and name in FILL and name in vars(config):
+            _set(config, name, value)
         if value is None or isinstance(current, bool) or not isinstance(current, int):
             continue
+        _set(config, name, value)
+    for name, value in FAMILY.get(getattr(config, "model_type", ""), {}).items():
         _set(config, name, value)
     if _get(config, "vocab_size", 0) is None:  # ESM's default: no vocabulary
         _set(config, "vocab_size", VOCABULARY)
@@ -143,15 +174,28 @@ def shrink(config: Any) -> Any:
             config.out_features = [config.stage_names[-1]]
         if hasattr(config, "out_indices"):
             config.out_indices = [stages]
-    for name in ("layer_types", "block_types"):  # per-layer lists follow the layer count
-        current = getattr(config, name, None)
-        layers = getattr(config, "num_hidden_layers", None)
+    for name in PER_LAYER:  # per-layer lists follow the layer count
+        current = config.__dict__.get(name)
+        layers = _get(config, "num_hidden_layers")
         if isinstance(current, list) and current and isinstance(layers, int):
-            config.__dict__[name] = (current * layers)[:layers]
+            config.__dict__[name] = _per_layer(current, layers)
+            config.num_hidden_layers = len(config.__dict__[name])
+    if isinstance(_get(config, "hybrid_layer_ids"), list):  # Zamba2's hybrid layers, from its block types
+        config.hybrid_layer_ids = [i for i, kind in enumerate(config.layers_block_type) if kind == "hybrid"]
+    if isinstance(_get(config, "qk_rope_head_dim"), int) and _get(config, "head_dim") is not None:
+        _set(config, "head_dim", config.qk_rope_head_dim)  # DeepSeek's rotary runs over the rope part alone
+    if isinstance(_get(config, "qk_head_dim"), int):
+        _set(config, "qk_head_dim", config.qk_nope_head_dim + config.qk_rope_head_dim)
+    attention = _get(config, "attn_config")
+    if attention is not None and hasattr(attention, "clip_qkv") and attention.clip_qkv is None:
+        attention.clip_qkv = 8.0  # DBRX clamps q/k/v by it and fails on None (its released configs say 8)
     for name in ("text_config", "vision_config", "audio_config", "encoder", "decoder"):
         inner = getattr(config, name, None)
         if inner is not None and hasattr(inner, "to_dict"):
             shrink(inner)
+    encoder, decoder = getattr(config, "encoder", None), getattr(config, "decoder", None)
+    if hasattr(decoder, "cross_attention_hidden_size") and hasattr(encoder, "hidden_size"):
+        decoder.cross_attention_hidden_size = encoder.hidden_size  # T5Gemma's cross-attention reads the encoder
     if getattr(config, "is_encoder_decoder", False) and _get(config, "decoder_start_token_id") is None:
         config.decoder_start_token_id = 0  # T5's classifier needs it to shift its decoder's inputs
     if hasattr(config, "num_labels"):
@@ -210,11 +254,20 @@ def run_child(key: str) -> dict[str, Any]:
     try:
         config = shrink(transformers.CONFIG_MAPPING[model_type]())
         cls = getattr(transformers, row["class"])
-        with torch.device("meta"):
+        wanted = getattr(cls, "config_class", None)
+        if wanted is not None and not isinstance(config, wanted) and isinstance(getattr(config, "text_config", None), wanted):
+            config = config.text_config  # a text-only head of a multimodal type (Emu3ForCausalLM)
+        try:
+            with torch.device("meta"):
+                size = sum(p.numel() for p in cls(config).parameters())
+        except NotImplementedError:  # a constructor that copies a tensor's value (Apertus's xIELU): built for real
             size = sum(p.numel() for p in cls(config).parameters())
         if size > MAX_PARAMETERS:
             return {**row, "outcome": "too large", "cause": f"{size / 1e6:.0f}M parameters after shrinking"}
         model = cls(config).eval()
+        languages = getattr(config, "languages", None)
+        if hasattr(model, "set_default_language") and languages:
+            model.set_default_language(languages[0])  # X-MOD needs a language for its adapters
     except Exception as exc:
         return {**row, "outcome": "build", "cause": _first_line(exc)}
     row["parameters"] = sum(p.numel() for p in model.parameters())

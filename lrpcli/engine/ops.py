@@ -71,7 +71,8 @@ _add(
     "adaptive_max_pool3d alias detach lift_fresh_copy _to_copy to type_as pad constant_pad_nd "
     "index masked_fill where roll swapaxes swapdims movedim reshape_as view_as flip "
     "amax amin max min "  # max over time (text CNNs): like max-pooling, the winners take the relevance
-    "gather",  # values picked by constant (or held) indices: relevance goes back to where each came from
+    "gather "  # values picked by constant (or held) indices: relevance goes back to where each came from
+    "im2col",  # nn.Unfold (ConvBERT's span convolution): sliding windows copied out, zero-padded
 )
 #: ops whose value depends only on another tensor's shape, dtype and device, not its values: constants
 FACTORY_OPS = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like", "empty_like"}
@@ -104,13 +105,19 @@ DROPOUT_OPS = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dro
 ACTIVATION_OPS = frozenset(name for name, kind in _KIND_BY_NAME.items() if kind == "elementwise") - DROPOUT_OPS
 
 
+#: ATen's alias ops (same math, another name: ``torch.multiply`` in ConvBERT) -> the name lrpcli's rules use
+ALIASES = {"multiply": "mul", "subtract": "sub", "divide": "div", "true_divide": "div"}
+
+
 def op_name(target) -> str:
-    """The op's base name: ``aten.relu_.default`` -> ``relu_``; python functions by __name__."""
+    """The op's base name: ``aten.relu_.default`` -> ``relu_``; python functions by __name__; aliases by ALIASES."""
     if isinstance(target, torch._ops.OpOverload):
-        return target.overloadpacket.__name__
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        return target.__name__
-    return getattr(target, "__name__", str(target))
+        name = target.overloadpacket.__name__
+    elif isinstance(target, torch._ops.OpOverloadPacket):
+        name = target.__name__
+    else:
+        return getattr(target, "__name__", str(target))
+    return ALIASES.get(name, name)
 
 
 def out_of_place(target):

@@ -1,0 +1,100 @@
+"""Families benchmarks/hf_zoo.py found stopping at an op or guard lrpcli can handle (issue 27, item 6).
+
+Each against something independent of the engine: gradient x input where LRP-0 must equal it (a bias-free ReLU net
+is positively homogeneous and piecewise linear, so LRP-0 = gradient x input: Montavon et al. 2019, "Layer-Wise
+Relevance Propagation: An Overview", sec. 10.2.1), the modified-gradient oracle (tests/gradient_oracle.py) for
+AttnLRP, and the captured graph's logits equal to the model's own.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradient_oracle import embedding_relevance
+from lrpcli import explain
+
+D64 = torch.float64
+EXACT = {"epsilon": 0.0, "stabilizer": 0.0}
+
+
+def _close(ours: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-9) -> None:
+    assert ours.shape == expected.shape
+    assert torch.isfinite(ours).all()
+    scale = expected.abs().max()
+    assert scale > 0
+    assert (ours - expected).abs().max() <= rtol * scale, f"max diff {(ours - expected).abs().max():.3g} of {scale:.3g}"
+
+
+def _gradient_times_input(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    model(x)[:, target].sum().backward()
+    return (x * x.grad).detach()
+
+
+# --------------------------------------------------------------------------- ATen's alias ops (ConvBERT's multiply)
+
+
+class Aliases(nn.Module):
+    """torch.multiply / torch.subtract / torch.divide: ATen keeps them as their own ops (aten.multiply, ...)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.head = nn.Linear(5, 7, bias=False), nn.Linear(7, 3, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.lin(x))
+        return self.head(torch.divide(torch.subtract(torch.multiply(h, 3.0), h), 2.0))
+
+
+def test_alias_ops_are_their_plain_ops_lrp0_equals_gradient_times_input():
+    torch.manual_seed(0)
+    model = Aliases().double().eval()
+    x = torch.randn(4, 5, dtype=D64)
+    result = explain(model, x, "lrp_0", target=1, params=EXACT)
+    assert torch.allclose(result.outputs, model(x).detach(), rtol=0, atol=1e-12)
+    _close(result.relevance, _gradient_times_input(model, x, 1))
+
+
+# --------------------------------------------------------------------------- transformers' families end to end
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+             max_position_embeddings=32)
+
+
+class _Logits(nn.Module):
+    def __init__(self, model, key: str = "input_ids"):
+        super().__init__()
+        self.model, self.key = model, key
+
+    def forward(self, x):
+        return self.model(**{self.key: x}, return_dict=True).logits
+
+
+def _classifier(name: str, config: str, **kwargs):
+    return lambda: _Logits(getattr(transformers, name)(getattr(transformers, config)(num_labels=3, **kwargs)))
+
+
+#: family -> (the model, what stopped it before)
+FAMILIES = {
+    "convbert": (_classifier("ConvBertForSequenceClassification", "ConvBertConfig", embedding_size=16, head_ratio=1,
+                             conv_kernel_size=3, **SMALL), "multiply"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_transformers_family_explains_as_the_oracle(family):
+    """Float64, a tiny random config: the graph's logits equal the model's and AttnLRP equals the oracle."""
+    make, _before = FAMILIES[family]
+    torch.manual_seed(12)
+    model = make().double().eval()
+    x = torch.randint(3, 40, (2, 6))
+    with torch.no_grad():
+        own = model(x)
+    result = explain(model, x, "attnlrp", target=1, params=EXACT)
+    assert torch.isfinite(result.relevance).all()
+    assert (result.outputs - own).abs().max() <= 1e-10 * own.abs().max()
+    _close(result.relevance, embedding_relevance(model, x, 1, "attnlrp"), rtol=1e-6)
