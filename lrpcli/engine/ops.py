@@ -72,6 +72,9 @@ _add(
     "index masked_fill where roll swapaxes swapdims movedim reshape_as view_as flip "
     "amax amin max min "  # max over time (text CNNs): like max-pooling, the winners take the relevance
     "gather "  # values picked by constant (or held) indices: relevance goes back to where each came from
+    # writes into an activation (functionalised: patterns.writes_live_values): the written region's relevance goes
+    # to the value written, the rest to the base; repeat_interleave's copies sum back (transposes.py)
+    "copy slice_scatter select_scatter index_put repeat_interleave "
     "im2col",  # nn.Unfold (ConvBERT's span convolution): sliding windows copied out, zero-padded
 )
 #: ops whose value depends only on another tensor's shape, dtype and device, not its values: constants

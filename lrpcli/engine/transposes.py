@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import UnsupportedOpError
 from .graph import Node, Ref, channel_affine
 from .ops import op_name
 
@@ -225,6 +226,31 @@ def _expand_back(node, values, inputs, grad):
     if len(inputs) != 1 or node.kwargs or not isinstance(node.args[0], Ref):
         return None
     return {inputs[0]: grad.sum_to_size(_shaped(values, inputs[0]).shape)}
+
+
+@_direct("copy")
+def _copy_back(node, values, inputs, grad):
+    """``base.copy_(src)`` functionalised: every value of the output is ``src``'s (broadcast), none the base's."""
+    base, src = node.args[:2]
+    if node.kwargs or not isinstance(src, Ref) or base == src:
+        return None
+    result = {src.name: grad.sum_to_size(_shaped(values, src.name).shape)} if src.name in inputs else {}
+    if isinstance(base, Ref) and base.name in inputs:
+        result[base.name] = torch.zeros_like(grad)
+    return result if len(result) == len(inputs) else None
+
+
+@_direct("index_put")
+def _index_put_back(node, values, inputs, grad):
+    """``base[indices] = src``: a write, a route (autograd's vjp); an accumulating ``+=`` adds, which no route is."""
+    accumulate = node.args[3] if len(node.args) > 3 else node.kwargs.get("accumulate", False)
+    if accumulate:
+        raise UnsupportedOpError(
+            "index_put", node.name, node.module, node.module_type,
+            hint="an accumulating index_put (x.index_put_(..., accumulate=True), x[i] += y with repeated indices) sums "
+            "values, which lrpcli does not split; write it as an add of activations, or explain a sub-model before it",
+        )
+    return None
 
 
 @_direct("neg")

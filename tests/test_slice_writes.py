@@ -1,0 +1,97 @@
+"""Writes into an activation (``h[:, 1:] = y``, ``h[:, 0] = y``, ``h[idx] = y``) and ``repeat_interleave`` are
+routes: each output value is a copy of one input value, so relevance goes back with the values (the written
+region's to the value written, the rest to the base; a repeated value's copies summed).
+
+Independent checks: LRP-0 of a bias-free ReLU net equals gradient x input (Bach et al. 2015 / Ancona et al.
+2018, "Towards better understanding of gradient-based attribution methods", Prop. 1: for piecewise-linear
+networks without biases, epsilon-LRP with epsilon -> 0 equals gradient * input), whose gradient autograd
+computes on the eager model here; and conservation: the input relevance sums to the target logit.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lrpcli import explain
+from lrpcli.errors import UnsupportedOpError
+
+
+class _Writes(nn.Module):
+    """Bias-free ReLU layers whose hidden activation gets a computed slice written into it."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a = nn.Linear(4, 6, bias=False)
+        self.c = nn.Linear(4, 6, bias=False)
+        self.b = nn.Linear(6, 3, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        y = torch.relu(self.c(x))
+        h = h.clone()
+        if self.how == "slice":  # copy_ into a slice -> slice_scatter
+            h[:, 1:, :3] = y[:, :-1, :3] * 0.5
+        elif self.how == "select":  # one position -> select_scatter
+            h[:, 0] = y[:, -1]
+        elif self.how == "index":  # a tensor index -> index_put
+            h[:, torch.tensor([0, 2])] = y[:, 1:3]
+        elif self.how == "whole":  # the whole tensor overwritten -> copy
+            h.copy_(y)
+        return self.b(h).sum(1)
+
+
+class _Repeat(nn.Module):
+    """Grouped-query attention's key/value expansion, written with repeat_interleave, in a bias-free ReLU net."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 6, bias=False)
+        self.b = nn.Linear(12, 3, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)).unflatten(-1, (2, 3))  # (batch, tokens, 2 heads, 3)
+        h = torch.repeat_interleave(h, 2, dim=2)  # 4 heads: each kept head copied twice
+        return self.b(h.flatten(-2)).sum(1)
+
+
+def _gradient_times_input(model, x, target):
+    x = x.clone().requires_grad_()
+    model(x)[:, target].sum().backward()
+    return (x.grad * x).detach()
+
+
+@pytest.mark.parametrize("model", [_Writes("slice"), _Writes("select"), _Writes("index"), _Writes("whole"), _Repeat()],
+                         ids=["slice", "select", "index", "whole", "repeat_interleave"])
+def test_lrp0_equals_gradient_times_input_and_conserves(model):
+    torch.manual_seed(0)
+    for p in model.parameters():
+        nn.init.normal_(p)
+    model = model.double().eval()
+    x = torch.randn(2, 5, 4, dtype=torch.double)
+    result = explain(model, x, "lrp_0", target=1)
+    expected = _gradient_times_input(model, x, 1)
+    torch.testing.assert_close(result.relevance, expected, rtol=0, atol=1e-10)
+    with torch.no_grad():
+        logits = model(x)
+    torch.testing.assert_close(result.relevance.sum((1, 2)), logits[:, 1], rtol=0, atol=1e-10)
+    assert expected.abs().max() > 0.1  # the check sees something
+
+
+def test_an_accumulating_write_is_refused_by_name():
+    class Accumulate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 6, bias=False)
+            self.b = nn.Linear(6, 3, bias=False)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            h = h.transpose(0, 1)  # (tokens, batch, 6): position 0 gets positions 1 and 2 added
+            h = h.index_put((torch.tensor([0, 0]),), h[1:3], accumulate=True)
+            return self.b(h).sum(0)
+
+    with pytest.raises(UnsupportedOpError, match="index_put"):
+        explain(Accumulate().double().eval(), torch.randn(2, 5, 4, dtype=torch.double), "lrp_0", target=1)
