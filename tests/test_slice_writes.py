@@ -95,3 +95,36 @@ def test_an_accumulating_write_is_refused_by_name():
 
     with pytest.raises(UnsupportedOpError, match="index_put"):
         explain(Accumulate().double().eval(), torch.randn(2, 5, 4, dtype=torch.double), "lrp_0", target=1)
+
+
+class _GroupedAttention(nn.Module):
+    """One grouped-query attention block (2 key/value heads for 4 query heads) whose repeat_kv is written with
+    repeat_interleave, as some models write it, then a linear head over the last token."""
+
+    def __init__(self, dim: int = 8, heads: int = 4, kv_heads: int = 2):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * kv_heads * self.head_dim, bias=False)
+        self.out = nn.Linear(dim, 3, bias=False)
+
+    def forward(self, x):
+        batch, tokens, _ = x.shape
+        q = self.q(x).view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(x).view(batch, tokens, 2 * self.kv_heads, self.head_dim).transpose(1, 2).chunk(2, dim=1)
+        k = torch.repeat_interleave(k, self.heads // self.kv_heads, dim=1)
+        v = torch.repeat_interleave(v, self.heads // self.kv_heads, dim=1)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / self.head_dim**0.5, dim=-1)
+        return self.out((weights @ v).transpose(1, 2).reshape(batch, tokens, -1)[:, -1])
+
+
+def test_grouped_query_attention_with_repeat_interleave_equals_the_oracle():
+    from gradient_oracle import modified_gradient_relevance  # AttnLRP as a modified gradient (tests/)
+
+    torch.manual_seed(0)
+    model = _GroupedAttention().double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.double)
+    result = explain(model, x, "attnlrp", target=2, params={"epsilon": 0.0, "stabilizer": 0.0})  # the oracle: epsilon -> 0
+    expected = modified_gradient_relevance(model, x, 2, "attnlrp")
+    torch.testing.assert_close(result.relevance, expected, rtol=0, atol=1e-9 * float(expected.abs().max()))
+    assert expected.abs().max() > 1e-3
