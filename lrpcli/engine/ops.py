@@ -84,6 +84,7 @@ _add(
     "relu leaky_relu rrelu gelu silu sigmoid tanh hardtanh relu6 elu selu celu softplus mish "
     "hardswish hardsigmoid dropout feature_dropout alpha_dropout feature_alpha_dropout identity "
     "prelu "
+    "clamp acos "  # clamp(x, a, b) is hardtanh's shape (DBRX's q/k/v clip); acos of a similarity (YOSO's LSH kernel)
     "square",  # ReLU² (Primer; Nemotron, Persimmon, Arcee, BitNet): x*x split in two equal halves gives x all, the identity
 )
 _add("softmax", "softmax log_softmax _softmax _log_softmax")
