@@ -83,6 +83,35 @@ def test_clamp_passes_relevance_unchanged_lrp0_by_hand():
     _close(explain(model, x, "lrp_0", target=2, params=EXACT).relevance, expected.detach())
 
 
+# --------------------------------------------------------------------------- a piecewise activation (Apertus's xIELU)
+
+
+class Piecewise(nn.Module):
+    """xIELU as transformers writes it (python path): where(x > 0, a x^2 + b x, (expm1(min(x, eps)) - x) c + b x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.head = nn.Linear(5, 7, bias=False), nn.Linear(7, 3, bias=False)
+        self.register_buffer("eps", torch.tensor(-1e-6, dtype=D64))
+
+    def forward(self, x):
+        z = self.lin(x)
+        h = torch.where(z > 0, 0.8 * z * z + 0.5 * z, (torch.expm1(torch.min(z, self.eps)) - z) * 1.3 + 0.5 * z)
+        return self.head(h)
+
+
+def test_a_piecewise_activation_is_one_element_wise_node_lrp0_by_hand():
+    """The whole function of z is one activation and passes relevance unchanged (AttnLRP's identity rule for an
+    activation written out as several ops, as for gelu_new): R_z = R_h = h * v_t, R_x = x * W^T (R_z / z)."""
+    torch.manual_seed(0)
+    model = Piecewise().double().eval()
+    x = torch.randn(4, 5, dtype=D64)
+    z = model.lin(x)
+    h = torch.where(z > 0, 0.8 * z * z + 0.5 * z, (torch.expm1(torch.min(z, model.eps)) - z) * 1.3 + 0.5 * z)
+    expected = x * (((h * model.head.weight[0]) / z) @ model.lin.weight)
+    _close(explain(model, x, "lrp_0", target=0, params=EXACT).relevance, expected.detach())
+
+
 # --------------------------------------------------------------------------- transformers' families end to end
 
 transformers = pytest.importorskip("transformers")
@@ -110,8 +139,10 @@ def _lm(name: str, config: str, **kwargs):
 
 
 #: family -> (the model, what stopped it before, compared with the oracle: the oracle's own torch.export stops at
-#: DBRX's expert loop, which lrpcli rewrites; its clamp has the by-hand test above)
+#: DBRX's expert loop, which lrpcli rewrites; its clamp has the by-hand test above; the oracle holds xIELU as one
+#: activation too)
 FAMILIES = {
+    "apertus": (_lm("ApertusForCausalLM", "ApertusConfig", num_key_value_heads=1, **SMALL), "expm1", True),
     "dbrx": (_lm("DbrxForCausalLM", "DbrxConfig", d_model=16, n_heads=2, n_layers=2, max_seq_len=32, vocab_size=40,
                  attn_config={"clip_qkv": 0.3, "kv_n_heads": 1},
                  ffn_config={"ffn_hidden_size": 24, "moe_num_experts": 1, "moe_top_k": 1}), "clamp", False),

@@ -174,6 +174,7 @@ _ELEMENTWISE = {
     "log1p", "tanh", "sigmoid", "erf", "erfc", "relu", "gelu", "silu", "softplus", "hardtanh", "hardsigmoid",
     "hardswish", "mish", "elu", "leaky_relu", "clamp", "clamp_min", "clamp_max", "abs", "minimum", "maximum",
     "_to_copy", "to", "type_as", "sin", "cos",
+    "where", "gt", "ge", "lt", "le",  # a piecewise activation chooses by the sign of its input (Apertus's xIELU)
 }
 _MAX_REGION = 24
 
@@ -218,7 +219,7 @@ def collapse_elementwise(graph: Graph) -> Graph:
     replaced: dict[str, Node] = {}
     removed: set[str] = set()
     for node in graph.nodes:
-        if node.name in removed or _op(node) not in ("mul", "add", "sub", "div") or len(set(node.refs)) < 2:
+        if node.name in removed or _op(node) not in ("mul", "add", "sub", "div", "where") or len(set(node.refs)) < 2:
             continue
         region = _region(node, by_name, users)
         if region is None:
@@ -234,6 +235,14 @@ def collapse_elementwise(graph: Graph) -> Graph:
     return graph.replace(nodes=nodes, notes=graph.notes + [f"activations written out as several ops pass relevance unchanged: {', '.join(names)}"])
 
 
+def _is_elementwise(node: Node) -> bool:
+    """Whether ``node`` acts on each element alone: the ops of _ELEMENTWISE, and min/max of two tensors
+    (``aten.min.other``: xIELU's ``min(x, eps)``), not the reductions of the same names."""
+    if _op(node) in ("min", "max"):
+        return getattr(node.target, "_overloadname", "") == "other"
+    return _op(node) in _ELEMENTWISE
+
+
 def _region(join: Node, by_name: dict[str, Node], users: dict[str, list[str]]) -> tuple[str, set[str]] | None:
     """The element-wise nodes between ``join`` and its one activation input, if it has exactly one."""
     members: set[str] = set()
@@ -244,7 +253,7 @@ def _region(join: Node, by_name: dict[str, Node], users: dict[str, list[str]]) -
         if name in members or name in sources:
             continue
         node = by_name.get(name)
-        if node is None or _op(node) not in _ELEMENTWISE or node.held:
+        if node is None or not _is_elementwise(node) or node.held:
             sources.add(name)
             continue
         members.add(name)
