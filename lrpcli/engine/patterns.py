@@ -18,7 +18,8 @@ shifted (:func:`_shifted_lookups`), so the tokens get what the decoder reads of 
 Two more capture fixes live here: :func:`default_masks` gives text stacks the all-ones mask their eager forward
 makes (under export they keep none, and BART's decoder then builds its causal mask one key too wide), and
 :func:`writes_live_values` says when a program writes in place into computed values (capture.py then
-functionalises it, as lrpcli's out-of-place graph would lose the writes).
+functionalises it, as lrpcli's out-of-place graph would lose the writes). :func:`fixed_width_masks` tells export
+that a hybrid's causal mask (Jamba, Zamba2: its width read from ``cache_position``) is as wide as the text.
 """
 
 from __future__ import annotations
@@ -222,6 +223,53 @@ def default_masks(model: Any) -> Iterator[list[str]]:
             handle.remove()
 
 
+#: the causal mask's width read from a value: ``target_length = cache_position[-1] + 1`` (Jamba, Zamba, Zamba2)
+_WIDTH_FROM_CACHE_POSITION = "cache_position[-1] + 1"
+
+
+@contextlib.contextmanager
+def fixed_width_masks(model: Any) -> Iterator[list[str]]:
+    """While the block is open, every module of ``model`` whose ``_update_causal_mask`` reads the mask's width from
+    ``cache_position[-1] + 1`` (Jamba, Zamba, Zamba2) has that width checked equal to the sequence length, where
+    the mask is made; yields their paths.
+
+    torch.export cannot know a width read from a tensor's value (an unbacked size ``u0``), and stops where
+    attention slices the mask to the keys (``Eq(Min(length, u0), length)``). In one forward without a cache,
+    ``cache_position`` is ``arange(length)``, so the width is the length: ``torch._check`` tells export so (and puts
+    a runtime assert in the program). The mask itself is the model's own code; the captured graph is checked
+    against the model's outputs (:meth:`Rewrites.checked`); a call with a cache fails the check and is refused."""
+    patched: list[tuple[str, torch.nn.Module]] = []
+    if isinstance(model, torch.nn.Module):
+        for path, module in model.named_modules():
+            method = getattr(type(module), "_update_causal_mask", None)
+            if callable(method) and "_update_causal_mask" not in vars(module) and _width_from_values(method):
+                module._update_causal_mask = _fixed_width(module._update_causal_mask)
+                patched.append((path or type(model).__name__, module))
+    try:
+        yield [path for path, _ in patched]
+    finally:
+        for _, module in patched:
+            del module._update_causal_mask
+
+
+def _width_from_values(method: Any) -> bool:
+    try:
+        return _WIDTH_FROM_CACHE_POSITION in inspect.getsource(method)
+    except (OSError, TypeError):
+        return False
+
+
+def _fixed_width(original: Any) -> Any:
+    @functools.wraps(original)
+    def update_causal_mask(attention_mask: Any, input_tensor: torch.Tensor, cache_position: Any, *args: Any, **kwargs: Any) -> Any:
+        mask = original(attention_mask, input_tensor, cache_position, *args, **kwargs)
+        if isinstance(mask, torch.Tensor):
+            torch._check(mask.shape[-1] == input_tensor.shape[1])  # no cache: cache_position is arange(length)
+        return mask
+
+    return update_causal_mask
+
+
 #: ops whose output is a view of their first argument: a write into it writes into that argument
 _VIEWS = {
     "slice", "select", "view", "_unsafe_view", "reshape", "unsqueeze", "squeeze", "expand", "transpose", "t", "permute",
@@ -270,6 +318,7 @@ class Rewrites:
     def __init__(self) -> None:
         self.pooled: list[str] = []
         self.masked: list[str] = []
+        self.widths: list[str] = []
 
     def checked(self, graph: Any, model: torch.nn.Module, example: Any, extras: dict | None) -> Any:
         """``graph``, checked against the model's own outputs and noted, where a rewrite was made."""
@@ -286,6 +335,12 @@ class Rewrites:
                 graph, model, example, extras, f"the all-ones attention mask given to {', '.join(self.masked)}",
                 hint="give the attention mask yourself (inputs={'attention_mask': mask}), or export the model yourself (torch.export)",
             )
+        if self.widths:
+            check_rewrite(
+                graph, model, example, extras, f"the causal mask of {', '.join(self.widths)} as wide as the text",
+                hint="call the model without a cache (past_key_values=None, use_cache=False) when explaining it",
+            )
+            graph = graph.replace(notes=graph.notes + [f"causal masks as wide as the text (checked equal): {', '.join(self.widths)}"])
         return graph
 
 
@@ -293,8 +348,8 @@ class Rewrites:
 def rewritten(model: Any) -> Iterator[Rewrites]:
     """Every capture rewrite of this module applied to ``model`` while the block is open."""
     rewrites = Rewrites()
-    with eos_pooling(model) as pooled, default_masks(model) as masked:
-        rewrites.pooled, rewrites.masked = pooled, masked
+    with eos_pooling(model) as pooled, default_masks(model) as masked, fixed_width_masks(model) as widths:
+        rewrites.pooled, rewrites.masked, rewrites.widths = pooled, masked, widths
         yield rewrites
 
 
