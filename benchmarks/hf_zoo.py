@@ -81,6 +81,7 @@ SMALL = {
     "num_mel_bins": 16, "feature_size": 16, "input_feat_per_channel": 16,
     "tdnn_dim": None, "proj_codevector_dim": 16, "codevector_dim": 16, "classifier_proj_size": 16,
     "conv_dim": None, "conv_kernel_sizes": None,
+    "window_size": 2, "attention_hidden_size": 32,  # Swin's windows on a 4x4 patch grid; RWKV's attention width
 }
 #: list attributes (per stage) and their small values
 SMALL_LISTS = {
@@ -287,8 +288,10 @@ def run_child(key: str) -> dict[str, Any]:
         wrapper = hf.ImageLogits(model).eval()
     else:
         if model.main_input_name == "input_features":
+            stacked = getattr(config, "feature_projection_input_dim", None)  # Wav2Vec2-BERT: (frames, stacked mels)
             bins = getattr(config, "num_mel_bins", None) or getattr(config, "feature_size", 16)
-            x = torch.randn(BATCH, bins, FRAMES, generator=generator)
+            shape = (BATCH, FRAMES, stacked) if stacked else (BATCH, bins, FRAMES)
+            x = torch.randn(*shape, generator=generator)
         else:
             x = torch.randn(BATCH, SAMPLES, generator=generator)
         wrapper = _Audio.make(model)
