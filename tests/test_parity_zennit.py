@@ -355,4 +355,5 @@ def test_every_builtin_composite_has_a_zennit_counterpart():
     from test_modern_rules import MODES
 
     oracle_tested = [composite for composite, _ in MODES]
+    oracle_tested.append("mambalrp")  # tests/test_mamba.py: against the authors' rules written as a modified gradient
     assert sorted(builtin_names()) == sorted(list(zs.BUILTIN_COMPOSITES) + oracle_tested)
