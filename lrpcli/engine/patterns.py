@@ -19,7 +19,8 @@ Two more capture fixes live here: :func:`default_masks` gives text stacks the al
 makes (under export they keep none, and BART's decoder then builds its causal mask one key too wide), and
 :func:`writes_live_values` says when a program writes in place into computed values (capture.py then
 functionalises it, as lrpcli's out-of-place graph would lose the writes). :func:`fixed_width_masks` tells export
-that a hybrid's causal mask (Jamba, Zamba2: its width read from ``cache_position``) is as wide as the text.
+that a hybrid's causal mask (Jamba, Zamba2: its width read from ``cache_position``) is as wide as the text, and
+:func:`premasked_mixers` masks a Zamba2 mixer's input without its check of the mask's values.
 """
 
 from __future__ import annotations
@@ -270,6 +271,55 @@ def _fixed_width(original: Any) -> Any:
     return update_causal_mask
 
 
+#: a mixer that masks its input's padding only where the mask is not all ones, a check on values (Zamba2)
+_MASKS_IF_PADDED = "not torch.all(attention_mask==1)"
+
+
+@contextlib.contextmanager
+def premasked_mixers(model: Any) -> Iterator[list[str]]:
+    """While the block is open, every state-space mixer of ``model`` that masks padding only ``if not
+    torch.all(attention_mask==1)`` (Zamba2's; torch.export cannot pass a check on values) gets its input times the
+    mask and no mask, where it is called without a cache; yields their paths.
+
+    Without a cache that product is the mixer's only use of the mask (transformers 4.57's ``torch_forward``), and
+    by an all-ones mask it changes nothing: the graph computes what the model computes (checked by
+    :meth:`Rewrites.checked`)."""
+    hooked: list[tuple[str, Any]] = []
+    if isinstance(model, torch.nn.Module):
+        for path, module in model.named_modules():
+            if _masks_if_padded(type(module)):
+                hooked.append((path, module.register_forward_pre_hook(_premask(module), with_kwargs=True)))
+    try:
+        yield [path or type(model).__name__ for path, _ in hooked]
+    finally:
+        for _, handle in hooked:
+            handle.remove()
+
+
+def _masks_if_padded(cls: type) -> bool:
+    try:
+        source = inspect.getsource(cls.torch_forward)
+        names = list(inspect.signature(cls.forward).parameters)
+    except (AttributeError, OSError, TypeError):
+        return False
+    return _MASKS_IF_PADDED in source and names[1:4] == ["hidden_states", "cache_params", "attention_mask"]
+
+
+def _premask(module: torch.nn.Module) -> Any:
+    signature = inspect.signature(module.forward)
+
+    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        given = signature.bind(*args, **kwargs).arguments
+        mask, states = given.get("attention_mask"), given.get("hidden_states")
+        if given.get("cache_params") is not None or not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+            return None
+        given["hidden_states"] = (states * mask[:, :, None]).to(states.dtype)
+        given["attention_mask"] = None
+        return (), dict(given)
+
+    return hook
+
+
 #: ops whose output is a view of their first argument: a write into it writes into that argument
 _VIEWS = {
     "slice", "select", "view", "_unsafe_view", "reshape", "unsqueeze", "squeeze", "expand", "transpose", "t", "permute",
@@ -319,6 +369,7 @@ class Rewrites:
         self.pooled: list[str] = []
         self.masked: list[str] = []
         self.widths: list[str] = []
+        self.premasked: list[str] = []
 
     def checked(self, graph: Any, model: torch.nn.Module, example: Any, extras: dict | None) -> Any:
         """``graph``, checked against the model's own outputs and noted, where a rewrite was made."""
@@ -335,12 +386,14 @@ class Rewrites:
                 graph, model, example, extras, f"the all-ones attention mask given to {', '.join(self.masked)}",
                 hint="give the attention mask yourself (inputs={'attention_mask': mask}), or export the model yourself (torch.export)",
             )
-        if self.widths:
+        if self.widths or self.premasked:
+            what = [f"the causal mask of {', '.join(self.widths)} as wide as the text"] if self.widths else []
+            what += [f"the mixers {', '.join(self.premasked)} given their input masked"] if self.premasked else []
             check_rewrite(
-                graph, model, example, extras, f"the causal mask of {', '.join(self.widths)} as wide as the text",
+                graph, model, example, extras, "; ".join(what),
                 hint="call the model without a cache (past_key_values=None, use_cache=False) when explaining it",
             )
-            graph = graph.replace(notes=graph.notes + [f"causal masks as wide as the text (checked equal): {', '.join(self.widths)}"])
+            graph = graph.replace(notes=graph.notes + [f"{part} (checked equal)" for part in what])
         return graph
 
 
@@ -348,8 +401,9 @@ class Rewrites:
 def rewritten(model: Any) -> Iterator[Rewrites]:
     """Every capture rewrite of this module applied to ``model`` while the block is open."""
     rewrites = Rewrites()
-    with eos_pooling(model) as pooled, default_masks(model) as masked, fixed_width_masks(model) as widths:
-        rewrites.pooled, rewrites.masked, rewrites.widths = pooled, masked, widths
+    with eos_pooling(model) as pooled, default_masks(model) as masked, fixed_width_masks(model) as widths, \
+            premasked_mixers(model) as premasked:
+        rewrites.pooled, rewrites.masked, rewrites.widths, rewrites.premasked = pooled, masked, widths, premasked
         yield rewrites
 
 
