@@ -283,3 +283,40 @@ def test_context_relevance_is_summed_per_passage_and_sentence(folder, tmp_path):
         assert total == pytest.approx(sum(generated["relevance"][:prompt_length]), abs=1e-9)  # every token counted once
     txt = lrp("explain", path, folder[2], "--continuation-col", "answer", out=tmp_path / "t.jsonl")
     assert txt.code != 0 and "CSV or JSON-lines" in txt.stderr, txt.describe()
+
+
+def test_a_float64_sliding_window_model_generates_what_transformers_generates(tmp_path):
+    """Gemma 3 with a window of 8 in float64: the pads after the prompt were masked, so a pad whose window held only
+    pads had every key masked (an all -inf softmax row: NaN), and 0 * NaN in the next layer reached the real
+    positions: lrp generated [PAD] with NaN logits. The pads are attended to now (a causal model's real positions
+    never see them): the tokens are transformers' greedy ones, the logits finite."""
+    import math
+
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from lrpcli.data.text import TextRecord, TextTokenizer
+    from lrpcli.engine.explainer import Explainer
+    from lrpcli.runs.generate import explain_generations
+    from lrpcli.sources.hf import Logits
+
+    words = "the film was good bad great boring not very".split()
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[EOS]", *words])}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = transformers.Gemma3TextConfig(vocab_size=13, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                           num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=8, sliding_window=8, pad_token_id=0,
+                                           eos_token_id=3, bos_token_id=2, attn_implementation="eager")
+    model = transformers.Gemma3ForCausalLM(config).double().eval()
+    rows = []
+
+    class Keep:
+        def write(self, batch):
+            rows.extend(batch)
+
+    explain_generations(Explainer(Logits(model), "attnlrp"), [TextRecord(1, "1", "the film was not very")],
+                        TextTokenizer(tmp_path / "tokenizer.json", 32), [Keep()], max_new_tokens=4, dtype="float64")
+    expected = model.generate(torch.tensor([[4, 5, 6, 11, 12]]), max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)[0, 5:]
+    assert [g["id"] for g in rows[0]["generated"]] == expected.tolist()
+    assert all(math.isfinite(g["logit"]) for g in rows[0]["generated"])

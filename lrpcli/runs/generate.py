@@ -160,9 +160,12 @@ def _explain_prompt(explainer, record, tokenizer, options: GenerationOptions, de
         report.note(f"generation stops at the model's {limit} positions ({room} new token(s) after a {len(prompt)}-token prompt)")
     length = batch_length(len(prompt) + count, tokenizer.max_length, fixed)
     ids = torch.full((1, length), tokenizer.pad_id, dtype=torch.int64, device=device)
-    attention = torch.zeros((1, length), dtype=torch.int64, device=device)
+    # the pads after the prompt are attended to (mask 1): a causal model's positions never see later ones, so that
+    # changes nothing before them, while a pad whose window holds only pads (sliding-window attention) would
+    # otherwise have every key masked: an all -inf softmax row, NaN, and 0 * NaN in the next layer reached the
+    # real positions (float64 Gemma 3 / Mistral generated [PAD] with NaN logits)
+    attention = torch.ones((1, length), dtype=torch.int64, device=device)
     ids[0, : len(prompt)] = torch.tensor(prompt)
-    attention[0, : len(prompt)] = 1
     inputs = (lambda a: {mask_name: a}) if mask_name else (lambda a: None)
     check_vocabulary(explainer, tokenizer, ids, inputs(attention))
     generation = _generate(explainer, ids, attention, inputs, len(prompt), count, set(options.stop_ids), forced)
@@ -182,8 +185,8 @@ def _next_token_scores(explainer: Explainer, ids: torch.Tensor, attention: torch
 
 
 def _generate(explainer, ids, attention, inputs, prompt_length: int, count: int, stops: set[int], forced: list[int] | None = None) -> Generation:
-    """Greedy decoding, or the ``forced`` tokens (teacher forcing), written into ``ids``/``attention`` as it
-    goes (the padded sequence the walk uses)."""
+    """Greedy decoding, or the ``forced`` tokens (teacher forcing), written into ``ids`` as it goes (the padded
+    sequence the walk uses)."""
     generation = Generation(prompt=ids[0, :prompt_length].tolist(), forced=forced is not None)
     for step in range(count):
         position = prompt_length + step - 1
@@ -195,7 +198,6 @@ def _generate(explainer, ids, attention, inputs, prompt_length: int, count: int,
         generation.probabilities.append(float(torch.softmax(scores.double(), 0)[token]))
         if position + 1 < ids.shape[1]:
             ids[0, position + 1] = token
-            attention[0, position + 1] = 1
         if forced is None and token in stops:
             generation.stopped = True
             break
