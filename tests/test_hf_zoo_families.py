@@ -112,6 +112,47 @@ def test_a_piecewise_activation_is_one_element_wise_node_lrp0_by_hand():
     _close(explain(model, x, "lrp_0", target=0, params=EXACT).relevance, expected.detach())
 
 
+# --------------------------------------------------------------------------- the real part of a DFT (FNet)
+
+
+class Fourier(nn.Module):
+    """FNet's token mixing, fftn(h, dim=(1, 2)).real, or a 1-d fft(h).real over the features, in a bias-free ReLU net."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = dims
+        self.lin, self.head = nn.Linear(4, 6, bias=False), nn.Linear(6, 3, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.lin(x))
+        mixed = torch.fft.fftn(h, dim=self.dims).real if len(self.dims) == 2 else torch.fft.fft(h, dim=-1).real
+        return self.head(mixed.sum(1))
+
+
+@pytest.mark.parametrize("dims", [(1, 2), (-1,)])
+def test_the_real_part_of_a_dft_is_a_linear_map_lrp0_equals_gradient_times_input(dims):
+    """Re(DFT) of a real x is a fixed linear map (cos and sin matrices), so the net stays bias-free, piecewise
+    linear and positively homogeneous: LRP-0 = gradient x input; and the graph computes the model's logits."""
+    torch.manual_seed(0)
+    model = Fourier(dims).double().eval()
+    x = torch.randn(3, 5, 4, dtype=D64)
+    result = explain(model, x, "lrp_0", target=1, params=EXACT)
+    assert torch.allclose(result.outputs, model(x).detach(), rtol=0, atol=1e-12)
+    _close(result.relevance, _gradient_times_input(model, x, 1))
+
+
+def test_a_scaled_or_padded_dft_stays_a_named_unsupported_op():
+    """fft with a size (zero padding) or a norm is not written out: the refusal names the op."""
+    from lrpcli.errors import UnsupportedOpError
+
+    class Padded(nn.Module):
+        def forward(self, x):
+            return torch.fft.fftn(x, s=(6, 4), dim=(1, 2)).real.sum(1)
+
+    with pytest.raises(UnsupportedOpError, match="fft_fftn"):
+        explain(Padded(), torch.randn(2, 5, 4), "lrp_0", target=0)
+
+
 # --------------------------------------------------------------------------- transformers' families end to end
 
 transformers = pytest.importorskip("transformers")
@@ -146,6 +187,8 @@ FAMILIES = {
     "dbrx": (_lm("DbrxForCausalLM", "DbrxConfig", d_model=16, n_heads=2, n_layers=2, max_seq_len=32, vocab_size=40,
                  attn_config={"clip_qkv": 0.3, "kv_n_heads": 1},
                  ffn_config={"ffn_hidden_size": 24, "moe_num_experts": 1, "moe_top_k": 1}), "clamp", False),
+    "fnet": (_classifier("FNetForSequenceClassification", "FNetConfig", vocab_size=40, hidden_size=16, num_hidden_layers=2,
+                         intermediate_size=24, max_position_embeddings=32), "fft_fftn", True),
     "convbert": (_classifier("ConvBertForSequenceClassification", "ConvBertConfig", embedding_size=16, head_ratio=1,
                              conv_kernel_size=3, **SMALL), "multiply", True),
 }

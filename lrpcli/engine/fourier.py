@@ -1,0 +1,112 @@
+"""The real part of a discrete Fourier transform of real values, as the linear map it is (FNet's token mixing).
+
+``fftn(x, dim=dims).real`` of a real ``x`` is a fixed linear map of ``x``: with the DFT matrix F = C - iS
+(C[j, k] = cos(2 pi j k / n), S[j, k] = sin(2 pi j k / n), both symmetric), the real part over the last dim is
+``x @ C``, and over the last two ``C_a x C_b - S_a x S_b``. Written out as products with those constant matrices
+and one subtraction, each step gets the rules of a linear map whose weights are the matrices (for LRP-0 the whole is
+gradient x input, as one linear layer's would be). Transforms over other dims, with a size ``s`` or a norm, and
+complex results used otherwise stay as the unsupported op they are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import ops
+
+_FFT = ("fft_fftn", "fft_fft", "fft_fft2")
+
+
+def _dft(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of 2 pi j k / n: the real and minus the imaginary part of the DFT matrix (j k taken mod n)."""
+    index = torch.arange(n, dtype=torch.int64)
+    angle = (index[:, None] * index[None, :] % n).to(torch.float64) * (2 * math.pi / n)
+    return torch.cos(angle).to(dtype), torch.sin(angle).to(dtype)
+
+
+def _fft_of_real_part(node: torch.fx.Node) -> list[torch.fx.Node] | None:
+    """[the fft, the nodes between it and ``node``] where ``node`` takes its real part: ``real(fft)`` or
+    ``view_as_real(fft)[..., 0]`` (as decompositions write it); else None."""
+    aten = torch.ops.aten
+    if node.op != "call_function":
+        return None
+    if node.target is aten.real.default and isinstance(node.args[0], torch.fx.Node):
+        return [node.args[0]]
+    if node.target is not aten.select.int or node.args[2:] != (0,) or not isinstance(node.args[0], torch.fx.Node):
+        return None
+    pairs = node.args[0]
+    if pairs.target is not aten.view_as_real.default or len(pairs.users) != 1 or node.args[1] not in (-1, pairs.meta["val"].ndim - 1):
+        return None
+    return [pairs.args[0], pairs]
+
+
+def _real_part_of_fft(select: torch.fx.Node) -> tuple[torch.fx.Node, list[int]] | None:
+    """``(x, dims)`` where ``select`` is the real part of ``fft(x, dims)`` of a real x over its last one or two
+    dims, unscaled and unpadded; else None."""
+    found = _fft_of_real_part(select)
+    if found is None:
+        return None
+    fft = found[0]
+    if not isinstance(fft, torch.fx.Node) or fft.op != "call_function" or ops.op_name(fft.target) not in _FFT:
+        return None
+    if len(fft.users) != 1 or fft.kwargs.get("norm") not in (None, "backward"):
+        return None
+    x = fft.args[0]
+    value = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        return None
+    size, dims = (list(fft.args[1:3]) + [None, None])[:2]
+    if ops.op_name(fft.target) == "fft_fft":  # fft(x, n, dim, norm)
+        dims = [fft.args[2] if len(fft.args) > 2 else fft.kwargs.get("dim", -1)]
+    elif dims is None:
+        dims = fft.kwargs.get("dim", [-2, -1] if ops.op_name(fft.target) == "fft_fft2" else list(range(value.ndim)))
+    if size is not None or (len(fft.args) > 3 and fft.args[3] not in (None, "backward")):
+        return None
+    dims = sorted(d % value.ndim for d in dims)
+    if not dims or len(dims) > 2 or dims[-1] != value.ndim - 1 or (len(dims) == 2 and dims[0] != value.ndim - 2):
+        return None
+    return x, dims
+
+
+def write_out_real_dfts(gm: torch.fx.GraphModule) -> None:
+    """Each ``fft(x).real`` over x's last one or two dims (FNet) as matmuls by the constant cos/sin matrices."""
+    aten = torch.ops.aten
+    for select in list(gm.graph.nodes):
+        found = _real_part_of_fft(select)
+        if found is None:
+            continue
+        x, dims = found
+        value = x.meta["val"]
+        sizes = [value.shape[d] for d in dims]
+        if not all(isinstance(n, int) for n in sizes):
+            continue
+        between = _fft_of_real_part(select)
+
+        def constant(kind: str, n: int) -> torch.fx.Node:
+            name = f"_lrp_dft_{kind}_{n}_{str(value.dtype).split('.')[-1]}"
+            if not hasattr(gm, name):
+                gm.register_buffer(name, _dft(n, value.dtype)[kind == "sin"])
+            node = gm.graph.get_attr(name)
+            node.meta["val"] = getattr(gm, name)
+            return node
+
+        def like_x(node: torch.fx.Node) -> torch.fx.Node:
+            node.meta.update(select.meta)  # the module, and the real value's shape and dtype (the same as x's)
+            return node
+
+        with gm.graph.inserting_before(select):
+            last = sizes[-1]
+            cos_last = like_x(gm.graph.call_function(aten.matmul.default, (x, constant("cos", last))))
+            if len(dims) == 1:
+                result = cos_last
+            else:
+                first = sizes[0]
+                cos_both = like_x(gm.graph.call_function(aten.matmul.default, (constant("cos", first), cos_last)))
+                sin_last = like_x(gm.graph.call_function(aten.matmul.default, (x, constant("sin", last))))
+                sin_both = like_x(gm.graph.call_function(aten.matmul.default, (constant("sin", first), sin_last)))
+                result = like_x(gm.graph.call_function(aten.sub.Tensor, (cos_both, sin_both)))
+        select.replace_all_uses_with(result)
+        for node in [select] + between[:0:-1] + between[:1]:  # users first
+            gm.graph.erase_node(node)
