@@ -126,6 +126,9 @@ def test_every_engine_module_the_capture_imports_is_part_of_the_cache_key():
 
     engine = Path(__file__).resolve().parents[1] / "lrpcli" / "engine"
     for source in ("capture.py", "builder.py"):
-        for module in re.findall(r"^from \.(\w+) import", (engine / source).read_text(encoding="utf-8"), re.M):
+        text = (engine / source).read_text(encoding="utf-8")
+        modules = re.findall(r"^from \.(\w+) import", text, re.M)
+        modules += [name.strip() for names in re.findall(r"^from \. import ([\w, ]+)$", text, re.M) for name in names.split(",")]
+        for module in modules:
             if (engine / f"{module}.py").is_file():
                 assert f"engine/{module}.py" in _GRAPH_CODE, (source, module)
