@@ -153,6 +153,31 @@ def test_a_scaled_or_padded_dft_stays_a_named_unsupported_op():
         explain(Padded(), torch.randn(2, 5, 4), "lrp_0", target=0)
 
 
+# --------------------------------------------------------------------------- type_as reads a dtype (Funnel's mask)
+
+
+class OnesMask(nn.Module):
+    """Funnel's default mask: ones(...).type_as(hidden), then scores - INF * (1 - mask): a constant, all zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.head = nn.Linear(5, 7, bias=False), nn.Linear(7, 3, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.lin(x))
+        mask = torch.ones(x.shape[0], 7).type_as(h)
+        return self.head(h - 1e6 * (1 - mask))
+
+
+def test_a_constant_cast_to_a_live_dtype_stays_constant_lrp0_equals_gradient_times_input():
+    torch.manual_seed(0)
+    model = OnesMask().double().eval()
+    x = torch.randn(4, 5, dtype=D64)
+    result = explain(model, x, "lrp_0", target=1, params=EXACT)
+    assert torch.allclose(result.outputs, model(x).detach(), rtol=0, atol=1e-12)
+    _close(result.relevance, _gradient_times_input(model, x, 1))
+
+
 # --------------------------------------------------------------------------- transformers' families end to end
 
 transformers = pytest.importorskip("transformers")
@@ -189,6 +214,8 @@ FAMILIES = {
                  ffn_config={"ffn_hidden_size": 24, "moe_num_experts": 1, "moe_top_k": 1}), "clamp", False),
     "fnet": (_classifier("FNetForSequenceClassification", "FNetConfig", vocab_size=40, hidden_size=16, num_hidden_layers=2,
                          intermediate_size=24, max_position_embeddings=32), "fft_fftn", True),
+    "funnel": (_classifier("FunnelForSequenceClassification", "FunnelConfig", vocab_size=40, block_sizes=[1, 1], d_model=16,
+                           n_head=2, d_head=8, d_inner=24), "rsub", True),
     "convbert": (_classifier("ConvBertForSequenceClassification", "ConvBertConfig", embedding_size=16, head_ratio=1,
                              conv_kernel_size=3, **SMALL), "multiply", True),
 }

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from . import fourier, ops
+from . import casts, fourier, ops
 from ..errors import ModelError
 from .experts import held
 from .graph import Graph, Node, Ref, _walk, channel_affine, complex_mul
@@ -108,6 +108,7 @@ class _Builder:
         _write_out_glu(self.gm)
         _write_out_complex_rotations(self.gm)
         fourier.write_out_real_dfts(self.gm)
+        casts.write_out_type_as(self.gm)
         for fx_node in self.gm.graph.nodes:
             if fx_node.op == "get_attr":
                 self.consts[fx_node.name] = _get_attr(self.gm, fx_node.target)
