@@ -103,6 +103,8 @@ FAMILY = {
     "reformer": {"attn_layers": ["local", "lsh"], "axial_pos_shape": (8, 8), "axial_pos_embds_dim": (16, 16),
                  "local_attn_chunk_length": 8, "lsh_attn_chunk_length": 8},  # axial factors: the width, 64 positions
     "granitemoehybrid": {"layer_types": ["mamba", "attention"]},  # the default (None) fails its own layer lookup
+    "transfo-xl": {"cutoffs": [64, 128]},
+    "mobilevit": {"hidden_sizes": [16, 24, 32]},  # three transformer stages by design  # adaptive softmax clusters inside the small vocabulary
     "gemma3n_text": {"num_kv_shared_layers": 0, "vocab_size_per_layer_input": VOCABULARY, "hidden_size_per_layer_input": 8},
     "deepseek_v2": {"num_key_value_heads": 2}, "deepseek_v3": {"num_key_value_heads": 2},  # MLA: a key per head
     "zamba": {"use_mamba_kernels": False, "attention_hidden_size": 64, "attention_head_dim": 32, "n_mamba_heads": 2,
@@ -158,17 +160,25 @@ def shrink(config: Any) -> Any:
         if value is None or isinstance(current, bool) or not isinstance(current, int):
             continue
         _set(config, name, value)
-    for name, value in FAMILY.get(getattr(config, "model_type", ""), {}).items():
-        _set(config, name, value)
     if _get(config, "vocab_size", 0) is None:  # ESM's default: no vocabulary
         _set(config, "vocab_size", VOCABULARY)
     stages = None
+    before = {name: len(value) for name, value in vars(config).items() if isinstance(value, (list, tuple))}
     for name, value in SMALL_LISTS.items():
         current = getattr(config, name, None)
         if value is None or not isinstance(current, (list, tuple)) or not current:
             continue
         stages = stages or len(value)
         setattr(config, name, list(value))
+    if stages:  # the other per-stage lists (strides, paddings, ...) and the stage count follow: their first stages
+        original = max((before.get(name, 0) for name in ("depths", "hidden_sizes", "embed_dims", "embed_dim", "depth")), default=0)
+        for name, length in before.items():
+            value = vars(config)[name]
+            if length == original and length > stages and name not in SMALL_LISTS and not name.startswith(("stage_names", "out_")):
+                config.__dict__[name] = type(value)(value[:stages])
+        for name in ("num_stages", "num_encoder_blocks"):
+            if isinstance(_get(config, name), int):
+                _set(config, name, stages)
     if stages and isinstance(getattr(config, "stage_names", None), list):
         config.stage_names = ["stem"] + [f"stage{i + 1}" for i in range(stages)]
         if hasattr(config, "out_features"):
@@ -185,11 +195,13 @@ def shrink(config: Any) -> Any:
         config.hybrid_layer_ids = [i for i, kind in enumerate(config.layers_block_type) if kind == "hybrid"]
     if isinstance(_get(config, "qk_rope_head_dim"), int) and _get(config, "head_dim") is not None:
         _set(config, "head_dim", config.qk_rope_head_dim)  # DeepSeek's rotary runs over the rope part alone
-    if isinstance(_get(config, "qk_head_dim"), int):
+    if isinstance(_get(config, "qk_head_dim"), int) and isinstance(_get(config, "qk_nope_head_dim"), int):
         _set(config, "qk_head_dim", config.qk_nope_head_dim + config.qk_rope_head_dim)
     attention = _get(config, "attn_config")
     if attention is not None and hasattr(attention, "clip_qkv") and attention.clip_qkv is None:
         attention.clip_qkv = 8.0  # DBRX clamps q/k/v by it and fails on None (its released configs say 8)
+    for name, value in FAMILY.get(getattr(config, "model_type", ""), {}).items():
+        _set(config, name, value)
     for name in ("text_config", "vision_config", "audio_config", "encoder", "decoder"):
         inner = getattr(config, name, None)
         if inner is not None and hasattr(inner, "to_dict"):
