@@ -165,15 +165,7 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
         settings=result_settings(preprocessing, options, targets, classes),
     )
 
-    remove_stale_temporaries(out, items, targets)
-    done = done_inputs(out, sfx) if options.resume else {}
-    if not options.resume:
-        partial.unlink(missing_ok=True)
-    todo = [item for item in items if item.name not in done]
-    report.skipped = len(items) - len(todo)
-    if progress and report.skipped:
-        progress(report.skipped)
-
+    todo, done = inputs_to_do(out, items, targets, sfx, options.resume, partial, report, progress)
     log = SummaryLog(partial)
 
     def forget() -> None:
@@ -273,6 +265,21 @@ def _explain_images(explainer, items, preprocessing, options, targets, classes, 
     info["runs"] = manifest.runs()  # a resumed folder holds the results of all of them (same settings)
     write_json(out / f"run{sfx}.json", info)
     return report
+
+
+def inputs_to_do(out: Path, items: list[ImageInput], targets, sfx: str, resume: bool, partial: Path, report: RunReport, progress) -> tuple[list[ImageInput], dict]:
+    """The inputs a run still has to explain (all of them, or with ``resume`` those a previous run did not finish,
+    counted as skipped) and the finished ones' rows. Temporaries of an interrupted run are removed; a fresh run
+    starts a new partial summary."""
+    remove_stale_temporaries(out, items, targets)
+    done = done_inputs(out, sfx) if resume else {}
+    if not resume:
+        partial.unlink(missing_ok=True)
+    todo = [item for item in items if item.name not in done]
+    report.skipped = len(items) - len(todo)
+    if progress and report.skipped:
+        progress(report.skipped)
+    return todo, done
 
 
 def _explain_batch(explainer, good, targets, classes, options, device, dtype, out, pool, report, preprocessing=None):

@@ -547,8 +547,8 @@ def explain_images_ray(
 
     from ..outputs import SummaryLog, output_errors, write_json, write_summary
     from ..render.heatmaps import Scale
-    from .image_files import done_inputs, input_roots, remove_stale_temporaries, result_settings, run_json
-    from .images import RunReport, render_shared
+    from .image_files import input_roots, result_settings, run_json
+    from .images import RunReport, inputs_to_do, render_shared
     from .shards import Manifest, output_lock, suffix
 
     options.scale = Scale.parse(options.scale)
@@ -575,14 +575,7 @@ def explain_images_ray(
             manifest.open(options.model_sha256, fingerprint(explainer.composite.to_dict()), len(items), resume=options.resume, overwrite=options.overwrite, settings=result_settings(preprocessing, options, targets, classes))
             partial, log = out / f"summary{sfx}.partial.csv", None
             try:
-                remove_stale_temporaries(out, items, targets)
-                done = done_inputs(out, sfx) if options.resume else {}
-                if not options.resume:
-                    partial.unlink(missing_ok=True)
-                todo = [item for item in items if item.name not in done]
-                report.skipped = len(items) - len(todo)
-                if progress and report.skipped:
-                    progress(report.skipped)
+                todo, done = inputs_to_do(out, items, targets, sfx, options.resume, partial, report, progress)
                 log = SummaryLog(partial)
                 starts = list(range(0, len(todo), options.batch_size))
                 new_rows: dict[str, list[dict[str, Any]]] = {}
