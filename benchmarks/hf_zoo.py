@@ -102,8 +102,13 @@ FAMILY = {
     "funnel": {"block_sizes": [1, 1], "block_repeats": [1, 1]},  # its layer count is the blocks' sum
     "reformer": {"attn_layers": ["local", "lsh"], "axial_pos_shape": (8, 8), "axial_pos_embds_dim": (16, 16),
                  "local_attn_chunk_length": 8, "lsh_attn_chunk_length": 8},  # axial factors: the width, 64 positions
-    "granitemoehybrid": {"layer_types": ["mamba", "attention"]},  # the default (None) fails its own layer lookup
     "transfo-xl": {"cutoffs": [64, 128]},
+    "jamba": {"use_mamba_kernels": False},  # the CUDA kernels by default
+    "mamba2": {"head_dim": 32},  # heads x head_dim = expand x width
+    "bamba": {"mamba_n_heads": 2, "mamba_d_head": 32, "mamba_n_groups": 1, "mamba_d_state": 8},
+    "granitemoehybrid": {"layer_types": ["mamba", "attention"], "mamba_n_heads": 2, "mamba_d_head": 32, "mamba_n_groups": 1,
+                         "mamba_d_state": 8},  # the default layer types (None) fail its own lookup
+    "whisper": {"max_source_positions": 8},  # Whisper takes exactly 2 x max_source_positions mel frames
     "mobilevit": {"hidden_sizes": [16, 24, 32]},  # three transformer stages by design  # adaptive softmax clusters inside the small vocabulary
     "gemma3n_text": {"num_kv_shared_layers": 0, "vocab_size_per_layer_input": VOCABULARY, "hidden_size_per_layer_input": 8},
     "deepseek_v2": {"num_key_value_heads": 2}, "deepseek_v3": {"num_key_value_heads": 2},  # MLA: a key per head
