@@ -57,3 +57,38 @@ def small_vgg_bn():
 
     torch.manual_seed(2)
     return randomize_batchnorm(VGG(cfg=(4, "M", 8, "M"), batch_norm=True, num_classes=5, hidden=16, pool_size=2))
+
+
+#: heavy repeats of a check the default run already makes on another family or form: they run with `-m slow`
+#: (`.ci/run`'s slow step) so the README's test run stays near 10 minutes on 2 cores. Each is "file::test[param]"
+#: or "file::test" as pytest names it; a name no test has any more fails the run (see below), so the list cannot rot.
+SLOW_REPEATS = {
+    "tests/test_seq2seq_capture.py::test_eos_classifiers_explain_as_the_oracle_and_conserve_with_the_ledger[UMT5]",
+    "tests/test_seq2seq_capture.py::test_eos_classifiers_explain_as_the_oracle_and_conserve_with_the_ledger[MBart]",
+    "tests/test_seq2seq_capture.py::test_eos_classifiers_explain_as_the_oracle_and_conserve_with_the_ledger[PLBart]",
+    "tests/test_seq2seq_capture.py::test_left_padded_causal_decoders_keep_their_padding_mask[MBart]",
+    "tests/test_seq2seq_capture.py::test_left_padded_causal_decoders_keep_their_padding_mask[Blenderbot]",
+    "tests/test_seq2seq_capture.py::test_a_t5_classifier_folder_explains_its_texts_as_the_api_does",
+    "tests/test_mamba.py::test_a_hybrid_with_attention_and_padding_explains",
+    "tests/test_mamba.py::test_falcon_mamba_and_mamba2_equal_the_oracle_too[falcon_mamba]",
+    "tests/test_mamba.py::test_a_mamba_folder_explains_with_mambalrp_end_to_end[mamba2]",
+    "tests/test_hybrid_masks.py::test_hybrid_explains_with_the_models_logits_and_a_closed_ledger[zamba2_left_padded]",
+    "tests/test_hybrid_masks.py::test_hybrid_explains_with_the_models_logits_and_a_closed_ledger[jamba_left_padded]",
+    "tests/test_more_ops.py::test_transformers_family_explains[llama4]",
+    "tests/test_more_ops.py::test_transformers_family_explains[modernbert_decoder]",
+    "tests/test_more_ops.py::test_transformers_family_explains[bitnet]",
+    "tests/test_more_ops.py::test_transformers_family_explains[wav2vec2_bert]",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark SLOW_REPEATS slow before `-m` selects (tryfirst: ahead of pytest's own marker selection)."""
+    named = {item.nodeid: item for item in items}
+    for nodeid in SLOW_REPEATS:
+        if nodeid in named:
+            named[nodeid].add_marker(pytest.mark.slow)
+    collected_files = {item.nodeid.split("::")[0] for item in items}
+    missing = [nodeid for nodeid in SLOW_REPEATS if nodeid.split("::")[0] in collected_files and nodeid not in named]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py SLOW_REPEATS names tests that do not exist (renamed?): {missing}")
