@@ -254,11 +254,10 @@ def test_a_causal_lm_folder_explains_the_next_token_after_each_texts_last_word(t
 
 def test_a_model_that_takes_no_attention_mask_is_wrapped_without_one():
     """FNet mixes tokens by a Fourier transform and its forward has no attention_mask: the wrapper passes none
-    when it has none (it passed attention_mask=None, a TypeError in FNet's forward)."""
+    when it has none (it passed attention_mask=None, a TypeError in FNet's forward); then it explains."""
     import transformers
 
     from lrpcli import explain
-    from lrpcli.errors import UnsupportedOpError
     from lrpcli.sources.hf import Logits
 
     torch.manual_seed(0)
@@ -270,6 +269,6 @@ def test_a_model_that_takes_no_attention_mask_is_wrapped_without_one():
         own = model(input_ids=ids).logits
     with torch.no_grad():
         assert torch.equal(Logits(model).eval()(ids), own)
-    # what stops FNet now is lrpcli's own, named: its Fourier mixing has no rule yet (it was a TypeError before)
-    with pytest.raises(UnsupportedOpError, match="fft_fftn"):
-        explain(Logits(model).eval(), ids, "epsilon_plus")
+    result = explain(Logits(model).eval(), ids, "epsilon_plus")  # its Fourier mixing: engine/fourier.py
+    assert torch.allclose(result.outputs, own, atol=1e-5)
+    assert result.relevance.shape == ids.shape and torch.isfinite(result.relevance).all()
