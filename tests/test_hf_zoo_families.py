@@ -186,14 +186,7 @@ SMALL = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_h
              max_position_embeddings=32)
 
 
-class _Logits(nn.Module):
-    def __init__(self, model, key: str = "input_ids", last: bool = False):
-        super().__init__()
-        self.model, self.key, self.last = model, key, last
-
-    def forward(self, x):
-        logits = self.model(**{self.key: x}, return_dict=True).logits
-        return logits[:, -1] if self.last else logits
+from test_more_ops import _Logits  # noqa: E402  (the same wrapper: one input by name, logits out)
 
 
 def _classifier(name: str, config: str, **kwargs):
