@@ -58,7 +58,10 @@ _add("add", "add sub")
 _add(
     "avgpool",
     "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
-    "_adaptive_avg_pool2d _adaptive_avg_pool3d",
+    "_adaptive_avg_pool2d _adaptive_avg_pool3d "
+    # (bi/tri)linear interpolation: each output a weighted average of its neighbours with constant weights, as an
+    # average pool's is, so the same proportional split (for LRP-0: gradient x input; MobileViT's resize)
+    "upsample_linear1d upsample_bilinear2d upsample_trilinear3d",
 )
 _add("reduce", "mean sum")
 _add("scale", "mul div neg complex_mul")  # complex_mul: a complex constant's rotation in real pairs (graph.py)
@@ -75,6 +78,7 @@ _add(
     # writes into an activation (functionalised: patterns.writes_live_values): the written region's relevance goes
     # to the value written, the rest to the base; repeat_interleave's copies sum back (transposes.py)
     "copy slice_scatter select_scatter index_put repeat_interleave "
+    "upsample_nearest1d upsample_nearest2d upsample_nearest3d "  # nearest interpolation copies values: a route
     "im2col",  # nn.Unfold (ConvBERT's span convolution): sliding windows copied out, zero-padded
 )
 #: ops whose value depends only on another tensor's shape, dtype and device, not its values: constants
