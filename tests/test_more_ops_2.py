@@ -62,3 +62,46 @@ def test_interpolation_is_lrp0_equal_to_gradient_times_input(mode):
     assert torch.equal(result.outputs, model(x))
     _close(result.relevance, _gradient_times_input(model, x, 1))
     assert torch.allclose(result.relevance.sum((1, 2, 3)), model(x)[:, 1].detach())  # conserved: no bias
+
+
+# --------------------------------------------------------------------------- a convolution computed by FFT (Mega's EMA)
+
+
+class FftConvolution(nn.Module):
+    """Mega's damped EMA: each channel convolved with a kernel made from parameters, by FFT (zero-padded to 2L, so the
+    circular convolution is the linear one), bias-free around it."""
+
+    def __init__(self, channels: int = 3, length: int = 5, norm: str | None = None):
+        super().__init__()
+        self.norm = norm
+        self.lin, self.head = nn.Linear(4, channels, bias=False), nn.Linear(channels * length, 2, bias=False)
+        self.damping = nn.Parameter(torch.randn(channels, 1))
+        self.scale = nn.Parameter(torch.randn(channels, 1))
+
+    def forward(self, x):  # (batch, length, 4)
+        h = F.relu(self.lin(x)).transpose(1, 2)  # (batch, channels, length)
+        length = h.shape[-1]
+        kernel = self.scale * torch.sigmoid(self.damping) ** torch.arange(length, dtype=h.dtype)  # from parameters only
+        n = 2 * length
+        ema = torch.fft.irfft(torch.fft.rfft(h, n=n, norm=self.norm) * torch.fft.rfft(kernel, n=n, norm=self.norm), n=n, norm=self.norm)
+        return self.head(ema[..., :length].flatten(1))
+
+
+@pytest.mark.parametrize("norm", [None, "ortho"])
+def test_a_convolution_by_fft_with_a_constant_kernel_is_a_linear_map(norm):
+    """irfft(rfft(x) * rfft(k)) with k from parameters is x convolved with k: a linear map of x. Written out as one,
+    LRP-0 is gradient x input on this bias-free ReLU net (Montavon et al. 2019, sec. 10.2.1), and the captured
+    logits are the model's. The hand formula for the EMA, y_t = sum_{s<=t} k_{t-s} x_s, checks the map itself.
+    Was "no LRP rule for 'fft_rfft'"."""
+    torch.manual_seed(1)
+    model = FftConvolution(norm=norm).double().eval()
+    x = torch.randn(3, 5, 4, dtype=D64)
+    result = explain(model, x, "lrp_0", target=1)
+    _close(result.outputs, model(x).detach(), rtol=1e-12)
+    _close(result.relevance, _gradient_times_input(model, x, 1))
+    h = F.relu(model.lin(x)).transpose(1, 2)
+    kernel = model.scale * torch.sigmoid(model.damping) ** torch.arange(5, dtype=D64)
+    by_hand = torch.stack([sum(kernel[:, t - s] * h[..., s] for s in range(t + 1)) for t in range(5)], -1)
+    if norm == "ortho":  # rfft and irfft each divide by sqrt(n): the product once more than the unscaled pair
+        by_hand = by_hand / (2 * 5) ** 0.5
+    _close(model.head(by_hand.flatten(1)).detach(), model(x).detach(), rtol=1e-12)

@@ -108,6 +108,7 @@ class _Builder:
         _write_out_glu(self.gm)
         _write_out_complex_rotations(self.gm)
         fourier.write_out_real_dfts(self.gm)
+        fourier.write_out_fft_convolutions(self.gm)
         casts.write_out_type_as(self.gm)
         for fx_node in self.gm.graph.nodes:
             if fx_node.op == "get_attr":

@@ -6,10 +6,17 @@
 and one subtraction, each step gets the rules of a linear map whose weights are the matrices (for LRP-0 the whole is
 gradient x input, as one linear layer's would be). Transforms over other dims, with a size ``s`` or a norm, and
 complex results used otherwise stay as the unsupported op they are.
+
+A convolution computed by FFT, ``irfft(rfft(x, n) * K, n)`` with ``K`` computed from constants only (Mega's damped
+EMA: its kernel is made from parameters), is a fixed linear map of ``x`` too: each output is ``sum_s x_s M[s, :]``
+with ``M[s, :] = irfft(rfft(e_s, n) * K, n)``, the op applied to the unit vectors. It is written out as ``x @ M``
+(M computed at capture by the model's own ops on the unit vectors, so its n, norm and padding are the model's): the
+epsilon rule of a linear map whose weights are M, for LRP-0 gradient x input.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -109,4 +116,73 @@ def write_out_real_dfts(gm: torch.fx.GraphModule) -> None:
                 result = like_x(gm.graph.call_function(aten.sub.Tensor, (cos_both, sin_both)))
         select.replace_all_uses_with(result)
         for node in [select] + between[:0:-1] + between[:1]:  # users first
+            gm.graph.erase_node(node)
+
+
+def _constant(node: torch.fx.Node, known: dict[torch.fx.Node, bool]) -> bool:
+    """Is the node's value computed from parameters, buffers and literals only?"""
+    if node not in known:
+        known[node] = node.op == "get_attr" or (node.op == "call_function" and all(_constant(a, known) for a in node.all_input_nodes))
+    return known[node]
+
+
+def _last_dim(node: torch.fx.Node, position: int) -> bool:
+    """Does this rfft/irfft act on the last dim (its ``dim`` argument at ``position``, default -1)?"""
+    dim = node.args[position] if len(node.args) > position else node.kwargs.get("dim", -1)
+    ndim = node.meta["val"].ndim if isinstance(node.meta.get("val"), torch.Tensor) else None
+    return dim == -1 or (ndim is not None and dim == ndim - 1)
+
+
+def _fft_convolution(irfft: torch.fx.Node, known: dict) -> tuple[torch.fx.Node, torch.fx.Node, torch.fx.Node, torch.fx.Node] | None:
+    """``(rfft, x, kernel, product)`` where ``irfft`` is ``irfft(rfft(x) * kernel)`` over the last dim with a constant
+    ``kernel`` and a live real ``x`` of static length; else None."""
+    if irfft.op != "call_function" or ops.op_name(irfft.target) != "fft_irfft" or not _last_dim(irfft, 2):
+        return None
+    product = irfft.args[0]
+    if not isinstance(product, torch.fx.Node) or product.target is not torch.ops.aten.mul.Tensor or len(product.users) != 1:
+        return None
+    for position in (0, 1):
+        rfft, kernel = product.args[position], product.args[1 - position]
+        if not (isinstance(rfft, torch.fx.Node) and isinstance(kernel, torch.fx.Node)) or len(rfft.users) != 1:
+            continue
+        if rfft.op != "call_function" or ops.op_name(rfft.target) != "fft_rfft" or not _last_dim(rfft, 2) or _constant(rfft, known):
+            continue
+        x = rfft.args[0]
+        value = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+        if _constant(kernel, known) and isinstance(value, torch.Tensor) and value.is_floating_point() and isinstance(value.shape[-1], int):
+            return rfft, x, kernel, product
+    return None
+
+
+def write_out_fft_convolutions(gm: torch.fx.GraphModule) -> None:
+    """Each ``irfft(rfft(x) * K)`` with a constant K (Mega's EMA) as ``x @ M``, M = the op on the unit vectors."""
+    aten = torch.ops.aten
+    known: dict[torch.fx.Node, bool] = {}
+    for irfft in list(gm.graph.nodes):
+        found = _fft_convolution(irfft, known)
+        if found is None:
+            continue
+        rfft, x, kernel, product = found
+        value = x.meta["val"]
+        length = value.shape[-1]
+        name = f"_lrp_eye_{length}_{str(value.dtype).split('.')[-1]}"
+        if not hasattr(gm, name):
+            gm.register_buffer(name, torch.eye(length, dtype=value.dtype))
+        with gm.graph.inserting_before(irfft):
+            eye = gm.graph.get_attr(name)
+            basis = gm.graph.call_function(rfft.target, (eye, *rfft.args[1:]), dict(rfft.kwargs))  # (length, F)
+            spread = gm.graph.call_function(aten.unsqueeze.default, (kernel, -2))  # (..., 1, F)
+            kernels = gm.graph.call_function(aten.mul.Tensor, (spread, basis))  # (..., length, F)
+            matrix = gm.graph.call_function(irfft.target, (kernels, *irfft.args[1:]), dict(irfft.kwargs))  # (..., length, n)
+            rows = gm.graph.call_function(aten.unsqueeze.default, (x, -2))  # (..., 1, length)
+            mapped = gm.graph.call_function(aten.matmul.default, (rows, matrix))  # (..., 1, n)
+            result = gm.graph.call_function(aten.squeeze.dim, (mapped, -2))
+        out = irfft.meta.get("val")
+        for node, val in ((rows, value), (mapped, out), (result, out)):
+            node.meta.update(irfft.meta)  # the module
+            if isinstance(val, torch.Tensor):
+                with getattr(val, "fake_mode", None) or contextlib.nullcontext():
+                    node.meta["val"] = val.unsqueeze(-2) if node is not result else val
+        irfft.replace_all_uses_with(result)
+        for node in (irfft, product, rfft):  # users first
             gm.graph.erase_node(node)
