@@ -582,6 +582,14 @@ def relu_gradient_cases() -> list[Case]:
     )
 
 
+def pass_by_name_cases() -> list[Case]:
+    """zennit 0.5.1 tests/test_rules.py test_simple_rule with Pass on the element-wise module_simple modules."""
+    from zennit.rules import Pass
+
+    zs.import_zennit()
+    return simple_rule_cases("pass_activation_by_name", ("ReLU", "Tanh", "Sigmoid", "Softplus"), [("Pass", Pass, {"rule": "pass"})])
+
+
 def relu_rules_on_softmax_cases() -> list[Case]:
     zs.import_zennit()
     return simple_rule_cases("relu_rules_on_softmax", ("Softmax",), relu_rules())
@@ -923,6 +931,11 @@ FAMILIES = [
            custom_start_cases),
     Family("captum_multi_input", "captum's several inputs", "captum tests/attr/test_lrp.py test_lrp_multi_inputs, test_lrp_multi",
            captum_multi_input_cases),
+    Family("pass_activation_by_name", "(not in issue 27) zennit's Pass on an element-wise activation, by name",
+           "zennit test_rules.py test_simple_rule, Pass on module_simple ReLU/Tanh/Sigmoid/Softplus", pass_by_name_cases,
+           why="lrpcli passes relevance through element-wise activations that no line names (equal to zennit's Pass "
+           "then), but a line naming `pass` for them is a ConfigError, so zennit's layer_map_base (Activation, "
+           "Pass()) cannot be carried over line by line", issue=False),
     Family("relu_rules_on_softmax", "(not in issue 27) zennit's ReLU rules hooked on a Softmax",
            "zennit test_rules.py test_simple_rule, ReLU rules on module_simple Softmax(dim=1)", relu_rules_on_softmax_cases,
            why="the ReLU-gradient rules serve element-wise ops; zennit's test hooks them on any module", issue=False),
@@ -1026,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     done = run(args.toy, args.family, progress=lambda line: print(line, file=sys.stderr))
     elapsed = time.perf_counter() - started
     command = "python benchmarks/peer_cases.py" + (" --toy" if args.toy else "") + "".join(f" --family {f}" for f in args.family or [])
-    versions = _versions()
+    versions = f"{_source_state()}; {_versions()}"
     text = "\n".join([
         "# The peers' cases issue 27 counted as not expressible, re-counted",
         "",
@@ -1044,6 +1057,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}", file=sys.stderr)
     bad = sum(item.count("differ", "error") + item.count("not expressible") for item in done if item.family.issue)
     return 1 if bad else 0
+
+
+def _source_state() -> str:
+    """Which lrpcli ran: the commit of the checkout it was imported from, and whether lrpcli/ had uncommitted edits."""
+    import subprocess
+
+    import lrpcli
+
+    root = Path(lrpcli.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "lrpcli"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "lrpcli outside a git checkout"
+    return f"lrpcli at {commit}" + (" with uncommitted edits under lrpcli/" if dirty else " (clean)")
 
 
 def _versions() -> str:
