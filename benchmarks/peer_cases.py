@@ -1012,10 +1012,16 @@ def details(done: list[FamilyResult]) -> str:
     out = []
     for item in done:
         fam = item.family
-        equal = [r.difference for r in item.results if r.status == "equal"]
-        largest = f"; largest difference among the equal: {max(equal):.2g}" if equal else ""
-        tol = sorted({r.case.tol for r in item.results})
-        out.append(f"- **{fam.title}** (`{fam.key}`): {fam.source}. Tolerance {', '.join(f'{t:g}' for t in tol)}{largest}.")
+        by_tol: dict[float, list[float]] = {}
+        for r in item.results:
+            by_tol.setdefault(r.case.tol, [])
+            if r.status == "equal":
+                by_tol[r.case.tol].append(r.difference)
+        tolerances = "; ".join(
+            f"tolerance {tol:g}" + (f", largest difference among the equal {max(diffs):.2g}" if diffs else "")
+            for tol, diffs in sorted(by_tol.items())
+        )
+        out.append(f"- **{fam.title}** (`{fam.key}`): {fam.source}. {tolerances.capitalize()}.")
         if fam.why:
             out.append(f"  - {fam.why}.")
         for status in ("convention", "differ", "not expressible", "error"):
@@ -1026,6 +1032,21 @@ def details(done: list[FamilyResult]) -> str:
             if len(hits) > 5:
                 out.append(f"  - ... and {len(hits) - 5} more {status}")
     return "\n".join(out)
+
+
+NOTES = """Notes:
+- Case counts: each family ports its peer tests' whole parametrisation (zennit's two default rng seeds, every
+  fixture entry), so most rows hold more cases than issue 27 counted (392 bias-free, 134 ReLU-gradient, 96 batch-norm,
+  9 stabiliser, 4 softmax, 2 DeepTaylor); the batch-norm (96) and stabiliser (9) rows match its counts.
+- Conventions converted, not counted as differences: captum hands each summand of an addition the whole relevance of
+  the sum (lrpcli splits it in proportion; the sum of lrpcli's parts equals each of captum's); LXT adds its
+  (unsigned) epsilon to 2 z in a product and to the sum of a mean's inputs, lrpcli to z and to the mean, so LXT's
+  product and mean cases run with epsilon / 2 and epsilon / n (without the conversion they differ by about 2e-8).
+- iNNvestigate's stored reference layers have all-zero biases, so its *IgnoreBias references cannot tell a bias
+  left out from one kept; its rule code written out (with a bias) does. Its LRP and gradient analyzers both seed
+  the largest output with its value.
+- A trailing softmax is always stripped (lrpcli explains the logits), so zennit's and LXT's lone-softmax cases run
+  with a ReLU after the softmax (an identity on its positive outputs)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1049,6 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         details(done),
         "",
+        NOTES,
     ])
     print(text)
     out = args.out or (None if args.toy or args.family else str(ROOT / "benchmarks" / "peer_cases_results.md"))
