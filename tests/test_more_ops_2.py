@@ -4,15 +4,23 @@ then the Hugging Face family end to end (the captured graph's logits equal the m
 - ``upsample_bilinear2d`` (MobileViT's resize of its patch grid): each output a weighted average of its neighbours
   with constant weights, split proportionally as an average pool's; ``upsample_nearest2d`` copies: a route. Both:
   LRP-0 = gradient x input on a bias-free ReLU net.
+- ``fft_rfft``/``fft_irfft`` (Mega's damped EMA): a convolution by FFT with a kernel made from parameters, written
+  out as the linear map it is; LRP-0 = gradient x input, the map against the EMA's hand formula.
+- attention weights made without a softmax (lrpcli/engine/held_kernels.py): Doge's dynamic mask (``exp``), YOSO's
+  LSH expectation kernel (``rsub``), RWKV's WKV with its stabilising maximum (``maximum``), held constant. AttnLRP
+  equals the modified-gradient oracle (tests/gradient_oracle.py) run on the same model with those parts detached.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradient_oracle import embedding_relevance
 from lrpcli import explain
 
 D64 = torch.float64
@@ -105,3 +113,121 @@ def test_a_convolution_by_fft_with_a_constant_kernel_is_a_linear_map(norm):
     if norm == "ortho":  # rfft and irfft each divide by sqrt(n): the product once more than the unscaled pair
         by_hand = by_hand / (2 * 5) ** 0.5
     _close(model.head(by_hand.flatten(1)).detach(), model(x).detach(), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- transformers' families end to end
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, max_position_embeddings=32)
+
+
+class _Logits(nn.Module):
+    """A Hugging Face model's logits for one input (the last position's for a causal LM)."""
+
+    def __init__(self, model, key: str = "input_ids", last: bool = False):
+        super().__init__()
+        self.model, self.key, self.last = model, key, last
+
+    def forward(self, x):
+        logits = self.model(**{self.key: x}, return_dict=True).logits
+        return logits[:, -1] if self.last else logits
+
+
+def _make(name: str, config: str, last: bool = False, key: str = "input_ids", **kwargs):
+    """The model in eager attention: with SDPA, Doge's eager forward drops its causal mask (transformers skips the
+    mask for SDPA's is_causal, which Doge's dynamic mask then turns off), and export keeps it."""
+
+    def build():
+        settings = getattr(transformers, config)(**({} if last else {"num_labels": 3}), **kwargs)
+        settings._attn_implementation = "eager"
+        return _Logits(getattr(transformers, name)(settings), key=key, last=last)
+
+    return build
+
+
+@contextlib.contextmanager
+def _detached(model: nn.Module, parts: dict[str, tuple[str, ...]]):
+    """The outputs of the submodules named (module type -> attribute names) detached: the oracle's form of held."""
+    handles = [
+        getattr(module, name).register_forward_hook(lambda _m, _a, out: out.detach())
+        for module in model.modules()
+        if type(module).__name__ in parts
+        for name in parts[type(module).__name__]
+    ]
+    assert handles
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+#: family -> (the model, its input, what stopped it before, its parts held: module type -> submodules)
+HELD = {
+    "doge": (_make("DogeForSequenceClassification", "DogeConfig", num_key_value_heads=1, pad_token_id=0, **SMALL), "exp", {"DogeAttention": ("dt_proj",)}),
+    "yoso": (_make("YosoForSequenceClassification", "YosoConfig", **SMALL), "rsub", {"YosoSelfAttention": ("query", "key")}),
+    "rwkv": (_make("RwkvForCausalLM", "RwkvConfig", last=True, vocab_size=40, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
+                   intermediate_size=24, context_length=32), "maximum", {"RwkvSelfAttention": ("key",)}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(HELD))
+def test_attention_weights_without_a_softmax_are_held_as_the_oracle_holds_them(family):
+    """A tiny random config in float64: the captured graph's logits equal the model's, finite relevance, and AttnLRP
+    equal to the oracle on the model whose weight-making parts are detached (to 1e-6, as tests/test_more_ops.py)."""
+    make, _before, parts = HELD[family]
+    torch.manual_seed(12)
+    model = make().double().eval()
+    ids = torch.randint(3, 40, (2, 6))
+    with torch.no_grad():
+        own = model(ids)
+    result = explain(model, ids, "attnlrp", target=1, params=EXACT)
+    assert torch.isfinite(result.relevance).all()
+    assert (result.outputs - own).abs().max() <= 1e-10 * own.abs().max()
+    with _detached(model, parts), contextlib.ExitStack() as stack:
+        if family == "rwkv":  # its feed-forward's torch.square(relu(k)): the oracle knows AttnLRP's x * x (the identity)
+            stack.enter_context(_square_as_product())
+        reference = embedding_relevance(model, ids, 1, "attnlrp")
+    _close(result.relevance, reference, rtol=1e-6)
+
+
+@contextlib.contextmanager
+def _square_as_product():
+    square = torch.square
+    torch.square = lambda x: x * x
+    try:
+        yield
+    finally:
+        torch.square = square
+
+
+class Wkv(nn.Module):
+    """RWKV's time mixing on its own: keys and values from bias-free linear maps, transformers' own WKV loop (its
+    running maximum included), a bias-free head."""
+
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.key, self.value, self.head = (nn.Linear(3, width, bias=False), nn.Linear(3, width, bias=False), nn.Linear(width, 2, bias=False))
+        self.time_decay, self.time_first = nn.Parameter(torch.randn(width)), nn.Parameter(torch.randn(width))
+
+    def forward(self, x):  # (batch, tokens, 3)
+        from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
+
+        wkv, _ = rwkv_linear_attention_cpu(self.time_decay, self.time_first, self.key(x), F.relu(self.value(x)))
+        return self.head(wkv.mean(1))
+
+
+def test_the_wkv_with_its_keys_held_conserves_and_is_gradient_times_input():
+    """out_t = sum_s w_ts v_s / sum_s w_ts: with the weights held (the keys make only them) a linear map of the values,
+    without bias; its maximum divides numerator and denominator alike and cancels. LRP-0 then conserves the logit
+    exactly and equals gradient x input of the same model with its keys detached."""
+    torch.manual_seed(3)
+    model = Wkv().double().eval()
+    x = torch.randn(3, 5, 3, dtype=D64)
+    result = explain(model, x, "lrp_0", target=0)
+    _close(result.outputs, model(x).detach(), rtol=1e-12)
+    with _detached(model, {"Wkv": ("key",)}):
+        expected = _gradient_times_input(model, x, 0)
+    _close(result.relevance, expected)
+    _close(result.relevance.sum((1, 2)), model(x)[:, 0].detach())

@@ -17,6 +17,7 @@ from ..errors import ModelError
 from .builder import from_graph_module
 from .experts import dense_experts
 from .graph import Graph
+from .held_kernels import held_kernels, note as kernel_note
 from .patterns import rewritten, writes_live_values
 from .state_space import held_selection
 
@@ -50,11 +51,13 @@ def capture(
         return graph.replace(notes=graph.notes + [note]) if note else graph
     if isinstance(model, torch.nn.Module):
         # mixture-of-experts blocks: every expert on every token; selective SSMs: their Δ, A, B, C held
-        with dense_experts(model) as swapped, held_selection(model) as held, rewritten(model) as rewrites:
+        with held_kernels(model) as kernels, dense_experts(model) as swapped, held_selection(model) as held, rewritten(model) as rewrites:
             program = export_module(model, example, exact_batch, extras).module()
         graph = from_graph_module(program, "export", extras=bool(extras), explained=explained)
         graph = rewrites.checked(graph, model, example, extras)  # patterns.py: code torch.export cannot capture
         graph = held.applied(graph, model, example, extras)  # state_space.py: Mamba-2's Δ, B, C held; checks
+        if kernels:  # held_kernels.py: attention weights made without a softmax held
+            graph = graph.replace(notes=graph.notes + [kernel_note(kernels)])
         if swapped:
             _check_dense(graph, model, example, extras, swapped)
             graph = graph.replace(notes=graph.notes + [f"mixture-of-experts blocks computed densely, the router's weights held constant: {', '.join(swapped)}"])
