@@ -67,7 +67,7 @@ class _Builder:
         self.meta: set[str] = set()  # live names that only carry sizes (sym_size and arithmetic on it)
         self.id_views: set[str] = set()  # the input and its views (reshape, casts): an embedding of these is the input
         self.extra_inputs: tuple[str, ...] = ()
-        self.fresh_storages: set[int] = set()  # storages of constants the model made itself (x.new_zeros(...))
+        self.model_storages: set[int] = set()  # storages of the model's parameters, buffers and constants: never written
 
     def build(self, extras: bool = False, explained: int = 1) -> Graph:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
@@ -114,6 +114,8 @@ class _Builder:
             if fx_node.op == "get_attr":
                 self.consts[fx_node.name] = _get_attr(self.gm, fx_node.target)
                 self.const_origin[fx_node.name] = str(fx_node.target)
+                if isinstance(self.consts[fx_node.name], torch.Tensor):
+                    self.model_storages.add(self.consts[fx_node.name].untyped_storage().data_ptr())
             elif fx_node.op == "call_function":
                 self._add(fx_node)
             elif fx_node.op == "call_module":
@@ -265,21 +267,21 @@ class _Builder:
             return False
         value = fx_node.target(torch.empty((), dtype=template.dtype), *args[1:], **self._arg(dict(fx_node.kwargs)))
         self.consts[fx_node.name] = value
-        self.fresh_storages.add(value.untyped_storage().data_ptr())
         return True
 
     def _fold(self, fx_node: torch.fx.Node, target: Any, args: tuple, kwargs: dict) -> Any:
         """The value of an op on constants only.
 
-        An in-place op on (a view of) a constant made by the model itself (``mask[h0:h1, w0:w1] = count``)
+        An in-place op on (a view of) a constant made by the model itself (``mask[h0:h1, w0:w1] = count``,
+        ProphetNet's ``(ones(...) * min)[i].triu_(1)``: any tensor the model computes, not only a ``new_zeros``)
         is applied in place, as in the model, so the fills reach the tensor later nodes read. A parameter or
-        buffer of the model is never written: there the op runs out of place.
+        buffer of the model (or a view of one) is never written: there the op runs out of place.
         """
         first = args[0] if args else None
         if (
             ops.is_inplace(fx_node.target)
             and isinstance(first, torch.Tensor)
-            and first.untyped_storage().data_ptr() in self.fresh_storages
+            and first.untyped_storage().data_ptr() not in self.model_storages
         ):
             return fx_node.target(*args, **kwargs)
         return target(*args, **kwargs)  # views (slice, view) of a fresh constant share its storage
