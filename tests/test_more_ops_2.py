@@ -9,6 +9,9 @@ then the Hugging Face family end to end (the captured graph's logits equal the m
 - attention weights made without a softmax (lrpcli/engine/held_kernels.py): Doge's dynamic mask (``exp``), YOSO's
   LSH expectation kernel (``rsub``), RWKV's WKV with its stabilising maximum (``maximum``), held constant. AttnLRP
   equals the modified-gradient oracle (tests/gradient_oracle.py) run on the same model with those parts detached.
+- ``wrap_with_set_grad_enabled`` (Reformer runs each reversible layer under no_grad): the block's ops as written;
+  ``exp(x - logsumexp(x))`` (its attentions' softmax): the softmax it is. Both against the same module written
+  plainly and against the oracle.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradient_oracle import embedding_relevance
+from gradient_oracle import embedding_relevance, modified_gradient_relevance
 from lrpcli import explain
 
 D64 = torch.float64
@@ -113,6 +116,43 @@ def test_a_convolution_by_fft_with_a_constant_kernel_is_a_linear_map(norm):
     if norm == "ortho":  # rfft and irfft each divide by sqrt(n): the product once more than the unscaled pair
         by_hand = by_hand / (2 * 5) ** 0.5
     _close(model.head(by_hand.flatten(1)).detach(), model(x).detach(), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- no-grad blocks, a softmax written out (Reformer)
+
+
+class NoGradAttention(nn.Module):
+    """Reformer's layer: the block computed under torch.no_grad() (its reversible residuals recompute it in backward),
+    the attention's softmax written as exp(s - logsumexp(s)); ``plain``: the same without either."""
+
+    def __init__(self, plain: bool = False):
+        super().__init__()
+        self.plain = plain
+        self.qkv, self.head = nn.Linear(4, 12), nn.Linear(4, 3)
+
+    def forward(self, x):  # (batch, tokens, 4)
+        with contextlib.nullcontext() if self.plain else torch.no_grad():
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            scores = q @ k.transpose(-1, -2)
+            weights = torch.softmax(scores, -1) if self.plain else torch.exp(scores - torch.logsumexp(scores, dim=-1, keepdim=True))
+            out = x + weights @ v
+        return self.head(out.mean(1))
+
+
+@pytest.mark.parametrize("composite, mode", [("attnlrp", "attnlrp"), ("cp_lrp", "cp")])
+def test_a_no_grad_block_with_a_written_out_softmax_is_explained_as_written_plainly(composite, mode):
+    """Was "no LRP rule for 'wrap_with_set_grad_enabled'", then for 'logsumexp'. The relevance equals the same module
+    written plainly (no no_grad, torch.softmax) to rounding, and the oracle's on the plain one (it reads exp and
+    logsumexp as their plain gradient, the softmax's: AttnLRP's rule written as a gradient)."""
+    torch.manual_seed(4)
+    model = NoGradAttention().double().eval()
+    plain = NoGradAttention(plain=True).double().eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(3, 5, 4, dtype=D64)
+    result = explain(model, x, composite, target=2, params=EXACT)
+    _close(result.outputs, plain(x).detach(), rtol=1e-12)
+    _close(result.relevance, explain(plain, x, composite, target=2, params=EXACT).relevance, rtol=1e-12)
+    _close(result.relevance, modified_gradient_relevance(plain, x, 2, mode), rtol=1e-9)
 
 
 # --------------------------------------------------------------------------- transformers' families end to end
@@ -231,3 +271,27 @@ def test_the_wkv_with_its_keys_held_conserves_and_is_gradient_times_input():
         expected = _gradient_times_input(model, x, 0)
     _close(result.relevance, expected)
     _close(result.relevance.sum((1, 2)), model(x)[:, 0].detach())
+
+
+def test_reformer_explains_as_the_oracle_on_it_without_no_grad():
+    """Reformer (a local and an LSH layer, 8 tokens: within one chunk, so without hashing): the captured logits are the
+    model's, and AttnLRP equals the oracle's on the same model with torch.no_grad made a no-op (the oracle's own
+    capture of a no_grad block gives no gradient at all). Was "no LRP rule for 'wrap_with_set_grad_enabled'"."""
+    make = _make("ReformerForSequenceClassification", "ReformerConfig", vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                 attention_head_size=8, feed_forward_size=24, attn_layers=["local", "lsh"], axial_pos_shape=(4, 8), axial_pos_embds_dim=(8, 8),
+                 max_position_embeddings=32, is_decoder=False, pad_token_id=0)
+    torch.manual_seed(12)
+    model = make().double().eval()
+    ids = torch.randint(3, 40, (2, 8))
+    with torch.no_grad():
+        own = model(ids)
+    result = explain(model, ids, "attnlrp", target=1, params=EXACT)
+    assert torch.isfinite(result.relevance).all()
+    assert (result.outputs - own).abs().max() <= 1e-10 * own.abs().max()
+    no_grad = torch.no_grad
+    torch.no_grad = contextlib.nullcontext
+    try:
+        reference = embedding_relevance(model, ids, 1, "attnlrp")
+    finally:
+        torch.no_grad = no_grad
+    _close(result.relevance, reference, rtol=1e-6)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from . import casts, fourier, ops
+from . import casts, fourier, ops, softmaxes
 from ..errors import ModelError
 from .experts import held
 from .graph import Graph, Node, Ref, _walk, channel_affine, complex_mul
@@ -104,12 +104,13 @@ class _Builder:
             self.batch_dims[extra.name] = 0
         input_shape = tuple(int(s) if isinstance(s, int) else -1 for s in shape)
         output_name = None
-        _inline_disabled_autocast(self.gm)
+        _inline_wrapped_blocks(self.gm)
         _write_out_glu(self.gm)
         _write_out_complex_rotations(self.gm)
         fourier.write_out_real_dfts(self.gm)
         fourier.write_out_fft_convolutions(self.gm)
         casts.write_out_type_as(self.gm)
+        softmaxes.fold_written_softmaxes(self.gm)
         for fx_node in self.gm.graph.nodes:
             if fx_node.op == "get_attr":
                 self.consts[fx_node.name] = _get_attr(self.gm, fx_node.target)
@@ -434,16 +435,24 @@ def constant_product(x: Any, y: Any) -> bool:
     return not (live[0] and constant.ndim == 2)
 
 
-def _inline_disabled_autocast(gm: torch.fx.GraphModule) -> None:
-    """A block run under ``torch.autocast(enabled=False)`` (Nemotron's LayerNorm1P) reaches us as the higher-order
-    op ``wrap_with_autocast`` around a submodule; with autocast off its ops run as written, so they are put in
-    the graph in its place (an enabled autocast, which changes the ops' dtypes, stays and is refused)."""
+def _inline_wrapped_blocks(gm: torch.fx.GraphModule) -> None:
+    """A block run under ``torch.autocast(enabled=False)`` (Nemotron's LayerNorm1P) or under ``torch.no_grad()`` /
+    ``set_grad_enabled`` reaches us as a higher-order op (``wrap_with_autocast``, ``wrap_with_set_grad_enabled``)
+    around a submodule; its ops compute as written, so they are put in the graph in its place (an enabled autocast,
+    which changes the ops' dtypes, stays and is refused). Grad mode changes no value, and relevance is no gradient:
+    the engine routes it through ``detach`` too. Reformer runs each reversible layer under no_grad because its
+    backward recomputes the layer (its gradient flows through the layer all the same); integer results computed
+    there (hashed buckets, their sort order) are held indices anyway, as every int value read by a float op is."""
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or type(node.target).__name__ != "WrapWithAutocast" or len(node.args) < 5:
+        wrapper = type(node.target).__name__ if node.op == "call_function" else ""
+        if wrapper == "WrapWithAutocast" and len(node.args) >= 5 and not node.args[2]:
+            sub_node, operands = node.args[4], node.args[5:]
+        elif wrapper == "WrapWithSetGradEnabled" and len(node.args) >= 2:
+            sub_node, operands = node.args[1], node.args[2:]
+        else:
             continue
-        enabled, sub_node, operands = node.args[2], node.args[4], node.args[5:]
         sub = getattr(gm, sub_node.target, None) if isinstance(sub_node, torch.fx.Node) and sub_node.op == "get_attr" else None
-        if enabled or not isinstance(sub, torch.fx.GraphModule):
+        if not isinstance(sub, torch.fx.GraphModule):
             continue
         body = [n for n in sub.graph.nodes if n.op not in ("placeholder", "output")]
         if any(n.op != "call_function" for n in body) or not all(user.target is operator.getitem for user in node.users):
