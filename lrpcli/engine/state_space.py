@@ -36,6 +36,23 @@ captured graph's outputs are checked against the model's own. The decays are com
 held like Ā, and LRP through the chunked form is the loop's: both are the same linear map of x with held
 coefficients.
 
+Zamba's mixer (transformers' ZambaMambaMixer) is Mamba-1's run per "mamba head": its channels split into
+``n_mamba_heads`` heads, each with its own x_proj, dt_proj, A and D, and x_proj is one parameter, not a module to
+hook. While captured without a cache, its ``slow_forward`` is :func:`chunked_zamba_forward`: the same computation
+with the heads folded into the batch and the chunked scan above, its x_proj output (Δ, B, C) passed through
+lrpcli::held as Mamba's is, and the padding mask multiplied wherever one is given (the model checks
+``torch.all(mask == 1)`` first, a check on values; multiplying by all ones changes nothing).
+
+RecurrentGemma's RG-LRU (Griffin, De et al. 2024, Sec. 2.4) computes ``h_t = a_t h_{t-1} + sqrt(1 - a_t^2)
+(i_t x_t)`` with an input gate ``i_t = sigmoid(W_x x_t + b_x)`` and a decay ``a_t = exp(-8 r_t softplus(Λ))``,
+``r_t = sigmoid(W_a x_t + b_a)``: linear in x and h once both gates are fixed. The gates are held as MambaLRP
+holds Ā and B (and as AttnLRP / CP-LRP hold a sigmoid gate, whose signal takes the relevance): while captured,
+the RG-LRU runs :func:`held_rglru_forward`, transformers' forward with both sigmoids' outputs passed through
+lrpcli::held, so the decay, ``sqrt(1 - a^2)`` and the gated input's factors are "meta" and relevance flows
+through x and the state only. transformers' forward skips ``sqrt(1 - a^2)`` while traced (its
+``is_torchdynamo_compiling()`` branch; 0.1 and more off the eager logits here): :func:`held_rglru_forward`
+always takes the eager branch, and the captured graph's outputs are checked against the model's own.
+
 The hook and the inserted ops only mark values: the captured graph computes what the model computes.
 """
 
@@ -43,6 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from typing import Any, Iterator
 
 import torch
@@ -69,6 +87,23 @@ def is_selective_mixer(module: torch.nn.Module) -> bool:
     )
 
 
+def is_multi_head_mixer(module: torch.nn.Module) -> bool:
+    """A transformers Zamba mixer: Mamba-1's, its channels split into ``n_mamba_heads`` heads, each with its own
+    ``x_proj`` (one parameter, ``x_proj_weight``, not a module to hook)."""
+    return (
+        type(module).__name__.endswith("MambaMixer")
+        and isinstance(getattr(module, "x_proj_weight", None), torch.Tensor)
+        and isinstance(getattr(module, "n_mamba_heads", None), int)
+    )
+
+
+def is_rglru(module: torch.nn.Module) -> bool:
+    """transformers' RecurrentGemma (Griffin) RG-LRU: input and recurrence gates and the log-decay's parameter."""
+    return type(module).__name__.endswith("Rglru") and all(
+        isinstance(getattr(module, name, None), torch.Tensor) for name in ("recurrent_param", "input_gate_weight", "recurrent_gate_weight")
+    )
+
+
 def _hold(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
     return torch.ops.lrpcli.held(output)
 
@@ -86,22 +121,29 @@ class Held:
         self.hooked: list[str] = []
         self.ssd: dict[str, tuple[int, int, int]] = {}  # path -> (d_inner, n_groups * d_state, heads)
         self.chunked: list[str] = []  # Mamba-1 mixers captured with the chunked scan
+        self.gated: list[str] = []  # RG-LRUs captured with their gates held
+        self.states: dict[str, Any] = {}  # each RG-LRU's recurrent_states before the capture (put back after)
 
     def applied(self, graph: Graph, model: Any = None, example: Any = None, extras: dict | None = None) -> Graph:
         """``graph`` with the Mamba-2 mixers' Δ, B and C held and a note naming every mixer held; where mixers
         were captured chunked, the graph's outputs checked against ``model``'s own on ``example``."""
-        if self.chunked and model is not None:
+        if (self.chunked or self.gated) and model is not None:
             from .patterns import check_rewrite
 
-            check_rewrite(
-                graph, model, example, extras, f"the Mamba mixers {', '.join(self.chunked)} computed a chunk at a time",
-                hint="this transformers' MambaMixer.slow_forward differs from the one lrpcli repeats (4.57); please report it",
-            )
+            if self.chunked:
+                what = f"the Mamba mixers {', '.join(self.chunked)} computed a chunk at a time"
+                hint = "this transformers' MambaMixer.slow_forward (or Zamba's) differs from the one lrpcli repeats (4.57); please report it"
+            else:
+                what = f"the RG-LRUs {', '.join(self.gated)} computed with their gates held"
+                hint = "this transformers' RecurrentGemmaRglru.forward differs from the one lrpcli repeats (4.57); please report it"
+            check_rewrite(graph, model, example, extras, what, hint=hint)
         if self.ssd:
             graph = hold_ssd_parameters(graph, self.ssd)
         notes = [note(self.hooked + list(self.ssd))] if self.hooked or self.ssd else []
         if self.chunked:
             notes.append(f"Mamba scans captured {CHUNK} tokens at a time (outputs checked equal): {', '.join(self.chunked)}")
+        if self.gated:
+            notes.append(f"RG-LRU input and recurrence gates held constant (as MambaLRP holds Δ, A-bar, B, C; outputs checked equal): {', '.join(self.gated)}")
         return graph.replace(notes=graph.notes + notes)
 
 
@@ -119,7 +161,15 @@ def held_selection(model: Any) -> Iterator[Held]:
             if callable(getattr(type(module), "_update_mamba_mask", None)) and "_update_mamba_mask" not in vars(module):
                 module._update_mamba_mask = plain_mamba_mask
                 masked.append(module)
-            if is_selective_mixer(module):
+            if is_multi_head_mixer(module) and "slow_forward" not in vars(module):
+                module.slow_forward = _chunked(module, module.slow_forward, chunked_zamba_forward)
+                found.hooked.append(path)
+                found.chunked.append(path)
+            elif is_rglru(module) and "forward" not in vars(module):
+                module.forward = functools.partial(held_rglru_forward, module)
+                found.gated.append(path)
+                found.states[path] = module.recurrent_states
+            elif is_selective_mixer(module):
                 handles.append(getattr(module, SELECTION).register_forward_hook(_hold))
                 found.hooked.append(path)
                 if type(module).__name__ in CHUNKED and "slow_forward" not in vars(module):
@@ -144,11 +194,25 @@ def held_selection(model: Any) -> Iterator[Held]:
             del module._update_mamba_mask
         for path in found.chunked:
             del model.get_submodule(path).slow_forward
+        for path, state in found.states.items():  # what export's forward left there (a cache's zeros) is no tensor
+            module = model.get_submodule(path)
+            del module.forward
+            module.recurrent_states = state
         for config in configs:
             config.use_cache = True
 
 
-def _chunked(mixer: torch.nn.Module, original: Any) -> Any:
+def _chunked(mixer: torch.nn.Module, original: Any, chunked: Any = None) -> Any:
+    """``mixer.slow_forward`` computed by ``chunked`` (:func:`chunked_mamba_forward` unless given) where it is
+    called without a cache; Zamba's takes no ``cache_position``."""
+    if chunked is not None:
+        def multi_head(input_states, cache_params=None, attention_mask=None):
+            if cache_params is not None:
+                return original(input_states, cache_params, attention_mask)
+            return chunked(mixer, input_states, attention_mask)
+
+        return multi_head
+
     def slow_forward(input_states, cache_params=None, cache_position=None, attention_mask=None):
         if cache_params is not None:
             return original(input_states, cache_params, cache_position, attention_mask)
@@ -177,9 +241,18 @@ def chunked_mamba_forward(mixer: Any, input_states: torch.Tensor, attention_mask
     log_decay = A[None, :, None, :] * discrete_time_step[:, :, :, None]  # log of discrete_A
     discrete_B = discrete_time_step[:, :, :, None] * B[:, None, :, :].float()
     deltaB_u = discrete_B * hidden_states[:, :, :, None].float()
+    scan_output = _chunked_scan(log_decay, deltaB_u, C, dtype) + hidden_states * self.D[None, :, None]
+    scan_output = scan_output * self.act(gate)
+    return self.out_proj(scan_output.transpose(1, 2))
+
+
+def _chunked_scan(log_decay: torch.Tensor, deltaB_u: torch.Tensor, C: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``y_t = C_t h_t`` of the recurrence ``h_t = exp(log_decay_t) h_{t-1} + deltaB_u_t`` from ``h_0 = 0``,
+    :data:`CHUNK` tokens at a time (the module docstring): ``log_decay`` and ``deltaB_u`` are (batch, d_inner,
+    tokens, d_state), ``C`` (batch, tokens, d_state); y is (batch, d_inner, tokens) in ``dtype``."""
     outputs, state = [], None
-    for start in range(0, seq_len, CHUNK):
-        part = slice(start, min(start + CHUNK, seq_len))
+    for start in range(0, log_decay.shape[2], CHUNK):
+        part = slice(start, min(start + CHUNK, log_decay.shape[2]))
         cumulative = torch.cumsum(log_decay[:, :, part], dim=2)  # (batch, d_inner, L, d_state)
         length = cumulative.shape[2]
         between = cumulative[:, :, :, None, :] - cumulative[:, :, None, :, :]  # [t, s]: the decay from s to t
@@ -190,15 +263,67 @@ def chunked_mamba_forward(mixer: Any, input_states: torch.Tensor, attention_mask
             states = states + torch.exp(cumulative) * state[:, :, None, :]
         state = states[:, :, -1]
         outputs.append((states.to(dtype) * C[:, None, part, :]).sum(dim=-1))
-    scan_output = torch.cat(outputs, dim=-1) + hidden_states * self.D[None, :, None]
+    return torch.cat(outputs, dim=-1)
+
+
+def chunked_zamba_forward(mixer: Any, input_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """transformers 4.57's ``ZambaMambaMixer.slow_forward`` without a cache: Mamba's mixer run per "mamba head"
+    (each head its own slice of the channels, its own x_proj, dt_proj, A and D), here the heads folded into the
+    batch and scanned :data:`CHUNK` tokens at a time. Δ, B and C (the heads' x_proj output) pass lrpcli::held, as
+    Mamba's do; the padding mask multiplies where one is given (by an all-ones mask that changes nothing: the
+    model's ``torch.all(mask == 1)`` check is on values, which torch.export cannot pass)."""
+    self = mixer
+    batch, seq_len, _ = input_states.shape
+    dtype, heads = input_states.dtype, self.n_mamba_heads
+    hidden_states, gate = self.in_proj(input_states).transpose(1, 2).view(batch, -1, 2, seq_len).chunk(2, dim=2)
+    hidden_states = hidden_states.squeeze(2).contiguous()
+    gate = gate.squeeze(2).reshape(batch, heads, -1, seq_len).transpose(0, 1)
+    if attention_mask is not None:
+        hidden_states = hidden_states * attention_mask.unsqueeze(1)
+    hidden_states = self.act(self.conv1d(hidden_states)[..., :seq_len])
+    if attention_mask is not None:
+        hidden_states = hidden_states * attention_mask.unsqueeze(1)
+    hidden_states = hidden_states.reshape(-1, heads, self.mamba_head_dim, seq_len).transpose(0, 1)  # (heads, batch, d, L)
+    ssm_parameters = torch.ops.lrpcli.held((self.x_proj_weight[:, None, :, :] @ hidden_states).transpose(-1, -2))
+    time_step, B, C = torch.split(ssm_parameters, [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1)
+    discrete_time_step = self.dt_proj_weight[:, None] @ time_step.transpose(-1, -2) + self.dt_proj_bias[:, None, :, None]
+    discrete_time_step = torch.nn.functional.softplus(discrete_time_step)
+    A = -torch.exp(self.A_log.float())
+    log_decay = A[:, None, :, None, :] * discrete_time_step[:, :, :, :, None]  # log of discrete_A
+    deltaB_u = discrete_time_step[:, :, :, :, None] * B[:, :, None, :, :].float() * hidden_states[:, :, :, :, None].float()
+    folded = (heads * batch, self.mamba_head_dim, seq_len, self.ssm_state_size)
+    scan_output = _chunked_scan(log_decay.reshape(folded), deltaB_u.reshape(folded), C.reshape(heads * batch, seq_len, -1), dtype)
+    scan_output = scan_output.reshape(heads, batch, self.mamba_head_dim, seq_len) + hidden_states * self.D[:, None, :, None]
     scan_output = scan_output * self.act(gate)
-    return self.out_proj(scan_output.transpose(1, 2))
+    return self.out_proj(scan_output.transpose(0, 1).reshape(batch, -1, seq_len).transpose(1, 2))
 
 
 def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
     """FalconMamba's ``rms_forward``: an RMS norm without weight, in float32."""
     x32 = x.to(torch.float32)
     return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def held_rglru_forward(lru: Any, activations: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """transformers 4.57's ``RecurrentGemmaRglru.forward`` with its two gates held (see the module docstring), the
+    normalisation ``sqrt(1 - a^2)`` computed as the eager model computes it (the model skips it while traced), and
+    the scan started from no state: one forward from position 0, where the model's reset zeroes any state."""
+    self = lru
+    batch_size, seq_len, lru_width = activations.shape
+    reset = position_ids[:, :, None] == 0
+    reshape_act = activations.reshape(batch_size * seq_len, self.num_attention_heads, self.block_width).permute(1, 0, 2)
+    res = torch.baddbmm(self.input_gate_bias[:, None, :], reshape_act, self.input_gate_weight)
+    input_gate = torch.ops.lrpcli.held(torch.sigmoid(res.transpose(0, 1).reshape(batch_size, seq_len, lru_width)))
+    res = torch.baddbmm(self.recurrent_gate_bias[:, None, :], reshape_act, self.recurrent_gate_weight)
+    recurrent_gate = torch.ops.lrpcli.held(torch.sigmoid(res.transpose(0, 1).reshape(batch_size, seq_len, lru_width)))
+    log_recurrent_gate = -8.0 * recurrent_gate * torch.nn.functional.softplus(self.recurrent_param)
+    recurrent_gate = torch.exp(log_recurrent_gate)
+    a_square = torch.exp(2 * log_recurrent_gate)
+    gated_inputs = activations * input_gate
+    multiplier = reset + ~reset * torch.sqrt(1 - a_square)  # the eager branch (SqrtBoundDerivative's forward)
+    normalized_x = gated_inputs * multiplier.type(activations.dtype)
+    hidden_states, _ = self._rnn_scan(hidden_states=normalized_x, recurrent_gate=recurrent_gate, reset=reset, recurrent_states=None)
+    return hidden_states
 
 
 def plain_mamba_mask(attention_mask: torch.Tensor | None, cache_position: torch.Tensor) -> torch.Tensor | None:
