@@ -12,7 +12,9 @@ Tasks: the model classes of transformers' ``MODEL_FOR_SEQUENCE_CLASSIFICATION_MA
 (``audio``), in the installed transformers. Each is built from its config class's defaults with every size
 attribute shrunk (two layers, width 32, two heads, a 256-token vocabulary, 32x32 images: ``shrink``), random weights
 (seed 0), eval mode, a batch of two (8 token ids, the last one <eos> for classifiers whose config names one, a 32x32 image, 4000 audio samples or 16 feature frames). A config
-that still makes more than ``MAX_PARAMETERS`` parameters is not run (``too large``).
+that still makes more than ``MAX_PARAMETERS`` parameters is not run (``too large``). Sizes one family ties together
+are set in ``FAMILY``, families that take another input than their task's in ``INPUTS``, each with its reason; where
+transformers' own code fails whatever the config, ``UPSTREAM`` names the fault and the row's cause says so.
 
 Models run in child processes, one after another (``--jobs`` children at once; a crash or a time-out costs that
 model alone: the rest go on in a new child) and is explained once
@@ -86,15 +88,20 @@ SMALL = {
 #: list attributes (per stage) and their small values
 SMALL_LISTS = {
     "depths": [1, 1], "hidden_sizes": [16, 32], "num_heads": [2, 2], "embed_dims": [16, 32], "embed_dim_list": [16, 32],
-    "sr_ratios": [2, 1], "mlp_ratios": [2, 2], "strides": [4, 2], "patch_sizes": [4, 2], "kernel_sizes": [3, 3],
+    "sr_ratios": [2, 1], "sequence_reduction_ratios": [2, 1], "mlp_ratios": [2, 2], "strides": [4, 2], "patch_sizes": [4, 2], "kernel_sizes": [3, 3],
     "num_attention_heads": [1, 2], "num_encoder_blocks": 2, "layer_types": None, "block_types": None,
 }
 #: sizes a default config leaves None ("derive it") that the model still reads as a number (HunYuan, Ministral's
 #: head_dim; Nemotron's key/value heads; dots1's experts): given the small value too
 FILL = ("head_dim", "num_key_value_heads", "n_routed_experts", "n_shared_experts", "num_experts_per_tok")
+#: constructor arguments for default configs that do not build alone (model_type: arguments)
+CONFIG_ARGUMENTS = {
+    "phi4_multimodal": {"vision_config": {}, "audio_config": {}},  # its default makes a vision config and drops it
+}
 #: per-layer type lists: shrunk to one layer of each type (a hybrid keeps an attention and a mamba layer)
 PER_LAYER = ("layer_types", "block_types", "layers_block_type")
-#: sizes one family ties to others, for the small widths above (attribute: value)
+#: sizes one family ties to others, for the small widths above (model_type: {attribute: value}); a key
+#: task:model_type sets its class alone, after shrink
 FAMILY = {
     "lilt": {"hidden_size": 48},  # six box embeddings of hidden_size // 6 each make hidden_size again
     "layoutlmv3": {"coordinate_size": 4, "shape_size": 8},  # 4 coordinates + 2 shapes = hidden_size
@@ -102,14 +109,47 @@ FAMILY = {
     "funnel": {"block_sizes": [1, 1], "block_repeats": [1, 1]},  # its layer count is the blocks' sum
     "reformer": {"attn_layers": ["local", "lsh"], "axial_pos_shape": (8, 8), "axial_pos_embds_dim": (16, 16),
                  "local_attn_chunk_length": 8, "lsh_attn_chunk_length": 8},  # axial factors: the width, 64 positions
-    "transfo-xl": {"cutoffs": [64, 128]},
+    "transfo-xl": {"cutoffs": [64, 128], "tie_projs": [False, True, True]},  # adaptive-softmax clusters inside the
+    # small vocabulary, one projection flag per cluster
     "jamba": {"use_mamba_kernels": False},  # the CUDA kernels by default
     "mamba2": {"head_dim": 32},  # heads x head_dim = expand x width
     "bamba": {"mamba_n_heads": 2, "mamba_d_head": 32, "mamba_n_groups": 1, "mamba_d_state": 8},
     "granitemoehybrid": {"layer_types": ["mamba", "attention"], "mamba_n_heads": 2, "mamba_d_head": 32, "mamba_n_groups": 1,
                          "mamba_d_state": 8},  # the default layer types (None) fail its own lookup
     "whisper": {"max_source_positions": 8},  # Whisper takes exactly 2 x max_source_positions mel frames
-    "mobilevit": {"hidden_sizes": [16, 24, 32]},  # three transformer stages by design  # adaptive softmax clusters inside the small vocabulary
+    "mobilevit": {"hidden_sizes": [16, 24, 32], "patch_size": 2},  # three transformer stages; 2x2 unfold patches (its
+    # own default: an 8x8 patch is larger than the 4x4 maps of a 32x32 image)
+    "mobilevitv2": {"patch_size": 2, "image_size": 64},  # 2x2 unfold patches, as MobileViT, on a 2x2 map after its
+    # 32x downsampling of a 64x64 image
+    "cvt": {"cls_token": [False, True]},  # the classifier reads the last stage's cls token
+    "efficientformer": {"resolution": 4},  # the last stage's grid: 32 / 4 (stem) / 2 (one downsample)
+    "hgnet_v2": {"stem_channels": [3, 16, 16], "stage_in_channels": [16, 32], "stage_mid_channels": [16, 16],
+                 "stage_out_channels": [32, 32], "hidden_sizes": [32, 32], "stage_numb_of_layers": [2, 2]},  # the
+    # head reads hidden_sizes[-1], which must be the last stage's output channels
+    "hiera": {"image_size": [IMAGE, IMAGE], "num_query_pool": 1, "masked_unit_size": [4, 4]},  # position embeddings
+    # for 32x32; one query pooling between the two stages (its unit: 4x4 tokens)
+    "audio-spectrogram-transformer": {"max_length": FRAMES, "frequency_stride": 4, "time_stride": 4},  # 16 frames of 16
+    # mel bins in 3x3 patches
+    "longcat_flash": {"num_key_value_heads": 2, "expert_ffn_hidden_size": 32, "zero_expert_num": 2},  # MLA: a key per
+    # head; small experts
+    "xlstm": {"hidden_size": 128, "embedding_dim": 128, "num_blocks": 2},  # its cache rounds q/k and v widths
+    # (width x 0.5, x 1) up to multiples of 64, its layers do not: a width whose both are multiples
+    "bit": {"num_groups": 2},  # group norms over the 4 and 8 bottleneck channels of the small widths
+    "efficientnet": {"strides": [1, 2], "in_channels": [32, 16], "out_channels": [16, 24], "num_block_repeats": [1, 1],
+                     "expand_ratios": [1, 6], "width_coefficient": 0.05, "depth_coefficient": 1.0},  # its first two
+    # stages ('same' padding takes no stride 4); its top conv's 1280 channels x 0.05 are the 64 of hidden_dim
+    "levit": {"patch_size": 16, "down_ops": [["Subsample", 8, 2, 4, 2, 2]]},  # its stem downsamples 16x; one
+    # subsampling between the two stages
+    "textnet": {"image_size": [IMAGE, IMAGE], "stem_out_channels": 16, "hidden_sizes": [16, 16, 32],
+                "conv_layer_kernel_sizes": [[[3, 3], [1, 3]], [[3, 3], [3, 1]]], "conv_layer_strides": [[1, 2], [2, 1]]},
+    # the stem's and each stage's output channels, two layers a stage
+    "causal:reformer": {"is_decoder": True},  # (a key: that class alone) its LM head asserts a decoder
+    "musicgen_decoder": {"num_codebooks": 1}, "musicgen_melody_decoder": {"num_codebooks": 1},  # ids come as
+    # (batch x codebooks, length): with one codebook a batch of texts is a batch
+    "mllama_text_model": {"rope_scaling": {"rope_type": "default"}},  # its rotary embedding reads rope_scaling, which
+    # the default config leaves None
+    "shieldgemma2": {"mm_tokens_per_image": 4, "yes_token_index": 3, "no_token_index": 4, "image_token_index": 5},
+    # 2x2 pooled image tokens; its Yes/No and image tokens inside the small vocabulary
     "gemma3n_text": {"num_kv_shared_layers": 0, "vocab_size_per_layer_input": VOCABULARY, "hidden_size_per_layer_input": 8},
     "deepseek_v2": {"num_key_value_heads": 2}, "deepseek_v3": {"num_key_value_heads": 2},  # MLA: a key per head
     "zamba": {"use_mamba_kernels": False, "attention_hidden_size": 64, "attention_head_dim": 32, "n_mamba_heads": 2,
@@ -232,34 +272,173 @@ def shrink(config: Any) -> Any:
     return config
 
 
-class _Audio:
-    """Built lazily: a torch Module wrapping an audio classifier (its main input by name, logits out)."""
+#: models whose forward takes another input than their task's (model_type: (input, why)); ``example`` builds it
+INPUTS = {
+    "imagegpt": ("tokens", "an image as colour-cluster token ids (input_ids), not pixels"),
+    "siglip2": ("patches", "flattened patches with their mask and grid shape, as its image processor gives them"),
+    "shieldgemma2": ("prompt", "the image beside a prompt that holds its image tokens; its head reads .logits"),
+    "audio-spectrogram-transformer": ("frames", "a spectrogram (frames, mel bins) under its input_values"),
+    "aria_text": ("outputs", "its head reads .last_hidden_state from its inner model, so it runs with return_dict"),
+}
+#: failures of transformers 4.57's own code, whatever the config (model_type: what fails): the row keeps its
+#: outcome and its cause says so
+UPSTREAM = {
+    "transfo-xl": "TransfoXLModel.forward calls arange(...).type_as(dtype=...), which takes a tensor, not a dtype",
+    "speech_to_text_2": "_init_weights reads .weight of its sinusoidal position embedding, which holds .weights",
+    "vit_hybrid": "_init_weights zeroes mask_token, which is None in the classifier (no use_mask_token)",
+}
 
-    @staticmethod
-    def make(model: Any) -> Any:
-        import torch
 
-        class AudioLogits(torch.nn.Module):
-            def __init__(self, inner: Any):
-                super().__init__()
-                self.model = inner
+def _modules() -> Any:
+    """Built lazily (the parent process never imports torch): torch Modules for the inputs of ``INPUTS``."""
+    import torch
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.model(**{inner_name: x}, return_dict=False)[0]
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner: Any, name: str = ""):
+            super().__init__()
+            self.model, self.name = inner, name
 
-        inner_name = model.main_input_name
-        return AudioLogits(model).eval()
+    class Named(Wrapped):
+        """An audio classifier: its main input by name, logits out."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(**{self.name: x}, return_dict=False)[0]
+
+    class Outputs(Wrapped):
+        """A causal LM whose head needs its inner model's output object: the last position's logits."""
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids).logits[:, -1]
+
+    class Patches(Wrapped):
+        """Siglip2: an image cut into its processor's patches (row by row, each patch (p, p, C) flattened)."""
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            b, c, h, w = image.shape
+            p = self.model.config.vision_config.patch_size
+            patches = image.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
+            mask = torch.ones(patches.shape[:2], dtype=torch.long, device=image.device)
+            shapes = torch.tensor([[h // p, w // p]] * b, device=image.device)
+            return self.model(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes, return_dict=False)[0]
+
+    class Prompt(Wrapped):
+        """ShieldGemma2: a fixed prompt with the image's tokens, and the image; its (Yes, No) logits out."""
+
+        def __init__(self, inner: Any):
+            super().__init__(inner)
+            config = inner.config
+            ids = [1] + [config.image_token_index] * config.mm_tokens_per_image + list(range(6, 6 + TOKENS))
+            self.register_buffer("prompt", torch.tensor([ids]), persistent=False)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=self.prompt.expand(image.shape[0], -1), pixel_values=image).logits
+
+    return {"named": Named, "outputs": Outputs, "patches": Patches, "prompt": Prompt}
+
+
+def example(task: str, config: Any, model: Any, generator: Any) -> tuple[Any, Any]:
+    """The batch the sweep feeds ``model`` and the Module lrpcli explains: the task's usual input through
+    lrpcli's own Hugging Face wrappers, or the input ``INPUTS`` names for the family."""
+    import torch
+
+    from lrpcli.sources import hf
+
+    kind = INPUTS.get(getattr(config, "model_type", ""), ("", ""))[0]
+    modules = _modules()
+    if task in ("seq", "causal") or kind == "tokens":
+        vocabulary = min(VOCABULARY, getattr(config, "vocab_size", VOCABULARY) or VOCABULARY)
+        x = torch.randint(2, vocabulary, (BATCH, TOKENS), generator=generator)
+        eos = getattr(config, "eos_token_id", None)
+        if task == "seq" and isinstance(eos, int) and 0 <= eos < vocabulary:
+            x[:, -1] = eos  # encoder-decoder classifiers (BART, T5) pool at the <eos> token: a text ends with one
+        if kind == "outputs":
+            return x, modules["outputs"](model).eval()
+        return x, (hf.NextTokenLogits if task == "causal" else hf.Logits)(model).eval()
+    if task == "image":
+        channels = getattr(config, "num_channels", None) or getattr(getattr(config, "vision_config", None), "num_channels", 3)
+        size = getattr(config, "image_size", None) or getattr(getattr(config, "vision_config", None), "image_size", IMAGE)
+        size = size if isinstance(size, int) else IMAGE
+        x = torch.randn(BATCH, channels, size, size, generator=generator)
+        if kind in ("patches", "prompt"):
+            return x, modules[kind](model).eval()
+        return x, hf.ImageLogits(model).eval()
+    if kind == "frames":
+        x = torch.randn(BATCH, config.max_length, config.num_mel_bins, generator=generator)
+    elif model.main_input_name == "input_features":
+        stacked = getattr(config, "feature_projection_input_dim", None)  # Wav2Vec2-BERT: (frames, stacked mels)
+        bins = getattr(config, "num_mel_bins", None) or getattr(config, "feature_size", 16)
+        shape = (BATCH, FRAMES, stacked) if stacked else (BATCH, bins, FRAMES)
+        x = torch.randn(*shape, generator=generator)
+    else:
+        x = torch.randn(BATCH, SAMPLES, generator=generator)
+    return x, modules["named"](model, model.main_input_name).eval()
 
 
 def _first_line(exc: BaseException, limit: int = 220) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:limit]
+    """The exception's type and the first line of its message that says something (transformers' ImportErrors
+    start with a blank line, then name the missing package)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()[:limit]
+
+
+def _cause(model_type: str, exc: BaseException) -> str:
+    """Why the model did not build or run: a known failure of transformers' own code first (``UPSTREAM``)."""
+    if model_type in UPSTREAM:
+        return f"transformers {_transformers_version()} bug: {UPSTREAM[model_type]} ({_first_line(exc, 120)})"
+    return _first_line(exc)
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def base_config(model_type: str, cls: Any) -> Any:
+    """The default config of ``model_type`` (with ``CONFIG_ARGUMENTS``), or ``cls``'s own config class where the
+    type's is a composite that needs its parts (MusicGen's decoder)."""
+    import transformers
+
+    mapped = transformers.CONFIG_MAPPING[model_type]
+    try:
+        return mapped(**CONFIG_ARGUMENTS.get(model_type, {}))
+    except ValueError:
+        wanted = getattr(cls, "config_class", None)
+        if wanted is None or wanted is mapped:
+            raise
+        return wanted()
+
+
+def build(key: str) -> tuple[Any, Any, int]:
+    """The tiny config of ``key``, its model in eval mode (None if over ``MAX_PARAMETERS``) and its size."""
+    import torch
+    import transformers
+
+    model_type = key.split(":", 1)[1]
+    cls = getattr(transformers, class_name(key))
+    config = shrink(base_config(model_type, cls))
+    for name, value in FAMILY.get(key, {}).items():  # settings of one task's class
+        _set(config, name, value)
+    wanted = getattr(cls, "config_class", None)
+    if wanted is not None and not isinstance(config, wanted) and isinstance(getattr(config, "text_config", None), wanted):
+        config = config.text_config  # a text-only head of a multimodal type (Emu3ForCausalLM)
+    try:
+        with torch.device("meta"):
+            size = sum(p.numel() for p in cls(config).parameters())
+    except NotImplementedError:  # a constructor that copies a tensor's value (Apertus's xIELU): built for real
+        size = sum(p.numel() for p in cls(config).parameters())
+    if size > MAX_PARAMETERS:
+        return config, None, size
+    model = cls(config).eval()
+    languages = getattr(config, "languages", None)
+    if hasattr(model, "set_default_language") and languages:
+        model.set_default_language(languages[0])  # X-MOD needs a language for its adapters
+    return config, model, size
 
 
 def run_child(key: str) -> dict[str, Any]:
     """Build, run and explain one model; one result row."""
     import torch
-    import transformers
 
     import lrpcli
     from lrpcli.errors import LrpError, ModelError, UnsupportedOpError
@@ -270,55 +449,20 @@ def run_child(key: str) -> dict[str, Any]:
     task, model_type = key.split(":", 1)
     row: dict[str, Any] = {"key": key, "task": task, "model_type": model_type, "class": class_name(key)}
     try:
-        config = shrink(transformers.CONFIG_MAPPING[model_type]())
-        cls = getattr(transformers, row["class"])
-        wanted = getattr(cls, "config_class", None)
-        if wanted is not None and not isinstance(config, wanted) and isinstance(getattr(config, "text_config", None), wanted):
-            config = config.text_config  # a text-only head of a multimodal type (Emu3ForCausalLM)
-        try:
-            with torch.device("meta"):
-                size = sum(p.numel() for p in cls(config).parameters())
-        except NotImplementedError:  # a constructor that copies a tensor's value (Apertus's xIELU): built for real
-            size = sum(p.numel() for p in cls(config).parameters())
-        if size > MAX_PARAMETERS:
-            return {**row, "outcome": "too large", "cause": f"{size / 1e6:.0f}M parameters after shrinking"}
-        model = cls(config).eval()
-        languages = getattr(config, "languages", None)
-        if hasattr(model, "set_default_language") and languages:
-            model.set_default_language(languages[0])  # X-MOD needs a language for its adapters
+        config, model, size = build(key)
     except Exception as exc:
-        return {**row, "outcome": "build", "cause": _first_line(exc)}
+        return {**row, "outcome": "build", "cause": _cause(model_type, exc)}
+    if model is None:
+        return {**row, "outcome": "too large", "cause": f"{size / 1e6:.0f}M parameters after shrinking"}
     row["parameters"] = sum(p.numel() for p in model.parameters())
-    generator = torch.Generator().manual_seed(0)
-    if task in ("seq", "causal"):
-        vocabulary = min(VOCABULARY, getattr(config, "vocab_size", VOCABULARY) or VOCABULARY)
-        x = torch.randint(2, vocabulary, (BATCH, TOKENS), generator=generator)
-        eos = getattr(config, "eos_token_id", None)
-        if task == "seq" and isinstance(eos, int) and 0 <= eos < vocabulary:
-            x[:, -1] = eos  # encoder-decoder classifiers (BART, T5) pool at the <eos> token: a text ends with one
-        wrapper = (hf.NextTokenLogits if task == "causal" else hf.Logits)(model).eval()
-    elif task == "image":
-        channels = getattr(config, "num_channels", 3)
-        size = getattr(config, "image_size", IMAGE)
-        size = size if isinstance(size, int) else IMAGE
-        x = torch.randn(BATCH, channels, size, size, generator=generator)
-        wrapper = hf.ImageLogits(model).eval()
-    else:
-        if model.main_input_name == "input_features":
-            stacked = getattr(config, "feature_projection_input_dim", None)  # Wav2Vec2-BERT: (frames, stacked mels)
-            bins = getattr(config, "num_mel_bins", None) or getattr(config, "feature_size", 16)
-            shape = (BATCH, FRAMES, stacked) if stacked else (BATCH, bins, FRAMES)
-            x = torch.randn(*shape, generator=generator)
-        else:
-            x = torch.randn(BATCH, SAMPLES, generator=generator)
-        wrapper = _Audio.make(model)
     try:
+        x, wrapper = example(task, config, model, torch.Generator().manual_seed(0))
         with torch.no_grad():
             logits = wrapper(x)
         if not isinstance(logits, torch.Tensor) or logits.shape[0] != BATCH:
             return {**row, "outcome": "model", "cause": f"the model's output is not (batch, classes): {type(logits).__name__}"}
     except Exception as exc:
-        return {**row, "outcome": "model", "cause": _first_line(exc)}
+        return {**row, "outcome": "model", "cause": _cause(model_type, exc)}
     composite = "attnlrp" if hf.is_transformer(config.to_dict()) else "epsilon_plus_flat"
     row["composite"] = composite
     try:
