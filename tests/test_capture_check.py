@@ -173,3 +173,28 @@ def test_a_model_whose_own_forward_fails_is_noted_not_refused():
 
     graph = capture(ExportOnly().eval(), torch.randn(2, 4))
     assert any("not checked against the model" in note and "runs only under torch.export" in note for note in graph.notes)
+
+
+def test_prophetnet_causal_lm_graph_is_the_model_and_explains_as_the_oracle():
+    """The case that showed it (benchmarks/hf_zoo_results.md): its n-gram mask is ``ones * finfo.min`` written in
+    place through views. Float64, tiny: the graph's logits equal the model's and AttnLRP equals the modified-gradient
+    oracle (tests/gradient_oracle.py, which runs torch.export's own graph, in-place writes and all). Its relevance
+    sums to 1e-3 of the logit or less on both sides: this random model's logit is mostly its constants' share."""
+    transformers = pytest.importorskip("transformers")
+    from gradient_oracle import embedding_relevance
+    from test_more_ops import _Logits
+
+    torch.manual_seed(12)
+    config = transformers.ProphetNetConfig(
+        vocab_size=40, hidden_size=16, num_encoder_layers=2, num_decoder_layers=2, num_encoder_attention_heads=2,
+        num_decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24, max_position_embeddings=32, ngram=2,
+        num_buckets=8, relative_max_distance=16,
+    )
+    model = _Logits(transformers.ProphetNetForCausalLM(config), last=True).double().eval()
+    x = torch.randint(3, 40, (2, 6))
+    with torch.no_grad():
+        own = model(x)
+    result = lrpcli.explain(model, x, "attnlrp", target=1, params={"epsilon": 0.0, "stabilizer": 0.0})
+    assert (result.outputs - own).abs().max() <= 1e-12 * own.abs().max()
+    expected = embedding_relevance(model, x, 1, "attnlrp")
+    assert (result.relevance - expected).abs().max() <= 1e-9 * expected.abs().max()
