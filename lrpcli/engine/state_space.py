@@ -114,8 +114,8 @@ def is_ssd_mixer(module: torch.nn.Module) -> bool:
 
 
 class Held:
-    """What :func:`held_selection` found: the Mamba-1 mixers (hooked) and the Mamba-2 mixers' sizes (for
-    :meth:`applied`), by module path."""
+    """What :func:`held_selection` found: the Mamba-1 and Zamba mixers (held, and which of them chunked), the
+    Mamba-2 mixers' sizes (for :meth:`applied`) and the RG-LRUs with their gates held, by module path."""
 
     def __init__(self) -> None:
         self.hooked: list[str] = []
@@ -150,7 +150,8 @@ class Held:
 @contextlib.contextmanager
 def held_selection(model: Any) -> Iterator[Held]:
     """While open, the ``x_proj`` output of every selective mixer of ``model`` (an nn.Module) passes
-    lrpcli::held, a hybrid's mixer mask is the attention mask, and a model with Mamba-2 mixers makes no cache;
+    lrpcli::held (Zamba's in :func:`chunked_zamba_forward`), every RG-LRU runs :func:`held_rglru_forward`, a
+    hybrid's mixer mask is the attention mask, and a model with Mamba-2 or chunked mixers makes no cache;
     yields a :class:`Held`, whose ``applied`` finishes the captured graph. The model is as it was afterwards,
     whatever happens."""
     found = Held()
