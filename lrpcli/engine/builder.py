@@ -97,6 +97,7 @@ class _Builder:
         self.id_views.add(inp.name)
         val = inp.meta.get("val")
         shape = tuple(val.shape) if val is not None else ()
+        shape = tuple(int(s) if isinstance(s, torch.SymInt) and s.node.expr.is_number else s for s in shape)  # specialised by export (Longformer's len(indices))
         dynamic = bool(shape) and not isinstance(shape[0], int)
         self.batch_symbol = shape[0].node.expr if dynamic and isinstance(shape[0], torch.SymInt) else None
         self.batch_dims[inp.name] = 0

@@ -57,7 +57,7 @@ def _captured(model: Any, example: Any, exact_batch: bool, extras: dict[str, tor
         return graph.replace(notes=graph.notes + [note]) if note else graph
     if isinstance(model, torch.nn.Module):
         # mixture-of-experts blocks: every expert on every token; selective SSMs: their Δ, A, B, C held
-        with held_kernels(model) as kernels, dense_experts(model) as swapped, held_selection(model) as held, rewritten(model) as rewrites:
+        with held_kernels(model) as kernels, dense_experts(model) as swapped, held_selection(model) as held, rewritten(model, example, extras) as rewrites:
             program = export_module(model, example, exact_batch, extras).module()
         graph = from_graph_module(program, "export", extras=bool(extras), explained=explained)
         graph = rewrites.checked(graph, model, example, extras)  # patterns.py: code torch.export cannot capture

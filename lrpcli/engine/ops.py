@@ -79,7 +79,8 @@ _add(
     # to the value written, the rest to the base; repeat_interleave's copies sum back (transposes.py)
     "copy slice_scatter select_scatter index_put repeat_interleave "
     "upsample_nearest1d upsample_nearest2d upsample_nearest3d "  # nearest interpolation copies values: a route
-    "im2col",  # nn.Unfold (ConvBERT's span convolution): sliding windows copied out, zero-padded
+    "im2col "  # nn.Unfold (ConvBERT's span convolution): sliding windows copied out, zero-padded
+    "as_strided",  # overlapping windows of a view (Longformer's sliding chunks): copies, whose relevance sums back
 )
 #: ops whose value depends only on another tensor's shape, dtype and device, not its values: constants
 FACTORY_OPS = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like", "empty_like"}

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ModelError
+from . import guards
 
 #: forward arguments the rewrite computes with; any other argument given a value keeps the model's own forward
 _POOLED_ARGS = ("input_ids", "attention_mask")
@@ -43,7 +44,7 @@ _INERT = ("return_dict", "use_cache", "output_attentions", "output_hidden_states
 def is_eos_classifier(module: torch.nn.Module) -> bool:
     """A transformers encoder-decoder sequence classifier that pools at ``<eos>`` by counting (see the module
     docstring): a ``classification_head`` over the hidden states of its base model (``transformer`` for the T5
-    family, ``model`` for the BART family), and that counting in its forward."""
+    family, ``model`` for the BART family, ``led`` for LED), and that counting in its forward."""
     if not (type(module).__name__.endswith("ForSequenceClassification") and hasattr(module, "classification_head")):
         return False
     if _base(module) is None or not isinstance(getattr(getattr(module, "config", None), "eos_token_id", None), int):
@@ -56,7 +57,7 @@ def is_eos_classifier(module: torch.nn.Module) -> bool:
 
 
 def _base(module: torch.nn.Module) -> torch.nn.Module | None:
-    for name in ("transformer", "model"):
+    for name in ("transformer", "model", "led"):
         base = getattr(module, name, None)
         if isinstance(base, torch.nn.Module):
             return base
@@ -370,6 +371,7 @@ class Rewrites:
         self.masked: list[str] = []
         self.widths: list[str] = []
         self.premasked: list[str] = []
+        self.guarded: list[str] = []  # guards.py: value checks computed another way
 
     def checked(self, graph: Any, model: torch.nn.Module, example: Any, extras: dict | None) -> Any:
         """``graph``, checked against the model's own outputs and noted, where a rewrite was made."""
@@ -394,17 +396,39 @@ class Rewrites:
                 hint="call the model without a cache (past_key_values=None, use_cache=False) when explaining it",
             )
             graph = graph.replace(notes=graph.notes + [f"{part} (checked equal)" for part in what])
+        if self.guarded:
+            check_rewrite(
+                graph, model, example, extras, "; ".join(self.guarded),
+                hint="call the model without a cache and with its default inputs (no lang_ids, no position ids), or export it yourself (torch.export)",
+            )
+            graph = graph.replace(notes=graph.notes + [f"{part} (checked equal)" for part in self.guarded])
         return graph
 
 
 @contextlib.contextmanager
-def rewritten(model: Any) -> Iterator[Rewrites]:
-    """Every capture rewrite of this module applied to ``model`` while the block is open."""
+def rewritten(model: Any, example: Any = None, extras: dict | None = None) -> Iterator[Rewrites]:
+    """Every capture rewrite of this module and of guards.py applied to ``model`` while the block is open
+    (``example``: the input, which fixes Longformer's global-token count)."""
     rewrites = Rewrites()
     with eos_pooling(model) as pooled, default_masks(model) as masked, fixed_width_masks(model) as widths, \
-            premasked_mixers(model) as premasked:
+            premasked_mixers(model) as premasked, _guards(model, example, extras) as guarded:
         rewrites.pooled, rewrites.masked, rewrites.widths, rewrites.premasked = pooled, masked, widths, premasked
+        rewrites.guarded = guarded
         yield rewrites
+
+
+@contextlib.contextmanager
+def _guards(model: Any, example: Any, extras: dict | None) -> Iterator[list[str]]:
+    """guards.py's rewrites; yields what each changed, in words."""
+    with contextlib.ExitStack() as stack:
+        done: list[str] = []
+        if example is not None:
+            done += [f"Longformer global attention of {path}" for path in stack.enter_context(guards.fixed_global_attention(model, example, extras))]
+        done += [f"the padded ids of {path} looked up as the ids and the padding" for path in stack.enter_context(guards.padded_lookups(model))]
+        done += [f"the language adapters of {path} as one" for path in stack.enter_context(guards.single_language_adapters(model))]
+        done += [f"the linear-attention mask of {path} kept" for path in stack.enter_context(guards.kept_linear_masks(model))]
+        done += [f"the per-cell positions of {path} computed densely" for path in stack.enter_context(guards.cell_positions(model))]
+        yield done
 
 
 def own_outputs(model: torch.nn.Module, example: Any, extras: dict | None) -> torch.Tensor | None:
@@ -438,6 +462,9 @@ def check_rewrite(graph: Any, model: torch.nn.Module, example: Any, extras: dict
     """The graph captured with a rewrite must compute what the model computes with its own code, on the example:
     else a ModelError naming ``what`` was rewritten (a model whose code differs from the pattern is refused, not
     explained wrongly)."""
+    lead = example[0] if isinstance(example, tuple) else example
+    if not graph.dynamic_batch and tuple(graph.input_shape[:1]) != tuple(lead.shape[:1]):
+        return  # the model's code fixed another batch size (Longformer's len(indices)): captured again for this one, checked then
     try:
         own = own_outputs(model, example, extras)
     except Exception:  # e.g. rows with different numbers of <eos>: each row on its own, as the rewrite takes them

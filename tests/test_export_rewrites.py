@@ -1,0 +1,248 @@
+"""torch.export guards in transformers' families, rewritten while capturing (lrpcli/engine/guards.py; issue 27 item 6).
+
+Each family's tiny config (float64, random weights): the captured graph's logits equal the model's own (1e-6 of the
+largest), relevance is finite (and equal to the modified-gradient oracle, tests/gradient_oracle.py, run over the
+same rewritten code, where the oracle can capture it), and the model's own code is back afterwards (no instance
+attributes, no hooks left). Before guards.py each stopped in torch.export (the guard named per test).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+
+from gradient_oracle import embedding_relevance  # noqa: E402
+from lrpcli import explain  # noqa: E402
+from lrpcli.engine.capture import capture  # noqa: E402
+from lrpcli.engine.patterns import rewritten  # noqa: E402
+from lrpcli.errors import ModelError  # noqa: E402
+
+EXACT = {"epsilon": 0.0, "stabilizer": 0.0}
+PATCHED = ("forward", "_get_global_attn_indices", "lang_adapter", "_update_linear_attn_mask")
+
+
+class Ids(nn.Module):
+    """ids (and held inputs by name) in, the logits out (the last position's for a causal LM)."""
+
+    def __init__(self, model: nn.Module, last: bool = False):
+        super().__init__()
+        self.model, self.last = model, last
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        extra = {k: v for k, v in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)) if v is not None}
+        logits = self.model(input_ids=input_ids, **extra, return_dict=True).logits
+        return logits[:, -1] if self.last else logits
+
+
+def _put_back(model: nn.Module) -> None:
+    """The model's own code again: no rewrite left as an instance attribute, no hook left registered."""
+    for name, module in model.named_modules():
+        assert not set(PATCHED) & set(vars(module)), name
+        assert not module._forward_pre_hooks and not module._forward_hooks, name
+
+
+def _equal_logits(result, own: torch.Tensor) -> None:
+    assert torch.isfinite(result.relevance).all()
+    assert (result.outputs - own).abs().max() <= 1e-6 * own.abs().max()
+
+
+def _oracle(model: nn.Module, x: torch.Tensor, target: int, **inputs) -> torch.Tensor:
+    with rewritten(model, x, inputs or None):  # the oracle's own torch.export meets the same guards
+        return embedding_relevance(model, x, target, "attnlrp", **inputs)
+
+
+# ------------------------------------------------------------------------------------------- Longformer, LED
+
+
+def _longformer() -> nn.Module:
+    config = transformers.LongformerConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+        max_position_embeddings=40, attention_window=4, pad_token_id=1, num_labels=3,
+    )
+    return Ids(transformers.LongformerForSequenceClassification(config)).double().eval()
+
+
+def test_longformer_global_attention_on_the_first_token_is_captured_and_equals_the_oracle():
+    """Before: GuardOnDataDependentSymNode Eq(u0, 1) (the encoder's ``is_global_attn = ....any().item()`` and
+    ``_get_global_attn_indices``' nonzero). The classifier puts global attention on the first token: one per row,
+    fixed for the capture. The ids are padded from 6 to 8 (the attention window) before the lookup: the tokens
+    still get relevance (padded_lookups), the same as the oracle's over the rewritten code."""
+    torch.manual_seed(0)
+    model = _longformer()
+    x = torch.randint(3, 40, (3, 6))
+    with torch.no_grad():
+        own = model(x)
+    result = explain(model, x, "attnlrp", target=1, params=EXACT)
+    _equal_logits(result, own)
+    assert result.relevance.abs().sum() > 0
+    assert any("global attention" in note for note in result.notes)
+    _put_back(model)
+    expected = _oracle(model, x, 1)
+    assert (result.relevance - expected).abs().max() <= 1e-6 * expected.abs().max()
+    _put_back(model)
+
+
+def test_longformer_rows_with_different_global_counts_are_refused_or_nan():
+    """A held global-attention mask: rows with different counts cannot share one graph (ModelError at capture);
+    a later batch whose count differs from the captured one gets NaN logits, not a wrong answer."""
+    torch.manual_seed(0)
+    inner = transformers.LongformerForSequenceClassification(_longformer().model.config).double().eval()
+
+    class Global(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, input_ids, global_attention_mask):
+            return self.model(input_ids=input_ids, global_attention_mask=global_attention_mask).logits
+
+    model = Global().eval()
+    x = torch.randint(3, 40, (2, 6))
+    uneven = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 0, 1, 0, 0, 0]])
+    with pytest.raises(ModelError, match="different numbers of global-attention tokens"):
+        explain(model, x, "attnlrp", inputs={"global_attention_mask": uneven})
+    _put_back(model)
+    two = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 1]])
+    with torch.no_grad():
+        own = model(x, two)
+    graph = capture(model, x, extras={"global_attention_mask": two})
+    with torch.no_grad():
+        assert (graph.run(x, {"global_attention_mask": two})[graph.output] - own).abs().max() <= 1e-6 * own.abs().max()
+        other = graph.run(x, {"global_attention_mask": uneven})[graph.output]
+        own_second = model(x[1:], uneven[1:])
+    assert torch.isnan(other[0]).all()  # one global token where the graph was captured for two
+    assert (other[1:] - own_second).abs().max() <= 1e-6 * own_second.abs().max()
+    _put_back(model)
+
+
+def test_led_classifier_is_captured_and_equals_the_oracle():
+    """Before: Eq(u0, 1) (the same encoder code; LED's classifier gives no global attention: the count 0) and
+    LED's <eos> counting (its base model is ``led``, which the <eos> pooling rewrite did not look for)."""
+    torch.manual_seed(0)
+    config = transformers.LEDConfig(
+        vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=24, decoder_ffn_dim=24, max_encoder_position_embeddings=32, max_decoder_position_embeddings=32,
+        attention_window=4, num_labels=3, pad_token_id=1, eos_token_id=2, bos_token_id=0, decoder_start_token_id=2,
+    )
+    model = Ids(transformers.LEDForSequenceClassification(config)).eval()  # (float32: its causal mask fails in float64)
+    x = torch.randint(3, 40, (2, 6))
+    x[:, -1] = 2
+    with torch.no_grad():
+        own = model(x)
+    result = explain(model, x, "attnlrp", target=1, params=EXACT)
+    _equal_logits(result, own)
+    assert result.relevance.abs().sum() > 0
+    _put_back(model)
+
+
+# ------------------------------------------------------------------------------------------------------- X-MOD
+
+
+def test_xmod_runs_the_default_languages_adapter():
+    """Before: Eq(u0, 0) (``torch.split(hidden, lang_lengths.tolist())``). Called without lang_ids, every row is in
+    the default language: its adapter alone (the second language's, so picking the first would differ)."""
+    torch.manual_seed(0)
+    config = transformers.XmodConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+        max_position_embeddings=40, languages=["en_XX", "de_DE"], num_labels=3,
+    )
+    inner = transformers.XmodForSequenceClassification(config)
+    inner.set_default_language("de_DE")
+    model = Ids(inner).double().eval()
+    x = torch.randint(3, 40, (2, 6))
+    with torch.no_grad():
+        own = model(x)
+    result = explain(model, x, "attnlrp", target=1, params=EXACT)
+    _equal_logits(result, own)
+    assert any("language adapters" in note and "de_DE" in note for note in result.notes)
+    _put_back(model)
+    expected = _oracle(model, x, 1)
+    assert (result.relevance - expected).abs().max() <= 1e-6 * expected.abs().max()
+
+
+# -------------------------------------------------------------------------------------------------- Qwen3-Next
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_qwen3_next_linear_attention_mask_is_kept(padded):
+    """Before: Eq(u0, 1) (``cache_position[0] > 0 or torch.all(attention_mask == 1)``). The linear-attention
+    layers now always get the mask: by an all-ones one that multiplies by 1; a padded one the model uses too.
+    (The capture only: its gated delta rule stops at ``cumsum``, an op without a rule yet.)"""
+    torch.manual_seed(0)
+    config = transformers.Qwen3NextConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+        intermediate_size=24, layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=2,
+        linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=1, linear_num_value_heads=2,
+        num_experts=2, num_experts_per_tok=1, moe_intermediate_size=8, shared_expert_intermediate_size=8,
+        max_position_embeddings=32,
+    )
+    model = Ids(transformers.Qwen3NextForCausalLM(config), last=True).double().eval()
+    x = torch.randint(3, 40, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    if padded:
+        mask[1, :2] = 0  # left padding, as the linear attention expects it
+    with torch.no_grad():
+        own = model(x, mask)
+    graph = capture(model, x, extras={"attention_mask": mask})
+    with torch.no_grad():
+        got = graph.run(x, {"attention_mask": mask})[graph.output]
+    assert (got - own).abs().max() <= 1e-6 * own.abs().max()
+    assert any("linear-attention mask" in note for note in graph.notes)
+    _put_back(model)
+
+
+# ------------------------------------------------------------------------------------------------------- TAPAS
+
+
+def _tapas_config():
+    return transformers.TapasConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+        max_position_embeddings=40, type_vocab_sizes=[3, 4, 4, 2, 4, 4, 4], num_labels=3,
+    )
+
+
+def _table_types(batch: int, length: int) -> torch.Tensor:
+    """Token types of a question then a small table: segment, column, row ids in cells of two or three tokens."""
+    types = torch.zeros(batch, length, 7, dtype=torch.long)
+    types[:, 2:, 0] = 1
+    for b in range(batch):
+        for t in range(2, length):
+            cell = (t - 2 + b) // 2
+            types[b, t, 1], types[b, t, 2] = 1 + cell % 3, cell // 3
+    return types
+
+
+def test_tapas_first_cell_positions_equal_its_segment_reductions():
+    """The dense per-cell positions equal TAPAS's own IndexMap / reduce_min / gather (run eagerly)."""
+    from transformers.models.tapas import modeling_tapas as tapas
+
+    from lrpcli.engine import guards
+
+    types = _table_types(3, 9)
+    col = tapas.IndexMap(types[:, :, 1], 4, batch_dims=1)
+    row = tapas.IndexMap(types[:, :, 2], 4, batch_dims=1)
+    full = tapas.ProductIndexMap(col, row)
+    positions = torch.arange(9).unsqueeze(0).expand(3, 9)
+    first = tapas.gather(tapas.reduce_min(positions, full)[0], full)
+    expected = torch.min(torch.as_tensor(39), torch.arange(9).unsqueeze(0) - first)
+    assert torch.equal(guards.first_cell_positions(types, 40), expected)
+    assert not torch.equal(expected, positions)  # the positions do restart per cell
+
+
+def test_tapas_per_cell_positions_are_captured_and_equal_the_oracle():
+    """Before: 'The tensor has a non-zero number of elements, but its data is not allocated yet' (the segment
+    reductions' ``.tolist()`` of a fake tensor). A table's token types held: positions restart per cell."""
+    torch.manual_seed(0)
+    model = Ids(transformers.TapasForSequenceClassification(_tapas_config())).double().eval()
+    x = torch.randint(3, 40, (2, 9))
+    types = _table_types(2, 9)
+    with torch.no_grad():
+        own = model(x, token_type_ids=types)
+    result = explain(model, x, "attnlrp", target=1, params=EXACT, inputs={"token_type_ids": types})
+    _equal_logits(result, own)
+    _put_back(model)
+    expected = _oracle(model, x, 1, token_type_ids=types)
+    assert (result.relevance - expected).abs().max() <= 1e-6 * expected.abs().max()
