@@ -98,9 +98,12 @@ def is_multi_head_mixer(module: torch.nn.Module) -> bool:
 
 
 def is_rglru(module: torch.nn.Module) -> bool:
-    """transformers' RecurrentGemma (Griffin) RG-LRU: input and recurrence gates and the log-decay's parameter."""
-    return type(module).__name__.endswith("Rglru") and all(
-        isinstance(getattr(module, name, None), torch.Tensor) for name in ("recurrent_param", "input_gate_weight", "recurrent_gate_weight")
+    """transformers' RecurrentGemma (Griffin) RG-LRU: input and recurrence gates, the log-decay's parameter and the
+    scan :func:`held_rglru_forward` calls."""
+    return (
+        type(module).__name__.endswith("Rglru")
+        and callable(getattr(module, "_rnn_scan", None))
+        and all(isinstance(getattr(module, name, None), torch.Tensor) for name in ("recurrent_param", "input_gate_weight", "recurrent_gate_weight"))
     )
 
 
