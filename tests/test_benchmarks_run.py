@@ -50,16 +50,26 @@ def test_hf_zoo_builds_and_runs_each_fixed_family(key):
     assert logits.shape[0] == hf_zoo.BATCH and logits.dim() == 2 and torch.isfinite(logits).all(), logits.shape
 
 
+@pytest.fixture
+def run_child():
+    """hf_zoo.run_child, with the thread count it sets for its child processes put back for this one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield hf_zoo.run_child
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("key", ["seq:transfo-xl", "causal:speech_to_text_2"])
-def test_hf_zoo_names_transformers_own_faults(key):
-    row = hf_zoo.run_child(key)
+def test_hf_zoo_names_transformers_own_faults(key, run_child):
+    row = run_child(key)
     assert row["outcome"] in ("model", "build") and row["cause"].startswith("transformers 4."), row
     assert "bug:" in row["cause"] and ("type_as" in row["cause"] or ".weight" in row["cause"]), row
 
 
-def test_hf_zoo_cause_names_a_missing_package():
+def test_hf_zoo_cause_names_a_missing_package(run_child):
     # transformers' ImportErrors start with a blank line: the cause was "ImportError: " alone
-    row = hf_zoo.run_child("seq:qdqbert")
+    row = run_child("seq:qdqbert")
     assert row["outcome"] == "build" and "requires the pytorch-quantization library" in row["cause"], row
 
 
