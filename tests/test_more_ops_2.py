@@ -6,12 +6,14 @@ then the Hugging Face family end to end (the captured graph's logits equal the m
   LRP-0 = gradient x input on a bias-free ReLU net.
 - ``fft_rfft``/``fft_irfft`` (Mega's damped EMA): a convolution by FFT with a kernel made from parameters, written
   out as the linear map it is; LRP-0 = gradient x input, the map against the EMA's hand formula.
+  Its gated residual ``addcmul(x, gate, h - x)``: the sum and product it computes, the gate held as every other.
 - attention weights made without a softmax (lrpcli/engine/held_kernels.py): Doge's dynamic mask (``exp``), YOSO's
   LSH expectation kernel (``rsub``), RWKV's WKV with its stabilising maximum (``maximum``), held constant. AttnLRP
   equals the modified-gradient oracle (tests/gradient_oracle.py) run on the same model with those parts detached.
 - ``wrap_with_set_grad_enabled`` (Reformer runs each reversible layer under no_grad): the block's ops as written;
   ``exp(x - logsumexp(x))`` (its attentions' softmax): the softmax it is. Both against the same module written
   plainly and against the oracle.
+- the families end to end (Doge, YOSO, Mega, Reformer; RWKV and MobileViT with -m slow): AttnLRP equals the oracle.
 """
 
 from __future__ import annotations
@@ -118,6 +120,35 @@ def test_a_convolution_by_fft_with_a_constant_kernel_is_a_linear_map(norm):
     _close(model.head(by_hand.flatten(1)).detach(), model(x).detach(), rtol=1e-12)
 
 
+class GatedResidual(nn.Module):
+    """Mega's layer output: ``addcmul(x, gate, h - x)``, a sigmoid gate between the residual and the new value;
+    ``plain``: the same written ``x + gate * (h - x)``."""
+
+    def __init__(self, plain: bool = False):
+        super().__init__()
+        self.plain = plain
+        self.gate, self.update, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        gate, h = torch.sigmoid(self.gate(x)), F.silu(self.update(x))
+        out = x + gate * (h - x) if self.plain else torch.addcmul(x, gate, h - x)
+        return self.head(out)
+
+
+@pytest.mark.parametrize("composite, mode", [("attnlrp", "attnlrp"), ("cp_lrp", "cp")])
+def test_addcmul_is_the_sum_and_product_it_computes(composite, mode):
+    """Mega's next stop after its FFT: "no LRP rule for 'addcmul'". Written out, its product is a gate like every
+    other sigmoid gate: the relevance equals the plain module's and the oracle's (the gate held, the signal taking all)."""
+    torch.manual_seed(5)
+    model, plain = GatedResidual().double().eval(), GatedResidual(plain=True).double().eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(3, 4, dtype=D64)
+    result = explain(model, x, composite, target=0, params=EXACT)
+    _close(result.outputs, plain(x).detach(), rtol=1e-12)
+    _close(result.relevance, explain(plain, x, composite, target=0, params=EXACT).relevance, rtol=1e-12)
+    _close(result.relevance, modified_gradient_relevance(plain, x, 0, mode), rtol=1e-9)
+
+
 # --------------------------------------------------------------------------- no-grad blocks, a softmax written out (Reformer)
 
 
@@ -203,43 +234,81 @@ def _detached(model: nn.Module, parts: dict[str, tuple[str, ...]]):
             handle.remove()
 
 
-#: family -> (the model, its input, what stopped it before, its parts held: module type -> submodules)
-HELD = {
-    "doge": (_make("DogeForSequenceClassification", "DogeConfig", num_key_value_heads=1, pad_token_id=0, **SMALL), "exp", {"DogeAttention": ("dt_proj",)}),
-    "yoso": (_make("YosoForSequenceClassification", "YosoConfig", **SMALL), "rsub", {"YosoSelfAttention": ("query", "key")}),
-    "rwkv": (_make("RwkvForCausalLM", "RwkvConfig", last=True, vocab_size=40, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
-                   intermediate_size=24, context_length=32), "maximum", {"RwkvSelfAttention": ("key",)}),
-}
-
-
-@pytest.mark.parametrize("family", sorted(HELD))
-def test_attention_weights_without_a_softmax_are_held_as_the_oracle_holds_them(family):
-    """A tiny random config in float64: the captured graph's logits equal the model's, finite relevance, and AttnLRP
-    equal to the oracle on the model whose weight-making parts are detached (to 1e-6, as tests/test_more_ops.py)."""
-    make, _before, parts = HELD[family]
-    torch.manual_seed(12)
-    model = make().double().eval()
-    ids = torch.randint(3, 40, (2, 6))
-    with torch.no_grad():
-        own = model(ids)
-    result = explain(model, ids, "attnlrp", target=1, params=EXACT)
-    assert torch.isfinite(result.relevance).all()
-    assert (result.outputs - own).abs().max() <= 1e-10 * own.abs().max()
-    with _detached(model, parts), contextlib.ExitStack() as stack:
-        if family == "rwkv":  # its feed-forward's torch.square(relu(k)): the oracle knows AttnLRP's x * x (the identity)
-            stack.enter_context(_square_as_product())
-        reference = embedding_relevance(model, ids, 1, "attnlrp")
-    _close(result.relevance, reference, rtol=1e-6)
-
-
 @contextlib.contextmanager
-def _square_as_product():
-    square = torch.square
-    torch.square = lambda x: x * x
+def _replaced(name: str, function):
+    """``torch.<name>`` replaced while the oracle captures the model (restored whatever happens)."""
+    own = getattr(torch, name)
+    setattr(torch, name, function)
     try:
         yield
     finally:
-        torch.square = square
+        setattr(torch, name, own)
+
+
+#: what the oracle cannot read as written, given as the same function it can: RWKV's torch.square(relu(k)) as x * x
+#: (AttnLRP's product rule: the identity; square has no rule there), Mega's addcmul as x + a * b, Reformer's no_grad
+#: blocks as no-ops (its own capture of one gives no gradient at all)
+SQUARE, ADDCMUL = ("square", lambda x: x * x), ("addcmul", lambda x, a, b, value=1: x + value * (a * b))
+NO_GRAD = ("no_grad", contextlib.nullcontext)
+
+#: family -> (the model, its input, what stopped it before, parts the oracle detaches (held: module type ->
+#: submodules), torch functions the oracle reads in another form, how far the graph's logits may be from the model's)
+FAMILIES = {
+    "doge": (_make("DogeForSequenceClassification", "DogeConfig", num_key_value_heads=1, pad_token_id=0, **SMALL), "ids", "exp",
+             {"DogeAttention": ("dt_proj",)}, (), 1e-10),
+    "yoso": (_make("YosoForSequenceClassification", "YosoConfig", **SMALL), "ids", "rsub", {"YosoSelfAttention": ("query", "key")}, (), 1e-10),
+    "rwkv": (_make("RwkvForCausalLM", "RwkvConfig", last=True, vocab_size=40, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
+                   intermediate_size=24, context_length=32), "ids", "maximum", {"RwkvSelfAttention": ("key",)}, (SQUARE,), 1e-10),
+    "mega": (_make("MegaForSequenceClassification", "MegaConfig", vocab_size=40, hidden_size=16, num_hidden_layers=1, intermediate_size=24,
+                   ema_projection_size=4, shared_representation_size=8, nffn_hidden_size=24, max_positions=32, pad_token_id=0), "ids",
+             "fft_rfft", {}, (ADDCMUL,), 1e-6),  # its EMA runs in float32
+    "reformer": (_make("ReformerForSequenceClassification", "ReformerConfig", vocab_size=40, hidden_size=16, num_hidden_layers=2,
+                       num_attention_heads=2, attention_head_size=8, feed_forward_size=24, attn_layers=["local", "lsh"],
+                       axial_pos_shape=(4, 8), axial_pos_embds_dim=(8, 8), max_position_embeddings=32, is_decoder=False, pad_token_id=0),
+                 "ids8", "wrap_with_set_grad_enabled", {}, (NO_GRAD,), 1e-10),  # 8 tokens: one chunk, no hashing
+    "mobilevit": (_make("MobileViTForImageClassification", "MobileViTConfig", key="pixel_values", image_size=32, patch_size=8,
+                        hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8, 8, 16, 16, 16, 16, 32], num_attention_heads=2, expand_ratio=2.0,
+                        mlp_ratio=2.0), "pixels", "upsample_bilinear2d", {}, (), 1e-10),
+}
+INPUTS = {"ids": lambda: torch.randint(3, 40, (2, 6)), "ids8": lambda: torch.randint(3, 40, (2, 8)),
+          "pixels": lambda: torch.randn(2, 3, 32, 32, dtype=D64)}
+#: heavy (30-60 s here): their ops have fast checks above (the WKV alone, interpolation on a tiny net)
+SLOW = {"rwkv", "mobilevit"}
+
+
+def _scaled_weights(model: nn.Module) -> None:
+    """MobileViT's initialisation (std 0.02 through 20 layers) gives logits of 1e-53: weights of a usable size."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.ndim > 1:
+                parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+            elif name.endswith("weight"):
+                parameter.copy_(0.5 + torch.rand(parameter.shape, generator=generator, dtype=parameter.dtype))
+
+
+@pytest.mark.parametrize("family", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in sorted(FAMILIES)])
+def test_transformers_family_explains_as_the_oracle(family):
+    """A tiny random config in float64: the captured graph's logits equal the model's, finite relevance, and AttnLRP
+    equal to the oracle (to 1e-6, as tests/test_more_ops.py) on the same model with its held parts detached."""
+    make, kind, _before, parts, replaced, gap = FAMILIES[family]
+    torch.manual_seed(12)
+    model = make().double().eval()
+    if family == "mobilevit":
+        _scaled_weights(model)
+    x = INPUTS[kind]()
+    with torch.no_grad():
+        own = model(x)
+    result = explain(model, x, "attnlrp", target=1, params=EXACT)
+    assert torch.isfinite(result.relevance).all()
+    assert (result.outputs - own).abs().max() <= gap * own.abs().max()
+    with contextlib.ExitStack() as stack:
+        if parts:
+            stack.enter_context(_detached(model, parts))
+        for name, function in replaced:
+            stack.enter_context(_replaced(name, function))
+        reference = embedding_relevance(model, x, 1, "attnlrp") if kind.startswith("ids") else modified_gradient_relevance(model, x, 1, "attnlrp")
+    _close(result.relevance, reference, rtol=1e-6)
 
 
 class Wkv(nn.Module):
@@ -272,26 +341,3 @@ def test_the_wkv_with_its_keys_held_conserves_and_is_gradient_times_input():
     _close(result.relevance, expected)
     _close(result.relevance.sum((1, 2)), model(x)[:, 0].detach())
 
-
-def test_reformer_explains_as_the_oracle_on_it_without_no_grad():
-    """Reformer (a local and an LSH layer, 8 tokens: within one chunk, so without hashing): the captured logits are the
-    model's, and AttnLRP equals the oracle's on the same model with torch.no_grad made a no-op (the oracle's own
-    capture of a no_grad block gives no gradient at all). Was "no LRP rule for 'wrap_with_set_grad_enabled'"."""
-    make = _make("ReformerForSequenceClassification", "ReformerConfig", vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                 attention_head_size=8, feed_forward_size=24, attn_layers=["local", "lsh"], axial_pos_shape=(4, 8), axial_pos_embds_dim=(8, 8),
-                 max_position_embeddings=32, is_decoder=False, pad_token_id=0)
-    torch.manual_seed(12)
-    model = make().double().eval()
-    ids = torch.randint(3, 40, (2, 8))
-    with torch.no_grad():
-        own = model(ids)
-    result = explain(model, ids, "attnlrp", target=1, params=EXACT)
-    assert torch.isfinite(result.relevance).all()
-    assert (result.outputs - own).abs().max() <= 1e-10 * own.abs().max()
-    no_grad = torch.no_grad
-    torch.no_grad = contextlib.nullcontext
-    try:
-        reference = embedding_relevance(model, ids, 1, "attnlrp")
-    finally:
-        torch.no_grad = no_grad
-    _close(result.relevance, reference, rtol=1e-6)

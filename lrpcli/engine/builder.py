@@ -107,6 +107,7 @@ class _Builder:
         output_name = None
         _inline_wrapped_blocks(self.gm)
         _write_out_glu(self.gm)
+        _write_out_addcmul(self.gm)
         _write_out_complex_rotations(self.gm)
         fourier.write_out_real_dfts(self.gm)
         fourier.write_out_fft_convolutions(self.gm)
@@ -489,6 +490,26 @@ def _write_out_glu(gm: torch.fx.GraphModule) -> None:
         for new in (signal, gate_input, gate, product):
             new.meta.update(node.meta)  # each is shaped like the output: the module, the value's shape and dtype
         node.replace_all_uses_with(product)
+        gm.graph.erase_node(node)
+
+
+def _write_out_addcmul(gm: torch.fx.GraphModule) -> None:
+    """``addcmul(x, a, b, value=v)`` as the ``x + v * (a * b)`` it is (Mega's gated residual ``addcmul(x, gate, h -
+    x)``), so that its product gets the rules of every other product (a sigmoid gate held, or a split)."""
+    aten = torch.ops.aten
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or ops.op_name(node.target) != "addcmul" or len(node.args) != 3:
+            continue
+        value = node.kwargs.get("value", 1)
+        if set(node.kwargs) - {"value"} or not isinstance(value, (int, float)):
+            continue
+        with gm.graph.inserting_before(node):
+            product = gm.graph.call_function(aten.mul.Tensor, (node.args[1], node.args[2]))
+            scaled = product if value == 1 else gm.graph.call_function(aten.mul.Tensor, (product, value))
+            total = gm.graph.call_function(aten.add.Tensor, (node.args[0], scaled))
+        for new in dict.fromkeys((product, scaled, total)):
+            new.meta.update(node.meta)  # the module, the output's shape and dtype (the operands broadcast to it)
+        node.replace_all_uses_with(total)
         gm.graph.erase_node(node)
 
 
