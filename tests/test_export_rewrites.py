@@ -246,3 +246,33 @@ def test_tapas_per_cell_positions_are_captured_and_equal_the_oracle():
     _put_back(model)
     expected = _oracle(model, x, 1, token_type_ids=types)
     assert (result.relevance - expected).abs().max() <= 1e-6 * expected.abs().max()
+
+
+# ----------------------------------------------------------------------------------------------------- Gemma3n
+
+
+def test_gemma3n_altup_clamp_is_done_before_capture():
+    """Before: 'We found a fake tensor in the exported program constant's list' (AltUp's ``correct`` clamps its
+    coefficient weights in place, ``weight.data.clamp_``, in every forward). Clamped once before capture, as the
+    model's forward does: the graph equals the model and the clip is back. (The capture only: the AltUp magnitude
+    normalisation stops at ``pow``, an op without a rule yet.)"""
+    torch.manual_seed(0)
+    config = transformers.Gemma3nTextConfig(
+        vocab_size=40, vocab_size_per_layer_input=40, hidden_size=16, hidden_size_per_layer_input=4, intermediate_size=24,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_kv_shared_layers=0,
+        layer_types=["sliding_attention", "full_attention"], activation_sparsity_pattern=[0.95, 0.0], laurel_rank=4,
+        sliding_window=4, max_position_embeddings=32,
+    )
+    model = Ids(transformers.Gemma3nForCausalLM(config), last=True).eval()
+    altup = model.model.model.layers[0].altup
+    with torch.no_grad():
+        altup.correction_coefs.weight[0, 0] = 200.0  # outside the clip (120): the model's forward clamps it first
+    x = torch.randint(3, 40, (2, 6))
+    graph = capture(model, x)  # (a graph holding 200 would differ from the model: refused by the check)
+    assert float(altup.correction_coefs.weight[0, 0].detach()) == 120.0 and config.altup_coef_clip == 120.0
+    with torch.no_grad():
+        own = model(x)
+        got = graph.run(x, None)[graph.output]
+    assert (got - own).abs().max() <= 1e-6 * own.abs().max()
+    assert any("AltUp" in note for note in graph.notes)
+    _put_back(model)

@@ -19,6 +19,9 @@ and the model's code is put back afterwards, whatever happens:
   an all-ones mask changes nothing, so they always get it.
 - TAPAS (:func:`cell_positions`): positions restart in every table cell, found by segment reductions whose shapes
   pass through ``.tolist()``; the same first position per cell is computed densely from the token types.
+- Gemma3n (:func:`clamped_weights`): AltUp clamps its coefficient weights in place in every forward, a write
+  into a parameter's ``.data`` that export cannot trace ("a fake tensor in the exported program constant's list");
+  the clamp is done once before capture and skipped while tracing.
 """
 
 from __future__ import annotations
@@ -332,3 +335,37 @@ def cell_positions(model: Any) -> Iterator[list[str]]:
     finally:
         for handle in hooks:
             handle.remove()
+
+
+# ----------------------------------------------------------------------------------------------------- Gemma3n
+
+
+def _clips_in_forward(module: torch.nn.Module) -> bool:
+    """Gemma3n's AltUp: ``correct`` clamps its coefficient weights in place (``weight.data.clamp_``) on every call."""
+    config = getattr(module, "config", None)
+    return (
+        getattr(config, "altup_coef_clip", None) is not None
+        and isinstance(getattr(module, "correction_coefs", None), torch.nn.Linear)
+        and _source_has(getattr(type(module), "correct", None), "correction_coefs.weight.data.clamp_(")
+    )
+
+
+@contextlib.contextmanager
+def clamped_weights(model: Any) -> Iterator[list[str]]:
+    """While open, Gemma3n's AltUp coefficients are clamped once, before capture, as every forward of the model
+    clamps them (in place, idempotent: the same weights), and ``config.altup_coef_clip`` is None, so the trace
+    does not write into a parameter's ``.data`` (torch.export cannot trace that write and leaves a fake tensor
+    among the program's constants); yields their paths. The clip is put back afterwards."""
+    found = [(path, module) for path, module in (model.named_modules() if isinstance(model, torch.nn.Module) else []) if _clips_in_forward(module)]
+    configs = {id(module.config): (module.config, module.config.altup_coef_clip) for _, module in found}
+    try:
+        with torch.no_grad():
+            for _, module in found:
+                clip = module.config.altup_coef_clip
+                module.correction_coefs.weight.data.clamp_(-clip, clip)  # what the model's own correct() does first
+        for config, _ in configs.values():
+            config.altup_coef_clip = None
+        yield [path or type(module).__name__ for path, module in found]
+    finally:
+        for config, clip in configs.values():
+            config.altup_coef_clip = clip

@@ -428,6 +428,7 @@ def _guards(model: Any, example: Any, extras: dict | None) -> Iterator[list[str]
         done += [f"the language adapters of {path} as one" for path in stack.enter_context(guards.single_language_adapters(model))]
         done += [f"the linear-attention mask of {path} kept" for path in stack.enter_context(guards.kept_linear_masks(model))]
         done += [f"the per-cell positions of {path} computed densely" for path in stack.enter_context(guards.cell_positions(model))]
+        done += [f"the AltUp coefficients of {path} clamped before capture" for path in stack.enter_context(guards.clamped_weights(model))]
         yield done
 
 
