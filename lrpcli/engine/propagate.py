@@ -242,6 +242,45 @@ def _same_storage(a: Any, b: Any) -> bool:
     return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
+#: a linear layer's rule runs on the rows (tokens) that hold relevance alone where they are at most this share
+LIVE_ROWS_SHARE = 0.5
+
+
+class LiveRows:
+    """Which rows (tokens, dim -2) of a linear layer's output hold relevance, where they are few.
+
+    A language model's generated token is explained from one row of the LM head's input: up to the last
+    attention, every token-wise layer (the LM head, the last MLP, the last o-projection) holds relevance in that
+    row alone, and a dense walk divides and multiplies zeros there (issue 28). The walk runs such a layer's rule
+    on the live rows alone and puts the result back in place; its totals (the ledger) are the same, since the
+    other rows hold nothing. Walking backward, relevance spreads over the rows (attention mixes them) and does
+    not gather again, so once a layer's rows are mostly live, the walk stops looking (the check is a pass over
+    the relevance: kept off the dense layers)."""
+
+    def __init__(self) -> None:
+        self.looking = True
+
+    def of(self, node: Node, rule: Any, a: Any, relevance: Any) -> torch.Tensor | None:
+        """The live rows' indices, or None: walk this layer densely (most rows hold relevance, or its rule or
+        shape does not allow a row at a time)."""
+        if (
+            not self.looking
+            or node.target is not torch.ops.aten.linear.default
+            or not isinstance(relevance, torch.Tensor)
+            or relevance.ndim < 3
+            or a.shape[:-1] != relevance.shape[:-1]
+            or node.batch_dim is None
+            or node.batch_dim % relevance.ndim == relevance.ndim - 2
+            or not rule.rows_independent
+        ):
+            return None
+        alive = relevance.any(-1).reshape(-1, relevance.shape[-2]).any(0)
+        if int(alive.sum()) > LIVE_ROWS_SHARE * alive.numel():
+            self.looking = False
+            return None
+        return alive.nonzero().squeeze(1)
+
+
 def _node_relevance(
     node: Node,
     assigned: Assigned | None,
@@ -250,6 +289,7 @@ def _node_relevance(
     pending: dict[str, Any],
     ledger: Ledger | None,
     returned: torch.Tensor | None = None,
+    live: LiveRows | None = None,
 ) -> dict[str, Any]:
     """Relevance of each activation input of ``node``, taking the relevance of its output from ``pending``."""
     kind = node.kind
@@ -262,9 +302,17 @@ def _node_relevance(
         source = node.args[0].name
         z, own = values.take(node.name)
         rule = assigned.rule
+        relevance, a = pending.pop(node.name), values[source]
+        rows = live.of(node, rule, a, relevance) if live is not None else None
+        if rows is not None:  # a copy of the live rows: z may be overwritten
+            partial = rule.weighted(node, a.index_select(-2, rows), z.index_select(-2, rows), relevance.index_select(-2, rows), ledger=ledger)
+            del z, relevance
+            return {source: a.new_zeros(a.shape).index_copy_(-2, rows, partial)}
         if (not own and rule.overwrites_z) or (returned is not None and _same_storage(z, returned)):
+            if rule.spares_z:  # it can leave z as it is, at no more cost than overwriting a copy
+                return {source: rule.weighted(node, a, z, relevance, ledger=ledger, reuse_z=False)}
             z = z.clone()
-        return {source: rule.weighted(node, values[source], z, pending.pop(node.name), ledger=ledger)}
+        return {source: rule.weighted(node, a, z, relevance, ledger=ledger)}
     relevance = pending.pop(node.name)
     if kind in ops.PROPORTIONAL_KINDS:
         return assigned.rule.proportional(node, values, inputs, values[node.name], relevance, ledger=ledger)
@@ -352,6 +400,7 @@ def propagate(
     batch = initial.shape[0]
     batch_dims = {node.name: node.batch_dim for node in graph.nodes} if record else {}
     below = {name: _ancestors(graph, name) for name in masks} if masks else {}
+    live = LiveRows()
     for node in reversed(graph.nodes):
         if relevance.get(node.name) is None or node.kind == "meta":
             relevance.pop(node.name, None)
@@ -373,7 +422,7 @@ def propagate(
         if kept is not None and node.kind == "embedding":
             previous = kept.get("embedding")
             kept["embedding"] = relevance[node.name] if previous is None else previous + relevance[node.name]
-        outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, relevance, ledger, returned)
+        outgoing = _node_relevance(node, assigned.get(node.name), values, inputs, relevance, ledger, returned, live)
         total_in = (
             sum((_total(p, batch, batch_dims.get(name, 0)) for name, p in outgoing.items()), torch.zeros_like(total_out))
             if countable

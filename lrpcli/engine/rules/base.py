@@ -266,6 +266,11 @@ class Rule:
     #: whether ``weighted`` may write into the ``z`` it is handed (to save a layer's worth of memory): a walk that
     #: keeps the recorded forward for further seeds hands such a rule a copy of z (propagate.ReadOnlyWalk)
     overwrites_z: ClassVar[bool] = True
+    #: whether ``weighted`` takes ``reuse_z=False`` and then leaves ``z`` as it is (the walk need not copy it)
+    spares_z: ClassVar[bool] = False
+    #: whether ``weighted`` on a linear layer treats each row (token) of its input on its own, so that the walk may
+    #: hand it only the rows that hold relevance (propagate.live_rows); z^B's per-input bounds do not
+    row_wise: ClassVar[bool] = True
 
     def __init__(self, **values: Any):
         unknown = set(values) - set(self.params)
@@ -294,6 +299,12 @@ class Rule:
     def stabiliser(self, node: Node, key: str = "stabilizer") -> Stabiliser:
         """The stabiliser of this rule's denominators at ``node``: parameter ``key`` in the rule's stabilizer_mode."""
         return Stabiliser(float(self.values[key]), self.values.get("stabilizer_mode", "sign"), node.batch_dim or 0)
+
+    @property
+    def rows_independent(self) -> bool:
+        """Whether a row of a linear layer's input gets the same relevance computed alone as with the others: not
+        where the stabiliser scales with a whole sample's z (``norm_scale``)."""
+        return self.row_wise and not str(self.values.get("stabilizer_mode", "sign")).startswith("norm_scale")
 
     @property
     def zero_bias(self) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
+
 from ...errors import ConfigError
 from ..transposes import transpose, vjp
 from .base import STABILIZER_MODE, ZERO_PARAMS_PARAM, Param, Rule, divide
@@ -27,10 +29,13 @@ class Epsilon(Rule):
     #: which parameter is added to the denominator (z and norm call it "stabilizer")
     denominator_param: ClassVar[str] = "epsilon"
 
-    def weighted(self, node, a, z, relevance, ledger=None):
+    spares_z = True
+
+    def weighted(self, node, a, z, relevance, ledger=None, reuse_z=True):
+        """``reuse_z=False``: ``z`` is read, not overwritten (several seeds walked on one recorded forward)."""
         stabiliser = self.stabiliser(node, self.denominator_param)
         z = self.unbiased(node, a, z)
-        s = divide(relevance, z, stabiliser, reuse=ledger is None)
+        s = divide(relevance, z, stabiliser, reuse=reuse_z and ledger is None)
         if ledger is not None:
             ledger.record(s, z, self.bias_of(node), stabiliser)
         del relevance, z  # the walk handed over the only references: free them before the transpose
@@ -45,6 +50,13 @@ class Epsilon(Rule):
         """Parameter-free nodes have no bias parameter to leave out: ``zero_params`` does not apply."""
         stabiliser = self.stabiliser(node, self.denominator_param)
         s = divide(relevance, z, stabiliser)
+        if _elementwise_scale(node, values, inputs, z):
+            # z = c * x element by element, so a * dz/da * s = z * s: no transpose, and x is not read (a dropped
+            # value is not recomputed); the same numbers up to rounding (issue 28: a language model's walk passes
+            # ~9 such nodes a layer: norm weights, rotary cos/sin, attention scaling)
+            if ledger is not None:
+                ledger.record(s, z, None, stabiliser)
+            return {inputs[0]: s.mul_(z) if s is not relevance else s * z}
         grads = vjp(node, values, inputs, s)
         result = {name: values[name] * grad for name, grad in grads.items()}
         if ledger is not None:  # constants added by the op (x + c) act as a bias
@@ -52,6 +64,15 @@ class Epsilon(Rule):
             handed = sum(ledger.per_sample(r) for r in result.values())
             ledger.bias = ledger.per_sample(s * z) - handed
         return result
+
+
+def _elementwise_scale(node, values, inputs, z) -> bool:
+    """Whether ``node`` multiplies (divides, negates) its one live input by a constant element by element."""
+    if node.kind != "scale" or node.op not in ("mul", "div", "neg") or len(inputs) != 1:
+        return False
+    shape_of = getattr(values, "stand_in", None)
+    x = shape_of(inputs[0]) if shape_of is not None else values[inputs[0]]
+    return isinstance(x, torch.Tensor) and isinstance(z, torch.Tensor) and x.shape == z.shape and x.dtype == z.dtype
 
 
 class Z(Epsilon):

@@ -249,6 +249,7 @@ def _bound(value: Any, like: torch.Tensor) -> torch.Tensor:
 
 class ZBox(Rule):
     name = "zbox"
+    row_wise = False  # bounds may be given per input
     formula = "R_j = sum_k (a_j w_jk - l_j w_jk^+ - h_j w_jk^-) R_k / sum_j (...)   (z^B, inputs bounded by [low, high])"
     params = {
         "low": Param(0.0, "lowest possible input value (number or one per channel)"),
