@@ -12,7 +12,8 @@ then the Hugging Face family end to end (the captured graph's logits equal the m
   equals the modified-gradient oracle (tests/gradient_oracle.py) run on the same model with those parts detached.
 - ``wrap_with_set_grad_enabled`` (Reformer runs each reversible layer under no_grad): the block's ops as written;
   ``exp(x - logsumexp(x))`` (its attentions' softmax): the softmax it is. Both against the same module written
-  plainly and against the oracle.
+  plainly and against the oracle. A forward that draws random numbers (its hashing on a text longer than a chunk)
+  is refused by name.
 - the families end to end (Doge, YOSO, Mega, Reformer; RWKV and MobileViT with -m slow): AttnLRP equals the oracle.
 """
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from gradient_oracle import embedding_relevance, modified_gradient_relevance
 from lrpcli import explain
+from lrpcli.errors import UnsupportedOpError
 
 D64 = torch.float64
 EXACT = {"epsilon": 0.0, "stabilizer": 0.0}
@@ -184,6 +186,29 @@ def test_a_no_grad_block_with_a_written_out_softmax_is_explained_as_written_plai
     _close(result.outputs, plain(x).detach(), rtol=1e-12)
     _close(result.relevance, explain(plain, x, composite, target=2, params=EXACT).relevance, rtol=1e-12)
     _close(result.relevance, modified_gradient_relevance(plain, x, 2, mode), rtol=1e-9)
+
+
+class RandomHashing(nn.Module):
+    """Reformer's LSH attention on a text longer than a chunk: buckets from a random rotation drawn on every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):  # (batch, tokens, 4)
+        h = self.lin(x)
+        buckets = (h @ torch.randn(4, 2, dtype=h.dtype)).argmax(-1)  # (batch, tokens)
+        order = buckets.argsort(dim=-1, stable=True)
+        return self.head(torch.gather(h, 1, order[..., None].expand_as(h))[:, :3].mean(1))
+
+
+def test_a_forward_that_draws_random_numbers_is_refused_by_name():
+    """Such a model computes another function on every call; a graph with one draw folded in would explain none of
+    them. Was explained silently (one draw folded in at capture), then refused by the capture check as a bug."""
+    model = RandomHashing().double().eval()
+    with pytest.raises(UnsupportedOpError, match="'randn'") as refused:
+        explain(model, torch.randn(2, 6, 4, dtype=D64), "attnlrp")
+    assert "random numbers" in refused.value.hint and "lsh_attn_chunk_length" in refused.value.hint
 
 
 # --------------------------------------------------------------------------- transformers' families end to end

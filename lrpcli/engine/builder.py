@@ -11,7 +11,7 @@ import torch
 import torch.fx
 
 from . import casts, fourier, ops, softmaxes
-from ..errors import ModelError
+from ..errors import ModelError, UnsupportedOpError
 from .experts import held
 from .graph import Graph, Node, Ref, _walk, channel_affine, complex_mul
 
@@ -24,6 +24,12 @@ _ID_VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unsqueeze", "squeeze
 _REGROUPS = {
     "view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as", "as_strided", "pixel_shuffle",
     "pixel_unshuffle", "channel_shuffle", "unfold", "roll", "flip", "gather", "index", "index_select", "take_along_dim",
+}
+
+#: ops that draw random numbers: a forward that reads one changes from call to call (see _random_draw)
+_RANDOM = {
+    "rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "normal", "uniform", "bernoulli",
+    "multinomial", "poisson", "exponential", "geometric", "cauchy", "log_normal", "random",
 }
 
 _MODULE_TYPE_BY_OP = {
@@ -187,6 +193,8 @@ class _Builder:
         _walk(kwargs, deps)
         if deps and self._fresh_constant(fx_node, args, deps):
             return
+        if ops.op_name(target) in _RANDOM and fx_node.users:
+            raise _random_draw(fx_node)
         if not deps:  # constant subgraph (e.g. a transposed weight): fold it now
             self.consts[fx_node.name] = self._fold(fx_node, target, args, kwargs)
             self.const_origin[fx_node.name] = self._const_origin_of(fx_node)
@@ -547,6 +555,19 @@ def _write_out_complex_rotations(gm: torch.fx.GraphModule) -> None:
             if not source.users:
                 gm.graph.erase_node(source)
             break
+
+
+def _random_draw(fx_node: torch.fx.Node) -> UnsupportedOpError:
+    """A forward that draws random numbers (Reformer's LSH attention draws the rotations it hashes with on every call,
+    for texts longer than one chunk) computes another function on each call: a graph with one draw folded in would
+    explain none of them (and with a seed set in the model, another draw than the model's), so it is refused by name."""
+    module, module_type = _module_of(fx_node)
+    return UnsupportedOpError(
+        ops.op_name(fx_node.target), fx_node.name, module, module_type,
+        hint="the model draws random numbers in its forward, so its output changes from call to call and no one function "
+        "can be explained. Explain inputs for which it draws none (Reformer: texts no longer than its lsh_attn_chunk_length, "
+        "so that LSH attention does not hash), or make the draw a fixed buffer of the model",
+    )
 
 
 def _unsupported_hint(op_name: str) -> str:
