@@ -68,7 +68,7 @@ def tiny_recurrent_gemma() -> torch.nn.Module:
     torch.manual_seed(0)
     config = transformers.RecurrentGemmaConfig(
         vocab_size=20, hidden_size=8, intermediate_size=24, num_attention_heads=2, num_key_value_heads=1, head_dim=4,
-        num_hidden_layers=2, block_types=["recurrent", "attention"], lru_width=8, attention_window_size=32,
+        num_hidden_layers=2, block_types=["recurrent", "attention"], lru_width=8, attention_window_size=64,
         conv1d_width=3, pad_token_id=0,
     )
     model = _moved(transformers.RecurrentGemmaForCausalLM(config))
@@ -148,7 +148,7 @@ def _within(module: torch.nn.Module, rules: dict):
         del module.forward
 
 
-def oracle(model: torch.nn.Module, ids: torch.Tensor, target: int, hold: bool = True) -> torch.Tensor:
+def oracle(model: torch.nn.Module, ids: torch.Tensor, target: int, hold: bool = True, **inputs) -> torch.Tensor:
     """Per-token relevance (batch, tokens) of the next-token logit ``target`` as a modified gradient times input on
     the eager model (module docstring); ``hold=False`` leaves the gates live (the plain gradient through them)."""
     sinks: list[torch.Tensor] = []
@@ -193,7 +193,7 @@ def oracle(model: torch.nn.Module, ids: torch.Tensor, target: int, hold: bool = 
     scopes.enter_context(_within(model, {torch.nn.functional.tanh: _identity, torch.Tensor.tanh: _identity}))  # the soft cap
     try:
         with scopes, torch.enable_grad():
-            logits = model(input_ids=ids, use_cache=False).logits[:, -1]
+            logits = model(input_ids=ids, use_cache=False, **inputs).logits[:, -1]
             (grad,) = torch.autograd.grad(logits[:, target].sum(), sinks[0])
     finally:
         for hook in hooks:
@@ -261,6 +261,37 @@ def test_the_gates_are_held_and_the_graph_says_so(zamba, recurrent_gemma):
         found = [node for node in lru if node.op == op]
         assert found and all(node.kind == "meta" for node in found), op
     assert any("RG-LRU" in note and "layers.0.temporal_block.rg_lru" in note for note in graph.notes)
+
+
+def test_long_texts_and_packed_documents_scan_a_chunk_at_a_time():
+    """A float32 RecurrentGemma over 40 tokens holding two documents (positions restart at 0 at token 23: the
+    RG-LRU's reset): its scan is captured 16 tokens at a time (3 chunks, the last short), not a node per token; the
+    graph's logits are the model's, the relevance the oracle's (transformers' own loop). float64 models keep the
+    loop (the other tests): the chunked form rounds differently from it at float32's precision."""
+    from lrpcli import Explainer, explain
+
+    model = tiny_recurrent_gemma().float()
+    ids = torch.randint(1, 20, (2, 40), generator=torch.Generator().manual_seed(1))
+    positions = torch.cat([torch.arange(23), torch.arange(17)]).expand(2, -1)
+
+    class Documents(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids):
+            return self.model(input_ids=input_ids, position_ids=positions).logits[:, -1]
+
+    wrapped = Documents()
+    result = explain(wrapped, ids, "attnlrp", target=TARGET, params=EXACT)
+    own = wrapped(ids).detach()
+    assert (result.outputs - own).abs().max() <= 1e-5 * own.abs().max()  # measured 1.8e-7
+    expected = oracle(model, ids, TARGET, position_ids=positions)
+    assert torch.isfinite(result.relevance).all()
+    assert (result.relevance - expected).abs().max() <= 1e-4 * expected.abs().max(), (result.relevance, expected)
+    graph, _ = Explainer(wrapped, "attnlrp").prepare(ids)
+    # one per chunk (the documents' segment count, a cumsum of the constant positions, is a constant of the graph)
+    assert sum(node.op == "cumsum" and node.module.endswith("rg_lru") for node in graph.nodes) == 3
 
 
 def test_a_traced_branch_is_refused_not_explained(monkeypatch):

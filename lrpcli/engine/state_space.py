@@ -138,7 +138,9 @@ class Held:
                 hint = "this transformers' MambaMixer.slow_forward (or Zamba's) differs from the one lrpcli repeats (4.57); please report it"
             else:
                 what = f"the RG-LRUs {', '.join(self.gated)} computed with their gates held"
-                hint = "this transformers' RecurrentGemmaRglru.forward differs from the one lrpcli repeats (4.57); please report it"
+                hint = ("a text longer than the model's attention_window_size is attended differently by RecurrentGemma with its cache "
+                        "(lrpcli captures without it): explain shorter texts; else this transformers' RecurrentGemmaRglru.forward "
+                        "differs from the one lrpcli repeats (4.57): please report it")
             check_rewrite(graph, model, example, extras, what, hint=hint)
         if self.ssd:
             graph = hold_ssd_parameters(graph, self.ssd)
@@ -183,7 +185,7 @@ def held_selection(model: Any) -> Iterator[Held]:
                 sizes = (module.intermediate_size, module.n_groups * module.ssm_state_size, module.num_heads)
                 found.ssd[path] = tuple(int(size) for size in sizes)
     configs = []
-    if found.ssd or found.chunked:  # Mamba-2's cache check; a Mamba-1 cache would keep the loop
+    if found.ssd or found.chunked or found.gated:  # Mamba-2's cache check; a Mamba-1 cache would keep the loop; RecurrentGemma: see held_rglru_forward
         for module in model.modules():
             config = getattr(module, "config", None)
             if getattr(config, "use_cache", None) is True and not any(config is seen for seen in configs):
@@ -311,7 +313,10 @@ def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
 def held_rglru_forward(lru: Any, activations: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """transformers 4.57's ``RecurrentGemmaRglru.forward`` with its two gates held (see the module docstring), the
     normalisation ``sqrt(1 - a^2)`` computed as the eager model computes it (the model skips it while traced), and
-    the scan started from no state: one forward from position 0, where the model's reset zeroes any state."""
+    the scan started from no state: one forward from position 0, where the model's reset zeroes any state. Models
+    with RG-LRUs are captured without their cache (its attention's in-place window writes were captured wrong
+    beside the chunked scan: 1.5 off the model's logits; without it the logits are the model's for texts up to
+    the attention window, and longer ones are refused by the check)."""
     self = lru
     batch_size, seq_len, lru_width = activations.shape
     reset = position_ids[:, :, None] == 0
@@ -326,8 +331,37 @@ def held_rglru_forward(lru: Any, activations: torch.Tensor, position_ids: torch.
     gated_inputs = activations * input_gate
     multiplier = reset + ~reset * torch.sqrt(1 - a_square)  # the eager branch (SqrtBoundDerivative's forward)
     normalized_x = gated_inputs * multiplier.type(activations.dtype)
+    if seq_len > 1 and activations.dtype != torch.float64:  # float64: the loop (see _chunked_rnn_scan)
+        return _chunked_rnn_scan(normalized_x, log_recurrent_gate, reset)
     hidden_states, _ = self._rnn_scan(hidden_states=normalized_x, recurrent_gate=recurrent_gate, reset=reset, recurrent_states=None)
     return hidden_states
+
+
+def _chunked_rnn_scan(x: torch.Tensor, log_decay: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
+    """transformers' ``RecurrentGemmaRglru._rnn_scan`` from no state, ``h_t = a_t h_{t-1} + x_t`` with ``a_t =
+    exp(log_decay_t)``, 0 where ``reset`` (position 0), accumulated in float32 as the model does: :data:`CHUNK` tokens
+    at a time as :func:`_chunked_scan` (the decay from s to t, ``exp(sum_{s<r<=t} log a_r)``, where no reset lies in
+    between), not a graph node per token (2 layers, 128 tokens: 130 s to capture the loop, 3,207 nodes). Its rounding
+    differs from the loop's by about float32's precision, which float64 models' graphs are not allowed: they keep
+    the loop. ``x`` and ``log_decay`` are (batch, tokens, width), ``reset`` (batch, tokens, 1)."""
+    x32 = x.type(torch.float32)
+    log_decay = log_decay.type(torch.float32).masked_fill(reset, 0.0)  # a reset is a segment's start, below
+    segments = torch.cumsum(reset.to(torch.int64), dim=1)  # [t]: the resets up to t
+    outputs, state, last = [], None, None
+    for start in range(0, x.shape[1], CHUNK):
+        part = slice(start, min(start + CHUNK, x.shape[1]))
+        cumulative, segment = torch.cumsum(log_decay[:, part], dim=1), segments[:, part]  # (batch, L, width), (batch, L, 1)
+        length = cumulative.shape[1]
+        between = cumulative[:, :, None, :] - cumulative[:, None, :, :]  # [t, s]: the decay from s to t
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()[None, :, :, None]
+        joined = causal & (segment[:, :, None, :] == segment[:, None, :, :])
+        states = (torch.exp(between.masked_fill(joined.logical_not(), float("-inf"))) * x32[:, None, part, :]).sum(dim=2)
+        if state is not None:
+            carried = torch.exp(cumulative).masked_fill(segment != last[:, None, :], 0.0)
+            states = states + carried * state[:, None, :]
+        state, last = states[:, -1], segment[:, -1]
+        outputs.append(states)
+    return torch.cat(outputs, dim=1).type(x.dtype)
 
 
 def plain_mamba_mask(attention_mask: torch.Tensor | None, cache_position: torch.Tensor) -> torch.Tensor | None:
