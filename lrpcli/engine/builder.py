@@ -10,14 +10,11 @@ from typing import Any
 import torch
 import torch.fx
 
-from . import casts, fourier, ops, softmaxes
+from . import casts, fourier, ids, ops, softmaxes
 from ..errors import ModelError, UnsupportedOpError
 from .experts import held
 from .graph import Graph, Node, Ref, _walk, channel_affine, complex_mul
 
-
-#: ops after which token ids are still the input's ids (an embedding of them ends the walk)
-_ID_VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unsqueeze", "squeeze", "expand", "contiguous", "clone", "_to_copy", "to", "alias", "detach"}
 
 #: ops that may regroup or reorder the elements of a dim merged from the batch and another (batch * windows): after
 #: them the samples are its outer part only where they were at dim 0 before and still are (see _batch_dim)
@@ -71,7 +68,7 @@ class _Builder:
         self.integral: dict[str, bool] = {}  # live names whose values are integers or booleans (ids, masks, indices)
         self.batch_dims: dict[str, int | None] = {}  # fx name -> the dim of its output that holds the samples
         self.meta: set[str] = set()  # live names that only carry sizes (sym_size and arithmetic on it)
-        self.id_views: set[str] = set()  # the input and its views (reshape, casts): an embedding of these is the input
+        self.id_views: set[str] = set()  # the input ids and what carries them (ids.carries): an embedding of these is the input
         self.extra_inputs: tuple[str, ...] = ()
         self.model_storages: set[int] = set()  # storages of the model's parameters, buffers and constants: never written
 
@@ -203,9 +200,12 @@ class _Builder:
         self._note_dtype(fx_node)
         op_name = ops.op_name(fx_node.target)
         kind = ops.kind_of(fx_node.target)
+        carried = ids.carries(ops.op_name(target), args, deps, self.id_views, self.meta, self.integral.get(fx_node.name, False))
         if all(dep in self.meta for dep in deps):
             kind = "meta"  # arithmetic on sizes only (a traced 1/sqrt(head_dim)): no data
-        elif kind != "embedding" and self._reads_only_ids(fx_node, deps):
+        elif carried == "map":
+            kind = "elementwise"  # an id to another in its place (CANINE's hash): relevance stays in place
+        elif kind != "embedding" and not carried and self._reads_only_ids(fx_node, deps):
             kind = "meta"  # a mask or count made from the token ids ((ids != pad).float().sum(1)): no relevance
         if kind == "meta":
             self.meta.add(fx_node.name)
@@ -221,7 +221,7 @@ class _Builder:
             module_type=module_type,
             op=op_name,
         )
-        if kind == "route" and op_name in _ID_VIEWS and deps and deps[0] in self.id_views:
+        if carried and kind in ("route", "elementwise"):
             self.id_views.add(fx_node.name)
         if kind in ("conv", "linear", "batchnorm"):
             # the weight's parameter name says which layer owns it; TorchScript graphs have nothing else
@@ -258,10 +258,8 @@ class _Builder:
 
     def _reads_only_ids(self, fx_node: torch.fx.Node, deps: list[str]) -> bool:
         """Does this op compute from integer values only (ids, masks, indices; meta values aside)? Then its
-        result is no activation either, whatever its dtype. Views and casts of the ids stay live: they lead to
-        the embedding, where the ids' relevance is collected."""
-        if ops.op_name(fx_node.target) in _ID_VIEWS and deps and deps[0] in self.id_views:
-            return False
+        result is no activation either, whatever its dtype. (What carries the ids to an embedding, ids.carries,
+        is asked first: it stays live, for the ids' relevance is collected there.)"""
         return all(dep in self.meta or self.integral.get(dep, False) for dep in deps)
 
     def _fresh_constant(self, fx_node: torch.fx.Node, args: tuple, deps: list[str]) -> bool:

@@ -24,6 +24,7 @@ from .capture import capture
 from .graph import Graph
 from ..registry import suggest
 from .propagate import LayerRelevance, propagate, record
+from . import ids
 
 INITS = ("value", "one-hot")
 
@@ -360,7 +361,7 @@ class Explainer:
             parts = relevance if isinstance(relevance, tuple) else (relevance,)
             relevance = tuple(_usable(r) if r is not None else _no_relevance(t, outputs) for r, t in zip(parts, x))
         elif relevance is None:
-            relevance = _no_relevance(x, outputs)
+            relevance = _no_relevance(x, outputs) if x.is_floating_point() else _ids_unreached(graph)
         return Explanation(
             relevance=_usable(relevance),
             outputs=_usable(outputs),
@@ -386,6 +387,8 @@ class Explainer:
             for start in starts:
                 initial = _custom_start((lambda o, t, f=start: f(o)) if callable(start) and not isinstance(start, torch.Tensor) else start, outputs, None)
                 relevance, _ = propagate(graph, assigned, values.read_only(), initial)
+                if relevance is None and not x.is_floating_point():
+                    _ids_unreached(graph)
                 results.append(_usable(relevance) if relevance is not None else _no_relevance(x, outputs))
         return _usable(outputs), results
 
@@ -472,6 +475,11 @@ def _lead(x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 def _shapes(x: torch.Tensor | tuple[torch.Tensor, ...]) -> str:
     return " and ".join(str(tuple(t.shape)) for t in x) if isinstance(x, tuple) else str(tuple(x.shape))
+
+
+def _ids_unreached(graph: Graph) -> None:
+    """Token ids no relevance reached: an error naming where they were lost, never a silent zero (issue 27)."""
+    raise ids.unreached(graph)
 
 
 def _no_relevance(x: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:

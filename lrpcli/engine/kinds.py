@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from . import ops
-from .builder import _ID_VIEWS, _unsupported_hint, constant_product
+from . import ids, ops
+from .builder import _unsupported_hint, constant_product
 from .graph import Graph, Node, Ref, channel_affine
 from .passes.norms import normalize
 
@@ -87,9 +87,12 @@ def derive_kinds(graph: Graph, integral: dict[str, bool]) -> Graph:
     for node in graph.nodes:
         deps = node.refs
         kind = _base_kind(node.target)
+        carried = ids.carries(ops.op_name(node.target), node.args, list(deps), id_views, meta, integral.get(node.name, False))
         if all(dep in meta for dep in deps):
             kind = "meta"  # arithmetic on sizes only
-        elif kind != "embedding" and not (node.op in _ID_VIEWS and deps[0] in id_views) and all(
+        elif carried == "map":
+            kind = "elementwise"  # an id to another in its place
+        elif kind != "embedding" and not carried and all(
             dep in meta or integral.get(dep, False) for dep in deps
         ):
             kind = "meta"  # computed from token ids or masks only
@@ -97,7 +100,7 @@ def derive_kinds(graph: Graph, integral: dict[str, bool]) -> Graph:
             meta.add(node.name)
         elif kind is not None:
             kind = _structural_kind(node, kind, meta, id_views)
-        if kind == "route" and node.op in _ID_VIEWS and deps[0] in id_views:
+        if carried and kind in ("route", "elementwise"):
             id_views.add(node.name)
         held: tuple[str, ...] = ()
         if kind != "embedding" and not integral.get(node.name):

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import ops
+from . import ids, ops
 from ..errors import UnsupportedOpError
 from .composite import Assigned
 from .graph import Graph, Node, Ref, map_leaves
@@ -320,6 +320,8 @@ def _node_relevance(
         return assigned.rule.propagate(node, values, inputs, values[node.name], relevance, ledger=ledger)
     if kind == "embedding":  # the input ids: a token's relevance is its embedding's, summed over the hidden dim
         return {inputs[0]: relevance.sum(dim=-1)}
+    if ids.on_ids(node, values, inputs, relevance):  # routes and maps that carry the ids to a lookup (ids.py)
+        return ids.back(node, values, inputs, relevance)
     if kind == "elementwise":
         if assigned is not None:  # an activation a composite line gave a rule (GuidedBackprop, the gradient, ...)
             return assigned.rule.propagate(node, values, inputs, values[node.name], relevance, ledger=ledger)
