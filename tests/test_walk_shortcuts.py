@@ -167,3 +167,31 @@ def test_elementwise_scale_equals_the_general_proportional_path(mode, epsilon, m
     for name, layer in general.layers.items():
         torch.testing.assert_close(fast.layers[name].relevance_in, layer.relevance_in, rtol=0, atol=1e-12 * scale)
         torch.testing.assert_close(fast.layers[name].absorbed, layer.absorbed, rtol=0, atol=1e-12 * scale)
+
+
+class _HeldOverActivation(nn.Module):
+    """``c / x`` with c a value held constant (computed from a mask): the activation is the divisor, so z is no
+    multiple of x and the shortcut must not serve it."""
+
+    def forward(self, x, mask):
+        held = mask.float() * 2.0 + 1.0
+        return (held / (x.abs() + 1.0)).sum(-1, keepdim=True).expand(-1, 2)
+
+
+def test_elementwise_scale_leaves_a_held_numerator_to_the_general_path(monkeypatch):
+    calls: list[bool] = []
+    original = epsilon_rules._elementwise_scale
+
+    def spy(node, *args):
+        taken = original(node, *args)
+        if node.op == "div":
+            calls.append(taken)
+        return taken
+
+    monkeypatch.setattr(epsilon_rules, "_elementwise_scale", spy)
+    x, mask = torch.randn(3, 4, dtype=torch.float64), torch.tensor([[1, 0, 1, 1]] * 3)
+    try:
+        explain(_HeldOverActivation(), x, "epsilon_plus", target=0, inputs={"mask": mask})
+    except Exception:  # the builder may refuse the divisor outright: then the shortcut is never asked
+        pass
+    assert True not in calls

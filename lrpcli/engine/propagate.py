@@ -307,7 +307,7 @@ def _node_relevance(
         if rows is not None:  # a copy of the live rows: z may be overwritten
             partial = rule.weighted(node, a.index_select(-2, rows), z.index_select(-2, rows), relevance.index_select(-2, rows), ledger=ledger)
             del z, relevance
-            return {source: a.new_zeros(a.shape).index_copy_(-2, rows, partial)}
+            return {source: partial.new_zeros(a.shape).index_copy_(-2, rows, partial)}
         if (not own and rule.overwrites_z) or (returned is not None and _same_storage(z, returned)):
             if rule.spares_z:  # it can leave z as it is, at no more cost than overwriting a copy
                 return {source: rule.weighted(node, a, z, relevance, ledger=ledger, reuse_z=False)}

@@ -11,6 +11,7 @@ from typing import ClassVar
 import torch
 
 from ...errors import ConfigError
+from ..graph import Ref
 from ..transposes import transpose, vjp
 from .base import STABILIZER_MODE, ZERO_PARAMS_PARAM, Param, Rule, divide
 from .transformer import layernorm_relevance
@@ -70,6 +71,8 @@ def _elementwise_scale(node, values, inputs, z) -> bool:
     """Whether ``node`` multiplies (divides, negates) its one live input by a constant element by element."""
     if node.kind != "scale" or node.op not in ("mul", "div", "neg") or len(inputs) != 1:
         return False
+    if node.op == "div" and not (isinstance(node.args[0], Ref) and node.args[0].name == inputs[0]):
+        return False  # a held value divided by the activation: z is no multiple of it
     shape_of = getattr(values, "stand_in", None)
     x = shape_of(inputs[0]) if shape_of is not None else values[inputs[0]]
     return isinstance(x, torch.Tensor) and isinstance(z, torch.Tensor) and x.shape == z.shape and x.dtype == z.dtype
