@@ -114,6 +114,8 @@ FAMILY = {
     "jamba": {"use_mamba_kernels": False},  # the CUDA kernels by default
     "mamba2": {"head_dim": 32},  # heads x head_dim = expand x width
     "bamba": {"mamba_n_heads": 2, "mamba_d_head": 32, "mamba_n_groups": 1, "mamba_d_state": 8},
+    # Falcon-H1's Mamba sizes have their own names (default: a chunked scan with 16 GiB products, killed for memory)
+    "falcon_h1": {"mamba_d_ssm": 64, "mamba_n_heads": 2, "mamba_d_head": 32, "mamba_d_state": 8},
     "granitemoehybrid": {"layer_types": ["mamba", "attention"], "mamba_n_heads": 2, "mamba_d_head": 32, "mamba_n_groups": 1,
                          "mamba_d_state": 8},  # the default layer types (None) fail its own lookup
     "whisper": {"max_source_positions": 8},  # Whisper takes exactly 2 x max_source_positions mel frames
