@@ -4,8 +4,9 @@ folder's own tokenizer.json.
 The folder reads as a model spec (:func:`folder_spec`): the class from ``config.architectures`` (a class of
 ``transformers`` itself, never remote code), class names from ``id2label``, the tokenizer and its length,
 ``attnlrp`` as the composite (``mambalrp`` for state-space models). The model is wrapped (:class:`Logits`) so that
-it takes the token ids and an attention mask and returns the logits as one tensor (``return_dict=False``): the
-export path behind it is lrpcli's job, not the user's. Weights load from safetensors; ``pytorch_model.bin`` (a
+it takes the token ids and an attention mask and returns the logits as one tensor (read off the model's output
+object: some heads, Aria-text's and ShieldGemma2's, read their inner model's output by name, so
+``return_dict=False`` breaks them): the export path behind it is lrpcli's job, not the user's. Weights load from safetensors; ``pytorch_model.bin`` (a
 pickle) only with ``--allow-pickle``. Sequence classifiers (texts with the folder's tokenizer), image classifiers
 (images prepared as the folder's image processor prepares them: the ViT, DeiT, BEiT, BiT, CLIP, MobileNet,
 ConvNeXt, LeViT, PoolFormer and EfficientNet processors, slow (Pillow) or fast (torch); others are refused by name)
@@ -14,6 +15,7 @@ and causal LMs (the next token).
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -282,6 +284,14 @@ class _Wrapped(torch.nn.Module):
         self.model = model
 
 
+def _logits(output: Any) -> torch.Tensor:
+    """The logits of a model's output: its ``.logits``, or the first item of a model that returns a tuple anyway.
+    The wrappers ask for the output object (return_dict=True): Aria-text's and ShieldGemma2's heads read
+    ``.last_hidden_state`` / ``.logits`` off their inner model's output, which return_dict=False makes a tuple."""
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else output[0]
+
+
 def _mask(attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The mask as a keyword where there is one: some models take none (FNet mixes tokens by a Fourier transform)."""
     return {} if attention_mask is None else {"attention_mask": attention_mask}
@@ -291,7 +301,7 @@ class Logits(_Wrapped):
     """A transformers text model as lrp explains it: token ids (and a mask) in, the logits out as one tensor."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(input_ids=input_ids, **_mask(attention_mask), return_dict=False)[0]
+        return _logits(self.model(input_ids=input_ids, **_mask(attention_mask), return_dict=True))
 
 
 class NextTokenLogits(_Wrapped):
@@ -299,7 +309,7 @@ class NextTokenLogits(_Wrapped):
     one out (texts are padded on the right, so that is the mask's last 1, not the last position)."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.model(input_ids=input_ids, **_mask(attention_mask), return_dict=False)[0]
+        logits = _logits(self.model(input_ids=input_ids, **_mask(attention_mask), return_dict=True))
         if attention_mask is None:
             return logits[:, -1]
         last = attention_mask.sum(dim=1) - 1
@@ -307,10 +317,17 @@ class NextTokenLogits(_Wrapped):
 
 
 class ImageLogits(_Wrapped):
-    """A transformers image classifier as lrp explains it: pixel values in, the logits out as one tensor."""
+    """A transformers image classifier as lrp explains it: pixel values in, the logits out as one tensor.
+    ``prompt``: token ids (1, length) for a classifier that reads the image beside a text holding its image
+    tokens (ShieldGemma2: the processor's policy prompt), fed with every image."""
+
+    def __init__(self, model: torch.nn.Module, prompt: torch.Tensor | None = None):
+        super().__init__(model)
+        self.register_buffer("prompt", prompt, persistent=False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values, return_dict=False)[0]
+        text = {} if self.prompt is None else {"input_ids": self.prompt.expand(pixel_values.shape[0], -1)}
+        return _logits(self.model(pixel_values=pixel_values, **text, return_dict=True))
 
 
 def load(folder: str | Path, *, allow_pickle: bool = False) -> torch.nn.Module:
@@ -340,6 +357,13 @@ def load(folder: str | Path, *, allow_pickle: bool = False) -> torch.nn.Module:
         raise ModelError(f"{folder}: transformers could not load the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
     if is_state_space(config):  # one forward over the whole text: no cache, whose position checks torch.export cannot pass
         model.config.use_cache = False
+    if task == "image" and "input_ids" in inspect.signature(model.forward).parameters:
+        raise ModelError(
+            f"{folder}: {name} classifies an image beside a text prompt that holds its image tokens (a policy prompt "
+            "its processor writes); lrp explain feeds images alone",
+            hint="in Python: lrpcli.explain(hf.ImageLogits(model, prompt=input_ids), pixels) with the processor's input_ids "
+            "for one image, or export such a wrapper to a .pt2",
+        )
     wrapper = {"image": ImageLogits, "next-token": NextTokenLogits}.get(task, Logits)
     return wrapper(model.eval()).eval()
 
