@@ -98,11 +98,15 @@ class Node:
 
     @property
     def refs(self) -> list[str]:
-        """Names of all nodes this one reads (activations and meta values)."""
-        found: list[str] = []
-        _walk(self.args, found)
-        _walk(self.kwargs, found)
-        return found
+        """Names of all nodes this one reads (activations and meta values). Kept until ``args`` or ``kwargs``
+        is replaced: every walk of every seed asks for it (issue 28)."""
+        cached = self.__dict__.get("_refs")
+        if cached is None or cached[0] is not self.args or cached[1] is not self.kwargs:
+            found: list[str] = []
+            _walk(self.args, found)
+            _walk(self.kwargs, found)
+            cached = self.__dict__["_refs"] = (self.args, self.kwargs, tuple(found))
+        return list(cached[2])
 
     @property
     def path(self) -> str:

@@ -18,6 +18,7 @@ proportional rule (``norm``), i.e. the same with ``rho(W) = W``.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -32,11 +33,17 @@ from ..graph import Node
 # --------------------------------------------------------------------------- numeric helpers
 
 
+@functools.lru_cache(maxsize=64)
+def _step(epsilon: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """epsilon as a 0-dim tensor in z's dtype (no rounding to float32 in float64 runs), made once: read only."""
+    return torch.tensor(epsilon, dtype=dtype, device=device)
+
+
 def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``z + epsilon * sign(z)`` with sign(0) = +1 (zennit's Stabilizer), as a new tensor."""
     if epsilon == 0:
         return z
-    step = torch.tensor(epsilon, dtype=z.dtype, device=z.device)  # in z's dtype: no rounding to float32 in float64 runs
+    step = _step(epsilon, z.dtype, z.device)
     out = z + 0.0  # turns -0.0 into +0.0, so both zeros get +epsilon
     torch.copysign(step, out, out=out)  # one fast kernel (torch.where is several times slower on CPU)
     return out.add_(z)
@@ -50,7 +57,7 @@ def stabilise_(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     needs: the sign temporary is made a slice at a time, so it never costs a whole layer's worth of memory."""
     if epsilon == 0:
         return z
-    step = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
+    step = _step(epsilon, z.dtype, z.device)
     z.add_(0.0)  # -0.0 -> +0.0, so both zeros get +epsilon
     for part in z.view(-1).split(_SLICE) if z.is_contiguous() else (z,):
         part.add_(torch.copysign(step, part))
