@@ -64,10 +64,11 @@ def _names(arg: Any) -> set[str]:
 
 
 def on_ids(node: Any, values: Any, inputs: list[str], relevance: Any) -> bool:
-    """Is this walked node one that carries ids (its live inputs hold integers, its output's relevance a tensor)?"""
+    """Is this walked node one that carries ids (its live inputs and its output hold integers, its output's
+    relevance is a tensor)? Ids cast to floats (numbers a model computes with) move as any value does."""
     if node.kind not in ("route", "elementwise") or not inputs or not isinstance(relevance, torch.Tensor):
         return False
-    for name in inputs:
+    for name in inputs + [node.name]:
         value = values.stand_in(name)
         if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             return False
