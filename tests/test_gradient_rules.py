@@ -246,3 +246,17 @@ def test_deep_taylor_average_pooling_is_the_gradient_rule_on_the_pool():
     assert_close(below, by_hand)
     proportional = explain(model, x, "epsilon_plus", layers=["1"]).layer_maps["1"]
     assert (proportional - by_hand).abs().max() > 1e-3 * by_hand.abs().max()
+
+
+def test_pass_named_on_activations_equals_leaving_them_without_a_line():
+    """zennit's ``(Activation, Pass())`` layer map, line by line: an activation's relevance passes unchanged, which is
+    also what an activation without a line gets (benchmarks/peer_cases.py found the named form refused)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Softplus(), nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    linear = {"match": {"type": "linear"}, "rule": "epsilon", "epsilon": 0.1}
+    named = explain(model, x, {"rules": [{"match": {"type": "activation"}, "rule": "pass"}, linear]}, target=1).relevance
+    unnamed = explain(model, x, {"rules": [linear]}, target=1).relevance
+    torch.testing.assert_close(named, unnamed, rtol=0, atol=1e-14)
+    gradient = explain(model, x, {"rules": [{"match": {"type": "activation"}, "rule": "gradient"}, linear]}, target=1).relevance
+    assert float((gradient - named).abs().max()) > 1e-3  # the line is applied: another rule there changes the map

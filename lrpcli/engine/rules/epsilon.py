@@ -102,7 +102,9 @@ class Pass(Rule):
     name = "pass"
     overwrites_z = False
     formula = "R_j = R_j   (relevance passes unchanged; input and output shapes must match)"
-    kinds = Epsilon.kinds + ("softmax",)  # a softmax inside the model too: its input gets its output's relevance
+    # a softmax inside the model too: its input gets its output's relevance; and activations (zennit's Pass, the
+    # default for an activation without a line, said by name)
+    kinds = Epsilon.kinds + ("softmax", "elementwise")
 
     def weighted(self, node, a, z, relevance, ledger=None):
         self._check(node, a, relevance)
