@@ -584,9 +584,9 @@ def relu_gradient_cases() -> list[Case]:
 
 def pass_by_name_cases() -> list[Case]:
     """zennit 0.5.1 tests/test_rules.py test_simple_rule with Pass on the element-wise module_simple modules."""
+    zs.import_zennit()
     from zennit.rules import Pass
 
-    zs.import_zennit()
     return simple_rule_cases("pass_activation_by_name", ("ReLU", "Tanh", "Sigmoid", "Softplus"), [("Pass", Pass, {"rule": "pass"})])
 
 
@@ -934,8 +934,8 @@ FAMILIES = [
     Family("pass_activation_by_name", "(not in issue 27) zennit's Pass on an element-wise activation, by name",
            "zennit test_rules.py test_simple_rule, Pass on module_simple ReLU/Tanh/Sigmoid/Softplus", pass_by_name_cases,
            why="lrpcli passes relevance through element-wise activations that no line names (equal to zennit's Pass "
-           "then), but a line naming `pass` for them is a ConfigError, so zennit's layer_map_base (Activation, "
-           "Pass()) cannot be carried over line by line", issue=False),
+           "then); a line naming `pass` for them says the same by name (a ConfigError before 2026-12-07, so zennit's "
+           "layer_map_base (Activation, Pass()) could not be carried over line by line)", issue=False),
     Family("relu_rules_on_softmax", "(not in issue 27) zennit's ReLU rules hooked on a Softmax",
            "zennit test_rules.py test_simple_rule, ReLU rules on module_simple Softmax(dim=1)", relu_rules_on_softmax_cases,
            why="the ReLU-gradient rules serve element-wise ops; zennit's test hooks them on any module", issue=False),
