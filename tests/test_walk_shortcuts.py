@@ -116,6 +116,17 @@ def test_rules_that_read_across_rows_walk_densely(token_wise, monkeypatch):
     assert float((got[0, 3] - alone[0, 0]).abs().max()) > 1e-3  # the shortcut would have given ``alone``
 
 
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_alpha2_beta1", "epsilon_gamma_box"])
+def test_a_start_without_relevance_walks_as_before(token_wise, composite, monkeypatch):
+    """No row holds relevance (a zero start): nothing to slice; the rules see the whole (zero) layer, as before."""
+    model, x = token_wise
+    taken = _count_sliced(monkeypatch)
+    got = explain(model, x, composite, init=lambda outputs, targets=None: torch.zeros_like(outputs), layer_relevance=True)
+    assert taken == []
+    assert float(got.relevance.abs().max()) == 0.0
+    assert all(float(layer.relevance_in.abs().max()) == 0.0 for layer in got.layers.values())
+
+
 def test_dense_relevance_is_not_sliced(token_wise, monkeypatch):
     model, x = token_wise
     taken = _count_sliced(monkeypatch)

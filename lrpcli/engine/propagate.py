@@ -275,10 +275,11 @@ class LiveRows:
         ):
             return None
         alive = relevance.any(-1).reshape(-1, relevance.shape[-2]).any(0)
-        if int(alive.sum()) > LIVE_ROWS_SHARE * alive.numel():
+        count = int(alive.sum())
+        if count > LIVE_ROWS_SHARE * alive.numel():
             self.looking = False
             return None
-        return alive.nonzero().squeeze(1)
+        return alive.nonzero().squeeze(1) if count else None  # no relevance at all: the rules' own way (the ledger's zeros)
 
 
 def _node_relevance(
