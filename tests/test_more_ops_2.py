@@ -30,22 +30,7 @@ from gradient_oracle import embedding_relevance, modified_gradient_relevance
 from lrpcli import explain
 from lrpcli.errors import UnsupportedOpError
 
-D64 = torch.float64
-EXACT = {"epsilon": 0.0, "stabilizer": 0.0}
-
-
-def _close(ours: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-9) -> None:
-    assert ours.shape == expected.shape
-    assert torch.isfinite(ours).all()
-    scale = expected.abs().max()
-    assert scale > 0
-    assert (ours - expected).abs().max() <= rtol * scale, f"max diff {(ours - expected).abs().max():.3g} of {scale:.3g}"
-
-
-def _gradient_times_input(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
-    x = x.clone().requires_grad_()
-    (grad,) = torch.autograd.grad(model(x)[:, target].sum(), x)
-    return (x * grad).detach()
+from test_hf_zoo_families import D64, EXACT, _close, _gradient_times_input  # the same helpers
 
 
 # --------------------------------------------------------------------------- interpolation
@@ -215,19 +200,7 @@ def test_a_forward_that_draws_random_numbers_is_refused_by_name():
 
 transformers = pytest.importorskip("transformers")
 
-SMALL = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, max_position_embeddings=32)
-
-
-class _Logits(nn.Module):
-    """A Hugging Face model's logits for one input (the last position's for a causal LM)."""
-
-    def __init__(self, model, key: str = "input_ids", last: bool = False):
-        super().__init__()
-        self.model, self.key, self.last = model, key, last
-
-    def forward(self, x):
-        logits = self.model(**{self.key: x}, return_dict=True).logits
-        return logits[:, -1] if self.last else logits
+from test_more_ops import SMALL, _Logits  # noqa: E402  (the same tiny sizes and wrapper)
 
 
 def _make(name: str, config: str, last: bool = False, key: str = "input_ids", **kwargs):
