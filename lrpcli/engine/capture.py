@@ -17,6 +17,7 @@ from ..errors import ModelError
 from .builder import from_graph_module
 from .experts import dense_experts
 from .graph import Graph
+from .held_gates import held_gates, note as gates_note
 from .held_kernels import held_kernels, note as kernel_note
 from .patterns import rewritten, writes_live_values
 from .state_space import held_selection
@@ -57,11 +58,13 @@ def _captured(model: Any, example: Any, exact_batch: bool, extras: dict[str, tor
         return graph.replace(notes=graph.notes + [note]) if note else graph
     if isinstance(model, torch.nn.Module):
         # mixture-of-experts blocks: every expert on every token; selective SSMs: their Δ, A, B, C held
-        with held_kernels(model) as kernels, dense_experts(model) as swapped, held_selection(model) as held, rewritten(model, example, extras) as rewrites:
+        with held_gates(model) as gated, held_kernels(model) as kernels, dense_experts(model) as swapped, held_selection(model) as held, rewritten(model, example, extras) as rewrites:
             program = export_module(model, example, exact_batch, extras).module()
         graph = from_graph_module(program, "export", extras=bool(extras), explained=explained)
         graph = rewrites.checked(graph, model, example, extras)  # patterns.py: code torch.export cannot capture
         graph = held.applied(graph, model, example, extras)  # state_space.py: Mamba-2's Δ, B, C held; checks
+        if gated:  # held_gates.py: Qwen3-Next's delta rule g, beta and Gemma3n's top-k cutoff held
+            graph = graph.replace(notes=graph.notes + [gates_note(gated)])
         if kernels:  # held_kernels.py: attention weights made without a softmax held
             graph = graph.replace(notes=graph.notes + [kernel_note(kernels)])
         if swapped:

@@ -42,7 +42,7 @@ from ..errors import LrpWarning
 from .cache_entry import FORMAT, NotCacheable, Untrusted, _encode, _parse
 
 #: lrpcli's modules whose code decides what a captured graph looks like (part of the key)
-_GRAPH_CODE = ("engine/graph.py", "engine/builder.py", "engine/capture.py", "engine/patterns.py", "engine/guards.py", "engine/experts.py", "engine/state_space.py", "engine/fourier.py", "engine/held_kernels.py", "engine/softmaxes.py", "engine/casts.py", "engine/ids.py", "engine/kinds.py", "engine/ops.py", "engine/passes/norms.py", "sources/safety.py", "sources/cache.py", "sources/cache_entry.py")
+_GRAPH_CODE = ("engine/graph.py", "engine/builder.py", "engine/capture.py", "engine/patterns.py", "engine/guards.py", "engine/experts.py", "engine/state_space.py", "engine/fourier.py", "engine/held_kernels.py", "engine/held_gates.py", "engine/softmaxes.py", "engine/casts.py", "engine/ids.py", "engine/kinds.py", "engine/ops.py", "engine/passes/norms.py", "sources/safety.py", "sources/cache.py", "sources/cache_entry.py")
 
 
 _said: set[str] = set()

@@ -27,7 +27,7 @@ from ..graph import Graph, Node, Ref
 
 #: ops a normaliser's value passes through unchanged in meaning (eps added, square root, casts, broadcasts)
 _NORMALISER_STEPS = {
-    "add", "sub", "mul", "div", "sqrt", "rsqrt", "reciprocal", "pow", "clamp", "clamp_min", "_to_copy", "to",
+    "add", "sub", "mul", "div", "sqrt", "rsqrt", "reciprocal", "pow", "clamp", "clamp_min", "maximum", "_to_copy", "to",
     "type_as", "expand", "expand_as", "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "detach", "alias",
     "contiguous", "clone", "lift_fresh_copy",
 }
