@@ -20,6 +20,13 @@ unchanged), so everything computed from them alone is of kind "meta" (no relevan
   a running maximum m (``maximum``) that both sums are divided by, so it cancels from every output. The keys make only
   the weights: held (``key``), the maximum, the exps and the denominator are computed from held values alone, and
   relevance goes through the values by a linear recurrence with held coefficients, conserved as MambaLRP's scan.
+- xLSTM (``xLSTMBackend``, the mLSTM cell): ``C_t = f_t C_{t-1} + i_t k_t v_t^T``, ``n_t = f_t n_{t-1} + i_t k_t``,
+  ``h_t = C_t^T q_t / max(|n_t^T q_t|, exp(-m_t))``, its gates ``exp(log_sigmoid(f~) + m_{t-1} - m_t)`` and
+  ``exp(i~ - m_t)`` kept finite by a running maximum m: a linear attention whose weights (gates, queries, keys and
+  the normaliser) are held as MambaLRP holds a selective SSM's gates and CP-LRP an attention's weights. Its inputs
+  ``query``, ``key``, ``igate`` and ``fgate`` are held (a pre-hook: the gates arrive as pre-activations, split from
+  one fused projection in its "fused" weight mode), so relevance goes through the cell input ``v`` and the state C by
+  a linear recurrence with held coefficients.
 
 The hooks only mark values: the captured graph computes what the model computes.
 """
@@ -27,6 +34,7 @@ The hooks only mark values: the captured graph computes what the model computes.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Iterator
 
 import torch
@@ -49,6 +57,25 @@ def held_parts(module: torch.nn.Module) -> tuple[str, ...]:
     return ()
 
 
+#: the inputs held of a module with an xLSTM cell's backend (see the module docstring)
+_XLSTM_HELD = ("query", "key", "igate", "fgate")
+
+
+def held_inputs(module: torch.nn.Module) -> tuple[str, ...]:
+    """The forward arguments of ``module`` that make only a non-softmax attention's weights (xLSTM's cell), or ()."""
+    if all(callable(getattr(module, name, None)) for name in ("step_kernel_fn", "sequence_kernel_fn", "chunkwise_kernel_fn")):
+        return _XLSTM_HELD
+    return ()
+
+
+def _hold_inputs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    for name in held_inputs(module):
+        if isinstance(bound.arguments.get(name), torch.Tensor):
+            bound.arguments[name] = torch.ops.lrpcli.held(bound.arguments[name])
+    return bound.args, bound.kwargs
+
+
 def _hold(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
     return torch.ops.lrpcli.held(output)
 
@@ -65,6 +92,9 @@ def held_kernels(model: Any) -> Iterator[list[str]]:
             if parts:
                 handles.extend(getattr(module, name).register_forward_hook(_hold) for name in parts)
                 found.append(path)
+            if held_inputs(module):
+                handles.append(module.register_forward_pre_hook(_hold_inputs, with_kwargs=True))
+                found.append(path)
     try:
         yield found
     finally:
@@ -74,4 +104,4 @@ def held_kernels(model: Any) -> Iterator[list[str]]:
 
 def note(paths: list[str]) -> str:
     """The graph's note: which attentions' weights were held."""
-    return f"attention weights made without a softmax held constant (CP-LRP; MambaLRP for Doge's decay mask): {', '.join(paths)}"
+    return f"attention weights made without a softmax held constant (CP-LRP; MambaLRP for Doge's decay mask and xLSTM's gates): {', '.join(paths)}"

@@ -61,7 +61,10 @@ _add(
     "_adaptive_avg_pool2d _adaptive_avg_pool3d "
     # (bi/tri)linear interpolation: each output a weighted average of its neighbours with constant weights, as an
     # average pool's is, so the same proportional split (for LRP-0: gradient x input; MobileViT's resize)
-    "upsample_linear1d upsample_bilinear2d upsample_trilinear3d",
+    "upsample_linear1d upsample_bilinear2d upsample_trilinear3d "
+    # nn.Fold (MobileViT-v2's patches folded back): a sum of the (overlapping) patches, split proportionally as a
+    # sum is; a route would hand each overlapping patch the whole sum's relevance (for LRP-0: gradient x input)
+    "col2im",
 )
 _add("reduce", "mean sum")
 _add("scale", "mul div neg complex_mul")  # complex_mul: a complex constant's rotation in real pairs (graph.py)
