@@ -21,7 +21,7 @@ from lrpcli.engine.patterns import rewritten  # noqa: E402
 from lrpcli.errors import ModelError  # noqa: E402
 
 EXACT = {"epsilon": 0.0, "stabilizer": 0.0}
-PATCHED = ("forward", "_get_global_attn_indices", "lang_adapter", "_update_linear_attn_mask")
+PATCHED = ("forward", "_get_global_attn_indices", "lang_adapter", "_update_linear_attn_mask", "resize_positional_embeddings", "get_placeholder_mask")
 
 
 class Ids(nn.Module):
@@ -278,3 +278,92 @@ def test_gemma3n_altup_clamp_is_done_before_capture():
     assert (got - own).abs().max() <= 1e-6 * own.abs().max()
     assert any("AltUp" in note for note in graph.notes)
     _put_back(model)
+
+
+# ----------------------------------------------------------------------------------------------------- SigLIP2
+
+
+class Patches(nn.Module):
+    """SigLIP2 over patches and their grids (what its image processor gives), the class logits out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, patches, spatial_shapes):
+        mask = torch.ones(patches.shape[:2], dtype=torch.long)
+        return self.model(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=spatial_shapes, return_dict=True).logits
+
+
+def _siglip2() -> nn.Module:
+    config = transformers.Siglip2Config(
+        vision_config={"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "num_patches": 16, "patch_size": 2, "num_channels": 3},
+        text_config={"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 40},
+    )
+    config.num_labels = 3
+    return Patches(transformers.Siglip2ForImageClassification(config)).double().eval()
+
+
+def test_siglip2_position_grid_is_resized_at_the_examples_size():
+    """Before: GuardOnDataDependentSymNode u0 > 0 (``resize_positional_embeddings`` interpolates to
+    ``size=spatial_shapes[i]``, sizes read from a tensor's values). Every row's grid is 3x4 (12 patches, padded to
+    14): the grid is resized once at that size; logits equal the model's, relevance finite, the code put back."""
+    torch.manual_seed(0)
+    model = _siglip2()
+    patches = torch.randn(2, 14, 12, dtype=torch.float64)
+    shapes = torch.tensor([[3, 4], [3, 4]])
+    with torch.no_grad():
+        own = model(patches, shapes)
+    result = explain(model, (patches, shapes), "attnlrp", target=1, params=EXACT)
+    relevance = result.relevance[0]  # the patches' (the grid sizes are integers)
+    assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0
+    assert (result.outputs - own).abs().max() <= 1e-6 * own.abs().max()
+    _put_back(model)
+    graph = capture(model, (patches, shapes))  # run later on a row with another grid: NaN, not a wrong answer
+    with torch.no_grad():
+        other = graph.run((patches, torch.tensor([[3, 4], [2, 7]])), None)[graph.output]
+    assert torch.isfinite(other[0]).all() and torch.isnan(other[1]).all()
+
+
+def test_siglip2_rows_with_different_grids_are_refused_by_name():
+    """One graph holds one grid size: a batch of a 3x4 and a 2x6 image is a ModelError that names both."""
+    torch.manual_seed(0)
+    model = _siglip2()
+    patches = torch.randn(2, 12, 12, dtype=torch.float64)
+    with pytest.raises(ModelError) as caught:
+        capture(model, (patches, torch.tensor([[3, 4], [2, 6]])))
+    assert "2x6" in str(caught.value) and "3x4" in str(caught.value) and caught.value.hint
+    _put_back(model)
+
+
+# -------------------------------------------------------------------------------------------------- ShieldGemma2
+
+
+def test_shieldgemma2_image_tokens_are_placed_without_the_count_check():
+    """Before: GuardOnDataDependentSymNode Ne(u0, 256) (Gemma3's ``get_placeholder_mask`` checks
+    ``inputs_embeds[mask].numel() != image_features.numel()``, a count read from the ids' values). The features
+    go where the prompt's image-token ids are, as the model puts them: the graph equals the model, the code is put
+    back. (The capture only: the placement, ``masked_scatter``, is an op without a rule yet.)"""
+    import importlib.util
+    from pathlib import Path
+
+    from lrpcli.sources import hf
+
+    spec = importlib.util.spec_from_file_location("hf_zoo", Path(__file__).resolve().parent.parent / "benchmarks" / "hf_zoo.py")
+    hf_zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hf_zoo)
+    torch.manual_seed(0)
+    config, model, _ = hf_zoo.build("image:shieldgemma2")
+    prompt = torch.tensor([[1] + [config.image_token_index] * config.mm_tokens_per_image + list(range(6, 12))])
+    wrapped = hf.ImageLogits(model.double(), prompt=prompt).eval()
+    size = config.vision_config.image_size
+    pixels = torch.randn(2, 3, size, size, dtype=torch.float64)
+    graph = capture(wrapped, pixels)
+    with torch.no_grad():
+        own = wrapped(pixels)
+        got = graph.run(pixels, None)[graph.output]
+    assert torch.isfinite(got).all()
+    assert (got - own).abs().max() <= 1e-6 * own.abs().max()
+    assert any("image tokens" in note for note in graph.notes)
+    _put_back(wrapped)

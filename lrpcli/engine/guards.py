@@ -22,6 +22,12 @@ and the model's code is put back afterwards, whatever happens:
 - Gemma3n (:func:`clamped_weights`): AltUp clamps its coefficient weights in place in every forward, a write
   into a parameter's ``.data`` that export cannot trace ("a fake tensor in the exported program constant's list");
   the clamp is done once before capture and skipped while tracing.
+- SigLIP2 (:func:`fixed_spatial_shapes`): the position grid is interpolated per row to a size read from
+  ``spatial_shapes``' values. A batch of same-size images has one grid, known from the example: it is resized
+  once at that size; a batch with several grids is refused by name, a row with another grid later gets NaN.
+- Gemma3 / ShieldGemma2 (:func:`unchecked_placeholders`): ``get_placeholder_mask`` checks that the image tokens
+  count as many values as the image features, a consistency assertion the math does not need (the features go
+  where the prompt's image-token ids are); the mask is computed from the ids without it.
 """
 
 from __future__ import annotations
@@ -369,3 +375,122 @@ def clamped_weights(model: Any) -> Iterator[list[str]]:
     finally:
         for config, clip in configs.values():
             config.altup_coef_clip = clip
+
+
+# ----------------------------------------------------------------------------------------------------- SigLIP2
+
+
+def _resizes_per_row(module: torch.nn.Module) -> bool:
+    """SigLIP2's vision embeddings: the position grid interpolated per row to a size read from ``spatial_shapes``."""
+    return isinstance(getattr(module, "position_embedding", None), torch.nn.Embedding) and _source_has(
+        getattr(type(module), "resize_positional_embeddings", None), "spatial_shapes[i]", "F.interpolate("
+    )
+
+
+def _fixed_resize(height: int, width: int) -> Any:
+    """``resize_positional_embeddings`` for rows whose grids are all ``height`` x ``width``: one interpolation at
+    sizes known at capture (the same float32 detour on CPU), the row's first position repeated over the padding;
+    a row with another grid gets NaN (named by the run) instead of a wrong answer."""
+
+    def resize(positional_embeddings: torch.Tensor, spatial_shapes: torch.Tensor, max_length: int) -> torch.Tensor:
+        dtype, dim = positional_embeddings.dtype, positional_embeddings.shape[-1]
+        grid = positional_embeddings.permute(2, 0, 1).unsqueeze(0)
+        if grid.device.type == "cpu":
+            grid = grid.to(torch.float32)
+        resized = torch.nn.functional.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        resized = resized.reshape(dim, height * width).transpose(0, 1).to(dtype)
+        padded = torch.cat([resized, resized[:1].expand(max_length - height * width, dim)])
+        same = (spatial_shapes == torch.tensor([height, width], device=spatial_shapes.device)).all(dim=-1)
+        kept = torch.where(same, 1.0, float("nan")).to(dtype)
+        return padded[None] * kept[:, None, None]
+
+    return resize
+
+
+def _spatial_shapes(model: torch.nn.Module, modules: list[torch.nn.Module], example: Any, extras: dict | None) -> set[tuple[int, int]] | None:
+    """The (height, width) patch grids of ``example``'s rows, as the embeddings get them (one eager forward)."""
+    shapes: set[tuple[int, int]] = set()
+
+    def record(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        given = _bound(_module, args, kwargs).get("spatial_shapes")
+        if isinstance(given, torch.Tensor):
+            shapes.update((int(h), int(w)) for h, w in given.tolist())
+
+    handles = [_pre_hook(module, record) for module in modules]
+    try:
+        with torch.inference_mode():
+            model(*(example if isinstance(example, tuple) else (example,)), **(extras or {}))
+    except Exception:  # the model's own forward fails: nothing to rewrite (export says why)
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+@contextlib.contextmanager
+def fixed_spatial_shapes(model: Any, example: Any, extras: dict | None) -> Iterator[list[str]]:
+    """While open, SigLIP2's vision embeddings resize their position grid to the one patch grid every row of
+    ``example`` has, with sizes known at capture (the model reads them from ``spatial_shapes``' values); yields
+    their paths. Rows of the example with different grids: a ModelError (one graph cannot hold both)."""
+    found = [(path, module) for path, module in (model.named_modules() if isinstance(model, torch.nn.Module) else []) if _resizes_per_row(module)]
+    shapes = _spatial_shapes(model, [module for _, module in found], example, extras) if found else None
+    if not shapes:
+        yield []
+        return
+    if len(shapes) > 1:
+        raise ModelError(
+            f"the images of this batch have different patch grids ({', '.join(f'{h}x{w}' for h, w in sorted(shapes))}); "
+            "lrpcli captures SigLIP2's position embeddings for one grid per batch",
+            hint="resize the images to one size before explaining them, or explain each size in a separate call",
+        )
+    ((height, width),) = shapes
+    try:
+        for _, module in found:
+            module.resize_positional_embeddings = _fixed_resize(height, width)
+        yield [f"{path} ({height}x{width} patches)" for path, _ in found]
+    finally:
+        for _, module in found:
+            vars(module).pop("resize_positional_embeddings", None)
+
+
+# ------------------------------------------------------------------------------------------ Gemma3, ShieldGemma2
+
+
+def _checks_placeholders(module: torch.nn.Module) -> bool:
+    """Gemma3's ``get_placeholder_mask``: the image tokens' mask, and a check that it counts as many values as the
+    image features (a consistency assertion, read from the mask's values)."""
+    method = getattr(type(module), "get_placeholder_mask", None)
+    if not callable(method) or getattr(getattr(module, "config", None), "image_token_id", None) is None:
+        return False
+    return list(inspect.signature(method).parameters)[1:] == ["input_ids", "inputs_embeds", "image_features"] and _source_has(
+        method, "inputs_embeds[special_image_mask].numel() != image_features.numel()"
+    )
+
+
+def _unchecked_mask(module: torch.nn.Module, own: Any) -> Any:
+    """``get_placeholder_mask`` from the ids, without the count check (the model's own where no ids are given)."""
+
+    @functools.wraps(own)
+    def get_placeholder_mask(input_ids: Any, inputs_embeds: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
+        if input_ids is None:
+            return own(input_ids, inputs_embeds, image_features)
+        mask = input_ids == module.config.image_token_id
+        return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+
+    return get_placeholder_mask
+
+
+@contextlib.contextmanager
+def unchecked_placeholders(model: Any) -> Iterator[list[str]]:
+    """While open, Gemma3-style models (ShieldGemma2) place the image features where the prompt's image-token ids
+    are without checking their count against the features' (``Ne(u0, 256)`` in export); the captured graph is
+    checked against the model's own forward, which still checks it. Yields their paths."""
+    found = [(path, module) for path, module in (model.named_modules() if isinstance(model, torch.nn.Module) else []) if _checks_placeholders(module)]
+    try:
+        for _, module in found:
+            module.get_placeholder_mask = _unchecked_mask(module, module.get_placeholder_mask)
+        yield [path or type(module).__name__ for path, module in found]
+    finally:
+        for _, module in found:
+            vars(module).pop("get_placeholder_mask", None)

@@ -429,6 +429,9 @@ def _guards(model: Any, example: Any, extras: dict | None) -> Iterator[list[str]
         done += [f"the linear-attention mask of {path} kept" for path in stack.enter_context(guards.kept_linear_masks(model))]
         done += [f"the per-cell positions of {path} computed densely" for path in stack.enter_context(guards.cell_positions(model))]
         done += [f"the AltUp coefficients of {path} clamped before capture" for path in stack.enter_context(guards.clamped_weights(model))]
+        if example is not None:
+            done += [f"the position grid of {path} resized once" for path in stack.enter_context(guards.fixed_spatial_shapes(model, example, extras))]
+        done += [f"the image tokens of {path} placed without their count check" for path in stack.enter_context(guards.unchecked_placeholders(model))]
         yield done
 
 
