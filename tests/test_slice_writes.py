@@ -128,3 +128,33 @@ def test_grouped_query_attention_with_repeat_interleave_equals_the_oracle():
     expected = modified_gradient_relevance(model, x, 2, "attnlrp")
     torch.testing.assert_close(result.relevance, expected, rtol=0, atol=1e-9 * float(expected.abs().max()))
     assert expected.abs().max() > 1e-3
+
+
+class _ScatteredFeatures(nn.Module):
+    """Gemma3's (ShieldGemma2's) image features written into the text embeddings at a held mask's places, in order:
+    ``masked_scatter``. Two explained inputs: the text's and the image's."""
+
+    def __init__(self):
+        super().__init__()
+        self.text, self.image, self.head = nn.Linear(3, 4, bias=False), nn.Linear(5, 4, bias=False), nn.Linear(4, 2, bias=False)
+
+    def forward(self, x, y):
+        base, features = self.text(x), self.image(y)
+        mask = torch.zeros(base.shape[:2], dtype=torch.bool)
+        mask[:, 1:3] = True
+        return self.head(torch.relu(base.masked_scatter(mask.unsqueeze(-1).expand_as(base), features))).sum(1)
+
+
+def test_masked_scatter_is_a_write_lrp0_equals_gradient_times_input():
+    """LRP-0 on a bias-free ReLU net is gradient x input (Montavon et al. 2019, Sec. 10.2.1), for both inputs: the
+    scattered places' relevance goes to the image features in order, the rest to the text."""
+    torch.manual_seed(0)
+    model = _ScatteredFeatures().double().eval()
+    x, y = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 2, 5, dtype=torch.float64)
+    composite = {"rules": [{"match": {"type": "linear"}, "rule": "z"}], "params": {"epsilon": 0.0, "stabilizer": 0.0}}
+    got = explain(model, (x, y), composite, target=0).relevance
+    leaves = x.clone().requires_grad_(), y.clone().requires_grad_()
+    model(*leaves)[:, 0].sum().backward()
+    for ours, leaf, value in zip(got, leaves, (x, y)):
+        assert float(ours.abs().max()) > 0
+        torch.testing.assert_close(ours, leaf.grad * value, rtol=0, atol=1e-12)

@@ -81,6 +81,7 @@ _add(
     # writes into an activation (functionalised: patterns.writes_live_values): the written region's relevance goes
     # to the value written, the rest to the base; repeat_interleave's copies sum back (transposes.py)
     "copy slice_scatter select_scatter index_put repeat_interleave "
+    "masked_scatter "  # a held mask's places take the source's values in order (Gemma3's image features): a write
     "upsample_nearest1d upsample_nearest2d upsample_nearest3d "  # nearest interpolation copies values: a route
     "im2col "  # nn.Unfold (ConvBERT's span convolution): sliding windows copied out, zero-padded
     "as_strided",  # overlapping windows of a view (Longformer's sliding chunks): copies, whose relevance sums back
