@@ -171,8 +171,8 @@ def test_qwen3_next_linear_attention_mask_is_kept(padded):
     """Before: Eq(u0, 1) (``cache_position[0] > 0 or torch.all(attention_mask == 1)``). The linear-attention
     layers now always get the mask: by an all-ones one (where the model itself passes None) that multiplies by 1;
     a padded one the model uses too (slow: each capture traces the chunked delta rule's 63-step loop, 1-2 min
-    on a loaded 2-core machine). (The capture only: its gated delta rule stops at ``cumsum``, an op without a
-    rule yet.)"""
+    on a loaded 2-core machine). (The capture only here; its relevance, with the delta rule's gates held, is
+    tests/test_held_gates.py's.)"""
     torch.manual_seed(0)
     config = transformers.Qwen3NextConfig(
         vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
@@ -256,8 +256,8 @@ def test_tapas_per_cell_positions_are_captured_and_equal_the_oracle():
 def test_gemma3n_altup_clamp_is_done_before_capture():
     """Before: 'We found a fake tensor in the exported program constant's list' (AltUp's ``correct`` clamps its
     coefficient weights in place, ``weight.data.clamp_``, in every forward). Clamped once before capture, as the
-    model's forward does: the graph equals the model and the clip is back. (The capture only: the AltUp magnitude
-    normalisation stops at ``pow``, an op without a rule yet.)"""
+    model's forward does: the graph equals the model and the clip is back. (The capture only here; its relevance,
+    AltUp's magnitude held, is tests/test_held_gates.py's.)"""
     torch.manual_seed(0)
     config = transformers.Gemma3nTextConfig(
         vocab_size=40, vocab_size_per_layer_input=40, hidden_size=16, hidden_size_per_layer_input=4, intermediate_size=24,
@@ -344,7 +344,7 @@ def test_shieldgemma2_image_tokens_are_placed_without_the_count_check():
     """Before: GuardOnDataDependentSymNode Ne(u0, 256) (Gemma3's ``get_placeholder_mask`` checks
     ``inputs_embeds[mask].numel() != image_features.numel()``, a count read from the ids' values). The features
     go where the prompt's image-token ids are, as the model puts them: the graph equals the model, the code is put
-    back. (The capture only: the placement, ``masked_scatter``, is an op without a rule yet.)"""
+    back. (The capture only here; ``masked_scatter`` as a write: tests/test_slice_writes.py.)"""
     import importlib.util
     from pathlib import Path
 
