@@ -198,3 +198,15 @@ def test_prophetnet_causal_lm_graph_is_the_model_and_explains_as_the_oracle():
     assert (result.outputs - own).abs().max() <= 1e-12 * own.abs().max()
     expected = embedding_relevance(model, x, 1, "attnlrp")
     assert (result.relevance - expected).abs().max() <= 1e-9 * expected.abs().max()
+
+
+def test_equal_infinities_and_nans_agree_and_one_sided_ones_do_not():
+    """A row with an infinite feature gives -inf in the graph and in the model (tests/test_hostile_inputs.py's CSV
+    row): that is agreement, not a difference of NaN."""
+    from lrpcli.engine.capture import _largest_gap
+
+    inf, nan = float("inf"), float("nan")
+    same = torch.tensor([[-inf, 1.0, nan], [inf, 2.0, 3.0]])
+    assert _largest_gap(same, same.clone())[0] == 0.0
+    assert _largest_gap(torch.tensor([[-inf, 1.0]]), torch.tensor([[0.0, 1.0]]))[0] == inf
+    assert _largest_gap(torch.tensor([[nan, 1.0]]), torch.tensor([[0.0, 1.0]]))[0] == inf

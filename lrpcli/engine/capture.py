@@ -153,11 +153,12 @@ def _own_output(model: Any, x: Any, extras: dict | None) -> torch.Tensor | None:
 
 
 def _largest_gap(got: torch.Tensor, own: torch.Tensor) -> tuple[float, float, tuple[int, ...]]:
-    """The largest |got - own| (NaN where only one of them is NaN counts as infinite), the tolerance for
+    """The largest |got - own| (NaN where only one of them is NaN, or an infinity the other lacks, counts as
+    infinite; equal infinities and NaN against NaN agree), the tolerance for
     ``own``'s dtype and scale, and where the largest difference is."""
     got, expected = got.detach().double(), own.detach().double()
-    both_nan = got.isnan() & expected.isnan()
-    difference = (got - expected).abs().nan_to_num(float("inf"), float("inf")).masked_fill(both_nan, 0.0)
+    agree = (got.isnan() & expected.isnan()) | (got == expected)  # equal infinities too (an inf in the input row)
+    difference = (got - expected).abs().nan_to_num(float("inf"), float("inf")).masked_fill(agree, 0.0)
     finite = expected.abs().nan_to_num(0.0, 0.0, 0.0)
     scale = max(float(finite.max()) if finite.numel() else 0.0, 1.0)
     tolerance = _TOLERANCE.get(own.dtype, _LOW_PRECISION_TOLERANCE) * scale
