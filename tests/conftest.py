@@ -82,6 +82,8 @@ SLOW_REPEATS = {
     "tests/test_more_ops.py::test_transformers_family_explains[modernbert_decoder]",
     "tests/test_more_ops.py::test_transformers_family_explains[bitnet]",
     "tests/test_more_ops.py::test_transformers_family_explains[wav2vec2_bert]",
+    # Qwen3-Next's capture traces a 63-step loop; tests/test_held_gates.py captures it (mask rewrite included) by default
+    "tests/test_export_rewrites.py::test_qwen3_next_linear_attention_mask_is_kept[False]",
 }
 
 
