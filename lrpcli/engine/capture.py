@@ -81,8 +81,10 @@ def _captured(model: Any, example: Any, exact_batch: bool, extras: dict[str, tor
 #: Folded constants round differently from the model's ops (batch-norm as one scale and shift, an LSTM written
 #: out as cells). Measured (issue 27): float32 graphs within 1.4e-7 on every sample model and every model the
 #: capture, zoo and HF tests capture, 3.9e-7 on the 255 architectures of benchmarks/hf_zoo.py; float64 within
-#: 6e-16. A capture that computed something else was off by 1e-2 (ProphetNet's n-gram mask).
-_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+#: 6e-16 where every op runs in float64, but transformers computes parts of a float64 model in float32 (RMSNorm,
+#: softmax, MoE routers: DeepSeek-V2's dense capture 4.7e-8 off), so float64 gets float32's rounding and some.
+#: A capture that computed something else was off by 1e-2 (ProphetNet's n-gram mask).
+_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-4}
 _LOW_PRECISION_TOLERANCE = 1e-2  # float16, bfloat16
 
 
